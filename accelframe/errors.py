@@ -1,0 +1,67 @@
+"""The typed errors accelframe raises. Users catch these; every message names what was wrong.
+
+All errors derive from :class:`AccelframeError`. Configuration errors name the field, the value
+and what is allowed, and are raised before any model call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AccelframeError(Exception):
+    """Base class of every error accelframe raises on purpose."""
+
+
+class ConfigError(AccelframeError, ValueError):
+    """A config, context or request field holds a value outside what is allowed."""
+
+    def __init__(self, owner: str, field: str, value: Any, allowed: str) -> None:
+        self.owner, self.field, self.value, self.allowed = owner, field, value, allowed
+        super().__init__(f"{owner}.{field} = {value!r} is not allowed: {allowed}")
+
+
+class UnknownNameError(AccelframeError, KeyError):
+    """A policy, adapter, scorer or command name that no loaded plugin registered."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        listing = ", ".join(self.known) if self.known else "none (is plugin autoloading disabled?)"
+        super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+class DuplicateNameError(AccelframeError):
+    """Two plugins registered the same name for the same kind of thing."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+        super().__init__(
+            f"{kind} {name!r} is registered twice: by plugin {first!r} and by plugin {second!r}"
+        )
+
+
+class IncompatibleError(AccelframeError):
+    """An adapter, drafter and policy stack that cannot work together; the message says why."""
+
+
+class PluginError(AccelframeError):
+    """A plugin that does not fit the hook specifications (unknown hook, wrong signature)."""
+
+
+class PolicyError(AccelframeError):
+    """A policy raised or answered nonsense while ``strict=True`` (otherwise the exact path answers)."""
+
+    def __init__(self, hook: str, plugin: str, problem: str) -> None:
+        self.hook, self.plugin, self.problem = hook, plugin, problem
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {problem}")
+
+
+class PolicyFallbackWarning(UserWarning):
+    """A policy failed; the exact path answered that decision instead."""
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin's entry point failed to import; the other plugins are still loaded."""

@@ -1,0 +1,275 @@
+"""Composition: one adapter, an optional drafter, and an ordered stack of policies.
+
+    pipe = Pipeline("analytic", adapter_kwargs={"steps": 8})
+    pipe.use("every-n", n=2).use(MyPolicy())
+    result = pipe.generate(["a red circle moves left"], num_frames=9, seed=0)
+
+``use`` takes a registered policy name with keyword arguments (validated by the policy's
+factory) or any object with hook implementations. Policies are asked in the order they were
+added. Everything that can be checked is checked before the first model call: names, keyword
+arguments, the adapter's capabilities against what each policy requires, a drafter against its
+target. A pipeline is reusable: every generation starts with fresh policy state.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterable, Sequence
+
+import attrs
+
+from accelframe import adapter as caps
+from accelframe.adapter import Adapter
+from accelframe.engine import Engine, Result
+from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.plugins import Hooks, create_hooks
+from accelframe.types import AppliesTo, Request
+
+_KIND_BY_HOOK = {
+    "accelframe_step_decide": "step",
+    "accelframe_step_observe": "step",
+    "accelframe_block_verdict": "block",
+    "accelframe_block_observe": "block",
+    "accelframe_batch_plan": "batch",
+    "accelframe_kv_manage": "batch",
+    "accelframe_noise_level": "batch",
+    "accelframe_batch_observe": "batch",
+}
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class StackedPolicy:
+    """One policy of a pipeline's stack."""
+
+    name: str  # unique within the pipeline (``every-n``, ``every-n#2``)
+    kind: str  # "step", "block" or "batch"
+    policy: Any
+    applies_to: AppliesTo
+
+
+def _policy_kind(obj: Any) -> str:
+    kinds = {k for hook, k in _KIND_BY_HOOK.items() if callable(getattr(obj, hook, None))}
+    if len(kinds) == 1:
+        return kinds.pop()
+    if not kinds:
+        raise ConfigError("Pipeline.use", "policy", obj,
+                          "a registered policy name or an object implementing accelframe hooks")
+    return "mixed"
+
+
+def _build(factory: Any, name: str, kwargs: dict[str, Any]) -> Any:
+    """Call a policy or adapter factory; unknown keywords become a ConfigError naming them."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if params and not has_var_kw:
+        allowed = [p for p in params if p != "self"]
+        for key, value in kwargs.items():
+            if key not in params:
+                raise ConfigError(name, key, value, "a keyword argument of " + (
+                    ", ".join(allowed) if allowed else "none (this takes no arguments)"))
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:  # **kwargs factories that forward to an attrs class
+        if "unexpected keyword" in str(exc):
+            key = str(exc).rsplit("'", 2)[-2] if "'" in str(exc) else "?"
+            raise ConfigError(name, key, kwargs.get(key), f"a known keyword ({exc})") from exc
+        raise
+
+
+class Pipeline:
+    """A target adapter, an optional drafter, and a stack of policies; see the module docstring."""
+
+    def __init__(
+        self,
+        adapter: str | Adapter,
+        *,
+        drafter: str | Adapter | None = None,
+        adapter_kwargs: dict[str, Any] | None = None,
+        drafter_kwargs: dict[str, Any] | None = None,
+        hooks: Hooks | None = None,
+        strict: bool = False,
+        trace: bool = True,
+    ) -> None:
+        self.hooks = hooks if hooks is not None else create_hooks()
+        self.registry = self.hooks.registry()
+        self.adapter, self.adapter_name = self._adapter(adapter, adapter_kwargs)
+        self.drafter, self.drafter_name = (None, None)
+        if drafter is not None:
+            self.drafter, self.drafter_name = self._adapter(drafter, drafter_kwargs)
+            self._check_drafter()
+        self.strict = strict
+        self.trace = trace
+        self.stack: list[StackedPolicy] = []
+        self._generation = 0
+
+    def _adapter(self, spec: str | Adapter, kwargs: dict[str, Any] | None) -> tuple[Adapter, str]:
+        if isinstance(spec, str):
+            entry = self.registry.get("adapter", spec)
+            return _build(entry.factory, f"adapter {spec!r}", dict(kwargs or {})), spec
+        if kwargs:
+            raise ConfigError("Pipeline", "adapter_kwargs", kwargs,
+                              "empty when the adapter is given as an object")
+        if not isinstance(spec, Adapter):
+            raise ConfigError("Pipeline", "adapter", spec,
+                              "a registered adapter name or an object implementing "
+                              "accelframe.adapter.Adapter")
+        return spec, getattr(spec, "name", type(spec).__name__)
+
+    def _check_drafter(self) -> None:
+        t, d = self.adapter, self.drafter
+        assert d is not None
+        problems = []
+        for who, a in (("target", t), ("drafter", d)):
+            if caps.BLOCK_UNITS not in a.capabilities:
+                problems.append(f"the {who} {getattr(a, 'name', a)!r} does not denoise one unit "
+                                "at a time (no 'block_units' capability)")
+        if tuple(t.latent_shape) != tuple(d.latent_shape):
+            problems.append(f"latent shapes differ: target {tuple(t.latent_shape)}, drafter "
+                            f"{tuple(d.latent_shape)}")
+        if t.unit_frames != d.unit_frames:
+            problems.append(f"unit sizes differ: target {t.unit_frames} frames, drafter "
+                            f"{d.unit_frames}")
+        if problems:
+            raise IncompatibleError("drafter and target cannot work together: " + "; ".join(problems))
+
+    # ---- the stack ------------------------------------------------------------------------------
+
+    def use(self, policy: str | Any, **kwargs: Any) -> Pipeline:
+        """Add a policy by registered name (with validated keyword arguments) or as an object."""
+        if isinstance(policy, str):
+            entry = self.registry.get("policy", policy)
+            obj = _build(entry.factory, f"policy {policy!r}", kwargs)
+            kind, base = entry.policy_kind or _policy_kind(obj), policy
+        else:
+            if kwargs:
+                raise ConfigError("Pipeline.use", next(iter(kwargs)), next(iter(kwargs.values())),
+                                  "no keyword arguments when the policy is given as an object")
+            obj, kind = policy, _policy_kind(policy)
+            base = getattr(policy, "name", None) or type(policy).__name__
+        applies = AppliesTo(getattr(obj, "applies_to", AppliesTo.BOTH))
+        self._check_policy(base, kind, obj, applies)
+        name, k = base, 2
+        taken = {p.name for p in self.stack}
+        while name in taken:
+            name, k = f"{base}#{k}", k + 1
+        self.hooks.register(obj, name=name, kind="policy")
+        self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies))
+        self.hooks.set_stack([p.name for p in self.stack])
+        return self
+
+    def remove(self, name: str) -> Pipeline:
+        """Take a policy off the stack by its stack name."""
+        for p in self.stack:
+            if p.name == name:
+                self.hooks.unregister(p.policy)
+                self.stack.remove(p)
+                self.hooks.set_stack([q.name for q in self.stack])
+                return self
+        raise ConfigError("Pipeline.remove", "name", name,
+                          "one of " + ", ".join(p.name for p in self.stack) if self.stack
+                          else "nothing: the stack is empty")
+
+    def _check_policy(self, name: str, kind: str, obj: Any, applies: AppliesTo) -> None:
+        if kind == "block" and self.drafter is None:
+            raise IncompatibleError(
+                f"policy {name!r} is a block policy and routes drafted units: give the pipeline a "
+                "drafter (Pipeline(..., drafter=...))")
+        if kind == "step" and applies is not AppliesTo.TARGET and self.drafter is None \
+                and applies is AppliesTo.DRAFTER:
+            raise IncompatibleError(f"step policy {name!r} applies to the drafter only, and the "
+                                    "pipeline has no drafter")
+        needed = frozenset(getattr(obj, "requires", ()) or ())
+        unknown = needed - caps.CAPABILITIES
+        if unknown:
+            raise ConfigError(name, "requires", sorted(unknown),
+                              "capabilities among " + ", ".join(sorted(caps.CAPABILITIES)))
+        models = [(self.adapter_name, self.adapter)]
+        if self.drafter is not None and applies is not AppliesTo.TARGET:
+            models.append((self.drafter_name, self.drafter))
+        if applies is AppliesTo.DRAFTER:
+            models = models[1:]
+        for mname, a in models:
+            missing = needed - a.capabilities
+            if missing:
+                raise IncompatibleError(
+                    f"policy {name!r} needs {', '.join(sorted(missing))} from adapter {mname!r}, "
+                    f"which offers only {', '.join(sorted(a.capabilities)) or 'nothing'}")
+
+    @property
+    def policies(self) -> list[str]:
+        return [p.name for p in self.stack]
+
+    # ---- running --------------------------------------------------------------------------------
+
+    def request(self, prompts: Request | str | Sequence[str], **kwargs: Any) -> Request:
+        """A validated request for this pipeline (raises before any model call)."""
+        if isinstance(prompts, Request):
+            if kwargs:
+                raise ConfigError("Pipeline.generate", next(iter(kwargs)), kwargs,
+                                  "no keyword arguments with a Request")
+            req = prompts
+        else:
+            if isinstance(prompts, str):
+                prompts = [prompts]
+            req = Request(prompts=tuple(prompts), **kwargs)
+        self.adapter.validate(req)
+        if self.drafter is not None:
+            self.drafter.validate(req)
+            t_units = [u.frames for u in self.adapter.units(req)]
+            d_units = [u.frames for u in self.drafter.units(req)]
+            if t_units != d_units:
+                raise IncompatibleError(f"drafter units {d_units} differ from target units {t_units}")
+        return req
+
+    def _reset_policies(self) -> None:
+        for p in self.stack:
+            reset = getattr(p.policy, "reset", None)
+            if callable(reset):
+                reset()
+
+    def engine(self, **kwargs: Any) -> Engine:
+        """A fresh engine for one generation (the streaming runtime makes one per chunk)."""
+        return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
+                      drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
+                      trace=self.trace, registry=self.registry, **kwargs)
+
+    def generate(self, prompts: Request | str | Sequence[str], **kwargs: Any) -> Result:
+        """Generate a video; ``kwargs`` are :class:`~accelframe.types.Request` fields."""
+        req = self.request(prompts, **kwargs)
+        self._reset_policies()
+        self._generation += 1
+        return self.engine(generation=self._generation).run(req)
+
+    def stream(self, sources: Sequence[Any], **kwargs: Any) -> Any:
+        """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""
+        from accelframe.streaming import StreamLoop
+
+        return StreamLoop(self, sources, **kwargs).run()
+
+    def close(self) -> None:
+        """Unregister this pipeline's policies from its plugin manager."""
+        for p in list(self.stack):
+            self.hooks.unregister(p.policy)
+        self.stack.clear()
+        self.hooks.set_stack([])
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def build_pipeline(
+    adapter: str,
+    policies: Iterable[tuple[str, dict[str, Any]]] = (),
+    **kwargs: Any,
+) -> Pipeline:
+    """A pipeline with policies given as ``(name, kwargs)`` pairs (what the CLI uses)."""
+    pipe = Pipeline(adapter, **kwargs)
+    for name, kw in policies:
+        pipe.use(name, **kw)
+    return pipe

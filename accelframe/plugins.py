@@ -1,0 +1,332 @@
+"""The plugin manager factory and the typed facade the rest of accelframe calls hooks through.
+
+``create_hooks()`` makes a fresh pluggy manager (there is no global one), registers the core's
+own plugins, loads the entry points of group ``accelframe`` (unless
+``ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD`` is set; ``ACCELFRAME_DISABLE_PLUGINS=a,b`` blocks named
+ones) and returns a :class:`Hooks` facade. A plugin that fails to import is reported with its name
+and error and the others still load.
+
+Decision hooks are ``firstresult``. The facade walks their implementations itself, in a fixed
+order (the pipeline's policy stack in the order policies were added, then module-level plugins in
+pluggy's order, then the exact fallback), so that it can name the plugin that answered or failed;
+pluggy's own ``firstresult`` cannot tell.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from importlib import metadata
+from typing import Any, Callable, Iterable
+
+import attrs
+import pluggy
+
+from accelframe import hookspecs
+from accelframe.errors import PluginError, PluginLoadWarning
+from accelframe.registry import Registry
+from accelframe.types import AppliesTo, ModelRole
+
+ENTRY_POINT_GROUP = "accelframe"
+AUTOLOAD_ENV = "ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD"
+DISABLE_ENV = "ACCELFRAME_DISABLE_PLUGINS"
+EXACT = "accelframe.exact"
+RUNNER = "accelframe.runner"
+CORE_PLUGINS = (EXACT, RUNNER)
+
+hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
+
+_REGISTRATION = {
+    "accelframe_register_adapters": "adapter_callback",
+    "accelframe_register_policies": "policy_callback",
+    "accelframe_register_scorers": "scorer_callback",
+    "accelframe_register_commands": "command_callback",
+}
+
+
+@attrs.frozen(kw_only=True)
+class LoadFailure:
+    """An entry point that could not be imported or registered."""
+
+    name: str
+    value: str
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    """What ``accelframe plugins --json`` prints for one plugin."""
+
+    name: str
+    version: str | None
+    kind: str  # "core", "entry-point", "policy" or "registered"
+    hooks: tuple[str, ...]
+    distribution: str | None = None
+
+
+class HookRaised(Exception):
+    """Raised by the facade when a plugin's decision hook raised; carries the plugin's name."""
+
+    def __init__(self, hook: str, plugin: str, error: BaseException) -> None:
+        self.hook, self.plugin, self.error = hook, plugin, error
+        super().__init__(f"{plugin} raised in {hook}: {error!r}")
+
+
+# one entry of a prepared call list: (function, argument names, plugin name)
+_Impl = tuple[Callable[..., Any], tuple[str, ...], str]
+
+
+def _disabled_from_env() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def create_hooks(
+    *,
+    autoload: bool | None = None,
+    disabled: Iterable[str] | None = None,
+    plugins: Iterable[Any] = (),
+) -> Hooks:
+    """A new plugin manager behind its facade.
+
+    ``autoload=None`` follows ``ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD``; ``disabled=None`` follows
+    ``ACCELFRAME_DISABLE_PLUGINS``. ``plugins`` are registered after the entry points.
+    """
+    from accelframe import fallback  # the core's own plugins
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    hooks = Hooks(pm)
+    hooks.register(fallback.ExactFallback(), name=EXACT, kind="core")
+    hooks.register(fallback.Runner(), name=RUNNER, kind="core")
+    if autoload is None:
+        autoload = not os.environ.get(AUTOLOAD_ENV)
+    blocked = set(disabled) if disabled is not None else _disabled_from_env()
+    for name in blocked:
+        pm.set_blocked(name)
+    if autoload:
+        hooks.load_entry_points(blocked)
+    for plugin in plugins:
+        hooks.register(plugin)
+    return hooks
+
+
+class Hooks:
+    """Typed facade over one pluggy manager: one method per hook, plus registration helpers."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.failures: list[LoadFailure] = []
+        self._kinds: dict[str, str] = {}
+        self._dists: dict[str, tuple[str, str]] = {}
+        self._registry: Registry | None = None
+        self._prepared: dict[Any, list[_Impl]] = {}
+        self._stack: list[str] = []
+
+    # ---- plugins --------------------------------------------------------------------------------
+
+    def register(self, plugin: Any, name: str | None = None, kind: str = "registered") -> str:
+        """Register a plugin; a hook it misspells or implements with the wrong signature raises
+        :class:`~accelframe.errors.PluginError` naming the plugin, and nothing is left registered."""
+        try:
+            registered = self.pm.register(plugin, name=name)
+        except ValueError as exc:  # a name that is taken, or an object registered twice
+            raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {exc.plugin!r} does not match the hook specs: {exc}") from exc
+        if registered is None:  # blocked by name
+            return name or ""
+        pname = self.pm.get_name(plugin) or ""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
+            known = ", ".join(sorted(h for h in dir(self.pm.hook) if h.startswith("accelframe_")))
+            raise PluginError(
+                f"plugin {pname!r} implements a hook accelframe does not define ({exc}); "
+                f"known hooks: {known}"
+            ) from exc
+        self._kinds[pname] = kind
+        self._registry = None
+        self._prepared.clear()
+        return pname
+
+    def unregister(self, plugin: Any) -> None:
+        name = self.pm.get_name(plugin)
+        self.pm.unregister(plugin)
+        self._kinds.pop(name or "", None)
+        self._registry = None
+        self._prepared.clear()
+
+    def load_entry_points(self, blocked: set[str]) -> None:
+        """Import and register every entry point of group ``accelframe`` not in ``blocked``."""
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in blocked or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                self.register(plugin, name=ep.name, kind="entry-point")
+            except Exception as exc:  # any import error: report it, keep the other plugins
+                failure = LoadFailure(name=ep.name, value=ep.value, error=f"{type(exc).__name__}: {exc}")
+                self.failures.append(failure)
+                warnings.warn(
+                    f"accelframe plugin {ep.name!r} ({ep.value}) failed to load: {failure.error}",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
+                continue
+            if ep.dist is not None:
+                self._dists[ep.name] = (ep.dist.metadata["Name"], ep.dist.version)
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        """Name, version, kind and implemented hooks of every registered plugin."""
+        from accelframe import __version__
+
+        infos = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda p: p[0]):
+            hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
+            kind = self._kinds.get(name, "registered")
+            dist, version = self._dists.get(name, (None, None))
+            if kind == "core":
+                dist, version = "accelframe", __version__
+            infos.append(PluginInfo(name=name, version=version, kind=kind, hooks=hooks,
+                                    distribution=dist))
+        return infos
+
+    # ---- registration hooks ---------------------------------------------------------------------
+
+    def registry(self) -> Registry:
+        """The names every plugin registered, built once (and again after plugins change).
+
+        Each registration hook is called plugin by plugin, with a callback that knows the
+        plugin's name, so a duplicate name is reported with both plugins."""
+        if self._registry is None:
+            reg = Registry()
+            for hook_name, callback in _REGISTRATION.items():
+                for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                    register = getattr(reg, callback)(impl.plugin_name)
+                    impl.function(*[{"register": register}[a] for a in impl.argnames])
+            self._registry = reg
+        return self._registry
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def generation_start(self, info: Any) -> None:
+        self.pm.hook.accelframe_generation_start(info=info)
+
+    def generation_end(self, info: Any, stats: dict[str, Any]) -> None:
+        self.pm.hook.accelframe_generation_end(info=info, stats=stats)
+
+    # ---- prepared call lists for the per-call hooks ---------------------------------------------
+
+    def set_stack(self, names: list[str]) -> None:
+        """The pipeline's policy stack, in the order policies were added (asked first)."""
+        self._stack = list(names)
+        self._prepared.clear()
+
+    def _impls(self, hook_name: str, model: ModelRole | None = None) -> list[_Impl]:
+        key = (hook_name, model)
+        found = self._prepared.get(key)
+        if found is not None:
+            return found
+        caller = getattr(self.pm.hook, hook_name)
+        impls = [i for i in reversed(caller.get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
+        rank = {name: k for k, name in enumerate(self._stack)}
+        # stack policies in stack order; then other plugins in pluggy order; the fallback last
+        impls.sort(key=lambda i: (i.plugin_name == EXACT, rank.get(i.plugin_name, len(rank))))
+        out: list[_Impl] = []
+        for impl in impls:
+            if model is not None:
+                applies = getattr(impl.plugin, "applies_to", AppliesTo.BOTH)
+                if not AppliesTo(applies).covers(model):
+                    continue
+            out.append((impl.function, tuple(impl.argnames), impl.plugin_name))
+        self._prepared[key] = out
+        return out
+
+    def _first(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> tuple[Any, str]:
+        for fn, argnames, plugin in impls:
+            try:
+                result = fn(*[kwargs[a] for a in argnames])
+            except Exception as exc:
+                raise HookRaised(hook_name, plugin, exc) from exc
+            if result is not None:
+                return result, plugin
+        return None, EXACT
+
+    def _each(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> list[HookRaised]:
+        errors = []
+        for fn, argnames, plugin in impls:
+            try:
+                fn(*[kwargs[a] for a in argnames])
+            except Exception as exc:
+                errors.append(HookRaised(hook_name, plugin, exc))
+        return errors
+
+    # ---- step level -----------------------------------------------------------------------------
+
+    def step_decide(self, ctx: Any) -> tuple[Any, str]:
+        """(decision or None, name of the plugin that answered). Raises :class:`HookRaised`."""
+        return self._first("accelframe_step_decide",
+                           self._impls("accelframe_step_decide", ctx.model), {"ctx": ctx})
+
+    def step_observe(self, ctx: Any, decision: Any, velocity: Any) -> list[HookRaised]:
+        """Tell every applicable policy what was used; returns the errors raised (not re-raised)."""
+        impls = self._impls("accelframe_step_observe", ctx.model)
+        if not impls:
+            return []
+        return self._each("accelframe_step_observe", impls,
+                          {"ctx": ctx, "decision": decision, "velocity": velocity})
+
+    # ---- block level ----------------------------------------------------------------------------
+
+    def block_verdict(self, ctx: Any) -> tuple[Any, str]:
+        return self._first("accelframe_block_verdict",
+                           self._impls("accelframe_block_verdict"), {"ctx": ctx})
+
+    def block_observe(self, ctx: Any, verdict: Any) -> list[HookRaised]:
+        return self._each("accelframe_block_observe", self._impls("accelframe_block_observe"),
+                          {"ctx": ctx, "verdict": verdict})
+
+    # ---- batch / stream level -------------------------------------------------------------------
+
+    def batch_plan(self, ctx: Any) -> tuple[Any, str]:
+        return self._first("accelframe_batch_plan", self._impls("accelframe_batch_plan"),
+                           {"ctx": ctx})
+
+    def kv_manage(self, ctx: Any) -> tuple[Any, str]:
+        return self._first("accelframe_kv_manage", self._impls("accelframe_kv_manage"),
+                           {"ctx": ctx})
+
+    def noise_level(self, ctx: Any) -> tuple[Any, str]:
+        return self._first("accelframe_noise_level", self._impls("accelframe_noise_level"),
+                           {"ctx": ctx})
+
+    def batch_observe(self, ctx: Any, plan: Any, latency_s: float) -> list[HookRaised]:
+        return self._each("accelframe_batch_observe", self._impls("accelframe_batch_observe"),
+                          {"ctx": ctx, "plan": plan, "latency_s": latency_s})
+
+    # ---- around every model call ----------------------------------------------------------------
+
+    @property
+    def wraps_model_calls(self) -> bool:
+        """True when some plugin besides the core's runner implements the model-call hook."""
+        key = ("accelframe_model_call", "wrapped")
+        found = self._prepared.get(key)
+        if found is None:
+            impls = self.pm.hook.accelframe_model_call.get_hookimpls()
+            found = [("", (), i.plugin_name) for i in impls if i.plugin_name != RUNNER]
+            self._prepared[key] = found
+        return bool(found)
+
+    def model_call(self, call: Any) -> Any:
+        """Run a model call through the wrapper hooks (the core's runner is innermost)."""
+        return self.pm.hook.accelframe_model_call(call=call)
+
+
+def plugin_name_of(obj: Any) -> str:
+    """A readable name for a plugin object: its module, or its class."""
+    if isinstance(obj, type(sys)):
+        return obj.__name__
+    return type(obj).__name__

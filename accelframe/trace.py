@@ -1,0 +1,84 @@
+"""The record of a generation: every decision and model call, and the statistics over them.
+
+Both are plain JSON-serialisable data (``json.dumps`` works on ``Trace.events`` and
+``Stats.to_dict()``), so a benchmark or a notebook can read them without accelframe.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from accelframe.types import Mode, ModelRole
+
+_MODE_KEY = {Mode.RECOMPUTE: "computed", Mode.CACHE: "cached", Mode.PREDICT: "predicted"}
+STAGES = ("policy", "probe", "model", "advance", "commit", "decode", "block", "batch")
+
+
+@attrs.define
+class Trace:
+    """An append-only list of events; each is a dict with at least ``"event"``."""
+
+    events: list[dict[str, Any]] = attrs.field(factory=list)
+    enabled: bool = True
+
+    def add(self, event: str, **fields: Any) -> None:
+        if self.enabled:
+            fields["event"] = event
+            self.events.append(fields)
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+def _model_counts() -> dict[str, int]:
+    return {"computed": 0, "cached": 0, "predicted": 0, "commit": 0, "frames_computed": 0}
+
+
+@attrs.define
+class Stats:
+    """Counters of one generation (or one streaming run)."""
+
+    calls: dict[str, dict[str, int]] = attrs.field(
+        factory=lambda: {r.value: _model_counts() for r in ModelRole}
+    )
+    blocks: dict[str, int] = attrs.field(
+        factory=lambda: {"accepted": 0, "regenerated": 0, "drafter_calls_wasted": 0,
+                         "decodes_wasted": 0}
+    )
+    fallbacks: dict[str, int] = attrs.field(factory=dict)
+    time_s: dict[str, float] = attrs.field(factory=lambda: dict.fromkeys(STAGES, 0.0))
+    units: int = 0
+    frames: int = 0
+    wall_s: float = 0.0
+    _t0: float = attrs.field(factory=time.perf_counter, repr=False)
+
+    def count_call(self, model: ModelRole, mode: Mode, frames: int) -> None:
+        c = self.calls[model.value]
+        c[_MODE_KEY[mode]] += 1
+        if mode is Mode.RECOMPUTE:
+            c["frames_computed"] += frames
+
+    def count_fallback(self, hook: str) -> None:
+        self.fallbacks[hook] = self.fallbacks.get(hook, 0) + 1
+
+    def finish(self) -> None:
+        self.wall_s = time.perf_counter() - self._t0
+
+    def model_calls(self, model: ModelRole = ModelRole.TARGET) -> int:
+        """Model forwards of one model: computed denoising calls plus commit passes."""
+        c = self.calls[model.value]
+        return c["computed"] + c["commit"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": {k: dict(v) for k, v in self.calls.items()},
+            "blocks": dict(self.blocks),
+            "fallbacks": dict(self.fallbacks),
+            "time_s": dict(self.time_s),
+            "units": self.units,
+            "frames": self.frames,
+            "wall_s": self.wall_s,
+        }

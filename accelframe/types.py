@@ -1,0 +1,429 @@
+"""The values that cross the hook boundary: requests, plan iterations, contexts and decisions.
+
+Everything here is an attrs class: frozen, keyword-only, validated. Tensor fields take no part in
+equality or hashing (``eq=False``) and are not shown in reprs. Noise levels are σ in [0, 1]
+(σ = 1 pure noise, σ = 0 clean); latents are ``[B, F, C, H, W]``; frame ranges are half-open
+``(start, end)`` in absolute latent-frame indices.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from typing import Any, Callable
+
+import attrs
+import torch
+
+from accelframe import validators as v
+from accelframe.errors import ConfigError
+
+
+class Mode(enum.Enum):
+    """What one model call does: reuse the last velocity, extrapolate one, or run the model."""
+
+    CACHE = "cache"
+    PREDICT = "predict"
+    RECOMPUTE = "recompute"
+
+
+class Role(enum.Enum):
+    """What a plan iteration is for: advancing noisy frames, or writing clean context into KV."""
+
+    DENOISE = "denoise"
+    COMMIT = "commit"
+
+
+class KVWrite(enum.Enum):
+    """What a model call writes into the KV cache."""
+
+    NONE = "none"  # read only
+    SCRATCH = "scratch"  # K/V of noisy frames, visible to this call only
+    COMMIT = "commit"  # clean K/V that later units attend to
+
+
+class ModelRole(enum.Enum):
+    """Which model of a pipeline a call belongs to."""
+
+    TARGET = "target"
+    DRAFTER = "drafter"
+
+
+class AppliesTo(enum.Enum):
+    """Which model(s) a step policy decides for."""
+
+    TARGET = "target"
+    DRAFTER = "drafter"
+    BOTH = "both"
+
+    def covers(self, model: ModelRole) -> bool:
+        return self is AppliesTo.BOTH or self.value == model.value
+
+
+class Verdict(enum.Enum):
+    """A block policy's answer for a drafted unit."""
+
+    ACCEPT = "accept"
+    REGENERATE = "regenerate"
+
+
+def _tuple_of_str(inst: Any, attribute: Any, value: Any) -> None:
+    if not value or not all(isinstance(p, str) and p.strip() for p in value):
+        raise ConfigError(
+            type(inst).__name__, attribute.name, value, "a non-empty tuple of non-empty strings"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# requests and plans
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """One generation: prompts (one per batch row), how many latent frames, and the seed.
+
+    ``start_sigma < 1`` with ``init_latents`` is video-to-video: the engine noises the given clean
+    latents to ``start_sigma`` and the plan starts there. ``first_frame`` continues a stream whose
+    earlier frames are already in the KV cache.
+    """
+
+    prompts: tuple[str, ...] = attrs.field(converter=tuple, validator=_tuple_of_str)
+    num_frames: int = attrs.field(validator=v.number_in(1, integer=True))
+    seed: int = attrs.field(default=0, validator=v.number_in(0, 2**63 - 1, integer=True))
+    start_sigma: float = attrs.field(
+        default=1.0, validator=v.number_in(0.0, 1.0, lo_open=True)
+    )
+    first_frame: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
+    decode: bool = True
+    init_latents: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts)
+
+
+@attrs.frozen(kw_only=True)
+class UnitSpan:
+    """A unit (block or chunk) and the latent frames ``[start, end)`` it owns."""
+
+    unit: int = attrs.field(validator=v.number_in(0, integer=True))
+    start: int = attrs.field(validator=v.number_in(0, integer=True))
+    end: int = attrs.field(validator=v.number_in(1, integer=True))
+
+    def __attrs_post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ConfigError("UnitSpan", "end", self.end, f"an int > start = {self.start}")
+
+    @property
+    def frames(self) -> tuple[int, int]:
+        return (self.start, self.end)
+
+
+@attrs.frozen(kw_only=True)
+class Iteration:
+    """One step of an adapter's plan: one model call over frames ``[start, end)``.
+
+    ``sigma`` and ``sigma_next`` hold one noise level per forwarded frame; ``update`` says which
+    frames advance (σ_next < σ). ``unit`` and ``step`` key the call for step policies (a block and
+    its step in a block loop; the segment and its iteration in a staircase). ``starts`` lists units
+    whose initial noise is drawn before this call; ``finishes`` units that are clean after it.
+    ``valid`` is the scheduler's valid interval (staircase schedules), else equal to ``frames``.
+    """
+
+    index: int
+    unit: int
+    step: int
+    frames: tuple[int, int] = attrs.field(validator=v.frame_range)
+    sigma: tuple[float, ...]
+    sigma_next: tuple[float, ...]
+    update: tuple[bool, ...]
+    role: Role = Role.DENOISE
+    kv_write: KVWrite = KVWrite.SCRATCH
+    valid: tuple[int, int] | None = None
+    units: tuple[int, ...] = ()
+    starts: tuple[UnitSpan, ...] = ()
+    finishes: tuple[UnitSpan, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        n = self.frames[1] - self.frames[0]
+        for name in ("sigma", "sigma_next", "update"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError("Iteration", name, getattr(self, name), f"{n} entries, one per frame")
+        for s, sn in zip(self.sigma, self.sigma_next):
+            if not (0.0 <= sn <= s <= 1.0):
+                raise ConfigError(
+                    "Iteration", "sigma_next", self.sigma_next,
+                    "per-frame levels with 0 <= sigma_next <= sigma <= 1 (noise never increases)",
+                )
+        if self.valid is not None and not (
+            self.valid[0] <= self.frames[0] and self.frames[1] <= self.valid[1]
+        ):
+            raise ConfigError("Iteration", "valid", self.valid, f"an interval containing {self.frames}")
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames[1] - self.frames[0]
+
+    @functools.cached_property
+    def active(self) -> tuple[int, int] | None:
+        """The smallest interval holding every advancing frame, or None when none advances."""
+        idx = [i for i, u in enumerate(self.update) if u]
+        if not idx:
+            return None
+        return (self.frames[0] + idx[0], self.frames[0] + idx[-1] + 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# generation lifecycle
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class GenerationInfo:
+    """Passed to the lifecycle hooks: what is about to run (or has run)."""
+
+    generation: int
+    request: Request
+    adapter: str
+    drafter: str | None
+    registry: Any = attrs.field(repr=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# step level
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class StepContext:
+    """What a step policy sees before one model call.
+
+    ``x`` is the input of the call, the forwarded frames only, ``[B, F, C, H, W]``. ``probe`` is
+    the adapter's cheap pre-forward signal, computed on first access and then kept.
+    """
+
+    generation: int
+    model: ModelRole
+    adapter: str
+    iteration: Iteration
+    x: torch.Tensor = attrs.field(repr=False)
+    probe_fn: Callable[[], torch.Tensor] = attrs.field(repr=False)
+
+    @property
+    def unit(self) -> int:
+        return self.iteration.unit
+
+    @property
+    def step(self) -> int:
+        return self.iteration.step
+
+    @property
+    def frames(self) -> tuple[int, int]:
+        return self.iteration.frames
+
+    @property
+    def sigma(self) -> tuple[float, ...]:
+        return self.iteration.sigma
+
+    @property
+    def sigma_next(self) -> tuple[float, ...]:
+        return self.iteration.sigma_next
+
+    @functools.cached_property
+    def probe(self) -> torch.Tensor:
+        return self.probe_fn()
+
+
+def _interval(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None:
+        v.frame_range(inst, attribute, value)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class StepDecision:
+    """A step policy's answer: the mode, the velocity for CACHE / PREDICT, and for RECOMPUTE an
+    optional compute interval ``[start, end)`` inside the forwarded frames (selective computation).
+    """
+
+    mode: Mode = attrs.field(validator=v.instance_of(Mode, "a Mode"))
+    velocity: torch.Tensor | None = attrs.field(default=None, repr=False)
+    interval: tuple[int, int] | None = attrs.field(default=None, validator=_interval)
+    reason: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode is Mode.RECOMPUTE:
+            if self.velocity is not None:
+                raise ConfigError("StepDecision", "velocity", "a tensor", "None for RECOMPUTE")
+        else:
+            if not isinstance(self.velocity, torch.Tensor):
+                raise ConfigError(
+                    "StepDecision", "velocity", self.velocity, f"a tensor for {self.mode.name}"
+                )
+            if self.interval is not None:
+                raise ConfigError(
+                    "StepDecision", "interval", self.interval, "None unless mode is RECOMPUTE"
+                )
+
+    @classmethod
+    def recompute(cls, interval: tuple[int, int] | None = None, reason: str = "") -> StepDecision:
+        return cls(mode=Mode.RECOMPUTE, interval=interval, reason=reason)
+
+    @classmethod
+    def cache(cls, velocity: torch.Tensor, reason: str = "") -> StepDecision:
+        return cls(mode=Mode.CACHE, velocity=velocity, reason=reason)
+
+    @classmethod
+    def predict(cls, velocity: torch.Tensor, reason: str = "") -> StepDecision:
+        return cls(mode=Mode.PREDICT, velocity=velocity, reason=reason)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class ModelCall:
+    """One model call, as the ``accelframe_model_call`` wrapper hook sees it.
+
+    ``kind`` is ``"denoise"`` or ``"commit"``; ``run()`` performs the call and returns its output
+    (the velocity of the computed frames, or None for a commit pass).
+    """
+
+    generation: int
+    model: ModelRole
+    adapter: str
+    kind: str
+    unit: int
+    step: int
+    frames: tuple[int, int]
+    run: Callable[[], torch.Tensor | None] = attrs.field(repr=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# block level
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class BlockContext:
+    """A drafted unit waiting for its verdict.
+
+    ``draft_latents`` is ``[B, F, C, H, W]``; ``draft_frames`` the decoded pixels
+    ``[B, F_pix, 3, H, W]`` (decoded after a snapshot of the target's decode cache), or None when
+    the request asked for no decoding.
+    """
+
+    generation: int
+    unit: int
+    frames: tuple[int, int]
+    prompts: tuple[str, ...]
+    drafter: str
+    target: str
+    draft_latents: torch.Tensor = attrs.field(repr=False)
+    draft_frames: torch.Tensor | None = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class BlockVerdict:
+    """A block policy's answer: accept the draft or regenerate with the target, and the score."""
+
+    verdict: Verdict = attrs.field(validator=v.instance_of(Verdict, "a Verdict"))
+    score: float | None = None
+    frame_scores: tuple[float, ...] | None = None
+    reason: str = ""
+
+    @classmethod
+    def accept(cls, score: float | None = None, reason: str = "", **kw: Any) -> BlockVerdict:
+        return cls(verdict=Verdict.ACCEPT, score=score, reason=reason, **kw)
+
+    @classmethod
+    def regenerate(cls, score: float | None = None, reason: str = "", **kw: Any) -> BlockVerdict:
+        return cls(verdict=Verdict.REGENERATE, score=score, reason=reason, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# batch / stream level
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StreamStatus:
+    """One stream as a batch policy sees it. Frame counts are input frames."""
+
+    stream: str
+    received: int  # frames arrived so far
+    consumed: int  # frames already taken into batches
+    emitted: int  # frames already emitted
+    total: int | None  # frames the source will deliver, None when unknown
+    fps: float
+    next_deadline_s: float | None
+
+    @property
+    def pending(self) -> int:
+        return self.received - self.consumed
+
+
+@attrs.frozen(kw_only=True)
+class BatchContext:
+    """Everything a batch policy needs to plan the next batch."""
+
+    now_s: float
+    streams: tuple[StreamStatus, ...]
+    unit_frames: int  # chunk lengths must be a multiple of this
+    last_latency_s: float | None
+
+
+@attrs.frozen(kw_only=True)
+class BatchEntry:
+    """Run ``frames`` input frames of ``stream`` in this batch."""
+
+    stream: str
+    frames: int = attrs.field(validator=v.number_in(1, integer=True))
+
+
+@attrs.frozen(kw_only=True)
+class BatchPlan:
+    """The next batch; no entries means wait for more input."""
+
+    entries: tuple[BatchEntry, ...] = attrs.field(converter=tuple)
+    reason: str = ""
+
+    @property
+    def frames(self) -> int:
+        return sum(e.frames for e in self.entries)
+
+
+@attrs.frozen(kw_only=True)
+class KVContext:
+    """A stream's KV cache before its next chunk: which latent frames it holds and its sinks."""
+
+    stream: str
+    unit: int
+    cached_frames: tuple[int, ...]
+    sinks: tuple[int, ...]
+    window: int | None
+
+
+@attrs.frozen(kw_only=True)
+class KVAction:
+    """Frames to evict, a new sink set (None keeps the current one), and whether to reset RoPE."""
+
+    evict: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    sinks: tuple[int, ...] | None = None
+    rope_reset: bool = False
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class NoiseContext:
+    """A stream chunk about to be noised for video-to-video: its input frames ``[F, 3, H, W]``."""
+
+    stream: str
+    unit: int
+    frames: torch.Tensor = attrs.field(repr=False)
+    default_sigma: float
+
+
+def finite_sigma(value: Any) -> bool:
+    """True for a noise level the engine can start a chunk from: a real number in (0, 1]."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value
+    ) and 0.0 < value <= 1.0
