@@ -103,6 +103,7 @@ class Engine:
         stream: int = 0,
         trace: bool = True,
         registry: Any = None,
+        max_reuse: int | None = None,
         on_unit: Callable[[UnitSpan, torch.Tensor | None, str], None] | None = None,
     ) -> None:
         self.hooks = hooks
@@ -115,6 +116,8 @@ class Engine:
         self.stats = Stats()
         self.registry = registry
         self.on_unit = on_unit
+        self.max_reuse = max_reuse
+        self._reuse: dict[tuple[ModelRole, int], int] = {}  # consecutive non-recompute calls
         self._warned: set[tuple[str, str]] = set()
         self._wrapped = hooks.wraps_model_calls
         self._decoded: list[torch.Tensor] = []
@@ -295,6 +298,21 @@ class Engine:
         if problem is not None:
             self._failed(hook, by, problem)
             return fallback.RECOMPUTE, EXACT
+        key = (ctx.model, ctx.unit)
+        if decision.mode is Mode.RECOMPUTE:
+            self._reuse[key] = 0
+            return decision, by
+        if ctx.step == 0:  # nothing of this unit was computed yet: a reuse would come from elsewhere
+            self._failed(hook, by, f"{decision.mode.value} at the first step of unit {ctx.unit}")
+            return fallback.RECOMPUTE, EXACT
+        run = self._reuse.get(key, 0)
+        if self.max_reuse is not None and run >= self.max_reuse:
+            self.trace.add("guard", model=ctx.model.value, unit=ctx.unit, step=ctx.step, by=by,
+                           problem=f"{run} non-recompute calls in a row (max_reuse)")
+            self.stats.count_fallback("max_reuse")
+            self._reuse[key] = 0
+            return fallback.RECOMPUTE, EXACT
+        self._reuse[key] = run + 1
         return decision, by
 
     def _call(self, m: ModelSlot, it: Iteration, xs: torch.Tensor,

@@ -92,7 +92,12 @@ class Pipeline:
         hooks: Hooks | None = None,
         strict: bool = False,
         trace: bool = True,
+        max_reuse: int | None = None,
     ) -> None:
+        if max_reuse is not None and (not isinstance(max_reuse, int) or max_reuse < 1):
+            raise ConfigError("Pipeline", "max_reuse", max_reuse,
+                              "None or an int >= 1 (non-recompute calls allowed in a row)")
+        self.max_reuse = max_reuse
         self.hooks = hooks if hooks is not None else create_hooks()
         self.registry = self.hooks.registry()
         self.adapter, self.adapter_name = self._adapter(adapter, adapter_kwargs)
@@ -234,7 +239,8 @@ class Pipeline:
         """A fresh engine for one generation (the streaming runtime makes one per chunk)."""
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
-                      trace=self.trace, registry=self.registry, **kwargs)
+                      trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
+                      **kwargs)
 
     def generate(self, prompts: Request | str | Sequence[str], **kwargs: Any) -> Result:
         """Generate a video; ``kwargs`` are :class:`~accelframe.types.Request` fields."""
