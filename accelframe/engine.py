@@ -42,6 +42,8 @@ from accelframe.types import (
 )
 
 perf = time.perf_counter
+_MODE_COUNT = {Mode.RECOMPUTE: "computed", Mode.CACHE: "cached", Mode.PREDICT: "predicted"}
+_MODE_NAME = {m: m.value for m in Mode}
 
 
 @attrs.define(eq=False)
@@ -54,6 +56,9 @@ class ModelSlot:
     state: Any
     x: torch.Tensor  # [B, F, C, H, W], frames [offset, offset + F)
     offset: int
+    impls: tuple[Any, Any] = (None, [])  # (decide list or None when only exact, observe list)
+    counts: dict[str, int] = attrs.field(factory=dict)  # this model's call counters in Stats
+    key: str = ""  # role.value, precomputed for the trace
     gens: dict[int, torch.Generator] = attrs.field(factory=dict)
 
 
@@ -168,8 +173,12 @@ class Engine:
             state = adapter.init_state(request, adapter.encode_prompt(request.prompts))
         c, h, w = adapter.latent_shape
         x = torch.zeros(request.batch, request.num_frames, c, h, w)  # [B, F, C, H, W]
+        decide, observe = self.hooks.step_impls(role)
+        if all(plugin == EXACT for _, _, plugin in decide):
+            decide = None  # only the exact fallback: skip building contexts
         return ModelSlot(role=role, name=name, adapter=adapter, state=state, x=x,
-                         offset=request.first_frame)
+                         offset=request.first_frame, impls=(decide, observe),
+                         counts=self.stats.calls[role.value], key=role.value)
 
     # ---- block level ----------------------------------------------------------------------------
 
@@ -250,55 +259,73 @@ class Engine:
     # ---- step level -----------------------------------------------------------------------------
 
     def _iteration(self, m: ModelSlot, it: Iteration, request: Request) -> None:
-        for span in it.starts:
-            self._start_unit(m, span, request)
+        """One plan iteration: ask the step hooks, run or reuse, observe, advance. Hot path."""
+        if it.starts:
+            for span in it.starts:
+                self._start_unit(m, span, request)
         s, e = it.frames
         xs = m.x[:, s - m.offset:e - m.offset]  # [B, F_it, C, H, W], a view
         if it.role is Role.COMMIT:
             self._commit(m, it, xs)
             return
-        st = self.stats.time_s
+        decide, observe = m.impls
         t0 = perf()
-        ctx = StepContext(generation=self.generation, model=m.role, adapter=m.name, iteration=it,
-                          x=xs, probe_fn=lambda: self._probe(m, xs, it))
-        decision, by = self._decide(ctx)
+        ctx = None
+        if decide is None:  # no step policy applies to this model: the exact answer
+            decision, by = fallback.RECOMPUTE, EXACT
+        else:
+            ctx = StepContext(generation=self.generation, model=m.role, adapter=m.name,
+                              iteration=it, x=xs, probe_fn=lambda: self._probe(m, xs, it))
+            decision, by = self._decide(ctx, decide)
         t1 = perf()
-        if decision.mode is Mode.RECOMPUTE:
-            frames = decision.interval or it.frames
-            velocity = self._call(m, it, xs, frames)
+        mode, interval = decision.mode, decision.interval
+        if mode is Mode.RECOMPUTE:
+            velocity = self._call(m, it, xs, interval or it.frames)
         else:
             velocity = decision.velocity
         t2 = perf()
-        for err in self.hooks.step_observe(ctx, decision, velocity):
-            self._failed(err.hook, err.plugin, repr(err.error), err.error, fallback_used=False)
+        if observe:
+            if ctx is None:
+                ctx = StepContext(generation=self.generation, model=m.role, adapter=m.name,
+                                  iteration=it, x=xs, probe_fn=lambda: self._probe(m, xs, it))
+            for err in self.hooks.each("accelframe_step_observe", observe,
+                                       {"ctx": ctx, "decision": decision, "velocity": velocity}):
+                self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                             fallback_used=False)
         t3 = perf()
         gen = m.gens.get(it.unit)
         if gen is None:
             gen = self._gen(m, it.unit, request)
         m.x[:, s - m.offset:e - m.offset] = m.adapter.advance(xs, velocity, it, gen, m.state)
         t4 = perf()
+        st = self.stats.time_s
         st["policy"] += (t1 - t0) + (t3 - t2)
         st["model"] += t2 - t1
         st["advance"] += t4 - t3
-        n = (decision.interval[1] - decision.interval[0]) if decision.interval else e - s
-        self.stats.count_call(m.role, decision.mode, n)
-        if self.trace.enabled:
-            self.trace.add("step", model=m.role.value, unit=it.unit, step=it.step, iter=it.index,
-                           frames=[s, e], mode=decision.mode.value,
-                           interval=list(decision.interval or it.frames), by=by)
+        counts = m.counts
+        if mode is Mode.RECOMPUTE:
+            counts["computed"] += 1
+            counts["frames_computed"] += (interval[1] - interval[0]) if interval else e - s
+        else:
+            counts[_MODE_COUNT[mode]] += 1
+        self.trace.step(m.key, it.unit, it.step, it.index, it.frames, _MODE_NAME[mode],
+                        interval or it.frames, by)
 
-    def _decide(self, ctx: StepContext) -> tuple[StepDecision, str]:
+    def _decide(self, ctx: StepContext, impls: list[Any]) -> tuple[StepDecision, str]:
         hook = "accelframe_step_decide"
         try:
-            decision, by = self.hooks.step_decide(ctx)
+            decision, by = self.hooks.first_ctx(hook, impls, ctx)
         except HookRaised as err:
             self._failed(hook, err.plugin, repr(err.error), err.error)
             return fallback.RECOMPUTE, EXACT
+        if decision is fallback.RECOMPUTE:  # the exact answer itself: nothing to check
+            self._reuse[(ctx.model.value, ctx.unit)] = 0
+            return decision, by
         problem = _check_decision(decision, ctx)
         if problem is not None:
             self._failed(hook, by, problem)
             return fallback.RECOMPUTE, EXACT
-        key = (ctx.model, ctx.unit)
+        key = (ctx.model.value, ctx.unit)
         if decision.mode is Mode.RECOMPUTE:
             self._reuse[key] = 0
             return decision, by

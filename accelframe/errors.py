@@ -27,7 +27,8 @@ class UnknownNameError(AccelframeError, KeyError):
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
         self.kind, self.name, self.known = kind, name, sorted(known)
         listing = ", ".join(self.known) if self.known else "none (is plugin autoloading disabled?)"
-        super().__init__(f"unknown {kind} {name!r}; registered {kind}s: {listing}")
+        plural = "policies" if kind == "policy" else f"{kind}s"
+        super().__init__(f"unknown {kind} {name!r}; registered {plural}: {listing}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]

@@ -94,7 +94,8 @@ class Pipeline:
         trace: bool = True,
         max_reuse: int | None = None,
     ) -> None:
-        if max_reuse is not None and (not isinstance(max_reuse, int) or max_reuse < 1):
+        if max_reuse is not None and (not isinstance(max_reuse, int) or isinstance(max_reuse, bool)
+                                      or max_reuse < 1):
             raise ConfigError("Pipeline", "max_reuse", max_reuse,
                               "None or an int >= 1 (non-recompute calls allowed in a row)")
         self.max_reuse = max_reuse
@@ -156,9 +157,11 @@ class Pipeline:
             base = getattr(policy, "name", None) or type(policy).__name__
         applies = AppliesTo(getattr(obj, "applies_to", AppliesTo.BOTH))
         self._check_policy(base, kind, obj, applies)
+        # the stack name is also the plugin's name in the (possibly shared) plugin manager
+        pm = self.hooks.pm
+        taken = {p.name for p in self.stack} | {n for n, _ in pm.list_name_plugin()}
         name, k = base, 2
-        taken = {p.name for p in self.stack}
-        while name in taken:
+        while name in taken or pm.is_blocked(name):
             name, k = f"{base}#{k}", k + 1
         self.hooks.register(obj, name=name, kind="policy")
         self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies))
@@ -237,6 +240,7 @@ class Pipeline:
 
     def engine(self, **kwargs: Any) -> Engine:
         """A fresh engine for one generation (the streaming runtime makes one per chunk)."""
+        self.hooks.set_stack(self.policies)  # another pipeline may share this plugin manager
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
                       trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
@@ -253,6 +257,7 @@ class Pipeline:
         """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""
         from accelframe.streaming import StreamLoop
 
+        self.hooks.set_stack(self.policies)  # another pipeline may share this plugin manager
         return StreamLoop(self, sources, **kwargs).run()
 
     def close(self) -> None:

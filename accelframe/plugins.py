@@ -204,7 +204,8 @@ class Hooks:
         if self._registry is None:
             reg = Registry()
             for hook_name, callback in _REGISTRATION.items():
-                for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                # registration order, so that a duplicate names the plugin that came first first
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                     register = getattr(reg, callback)(impl.plugin_name)
                     impl.function(*[{"register": register}[a] for a in impl.argnames])
             self._registry = reg
@@ -221,7 +222,12 @@ class Hooks:
     # ---- prepared call lists for the per-call hooks ---------------------------------------------
 
     def set_stack(self, names: list[str]) -> None:
-        """The pipeline's policy stack, in the order policies were added (asked first)."""
+        """The pipeline's policy stack, in the order policies were added (asked first).
+
+        Policies registered by a pipeline (kind ``"policy"``) that are not in the current stack
+        belong to another pipeline sharing this manager and are not asked."""
+        if list(names) == self._stack:
+            return
         self._stack = list(names)
         self._prepared.clear()
 
@@ -231,8 +237,11 @@ class Hooks:
         if found is not None:
             return found
         caller = getattr(self.pm.hook, hook_name)
-        impls = [i for i in reversed(caller.get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
         rank = {name: k for k, name in enumerate(self._stack)}
+        impls = [i for i in reversed(caller.get_hookimpls())
+                 if not (i.wrapper or i.hookwrapper)
+                 # another pipeline's policy on a shared manager: not part of this stack
+                 and not (self._kinds.get(i.plugin_name) == "policy" and i.plugin_name not in rank)]
         # stack policies in stack order; then other plugins in pluggy order; the fallback last
         impls.sort(key=lambda i: (i.plugin_name == EXACT, rank.get(i.plugin_name, len(rank))))
         out: list[_Impl] = []
@@ -245,10 +254,34 @@ class Hooks:
         self._prepared[key] = out
         return out
 
+    def step_impls(self, model: ModelRole) -> tuple[list[_Impl], list[_Impl]]:
+        """The prepared (decide, observe) call lists for one model, for the engine's hot path."""
+        return (self._impls("accelframe_step_decide", model),
+                self._impls("accelframe_step_observe", model))
+
+    def first(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> tuple[Any, str]:
+        """Call ``impls`` in order until one answers; (answer, plugin) or (None, the fallback)."""
+        return self._first(hook_name, impls, kwargs)
+
+    def each(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> list[HookRaised]:
+        """Call every one of ``impls``; returns the errors raised (not re-raised)."""
+        return self._each(hook_name, impls, kwargs)
+
+    def first_ctx(self, hook_name: str, impls: list[_Impl], ctx: Any) -> tuple[Any, str]:
+        """:meth:`first` for the decision hooks, whose only argument is ``ctx`` (hot path)."""
+        for fn, argnames, plugin in impls:
+            try:
+                result = fn(ctx) if argnames else fn()
+            except Exception as exc:
+                raise HookRaised(hook_name, plugin, exc) from exc
+            if result is not None:
+                return result, plugin
+        return None, EXACT
+
     def _first(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> tuple[Any, str]:
         for fn, argnames, plugin in impls:
             try:
-                result = fn(*[kwargs[a] for a in argnames])
+                result = fn(*map(kwargs.__getitem__, argnames))
             except Exception as exc:
                 raise HookRaised(hook_name, plugin, exc) from exc
             if result is not None:
@@ -259,7 +292,7 @@ class Hooks:
         errors = []
         for fn, argnames, plugin in impls:
             try:
-                fn(*[kwargs[a] for a in argnames])
+                fn(*map(kwargs.__getitem__, argnames))
             except Exception as exc:
                 errors.append(HookRaised(hook_name, plugin, exc))
         return errors

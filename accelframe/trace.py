@@ -17,19 +17,44 @@ _MODE_KEY = {Mode.RECOMPUTE: "computed", Mode.CACHE: "cached", Mode.PREDICT: "pr
 STAGES = ("policy", "probe", "model", "advance", "commit", "decode", "block", "batch")
 
 
+_STEP_FIELDS = ("model", "unit", "step", "iter", "frames", "mode", "interval", "by")
+
+
 @attrs.define
 class Trace:
-    """An append-only list of events; each is a dict with at least ``"event"``."""
+    """An append-only list of events; each is a dict with at least ``"event"``.
 
-    events: list[dict[str, Any]] = attrs.field(factory=list)
+    Step events, one per model call, are kept as tuples on the hot path and turned into dicts
+    when ``events`` is read."""
+
+    raw: list[Any] = attrs.field(factory=list)
     enabled: bool = True
 
     def add(self, event: str, **fields: Any) -> None:
         if self.enabled:
             fields["event"] = event
-            self.events.append(fields)
+            self.raw.append(fields)
+
+    def step(self, model: str, unit: int, step: int, index: int, frames: tuple[int, int],
+             mode: str, interval: tuple[int, int], by: str) -> None:
+        """Record one denoising call (the engine's hot path: a tuple, no dict)."""
+        if self.enabled:
+            self.raw.append((model, unit, step, index, frames, mode, interval, by))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for e in self.raw:
+            if type(e) is tuple:
+                d = dict(zip(_STEP_FIELDS, e))
+                d["frames"], d["interval"] = list(d["frames"]), list(d["interval"])
+                d["event"] = "step"
+                e = d
+            out.append(e)
+        return out
 
     def of(self, event: str) -> list[dict[str, Any]]:
+        """The events of one kind, in order."""
         return [e for e in self.events if e["event"] == event]
 
 

@@ -75,6 +75,16 @@ def _tuple_of_str(inst: Any, attribute: Any, value: Any) -> None:
         )
 
 
+def _prompts(value: Any) -> tuple[Any, ...]:
+    """A single prompt string is one prompt, not a tuple of its characters."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:  # not iterable: the validator names it
+        return (value,)
+
+
 # ------------------------------------------------------------------------------------------------
 # requests and plans
 # ------------------------------------------------------------------------------------------------
@@ -89,7 +99,7 @@ class Request:
     earlier frames are already in the KV cache.
     """
 
-    prompts: tuple[str, ...] = attrs.field(converter=tuple, validator=_tuple_of_str)
+    prompts: tuple[str, ...] = attrs.field(converter=_prompts, validator=_tuple_of_str)
     num_frames: int = attrs.field(validator=v.number_in(1, integer=True))
     seed: int = attrs.field(default=0, validator=v.number_in(0, 2**63 - 1, integer=True))
     start_sigma: float = attrs.field(

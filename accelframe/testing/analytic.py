@@ -101,6 +101,16 @@ class AnalyticState:
     rope_offset: int = 0
     decode_prev: torch.Tensor | None = None  # [B, 3, H, W]
     calls: int = 0
+    kv_version: int = 0  # bumped on every change of ``kv``
+    _kv_sum: tuple[int, torch.Tensor] | None = None  # (version summed, sum [B, 1, C, H, W])
+
+    def kv_sum(self) -> torch.Tensor:
+        """Sum of the cached frames ``[B, 1, C, H, W]``, recomputed only when the KV changed."""
+        key = self.kv_version
+        if self._kv_sum is None or self._kv_sum[0] != key:
+            total = torch.stack(list(self.kv.values()), dim=1).sum(dim=1, keepdim=True)
+            self._kv_sum = (key, total)
+        return self._kv_sum[1]
 
 
 def _prompt_tensor(prompt: str, salt: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -130,6 +140,7 @@ class AnalyticAdapter:
         mix = torch.linspace(-1.0, 1.0, 3 * c.channels).reshape(3, c.channels)
         self._mix = mix + torch.eye(3, c.channels)  # [3, C], full rank
         self._unmix = torch.linalg.pinv(self._mix)  # [C, 3]
+        self._phases: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"AnalyticAdapter({self.config!r})"
@@ -264,6 +275,7 @@ class AnalyticAdapter:
 
     def restore(self, state: AnalyticState, snap: dict[str, Any]) -> None:
         state.kv = dict(snap["kv"])
+        state.kv_version += 1
         state.sinks = snap["sinks"]
         state.rope_offset = snap["rope_offset"]
         state.decode_prev = snap["decode_prev"]
@@ -276,14 +288,25 @@ class AnalyticAdapter:
             while time.perf_counter() < end:
                 pass
 
+    def _phase(self, frames: tuple[int, int], offset: int,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (frames, offset, dtype)
+        found = self._phases.get(key)
+        if found is None:
+            pos = torch.arange(frames[0], frames[1], dtype=dtype) - offset  # [F]
+            f = frames[1] - frames[0]
+            found = (torch.cos(0.3 * pos).view(1, f, 1, 1, 1), torch.sin(0.3 * pos).view(1, f, 1, 1, 1))
+            if len(self._phases) > 4096:
+                self._phases.clear()
+            self._phases[key] = found
+        return found
+
     def _targets(self, x: torch.Tensor, sigma: torch.Tensor, frames: tuple[int, int],
                  state: AnalyticState) -> torch.Tensor:
         """m_j(σ) for the forwarded frames: ``[B, F, C, H, W]``."""
         c = self.config
         f = x.shape[1]
-        pos = torch.arange(frames[0], frames[1], dtype=x.dtype) - state.rope_offset  # [F]
-        cos = torch.cos(0.3 * pos).view(1, f, 1, 1, 1)
-        sin = torch.sin(0.3 * pos).view(1, f, 1, 1, 1)
+        cos, sin = self._phase(frames, state.rope_offset, x.dtype)  # [1, F, 1, 1, 1] each
         base, direc = state.base.unsqueeze(1), state.direction.unsqueeze(1)  # [B, 1, C, H, W]
         mu = base * cos + direc * sin  # [B, F, C, H, W]
         # context: KV frames (weight 1) plus earlier forwarded frames (weight 1 - σ)
@@ -291,9 +314,8 @@ class AnalyticAdapter:
         wx = torch.cumsum(w * x, dim=1) - w * x  # [B, F, C, H, W], strictly earlier frames
         ww = torch.cumsum(w, dim=1) - w  # [1, F, 1, 1, 1]
         if state.kv:
-            kv = torch.stack(list(state.kv.values()), dim=1)  # [B, K, C, H, W]
-            wx = wx + kv.sum(dim=1, keepdim=True)
-            ww = ww + kv.shape[1]
+            wx = wx + state.kv_sum()
+            ww = ww + len(state.kv)
         ctx = wx / ww.clamp_min(1e-6)
         bend = torch.sin(3.0 * sigma).view(1, f, 1, 1, 1) * direc
         return mu + c.coupling * ctx + c.curvature * bend
@@ -328,6 +350,7 @@ class AnalyticAdapter:
         state.calls += 1
         for j in range(frames[0], frames[1]):
             state.kv[j] = x0[:, j - frames[0]].clone()
+        state.kv_version += 1
         c = self.config
         if c.sink_frames and len(state.sinks) < c.sink_frames:
             state.sinks = tuple(sorted(state.kv))[: c.sink_frames]
@@ -335,6 +358,7 @@ class AnalyticAdapter:
             recent = [j for j in sorted(state.kv) if j not in state.sinks]
             for j in recent[: max(len(recent) - (c.kv_window - len(state.sinks)), 0)]:
                 del state.kv[j]
+            state.kv_version += 1
 
     # ---- pixels ---------------------------------------------------------------------------------
 
@@ -364,6 +388,7 @@ class AnalyticAdapter:
                  sinks: tuple[int, ...] | None, rope_reset: bool) -> None:
         for j in evict:
             state.kv.pop(j, None)
+        state.kv_version += 1
         if sinks is not None:
             state.sinks = tuple(sinks)
         if rope_reset:
