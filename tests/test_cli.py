@@ -1,0 +1,123 @@
+"""The command line: plugins, generate, bench overhead, errors, and commands added by plugins."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from accelframe import cli, hookimpl
+from accelframe.plugins import create_hooks
+from accelframe.testing import plugin as analytic_plugin
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("plugins", "generate", "bench", "ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD"):
+        assert word in text
+
+
+def test_plugins_json_lists_entry_points(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, out, _ = run(capsys, "plugins", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    by_name = {p["name"]: p for p in doc["plugins"]}
+    assert by_name["example"]["hooks"] == ["accelframe_register_policies"]
+    assert by_name["example"]["version"] == "0.1.0"
+    assert by_name["example"]["kind"] == "entry-point"
+    assert by_name["accelframe.exact"]["kind"] == "core"
+    assert {"every-n", "fixed-batch"} <= {e["name"] for e in doc["registered"]["policy"]}
+    assert "analytic" in {e["name"] for e in doc["registered"]["adapter"]}
+    assert doc["failed"] == []
+
+
+def test_generate_json_counts_policy_calls(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    out_file, trace_file = tmp_path / "clip.pt", tmp_path / "trace.json"
+    code, out, _ = run(capsys, "generate", "--frames", "6", "--set", "steps=4", "--policy",
+                       "every-n:n=2", "--json", "--out", str(out_file), "--trace", str(trace_file))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["policies"] == ["every-n"]
+    assert doc["model_calls"]["target"]["computed"] == 4  # 2 units x 4 steps, every 2nd reused
+    assert doc["model_calls"]["target"]["cached"] == 4
+    saved = torch.load(out_file, weights_only=False)
+    assert saved["latents"].shape == (1, 6, 4, 8, 8)
+    trace = json.loads(trace_file.read_text())
+    assert [e["mode"] for e in trace["trace"] if e["event"] == "step"][:2] == ["recompute", "cache"]
+
+
+def test_generate_refuses_to_overwrite(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    target = tmp_path / "clip.pt"
+    target.write_text("precious")
+    code, _, err = run(capsys, "generate", "--frames", "3", "--out", str(target))
+    assert code == 2 and "--out" in err and "--force" in err
+    assert target.read_text() == "precious"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "--policy", "nope"], ["unknown policy 'nope'", "every-n"]),
+    (["generate", "--policy", "every-n:n=0"], ["n = 0", "[1, 1000]"]),
+    (["generate", "--policy", "every-n:m=2"], ["m", "keyword"]),
+    (["generate", "--adapter", "nope"], ["unknown adapter 'nope'", "analytic"]),
+    (["generate", "--set", "plan=zigzag"], ["plan", "'zigzag'", "'staircase'"]),
+    (["generate", "--frames", "4"], ["num_frames", "multiple of unit_frames = 3"]),
+    (["generate", "--set", "steps"], ["--set", "KEY=VALUE"]),
+])
+def test_bad_input_is_a_clear_error(capsys, monkeypatch, argv, words):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    for word in words:
+        assert word in err
+
+
+def test_bench_overhead_json(capsys):
+    code, out, _ = run(capsys, "bench", "overhead", "--units", "2", "--repeats", "2", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    for key in ("overhead_us_per_call", "overhead_fraction", "direct_us_per_call",
+                "overhead_us_per_call_no_policy"):
+        assert isinstance(doc[key], float)
+    assert doc["model_calls_per_run"] == 2 * (4 + 1)
+    assert doc["overhead_fraction"] == pytest.approx(doc["overhead_us_per_call"] / 1000.0)
+
+
+class BenchHello:
+    """A plugin that adds ``accelframe bench hello``."""
+
+    @hookimpl
+    def accelframe_register_commands(self, register):
+        register("hello", lambda p: p.add_argument("--name", default="world"),
+                 lambda args: print(f"hello {args.name}") or 0, help="say hello", group="bench")
+
+
+def test_plugins_add_commands(capsys, monkeypatch):
+    hooks = create_hooks(autoload=False, plugins=(analytic_plugin, BenchHello()))
+    monkeypatch.setattr("accelframe.plugins.create_hooks", lambda: hooks)
+    code, out, _ = run(capsys, "bench", "hello", "--name", "accelframe")
+    assert code == 0 and out.strip() == "hello accelframe"
+
+
+def test_command_name_clash_is_an_error(capsys, monkeypatch):
+    class Clash:
+        @hookimpl
+        def accelframe_register_commands(self, register):
+            register("overhead", lambda p: None, lambda a: 0, group="bench")
+
+    hooks = create_hooks(autoload=False, plugins=(Clash(),))
+    monkeypatch.setattr("accelframe.plugins.create_hooks", lambda: hooks)
+    code, _, err = run(capsys, "plugins")
+    assert code == 2 and "overhead" in err
