@@ -34,6 +34,9 @@ class Adapter(Protocol):
     capabilities: frozenset[str]
     unit_frames: int  # latent frames per unit; stream chunks are multiples of it
     latent_shape: tuple[int, int, int]  # (C, H, W)
+    # Optional: ``device`` and ``dtype`` of the latents (default CPU, float32). Start noise is
+    # drawn on the CPU from the unit's generator and moved, so bits do not depend on the device;
+    # ``advance`` gets that CPU generator for re-noising and must do the same.
 
     def validate(self, request: Request) -> None:
         """Raise a typed error for a request this family cannot run (before any model call)."""

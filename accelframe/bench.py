@@ -47,7 +47,7 @@ def direct_run(adapter: Any, request: Request) -> tuple[torch.Tensor, int]:
         for span in it.starts:
             g = gens[span.unit] = unit_generator(request.seed, span.unit)
             x[:, span.start:span.end] = torch.randn(
-                (request.batch, span.end - span.start, c, h, w), generator=g)
+                (request.batch, span.end - span.start, c, h, w), generator=g).to(x.dtype)
         s, e = it.frames
         xs = x[:, s:e]
         calls += 1

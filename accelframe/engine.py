@@ -172,7 +172,9 @@ class Engine:
         if state is None:
             state = adapter.init_state(request, adapter.encode_prompt(request.prompts))
         c, h, w = adapter.latent_shape
-        x = torch.zeros(request.batch, request.num_frames, c, h, w)  # [B, F, C, H, W]
+        device, dtype = getattr(adapter, "device", "cpu"), getattr(adapter, "dtype", torch.float32)
+        x = torch.zeros(request.batch, request.num_frames, c, h, w, device=device,
+                        dtype=dtype)  # [B, F, C, H, W]
         decide, observe = self.hooks.step_impls(role)
         if all(plugin == EXACT for _, _, plugin in decide):
             decide = None  # only the exact fallback: skip building contexts
@@ -394,7 +396,8 @@ class Engine:
         g = self._gen(m, span.unit, request)
         a, b = span.start - m.offset, span.end - m.offset
         shape = (request.batch, b - a, *m.adapter.latent_shape)
-        noise = torch.randn(shape, generator=g)  # [B, F_unit, C, H, W]
+        # drawn on the CPU, then moved: the same seed gives the same start noise on any device
+        noise = torch.randn(shape, generator=g).to(m.x.device, m.x.dtype)  # [B, F_unit, C, H, W]
         if request.init_latents is not None:  # video-to-video: noise the given latents
             sigma = request.start_sigma
             m.x[:, a:b] = (1.0 - sigma) * request.init_latents[:, a:b] + sigma * noise

@@ -60,6 +60,13 @@ class AppliesTo(enum.Enum):
     def covers(self, model: ModelRole) -> bool:
         return self is AppliesTo.BOTH or self.value == model.value
 
+    @classmethod
+    def _missing_(cls, value: object) -> AppliesTo:
+        # policies convert their ``applies_to`` keyword with ``AppliesTo``: a bad value must be a
+        # ConfigError naming the field, the value and what is allowed, not a bare ValueError
+        raise ConfigError("AppliesTo", "applies_to", value,
+                          "one of " + ", ".join(repr(m.value) for m in cls))
+
 
 class Verdict(enum.Enum):
     """A block policy's answer for a drafted unit."""

@@ -70,6 +70,7 @@ class AnalyticConfig:
     curvature: float = attrs.field(default=0.2, validator=v.number_in(0.0, 1.0))
     smoothing: float = attrs.field(default=0.25, validator=v.number_in(0.0, 0.9))
     cost_ms: float = attrs.field(default=0.0, validator=v.number_in(0.0, 10_000.0))
+    dtype: str = attrs.field(default="float32", validator=v.one_of("float32", "float64"))
 
     def __attrs_post_init__(self) -> None:
         if self.plan == "window" and self.steps % self.window_units:
@@ -128,6 +129,8 @@ class AnalyticAdapter:
         self.name = "analytic"
         self.unit_frames = c.unit_frames
         self.latent_shape = (c.channels, c.height, c.width)
+        self.device = torch.device("cpu")
+        self.dtype = getattr(torch, c.dtype)
         self._sigmas = c.sigmas()
         kinds = {caps.SNAPSHOT, caps.DECODE, caps.ENCODE}
         if c.plan == "block":
@@ -138,7 +141,7 @@ class AnalyticAdapter:
             kinds |= {caps.KV_CACHE, caps.UPDATE_MASK}
         self.capabilities = frozenset(kinds)
         mix = torch.linspace(-1.0, 1.0, 3 * c.channels).reshape(3, c.channels)
-        self._mix = mix + torch.eye(3, c.channels)  # [3, C], full rank
+        self._mix = (mix + torch.eye(3, c.channels)).to(self.dtype)  # [3, C], full rank
         self._unmix = torch.linalg.pinv(self._mix)  # [C, 3]
         self._phases: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -264,7 +267,7 @@ class AnalyticAdapter:
         shape = self.latent_shape
         base = torch.stack([_prompt_tensor(p, "base", shape) for p in prompts])  # [B, C, H, W]
         direction = torch.stack([_prompt_tensor(p, "dir", shape) for p in prompts])
-        return base, direction
+        return base.to(self.dtype), direction.to(self.dtype)
 
     def init_state(self, request: Request, cond: tuple[torch.Tensor, torch.Tensor]) -> AnalyticState:
         return AnalyticState(base=cond[0], direction=cond[1])
@@ -340,7 +343,7 @@ class AnalyticAdapter:
         if self.config.solver == "euler":
             return x + velocity * (nxt - sigma)  # frames with σ_next = σ stay put
         x0 = x - sigma * velocity  # [B, F, C, H, W]
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=generator).to(x.dtype)  # drawn on the CPU
         renoised = (1.0 - nxt) * x0 + nxt * noise
         keep = torch.tensor(it.update).view(1, -1, 1, 1, 1)
         return torch.where(keep, renoised, x)
