@@ -331,8 +331,10 @@ class Engine:
         if decision.mode is Mode.RECOMPUTE:
             self._reuse[key] = 0
             return decision, by
-        if ctx.step == 0:  # nothing of this unit was computed yet: a reuse would come from elsewhere
-            self._failed(hook, by, f"{decision.mode.value} at the first step of unit {ctx.unit}")
+        if ctx.step == 0 or ctx.iteration.starts:
+            # a unit starts here: nothing of it was computed yet, a reuse would come from elsewhere
+            starting = [u.unit for u in ctx.iteration.starts] or [ctx.unit]
+            self._failed(hook, by, f"{decision.mode.value} at the first step of unit(s) {starting}")
             return fallback.RECOMPUTE, EXACT
         run = self._reuse.get(key, 0)
         if self.max_reuse is not None and run >= self.max_reuse:

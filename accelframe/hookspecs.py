@@ -217,7 +217,8 @@ def accelframe_model_call(call: ModelCall) -> torch.Tensor | None:
             record(call.kind, call.unit, time.perf_counter() - t0)
             return out
 
-    The core's implementation (the innermost) runs ``call.run()``. Fires around every model call:
+    ``firstresult``: the core's implementation (the innermost, ``trylast``) runs ``call.run()``
+    and its output is the hook's result; wrappers see it and pass it on. Fires around every model call:
     denoising passes and commit passes, of target and drafter. A wrapper must return the output it
     received.
     """

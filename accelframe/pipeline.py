@@ -41,10 +41,11 @@ _KIND_BY_HOOK = {
 class StackedPolicy:
     """One policy of a pipeline's stack."""
 
-    name: str  # unique within the pipeline (``every-n``, ``every-n#2``)
+    name: str  # unique within the pipeline (``every-n``, ``every-n#2``); traces show it
     kind: str  # "step", "block" or "batch"
     policy: Any
     applies_to: AppliesTo
+    plugin: str = ""  # its name in the plugin manager, unique when pipelines share a manager
 
 
 def _policy_kind(obj: Any) -> str:
@@ -157,16 +158,24 @@ class Pipeline:
             base = getattr(policy, "name", None) or type(policy).__name__
         applies = AppliesTo(getattr(obj, "applies_to", AppliesTo.BOTH))
         self._check_policy(base, kind, obj, applies)
-        # the stack name is also the plugin's name in the (possibly shared) plugin manager
-        pm = self.hooks.pm
-        taken = {p.name for p in self.stack} | {n for n, _ in pm.list_name_plugin()}
         name, k = base, 2
-        while name in taken or pm.is_blocked(name):
+        taken = {p.name for p in self.stack}
+        while name in taken:
             name, k = f"{base}#{k}", k + 1
-        self.hooks.register(obj, name=name, kind="policy")
-        self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies))
-        self.hooks.set_stack([p.name for p in self.stack])
+        # the plugin manager may be shared with other pipelines: its name for the policy must be
+        # unique there too; traces and warnings still show the stack name
+        pm, plugin, k = self.hooks.pm, name, 2
+        while pm.has_plugin(plugin) or pm.is_blocked(plugin):
+            plugin, k = f"{name}@{k}", k + 1
+        self.hooks.register(obj, name=plugin, kind="policy", label=name)
+        self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies,
+                                        plugin=plugin))
+        self.hooks.set_stack(self._plugins())
         return self
+
+    def _plugins(self) -> list[str]:
+        """The stack's plugin-manager names, in stack order."""
+        return [p.plugin for p in self.stack]
 
     def remove(self, name: str) -> Pipeline:
         """Take a policy off the stack by its stack name."""
@@ -174,7 +183,7 @@ class Pipeline:
             if p.name == name:
                 self.hooks.unregister(p.policy)
                 self.stack.remove(p)
-                self.hooks.set_stack([q.name for q in self.stack])
+                self.hooks.set_stack(self._plugins())
                 return self
         raise ConfigError("Pipeline.remove", "name", name,
                           "one of " + ", ".join(p.name for p in self.stack) if self.stack
@@ -240,7 +249,7 @@ class Pipeline:
 
     def engine(self, **kwargs: Any) -> Engine:
         """A fresh engine for one generation (the streaming runtime makes one per chunk)."""
-        self.hooks.set_stack(self.policies)  # another pipeline may share this plugin manager
+        self.hooks.set_stack(self._plugins())  # another pipeline may share this plugin manager
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
                       trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
@@ -257,7 +266,7 @@ class Pipeline:
         """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""
         from accelframe.streaming import StreamLoop
 
-        self.hooks.set_stack(self.policies)  # another pipeline may share this plugin manager
+        self.hooks.set_stack(self._plugins())  # another pipeline may share this plugin manager
         return StreamLoop(self, sources, **kwargs).run()
 
     def close(self) -> None:

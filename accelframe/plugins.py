@@ -103,6 +103,9 @@ def create_hooks(
     if autoload is None:
         autoload = not os.environ.get(AUTOLOAD_ENV)
     blocked = set(disabled) if disabled is not None else _disabled_from_env()
+    # the core's plugins are the exact path and the innermost model call: never blocked
+    # (pluggy's set_blocked would unregister them, leaving decisions and calls unanswered)
+    blocked -= set(CORE_PLUGINS)
     for name in blocked:
         pm.set_blocked(name)
     if autoload:
@@ -119,6 +122,7 @@ class Hooks:
         self.pm = pm
         self.failures: list[LoadFailure] = []
         self._kinds: dict[str, str] = {}
+        self._labels: dict[str, str] = {}  # plugin name -> the name a pipeline's stack shows
         self._dists: dict[str, tuple[str, str]] = {}
         self._registry: Registry | None = None
         self._prepared: dict[Any, list[_Impl]] = {}
@@ -126,9 +130,13 @@ class Hooks:
 
     # ---- plugins --------------------------------------------------------------------------------
 
-    def register(self, plugin: Any, name: str | None = None, kind: str = "registered") -> str:
+    def register(self, plugin: Any, name: str | None = None, kind: str = "registered",
+                 label: str | None = None) -> str:
         """Register a plugin; a hook it misspells or implements with the wrong signature raises
-        :class:`~accelframe.errors.PluginError` naming the plugin, and nothing is left registered."""
+        :class:`~accelframe.errors.PluginError` naming the plugin, and nothing is left registered.
+
+        ``label`` is the name traces and warnings give the plugin (a pipeline's stack name, which
+        may differ from its name in a manager that several pipelines share)."""
         try:
             registered = self.pm.register(plugin, name=name)
         except ValueError as exc:  # a name that is taken, or an object registered twice
@@ -148,6 +156,8 @@ class Hooks:
                 f"known hooks: {known}"
             ) from exc
         self._kinds[pname] = kind
+        if label is not None:
+            self._labels[pname] = label
         self._registry = None
         self._prepared.clear()
         return pname
@@ -156,6 +166,7 @@ class Hooks:
         name = self.pm.get_name(plugin)
         self.pm.unregister(plugin)
         self._kinds.pop(name or "", None)
+        self._labels.pop(name or "", None)
         self._registry = None
         self._prepared.clear()
 
@@ -222,14 +233,16 @@ class Hooks:
     # ---- prepared call lists for the per-call hooks ---------------------------------------------
 
     def set_stack(self, names: list[str]) -> None:
-        """The pipeline's policy stack, in the order policies were added (asked first).
+        """The pipeline's policy stack (plugin names), in the order policies were added (asked
+        first).
 
         Policies registered by a pipeline (kind ``"policy"``) that are not in the current stack
         belong to another pipeline sharing this manager and are not asked."""
         if list(names) == self._stack:
             return
-        self._stack = list(names)
-        self._prepared.clear()
+        if list(names) != self._stack:
+            self._stack = list(names)
+            self._prepared.clear()
 
     def _impls(self, hook_name: str, model: ModelRole | None = None) -> list[_Impl]:
         key = (hook_name, model)
@@ -250,7 +263,8 @@ class Hooks:
                 applies = getattr(impl.plugin, "applies_to", AppliesTo.BOTH)
                 if not AppliesTo(applies).covers(model):
                     continue
-            out.append((impl.function, tuple(impl.argnames), impl.plugin_name))
+            out.append((impl.function, tuple(impl.argnames),
+                        self._labels.get(impl.plugin_name, impl.plugin_name)))
         self._prepared[key] = out
         return out
 
