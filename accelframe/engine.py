@@ -122,7 +122,7 @@ class Engine:
         self.registry = registry
         self.on_unit = on_unit
         self.max_reuse = max_reuse
-        self._reuse: dict[tuple[ModelRole, int], int] = {}  # consecutive non-recompute calls
+        self._reuse: dict[str, int] = {}  # model -> consecutive non-recompute calls
         self._warned: set[tuple[str, str]] = set()
         self._wrapped = hooks.wraps_model_calls
         self._decoded: list[torch.Tensor] = []
@@ -148,7 +148,8 @@ class Engine:
             drafter = self._slot(ModelRole.DRAFTER, self.drafter_name or "drafter", self.drafter,
                                  request, drafter_state)
         if lifecycle:
-            self.hooks.generation_start(info)
+            for err in self.hooks.generation_start(info):
+                self._failed(err.hook, err.plugin, repr(err.error), err.error, fallback_used=False)
         try:
             if drafter is None:
                 for it in self.target.plan(request):
@@ -160,7 +161,9 @@ class Engine:
         finally:
             self.stats.finish()
             if lifecycle:
-                self.hooks.generation_end(info, self.stats.to_dict())
+                for err in self.hooks.generation_end(info, self.stats.to_dict()):
+                    self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                                 fallback_used=False)
         frames = torch.cat(self._decoded, dim=1) if self._decoded else None
         self.target_state = target.state
         self.drafter_state = drafter.state if drafter is not None else None
@@ -311,7 +314,7 @@ class Engine:
         else:
             counts[_MODE_COUNT[mode]] += 1
         self.trace.step(m.key, it.unit, it.step, it.index, it.frames, _MODE_NAME[mode],
-                        interval or it.frames, by)
+                        (interval or it.frames) if mode is Mode.RECOMPUTE else None, by)
 
     def _decide(self, ctx: StepContext, impls: list[Any]) -> tuple[StepDecision, str]:
         hook = "accelframe_step_decide"
@@ -321,13 +324,13 @@ class Engine:
             self._failed(hook, err.plugin, repr(err.error), err.error)
             return fallback.RECOMPUTE, EXACT
         if decision is fallback.RECOMPUTE:  # the exact answer itself: nothing to check
-            self._reuse[(ctx.model.value, ctx.unit)] = 0
+            self._reuse[ctx.model.value] = 0
             return decision, by
         problem = _check_decision(decision, ctx)
         if problem is not None:
             self._failed(hook, by, problem)
             return fallback.RECOMPUTE, EXACT
-        key = (ctx.model.value, ctx.unit)
+        key = ctx.model.value  # a unit's first call is always computed, so runs never span units
         if decision.mode is Mode.RECOMPUTE:
             self._reuse[key] = 0
             return decision, by
@@ -362,9 +365,17 @@ class Engine:
                 return out
         if not self._wrapped:
             return run()
-        return self.hooks.model_call(ModelCall(
+        out = self.hooks.model_call(ModelCall(
             generation=self.generation, model=m.role, adapter=m.name, kind="denoise",
             unit=it.unit, step=it.step, frames=frames, run=run))
+        if not isinstance(out, torch.Tensor) or out.shape != xs.shape:
+            # a wrapper replaced the model's output: nothing but the model may compute a frame
+            self._failed("accelframe_model_call", "a model-call wrapper",
+                         f"returned {type(out).__name__} "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''} instead of "
+                         f"the model's output {tuple(xs.shape)}")
+            return run()
+        return out
 
     def _commit(self, m: ModelSlot, it: Iteration, xs: torch.Tensor) -> None:
         t0 = perf()

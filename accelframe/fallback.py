@@ -31,7 +31,7 @@ def batch_of_one(ctx: BatchContext) -> BatchPlan:
     ready = [s for s in ctx.streams if s.pending >= ctx.unit_frames]
     if not ready:
         return BatchPlan(entries=(), reason="exact: waiting for a full unit")
-    first = min(ready, key=lambda s: (s.consumed / s.fps, s.stream))
+    first = min(ready, key=lambda s: (s.oldest_pending_s, s.stream))
     return BatchPlan(entries=(BatchEntry(stream=first.stream, frames=ctx.unit_frames),),
                      reason="exact: batch of one")
 

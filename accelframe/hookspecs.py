@@ -49,7 +49,8 @@ def accelframe_register_adapters(register: Callable[..., None]) -> None:
     Call ``register(name, factory, description="")`` once per adapter. ``factory(**kwargs)``
     returns an object implementing :class:`accelframe.adapter.Adapter`. A name registered by two
     plugins raises :class:`~accelframe.errors.DuplicateNameError` naming both.
-    Fires once, when the registry is built from the plugin manager. Returns nothing.
+    Fires when the registry is built (once per plugin manager, and again after its plugins
+    change). Returns nothing.
     """
 
 
@@ -60,8 +61,8 @@ def accelframe_register_policies(register: Callable[..., None]) -> None:
     Call ``register(name, factory, kind, description="")`` with ``kind`` one of ``"step"``,
     ``"block"``, ``"batch"``. ``factory(**kwargs)`` validates its keyword arguments (raising
     :class:`~accelframe.errors.ConfigError`) and returns an object with hook implementations.
-    Duplicate names raise :class:`~accelframe.errors.DuplicateNameError`. Fires once, when the
-    registry is built. Returns nothing.
+    Duplicate names raise :class:`~accelframe.errors.DuplicateNameError`. Fires when the registry
+    is built (once per plugin manager, and again after its plugins change). Returns nothing.
     """
 
 
@@ -71,8 +72,8 @@ def accelframe_register_scorers(register: Callable[..., None]) -> None:
 
     Call ``register(name, factory, description="")``; ``factory(**kwargs)`` returns a callable
     ``scorer(frames, prompts) -> Tensor [B, F_pix]`` of per-frame scores (higher is better).
-    Duplicate names raise :class:`~accelframe.errors.DuplicateNameError`. Fires once, when the
-    registry is built. Returns nothing.
+    Duplicate names raise :class:`~accelframe.errors.DuplicateNameError`. Fires when the registry
+    is built. Returns nothing.
     """
 
 
@@ -84,7 +85,8 @@ def accelframe_register_commands(register: Callable[..., None]) -> None:
     arguments to an ``argparse`` parser, ``run(args) -> int`` executes and returns the exit code.
     ``group="bench"`` adds ``accelframe bench NAME``; no group adds ``accelframe NAME``.
     Duplicate names within a group raise :class:`~accelframe.errors.DuplicateNameError`.
-    Fires once, when the CLI builds its parser. Returns nothing.
+    Fires when the registry is built; the CLI adds the commands when it builds its parser.
+    Returns nothing.
     """
 
 
@@ -151,7 +153,8 @@ def accelframe_block_verdict(ctx: BlockContext) -> BlockVerdict | None:
     """Accept the drafted unit into the target's KV cache, or have the target regenerate it.
 
     ``firstresult``: return None to pass; the exact fallback regenerates. Fires after the drafter
-    finished a unit and it was decoded, only in pipelines with a drafter.
+    finished a unit (and, when the request decodes, after the draft was decoded into
+    ``ctx.draft_frames``), only in pipelines with a drafter.
     """
 
 
@@ -182,7 +185,8 @@ def accelframe_kv_manage(ctx: KVContext) -> KVAction | None:
     """Evict KV frames, refresh sink frames or reset RoPE before a stream's next chunk.
 
     ``firstresult``; the exact fallback does nothing beyond the adapter's own window. Evicted
-    frames must be in ``ctx.cached_frames``. Fires before every chunk of a streaming run.
+    frames must be in ``ctx.cached_frames``. Fires before every chunk of a streaming run except
+    a stream's first (its cache is still empty).
     """
 
 
@@ -190,15 +194,15 @@ def accelframe_kv_manage(ctx: KVContext) -> KVAction | None:
 def accelframe_noise_level(ctx: NoiseContext) -> float | None:
     """The noise level σ in (0, 1] a video-to-video chunk is noised to before denoising.
 
-    ``firstresult``; the exact fallback returns ``ctx.default_sigma``. Fires before every chunk
-    of a streaming run.
+    ``firstresult``; the exact fallback returns ``ctx.default_sigma``. Fires before every
+    video-to-video chunk of a streaming run (not for text-to-video streams).
     """
 
 
 @hookspec
 def accelframe_batch_observe(ctx: BatchContext, plan: BatchPlan, latency_s: float) -> None:
-    """See the batch that ran and its measured wall time in seconds. Fires after every batch.
-    Returns nothing."""
+    """See the batch that ran and its measured wall time in seconds. Fires after every batch that
+    ran (not when the plan was to wait). Returns nothing."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -155,6 +155,13 @@ class Hooks:
                 f"plugin {pname!r} implements a hook accelframe does not define ({exc}); "
                 f"known hooks: {known}"
             ) from exc
+        plain = [i for i in self.pm.hook.accelframe_model_call.get_hookimpls()
+                 if i.plugin_name == pname and not (i.wrapper or i.hookwrapper)]
+        if plain and pname != RUNNER:
+            self.pm.unregister(plugin)
+            raise PluginError(
+                f"plugin {pname!r} implements accelframe_model_call without wrapper=True; only the "
+                "core runs model calls (use @hookimpl(wrapper=True) to time or trace them)")
         self._kinds[pname] = kind
         if label is not None:
             self._labels[pname] = label
@@ -224,11 +231,15 @@ class Hooks:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    def generation_start(self, info: Any) -> None:
-        self.pm.hook.accelframe_generation_start(info=info)
+    def generation_start(self, info: Any) -> list[HookRaised]:
+        """Tell the current stack (and module-level plugins) a generation starts; returns the
+        errors raised (not re-raised)."""
+        return self._each("accelframe_generation_start",
+                          self._impls("accelframe_generation_start"), {"info": info})
 
-    def generation_end(self, info: Any, stats: dict[str, Any]) -> None:
-        self.pm.hook.accelframe_generation_end(info=info, stats=stats)
+    def generation_end(self, info: Any, stats: dict[str, Any]) -> list[HookRaised]:
+        return self._each("accelframe_generation_end", self._impls("accelframe_generation_end"),
+                          {"info": info, "stats": stats})
 
     # ---- prepared call lists for the per-call hooks ---------------------------------------------
 

@@ -198,15 +198,18 @@ class StreamLoop:
 
     # ---- failures -------------------------------------------------------------------------------
 
-    def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None) -> None:
+    def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None,
+                *, fallback_used: bool = True) -> None:
         if self.pipe.strict:
             raise PolicyError(hook, plugin, problem) from exc
         self.stats.count_fallback(hook)
-        self.trace.add("fallback", hook=hook, plugin=plugin, problem=problem, exact=True)
+        self.trace.add("fallback", hook=hook, plugin=plugin, problem=problem,
+                       exact=fallback_used)
         if (plugin, hook) not in self._warned:
             self._warned.add((plugin, hook))
-            warnings.warn(f"plugin {plugin!r} failed in {hook}: {problem}; the exact path "
-                          "answered", PolicyFallbackWarning, stacklevel=3)
+            answer = "the exact path answered" if fallback_used else "ignored"
+            warnings.warn(f"plugin {plugin!r} failed in {hook}: {problem}; {answer}",
+                          PolicyFallbackWarning, stacklevel=3)
 
     def _ask(self, name: str, call: Callable[[Any], tuple[Any, str]], ctx: Any,
              check: Callable[[Any], str | None], exact: Callable[[], Any]) -> tuple[Any, str]:
@@ -230,9 +233,10 @@ class StreamLoop:
             received = s.received(now)
             nxt = s.arrival_s(st["consumed"]) + s.deadline_s if (
                 s.deadline_s is not None and st["consumed"] < s.total) else None
+            oldest = s.arrival_s(st["consumed"]) if received > st["consumed"] else None
             out.append(StreamStatus(stream=s.id, received=received, consumed=st["consumed"],
                                     emitted=st["emitted"], total=s.total, fps=s.fps,
-                                    next_deadline_s=nxt))
+                                    oldest_pending_s=oldest, next_deadline_s=nxt))
         return tuple(out)
 
     def _check_plan(self, plan: Any, ctx: BatchContext, finished_input: bool) -> str | None:
@@ -257,11 +261,9 @@ class StreamLoop:
 
     def run(self) -> StreamRun:
         pipe, hooks = self.pipe, self.pipe.hooks
-        unit = self.adapter.unit_frames
         self._state = {s.id: {"consumed": 0, "emitted": 0, "state": None} for s in self.sources}
         outputs = {s.id: StreamOutput(id=s.id) for s in self.sources}
         batches: list[dict[str, Any]] = []
-        last_latency = None
         pipe._reset_policies()
         gens, infos = {}, {}
         for s in self.sources:
@@ -271,7 +273,24 @@ class StreamLoop:
                 generation=pipe._generation, adapter=pipe.adapter_name, drafter=None,
                 registry=pipe.registry,
                 request=Request(prompts=(s.prompt,), num_frames=s.total, seed=s.seed))
-            hooks.generation_start(infos[s.id])
+            for err in hooks.generation_start(infos[s.id]):
+                self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                             fallback_used=False)
+        try:
+            self._loop(outputs, batches, gens)
+        finally:
+            self.stats.finish()
+            for s in self.sources:  # also when the run failed part-way: what was counted so far
+                for err in hooks.generation_end(infos[s.id], self.stats.to_dict()):
+                    self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                                 fallback_used=False)
+        return StreamRun(outputs=outputs, batches=batches, trace=self.trace, stats=self.stats,
+                         sources=self.sources)
+
+    def _loop(self, outputs: dict[str, StreamOutput], batches: list[dict[str, Any]],
+              gens: dict[str, int]) -> None:
+        hooks, unit = self.pipe.hooks, self.adapter.unit_frames
+        last_latency = None
         while any(self._state[s.id]["consumed"] < s.total for s in self.sources):
             now = self.clock.now()
             status = self._status(now)
@@ -298,7 +317,8 @@ class StreamLoop:
             batches.append(record)
             self.trace.add("batch", **record)
             for err in hooks.batch_observe(ctx, plan, latency):
-                self._failed(err.hook, err.plugin, repr(err.error), err.error)
+                self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                             fallback_used=False)
             last_latency = latency
             emit_t = self.clock.now()
             for entry in plan.entries:
@@ -307,11 +327,6 @@ class StreamLoop:
                 first = len(out.emit_s)
                 out.emit_s += [emit_t] * entry.frames
                 out.arrival_s += [src.arrival_s(k) for k in range(first, first + entry.frames)]
-        self.stats.finish()
-        for s in self.sources:
-            hooks.generation_end(infos[s.id], self.stats.to_dict())
-        return StreamRun(outputs=outputs, batches=batches, trace=self.trace, stats=self.stats,
-                         sources=self.sources)
 
     def _chunk(self, src: StreamSource, n: int, generation: int, out: StreamOutput) -> None:
         """Run ``n`` input frames of ``src`` from its next frame on, and emit them."""

@@ -36,8 +36,9 @@ class Trace:
             self.raw.append(fields)
 
     def step(self, model: str, unit: int, step: int, index: int, frames: tuple[int, int],
-             mode: str, interval: tuple[int, int], by: str) -> None:
-        """Record one denoising call (the engine's hot path: a tuple, no dict)."""
+             mode: str, interval: tuple[int, int] | None, by: str) -> None:
+        """Record one denoising call (the engine's hot path: a tuple, no dict). ``interval`` is
+        the computed frames of a recompute, None for a cached or predicted call."""
         if self.enabled:
             self.raw.append((model, unit, step, index, frames, mode, interval, by))
 
@@ -47,7 +48,8 @@ class Trace:
         for e in self.raw:
             if type(e) is tuple:
                 d = dict(zip(_STEP_FIELDS, e))
-                d["frames"], d["interval"] = list(d["frames"]), list(d["interval"])
+                d["frames"] = list(d["frames"])
+                d["interval"] = None if d["interval"] is None else list(d["interval"])
                 d["event"] = "step"
                 e = d
             out.append(e)

@@ -371,6 +371,7 @@ class StreamStatus:
     emitted: int  # frames already emitted
     total: int | None  # frames the source will deliver, None when unknown
     fps: float
+    oldest_pending_s: float | None  # arrival time of the oldest pending frame, None if none
     next_deadline_s: float | None
 
     @property

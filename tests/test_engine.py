@@ -417,3 +417,53 @@ def test_an_iteration_that_starts_a_unit_is_always_recomputed(hooks, kwargs):
     for event, it in zip(steps, its):
         if it.starts:
             assert event["mode"] == "recompute", (event, [s.unit for s in it.starts])
+
+
+# ---- model-call wrappers and lifecycle hooks cannot compute frames or take a generation down ----
+
+
+def test_a_plain_model_call_implementation_is_refused(af_hooks):
+    from accelframe.errors import PluginError
+
+    class Replaces:
+        @hookimpl
+        def accelframe_model_call(self, call):
+            return torch.zeros(1)
+
+    with pytest.raises(PluginError, match="wrapper=True"):
+        af_hooks.register(Replaces())
+    assert not any(name == "Replaces" for name, _ in af_hooks.pm.list_name_plugin())
+
+
+def test_a_wrapper_that_replaces_the_output_is_answered_by_the_model(af_pipeline, af_hooks):
+    class Swaps:
+        @hookimpl(wrapper=True)
+        def accelframe_model_call(self, call):
+            out = yield
+            return None if out is None else torch.zeros(2)
+
+    baseline = af_pipeline().generate("x", num_frames=6, seed=3)
+    af_hooks.register(Swaps())
+    with pytest.warns(PolicyFallbackWarning, match="model-call wrapper"):
+        swapped = af_pipeline().generate("x", num_frames=6, seed=3)
+    assert torch.equal(swapped.latents, baseline.latents)
+    assert swapped.trace.of("fallback")[0]["hook"] == "accelframe_model_call"
+
+
+def test_lifecycle_errors_are_recorded_not_fatal(af_pipeline):
+    class BadStart:
+        @hookimpl
+        def accelframe_generation_start(self, info):
+            raise RuntimeError("boom at start")
+
+        @hookimpl
+        def accelframe_step_decide(self, ctx):
+            return None
+
+    baseline = af_pipeline().generate("x", num_frames=3)
+    with pytest.warns(PolicyFallbackWarning, match="boom at start"):
+        res = af_pipeline().use(BadStart()).generate("x", num_frames=3)
+    assert torch.equal(res.latents, baseline.latents)
+    assert res.trace.of("fallback")[0]["hook"] == "accelframe_generation_start"
+    with pytest.raises(PolicyError):
+        af_pipeline(strict=True).use(BadStart()).generate("x", num_frames=3)

@@ -25,7 +25,8 @@ class FixedBatch:
     def accelframe_batch_plan(self, ctx: BatchContext) -> BatchPlan:
         chunk = self.chunk_units * ctx.unit_frames
         entries = []
-        for s in sorted(ctx.streams, key=lambda s: (s.consumed / s.fps, s.stream)):
+        waiting = [s for s in ctx.streams if s.oldest_pending_s is not None]
+        for s in sorted(waiting, key=lambda s: (s.oldest_pending_s, s.stream)):
             left = chunk if s.total is None else min(chunk, s.total - s.consumed)
             if left > 0 and s.pending >= left:
                 entries.append(BatchEntry(stream=s.stream, frames=left))
