@@ -118,7 +118,8 @@ class Engine:
         self.generation = generation
         self.stream = stream
         self.trace = Trace(enabled=trace)
-        self.stats = Stats()
+        self.stats = Stats(adapters={ModelRole.TARGET.value: target_name,
+                                     ModelRole.DRAFTER.value: drafter_name})
         self.registry = registry
         self.on_unit = on_unit
         self.max_reuse = max_reuse

@@ -167,7 +167,7 @@ class StreamLoop:
         self.default_sigma = default_sigma
         self.on_frames = on_frames
         self.trace = Trace(enabled=pipe.trace)
-        self.stats = Stats()
+        self.stats = Stats(adapters={"target": pipe.adapter_name, "drafter": None})
         self._warned: set[tuple[str, str]] = set()
         self._validate()
 

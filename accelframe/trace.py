@@ -77,6 +77,7 @@ class Stats:
     )
     fallbacks: dict[str, int] = attrs.field(factory=dict)
     time_s: dict[str, float] = attrs.field(factory=lambda: dict.fromkeys(STAGES, 0.0))
+    adapters: dict[str, str | None] = attrs.field(factory=dict)  # model role -> adapter name
     units: int = 0
     frames: int = 0
     wall_s: float = 0.0
@@ -101,6 +102,7 @@ class Stats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "adapters": dict(self.adapters),
             "calls": {k: dict(v) for k, v in self.calls.items()},
             "blocks": dict(self.blocks),
             "fallbacks": dict(self.fallbacks),
