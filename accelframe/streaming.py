@@ -187,6 +187,8 @@ class StreamLoop:
             if s.total % unit:
                 raise ConfigError(f"StreamSource {s.id!r}", "frames", s.total,
                                   f"a multiple of the adapter's unit of {unit} frames")
+            # the exact fallback runs one unit at a time: that much must be runnable
+            self.adapter.validate(Request(prompts=(s.prompt,), num_frames=unit, seed=s.seed))
             if s.frames is not None:
                 if caps.ENCODE not in self.adapter.capabilities:
                     raise IncompatibleError(f"stream {s.id!r} has input frames but adapter "
@@ -255,8 +257,24 @@ class StreamLoop:
                         f"{pending[e.stream].pending} pending")
             if e.frames % ctx.unit_frames:
                 return f"plans {e.frames} frames, not a multiple of the unit {ctx.unit_frames}"
+            problem = self._unrunnable(e.stream, e.frames)
+            if problem is not None:
+                return problem
         if not plan.entries and finished_input and any(s.pending for s in ctx.streams):
             return "waits although every input frame has arrived"
+        return None
+
+    def _unrunnable(self, stream: str, n: int) -> str | None:
+        """Why the adapter cannot run the next ``n`` frames of ``stream`` as one chunk, or None
+        (a staircase window too small for that many units, for example)."""
+        src = next(s for s in self.sources if s.id == stream)
+        req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed,
+                      first_frame=self._state[stream]["consumed"])
+        try:
+            self.adapter.validate(req)
+        except ConfigError as exc:
+            return (f"plans a chunk of {n} frames of stream {stream!r} that adapter "
+                    f"{self.pipe.adapter_name!r} cannot run: {exc}")
         return None
 
     def run(self) -> StreamRun:

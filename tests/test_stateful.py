@@ -1,4 +1,4 @@
-"""Stateful property tests (hypothesis ``RuleBasedStateMachine``): the engine against reference models.
+"""Stateful property tests (hypothesis ``RuleBasedStateMachine``) against reference models.
 
 - :class:`UnitByUnitMachine` continues one block-plan generation a few units at a time with a
   carried adapter state, while step policies come and go and KV evictions, sink changes and RoPE
