@@ -69,7 +69,7 @@ def overhead(
     *,
     units: int = 20,
     steps: int = 4,
-    repeats: int = 15,
+    repeats: int = 150,
     trace: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:

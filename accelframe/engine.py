@@ -161,7 +161,7 @@ class Engine:
                 self._run_drafted(target, drafter, request)
         finally:
             self.stats.finish()
-            if lifecycle:
+            if lifecycle and self.hooks.implemented("accelframe_generation_end"):
                 for err in self.hooks.generation_end(info, self.stats.to_dict()):
                     self._failed(err.hook, err.plugin, repr(err.error), err.error,
                                  fallback_used=False)
@@ -180,8 +180,8 @@ class Engine:
         x = torch.zeros(request.batch, request.num_frames, c, h, w, device=device,
                         dtype=dtype)  # [B, F, C, H, W]
         decide, observe = self.hooks.step_impls(role)
-        if all(plugin == EXACT for _, _, plugin in decide):
-            decide = None  # only the exact fallback: skip building contexts
+        # the exact fallback's answer is known (recompute): asking it is left to the engine
+        decide = [impl for impl in decide if impl[2] != EXACT] or None
         return ModelSlot(role=role, name=name, adapter=adapter, state=state, x=x,
                          offset=request.first_frame, impls=(decide, observe),
                          counts=self.stats.calls[role.value], key=role.value)
@@ -282,7 +282,7 @@ class Engine:
         else:
             ctx = StepContext(generation=self.generation, model=m.role, adapter=m.name,
                               iteration=it, x=xs, probe_fn=lambda: self._probe(m, xs, it))
-            decision, by = self._decide(ctx, decide)
+            decision, by = self._decide(ctx, decide, m.key)
         t1 = perf()
         mode, interval = decision.mode, decision.interval
         if mode is Mode.RECOMPUTE:
@@ -317,21 +317,22 @@ class Engine:
         self.trace.step(m.key, it.unit, it.step, it.index, it.frames, _MODE_NAME[mode],
                         (interval or it.frames) if mode is Mode.RECOMPUTE else None, by)
 
-    def _decide(self, ctx: StepContext, impls: list[Any]) -> tuple[StepDecision, str]:
+    def _decide(self, ctx: StepContext, impls: list[Any], key: str) -> tuple[StepDecision, str]:
+        """Ask the step policies; ``key`` is the model whose reuse run ``max_reuse`` bounds (a
+        unit's first call is always computed, so a run never spans units)."""
         hook = "accelframe_step_decide"
         try:
             decision, by = self.hooks.first_ctx(hook, impls, ctx)
         except HookRaised as err:
             self._failed(hook, err.plugin, repr(err.error), err.error)
             return fallback.RECOMPUTE, EXACT
-        if decision is fallback.RECOMPUTE:  # the exact answer itself: nothing to check
-            self._reuse[ctx.model.value] = 0
-            return decision, by
+        if decision is None:  # no policy had an opinion: the exact answer
+            self._reuse[key] = 0
+            return fallback.RECOMPUTE, EXACT
         problem = _check_decision(decision, ctx)
         if problem is not None:
             self._failed(hook, by, problem)
             return fallback.RECOMPUTE, EXACT
-        key = ctx.model.value  # a unit's first call is always computed, so runs never span units
         if decision.mode is Mode.RECOMPUTE:
             self._reuse[key] = 0
             return decision, by

@@ -231,6 +231,10 @@ class Hooks:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
+    def implemented(self, hook_name: str) -> bool:
+        """True when some plugin of the current stack (or module level) implements the hook."""
+        return bool(self._impls(hook_name))
+
     def generation_start(self, info: Any) -> list[HookRaised]:
         """Tell the current stack (and module-level plugins) a generation starts; returns the
         errors raised (not re-raised)."""
