@@ -211,7 +211,7 @@ class AnalyticAdapter:
                         first: int) -> Iterator[Iteration]:
         n, ar, b = len(sig) - 1, self.config.ar_step, self.config.unit_frames
         window = self.config.window_frames
-        total = (len(spans) - 1) * ar + n
+        total, idx = (len(spans) - 1) * ar + n, 0
         for t in range(total):
             started = [k for k in range(len(spans)) if k * ar <= t]
             end = spans[started[-1]].end  # ē_t: end of the newest started unit
@@ -225,12 +225,15 @@ class AnalyticAdapter:
                 sigma_next.append(sig[p + 1] if active else sig[p])
                 update.append(active)
             units = tuple(spans[k].unit for k in started if t - k * ar < n)
+            if not units:  # ar_step > steps leaves gaps where no frame advances: no call
+                continue
             yield Iteration(
-                index=t, unit=spans[0].unit, step=t, frames=(start, end), valid=(start, end),
+                index=idx, unit=spans[0].unit, step=t, frames=(start, end), valid=(start, end),
                 sigma=tuple(sigma), sigma_next=tuple(sigma_next), update=tuple(update),
                 kv_write=KVWrite.NONE, units=units,
                 starts=tuple(spans[k] for k in started if k * ar == t),
                 finishes=tuple(spans[k] for k in started if t - k * ar == n - 1))
+            idx += 1
 
     def _window_plan(self, spans: list[UnitSpan], sig: list[float]) -> Iterator[Iteration]:
         n = len(sig) - 1
