@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import attrs
@@ -20,7 +19,7 @@ import torch
 
 from accelframe import fallback
 from accelframe.adapter import Adapter
-from accelframe.errors import IncompatibleError, PolicyError, PolicyFallbackWarning
+from accelframe.errors import IncompatibleError
 from accelframe.plugins import EXACT, HookRaised, Hooks
 from accelframe.rng import unit_generator
 from accelframe.trace import Stats, Trace
@@ -124,7 +123,7 @@ class Engine:
         self.on_unit = on_unit
         self.max_reuse = max_reuse
         self._reuse: dict[str, int] = {}  # model -> consecutive non-recompute calls
-        self._warned: set[tuple[str, str]] = set()
+        self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs warned about
         self._wrapped = hooks.wraps_model_calls
         self._decoded: list[torch.Tensor] = []
         self._sources: list[str] = []
@@ -442,17 +441,7 @@ class Engine:
 
     def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None,
                 *, fallback_used: bool = True) -> None:
-        if self.strict:
-            raise PolicyError(hook, plugin, problem) from exc
-        self.stats.count_fallback(hook)
-        self.trace.add("fallback", hook=hook, plugin=plugin, problem=problem,
-                       exact=fallback_used)
-        if (plugin, hook) not in self._warned:
-            self._warned.add((plugin, hook))
-            answer = "the exact path answered" if fallback_used else "ignored"
-            warnings.warn(f"plugin {plugin!r} failed in {hook}: {problem}; {answer} "
-                          "(see the trace's 'fallback' events; strict=True raises)",
-                          PolicyFallbackWarning, stacklevel=3)
+        fallback.record_failure(self, hook, plugin, problem, exc, fallback_used=fallback_used)
 
 
 def _finite_number(value: Any) -> bool:

@@ -7,8 +7,10 @@ same answers when a policy fails, so a failing policy changes speed, never corre
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+from accelframe.errors import PolicyError, PolicyFallbackWarning
 from accelframe.plugins import hookimpl
 from accelframe.types import (
     BatchContext,
@@ -62,3 +64,23 @@ class Runner:
     @hookimpl(trylast=True)
     def accelframe_model_call(self, call: ModelCall) -> Any:
         return call.run()
+
+
+def record_failure(owner: Any, hook: str, plugin: str, problem: str,
+                   exc: BaseException | None = None, *, fallback_used: bool = True) -> None:
+    """DESIGN.md section 7 for one failed answer: re-raise under ``owner.strict``; otherwise
+    count it, add a ``fallback`` trace event and warn, once per (plugin, hook) of ``owner``.
+
+    ``owner`` is an engine or a stream loop: it has ``strict``, ``stats``, ``trace`` and a
+    ``warned`` set. ``fallback_used`` is False where nothing was replaced (an observe or a
+    lifecycle hook raised)."""
+    if owner.strict:
+        raise PolicyError(hook, plugin, problem) from exc
+    owner.stats.count_fallback(hook)
+    owner.trace.add("fallback", hook=hook, plugin=plugin, problem=problem, exact=fallback_used)
+    if (plugin, hook) not in owner.warned:
+        owner.warned.add((plugin, hook))
+        answer = "the exact path answered" if fallback_used else "ignored"
+        warnings.warn(f"plugin {plugin!r} failed in {hook}: {problem}; {answer} (see the "
+                      "trace's 'fallback' events; strict=True raises)", PolicyFallbackWarning,
+                      stacklevel=4)

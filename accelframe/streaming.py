@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Any, Callable, Sequence
 
 import attrs
@@ -24,7 +23,7 @@ import torch
 
 from accelframe import adapter as caps
 from accelframe import fallback
-from accelframe.errors import ConfigError, IncompatibleError, PolicyError, PolicyFallbackWarning
+from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.plugins import EXACT, HookRaised
 from accelframe.trace import Stats, Trace
 from accelframe.types import (
@@ -165,10 +164,11 @@ class StreamLoop:
         self.sources = tuple(sources)
         self.clock = clock if clock is not None else RealClock()
         self.default_sigma = default_sigma
+        self.strict = pipe.strict
         self.on_frames = on_frames
         self.trace = Trace(enabled=pipe.trace)
         self.stats = Stats(adapters={"target": pipe.adapter_name, "drafter": None})
-        self._warned: set[tuple[str, str]] = set()
+        self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs warned about
         self._validate()
 
     def _validate(self) -> None:
@@ -202,16 +202,7 @@ class StreamLoop:
 
     def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None,
                 *, fallback_used: bool = True) -> None:
-        if self.pipe.strict:
-            raise PolicyError(hook, plugin, problem) from exc
-        self.stats.count_fallback(hook)
-        self.trace.add("fallback", hook=hook, plugin=plugin, problem=problem,
-                       exact=fallback_used)
-        if (plugin, hook) not in self._warned:
-            self._warned.add((plugin, hook))
-            answer = "the exact path answered" if fallback_used else "ignored"
-            warnings.warn(f"plugin {plugin!r} failed in {hook}: {problem}; {answer}",
-                          PolicyFallbackWarning, stacklevel=3)
+        fallback.record_failure(self, hook, plugin, problem, exc, fallback_used=fallback_used)
 
     def _ask(self, name: str, call: Callable[[Any], tuple[Any, str]], ctx: Any,
              check: Callable[[Any], str | None], exact: Callable[[], Any]) -> tuple[Any, str]:
