@@ -139,10 +139,7 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     req = pipe.request(prompts, num_frames=args.frames, seed=args.seed)
     units = len(pipe.adapter.units(req))
     with progress_bar(total=units, desc="generate", unit="unit", quiet=args.json) as bar:
-        pipe._reset_policies()
-        pipe._generation += 1
-        engine = pipe.engine(generation=pipe._generation, on_unit=lambda *a: bar.update(1))
-        result = engine.run(req)
+        result = pipe.generate(req, on_unit=lambda *a: bar.update(1))
     stats = result.stats.to_dict()
     summary = {
         "adapter": args.adapter, "drafter": args.drafter, "policies": pipe.policies,

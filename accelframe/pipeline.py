@@ -14,7 +14,7 @@ target. A pipeline is reusable: every generation starts with fresh policy state.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 
@@ -255,12 +255,16 @@ class Pipeline:
                       trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
                       **kwargs)
 
-    def generate(self, prompts: Request | str | Sequence[str], **kwargs: Any) -> Result:
-        """Generate a video; ``kwargs`` are :class:`~accelframe.types.Request` fields."""
+    def generate(self, prompts: Request | str | Sequence[str], *,
+                 on_unit: Callable[..., None] | None = None, **kwargs: Any) -> Result:
+        """Generate a video; ``kwargs`` are :class:`~accelframe.types.Request` fields.
+
+        ``on_unit(span, pixels, source)`` is called as each unit is emitted (progress bars,
+        streaming previews)."""
         req = self.request(prompts, **kwargs)
         self._reset_policies()
         self._generation += 1
-        return self.engine(generation=self._generation).run(req)
+        return self.engine(generation=self._generation, on_unit=on_unit).run(req)
 
     def stream(self, sources: Sequence[Any], **kwargs: Any) -> Any:
         """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""
