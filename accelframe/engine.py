@@ -127,6 +127,9 @@ class Engine:
         self._wrapped = hooks.wraps_model_calls
         self._decoded: list[torch.Tensor] = []
         self._sources: list[str] = []
+        # the models' states after ``run``: a stream continues from them
+        self.target_state: Any = None
+        self.drafter_state: Any = None
 
     # ---- entry point ----------------------------------------------------------------------------
 
