@@ -15,7 +15,6 @@ pluggy's own ``firstresult`` cannot tell.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from importlib import metadata
 from typing import Any, Callable, Iterable
@@ -238,11 +237,11 @@ class Hooks:
     def generation_start(self, info: Any) -> list[HookRaised]:
         """Tell the current stack (and module-level plugins) a generation starts; returns the
         errors raised (not re-raised)."""
-        return self._each("accelframe_generation_start",
+        return self.each("accelframe_generation_start",
                           self._impls("accelframe_generation_start"), {"info": info})
 
     def generation_end(self, info: Any, stats: dict[str, Any]) -> list[HookRaised]:
-        return self._each("accelframe_generation_end", self._impls("accelframe_generation_end"),
+        return self.each("accelframe_generation_end", self._impls("accelframe_generation_end"),
                           {"info": info, "stats": stats})
 
     # ---- prepared call lists for the per-call hooks ---------------------------------------------
@@ -253,8 +252,6 @@ class Hooks:
 
         Policies registered by a pipeline (kind ``"policy"``) that are not in the current stack
         belong to another pipeline sharing this manager and are not asked."""
-        if list(names) == self._stack:
-            return
         if list(names) != self._stack:
             self._stack = list(names)
             self._prepared.clear()
@@ -288,16 +285,9 @@ class Hooks:
         return (self._impls("accelframe_step_decide", model),
                 self._impls("accelframe_step_observe", model))
 
-    def first(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> tuple[Any, str]:
-        """Call ``impls`` in order until one answers; (answer, plugin) or (None, the fallback)."""
-        return self._first(hook_name, impls, kwargs)
-
-    def each(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> list[HookRaised]:
-        """Call every one of ``impls``; returns the errors raised (not re-raised)."""
-        return self._each(hook_name, impls, kwargs)
-
     def first_ctx(self, hook_name: str, impls: list[_Impl], ctx: Any) -> tuple[Any, str]:
-        """:meth:`first` for the decision hooks, whose only argument is ``ctx`` (hot path)."""
+        """Call ``impls`` in order until one answers: (answer, plugin), or (None, the fallback's
+        name) when none does. Decision hooks take ``ctx`` alone. Raises :class:`HookRaised`."""
         for fn, argnames, plugin in impls:
             try:
                 result = fn(ctx) if argnames else fn()
@@ -307,17 +297,8 @@ class Hooks:
                 return result, plugin
         return None, EXACT
 
-    def _first(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> tuple[Any, str]:
-        for fn, argnames, plugin in impls:
-            try:
-                result = fn(*map(kwargs.__getitem__, argnames))
-            except Exception as exc:
-                raise HookRaised(hook_name, plugin, exc) from exc
-            if result is not None:
-                return result, plugin
-        return None, EXACT
-
-    def _each(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> list[HookRaised]:
+    def each(self, hook_name: str, impls: list[_Impl], kwargs: dict[str, Any]) -> list[HookRaised]:
+        """Call every one of ``impls``; returns the errors raised (not re-raised)."""
         errors = []
         for fn, argnames, plugin in impls:
             try:
@@ -326,47 +307,28 @@ class Hooks:
                 errors.append(HookRaised(hook_name, plugin, exc))
         return errors
 
-    # ---- step level -----------------------------------------------------------------------------
-
-    def step_decide(self, ctx: Any) -> tuple[Any, str]:
-        """(decision or None, name of the plugin that answered). Raises :class:`HookRaised`."""
-        return self._first("accelframe_step_decide",
-                           self._impls("accelframe_step_decide", ctx.model), {"ctx": ctx})
-
-    def step_observe(self, ctx: Any, decision: Any, velocity: Any) -> list[HookRaised]:
-        """Tell every applicable policy what was used; returns the errors raised (not re-raised)."""
-        impls = self._impls("accelframe_step_observe", ctx.model)
-        if not impls:
-            return []
-        return self._each("accelframe_step_observe", impls,
-                          {"ctx": ctx, "decision": decision, "velocity": velocity})
-
     # ---- block level ----------------------------------------------------------------------------
 
     def block_verdict(self, ctx: Any) -> tuple[Any, str]:
-        return self._first("accelframe_block_verdict",
-                           self._impls("accelframe_block_verdict"), {"ctx": ctx})
+        return self.first_ctx("accelframe_block_verdict", self._impls("accelframe_block_verdict"), ctx)
 
     def block_observe(self, ctx: Any, verdict: Any) -> list[HookRaised]:
-        return self._each("accelframe_block_observe", self._impls("accelframe_block_observe"),
+        return self.each("accelframe_block_observe", self._impls("accelframe_block_observe"),
                           {"ctx": ctx, "verdict": verdict})
 
     # ---- batch / stream level -------------------------------------------------------------------
 
     def batch_plan(self, ctx: Any) -> tuple[Any, str]:
-        return self._first("accelframe_batch_plan", self._impls("accelframe_batch_plan"),
-                           {"ctx": ctx})
+        return self.first_ctx("accelframe_batch_plan", self._impls("accelframe_batch_plan"), ctx)
 
     def kv_manage(self, ctx: Any) -> tuple[Any, str]:
-        return self._first("accelframe_kv_manage", self._impls("accelframe_kv_manage"),
-                           {"ctx": ctx})
+        return self.first_ctx("accelframe_kv_manage", self._impls("accelframe_kv_manage"), ctx)
 
     def noise_level(self, ctx: Any) -> tuple[Any, str]:
-        return self._first("accelframe_noise_level", self._impls("accelframe_noise_level"),
-                           {"ctx": ctx})
+        return self.first_ctx("accelframe_noise_level", self._impls("accelframe_noise_level"), ctx)
 
     def batch_observe(self, ctx: Any, plan: Any, latency_s: float) -> list[HookRaised]:
-        return self._each("accelframe_batch_observe", self._impls("accelframe_batch_observe"),
+        return self.each("accelframe_batch_observe", self._impls("accelframe_batch_observe"),
                           {"ctx": ctx, "plan": plan, "latency_s": latency_s})
 
     # ---- around every model call ----------------------------------------------------------------
@@ -386,9 +348,3 @@ class Hooks:
         """Run a model call through the wrapper hooks (the core's runner is innermost)."""
         return self.pm.hook.accelframe_model_call(call=call)
 
-
-def plugin_name_of(obj: Any) -> str:
-    """A readable name for a plugin object: its module, or its class."""
-    if isinstance(obj, type(sys)):
-        return obj.__name__
-    return type(obj).__name__
