@@ -27,6 +27,8 @@ from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
 from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.policies import (
+    AlwaysRecompute,
+    NoOpinion,
     FAILURES,
     FailingBlock,
     FailingStep,
@@ -57,16 +59,6 @@ INF = float("inf")
 # ------------------------------------------------------------------------------------------------
 
 
-class AlwaysRecompute:
-    """Answers RECOMPUTE on the full forwarded frames, always (the exact answer, said out loud)."""
-
-    name = "always-recompute"
-
-    @hookimpl
-    def accelframe_step_decide(self, ctx: StepContext) -> StepDecision:
-        return StepDecision.recompute()
-
-
 class FullInterval:
     """RECOMPUTE with an explicit compute interval equal to the forwarded frames."""
 
@@ -75,24 +67,6 @@ class FullInterval:
     @hookimpl
     def accelframe_step_decide(self, ctx: StepContext) -> StepDecision:
         return StepDecision.recompute(interval=ctx.frames)
-
-
-class NoOpinion:
-    """Returns None at every call, and watches every velocity."""
-
-    name = "no-opinion"
-
-    def __init__(self) -> None:
-        self.seen = 0
-
-    @hookimpl
-    def accelframe_step_decide(self, ctx: StepContext) -> None:
-        return None
-
-    @hookimpl
-    def accelframe_step_observe(self, ctx: StepContext, decision: StepDecision,
-                                velocity: torch.Tensor) -> None:
-        self.seen += 1
 
 
 class CacheEverywhere:

@@ -31,11 +31,18 @@ from hypothesis.stateful import (
 
 from accelframe.errors import PolicyFallbackWarning
 from accelframe.pipeline import Pipeline
-from accelframe.plugins import EXACT, hookimpl
+from accelframe.plugins import EXACT
 from accelframe.testing import AnalyticState
 from accelframe.testing.fixtures import make_hooks
-from accelframe.testing.policies import FAILURES, FailingStep, RandomStep, ThresholdBlock
-from accelframe.types import Request, Role, StepContext, StepDecision
+from accelframe.testing.policies import (
+    FAILURES,
+    AlwaysRecompute,
+    FailingStep,
+    NoOpinion,
+    RandomStep,
+    ThresholdBlock,
+)
+from accelframe.types import Request, Role
 
 MACHINE_SETTINGS = settings(max_examples=40, stateful_step_count=20, deadline=None,
                             derandomize=True,
@@ -44,31 +51,11 @@ MACHINE_SETTINGS = settings(max_examples=40, stateful_step_count=20, deadline=No
 PROMPT = "a green triangle moves right"
 
 
-class Recompute:
-    """The exact answer, said out loud."""
-
-    name = "recompute"
-
-    @hookimpl
-    def accelframe_step_decide(self, ctx: StepContext) -> StepDecision:
-        return StepDecision.recompute()
-
-
-class Silent:
-    """No opinion, ever."""
-
-    name = "silent"
-
-    @hookimpl
-    def accelframe_step_decide(self, ctx: StepContext) -> None:
-        return None
-
-
 def _exact_policy(kind: str) -> Any:
     if kind == "recompute":
-        return Recompute()
+        return AlwaysRecompute()
     if kind == "silent":
-        return Silent()
+        return NoOpinion()
     return RandomStep(seed=7, p_cache=0.0, p_predict=0.0, p_interval=0.0)
 
 

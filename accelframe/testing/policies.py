@@ -32,6 +32,32 @@ from accelframe.types import (
 )
 
 
+class AlwaysRecompute:
+    """Answers RECOMPUTE on the full forwarded frames, always: the exact answer, said out loud."""
+
+    name = "always-recompute"
+
+    @hookimpl
+    def accelframe_step_decide(self, ctx: StepContext) -> StepDecision:
+        return StepDecision.recompute()
+
+
+@attrs.define(eq=False)
+class NoOpinion:
+    """Returns None at every call (the next policy decides) and counts the velocities it sees."""
+
+    name = "no-opinion"
+    seen: int = 0
+
+    @hookimpl
+    def accelframe_step_decide(self, ctx: StepContext) -> None:
+        return None
+
+    @hookimpl
+    def accelframe_step_observe(self) -> None:
+        self.seen += 1
+
+
 @attrs.define(eq=False, kw_only=True)
 class RandomStep:
     """Seeded random step decisions: CACHE the last velocity, PREDICT by linear extrapolation of
@@ -209,6 +235,7 @@ class CallRecorder:
 
 
 __all__ = [
-    "CallRecorder", "EvictOldest", "FailingBlock", "FailingStep", "RandomBatch", "RandomStep",
+    "AlwaysRecompute", "NoOpinion", "CallRecorder", "EvictOldest", "FailingBlock", "FailingStep",
+    "RandomBatch", "RandomStep",
     "ThresholdBlock", "mean_brightness", "Mode",
 ]
