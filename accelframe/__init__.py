@@ -14,6 +14,7 @@ from accelframe.types import (
     BatchPlan,
     BlockContext,
     BlockVerdict,
+    CallSite,
     Iteration,
     KVAction,
     KVContext,
@@ -33,7 +34,7 @@ from accelframe.types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AppliesTo", "BatchContext", "BatchEntry", "BatchPlan", "BlockContext", "BlockVerdict",
+    "AppliesTo", "BatchContext", "BatchEntry", "BatchPlan", "BlockContext", "BlockVerdict", "CallSite",
     "Iteration", "KVAction", "KVContext", "KVWrite", "Mode", "ModelCall", "ModelRole",
     "NoiseContext", "Pipeline", "Request", "Result", "Role", "StepContext", "StepDecision",
     "UnitSpan", "Verdict", "create_hooks", "hookimpl", "__version__",

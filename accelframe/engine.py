@@ -25,6 +25,7 @@ from accelframe.rng import unit_generator
 from accelframe.trace import Stats, Trace
 from accelframe.types import (
     BlockContext,
+    CallSite,
     BlockVerdict,
     GenerationInfo,
     Iteration,
@@ -58,6 +59,7 @@ class ModelSlot:
     impls: tuple[Any, Any] = (None, [])  # (decide list or None when only exact, observe list)
     counts: dict[str, int] = attrs.field(factory=dict)  # this model's call counters in Stats
     key: str = ""  # role.value, precomputed for the trace
+    site: Any = None  # the CallSite its step contexts share
     gens: dict[int, torch.Generator] = attrs.field(factory=dict)
 
 
@@ -184,9 +186,12 @@ class Engine:
         decide, observe = self.hooks.step_impls(role)
         # the exact fallback's answer is known (recompute): asking it is left to the engine
         decide = [impl for impl in decide if impl[2] != EXACT] or None
-        return ModelSlot(role=role, name=name, adapter=adapter, state=state, x=x,
-                         offset=request.first_frame, impls=(decide, observe),
-                         counts=self.stats.calls[role.value], key=role.value)
+        m = ModelSlot(role=role, name=name, adapter=adapter, state=state, x=x,
+                      offset=request.first_frame, impls=(decide, observe),
+                      counts=self.stats.calls[role.value], key=role.value)
+        m.site = CallSite(generation=self.generation, model=role, adapter=name,
+                          probe=lambda xs, it: self._probe(m, xs, it))
+        return m
 
     # ---- block level ----------------------------------------------------------------------------
 
@@ -282,8 +287,7 @@ class Engine:
         if decide is None:  # no step policy applies to this model: the exact answer
             decision, by = fallback.RECOMPUTE, EXACT
         else:
-            ctx = StepContext(generation=self.generation, model=m.role, adapter=m.name,
-                              iteration=it, x=xs, probe_fn=lambda: self._probe(m, xs, it))
+            ctx = StepContext(site=m.site, iteration=it, x=xs)
             decision, by = self._decide(ctx, decide, m.key)
         t1 = perf()
         mode, interval = decision.mode, decision.interval
@@ -294,10 +298,8 @@ class Engine:
         t2 = perf()
         if observe:
             if ctx is None:
-                ctx = StepContext(generation=self.generation, model=m.role, adapter=m.name,
-                                  iteration=it, x=xs, probe_fn=lambda: self._probe(m, xs, it))
-            for err in self.hooks.each("accelframe_step_observe", observe,
-                                       {"ctx": ctx, "decision": decision, "velocity": velocity}):
+                ctx = StepContext(site=m.site, iteration=it, x=xs)
+            for err in self.hooks.step_observe(observe, ctx, decision, velocity):
                 self._failed(err.hook, err.plugin, repr(err.error), err.error,
                              fallback_used=False)
         t3 = perf()

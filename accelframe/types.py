@@ -214,19 +214,40 @@ class GenerationInfo:
 
 
 @attrs.frozen(kw_only=True, eq=False)
+class CallSite:
+    """What every step context of one model in one generation shares (made once, not per call):
+    the generation, the model, its adapter's name, and how to compute the adapter's probe."""
+
+    generation: int
+    model: ModelRole
+    adapter: str
+    probe: Callable[[torch.Tensor, Iteration], torch.Tensor] = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True, eq=False)
 class StepContext:
     """What a step policy sees before one model call.
 
     ``x`` is the input of the call, the forwarded frames only, ``[B, F, C, H, W]``. ``probe`` is
     the adapter's cheap pre-forward signal, computed on first access and then kept.
+    ``generation``, ``model`` and ``adapter`` come from the call site shared by the model's calls.
     """
 
-    generation: int
-    model: ModelRole
-    adapter: str
+    site: CallSite
     iteration: Iteration
     x: torch.Tensor = attrs.field(repr=False)
-    probe_fn: Callable[[], torch.Tensor] = attrs.field(repr=False)
+
+    @property
+    def generation(self) -> int:
+        return self.site.generation
+
+    @property
+    def model(self) -> ModelRole:
+        return self.site.model
+
+    @property
+    def adapter(self) -> str:
+        return self.site.adapter
 
     @property
     def unit(self) -> int:
@@ -250,7 +271,7 @@ class StepContext:
 
     @functools.cached_property
     def probe(self) -> torch.Tensor:
-        return self.probe_fn()
+        return self.site.probe(self.x, self.iteration)
 
 
 def _interval(inst: Any, attribute: Any, value: Any) -> None:
