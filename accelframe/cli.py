@@ -112,7 +112,7 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=9, help="latent frames to generate (default: 9)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--max-reuse", type=int, default=None,
-                   help="at most this many non-recompute calls in a row per unit")
+                   help="at most this many non-recompute calls in a row (a unit's first call is always computed)")
     p.add_argument("--strict", action="store_true", help="re-raise policy failures")
     p.add_argument("--out", default=None, help="write frames and latents to this .pt file")
     p.add_argument("--trace", default=None, help="write the full trace to this JSON file")
