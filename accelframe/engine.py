@@ -29,7 +29,6 @@ from accelframe.types import (
     BlockVerdict,
     GenerationInfo,
     Iteration,
-    KVWrite,
     Mode,
     ModelCall,
     ModelRole,
@@ -39,6 +38,7 @@ from accelframe.types import (
     StepDecision,
     UnitSpan,
     Verdict,
+    finite_number,
 )
 
 perf = time.perf_counter
@@ -264,7 +264,7 @@ class Engine:
         if not isinstance(verdict, BlockVerdict):
             self._failed(hook, by, f"returned {verdict!r}, not a BlockVerdict")
             return fallback.REGENERATE, EXACT
-        if verdict.score is not None and not _finite_number(verdict.score):
+        if verdict.score is not None and not finite_number(verdict.score):
             self._failed(hook, by, f"returned a non-finite score {verdict.score!r}")
             return fallback.REGENERATE, EXACT
         return verdict, by
@@ -449,11 +449,6 @@ class Engine:
         fallback.record_failure(self, hook, plugin, problem, exc, fallback_used=fallback_used)
 
 
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
-
-
 def _check_decision(decision: Any, ctx: StepContext) -> str | None:
     """Why a step decision cannot be carried out, or None when it can."""
     if not isinstance(decision, StepDecision):
@@ -477,4 +472,4 @@ def _check_decision(decision: Any, ctx: StepContext) -> str | None:
     return None
 
 
-__all__ = ["Engine", "ModelSlot", "Result", "group_by_unit", "KVWrite"]
+__all__ = ["Engine", "ModelSlot", "Result", "group_by_unit"]

@@ -194,8 +194,7 @@ class Pipeline:
             raise IncompatibleError(
                 f"policy {name!r} is a block policy and routes drafted units: give the pipeline a "
                 "drafter (Pipeline(..., drafter=...))")
-        if kind == "step" and applies is not AppliesTo.TARGET and self.drafter is None \
-                and applies is AppliesTo.DRAFTER:
+        if kind == "step" and applies is AppliesTo.DRAFTER and self.drafter is None:
             raise IncompatibleError(f"step policy {name!r} applies to the drafter only, and the "
                                     "pipeline has no drafter")
         needed = frozenset(getattr(obj, "requires", ()) or ())

@@ -162,6 +162,8 @@ class StreamLoop:
         self.pipe = pipe
         self.adapter = pipe.adapter
         self.sources = tuple(sources)
+        self._by_id = {s.id: s for s in self.sources}
+        self._index = {s.id: k for k, s in enumerate(self.sources)}  # the stream's rng index
         self.clock = clock if clock is not None else RealClock()
         self.default_sigma = default_sigma
         self.strict = pipe.strict
@@ -258,7 +260,7 @@ class StreamLoop:
     def _unrunnable(self, stream: str, n: int) -> str | None:
         """Why the adapter cannot run the next ``n`` frames of ``stream`` as one chunk, or None
         (a staircase window too small for that many units, for example)."""
-        src = next(s for s in self.sources if s.id == stream)
+        src = self._by_id[stream]
         req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed,
                       first_frame=self._state[stream]["consumed"])
         try:
@@ -316,7 +318,7 @@ class StreamLoop:
                 continue
             t0 = time.perf_counter()
             for entry in plan.entries:
-                src = next(s for s in self.sources if s.id == entry.stream)
+                src = self._by_id[entry.stream]
                 self._chunk(src, entry.frames, gens[src.id], outputs[src.id])
             latency = time.perf_counter() - t0
             self.clock.spent(latency)
@@ -332,7 +334,7 @@ class StreamLoop:
             emit_t = self.clock.now()
             for entry in plan.entries:
                 out = outputs[entry.stream]
-                src = next(s for s in self.sources if s.id == entry.stream)
+                src = self._by_id[entry.stream]
                 first = len(out.emit_s)
                 out.emit_s += [emit_t] * entry.frames
                 out.arrival_s += [src.arrival_s(k) for k in range(first, first + entry.frames)]
@@ -374,7 +376,7 @@ class StreamLoop:
             kwargs = {"start_sigma": float(sigma), "init_latents": self.adapter.encode(pixels[None])}
         req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=k0, **kwargs)
         self.adapter.validate(req)
-        engine = self.pipe.engine(generation=generation, stream=_stream_index(self.sources, src))
+        engine = self.pipe.engine(generation=generation, stream=self._index[src.id])
         engine.trace = self.trace  # one trace for the whole run
         res = engine.run(req, target_state=st["state"], lifecycle=False)
         st["state"] = engine.target_state
@@ -397,6 +399,3 @@ class StreamLoop:
         self.stats.units += s.units
         self.stats.frames += s.frames
 
-
-def _stream_index(sources: tuple[StreamSource, ...], src: StreamSource) -> int:
-    return next(i for i, s in enumerate(sources) if s is src)

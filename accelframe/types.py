@@ -461,8 +461,11 @@ class NoiseContext:
     default_sigma: float
 
 
+def finite_number(value: Any) -> bool:
+    """True for a finite real number (bools, NaN and infinities are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def finite_sigma(value: Any) -> bool:
     """True for a noise level the engine can start a chunk from: a real number in (0, 1]."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value
-    ) and 0.0 < value <= 1.0
+    return finite_number(value) and 0.0 < value <= 1.0
