@@ -66,3 +66,22 @@ class PolicyFallbackWarning(UserWarning):
 
 class PluginLoadWarning(UserWarning):
     """A plugin's entry point failed to import; the other plugins are still loaded."""
+
+
+class CheckpointError(AccelframeError):
+    """A checkpoint that does not fit the network: missing, unexpected or misshaped keys, an
+    unreadable file, or weights of another family or size. The message lists what is wrong."""
+
+    def __init__(self, path: str, problem: str, *, missing: list[str] = (), unexpected: list[str] = (),
+                 misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = ()) -> None:
+        self.path, self.problem = path, problem
+        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
+        lines = [f"checkpoint {path}: {problem}"]
+        for title, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected)):
+            if items:
+                shown = ", ".join(items[:12]) + (f", ... ({len(items) - 12} more)" if len(items) > 12 else "")
+                lines.append(f"  {len(items)} {title}: {shown}")
+        if self.misshaped:
+            shown = "; ".join(f"{k}: file {tuple(f)} vs model {tuple(m)}" for k, f, m in self.misshaped[:12])
+            lines.append(f"  {len(self.misshaped)} misshaped keys: {shown}")
+        super().__init__("\n".join(lines))

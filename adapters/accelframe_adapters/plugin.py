@@ -1,16 +1,33 @@
 """Registers the model-family adapters through the entry-point group ``accelframe``.
 
-No family has landed yet, so the hook registers nothing; each family's module adds one
-``register(name, factory, description=...)`` line here.
+Each family module defines its adapter class; this table names it. Factories are imported lazily
+so that listing plugins does not import the networks.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from typing import Any, Callable
 
 from accelframe import hookimpl
 
-FAMILIES: dict[str, tuple[Callable[..., object], str]] = {}
+
+def _lazy(module: str, cls: str) -> Callable[..., Any]:
+    def build(**kwargs: Any) -> Any:
+        return getattr(importlib.import_module(f"accelframe_adapters.{module}"), cls)(**kwargs)
+    build.__name__ = build.__qualname__ = cls
+    build.__doc__ = f"Build ``accelframe_adapters.{module}.{cls}`` with the given knobs."
+    return build
+
+
+FAMILIES: dict[str, tuple[Callable[..., object], str]] = {
+    "self-forcing": (_lazy("self_forcing", "SelfForcingAdapter"),
+                     "Self-Forcing: few-step blocks of 3 latent frames on the Wan 2.1 DiT with a KV cache"),
+    "krea-realtime": (_lazy("krea", "KreaAdapter"),
+                      "Krea Realtime: Self-Forcing's network with a KV cache rebuilt per block"),
+    "skyreels-v2-df": (_lazy("skyreels_df", "SkyReelsDFAdapter"),
+                       "SkyReels-V2 diffusion forcing: per-frame noise levels, step matrix, UniPC"),
+}
 
 
 @hookimpl

@@ -1,0 +1,195 @@
+"""Self-Forcing (and CausVid-style few-step block loops): the ``self-forcing`` adapter.
+
+The loop, per block of ``num_frame_per_block`` latent frames (reference: Self-Forcing's
+``CausalInferencePipeline``)::
+
+    x = noise(seed, block)
+    for k, t_k in enumerate(steps):                 # warped shift-5 list: 1000, 937.5, 833.3, 625
+        v = dit(x, t_k, kv=context + this block)    # writes the block's K/V as scratch
+        x0 = x - σ_k v
+        x = x0 if last else (1 - σ_{k+1}) x0 + σ_{k+1} ε   # ε from the block's seeded generator
+    dit(x0, t = context_noise)                      # the commit pass writes clean K/V
+
+``local_attn_size`` bounds attention to that many frames (the current block included), of which
+the first ``sink_size`` frames ever written stay as sinks; -1 keeps every frame.
+
+Checkpoints: the ``.pt`` files Self-Forcing saves, a dict with ``generator`` (and
+``generator_ema``), each a state dict of the wrapper: keys ``model.blocks.0.self_attn.q.weight``.
+Read with ``torch.load(weights_only=True)``; ``use_ema`` picks ``generator_ema`` when present.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import attrs
+import torch
+
+from accelframe import adapter as caps
+from accelframe import validators as v
+from accelframe.errors import CheckpointError, ConfigError
+from accelframe.types import Iteration, KVWrite, Request, Role, UnitSpan
+from accelframe_adapters import checkpoints as ck
+from accelframe_adapters.flow import few_step_schedule, renoise
+from accelframe_adapters.wan_common import WanAdapter, WanState, detect_format
+from accelframe_adapters.wan_dit import KVCache
+
+
+def _step_list(inst: Any, attribute: Any, value: tuple[float, ...]) -> None:
+    if not value or any(not 0 <= t <= 1000 for t in value) or any(a <= b for a, b in zip(value, value[1:])):
+        raise ConfigError(type(inst).__name__, attribute.name, value,
+                          "a non-empty, strictly decreasing list of Wan timesteps in [0, 1000]")
+
+
+@attrs.frozen(kw_only=True)
+class SelfForcingConfig:
+    """Self-Forcing's knobs, with the defaults of its released DMD config."""
+
+    num_frame_per_block: int = attrs.field(default=3, validator=v.number_in(1, 64, integer=True))
+    denoising_step_list: tuple[float, ...] = attrs.field(default=(1000, 750, 500, 250),
+                                                         converter=tuple, validator=_step_list)
+    warp_denoising_step: bool = True
+    timestep_shift: float = attrs.field(default=5.0, validator=v.number_in(0.01, 100.0))
+    context_noise: float = attrs.field(default=0.0, validator=v.number_in(0.0, 1000.0))
+    local_attn_size: int = attrs.field(default=-1, validator=v.number_in(-1, 100_000, integer=True))
+    sink_size: int = attrs.field(default=0, validator=v.number_in(0, 100_000, integer=True))
+    use_ema: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.local_attn_size == 0:
+            raise ConfigError("SelfForcingConfig", "local_attn_size", 0, "-1 (global) or a frame count")
+        if self.local_attn_size != -1 and self.local_attn_size <= self.num_frame_per_block + self.sink_size:
+            raise ConfigError("SelfForcingConfig", "local_attn_size", self.local_attn_size,
+                              f"-1, or more than num_frame_per_block + sink_size = "
+                              f"{self.num_frame_per_block + self.sink_size} frames (the window holds the "
+                              "block, the sinks and at least one recent frame)")
+
+    @property
+    def kv_window(self) -> int | None:
+        """Committed frames kept: the window minus the block being denoised."""
+        return None if self.local_attn_size == -1 else self.local_attn_size - self.num_frame_per_block
+
+
+class BlockLoopAdapter(WanAdapter):
+    """A few-step block loop on the Wan DiT: shared by Self-Forcing and Krea."""
+
+    def _init_schedule(self, step_list: list[float], shift: float, warp: bool) -> None:
+        pairs = few_step_schedule(step_list, shift, warp)
+        self._sigmas = [s for _, s in pairs] + [0.0]  # the last call predicts x0
+        self._t_of = {s: t for t, s in pairs}  # model timestep of each level
+
+    @property
+    def unit_frames(self) -> int:
+        return self.config.num_frame_per_block
+
+    def validate(self, request: Request) -> None:
+        super().validate(request)
+        b = self.unit_frames
+        if request.num_frames % b:
+            ok = ", ".join(str(b * k) for k in range(1, 5))
+            raise ConfigError("Request", "num_frames", request.num_frames,
+                              f"a multiple of num_frame_per_block = {b} latent frames ({ok}, ...; pixel "
+                              f"frames {', '.join(str(self.pixel_frames(b * k)) for k in range(1, 5))}, ...)")
+        if request.first_frame % b:
+            raise ConfigError("Request", "first_frame", request.first_frame, f"a multiple of {b}")
+
+    def units(self, request: Request) -> list[UnitSpan]:
+        b, f0 = self.unit_frames, request.first_frame
+        return [UnitSpan(unit=(f0 + k) // b, start=f0 + k, end=f0 + k + b)
+                for k in range(0, request.num_frames, b)]
+
+    def schedule(self, start_sigma: float) -> list[float]:
+        if start_sigma >= 1.0:
+            return self._sigmas
+        return [start_sigma] + [s for s in self._sigmas if s < start_sigma]
+
+    def plan(self, request: Request) -> Iterator[Iteration]:
+        sig = self.schedule(request.start_sigma)
+        n, idx = len(sig) - 1, 0
+        for span in self.units(request):
+            b = span.end - span.start
+            for k in range(n):
+                yield Iteration(index=idx, unit=span.unit, step=k, frames=span.frames,
+                                sigma=(sig[k],) * b, sigma_next=(sig[k + 1],) * b, update=(True,) * b,
+                                kv_write=self.denoise_kv_write, units=(span.unit,),
+                                starts=(span,) if k == 0 else (), finishes=(span,) if k == n - 1 else ())
+                idx += 1
+            yield Iteration(index=idx, unit=span.unit, step=n, frames=span.frames, sigma=(0.0,) * b,
+                            sigma_next=(0.0,) * b, update=(False,) * b, role=Role.COMMIT,
+                            kv_write=KVWrite.COMMIT, units=(span.unit,))
+            idx += 1
+
+    denoise_kv_write = KVWrite.SCRATCH
+
+    def timesteps(self, it: Iteration, frames: tuple[int, int]) -> torch.Tensor:
+        s0 = it.frames[0]
+        sig = it.sigma[frames[0] - s0:frames[1] - s0]
+        return torch.tensor([self._t_of.get(s, 1000.0 * s) for s in sig], dtype=torch.float32,
+                            device=self.device)
+
+    def advance(self, x: torch.Tensor, velocity: torch.Tensor, it: Iteration, generator: torch.Generator,
+                state: WanState) -> torch.Tensor:
+        sigma, nxt = it.sigma[0], it.sigma_next[0]  # one level per block
+        if nxt == 0.0:
+            return x - sigma * velocity  # x0
+        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)  # drawn on the CPU
+        return renoise(x, velocity, sigma, nxt, noise)
+
+
+class SelfForcingAdapter(BlockLoopAdapter):
+    """The ``self-forcing`` adapter (see the module docstring)."""
+
+    name = "self-forcing"
+    config_class = SelfForcingConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        c = self.config
+        self._init_schedule(list(c.denoising_step_list), c.timestep_shift, c.warp_denoising_step)
+
+    def family_capabilities(self) -> frozenset[str]:
+        return frozenset({caps.KV_CACHE, caps.BLOCK_UNITS, caps.KV_WINDOW})
+
+    def read_checkpoint(self, path: str) -> dict[str, torch.Tensor]:
+        raw = ck.read_tensors(path)
+        fmt = detect_format(path, {k: t for k, t in raw.items() if isinstance(t, torch.Tensor)},
+                            raw_top={k for k, t in raw.items() if isinstance(t, dict)})
+        if fmt != "self-forcing":
+            family = {"krea": "krea-realtime", "diffusers": "skyreels-v2-df", "wan-original": "skyreels-v2-df"}
+            raise CheckpointError(path, f"is a {fmt} checkpoint, not a Self-Forcing .pt (a dict with "
+                                        f"'generator' / 'generator_ema'); load it with the "
+                                        f"{family[fmt]!r} adapter")
+        key = "generator_ema" if self.config.use_ema and "generator_ema" in raw else "generator"
+        sd = raw[key]
+        inner = ck.strip_prefix(sd, "model.")
+        if not inner:
+            raise CheckpointError(path, f"{key!r} holds no 'model.'-prefixed keys; first keys: "
+                                        + ", ".join(sorted(sd)[:5]))
+        if len(inner) != len(sd):
+            stray = sorted(k for k in sd if not k.startswith("model."))
+            raise CheckpointError(path, f"{key!r} mixes prefixed and unprefixed keys",
+                                  unexpected=stray)
+        return inner
+
+    def new_kv(self) -> KVCache:
+        c = self.config
+        return KVCache(num_layers=self.dit.cfg.num_layers, tokens_per_frame=self.tokens_per_frame,
+                       window=c.kv_window, sink_size=c.sink_size)
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, it: Iteration, frames: tuple[int, int], state: WanState,
+                kv_write: KVWrite) -> torch.Tensor:
+        t = self.timesteps(it, frames).expand(x.shape[0], -1)  # [B, F]
+        out = self.dit(self.to_model(x), t, state.cross, frame_offset=frames[0], cache=state.kv,
+                       kv_write=kv_write)
+        return self.from_model(out)  # [B, F, C, H, W]
+
+    @torch.no_grad()
+    def commit(self, x0: torch.Tensor, frames: tuple[int, int], state: WanState) -> None:
+        t = torch.full((x0.shape[0], x0.shape[1]), float(self.config.context_noise), device=self.device)
+        self.dit(self.to_model(x0), t, state.cross, frame_offset=frames[0], cache=state.kv,
+                 kv_write=KVWrite.COMMIT)
+        state.family["next_frame"] = frames[1]
+
+
+__all__ = ["BlockLoopAdapter", "SelfForcingAdapter", "SelfForcingConfig"]

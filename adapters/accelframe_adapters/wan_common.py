@@ -1,0 +1,292 @@
+"""What the three Wan families share: the models (DiT, VAE, text encoder), their loading, the
+per-generation state, and the adapter methods that do not depend on the loop.
+
+A family module (``self_forcing``, ``krea``, ``skyreels_df``) subclasses :class:`WanAdapter` and
+adds its knobs, its plan, its ``denoise`` / ``commit`` / ``advance`` and its checkpoint format.
+Latents cross the engine boundary as ``[B, F, C, H, W]``; the DiT and the VAE use Wan's
+``[B, C, F, H, W]``. Decoded pixels are ``[B, F_pix, 3, H, W]`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import torch
+
+from accelframe import adapter as caps
+from accelframe import validators as v
+from accelframe.errors import CheckpointError, ConfigError
+from accelframe.types import Iteration, Request
+from accelframe_adapters import checkpoints as ck
+from accelframe_adapters.text import UMT5Encoder, WordEncoder
+from accelframe_adapters.wan_dit import CrossCache, KVCache, WanDiT, WanDiTConfig
+from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
+
+SIZES = ("tiny", "1.3B", "14B")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@attrs.frozen(kw_only=True)
+class WanModelConfig:
+    """Where the weights come from and how big the video is (every family has these knobs)."""
+
+    checkpoint: str | None = None  # DiT weights in the family's format; None: random init of `size`
+    size: str = attrs.field(default="tiny", validator=v.one_of(*SIZES))
+    vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: random tiny VAE
+    text_encoder: str = "word"  # "word" (built-in), a word-encoder .safetensors, or a UMT5 folder
+    height: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
+    width: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
+    device: str = "cpu"
+    dtype: str = attrs.field(default="float32", validator=v.one_of(*DTYPES))
+    init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value % 16:
+                raise ConfigError(type(self).__name__, name, value,
+                                  "a multiple of 16 pixels (8x VAE compression times the 2x2 patch)")
+
+
+def detect_format(path: str, sd: dict[str, torch.Tensor], raw_top: set[str] | None = None) -> str:
+    """Name the layout of a DiT checkpoint: ``self-forcing`` (.pt with ``generator``),
+    ``krea`` (``model.``-prefixed safetensors), ``diffusers`` or ``wan-original``; else raise."""
+    if raw_top and raw_top & {"generator", "generator_ema"}:
+        return "self-forcing"
+    if any(k.startswith("model.blocks.") for k in sd):
+        return "krea"
+    if any(k.startswith("condition_embedder.") for k in sd):
+        return "diffusers"
+    if "patch_embedding.weight" in sd and any(k.startswith("blocks.") for k in sd):
+        return "wan-original"
+    if any(k.startswith(("encoder.", "decoder.")) for k in sd):
+        raise CheckpointError(path, "holds a VAE, not a DiT (pass it as vae=...)")
+    raise CheckpointError(path, "is not a Wan DiT checkpoint in any known layout (Self-Forcing .pt, Krea "
+                                "safetensors, diffusers, original Wan); first keys: "
+                                + ", ".join(sorted(sd)[:5]))
+
+
+def check_size(path: str, cfg: WanDiTConfig, size: str, family: str) -> None:
+    """A checkpoint of another size than asked raises (random-init sizes are named in ``size``)."""
+    if size == "tiny":
+        return  # "tiny" with a checkpoint means: take the size from the file
+    want = WanDiTConfig.wan_1_3b() if size == "1.3B" else WanDiTConfig.wan_14b()
+    if (cfg.dim, cfg.num_layers) != (want.dim, want.num_layers):
+        raise CheckpointError(path, f"is a {cfg.size_name} model ({cfg.num_layers} layers of dim {cfg.dim}) "
+                                    f"but {family} was asked for size {size!r}")
+
+
+@attrs.define(eq=False)
+class WanState:
+    """Per-generation state of a Wan family adapter."""
+
+    cross: CrossCache
+    kv: KVCache | None
+    vae_cache: Any
+    family: dict[str, Any] = attrs.field(factory=dict)  # loop-specific state (solver, history)
+
+
+class WanAdapter:
+    """Shared Wan machinery; a family subclass sets ``name``, ``family_config`` and the loop."""
+
+    name = "wan"
+    config_class: type = object
+
+    def __init__(self, **kwargs: Any) -> None:
+        model_fields = {f.name for f in attrs.fields(WanModelConfig)}
+        self.model_config = WanModelConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in model_fields})
+        self.config = self.config_class(**kwargs)
+        mc = self.model_config
+        self.device = torch.device(mc.device)
+        self.dtype = torch.float32  # latents stay float32; the networks run in model_dtype
+        self.model_dtype = DTYPES[mc.dtype]
+        self.dit = self._load_dit().to(self.device, self.model_dtype).eval()
+        self.vae = self._load_vae().to(self.device).eval()
+        self.text = self._load_text()
+        c = self.dit.cfg
+        pt, ph, pw = c.patch_size
+        self.latent_shape = (c.in_dim, mc.height // 8, mc.width // 8)
+        if self.latent_shape[1] % ph or self.latent_shape[2] % pw:
+            raise ConfigError(type(self).__name__, "height", mc.height,
+                              f"a size whose latent grid divides by the patch {c.patch_size}")
+        self.tokens_per_frame = (self.latent_shape[1] // ph) * (self.latent_shape[2] // pw)
+        self.capabilities = frozenset({caps.SNAPSHOT, caps.DECODE, caps.ENCODE}) | self.family_capabilities()
+
+    # ---- models -----------------------------------------------------------------------------------
+
+    def family_capabilities(self) -> frozenset[str]:
+        return frozenset()
+
+    def _random_dit(self) -> WanDiT:
+        size = self.model_config.size
+        cfg = {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size](
+            **self.dit_overrides())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.model_config.init_seed)
+            return WanDiT(cfg)
+
+    def dit_overrides(self) -> dict[str, Any]:
+        return {}
+
+    def _load_dit(self) -> WanDiT:
+        path = self.model_config.checkpoint
+        if path is None:
+            return self._random_dit()
+        sd = self.read_checkpoint(path)  # original key names, no prefix
+        cfg = WanDiTConfig.from_state_dict(sd, **self.dit_overrides())
+        check_size(path, cfg, self.model_config.size, self.name)
+        with torch.device("meta"):  # no memory for weights that are overwritten anyway
+            dit = WanDiT(cfg)
+        dit = dit.to(self.model_dtype).to_empty(device=self.device)
+        ck.fit(dit, sd, path, what=f"the {cfg.size_name} Wan DiT of {self.name}")
+        return dit
+
+    def read_checkpoint(self, path: str) -> dict[str, torch.Tensor]:
+        """The family's checkpoint, mapped to original Wan key names (subclasses override)."""
+        raise NotImplementedError
+
+    def _load_vae(self) -> WanVAE:
+        path = self.model_config.vae
+        z = self.dit.cfg.in_dim
+        if path is None:
+            cfg = WanVAEConfig.tiny() if z != 16 or self.model_config.size == "tiny" else WanVAEConfig()
+            cfg = attrs.evolve(cfg, z_dim=z)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.model_config.init_seed + 1)
+                return WanVAE(cfg)
+        vae = load_wan_vae(path)
+        if vae.cfg.z_dim != z:
+            raise CheckpointError(path, f"is a VAE with {vae.cfg.z_dim} latent channels; the DiT takes {z}")
+        return vae
+
+    def _load_text(self):
+        spec, c = self.model_config.text_encoder, self.dit.cfg
+        if spec == "word" or spec.endswith(".safetensors"):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.model_config.init_seed + 2)
+                enc = WordEncoder(c.text_dim, c.text_len)
+            if spec != "word":
+                ck.fit(enc, ck.read_tensors(spec), spec, what="the word-level text encoder")
+            return enc.to(self.device)
+        enc = UMT5Encoder(spec, text_len=c.text_len, device=self.device)
+        if enc.text_dim != c.text_dim:
+            raise ConfigError(type(self).__name__, "text_encoder", spec,
+                              f"a UMT5 with d_model = {c.text_dim} (the DiT's text_dim); it has {enc.text_dim}")
+        return enc
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def latent_frames(self, pixel_frames: int) -> int:
+        """Latent frames for a pixel frame count the causal VAE can produce (1 + 4k)."""
+        if pixel_frames < 1 or (pixel_frames - 1) % 4:
+            b = self.unit_frames
+            ok = ", ".join(str(4 * f - 3) for f in range(b, 4 * b + 1, b))
+            raise ConfigError(type(self).__name__, "pixel_frames", pixel_frames,
+                              f"1 + 4k frames (the causal VAE makes 1 frame from the first latent and 4 "
+                              f"from each later one); with units of {b} latent frames: {ok}, ...")
+        return 1 + (pixel_frames - 1) // 4
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        return 1 + 4 * (latent_frames - 1)
+
+    def validate(self, request: Request) -> None:
+        if request.init_latents is not None:
+            want = (request.batch, request.num_frames, *self.latent_shape)
+            if tuple(request.init_latents.shape) != want:
+                raise ConfigError("Request", "init_latents", tuple(request.init_latents.shape),
+                                  f"a tensor of shape {want}")
+
+    # ---- conditioning and state -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> CrossCache:
+        states = self.text(list(prompts)).to(self.device, self.model_dtype)  # [B, L, text_dim]
+        return self.dit.cross_cache(states)
+
+    def new_kv(self) -> KVCache | None:
+        return None
+
+    def init_state(self, request: Request, cond: CrossCache) -> WanState:
+        return WanState(cross=cond, kv=self.new_kv(), vae_cache=self.vae.new_decode_cache())
+
+    def snapshot(self, state: WanState) -> dict[str, Any]:
+        return {"kv": state.kv.snapshot() if state.kv is not None else None,
+                "vae": self.vae.snapshot(state.vae_cache), "family": self.family_snapshot(state)}
+
+    def restore(self, state: WanState, snap: dict[str, Any]) -> None:
+        if state.kv is not None:
+            state.kv.restore(snap["kv"])
+        self.vae.restore(state.vae_cache, snap["vae"])
+        self.family_restore(state, snap["family"])
+
+    def family_snapshot(self, state: WanState) -> Any:
+        return {k: (collections.deque(val, val.maxlen) if isinstance(val, collections.deque)
+                    else dict(val) if isinstance(val, dict) else val)
+                for k, val in state.family.items()}
+
+    def family_restore(self, state: WanState, snap: Any) -> None:
+        state.family = self.family_snapshot(WanState(cross=None, kv=None, vae_cache=None, family=snap))
+
+    # ---- the network ----------------------------------------------------------------------------
+
+    def timesteps(self, it: Iteration, frames: tuple[int, int]) -> torch.Tensor:
+        """Wan timesteps ``[F]`` of the frames ``frames`` of the call ``it``: 1000 σ."""
+        s0 = it.frames[0]
+        sig = it.sigma[frames[0] - s0:frames[1] - s0]
+        return torch.tensor([1000.0 * s for s in sig], dtype=torch.float32, device=self.device)
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 1, 3, 4).to(self.model_dtype)  # [B, F, C, H, W] -> [B, C, F, H, W]
+
+    def from_model(self, y: torch.Tensor) -> torch.Tensor:
+        return y.permute(0, 2, 1, 3, 4).float()  # [B, C, F, H, W] -> [B, F, C, H, W]
+
+    @torch.no_grad()
+    def probe(self, x: torch.Tensor, it: Iteration, state: WanState) -> torch.Tensor:
+        t = self.timesteps(it, it.frames).expand(x.shape[0], -1)  # [B, F]
+        return self.dit.probe(self.to_model(x), t).float()  # [B, F, S, D]
+
+    # ---- pixels ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, state: WanState) -> torch.Tensor:
+        video = self.vae.decode_chunk(latents.permute(0, 2, 1, 3, 4).float(), state.vae_cache)  # [B, 3, T, H, W]
+        return ((video.permute(0, 2, 1, 3, 4) + 1.0) / 2.0).clamp(0.0, 1.0)  # [B, T, 3, H, W] in [0, 1]
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        video = frames.permute(0, 2, 1, 3, 4).to(self.device).float() * 2.0 - 1.0  # [B, 3, T, H, W]
+        return self.vae.encode(video).permute(0, 2, 1, 3, 4).float()  # [B, F, C, H, W]
+
+    # ---- KV management --------------------------------------------------------------------------
+
+    def kv_frames(self, state: WanState) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
+        kv = state.kv
+        if kv is None:
+            return (), (), None
+        return kv.frames, kv.frames[:kv.sinks], kv.window
+
+    def kv_apply(self, state: WanState, evict: tuple[int, ...], sinks: tuple[int, ...] | None,
+                 rope_reset: bool) -> None:
+        kv = state.kv
+        if kv is None:
+            return
+        kv.evict(evict)
+        if sinks is not None:  # sinks lead the cache: move them to the front
+            order = [i for i, f in enumerate(kv.frames) if f in sinks]
+            order += [i for i, f in enumerate(kv.frames) if f not in sinks]
+            kv.keep(order)
+            kv.sinks = len([f for f in kv.frames if f in sinks])
+        if rope_reset:  # the next frame takes the position just after the cached frames
+            nxt = state.family.get("next_frame", 0)
+            kv.rope_offset = nxt - len(kv.frames)
+
+
+def describe_path(path: str | None) -> str:
+    return "random weights" if path is None else Path(path).name
+
+
+__all__ = ["WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format"]
