@@ -122,6 +122,9 @@ class KreaAdapter(BlockLoopAdapter):
         s, e = frames
         for j in range(s, e):
             fam["latents"][j] = x0[:, j - s].clone()  # [B, C, H, W]
+        if fam["decoded"] < e and not self.config.keep_first_frame:
+            # the engine did not decode (decode=False): decode here, later anchors need the pixels
+            self.decode(torch.stack([fam["latents"][j] for j in range(fam["decoded"], e)], dim=1), state)
         for j in [j for j in fam["latents"] if 0 < j < e - k]:
             del fam["latents"][j]  # frame 0 (the anchor) and the last k - 1 frames are enough
         fam["next_frame"] = e
@@ -130,9 +133,6 @@ class KreaAdapter(BlockLoopAdapter):
         if first:
             anchor, anchor_id = fam["latents"][0], 0
         else:
-            if fam["decoded"] < e:  # the engine did not decode (decode=False): decode here
-                missing = torch.stack([fam["latents"][j] for j in range(fam["decoded"], e)], dim=1)
-                self.decode(missing, state)
             pixel = fam["pixels"][0].unsqueeze(1)  # [B, 1, 3, H, W]: the oldest pixel frame kept
             anchor, anchor_id = self.encode(pixel)[:, 0], e - k
         recent = [j for j in range(max(e - (k - 1), 1), e)]

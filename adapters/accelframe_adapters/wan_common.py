@@ -75,7 +75,9 @@ def check_size(path: str, cfg: WanDiTConfig, size: str, family: str) -> None:
         return  # "tiny" with a checkpoint means: take the size from the file
     want = WanDiTConfig.wan_1_3b() if size == "1.3B" else WanDiTConfig.wan_14b()
     if (cfg.dim, cfg.num_layers) != (want.dim, want.num_layers):
-        raise CheckpointError(path, f"is a {cfg.size_name} model ({cfg.num_layers} layers of dim {cfg.dim}) "
+        tiny = WanDiTConfig.tiny()
+        name = "tiny" if (cfg.dim, cfg.num_layers) == (tiny.dim, tiny.num_layers) else cfg.size_name
+        raise CheckpointError(path, f"is a {name} model ({cfg.num_layers} layers of dim {cfg.dim}) "
                                     f"but {family} was asked for size {size!r}")
 
 
@@ -136,7 +138,26 @@ class WanAdapter:
         if path is None:
             return self._random_dit()
         sd = self.read_checkpoint(path)  # original key names, no prefix
-        cfg = WanDiTConfig.from_state_dict(sd, **self.dit_overrides())
+        sizing = ("patch_embedding.weight", "head.head.weight", "blocks.0.ffn.0.weight",
+                  "time_embedding.0.weight", "text_embedding.0.weight")
+        if any(k not in sd for k in sizing):  # the sizes are read from these shapes
+            raise CheckpointError(path, "lacks the tensors the Wan DiT's sizes are read from",
+                                  missing=[k for k in sizing if k not in sd])
+        # Shapes give every size but the head count and the text length: take those from a
+        # config.json beside the weights (original or diffusers field names); else a file with the
+        # tiny config's shapes is the tiny config (so a saved random tiny model loads as itself),
+        # and the released sizes fix the head count (WanDiTConfig.from_state_dict).
+        meta = ck.read_config(path)
+        meta = meta if isinstance(meta, dict) else {}
+        known = {"num_heads": meta.get("num_heads", meta.get("num_attention_heads")),
+                 "text_len": meta.get("text_len")}
+        known = {k: val for k, val in known.items() if isinstance(val, int) and not isinstance(val, bool)}
+        tiny = WanDiTConfig.tiny()
+        if sd["patch_embedding.weight"].shape[0] == tiny.dim:
+            guess = WanDiTConfig.from_state_dict(sd, num_heads=tiny.num_heads, text_len=tiny.text_len)
+            if guess == attrs.evolve(tiny, inject_sample_info=guess.inject_sample_info):
+                known = {"num_heads": tiny.num_heads, "text_len": tiny.text_len, **known}
+        cfg = WanDiTConfig.from_state_dict(sd, **{**known, **self.dit_overrides()})
         check_size(path, cfg, self.model_config.size, self.name)
         with torch.device("meta"):  # no memory for weights that are overwritten anyway
             dit = WanDiT(cfg)

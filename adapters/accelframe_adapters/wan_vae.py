@@ -473,7 +473,8 @@ class WanVAE(nn.Module):
             latent_frames(t, temporal_ratio=r)
         elif t == 0 or t % r:
             raise ConfigError("WanVAE.encode_chunk", "frames", t, f"a multiple of {r} after the first chunk")
-        pieces = [video[:, :, :1], *video[:, :, 1:].split(r, dim=2)] if first else list(video.split(r, dim=2))
+        rest = video[:, :, 1:] if first else video
+        pieces = ([video[:, :, :1]] if first else []) + (list(rest.split(r, dim=2)) if rest.shape[2] else [])
         means = []
         for piece in pieces:  # each [B, 3, 1 or 4, H, W]
             feats = self.conv1(self.encoder(piece, cache.feats))  # [B, 2 z_dim, 1, H/8, W/8]

@@ -1,0 +1,218 @@
+"""The three Wan families: schedules, solver, step matrix, plans, caches and generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from accelframe.pipeline import Pipeline
+from accelframe.testing.fixtures import make_hooks
+from accelframe.testing.policies import AlwaysRecompute, ThresholdBlock
+from accelframe.types import Request, Role
+from accelframe_adapters import plugin as adapters_plugin
+from accelframe_adapters.flow import TrainGrid, few_step_schedule
+from accelframe_adapters.krea import KreaAdapter, KreaConfig
+from accelframe_adapters.self_forcing import SelfForcingAdapter
+from accelframe_adapters.skyreels_df import SkyReelsDFAdapter, step_matrix
+from accelframe_adapters.unipc import UniPCState, unipc_step
+
+SMALL = {"height": 32, "width": 32}  # 4x4 latents: 4 tokens per frame
+
+
+def _pipe(adapter, **kw) -> Pipeline:
+    return Pipeline(adapter, hooks=make_hooks(adapters_plugin), **kw)
+
+
+# ---- schedules ----------------------------------------------------------------------------------
+
+
+def test_self_forcing_warp_gives_the_papers_list():
+    ts = [t for t, _ in few_step_schedule([1000, 750, 500, 250], 5.0, warp=True)]
+    assert ts == pytest.approx([1000.0, 937.5, 833.3333, 625.0], abs=1e-3)
+
+
+def test_krea_five_steps_end_at_zero_called_at_the_grid_minimum():
+    steps = KreaConfig().step_list()
+    assert steps == [1000.0, 750.0, 500.0, 250.0, 0.0]
+    pairs = few_step_schedule(steps, 5.0, warp=True)
+    assert [t for t, _ in pairs] == pytest.approx([1000.0, 937.5, 833.3333, 625.0, 0.0], abs=1e-3)
+    # the reference re-noises "to t = 0" with the nearest grid sigma, shift(1/1000)
+    assert pairs[-1][1] == pytest.approx(5 * 0.001 / (1 + 4 * 0.001))
+    assert TrainGrid(5.0).sigmas[0] == 1.0
+
+
+def test_unipc_first_step_is_the_flow_euler_step():
+    """Order 1 from σ_s to σ_t: (1 − σ_t) x0 + σ_t ε with x0 = x − σ_s v, ε = x + (1 − σ_s) v."""
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    levels = [0.9, 0.6, 0.2, 0.0]
+    got, st = unipc_step(UniPCState(), x, v, levels)
+    assert torch.allclose(got, x + v * (0.6 - 0.9), atol=1e-6)
+    assert st.steps_done == 1 and st.order == 1
+
+
+def test_unipc_equals_diffusers_multistep():
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            flow_shift=8.0, solver_order=2)
+    sch.set_timesteps(8)
+    levels = [float(s) for s in sch.sigmas]
+    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(1)) * 0.3
+    field = lambda x, s: torch.tanh(x @ w) * (1 + s) + 0.5 * x  # noqa: E731
+    xa = xb = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
+    st = UniPCState()
+    for k, t in enumerate(sch.timesteps):
+        xa = sch.step(field(xa, levels[k]), t, xa).prev_sample
+        xb, st = unipc_step(st, xb, field(xb, levels[k]), levels)
+        assert torch.allclose(xa, xb, atol=1e-6), k
+
+
+# ---- the step matrix ----------------------------------------------------------------------------
+
+
+def test_step_matrix_hand_example():
+    index, update, valid = step_matrix(4, 3, 4, ar_step=1)
+    assert index == [[1, 0, 0, 0], [2, 1, 0, 0], [3, 2, 1, 0], [4, 3, 2, 1], [4, 4, 3, 2], [4, 4, 4, 3]]
+    assert [[int(u) for u in row] for row in update] == [
+        [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]
+    assert valid == [(0, 4)] * 6
+
+
+def test_step_matrix_synchronous_prefix_window_and_blocks():
+    index, update, _ = step_matrix(4, 3, 4, ar_step=0)
+    assert index == [[1] * 4, [2] * 4, [3] * 4] and all(all(r) for r in update)
+    index, update, _ = step_matrix(4, 3, 4, ar_step=1, num_pre_ready=1)
+    assert index[0] == [4, 1, 0, 0] and update[0] == [False, True, False, False]
+    assert all(not row[0] for row in update)  # the prefix frame never moves
+    _, _, valid = step_matrix(4, 3, 2, ar_step=2)
+    assert [w for i, w in enumerate(valid) if i == 0 or valid[i - 1] != w] == [(0, 2), (1, 3), (2, 4)]
+    index, update, valid = step_matrix(6, 2, 6, ar_step=1, causal_block_size=3)
+    assert index[0] == [1, 1, 1, 0, 0, 0] and valid[0] == (0, 6)
+
+
+@pytest.mark.parametrize("frames,steps,base,ar,pre,cbs", [
+    (4, 3, 4, 1, 0, 1), (6, 5, 6, 2, 2, 2), (8, 4, 4, 2, 0, 1), (10, 3, 10, 0, 0, 5), (9, 6, 9, 3, 3, 3)])
+def test_step_matrix_equals_diffusers(frames, steps, base, ar, pre, cbs):
+    pipe_mod = pytest.importorskip("diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing")
+    template = torch.arange(steps, 0, -1) * (1000 // (steps + 1))
+    _, ref_index, ref_update, ref_valid = pipe_mod.SkyReelsV2DiffusionForcingPipeline.generate_timestep_matrix(
+        None, frames, template, base, ar, pre, cbs)
+    index, update, valid = step_matrix(frames, steps, base, ar, pre, cbs)
+    assert index == ref_index.tolist() and update == ref_update.tolist()
+    assert valid == [tuple(w) for w in ref_valid]
+
+
+# ---- plans ----------------------------------------------------------------------------------------
+
+
+def test_self_forcing_plan_denoises_then_commits_each_block():
+    a = SelfForcingAdapter(**SMALL)
+    its = list(a.plan(Request(prompts="p", num_frames=6)))
+    assert [it.role for it in its] == ([Role.DENOISE] * 4 + [Role.COMMIT]) * 2
+    first = [it.sigma[0] for it in its[:4]]
+    assert first == pytest.approx([1.0, 0.9375, 0.833333, 0.625], abs=1e-5)
+    assert its[3].sigma_next == (0.0, 0.0, 0.0)
+    assert [float(t) for t in a.timesteps(its[1], its[1].frames)] == pytest.approx([937.5] * 3)
+
+
+def test_skyreels_plan_follows_the_matrix():
+    a = SkyReelsDFAdapter(num_inference_steps=3, ar_step=1, guidance_scale=1.0, **SMALL)
+    its = list(a.plan(Request(prompts="p", num_frames=4)))
+    assert len(its) == 6 and all(it.frames == (0, 4) == it.valid for it in its)
+    assert its[0].starts and [s.unit for s in its[0].starts] == [0, 1, 2, 3]
+    assert [[s.unit for s in it.finishes] for it in its] == [[], [], [0], [1], [2], [3]]
+    moves = [sum(it.update[j] for it in its) for j in range(4)]
+    assert moves == [3, 3, 3, 3]  # every frame takes every step once
+    assert its[0].sigma[1] == 1.0 and float(a.timesteps(its[0], (1, 2))[0]) == 999.0  # not started
+    assert its[3].sigma[0] == 0.0 and not its[3].update[0]  # done
+
+
+def test_skyreels_long_video_segments_overlap_in_latent_space():
+    a = SkyReelsDFAdapter(num_inference_steps=2, base_num_frames=25, overlap_history=9, guidance_scale=1.0, **SMALL)
+    assert [(s.start, s.end, s.prefix) for s in a.segments(13)] == [(0, 7, 0), (4, 11, 3), (8, 13, 3)]
+    its = list(a.plan(Request(prompts="p", num_frames=13)))
+    later = [it for it in its if it.valid[0] == 4]
+    assert later and all(not any(it.update[:3]) for it in later)  # the prefix is conditioning only
+    assert sorted(s.unit for it in its for s in it.finishes) == list(range(13))
+
+
+# ---- generation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("self-forcing", {}),
+    ("krea-realtime", {"num_denoising_steps": 3}),
+    ("skyreels-v2-df", {"num_inference_steps": 3, "ar_step": 1}),
+])
+def test_generation_is_deterministic_and_exact_under_a_recompute_policy(name, kw):
+    pipe = _pipe(name, adapter_kwargs={**SMALL, **kw})
+    a = pipe.generate("a red circle moves left", num_frames=6, seed=3)
+    b = pipe.generate("a red circle moves left", num_frames=6, seed=3)
+    c = pipe.generate("a red circle moves left", num_frames=6, seed=4)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.latents, c.latents)
+    assert a.frames.shape == (1, 21, 3, 32, 32)  # 1 + 4 (6 - 1) pixel frames
+    assert torch.isfinite(a.latents).all()
+    pipe.use(AlwaysRecompute())
+    assert torch.equal(pipe.generate("a red circle moves left", num_frames=6, seed=3).latents, a.latents)
+
+
+def test_self_forcing_window_keeps_kv_memory_flat():
+    a = SelfForcingAdapter(local_attn_size=7, sink_size=1, **SMALL)
+    sizes = {}
+    for frames in (6, 30):
+        res = _pipe(a).engine().run(Request(prompts="p", num_frames=frames, decode=False))
+        st = res.trace  # noqa: F841  (the engine keeps the final state)
+        sizes[frames] = (_last_state(a, frames).kv.nbytes(), _last_state(a, frames).kv.frames)
+    assert sizes[6][0] == sizes[30][0]
+    assert sizes[30][1] == (0, 27, 28, 29)  # one sink, then the newest frames
+
+
+def _last_state(adapter, frames):
+    eng = _pipe(adapter).engine()
+    eng.run(Request(prompts="p", num_frames=frames, decode=False))
+    return eng.target_state
+
+
+def test_krea_rebuilds_from_an_anchor_plus_recent_frames():
+    a = KreaAdapter(num_denoising_steps=2, **SMALL)
+    st = _last_state(a, 9)  # three blocks: rebuilt after blocks 0, 1 and 2
+    assert st.kv.frames == (6, 7, 8)  # re-encoded anchor (labelled e - k), then the last two frames
+    b = KreaAdapter(num_denoising_steps=2, keep_first_frame=True, **SMALL)
+    assert _last_state(b, 9).kv.frames == (0, 7, 8)
+
+
+def test_krea_without_decode_reencodes_the_same_anchor():
+    a = KreaAdapter(num_denoising_steps=2, **SMALL)
+    pipe = _pipe(a)
+    on = pipe.generate("p", num_frames=9, seed=1)
+    off = pipe.generate("p", num_frames=9, seed=1, decode=False)
+    assert torch.equal(on.latents, off.latents)
+
+
+def test_adapter_snapshot_restore_reproduces_a_block():
+    a = SelfForcingAdapter(**SMALL)
+    req = Request(prompts="p", num_frames=6)
+    eng = _pipe(a).engine()
+    eng.run(Request(prompts="p", num_frames=3, decode=True))
+    state = eng.target_state
+    snap = a.snapshot(state)
+    x = torch.randn(1, 3, *a.latent_shape, generator=torch.Generator().manual_seed(0))
+    it = next(i for i in a.plan(Request(prompts="p", num_frames=3, first_frame=3)))
+    v1 = a.denoise(x, it, it.frames, state, it.kv_write)
+    a.commit(x, it.frames, state)
+    px1 = a.decode(x, state)
+    a.restore(state, snap)
+    v2 = a.denoise(x, it, it.frames, state, it.kv_write)
+    px2 = a.decode(x, state)
+    assert torch.equal(v1, v2) and torch.equal(px1, px2)
+    assert req.num_frames == 6
+
+
+def test_drafted_generation_with_real_adapters_accepts_and_regenerates():
+    pipe = _pipe("self-forcing", drafter="self-forcing", adapter_kwargs=SMALL,
+                 drafter_kwargs={**SMALL, "init_seed": 5})
+    pipe.use(ThresholdBlock(tau=-1e9))  # accept every block but block 0
+    res = pipe.generate("p", num_frames=9)
+    assert res.sources == ("target", "draft", "draft")
+    assert res.frames.shape[1] == 33
