@@ -1,7 +1,7 @@
 """accelframe's model-family adapters. One family per module, registered by ``plugin``.
 
-The families (Self-Forcing, Krea Realtime, SkyReels-V2 diffusion forcing, MAGI-1) land with their
-own issues; until then this distribution is installed and discovered but registers no adapter.
+Registered: ``self-forcing``, ``krea-realtime`` and ``skyreels-v2-df`` (the Wan 2.1 family, see
+``docs/adapters.md``); MAGI-1 and the embedded tiny world land with their own issues.
 """
 
 __version__ = "0.1.0"

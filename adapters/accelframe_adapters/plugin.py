@@ -34,3 +34,15 @@ FAMILIES: dict[str, tuple[Callable[..., object], str]] = {
 def accelframe_register_adapters(register: Callable[..., None]) -> None:
     for name, (factory, description) in FAMILIES.items():
         register(name, factory, description=description)
+
+
+@hookimpl
+def accelframe_register_commands(register: Callable[..., None]) -> None:
+    def configure(parser: Any) -> None:
+        importlib.import_module("accelframe_adapters.bench_wan").configure(parser)
+
+    def run(args: Any) -> int:
+        return importlib.import_module("accelframe_adapters.bench_wan").run(args)
+
+    register("wan", configure, run, help="time the Wan-family adapters and their KV-cache memory",
+             group="bench")

@@ -182,7 +182,7 @@ class SkyReelsDFAdapter(WanAdapter):
                                         f"{'self-forcing' if fmt == 'self-forcing' else 'krea-realtime'!r} adapter")
         cfg = ck.read_config(path) or {}
         cls = cfg.get("_class_name")
-        if cls is not None and cls not in ("SkyReelsV2Transformer3DModel", "WanTransformer3DModel"):
+        if cls is not None and cls not in ("SkyReelsV2Transformer3DModel", "WanTransformer3DModel", "WanModel"):
             raise CheckpointError(path, f"config.json names {cls!r}, not a SkyReels-V2 / Wan transformer")
         if fmt == "diffusers":
             mapped = {}

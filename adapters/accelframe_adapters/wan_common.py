@@ -35,7 +35,7 @@ class WanModelConfig:
 
     checkpoint: str | None = None  # DiT weights in the family's format; None: random init of `size`
     size: str = attrs.field(default="tiny", validator=v.one_of(*SIZES))
-    vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: random tiny VAE
+    vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: random weights (tiny VAE for size "tiny")
     text_encoder: str = "word"  # "word" (built-in), a word-encoder .safetensors, or a UMT5 folder
     height: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
     width: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
@@ -126,7 +126,10 @@ class WanAdapter:
         size = self.model_config.size
         cfg = {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size](
             **self.dit_overrides())
-        with torch.random.fork_rng(devices=[]):
+        # tiny weights are drawn on the CPU (same bits everywhere); released sizes on the device
+        device = torch.device("cpu") if size == "tiny" else self.device
+        forked = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked), torch.device(device):
             torch.manual_seed(self.model_config.init_seed)
             return WanDiT(cfg)
 
@@ -175,7 +178,8 @@ class WanAdapter:
         if path is None:
             cfg = WanVAEConfig.tiny() if z != 16 or self.model_config.size == "tiny" else WanVAEConfig()
             cfg = attrs.evolve(cfg, z_dim=z)
-            with torch.random.fork_rng(devices=[]):
+            device = torch.device("cpu") if self.model_config.size == "tiny" else self.device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
                 torch.manual_seed(self.model_config.init_seed + 1)
                 return WanVAE(cfg)
         vae = load_wan_vae(path)
@@ -268,7 +272,11 @@ class WanAdapter:
     @torch.no_grad()
     def probe(self, x: torch.Tensor, it: Iteration, state: WanState) -> torch.Tensor:
         t = self.timesteps(it, it.frames).expand(x.shape[0], -1)  # [B, F]
-        return self.dit.probe(self.to_model(x), t).float()  # [B, F, S, D]
+        return self.dit.probe(self.to_model(x), t, fps=self._fps()).float()  # [B, F, S, D]
+
+    def _fps(self) -> int | None:
+        """The fps embedding index the family feeds the DiT (None: the DiT has none)."""
+        return None
 
     # ---- pixels ---------------------------------------------------------------------------------
 

@@ -182,6 +182,13 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+class FP32LayerNorm(nn.LayerNorm):
+    """Affine LayerNorm computed in float32 whatever the weights' dtype (Wan's cross-attention norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+
+
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Affine-free LayerNorm in float32 (Wan's norm1 / norm2 / head norm)."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
@@ -386,7 +393,7 @@ class WanBlock(nn.Module):
         super().__init__()
         self.eps = cfg.eps
         self.self_attn = SelfAttention(cfg)
-        self.norm3 = nn.LayerNorm(cfg.dim, cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.norm3 = FP32LayerNorm(cfg.dim, cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(cfg)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
@@ -476,11 +483,11 @@ class WanDiT(nn.Module):
         b, d, f, h, w = y.shape
         return y.permute(0, 2, 3, 4, 1).reshape(b, f, h * w, d), (f, h, w)
 
-    def probe(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def probe(self, x: torch.Tensor, t: torch.Tensor, fps: int | None = None) -> torch.Tensor:
         """Block 0's timestep-modulated input ``[B, F, S, D]``: the cheap signal step policies
         compare between calls (TeaCache's and SCOPE's indicator)."""
         tokens, _ = self.embed(x)
-        _, e0 = self.time_embed(t)
+        _, e0 = self.time_embed(t, fps)
         return self.blocks[0].modulated_input(tokens, e0)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | CrossCache, *,

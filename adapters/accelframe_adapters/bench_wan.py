@@ -1,0 +1,128 @@
+"""``accelframe bench wan``: cost of the Wan-family adapters and KV-cache memory with a window.
+
+For each family it generates the same request (tiny random weights by default) and reports wall
+time per model call, per generated latent frame and per decoded pixel frame. Then it measures
+the KV cache after a video and after one ``--long-factor`` times longer, with and without
+Self-Forcing's local window: the window must keep memory flat (ratio 1), the global cache grows
+with the video. Everything runs in one process; the JSON is what a script reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from accelframe.pipeline import Pipeline
+from accelframe.plugins import create_hooks
+from accelframe.types import Request
+
+FAMILIES = ("self-forcing", "krea-realtime", "skyreels-v2-df")
+
+
+def _pipe(name: str, kw: dict[str, Any]) -> Pipeline:
+    from accelframe_adapters import plugin
+
+    return Pipeline(name, hooks=create_hooks(autoload=False, disabled=(), plugins=(plugin,)), adapter_kwargs=kw)
+
+
+def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int) -> dict[str, Any]:
+    kw = dict(common)
+    if name == "skyreels-v2-df":
+        kw.update(num_inference_steps=4, ar_step=1, guidance_scale=1.0)  # few steps, one pass per call
+    pipe = _pipe(name, kw)
+    pipe.generate("a red circle moves left on a blue background", num_frames=frames)  # warm-up
+    best: dict[str, Any] | None = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = pipe.generate("a red circle moves left on a blue background", num_frames=frames)
+        wall = time.perf_counter() - t0
+        if best is None or wall < best["wall_s"]:
+            stats = res.stats.to_dict()
+            calls = stats["calls"]["target"]
+            times = stats["time_s"]
+            n_calls = calls["computed"]
+            best = {
+                "wall_s": wall,
+                "model_calls": n_calls,
+                "commit_calls": calls["commit"],
+                "ms_per_model_call": 1000 * times["model"] / max(n_calls, 1),
+                "ms_per_commit": 1000 * times["commit"] / max(calls["commit"], 1),
+                "ms_per_latent_frame": 1000 * wall / frames,
+                "ms_per_latent_frame_without_decode": 1000 * (wall - times["decode"]) / frames,
+                "ms_per_pixel_frame": 1000 * wall / res.frames.shape[1],
+                "decode_share": times["decode"] / wall,
+                "latent_frames": frames,
+                "pixel_frames": int(res.frames.shape[1]),
+            }
+    assert best is not None
+    return best
+
+
+def _kv_bytes(name: str, kw: dict[str, Any], frames: int) -> tuple[int, int]:
+    pipe = _pipe(name, kw)
+    eng = pipe.engine()
+    eng.run(Request(prompts=("a red circle",), num_frames=frames, decode=False))
+    kv = eng.target_state.kv
+    return kv.nbytes(), len(kv)
+
+
+def kv_memory(common: dict[str, Any], frames: int, factor: int, window: int, sinks: int) -> dict[str, Any]:
+    out = {}
+    configs = {
+        "self-forcing (global)": ("self-forcing", {}),
+        f"self-forcing (local_attn_size={window}, sink_size={sinks})":
+            ("self-forcing", {"local_attn_size": window, "sink_size": sinks}),
+        "krea-realtime (kv_cache_num_frames=3)": ("krea-realtime", {"num_denoising_steps": 2}),
+    }
+    for label, (name, extra) in configs.items():
+        short, n_short = _kv_bytes(name, {**common, **extra}, frames)
+        long, n_long = _kv_bytes(name, {**common, **extra}, frames * factor)
+        out[label] = {"frames": [frames, frames * factor], "kv_bytes": [short, long],
+                      "kv_frames": [n_short, n_long], "growth": long / short}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    common = {"height": args.height, "width": args.width, "device": args.device, "dtype": args.dtype}
+    if args.size != "tiny":
+        common["size"] = args.size
+    result: dict[str, Any] = {"config": {**common, "size": args.size, "frames": args.frames,
+                                         "repeats": args.repeats, "torch": torch.__version__}}
+    result["families"] = {name: _family_cost(name, common, args.frames, args.repeats) for name in FAMILIES}
+    result["kv_memory"] = kv_memory(common, args.frames, args.long_factor, args.window, args.sinks)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for name, r in result["families"].items():
+            print(f"{name:16s} {r['ms_per_model_call']:8.2f} ms/call  {r['ms_per_latent_frame']:8.2f} ms/latent frame "
+                  f"({r['ms_per_latent_frame_without_decode']:.2f} without decode)  "
+                  f"{r['ms_per_pixel_frame']:7.2f} ms/pixel frame")
+        for label, r in result["kv_memory"].items():
+            print(f"{label:45s} KV {r['kv_bytes'][0] / 2**20:8.3f} MiB at {r['frames'][0]} frames, "
+                  f"{r['kv_bytes'][1] / 2**20:8.3f} MiB at {r['frames'][1]}  (x{r['growth']:.2f})")
+    return 0
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=9, help="latent frames per generation (default: 9)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per family, best kept (default: 3)")
+    p.add_argument("--long-factor", type=int, default=10,
+                   help="the long video for KV memory is this many times longer (default: 10)")
+    p.add_argument("--window", type=int, default=9, help="local_attn_size of the windowed run (default: 9)")
+    p.add_argument("--sinks", type=int, default=3, help="sink_size of the windowed run (default: 3)")
+    p.add_argument("--height", type=int, default=64, help="pixel height (default: 64)")
+    p.add_argument("--width", type=int, default=64, help="pixel width (default: 64)")
+    p.add_argument("--size", default="tiny", choices=("tiny", "1.3B", "14B"),
+                   help="random-weight model size (default: tiny)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="network dtype (default: float32)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+__all__ = ["configure", "kv_memory", "run"]
