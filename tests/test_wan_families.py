@@ -216,3 +216,18 @@ def test_drafted_generation_with_real_adapters_accepts_and_regenerates():
     res = pipe.generate("p", num_frames=9)
     assert res.sources == ("target", "draft", "draft")
     assert res.frames.shape[1] == 33
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adapter_networks_keep_relative_rope_after_dtype_casts(dtype):
+    """RoPE is relative: shifting every position leaves the output unchanged (a cast must not
+    damage the rotation tables)."""
+    a = SelfForcingAdapter(dtype=dtype, **SMALL)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, a.latent_shape[0], 3, 4, 4, generator=g).to(a.model_dtype)
+    t = torch.full((1, 3), 500.0)
+    cross = a.encode_prompt(["a red circle"])
+    with torch.no_grad():
+        y0, y5 = a.dit(x, t, cross, rope_start=0), a.dit(x, t, cross, rope_start=5)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    assert float((y0.float() - y5.float()).norm() / y0.float().norm()) < tol

@@ -4,7 +4,8 @@ For each family it generates the same request (tiny random weights by default) a
 time per model call, per generated latent frame and per decoded pixel frame. Then it measures
 the KV cache after a video and after one ``--long-factor`` times longer, with and without
 Self-Forcing's local window: the window must keep memory flat (ratio 1), the global cache grows
-with the video. Everything runs in one process; the JSON is what a script reads.
+with the video. Every model call is timed through the model-call wrapper hook (synchronised on CUDA). Everything
+runs in one process; the JSON is what a script reads.
 """
 
 from __future__ import annotations
@@ -17,40 +18,67 @@ from typing import Any
 import torch
 
 from accelframe.pipeline import Pipeline
-from accelframe.plugins import create_hooks
+from accelframe.plugins import create_hooks, hookimpl
 from accelframe.types import Request
 
 FAMILIES = ("self-forcing", "krea-realtime", "skyreels-v2-df")
 
 
-def _pipe(name: str, kw: dict[str, Any]) -> Pipeline:
+class CallTimer:
+    """Times every model call through the ``accelframe_model_call`` wrapper hook. On CUDA it
+    synchronises before and after the call, so each call's time is its own (kernels run
+    asynchronously: without it a call's cost shows up wherever the next sync happens)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.times: dict[str, list[float]] = {"denoise": [], "commit": []}
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @hookimpl(wrapper=True)
+    def accelframe_model_call(self, call):
+        self._sync()
+        t0 = time.perf_counter()
+        out = yield
+        self._sync()
+        self.times[call.kind].append(time.perf_counter() - t0)
+        return out
+
+
+def _pipe(name: str, kw: dict[str, Any], *extra: Any) -> Pipeline:
     from accelframe_adapters import plugin
 
-    return Pipeline(name, hooks=create_hooks(autoload=False, disabled=(), plugins=(plugin,)), adapter_kwargs=kw)
+    hooks = create_hooks(autoload=False, disabled=(), plugins=(plugin, *extra))
+    return Pipeline(name, hooks=hooks, adapter_kwargs=kw)
 
 
 def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int) -> dict[str, Any]:
     kw = dict(common)
     if name == "skyreels-v2-df":
         kw.update(num_inference_steps=4, ar_step=1, guidance_scale=1.0)  # few steps, one pass per call
-    pipe = _pipe(name, kw)
-    pipe.generate("a red circle moves left on a blue background", num_frames=frames)  # warm-up
+    timer = CallTimer(kw.get("device", "cpu"))
+    pipe = _pipe(name, kw, timer)
+    prompt = "a red circle moves left on a blue background"
+    pipe.generate(prompt, num_frames=frames)  # warm-up
     best: dict[str, Any] | None = None
     for _ in range(repeats):
+        timer.times = {"denoise": [], "commit": []}
         t0 = time.perf_counter()
-        res = pipe.generate("a red circle moves left on a blue background", num_frames=frames)
+        res = pipe.generate(prompt, num_frames=frames)
+        if timer.cuda:
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t0
         if best is None or wall < best["wall_s"]:
-            stats = res.stats.to_dict()
-            calls = stats["calls"]["target"]
-            times = stats["time_s"]
-            n_calls = calls["computed"]
+            times = res.stats.to_dict()["time_s"]
+            den, com = timer.times["denoise"], timer.times["commit"]
             best = {
                 "wall_s": wall,
-                "model_calls": n_calls,
-                "commit_calls": calls["commit"],
-                "ms_per_model_call": 1000 * times["model"] / max(n_calls, 1),
-                "ms_per_commit": 1000 * times["commit"] / max(calls["commit"], 1),
+                "model_calls": len(den),
+                "commit_calls": len(com),
+                "ms_per_model_call": 1000 * sum(den) / max(len(den), 1),
+                "ms_per_commit": 1000 * sum(com) / max(len(com), 1),
                 "ms_per_latent_frame": 1000 * wall / frames,
                 "ms_per_latent_frame_without_decode": 1000 * (wall - times["decode"]) / frames,
                 "ms_per_pixel_frame": 1000 * wall / res.frames.shape[1],

@@ -133,32 +133,33 @@ def sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, ...]:
-    """Per-axis angle tables ``[max_len, d_axis / 2]`` for (frame, height, width). Wan splits the
-    head dimension as ``d - 4 (d // 6)`` for frames and ``2 (d // 6)`` for each spatial axis."""
+    """Per-axis rotations ``e^(i p w)`` as complex128 tables ``[max_len, d_axis / 2]`` for (frame,
+    height, width). Wan splits the head dimension as ``d - 4 (d // 6)`` for frames and ``2 (d // 6)``
+    for each spatial axis. Built on the CPU even under a meta-device context."""
     hw = 2 * (head_dim // 6)
     out = []
     for d in (head_dim - 2 * hw, hw, hw):
         inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d)  # [d / 2]
-        pos = torch.arange(max_len, dtype=torch.float64, device="cpu")  # CPU even under a meta device
-        out.append(torch.outer(pos, inv))  # [max_len, d / 2]
+        ang = torch.outer(torch.arange(max_len, dtype=torch.float64, device="cpu"), inv)  # [max_len, d / 2]
+        out.append(torch.polar(torch.ones_like(ang), ang))
     return tuple(out)
 
 
-def rope_angles(tables: tuple[torch.Tensor, ...], frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Angles ``[F * h * w, head_dim / 2]`` (float64) for frame positions ``frames: [F]``."""
+def rope_freqs(tables: tuple[torch.Tensor, ...], frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Rotations ``[F * h * w, 1, head_dim / 2]`` (complex64) for frame positions ``frames: [F]``."""
     tf, th, tw = tables
     f = frames.numel()
     af = tf[frames].view(f, 1, 1, -1).expand(f, h, w, -1)  # [F, h, w, d_f / 2]
     ah = th[:h].view(1, h, 1, -1).expand(f, h, w, -1)
     aw = tw[:w].view(1, 1, w, -1).expand(f, h, w, -1)
-    return torch.cat([af, ah, aw], dim=-1).reshape(f * h * w, -1)
+    return torch.cat([af, ah, aw], dim=-1).reshape(f * h * w, 1, -1).to(torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs ``(x[2i], x[2i+1])``. ``x: [B, N, H, D]``, ``cos/sin: [N, 1, D/2]``."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, H, D/2] each
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # [B, N, H, D/2, 2]
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs ``(x[2i], x[2i+1])`` as complex numbers, in float32.
+    ``x: [B, N, H, D]``, ``freqs: [N, 1, D/2]`` complex."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, N, H, D/2]
+    return torch.view_as_real(xc * freqs).flatten(-2).type_as(x)
 
 
 def block_causal_mask(num_frames: int, tokens_per_frame: int, block: int,
@@ -339,13 +340,13 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, kv_write: KVWrite) -> torch.Tensor:
         b, n, d = x.shape  # [B, N, D], N = F * S tokens
         q = self.norm_q(self.q(x)).view(b, n, self.heads, -1)  # [B, N, H, Dh]
         k = self.norm_k(self.k(x)).view(b, n, self.heads, -1)
         val = self.v(x).view(b, n, self.heads, -1)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         keys, values = k, val
         if cache is not None:
             ck, cv = cache.context(layer)
@@ -406,7 +407,7 @@ class WanBlock(nn.Module):
         return layer_norm(x, self.eps) * (1 + m[..., 1, :]) + m[..., 0, :]
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, ctx_k: torch.Tensor, ctx_v: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None, cache: KVCache | None,
+                rope: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
                 layer: int, kv_write: KVWrite) -> torch.Tensor:
         b, f, s, d = x.shape  # [B, F, S, D]
         m = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(2)  # [B, F, 1, 6, D]
@@ -450,7 +451,16 @@ class WanDiT(nn.Module):
         if cfg.inject_sample_info:
             self.fps_embedding = nn.Embedding(2, d)
             self.fps_projection = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 6 * d))
+        # plain attributes, not buffers: ``module.to(dtype)`` would cast complex tables to real
         self._rope = rope_tables(cfg.head_dim, cfg.rope_max_len)
+        self._rope_on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def rope_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The RoPE tables on ``device`` (copied there once)."""
+        found = self._rope_on.get(device)
+        if found is None:
+            found = self._rope_on[device] = tuple(t.to(device) for t in self._rope)
+        return found
 
     # -- conditioning --
 
@@ -471,9 +481,6 @@ class WanDiT(nn.Module):
             e0 = e0 + extra.unsqueeze(1)
         return e.float(), e0.float()
 
-    def _rope_for(self, frame_pos: torch.Tensor, h: int, w: int, device: torch.device):
-        ang = rope_angles(self._rope, frame_pos.cpu(), h, w).unsqueeze(1)  # [N, 1, Dh/2]
-        return ang.cos().float().to(device), ang.sin().float().to(device)
 
     # -- forward --
 
@@ -511,10 +518,10 @@ class WanDiT(nn.Module):
         s = h * w
         if rope_start is None:
             rope_start = frame_offset - (cache.rope_offset if cache is not None else 0)
-        pos = torch.arange(f) + rope_start
-        assert int(pos.min()) >= 0 and int(pos.max()) < self.cfg.rope_max_len, (
-            f"RoPE frame positions {int(pos.min())}..{int(pos.max())} outside [0, {self.cfg.rope_max_len})")
-        rope = self._rope_for(pos, h, w, x.device)
+        assert 0 <= rope_start and rope_start + f <= self.cfg.rope_max_len, (
+            f"RoPE frame positions {rope_start}..{rope_start + f - 1} outside [0, {self.cfg.rope_max_len})")
+        pos = torch.arange(rope_start, rope_start + f, device=x.device)  # [F]
+        rope = rope_freqs(self.rope_on(x.device), pos, h, w)  # [N, 1, Dh / 2]
         mask = None if causal_block is None else block_causal_mask(f, s, causal_block, x.device)
         e, e0 = self.time_embed(t, fps)  # [B, F, D], [B, F, 6, D]
         cross = context if isinstance(context, CrossCache) else self.cross_cache(context)
