@@ -41,7 +41,8 @@ def main() -> int:
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda()
     g = torch.Generator().manual_seed(1)
-    x, t, ctx = torch.randn(1, 4, 6, 8, 8, generator=g), torch.rand(1, 6, generator=g) * 1000, torch.randn(1, 8, 24)
+    x, t = torch.randn(1, 4, 6, 8, 8, generator=g), torch.rand(1, 6, generator=g) * 1000
+    ctx = torch.randn(1, 8, 24, generator=g)
     with torch.no_grad():
         out["dit_fp32_rel"] = rel(gpu(x.cuda(), t.cuda(), ctx.cuda()), cpu(x, t, ctx))
         out["dit_fp32_masked_rel"] = rel(gpu(x.cuda(), t.cuda(), ctx.cuda(), causal_block=3),

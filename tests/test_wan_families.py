@@ -128,7 +128,8 @@ def test_skyreels_plan_follows_the_matrix():
 
 
 def test_skyreels_long_video_segments_overlap_in_latent_space():
-    a = SkyReelsDFAdapter(num_inference_steps=2, base_num_frames=25, overlap_history=9, guidance_scale=1.0, **SMALL)
+    a = SkyReelsDFAdapter(num_inference_steps=2, base_num_frames=25, overlap_history=9, guidance_scale=1.0,
+                          **SMALL)
     assert [(s.start, s.end, s.prefix) for s in a.segments(13)] == [(0, 7, 0), (4, 11, 3), (8, 13, 3)]
     its = list(a.plan(Request(prompts="p", num_frames=13)))
     later = [it for it in its if it.valid[0] == 4]
@@ -159,13 +160,11 @@ def test_generation_is_deterministic_and_exact_under_a_recompute_policy(name, kw
 
 def test_self_forcing_window_keeps_kv_memory_flat():
     a = SelfForcingAdapter(local_attn_size=7, sink_size=1, **SMALL)
-    sizes = {}
-    for frames in (6, 30):
-        res = _pipe(a).engine().run(Request(prompts="p", num_frames=frames, decode=False))
-        st = res.trace  # noqa: F841  (the engine keeps the final state)
-        sizes[frames] = (_last_state(a, frames).kv.nbytes(), _last_state(a, frames).kv.frames)
-    assert sizes[6][0] == sizes[30][0]
-    assert sizes[30][1] == (0, 27, 28, 29)  # one sink, then the newest frames
+    short, long = _last_state(a, 6).kv, _last_state(a, 30).kv
+    assert short.nbytes() == long.nbytes()
+    assert long.frames == (0, 27, 28, 29)  # one sink, then the newest frames
+    grows = SelfForcingAdapter(**SMALL)
+    assert _last_state(grows, 30).kv.nbytes() == 5 * _last_state(grows, 6).kv.nbytes()
 
 
 def _last_state(adapter, frames):
@@ -231,3 +230,30 @@ def test_adapter_networks_keep_relative_rope_after_dtype_casts(dtype):
         y0, y5 = a.dit(x, t, cross, rope_start=0), a.dit(x, t, cross, rope_start=5)
     tol = 1e-5 if dtype == "float32" else 3e-2
     assert float((y0.float() - y5.float()).norm() / y0.float().norm()) < tol
+
+
+def test_self_forcing_loop_equals_a_cache_free_reference_loop():
+    """The adapter's loop with its KV cache equals a loop that re-runs every earlier clean frame
+    through the network with the block-causal mask at each call (no cache at all)."""
+    from accelframe.rng import unit_generator
+    from accelframe_adapters.flow import renoise
+
+    a = SelfForcingAdapter(**SMALL)
+    got = _pipe(a).generate("a red circle", num_frames=9, seed=2, decode=False).latents  # [B, F, C, H, W]
+    cross = a.encode_prompt(["a red circle"])
+    sig = a.schedule(1.0)
+    clean = torch.zeros(1, 0, *a.latent_shape)
+    with torch.no_grad():
+        for unit in range(3):
+            g = unit_generator(2, unit, 0)
+            x = torch.randn(1, 3, *a.latent_shape, generator=g)
+            for k in range(len(sig) - 1):
+                inp = torch.cat([clean, x], dim=1)  # [B, F_clean + 3, C, H, W]
+                t = torch.tensor([[0.0] * clean.shape[1] + [a._t_of[sig[k]]] * 3])
+                v = a.from_model(a.dit(a.to_model(inp), t, cross, causal_block=3))[:, -3:]
+                if sig[k + 1] == 0.0:
+                    x = x - sig[k] * v
+                else:
+                    x = renoise(x, v, sig[k], sig[k + 1], torch.randn(x.shape, generator=g))
+            clean = torch.cat([clean, x], dim=1)
+    assert float((got - clean).norm() / clean.norm()) < 1e-5

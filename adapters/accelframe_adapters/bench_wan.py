@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         for name, r in result["families"].items():
-            print(f"{name:16s} {r['ms_per_model_call']:8.2f} ms/call  {r['ms_per_latent_frame']:8.2f} ms/latent frame "
+            print(f"{name:16s} {r['ms_per_model_call']:8.2f} ms/call  "
+                  f"{r['ms_per_latent_frame']:8.2f} ms/latent frame "
                   f"({r['ms_per_latent_frame_without_decode']:.2f} without decode)  "
                   f"{r['ms_per_pixel_frame']:7.2f} ms/pixel frame")
         for label, r in result["kv_memory"].items():

@@ -178,8 +178,9 @@ class SkyReelsDFAdapter(WanAdapter):
         tensors = {k: t for k, t in raw.items() if isinstance(t, torch.Tensor)}
         fmt = detect_format(path, tensors, raw_top={k for k, t in raw.items() if isinstance(t, dict)})
         if fmt in ("self-forcing", "krea"):
+            family = "self-forcing" if fmt == "self-forcing" else "krea-realtime"
             raise CheckpointError(path, f"is a {fmt} checkpoint (a causal few-step Wan); load it with the "
-                                        f"{'self-forcing' if fmt == 'self-forcing' else 'krea-realtime'!r} adapter")
+                                        f"{family!r} adapter")
         cfg = ck.read_config(path) or {}
         cls = cfg.get("_class_name")
         if cls is not None and cls not in ("SkyReelsV2Transformer3DModel", "WanTransformer3DModel", "WanModel"):
@@ -251,7 +252,8 @@ class SkyReelsDFAdapter(WanAdapter):
                 spans = [UnitSpan(unit=u, start=u * b, end=(u + 1) * b) for u in range(s // b, e // b)]
                 starts = tuple(sp for sp in spans if sp.unit not in started)
                 started.update(sp.unit for sp in starts)
-                finishes = tuple(sp for sp in spans if mask[sp.start - seg.start] and row[sp.start - seg.start] == n)
+                finishes = tuple(sp for sp in spans
+                                 if mask[sp.start - seg.start] and row[sp.start - seg.start] == n)
                 moving = tuple(sp.unit for sp in spans if mask[sp.start - seg.start])
                 yield Iteration(index=idx, unit=seg_no, step=r, frames=(s, e), valid=(s, e),
                                 sigma=tuple(sigma), sigma_next=tuple(sigma_next),
