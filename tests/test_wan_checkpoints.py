@@ -466,3 +466,19 @@ def test_from_state_dict_recovers_the_released_sizes(make, heads, layers):
     assert cfg == make()
     assert (cfg.num_heads, cfg.num_layers, cfg.head_dim) == (heads, layers, 128)
     assert cfg.size_name == ("1.3B" if layers == 30 else "14B")
+
+
+def test_vae_checkpoint_loads_into_an_adapter_and_a_wrong_width_is_refused(tmp_path):
+    from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig
+
+    src = SelfForcingAdapter(height=32, width=32, init_seed=7)
+    path = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(src.vae.state_dict(), path)
+    loaded = SelfForcingAdapter(height=32, width=32, vae=str(path))
+    z = torch.randn(1, 2, *src.latent_shape, generator=torch.Generator().manual_seed(0))
+    st_a, st_b = src.init_state(None, None), loaded.init_state(None, None)
+    assert torch.equal(src.decode(z, st_a), loaded.decode(z, st_b))
+    wide = tmp_path / "wide.pth"
+    torch.save(WanVAE(WanVAEConfig.tiny()).state_dict(), wide)  # 16 latent channels, the tiny DiT takes 4
+    with pytest.raises(CheckpointError, match="16 latent channels"):
+        SelfForcingAdapter(height=32, width=32, vae=str(wide))

@@ -183,8 +183,8 @@ class WanAdapter:
                 torch.manual_seed(self.model_config.init_seed + 1)
                 return WanVAE(cfg)
         vae = load_wan_vae(path)
-        if vae.cfg.z_dim != z:
-            raise CheckpointError(path, f"is a VAE with {vae.cfg.z_dim} latent channels; the DiT takes {z}")
+        if vae.config.z_dim != z:
+            raise CheckpointError(path, f"is a VAE with {vae.config.z_dim} latent channels; the DiT takes {z}")
         return vae
 
     def _load_text(self):
