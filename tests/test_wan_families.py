@@ -257,3 +257,30 @@ def test_self_forcing_loop_equals_a_cache_free_reference_loop():
                     x = renoise(x, v, sig[k], sig[k + 1], torch.randn(x.shape, generator=g))
             clean = torch.cat([clean, x], dim=1)
     assert float((got - clean).norm() / clean.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["self-forcing", "krea-realtime", "skyreels-v2-df"])
+def test_cli_generates_with_tiny_random_weights(name, capsys, monkeypatch, tmp_path):
+    import json
+
+    from accelframe import cli
+
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    extra = ["--set", "num_inference_steps=3"] if name == "skyreels-v2-df" else []
+    out = tmp_path / "video.pt"
+    code = cli.main(["generate", "--adapter", name, "--frames", "3", "--set", "height=32", "--set", "width=32",
+                     *extra, "--out", str(out), "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["frames_shape"] == [1, 9, 3, 32, 32] and out.exists()
+
+
+def test_cli_bench_wan_help_and_bad_frames(capsys, monkeypatch):
+    from accelframe import cli
+
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "wan", "--help"])
+    assert "--long-factor" in capsys.readouterr().out
+    assert cli.main(["bench", "wan", "--frames", "4"]) == 2
+    assert "frames = 4" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from accelframe.errors import ConfigError
 from accelframe.pipeline import Pipeline
 from accelframe.plugins import create_hooks, hookimpl
 from accelframe.types import Request
@@ -115,7 +116,12 @@ def kv_memory(common: dict[str, Any], frames: int, factor: int, window: int, sin
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.frames < 3 or args.frames % 3:
+        raise ConfigError("bench wan", "frames", args.frames, "a multiple of 3 latent frames (the block size)")
+    if args.long_factor < 2:
+        raise ConfigError("bench wan", "long_factor", args.long_factor, "an integer >= 2")
+    if args.repeats < 1:
+        raise ConfigError("bench wan", "repeats", args.repeats, "an integer >= 1")
     common = {"height": args.height, "width": args.width, "device": args.device, "dtype": args.dtype}
     if args.size != "tiny":
         common["size"] = args.size
