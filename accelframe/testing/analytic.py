@@ -44,6 +44,7 @@ import torch
 from accelframe import adapter as caps
 from accelframe import validators as v
 from accelframe.errors import ConfigError
+from accelframe.plans import block_plan, block_units, start_schedule
 from accelframe.types import Iteration, KVWrite, Request, Role, UnitSpan
 
 
@@ -173,39 +174,16 @@ class AnalyticAdapter:
                                   f"a tensor of shape {want}")
 
     def units(self, request: Request) -> list[UnitSpan]:
-        b, f0 = self.config.unit_frames, request.first_frame
-        return [UnitSpan(unit=(f0 + k) // b, start=f0 + k, end=f0 + k + b)
-                for k in range(0, request.num_frames, b)]
-
-    def _schedule(self, start_sigma: float) -> list[float]:
-        if start_sigma >= 1.0:
-            return self._sigmas
-        return [start_sigma] + [s for s in self._sigmas if s < start_sigma]
+        return block_units(request.first_frame, request.num_frames, self.config.unit_frames)
 
     def plan(self, request: Request) -> Iterator[Iteration]:
-        sig = self._schedule(request.start_sigma)
+        sig = start_schedule(self._sigmas, request.start_sigma)
         kind = self.config.plan
         if kind == "block":
-            return self._block_plan(self.units(request), sig)
+            return block_plan(self.units(request), sig)
         if kind == "staircase":
             return self._staircase_plan(self.units(request), sig, request.first_frame)
         return self._window_plan(self.units(request), sig)
-
-    def _block_plan(self, spans: list[UnitSpan], sig: list[float]) -> Iterator[Iteration]:
-        n, idx = len(sig) - 1, 0
-        for span in spans:
-            b = span.end - span.start
-            for k in range(n):
-                yield Iteration(index=idx, unit=span.unit, step=k, frames=span.frames,
-                                sigma=(sig[k],) * b, sigma_next=(sig[k + 1],) * b,
-                                update=(True,) * b, units=(span.unit,),
-                                starts=(span,) if k == 0 else (),
-                                finishes=(span,) if k == n - 1 else ())
-                idx += 1
-            yield Iteration(index=idx, unit=span.unit, step=n, frames=span.frames,
-                            sigma=(0.0,) * b, sigma_next=(0.0,) * b, update=(False,) * b,
-                            role=Role.COMMIT, kv_write=KVWrite.COMMIT, units=(span.unit,))
-            idx += 1
 
     def _staircase_plan(self, spans: list[UnitSpan], sig: list[float],
                         first: int) -> Iterator[Iteration]:

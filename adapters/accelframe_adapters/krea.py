@@ -38,7 +38,7 @@ from accelframe.errors import CheckpointError
 from accelframe.types import Iteration, KVWrite
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.self_forcing import BlockLoopAdapter
-from accelframe_adapters.wan_common import WanState, detect_format
+from accelframe_adapters.wan_common import WanState, read_dit_file
 from accelframe_adapters.wan_dit import KVCache
 
 
@@ -74,14 +74,7 @@ class KreaAdapter(BlockLoopAdapter):
         return frozenset({caps.KV_CACHE, caps.BLOCK_UNITS})
 
     def read_checkpoint(self, path: str) -> dict[str, torch.Tensor]:
-        raw = ck.read_tensors(path)
-        tensors = {k: t for k, t in raw.items() if isinstance(t, torch.Tensor)}
-        fmt = detect_format(path, tensors, raw_top={k for k, t in raw.items() if isinstance(t, dict)})
-        if fmt != "krea":
-            family = {"self-forcing": "self-forcing", "diffusers": "skyreels-v2-df",
-                      "wan-original": "skyreels-v2-df"}
-            raise CheckpointError(path, f"is a {fmt} checkpoint, not Krea's 'model.'-prefixed safetensors; "
-                                        f"load it with the {family[fmt]!r} adapter")
+        _, tensors = read_dit_file(path, ("krea",), "Krea's 'model.'-prefixed safetensors")
         inner = ck.strip_prefix(tensors, "model.")
         if len(inner) != len(tensors):
             raise CheckpointError(path, "mixes 'model.'-prefixed and unprefixed keys",

@@ -28,10 +28,11 @@ import torch
 from accelframe import adapter as caps
 from accelframe import validators as v
 from accelframe.errors import CheckpointError, ConfigError
-from accelframe.types import Iteration, KVWrite, Request, Role, UnitSpan
+from accelframe.plans import block_plan, block_units, start_schedule
+from accelframe.types import Iteration, KVWrite, Request, UnitSpan
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.flow import few_step_schedule, renoise
-from accelframe_adapters.wan_common import WanAdapter, WanState, detect_format
+from accelframe_adapters.wan_common import WanAdapter, WanState, read_dit_file
 from accelframe_adapters.wan_dit import KVCache
 
 
@@ -94,38 +95,16 @@ class BlockLoopAdapter(WanAdapter):
             raise ConfigError("Request", "first_frame", request.first_frame, f"a multiple of {b}")
 
     def units(self, request: Request) -> list[UnitSpan]:
-        b, f0 = self.unit_frames, request.first_frame
-        return [UnitSpan(unit=(f0 + k) // b, start=f0 + k, end=f0 + k + b)
-                for k in range(0, request.num_frames, b)]
+        return block_units(request.first_frame, request.num_frames, self.unit_frames)
 
     def schedule(self, start_sigma: float) -> list[float]:
-        if start_sigma >= 1.0:
-            return self._sigmas
-        return [start_sigma] + [s for s in self._sigmas if s < start_sigma]
+        return start_schedule(self._sigmas, start_sigma)
 
     def plan(self, request: Request) -> Iterator[Iteration]:
-        sig = self.schedule(request.start_sigma)
-        n, idx = len(sig) - 1, 0
-        for span in self.units(request):
-            b = span.end - span.start
-            for k in range(n):
-                yield Iteration(index=idx, unit=span.unit, step=k, frames=span.frames,
-                                sigma=(sig[k],) * b, sigma_next=(sig[k + 1],) * b, update=(True,) * b,
-                                kv_write=self.denoise_kv_write, units=(span.unit,),
-                                starts=(span,) if k == 0 else (), finishes=(span,) if k == n - 1 else ())
-                idx += 1
-            yield Iteration(index=idx, unit=span.unit, step=n, frames=span.frames, sigma=(0.0,) * b,
-                            sigma_next=(0.0,) * b, update=(False,) * b, role=Role.COMMIT,
-                            kv_write=KVWrite.COMMIT, units=(span.unit,))
-            idx += 1
+        return block_plan(self.units(request), self.schedule(request.start_sigma),
+                          denoise_kv_write=self.denoise_kv_write)
 
     denoise_kv_write = KVWrite.SCRATCH
-
-    def timesteps(self, it: Iteration, frames: tuple[int, int]) -> torch.Tensor:
-        s0 = it.frames[0]
-        sig = it.sigma[frames[0] - s0:frames[1] - s0]
-        return torch.tensor([self._t_of.get(s, 1000.0 * s) for s in sig], dtype=torch.float32,
-                            device=self.device)
 
     def advance(self, x: torch.Tensor, velocity: torch.Tensor, it: Iteration, generator: torch.Generator,
                 state: WanState) -> torch.Tensor:
@@ -151,14 +130,8 @@ class SelfForcingAdapter(BlockLoopAdapter):
         return frozenset({caps.KV_CACHE, caps.BLOCK_UNITS, caps.KV_WINDOW})
 
     def read_checkpoint(self, path: str) -> dict[str, torch.Tensor]:
-        raw = ck.read_tensors(path)
-        fmt = detect_format(path, {k: t for k, t in raw.items() if isinstance(t, torch.Tensor)},
-                            raw_top={k for k, t in raw.items() if isinstance(t, dict)})
-        if fmt != "self-forcing":
-            family = {"krea": "krea-realtime", "diffusers": "skyreels-v2-df", "wan-original": "skyreels-v2-df"}
-            raise CheckpointError(path, f"is a {fmt} checkpoint, not a Self-Forcing .pt (a dict with "
-                                        f"'generator' / 'generator_ema'); load it with the "
-                                        f"{family[fmt]!r} adapter")
+        _, raw = read_dit_file(path, ("self-forcing",), "a Self-Forcing .pt (a dict with 'generator' / "
+                                                        "'generator_ema')")
         key = "generator_ema" if self.config.use_ema and "generator_ema" in raw else "generator"
         sd = raw[key]
         inner = ck.strip_prefix(sd, "model.")

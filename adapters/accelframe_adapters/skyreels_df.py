@@ -41,7 +41,7 @@ from accelframe.errors import CheckpointError, ConfigError
 from accelframe.types import Iteration, KVWrite, Request, UnitSpan
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.unipc import UniPCState, sigmas as unipc_sigmas, unipc_step
-from accelframe_adapters.wan_common import WanAdapter, WanState, detect_format
+from accelframe_adapters.wan_common import WanAdapter, WanState, read_dit_file
 from accelframe_adapters.wan_dit import CrossCache, from_diffusers_key
 
 NOT_STARTED_T = 999.0  # the reference feeds frames that have not started at t = 999
@@ -174,13 +174,8 @@ class SkyReelsDFAdapter(WanAdapter):
     # ---- checkpoints ----------------------------------------------------------------------------
 
     def read_checkpoint(self, path: str) -> dict[str, torch.Tensor]:
-        raw = ck.read_tensors(path)
-        tensors = {k: t for k, t in raw.items() if isinstance(t, torch.Tensor)}
-        fmt = detect_format(path, tensors, raw_top={k for k, t in raw.items() if isinstance(t, dict)})
-        if fmt in ("self-forcing", "krea"):
-            family = "self-forcing" if fmt == "self-forcing" else "krea-realtime"
-            raise CheckpointError(path, f"is a {fmt} checkpoint (a causal few-step Wan); load it with the "
-                                        f"{family!r} adapter")
+        fmt, tensors = read_dit_file(path, ("diffusers", "wan-original"),
+                                     "a SkyReels-V2 transformer (diffusers or original layout)")
         cfg = ck.read_config(path) or {}
         cls = cfg.get("_class_name")
         if cls is not None and cls not in ("SkyReelsV2Transformer3DModel", "WanTransformer3DModel", "WanModel"):
@@ -311,11 +306,6 @@ class SkyReelsDFAdapter(WanAdapter):
 
     def _fps(self) -> int | None:
         return (0 if self.config.fps == 16 else 1) if self.dit.cfg.inject_sample_info else None
-
-    def timesteps(self, it: Iteration, frames: tuple[int, int]) -> torch.Tensor:
-        s0 = it.frames[0]
-        sig = it.sigma[frames[0] - s0:frames[1] - s0]
-        return torch.tensor([self._t_of.get(s, 1000.0 * s) for s in sig], dtype=torch.float32, device=self.device)
 
     def advance(self, x: torch.Tensor, velocity: torch.Tensor, it: Iteration, generator: torch.Generator,
                 state: WanState) -> torch.Tensor:

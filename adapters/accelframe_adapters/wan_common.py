@@ -69,6 +69,22 @@ def detect_format(path: str, sd: dict[str, torch.Tensor], raw_top: set[str] | No
                                 + ", ".join(sorted(sd)[:5]))
 
 
+ADAPTER_OF_FORMAT = {"self-forcing": "self-forcing", "krea": "krea-realtime", "diffusers": "skyreels-v2-df",
+                     "wan-original": "skyreels-v2-df"}
+
+
+def read_dit_file(path: str, accepts: tuple[str, ...], expected: str) -> tuple[str, dict[str, Any]]:
+    """Read a DiT weight file and name its layout; a layout of another family raises, naming the
+    adapter that reads it. Returns (layout, everything the file holds)."""
+    raw = ck.read_tensors(path)
+    tensors = {k: t for k, t in raw.items() if isinstance(t, torch.Tensor)}
+    fmt = detect_format(path, tensors, raw_top={k for k, t in raw.items() if isinstance(t, dict)})
+    if fmt not in accepts:
+        raise CheckpointError(path, f"is a {fmt} checkpoint, not {expected}; load it with the "
+                                    f"{ADAPTER_OF_FORMAT[fmt]!r} adapter")
+    return fmt, raw
+
+
 def check_size(path: str, cfg: WanDiTConfig, size: str, family: str) -> None:
     """A checkpoint of another size than asked raises (random-init sizes are named in ``size``)."""
     if size == "tiny":
@@ -257,11 +273,15 @@ class WanAdapter:
 
     # ---- the network ----------------------------------------------------------------------------
 
+    # model timestep of a level where it is not 1000 σ (grid-snapped, integer, "not started" 999)
+    _t_of: dict[float, float] = {}
+
     def timesteps(self, it: Iteration, frames: tuple[int, int]) -> torch.Tensor:
-        """Wan timesteps ``[F]`` of the frames ``frames`` of the call ``it``: 1000 σ."""
+        """Wan timesteps ``[F]`` the model sees for the frames ``frames`` of the call ``it``."""
         s0 = it.frames[0]
         sig = it.sigma[frames[0] - s0:frames[1] - s0]
-        return torch.tensor([1000.0 * s for s in sig], dtype=torch.float32, device=self.device)
+        return torch.tensor([self._t_of.get(s, 1000.0 * s) for s in sig], dtype=torch.float32,
+                            device=self.device)
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 2, 1, 3, 4).to(self.model_dtype)  # [B, F, C, H, W] -> [B, C, F, H, W]

@@ -331,7 +331,9 @@ class CrossCache:
 # ------------------------------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """Projections q, k, v, o with RMS norms on q and k (over all heads), as Wan names them."""
+
     def __init__(self, cfg: WanDiTConfig) -> None:
         super().__init__()
         d = cfg.dim
@@ -339,6 +341,10 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.norm_q = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+
+class SelfAttention(Attention):
+    """Self-attention over the call's tokens and, with a cache, the cached context before them."""
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, kv_write: KVWrite) -> torch.Tensor:
@@ -361,14 +367,8 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).reshape(b, n, d))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: WanDiTConfig) -> None:
-        super().__init__()
-        d = cfg.dim
-        self.heads = cfg.num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(d, cfg.eps) if cfg.qk_norm else nn.Identity()
+class CrossAttention(Attention):
+    """Attention from the video tokens to the text; the text's K/V come from a :class:`CrossCache`."""
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = context.shape  # [B, L, D], the embedded text
