@@ -109,7 +109,10 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
                    help="add a policy to the stack, repeatable; asked in the order given")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt, repeatable (one batch row each)")
-    p.add_argument("--frames", type=int, default=9, help="latent frames to generate (default: 9)")
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--frames", type=int, default=9, help="latent frames to generate (default: 9)")
+    count.add_argument("--pixel-frames", type=int, default=None, metavar="N",
+                       help="pixel frames to generate instead, for adapters with a video VAE (Wan: 1 + 4k)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--max-reuse", type=int, default=None,
                    help="at most this many non-recompute calls in a row (a unit's first call is always computed)")
@@ -136,6 +139,12 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
     prompts = args.prompt or ["a red circle moves left on a blue background"]
+    if args.pixel_frames is not None:
+        to_latent = getattr(pipe.adapter, "latent_frames", None)
+        if to_latent is None:
+            raise ConfigError("generate", "pixel_frames", args.pixel_frames,
+                              f"--frames instead: adapter {args.adapter!r} counts latent frames only")
+        args.frames = to_latent(args.pixel_frames)  # raises naming the valid counts
     req = pipe.request(prompts, num_frames=args.frames, seed=args.seed)
     units = len(pipe.adapter.units(req))
     with progress_bar(total=units, desc="generate", unit="unit", quiet=args.json) as bar:

@@ -284,3 +284,18 @@ def test_cli_bench_wan_help_and_bad_frames(capsys, monkeypatch):
     assert "--long-factor" in capsys.readouterr().out
     assert cli.main(["bench", "wan", "--frames", "4"]) == 2
     assert "frames = 4" in capsys.readouterr().err
+
+
+def test_cli_pixel_frames_convert_or_name_the_valid_counts(capsys, monkeypatch):
+    import json
+
+    from accelframe import cli
+
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    small = ["--set", "height=32", "--set", "width=32"]
+    assert cli.main(["generate", "--adapter", "self-forcing", "--pixel-frames", "21", *small, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latents_shape"][1] == 6
+    assert cli.main(["generate", "--adapter", "self-forcing", "--pixel-frames", "10", *small]) == 2
+    assert "9, 21, 33" in capsys.readouterr().err
+    assert cli.main(["generate", "--adapter", "analytic", "--pixel-frames", "9"]) == 2
+    assert "latent frames only" in capsys.readouterr().err
