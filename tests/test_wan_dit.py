@@ -170,3 +170,15 @@ def test_config_errors_name_the_field():
         WanDiTConfig.tiny(num_heads=3)
     with pytest.raises(ConfigError, match="patch_size"):
         WanDiTConfig.tiny(patch_size=(2, 2, 2))
+
+
+def test_mask_blocks_stay_aligned_for_a_call_that_starts_mid_video():
+    model = _model()
+    x, t, ctx = _inputs(f=6)
+    with torch.no_grad():
+        full = model(x, t, ctx, causal_block=2)
+        # frames 2..5 alone: their blocks (2, 3) and (4, 5) do not see frames 0, 1 anyway
+        part = model(x[:, :, 2:], t[:, 2:], ctx, causal_block=2, frame_offset=2, rope_start=2)
+    assert _rel(part[:, :, :2], full[:, :, 2:4]) > 1e-3  # frames 2, 3 saw frames 0, 1 in the full pass
+    m = block_causal_mask(3, 1, 2, first=1)  # frames 1, 2, 3: blocks 0, 1, 1
+    assert m.tolist() == [[True, False, False], [True, True, True], [True, True, True]]

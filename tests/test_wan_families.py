@@ -299,3 +299,44 @@ def test_cli_pixel_frames_convert_or_name_the_valid_counts(capsys, monkeypatch):
     assert "9, 21, 33" in capsys.readouterr().err
     assert cli.main(["generate", "--adapter", "analytic", "--pixel-frames", "9"]) == 2
     assert "latent frames only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ar,cbs,guidance", [(0, 1, 1.0), (1, 1, 1.0), (1, 2, 1.0), (2, 1, 3.0)])
+def test_skyreels_generation_equals_the_diffusers_pipeline(ar, cbs, guidance):
+    """The whole adapter (step matrix, per-frame UniPC, block-causal mask, CFG) against diffusers'
+    SkyReels-V2 diffusion-forcing pipeline on the same weights, text states and start noise. The
+    scheduler gets the original repository's sigmas, which this adapter follows."""
+    import numpy as np
+
+    module = pytest.importorskip("diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing")
+    diffusers = pytest.importorskip("diffusers")
+    from accelframe.rng import unit_generator
+    from accelframe_adapters.wan_dit import diffusers_config, to_diffusers_key
+
+    frames, steps, pixels = 4, 3, 13
+    a = SkyReelsDFAdapter(num_inference_steps=steps, ar_step=ar, causal_block_size=cbs, guidance_scale=guidance,
+                          base_num_frames=pixels, **SMALL)
+    ours = _pipe(a).generate("a red circle", num_frames=frames, seed=5, decode=False).latents
+    c, h, w = a.latent_shape
+    noise = torch.cat([torch.randn(1, cbs, c, h, w, generator=unit_generator(5, u, 0))
+                       for u in range(frames // cbs)], dim=1)  # the engine's per-unit start noise
+    ref = diffusers.SkyReelsV2Transformer3DModel(**diffusers_config(a.dit.cfg)).eval()
+    ref.load_state_dict({to_diffusers_key(k): t for k, t in a.dit.state_dict().items()}, strict=True)
+    base = np.linspace(0.999, 0.0, steps + 1)[:-1]  # shifted by the scheduler: the original's levels
+
+    class OriginalSigmas(diffusers.UniPCMultistepScheduler):
+        def set_timesteps(self, num_inference_steps=None, device=None, **kw):
+            return super().set_timesteps(device=device, sigmas=base.copy())
+
+    sched = OriginalSigmas(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0, solver_order=2)
+    pipe = module.SkyReelsV2DiffusionForcingPipeline(tokenizer=None, text_encoder=None, transformer=ref, vae=None,
+                                                     scheduler=sched)
+    start = noise.permute(0, 2, 1, 3, 4).contiguous()  # [B, C, F, H, W]
+    # diffusers' prepare_latents returns one value instead of four when given latents: hand them over here
+    pipe.prepare_latents = lambda *args, **kw: (start.clone(), frames, None, 0)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=None, prompt_embeds=a.text(["a red circle"]), negative_prompt_embeds=a.text([""]),
+               guidance_scale=guidance, height=32, width=32, num_frames=pixels, num_inference_steps=steps,
+               ar_step=ar, causal_block_size=cbs, base_num_frames=pixels, output_type="latent").frames
+    want = out.permute(0, 2, 1, 3, 4)  # [B, F, C, H, W]
+    assert float((ours - want).norm() / want.norm()) < 1e-5

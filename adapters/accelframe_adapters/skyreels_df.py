@@ -297,10 +297,14 @@ class SkyReelsDFAdapter(WanAdapter):
         block = c.causal_block_size if c.block_causal else None
         t = t.expand(x.shape[0], -1)  # [B, F]
         xm = self.to_model(xin)
-        out = self.dit(xm, t, state.cross, frame_offset=frames[0], causal_block=block, fps=self._fps())
+        # as in the reference, RoPE positions count from the call's window (no 1024-frame limit);
+        # the mask's blocks count from frame 0, which segments keep aligned
+        kw = {"frame_offset": frames[0], "rope_start": frames[0] - it.frames[0], "causal_block": block,
+              "fps": self._fps()}
+        out = self.dit(xm, t, state.cross, **kw)
         uncond = state.family["uncond"]
         if uncond is not None:
-            out_u = self.dit(xm, t, uncond, frame_offset=frames[0], causal_block=block, fps=self._fps())
+            out_u = self.dit(xm, t, uncond, **kw)
             out = out_u + c.guidance_scale * (out - out_u)
         return self.from_model(out)
 

@@ -163,9 +163,10 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 
 def block_causal_mask(num_frames: int, tokens_per_frame: int, block: int,
-                      device: torch.device | None = None) -> torch.Tensor:
-    """``[N, N]`` boolean: token of frame i attends token of frame j iff j // block <= i // block."""
-    fb = torch.arange(num_frames, device=device) // block  # [F] block index per frame
+                      device: torch.device | None = None, first: int = 0) -> torch.Tensor:
+    """``[N, N]`` boolean: token of frame i attends token of frame j iff j // block <= i // block,
+    with frames numbered from ``first`` (blocks stay aligned when a call starts mid-video)."""
+    fb = (torch.arange(num_frames, device=device) + first) // block  # [F] block index per frame
     allowed = fb.view(1, -1) <= fb.view(-1, 1)  # [F, F], row = query frame
     return allowed.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
@@ -522,7 +523,7 @@ class WanDiT(nn.Module):
             f"RoPE frame positions {rope_start}..{rope_start + f - 1} outside [0, {self.cfg.rope_max_len})")
         pos = torch.arange(rope_start, rope_start + f, device=x.device)  # [F]
         rope = rope_freqs(self.rope_on(x.device), pos, h, w)  # [N, 1, Dh / 2]
-        mask = None if causal_block is None else block_causal_mask(f, s, causal_block, x.device)
+        mask = None if causal_block is None else block_causal_mask(f, s, causal_block, x.device, frame_offset)
         e, e0 = self.time_embed(t, fps)  # [B, F, D], [B, F, 6, D]
         cross = context if isinstance(context, CrossCache) else self.cross_cache(context)
         for i, blk in enumerate(self.blocks):
