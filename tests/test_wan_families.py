@@ -359,3 +359,18 @@ def test_krea_call_on_a_rebuilt_cache_equals_a_full_forward_over_context_and_blo
         full = a.dit(a.to_model(torch.cat([ctx, x], dim=1)), t, state.cross, causal_block=3)
     want = a.from_model(full)[:, 3:]
     assert float((v - want).norm() / want.norm()) < 1e-5
+
+
+def test_skyreels_snapshot_restores_solver_and_addnoise_generator():
+    a = SkyReelsDFAdapter(num_inference_steps=3, ar_step=1, guidance_scale=1.0, addnoise_condition=20.0,
+                          base_num_frames=9, overlap_history=5, **SMALL)
+    req = Request(prompts="p", num_frames=4, decode=False)
+    state = a.init_state(req, a.encode_prompt(["p"]))
+    its = list(a.plan(req))
+    later = next(it for it in its if it.valid[0] > 0)  # a segment with a prefix: addnoise draws
+    x = torch.randn(1, later.num_frames, *a.latent_shape, generator=torch.Generator().manual_seed(1))
+    snap = a.snapshot(state)
+    v1 = a.denoise(x, later, later.frames, state, later.kv_write)
+    a.restore(state, snap)
+    v2 = a.denoise(x, later, later.frames, state, later.kv_write)
+    assert torch.equal(v1, v2)

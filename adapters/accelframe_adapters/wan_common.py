@@ -10,7 +10,6 @@ Latents cross the engine boundary as ``[B, F, C, H, W]``; the DiT and the VAE us
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
@@ -95,6 +94,22 @@ def check_size(path: str, cfg: WanDiTConfig, size: str, family: str) -> None:
         name = "tiny" if (cfg.dim, cfg.num_layers) == (tiny.dim, tiny.num_layers) else cfg.size_name
         raise CheckpointError(path, f"is a {name} model ({cfg.num_layers} layers of dim {cfg.dim}) "
                                     f"but {family} was asked for size {size!r}")
+
+
+def _copy_family(family: dict[str, Any]) -> dict[str, Any]:
+    """A copy of loop state deep enough for snapshots: containers and generators are copied,
+    tensors are shared (the adapters replace tensors, never write into them)."""
+    def copy(val: Any) -> Any:
+        if isinstance(val, collections.deque):
+            return collections.deque(val, val.maxlen)
+        if isinstance(val, dict):
+            return dict(val)
+        if isinstance(val, torch.Generator):
+            gen = torch.Generator(device=val.device)
+            gen.set_state(val.get_state())
+            return gen
+        return val
+    return {k: copy(val) for k, val in family.items()}
 
 
 @attrs.define(eq=False)
@@ -264,12 +279,10 @@ class WanAdapter:
         self.family_restore(state, snap["family"])
 
     def family_snapshot(self, state: WanState) -> Any:
-        return {k: (collections.deque(val, val.maxlen) if isinstance(val, collections.deque)
-                    else dict(val) if isinstance(val, dict) else val)
-                for k, val in state.family.items()}
+        return _copy_family(state.family)
 
     def family_restore(self, state: WanState, snap: Any) -> None:
-        state.family = self.family_snapshot(WanState(cross=None, kv=None, vae_cache=None, family=snap))
+        state.family = _copy_family(snap)  # the snapshot stays reusable
 
     # ---- the network ----------------------------------------------------------------------------
 
@@ -334,8 +347,4 @@ class WanAdapter:
             kv.rope_offset = nxt - len(kv.frames)
 
 
-def describe_path(path: str | None) -> str:
-    return "random weights" if path is None else Path(path).name
-
-
-__all__ = ["WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format"]
+__all__ = ["WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format", "read_dit_file"]
