@@ -239,10 +239,6 @@ class KVCache:
         return sum(t.numel() * t.element_size()
                    for t in (*self.k, *self.v, *self.scratch_k, *self.scratch_v) if t is not None)
 
-    def clear(self) -> None:
-        self.__attrs_post_init__()
-        self.frames, self.sinks, self.scratch_frames = (), 0, ()
-
     # -- called by the attention layers during a forward --
 
     def context(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
