@@ -16,7 +16,8 @@ from accelframe.errors import AccelframeError, ConfigError
 
 EPILOG = """examples:
   accelframe plugins --json
-  accelframe generate --prompt "a red circle moves left" --frames 9 --policy every-n:n=2 --json
+  accelframe generate --prompt "a red circle moves left on a blue background" --out clip.mp4
+  accelframe generate --adapter analytic --frames 9 --policy every-n:n=2 --json
   accelframe generate --adapter analytic --set plan=staircase --set steps=8 --frames 12
   accelframe bench overhead --json
 
@@ -99,7 +100,9 @@ def _cmd_plugins(args: argparse.Namespace, hooks: Any) -> int:
 
 
 def _configure_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", default="analytic", help="registered adapter name (default: analytic)")
+    p.add_argument("--adapter", default=None,
+                   help="registered adapter name (default: self-forcing, the embedded world's trained target, "
+                        "when the adapters are installed; else analytic)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter keyword argument, repeatable (e.g. --set plan=staircase)")
     p.add_argument("--drafter", default=None, help="registered adapter name of a drafter")
@@ -110,17 +113,35 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt, repeatable (one batch row each)")
     count = p.add_mutually_exclusive_group()
-    count.add_argument("--frames", type=int, default=9, help="latent frames to generate (default: 9)")
+    count.add_argument("--frames", type=int, default=None,
+                       help="latent frames to generate (default: 27 = 9 blocks for a Wan adapter, else 9)")
     count.add_argument("--pixel-frames", type=int, default=None, metavar="N",
                        help="pixel frames to generate instead, for adapters with a video VAE (Wan: 1 + 4k)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--max-reuse", type=int, default=None,
                    help="at most this many non-recompute calls in a row (a unit's first call is always computed)")
     p.add_argument("--strict", action="store_true", help="re-raise policy failures")
-    p.add_argument("--out", default=None, help="write frames and latents to this .pt file")
+    p.add_argument("--out", default=None,
+                   help="write the video: .mp4 (plus a .png strip of frames beside it), .png (the strip "
+                        "only) or .pt (frames, latents and the summary); one file per prompt when several")
+    p.add_argument("--upscale", type=int, default=4,
+                   help="integer nearest-neighbour upscaling of .mp4 / .png output (default: 4)")
     p.add_argument("--trace", default=None, help="write the full trace to this JSON file")
     p.add_argument("--force", action="store_true", help="overwrite --out / --trace if they exist")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def _default_adapter(hooks: Any) -> str:
+    names = {e.name for e in hooks.registry().of_kind("adapter")}
+    return "self-forcing" if "self-forcing" in names else "analytic"
+
+
+def _outputs(out: Path, n: int) -> list[Path]:
+    """One output path per prompt: ``out`` itself for one, ``stem-i.suffix`` for several."""
+    return [out] if n == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+
+
+OUT_SUFFIXES = (".mp4", ".png", ".pt")
 
 
 def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
@@ -129,48 +150,82 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     from accelframe.pipeline import Pipeline
     from accelframe.progress import progress_bar
 
-    out = _fresh_path(args.out, args.force, "--out")
+    prompts = args.prompt or ["a red circle moves left on a blue background"]
+    paths: list[Path] = []
+    if args.out is not None:
+        suffix = Path(args.out).suffix
+        if suffix not in OUT_SUFFIXES:
+            raise ConfigError("accelframe generate", "--out", args.out,
+                              "a path ending in " + ", ".join(OUT_SUFFIXES))
+        paths = _outputs(Path(args.out), len(prompts))
+        if suffix == ".mp4":
+            paths += [p.with_suffix(".png") for p in paths]
+        for p in paths:
+            _fresh_path(str(p), args.force, "--out")
+    if args.upscale < 1:
+        raise ConfigError("accelframe generate", "--upscale", args.upscale, "an int >= 1")
     trace_path = _fresh_path(args.trace, args.force, "--trace")
-    pipe = Pipeline(args.adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
+    adapter = args.adapter or _default_adapter(hooks)
+    pipe = Pipeline(adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
                     drafter=args.drafter,
                     drafter_kwargs=parse_assignments(args.drafter_set, "--drafter-set") or None,
                     hooks=hooks, strict=args.strict, max_reuse=args.max_reuse)
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
-    prompts = args.prompt or ["a red circle moves left on a blue background"]
+    to_latent = getattr(pipe.adapter, "latent_frames", None)
     if args.pixel_frames is not None:
-        to_latent = getattr(pipe.adapter, "latent_frames", None)
         if to_latent is None:
             raise ConfigError("generate", "pixel_frames", args.pixel_frames,
-                              f"--frames instead: adapter {args.adapter!r} counts latent frames only")
+                              f"--frames instead: adapter {adapter!r} counts latent frames only")
         args.frames = to_latent(args.pixel_frames)  # raises naming the valid counts
+    elif args.frames is None:
+        args.frames = 27 if to_latent is not None else 9
     req = pipe.request(prompts, num_frames=args.frames, seed=args.seed)
     units = len(pipe.adapter.units(req))
     with progress_bar(total=units, desc="generate", unit="unit", quiet=args.json) as bar:
         result = pipe.generate(req, on_unit=lambda *a: bar.update(1))
     stats = result.stats.to_dict()
+    measure = getattr(pipe.adapter, "measure_quality", None)
+    quality = measure(result.frames, prompts) if measure is not None and result.frames is not None else None
     summary = {
-        "adapter": args.adapter, "drafter": args.drafter, "policies": pipe.policies,
+        "adapter": adapter, "drafter": args.drafter, "policies": pipe.policies,
         "prompts": prompts, "frames": args.frames, "seed": args.seed,
         "wall_s": stats["wall_s"], "model_calls": stats["calls"], "blocks": stats["blocks"],
         "fallbacks": stats["fallbacks"], "time_s": stats["time_s"],
         "latents_shape": list(result.latents.shape),
         "frames_shape": None if result.frames is None else list(result.frames.shape),
-        "out": str(out) if out else None, "trace": str(trace_path) if trace_path else None,
+        "quality": quality,
+        "out": [str(p) for p in paths] or None, "trace": str(trace_path) if trace_path else None,
     }
-    if out is not None:
-        torch.save({"latents": result.latents, "frames": result.frames,
-                    "summary": summary}, out)
+    if args.out is not None:
+        suffix = Path(args.out).suffix
+        if suffix == ".pt":
+            torch.save({"latents": result.latents, "frames": result.frames, "summary": summary}, paths[0])
+        else:
+            if result.frames is None:
+                raise ConfigError("accelframe generate", "--out", args.out,
+                                  f"a .pt path: adapter {adapter!r} makes latents, not pixels")
+            from accelframe.media import write_video
+
+            fps = int(getattr(pipe.adapter, "fps", 16))
+            for i, path in enumerate(_outputs(Path(args.out), len(prompts))):
+                write_video(path, result.frames[i], fps, upscale_factor=args.upscale)
     if trace_path is not None:
         trace_path.write_text(json.dumps(result.to_json(), indent=1))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         c = stats["calls"]["target"]
-        print(f"{args.adapter}: {args.frames} frames in {stats['wall_s']:.3f} s; target calls "
+        print(f"{adapter}: {args.frames} frames in {stats['wall_s']:.3f} s; target calls "
               f"computed {c['computed']}, cached {c['cached']}, predicted {c['predicted']}, "
-              f"commit {c['commit']}" + (f"; wrote {out}" if out else ""))
+              f"commit {c['commit']}" + (f"; wrote {', '.join(map(str, paths))}" if paths else ""))
+        for q in quality or []:
+            if q.get("quality") is not None:
+                print(f"world quality {q['quality']:.3f} (presence {q['presence']:.2f}, shape {q['shape']:.2f}, "
+                      f"motion {q['motion']:.2f}, smoothness {q['smoothness']:.2f}, sharpness "
+                      f"{q['sharpness']:.2f}, background {q['background']:.2f}); measured "
+                      f"{q['measured_shape']} moving {q['measured_direction']}: {q['prompt']!r}")
     return 0
 
 

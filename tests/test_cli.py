@@ -45,8 +45,8 @@ def test_plugins_json_lists_entry_points(capsys, monkeypatch):
 def test_generate_json_counts_policy_calls(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     out_file, trace_file = tmp_path / "clip.pt", tmp_path / "trace.json"
-    code, out, _ = run(capsys, "generate", "--frames", "6", "--set", "steps=4", "--policy",
-                       "every-n:n=2", "--json", "--out", str(out_file), "--trace", str(trace_file))
+    code, out, _ = run(capsys, "generate", "--adapter", "analytic", "--frames", "6", "--set", "steps=4",
+                       "--policy", "every-n:n=2", "--json", "--out", str(out_file), "--trace", str(trace_file))
     assert code == 0
     doc = json.loads(out)
     assert doc["policies"] == ["every-n"]
@@ -62,19 +62,19 @@ def test_generate_refuses_to_overwrite(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     target = tmp_path / "clip.pt"
     target.write_text("precious")
-    code, _, err = run(capsys, "generate", "--frames", "3", "--out", str(target))
+    code, _, err = run(capsys, "generate", "--adapter", "analytic", "--frames", "3", "--out", str(target))
     assert code == 2 and "--out" in err and "--force" in err
     assert target.read_text() == "precious"
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["generate", "--policy", "nope"], ["unknown policy 'nope'", "every-n"]),
-    (["generate", "--policy", "every-n:n=0"], ["n = 0", "[1, 1000]"]),
-    (["generate", "--policy", "every-n:m=2"], ["m", "keyword"]),
+    (["generate", "--adapter", "analytic", "--policy", "nope"], ["unknown policy 'nope'", "every-n"]),
+    (["generate", "--adapter", "analytic", "--policy", "every-n:n=0"], ["n = 0", "[1, 1000]"]),
+    (["generate", "--adapter", "analytic", "--policy", "every-n:m=2"], ["m", "keyword"]),
     (["generate", "--adapter", "nope"], ["unknown adapter 'nope'", "analytic"]),
-    (["generate", "--set", "plan=zigzag"], ["plan", "'zigzag'", "'staircase'"]),
-    (["generate", "--frames", "4"], ["num_frames", "multiple of unit_frames = 3"]),
-    (["generate", "--set", "steps"], ["--set", "KEY=VALUE"]),
+    (["generate", "--adapter", "analytic", "--set", "plan=zigzag"], ["plan", "'zigzag'", "'staircase'"]),
+    (["generate", "--adapter", "analytic", "--frames", "4"], ["num_frames", "multiple of unit_frames = 3"]),
+    (["generate", "--adapter", "analytic", "--set", "steps"], ["--set", "KEY=VALUE"]),
 ])
 def test_bad_input_is_a_clear_error(capsys, monkeypatch, argv, words):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")

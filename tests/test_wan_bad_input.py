@@ -19,7 +19,7 @@ from accelframe_adapters.wan_dit import WanDiT
 from accelframe_adapters.wan_vae import WanVAE
 
 FAMILIES = ("self-forcing", "krea-realtime", "skyreels-v2-df")
-SMALL = {"height": 32, "width": 32}
+SMALL = {"size": "tiny", "height": 32, "width": 32}
 
 
 class ModelCalled(AssertionError):

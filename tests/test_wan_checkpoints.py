@@ -160,7 +160,7 @@ def test_krea_safetensors_loads(tmp_path, src):
 def test_saved_random_tiny_adapter_loads_as_itself(tmp_path):
     """The random tiny adapter's network, saved and reloaded, is the same network (head count and
     text length included, which shapes alone do not give)."""
-    made = KreaAdapter(init_seed=3)
+    made = KreaAdapter(size="tiny", init_seed=3)
     path = save_krea(tmp_path / "tiny.safetensors", state(made.dit))
     again = KreaAdapter(checkpoint=str(path))
     assert again.dit.cfg == made.dit.cfg
@@ -471,14 +471,14 @@ def test_from_state_dict_recovers_the_released_sizes(make, heads, layers):
 def test_vae_checkpoint_loads_into_an_adapter_and_a_wrong_width_is_refused(tmp_path):
     from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig
 
-    src = SelfForcingAdapter(height=32, width=32, init_seed=7)
+    src = SelfForcingAdapter(size="tiny", height=32, width=32, init_seed=7)
     path = tmp_path / "Wan2.1_VAE.pth"
     torch.save(src.vae.state_dict(), path)
-    loaded = SelfForcingAdapter(height=32, width=32, vae=str(path))
+    loaded = SelfForcingAdapter(size="tiny", height=32, width=32, vae=str(path))
     z = torch.randn(1, 2, *src.latent_shape, generator=torch.Generator().manual_seed(0))
     st_a, st_b = src.init_state(None, None), loaded.init_state(None, None)
     assert torch.equal(src.decode(z, st_a), loaded.decode(z, st_b))
     wide = tmp_path / "wide.pth"
     torch.save(WanVAE(WanVAEConfig.tiny()).state_dict(), wide)  # 16 latent channels, the tiny DiT takes 4
     with pytest.raises(CheckpointError, match="16 latent channels"):
-        SelfForcingAdapter(height=32, width=32, vae=str(wide))
+        SelfForcingAdapter(size="tiny", height=32, width=32, vae=str(wide))

@@ -16,7 +16,7 @@ from accelframe_adapters.self_forcing import SelfForcingAdapter
 from accelframe_adapters.skyreels_df import SkyReelsDFAdapter, step_matrix
 from accelframe_adapters.unipc import UniPCState, unipc_step
 
-SMALL = {"height": 32, "width": 32}  # 4x4 latents: 4 tokens per frame
+SMALL = {"size": "tiny", "height": 32, "width": 32}  # 4x4 latents: 4 tokens per frame
 
 
 def _pipe(adapter, **kw) -> Pipeline:
@@ -268,8 +268,8 @@ def test_cli_generates_with_tiny_random_weights(name, capsys, monkeypatch, tmp_p
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     extra = ["--set", "num_inference_steps=3"] if name == "skyreels-v2-df" else []
     out = tmp_path / "video.pt"
-    code = cli.main(["generate", "--adapter", name, "--frames", "3", "--set", "height=32", "--set", "width=32",
-                     *extra, "--out", str(out), "--json"])
+    code = cli.main(["generate", "--adapter", name, "--frames", "3", "--set", "size=tiny", "--set", "height=32",
+                     "--set", "width=32", *extra, "--out", str(out), "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["frames_shape"] == [1, 9, 3, 32, 32] and out.exists()
@@ -292,7 +292,7 @@ def test_cli_pixel_frames_convert_or_name_the_valid_counts(capsys, monkeypatch):
     from accelframe import cli
 
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
-    small = ["--set", "height=32", "--set", "width=32"]
+    small = ["--set", "size=tiny", "--set", "height=32", "--set", "width=32"]
     assert cli.main(["generate", "--adapter", "self-forcing", "--pixel-frames", "21", *small, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latents_shape"][1] == 6
     assert cli.main(["generate", "--adapter", "self-forcing", "--pixel-frames", "10", *small]) == 2

@@ -47,11 +47,11 @@ def test_umt5_drives_an_adapter_and_a_wrong_width_is_refused(tmp_path):
     from accelframe_adapters.self_forcing import SelfForcingAdapter
 
     _tiny_umt5(tmp_path)
-    a = SelfForcingAdapter(text_encoder=str(tmp_path), height=32, width=32)  # tiny DiT: text_dim 24
+    a = SelfForcingAdapter(size="tiny", text_encoder=str(tmp_path), height=32, width=32)  # tiny DiT: text_dim 24
     cross = a.encode_prompt(["a red circle"])
     assert cross.k[0].shape[:2] == (1, 8)  # the tiny DiT's text_len
     _tiny_umt5(tmp_path / "narrow", d_model=16)
     with pytest.raises(ConfigError, match="d_model = 24"):
-        SelfForcingAdapter(text_encoder=str(tmp_path / "narrow"), height=32, width=32)
+        SelfForcingAdapter(size="tiny", text_encoder=str(tmp_path / "narrow"), height=32, width=32)
     with pytest.raises(ConfigError, match="a local folder"):
         UMT5Encoder(tmp_path / "missing")

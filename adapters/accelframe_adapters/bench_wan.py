@@ -122,9 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("bench wan", "long_factor", args.long_factor, "an integer >= 2")
     if args.repeats < 1:
         raise ConfigError("bench wan", "repeats", args.repeats, "an integer >= 1")
-    common = {"height": args.height, "width": args.width, "device": args.device, "dtype": args.dtype}
-    if args.size != "tiny":
-        common["size"] = args.size
+    common = {"height": args.height, "width": args.width, "device": args.device, "dtype": args.dtype,
+              "size": args.size}
     result: dict[str, Any] = {"config": {**common, "size": args.size, "frames": args.frames,
                                          "repeats": args.repeats, "torch": torch.__version__}}
     result["families"] = {name: _family_cost(name, common, args.frames, args.repeats) for name in FAMILIES}

@@ -73,6 +73,9 @@ class KreaAdapter(BlockLoopAdapter):
     def family_capabilities(self) -> frozenset[str]:
         return frozenset({caps.KV_CACHE, caps.BLOCK_UNITS})
 
+    def world_frame_limit(self, trained: int) -> int:
+        return 1 << 30  # every rebuild restarts RoPE at 0: positions stay inside the trained range
+
     def read_checkpoint(self, path: str) -> dict[str, torch.Tensor]:
         _, tensors = read_dit_file(path, ("krea",), "Krea's 'model.'-prefixed safetensors")
         inner = ck.strip_prefix(tensors, "model.")

@@ -46,3 +46,22 @@ def accelframe_register_commands(register: Callable[..., None]) -> None:
 
     register("wan", configure, run, help="time the Wan-family adapters and their KV-cache memory",
              group="bench")
+    register("world", _lazy_command("world.bench", "configure"), _lazy_command("world.bench", "run"),
+             help="quality of the world's target, drafter and decoded noise on held-out prompts", group="bench")
+    register("world", _lazy_command("world.cli", "configure"), _lazy_command("world.cli", "run"),
+             help="the embedded tiny world: train its models, write model cards, render clips")
+
+
+def _lazy_command(module: str, fn: str) -> Callable[..., Any]:
+    def call(args: Any) -> Any:
+        return getattr(importlib.import_module(f"accelframe_adapters.{module}"), fn)(args)
+    return call
+
+
+@hookimpl
+def accelframe_register_scorers(register: Callable[..., None]) -> None:
+    def world_reward(**kwargs: Any) -> Any:
+        return importlib.import_module("accelframe_adapters.world.models").load_scorer(**kwargs)
+
+    register("world-reward", world_reward,
+             description="the embedded world's frame reward (ImageReward's shape, trained on the world)")

@@ -54,6 +54,10 @@ class WordEncoder(nn.Module):
         self.word_embedding = nn.Embedding(len(self.vocab) + 1, text_dim)
         self.position_embedding = nn.Embedding(text_len, text_dim)
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The prompt's words outside the vocabulary (each once, in order); they all embed as one row."""
+        return list(dict.fromkeys(w for w in words(prompt) if w not in self.index))
+
     def ids(self, prompt: str) -> list[int]:
         return [self.index.get(w, 0) for w in words(prompt)][: self.text_len]
 
@@ -67,6 +71,15 @@ class WordEncoder(nn.Module):
             if n:
                 out[b, :n] = self.word_embedding(ids) + self.position_embedding.weight[:n]
         return out
+
+
+class UnknownWordsWarning(UserWarning):
+    """A prompt holds words the word-level encoder does not know (they all read as one unknown word)."""
+
+    def __init__(self, prompt: str, unknown: Sequence[str], vocab: Sequence[str]) -> None:
+        self.prompt, self.unknown = prompt, list(unknown)
+        super().__init__(f"prompt {prompt!r}: the word encoder does not know {', '.join(map(repr, unknown))}; "
+                         f"they all read as one unknown word. Known words: {' '.join(vocab)}")
 
 
 class UMT5Encoder:
@@ -97,4 +110,4 @@ class UMT5Encoder:
         return (states * mask.unsqueeze(-1)).float()  # zero after each prompt, as Wan pads
 
 
-__all__ = ["DEFAULT_VOCAB", "TextEncoder", "UMT5Encoder", "WordEncoder", "words"]
+__all__ = ["DEFAULT_VOCAB", "TextEncoder", "UMT5Encoder", "UnknownWordsWarning", "WordEncoder", "words"]

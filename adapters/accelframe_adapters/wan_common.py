@@ -10,6 +10,7 @@ Latents cross the engine boundary as ``[B, F, C, H, W]``; the DiT and the VAE us
 from __future__ import annotations
 
 import collections
+import warnings
 from typing import Any, Sequence
 
 import attrs
@@ -20,11 +21,12 @@ from accelframe import validators as v
 from accelframe.errors import CheckpointError, ConfigError
 from accelframe.types import Iteration, Request
 from accelframe_adapters import checkpoints as ck
-from accelframe_adapters.text import UMT5Encoder, WordEncoder
+from accelframe_adapters.text import UMT5Encoder, UnknownWordsWarning, WordEncoder
 from accelframe_adapters.wan_dit import CrossCache, KVCache, WanDiT, WanDiTConfig
 from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
 
-SIZES = ("tiny", "1.3B", "14B")
+SIZES = ("world", "world-drafter", "tiny", "1.3B", "14B")
+WORLD_SIZES = ("world", "world-drafter")  # the embedded world's trained target and drafter
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -32,9 +34,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class WanModelConfig:
     """Where the weights come from and how big the video is (every family has these knobs)."""
 
-    checkpoint: str | None = None  # DiT weights in the family's format; None: random init of `size`
-    size: str = attrs.field(default="tiny", validator=v.one_of(*SIZES))
-    vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: random weights (tiny VAE for size "tiny")
+    checkpoint: str | None = None  # DiT weights in the family's format; None: the model `size` names
+    # "world" / "world-drafter": the embedded world's trained target / drafter (with its VAE and text
+    # encoder); "tiny", "1.3B", "14B": random weights of that size
+    size: str = attrs.field(default="world", validator=v.one_of(*SIZES))
+    vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: the world VAE for the world
+    #                         sizes, else random weights (tiny VAE for size "tiny")
     text_encoder: str = "word"  # "word" (built-in), a word-encoder .safetensors, or a UMT5 folder
     height: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
     width: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
@@ -48,6 +53,15 @@ class WanModelConfig:
             if value % 16:
                 raise ConfigError(type(self).__name__, name, value,
                                   "a multiple of 16 pixels (8x VAE compression times the 2x2 patch)")
+            if self.world and self.checkpoint is None and value != 64:
+                raise ConfigError(type(self).__name__, name, value,
+                                  f"64: the embedded world's models (size {self.size!r}) were trained on "
+                                  "64 x 64 clips (pass size='tiny' for random weights of any size)")
+
+    @property
+    def world(self) -> bool:
+        """Whether the DiT is one of the embedded world's trained models."""
+        return self.size in WORLD_SIZES and self.checkpoint is None
 
 
 def detect_format(path: str, sd: dict[str, torch.Tensor], raw_top: set[str] | None = None) -> str:
@@ -86,8 +100,8 @@ def read_dit_file(path: str, accepts: tuple[str, ...], expected: str) -> tuple[s
 
 def check_size(path: str, cfg: WanDiTConfig, size: str, family: str) -> None:
     """A checkpoint of another size than asked raises (random-init sizes are named in ``size``)."""
-    if size == "tiny":
-        return  # "tiny" with a checkpoint means: take the size from the file
+    if size in ("tiny", *WORLD_SIZES):
+        return  # a small size with a checkpoint means: take the size from the file
     want = WanDiTConfig.wan_1_3b() if size == "1.3B" else WanDiTConfig.wan_14b()
     if (cfg.dim, cfg.num_layers) != (want.dim, want.num_layers):
         tiny = WanDiTConfig.tiny()
@@ -128,9 +142,14 @@ class WanAdapter:
     name = "wan"
     config_class: type = object
 
+    # knobs a family takes by default with the embedded world's models (the user's values win)
+    world_defaults: dict[str, Any] = {}
+
     def __init__(self, **kwargs: Any) -> None:
         model_fields = {f.name for f in attrs.fields(WanModelConfig)}
         self.model_config = WanModelConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in model_fields})
+        if self.model_config.world:
+            kwargs = {**self.world_defaults, **kwargs}
         self.config = self.config_class(**kwargs)
         mc = self.model_config
         self.device = torch.device(mc.device)
@@ -141,7 +160,8 @@ class WanAdapter:
         self.text = self._load_text()
         c = self.dit.cfg
         pt, ph, pw = c.patch_size
-        self.latent_shape = (c.in_dim, mc.height // 8, mc.width // 8)
+        r = self.vae.config.spatial_ratio  # 8 for Wan's VAE (4 for the world's)
+        self.latent_shape = (c.in_dim, mc.height // r, mc.width // r)
         if self.latent_shape[1] % ph or self.latent_shape[2] % pw:
             raise ConfigError(type(self).__name__, "height", mc.height,
                               f"a size whose latent grid divides by the patch {c.patch_size}")
@@ -167,8 +187,18 @@ class WanAdapter:
     def dit_overrides(self) -> dict[str, Any]:
         return {}
 
+    def _world_file(self, name: str) -> str:
+        from accelframe_adapters.world.models import weights_path
+
+        return str(weights_path(name))
+
     def _load_dit(self) -> WanDiT:
         path = self.model_config.checkpoint
+        if self.model_config.world:
+            from accelframe_adapters.world.models import load_dit
+
+            return load_dit("target" if self.model_config.size == "world" else "drafter",
+                            device=self.device, dtype=self.model_dtype)
         if path is None:
             return self._random_dit()
         sd = self.read_checkpoint(path)  # original key names, no prefix
@@ -206,10 +236,13 @@ class WanAdapter:
     def _load_vae(self) -> WanVAE:
         path = self.model_config.vae
         z = self.dit.cfg.in_dim
+        if path is None and self.model_config.world:
+            path = self._world_file("vae")
         if path is None:
-            cfg = WanVAEConfig.tiny() if z != 16 or self.model_config.size == "tiny" else WanVAEConfig()
+            small = self.model_config.size in ("tiny", *WORLD_SIZES)
+            cfg = WanVAEConfig.tiny() if z != 16 or small else WanVAEConfig()
             cfg = attrs.evolve(cfg, z_dim=z)
-            device = torch.device("cpu") if self.model_config.size == "tiny" else self.device
+            device = torch.device("cpu") if small else self.device
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
                 torch.manual_seed(self.model_config.init_seed + 1)
                 return WanVAE(cfg)
@@ -220,6 +253,8 @@ class WanAdapter:
 
     def _load_text(self):
         spec, c = self.model_config.text_encoder, self.dit.cfg
+        if spec == "word" and self.model_config.world:
+            spec = self._world_file("text")
         if spec == "word" or spec.endswith(".safetensors"):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.model_config.init_seed + 2)
@@ -248,7 +283,27 @@ class WanAdapter:
     def pixel_frames(self, latent_frames: int) -> int:
         return 1 + 4 * (latent_frames - 1)
 
+    def world_frame_limit(self, trained: int) -> int:
+        """The last latent frame (exclusive) a request may reach with the world's models: the RoPE
+        positions they were trained on (a family whose positions restart may allow more)."""
+        return trained
+
     def validate(self, request: Request) -> None:
+        if isinstance(self.text, WordEncoder):
+            for prompt in request.prompts:
+                unknown = self.text.unknown_words(prompt)
+                if unknown:
+                    warnings.warn(UnknownWordsWarning(prompt, unknown, self.text.vocab), stacklevel=3)
+        if self.model_config.world:
+            from accelframe_adapters.world.models import LATENT_FRAMES
+
+            end = request.first_frame + request.num_frames
+            if end > self.world_frame_limit(LATENT_FRAMES):
+                raise ConfigError("Request", "num_frames", request.num_frames,
+                                  f"at most {self.world_frame_limit(LATENT_FRAMES) - request.first_frame} latent "
+                                  f"frames from frame {request.first_frame}: the embedded world's models were "
+                                  f"trained on clips of {LATENT_FRAMES} latent frames "
+                                  f"({self.pixel_frames(LATENT_FRAMES)} pixel frames)")
         if request.init_latents is not None:
             want = (request.batch, request.num_frames, *self.latent_shape)
             if tuple(request.init_latents.shape) != want:
@@ -323,6 +378,23 @@ class WanAdapter:
         video = frames.permute(0, 2, 1, 3, 4).to(self.device).float() * 2.0 - 1.0  # [B, 3, T, H, W]
         return self.vae.encode(video).permute(0, 2, 1, 3, 4).float()  # [B, F, C, H, W]
 
+    def measure_quality(self, frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
+        """World quality of decoded clips ``[B, T, 3, H, W]`` (the world's models only; else None):
+        one dict per prompt, ``quality`` None when the prompt names no complete scene of the world."""
+        if not self.model_config.world:
+            return None
+        from accelframe_adapters.world import clips, quality
+
+        out = []
+        for video, prompt in zip(frames, prompts):
+            scene = clips.parse_prompt(prompt)
+            if scene is None:
+                out.append({"prompt": prompt, "quality": None,
+                            "reason": "the prompt names no shape, colour, direction and background of the world"})
+            else:
+                out.append({"prompt": prompt, **quality.measure(video, scene).to_dict()})
+        return out
+
     # ---- KV management --------------------------------------------------------------------------
 
     def kv_frames(self, state: WanState) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
@@ -347,4 +419,5 @@ class WanAdapter:
             kv.rope_offset = nxt - len(kv.frames)
 
 
-__all__ = ["WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format", "read_dit_file"]
+__all__ = ["WORLD_SIZES", "WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format",
+           "read_dit_file"]

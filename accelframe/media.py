@@ -1,0 +1,202 @@
+"""Write generated frames to disk: PNG images, frame strips and H.264 mp4 videos.
+
+Frames are a float tensor ``[T, 3, H, W]`` with values in ``[0, 1]`` (what the pipeline returns
+after decoding). PNG files are written with the standard library only (``zlib`` + ``struct``);
+mp4 files need PyAV (``pip install av``), which is imported only when an mp4 is written.
+
+The functions here never check whether a path already exists: callers decide about overwriting.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["to_uint8", "upscale", "write_png", "frame_strip", "write_mp4", "write_video"]
+
+VIDEO_SUFFIXES = (".mp4", ".png")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_frames(owner: str, frames: Any) -> torch.Tensor:
+    """Return ``frames`` as a tensor after checking it is ``[T, 3, H, W]`` with T, H, W >= 1."""
+    if not isinstance(frames, torch.Tensor):
+        raise ConfigError(owner, "frames", type(frames).__name__, "a torch.Tensor of shape [T, 3, H, W]")
+    if frames.ndim != 4 or frames.shape[1] != 3 or min(frames.shape) < 1:
+        raise ConfigError(owner, "frames", tuple(frames.shape), "shape [T, 3, H, W] with T, H, W >= 1")
+    return frames
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Convert float frames ``[T, 3, H, W]`` in ``[0, 1]`` to a uint8 array ``[T, H, W, 3]``.
+
+    Values are clamped to ``[0, 1]``, scaled by 255 and rounded to the nearest integer.
+    """
+    frames = _check_frames("to_uint8", frames)
+    scaled = frames.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
+    return np.ascontiguousarray(scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+
+def upscale(frames: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling of ``[T, 3, H, W]`` frames to ``[T, 3, H*factor, W*factor]``.
+
+    Each pixel becomes a ``factor x factor`` block. ``factor`` must be an integer >= 1;
+    ``factor == 1`` returns ``frames`` unchanged.
+    """
+    frames = _check_frames("upscale", frames)
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError("upscale", "factor", factor, "an integer >= 1")
+    if factor == 1:
+        return frames
+    return frames.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: big-endian length, type, data, CRC-32 over type and data."""
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _image_to_hwc_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Return ``image`` as a contiguous uint8 array ``[H, W, 3]``."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
+            raise ConfigError("write_png", "image", tuple(image.shape), "a [3, H, W] float tensor in [0, 1]")
+        return to_uint8(image.unsqueeze(0))[0]
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape) < 1:
+            raise ConfigError("write_png", "image", f"ndarray {image.dtype} {image.shape}",
+                              "a [H, W, 3] uint8 array")
+        return np.ascontiguousarray(image)
+    raise ConfigError("write_png", "image", type(image).__name__,
+                      "a [3, H, W] float tensor in [0, 1] or a [H, W, 3] uint8 numpy array")
+
+
+def write_png(path: str | Path, image: torch.Tensor | np.ndarray) -> Path:
+    """Write one RGB image as an 8-bit PNG using only the standard library.
+
+    ``image`` is a ``[3, H, W]`` float tensor in ``[0, 1]`` or a ``[H, W, 3]`` uint8 array.
+    Every row uses filter type 0 (none). Returns the path written.
+    """
+    pixels = _image_to_hwc_uint8(image)
+    height, width, _ = pixels.shape
+    # IHDR: width, height, bit depth 8, colour type 2 (RGB), compression 0, filter 0, interlace 0.
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * 3)], axis=1)
+    data = (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+    path = Path(path)
+    path.write_bytes(data)
+    return path
+
+
+def frame_strip(frames: torch.Tensor, count: int = 8, gap: int = 2,
+                gap_value: float = 1.0) -> tuple[torch.Tensor, list[int]]:
+    """Lay ``count`` frames, evenly spaced over T, side by side in one image.
+
+    The first and last frames are always picked; all T frames are used when ``T <= count``.
+    Frames are separated by ``gap`` columns filled with ``gap_value`` (1.0 = white). Returns
+    ``(image, indices)``: ``image`` is ``[3, H, W*n + gap*(n-1)]`` for the ``n`` picked frames,
+    ``indices`` the picked frame indices in increasing order.
+    """
+    frames = _check_frames("frame_strip", frames)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError("frame_strip", "count", count, "an integer >= 1")
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 0:
+        raise ConfigError("frame_strip", "gap", gap, "an integer >= 0")
+    total, _, height, width = frames.shape
+    if total <= count:
+        indices = list(range(total))
+    elif count == 1:
+        indices = [0]
+    else:  # round(i * (T-1) / (count-1)) in exact integer arithmetic, half up
+        indices = [(2 * i * (total - 1) + count - 1) // (2 * (count - 1)) for i in range(count)]
+    n = len(indices)
+    image = torch.full((3, height, width * n + gap * (n - 1)), float(gap_value),
+                       dtype=frames.dtype, device=frames.device)
+    for slot, index in enumerate(indices):
+        left = slot * (width + gap)
+        image[:, :, left:left + width] = frames[index]
+    return image, indices
+
+
+def _pick_codec(av: Any) -> str:
+    """``"libx264"`` when this PyAV build can encode it, else ``"mpeg4"``."""
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception:  # UnknownCodecError, or an older PyAV raising ValueError
+        return "mpeg4"
+    return "libx264"
+
+
+def write_mp4(path: str | Path, frames: torch.Tensor, fps: float) -> Path:
+    """Encode ``[T, 3, H, W]`` float frames in ``[0, 1]`` to an mp4 with PyAV.
+
+    Uses H.264 (``libx264``, ``yuv420p``, crf 18) when available, else MPEG-4 part 2. H and W
+    must be even (yuv420p halves the chroma planes). Raises :class:`ConfigError` for odd sizes, a
+    non-positive ``fps``, or when PyAV is not installed. Returns the path written.
+    """
+    frames = _check_frames("write_mp4", frames)
+    _, _, height, width = frames.shape
+    if height % 2:
+        raise ConfigError("write_mp4", "height", height, "an even frame height for yuv420p (pad, crop or upscale)")
+    if width % 2:
+        raise ConfigError("write_mp4", "width", width, "an even frame width for yuv420p (pad, crop or upscale)")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
+        raise ConfigError("write_mp4", "fps", fps, "a number > 0")
+    try:
+        import av
+    except ImportError:
+        raise ConfigError("write_mp4", "path", str(path),
+                          "a .pt path, or install PyAV (pip install av) to write .mp4") from None
+
+    path = Path(path)
+    codec = _pick_codec(av)
+    rate = Fraction(fps).limit_denominator(1001)
+    container = av.open(str(path), mode="w")
+    try:
+        options = {"crf": "18"} if codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec != "libx264":
+            stream.bit_rate = 8_000_000
+        for array in to_uint8(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))  # flush the frames the encoder still holds
+    finally:
+        container.close()
+    return path
+
+
+def write_video(path: str | Path, frames: torch.Tensor, fps: float, *,
+                upscale_factor: int = 1) -> dict[str, Any]:
+    """Write frames to ``path``, chosen by suffix, after optional nearest-neighbour upscaling.
+
+    ``.mp4`` writes the video and a PNG frame strip beside it (same stem, ``.png``); ``.png``
+    writes only the strip. Returns ``{"video": str | None, "strip": str, "strip_frames": [...]}``
+    where ``strip_frames`` are the frame indices shown in the strip.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ConfigError("write_video", "path", str(path), "a path ending in " + " or ".join(VIDEO_SUFFIXES))
+    frames = upscale(_check_frames("write_video", frames), upscale_factor)
+    video = None
+    if suffix == ".mp4":
+        video = str(write_mp4(path, frames, fps))
+        strip_path = path.with_suffix(".png")
+    else:
+        strip_path = path
+    image, indices = frame_strip(frames)
+    write_png(strip_path, image)
+    return {"video": video, "strip": str(strip_path), "strip_frames": indices}

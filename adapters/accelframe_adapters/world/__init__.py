@@ -1,0 +1,2 @@
+"""The embedded tiny world: procedural clips with prompts, analytic world quality, and the trained
+models the Wan adapters run by default (``size="world"``). See ``docs/world.md``."""

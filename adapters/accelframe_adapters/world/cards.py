@@ -1,0 +1,128 @@
+"""Model cards of the world's models, written from what the trainers stored with the weights.
+
+For each ``world-MODEL.safetensors`` the card ``world-MODEL.md`` gives the architecture and size,
+the data, the settings and the command that reproduces it, the machine and time it took, a loss
+curve (``world-MODEL.loss.png``, drawn from ``world-MODEL.log.json``) and the measured quality: the
+trainer's own evaluation, and for the DiTs the numbers of ``accelframe bench world --json`` (pass
+its output file with ``--quality``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from accelframe_adapters.world.models import FILES, WEIGHTS
+from accelframe_adapters.world.plot import line_plot
+from accelframe_adapters.world.training import read_metadata
+
+ABOUT = {
+    "vae": ("The Wan 2.1 causal video VAE (`accelframe_adapters.wan_vae.WanVAE`, original key names) in a "
+            "tiny size: 4x spatial and 4x temporal compression (first frame alone), 8 latent channels, "
+            "chunk-local (the weights that read earlier chunks through the causal caches are zero).",
+            "Fresh training-split clips every step: 5-frame windows at random points of 105-frame clips, "
+            "cropped to 32 x 32 around the shape. Loss L1 + MSE (shape pixels weighed 5x) with latent noise "
+            "(0.1 of the latent spread) and 1e-4 mean(mu^2); the latent mean / spread of 32 clips are folded "
+            "into conv1 / conv2 afterwards (see `world/train_vae.py`)."),
+    "text": ("The word-level text encoder (`accelframe_adapters.text.WordEncoder`): one row per vocabulary "
+             "word plus a position row; frozen random rows (the DiTs and the reward learn their own projections).",
+             "None: drawn from the seed."),
+    "target": ("The Wan 2.1 DiT (`accelframe_adapters.wan_dit.WanDiT`, original key names) in a tiny size, "
+               "trained by diffusion forcing (independent per-frame noise levels, block-causal attention in "
+               "blocks of 3 latent frames), so one set of weights serves the Self-Forcing / Krea block loops "
+               "and the SkyReels-V2 staircase.",
+               "Training-split clips of 105 frames (27 latent frames) encoded by the world VAE; flow matching "
+               "v = eps - x0 with four noise-level patterns (per block, teacher forcing, per frame, synchronous) "
+               "and 10 % empty prompts (see `world/train_dit.py`)."),
+    "reward": ("The world's frame reward: ImageReward's shape (a ViT over 8 x 8 patches, a text encoder whose "
+               "layers cross-attend to the image, an MLP on the first token), scores standardised.",
+               "Pairs of a good frame (rendered, or through the world VAE) and a bad one for the same prompt "
+               "(blurred, wrong colour / shape / background, background alone, decoded noise, pixel noise); "
+               "ImageReward's ranking loss -log sigmoid(r_good - r_bad) (see `world/train_reward.py`)."),
+}
+ABOUT["drafter"] = (ABOUT["target"][0].replace("in a tiny size", "in a smaller size than the target"),
+                    ABOUT["target"][1])
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.2f} MB"
+
+
+def _quality(name: str, record: dict[str, Any], bench: dict[str, Any] | None) -> list[str]:
+    lines = []
+    if name == "vae" and "eval" in record:
+        e = record["eval"]
+        lines.append(f"- reconstruction PSNR on 16 held-out 105-frame clips: **{e['psnr_db']:.2f} dB**; "
+                     f"latents: mean {e['latent_mean']:.3f}, spread {e['latent_std']:.3f}")
+    if name == "reward" and "eval" in record:
+        e = record["eval"]
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in e["accuracy_by_kind"].items())
+        lines.append(f"- pairwise accuracy on {e['pairs']} held-out pairs: **{e['accuracy']:.3f}** ({kinds})")
+        lines.append(f"- mean score of good frames {e['good_mean']:.2f}, of bad frames {e['bad_mean']:.2f}")
+    if name in ("target", "drafter") and bench:
+        q = bench[f"{name}_quality"]
+        adh = bench["prompt_adherence" if name == "target" else "drafter_adherence"]
+        part = bench[name]
+        t = bench["timing"]
+        cfg = bench["config"]
+        lines.append(f"- world quality on {cfg['clips']} held-out prompts ({cfg['adapter']} loop, 9 blocks): "
+                     f"**{q:.3f}** (decoded noise {bench['noise_quality']:.3f}, rendered truth "
+                     f"{bench['truth_quality']:.3f}, VAE reconstruction {bench['vae_quality']:.3f})")
+        lines.append(f"- prompt adherence (colour, shape and direction right): **{adh:.2f}**; parts: "
+                     + ", ".join(f"{k} {part[k]:.3f}" for k in ("presence", "shape", "motion", "smoothness",
+                                                               "sharpness", "background")))
+        lines.append(f"- a 9-block clip at batch 1: {t[f'{name}_clip_s']:.2f} s, "
+                     f"{t[f'{name}_calls_per_s']:.1f} model calls per second ({cfg['threads']} threads)")
+    if not lines:
+        lines.append("- not measured (pass `--quality` with the output of `accelframe bench world --json`)")
+    return lines
+
+
+def write_card(name: str, folder: Path, bench: dict[str, Any] | None) -> list[Path]:
+    weights = folder / FILES[name]
+    meta = read_metadata(weights)
+    record, config = meta.get("training", {}), meta.get("config", {})
+    written = []
+    log_path = weights.with_suffix(".log.json")
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    curve = None
+    if log.get("step"):
+        curve = weights.with_name(weights.name.replace(".safetensors", ".loss.png"))
+        line_plot(curve, log["step"], [log["loss"]], log_y=True)
+        written.append(curve)
+    arch, data = ABOUT[name]
+    s = record.get("settings", {})
+    lines = [f"# world-{name}", "", arch, "",
+             f"- file: `{weights.name}` ({_size(weights)}), parameters: {record.get('parameters', 'see config')}",
+             f"- config: `{json.dumps(config, sort_keys=True)}`", "", "## Data and training", "", data, ""]
+    if s:
+        lines.append(f"- {s['steps']} steps, batch {s['batch']}, AdamW lr {s['lr']} (warm-up {s['warmup']}, "
+                     f"cosine to a tenth), seed {s['seed']}")
+    if "wall_s" in record:
+        m = record.get("machine", {})
+        lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {m.get('threads', '?')} CPU threads "
+                     f"(torch {m.get('torch', '?')})")
+    lines += [f"- reproduce: `{record.get('command', '')}`", ""]
+    if curve is not None:
+        lines += ["## Loss", "", f"![training loss, log scale, against the step]({curve.name})", "",
+                  f"Training loss (log scale) against the step; first logged {log['loss'][0]:.4f}, "
+                  f"last {log['loss'][-1]:.4f}.", ""]
+    lines += ["## Measured quality", "", *_quality(name, record, bench), ""]
+    card = weights.with_name(weights.name.replace(".safetensors", ".md"))
+    card.write_text("\n".join(lines))
+    written.append(card)
+    return written
+
+
+def write_cards(folder: str | Path | None = None, quality: str | Path | None = None) -> list[Path]:
+    folder = Path(folder) if folder else WEIGHTS
+    bench = json.loads(Path(quality).read_text()) if quality else None
+    out = []
+    for name in FILES:
+        if (folder / FILES[name]).exists():
+            out += write_card(name, folder, bench)
+    return out
+
+
+__all__ = ["write_card", "write_cards"]

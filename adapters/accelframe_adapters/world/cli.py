@@ -1,0 +1,148 @@
+"""``accelframe world``: train the embedded world's models and write their model cards.
+
+    accelframe world train vae        # then text, target, drafter, reward (each needs the VAE and text)
+    accelframe world cards            # model cards (markdown + loss-curve png) from the weights' records
+    accelframe world sample --prompt "a red circle moves left on a blue background" --out clip.png
+
+Each ``train`` writes ``world-MODEL.safetensors`` (default: the installed weights folder, which
+holds the shipped files: replacing them needs ``--force``) and a ``.log.json`` loss log beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+import attrs
+
+from accelframe.errors import ConfigError
+
+MODELS = ("vae", "text", "target", "drafter", "reward")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from accelframe_adapters.world.models import FILES, WEIGHTS
+
+    sub = parser.add_subparsers(dest="world_command", metavar="COMMAND")
+    p = sub.add_parser("train", help="train one model of the world on this machine's CPU",
+                       description="Train one world model from its seed. Order: vae, text, then target, "
+                                   "drafter and reward (they read the VAE and the text encoder).")
+    p.add_argument("model", choices=MODELS, help="which model")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default: the shipped model's; for the VAE use --PHASE-steps)")
+    for phase in ("local",):
+        p.add_argument(f"--{phase}-steps", type=int, default=None,
+                       help=f"VAE only: steps of its {phase!r} phase (default: the shipped model's)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped model's)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped model's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default=None,
+                   help=f"weights file to write (default: {WEIGHTS.name}/world-MODEL.safetensors of the package)")
+    p.add_argument("--vae", default=None,
+                   help=f"VAE weights the DiTs and the reward use (default: {FILES['vae']})")
+    p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
+    p.add_argument("--clips", type=int, default=1000, help="training clips encoded for a DiT (default: 1000)")
+    p.add_argument("--data", default=None, help="cache file of the encoded clips (read if made by the same VAE)")
+    p.add_argument("--force", action="store_true", help="replace an existing weights file")
+    p.add_argument("--json", action="store_true", help="print the training record as JSON")
+
+    p = sub.add_parser("cards", help="write the model cards (markdown and loss curves) next to the weights")
+    p.add_argument("--dir", default=None, help="folder of the weights (default: the installed weights)")
+    p.add_argument("--quality", default=None, help="a JSON file from 'accelframe bench world --json' to quote")
+
+    p = sub.add_parser("sample", help="render a ground-truth clip of the world for a prompt")
+    p.add_argument("--prompt", required=True, help="a prompt of the world's grammar")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--out", required=True, help=".mp4 (with a .png strip) or .png")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    parser.set_defaults(world_parser=parser)
+
+
+def _settings(defaults, args: argparse.Namespace):
+    from accelframe_adapters.world.training import TrainSettings
+
+    kw = attrs.asdict(defaults)
+    for name in ("steps", "batch", "seed", "threads"):
+        val = getattr(args, name)
+        if val is not None:
+            kw[name] = val
+    return TrainSettings(**kw)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from accelframe_adapters.world import models, train_dit, train_reward, train_vae, training
+
+    out = Path(args.out) if args.out else models.WEIGHTS / models.FILES[args.model]
+    vae = args.vae or str(models.weights_path("vae")) if args.model in ("target", "drafter", "reward") else None
+    text = args.text or str(models.weights_path("text")) if args.model in ("target", "drafter", "reward") else None
+    quiet = args.json
+    if args.model == "vae":
+        if args.steps is not None:
+            raise ConfigError("accelframe world train vae", "--steps", args.steps,
+                              "--local-steps (the VAE's steps are named per phase)")
+        phases = []
+        for ph in train_vae.PHASES:
+            settings = _settings(ph.settings, args)
+            steps = getattr(args, f"{ph.name}_steps")
+            if steps is not None:
+                settings = attrs.evolve(settings, steps=steps)
+            phases.append(attrs.evolve(ph, settings=settings))
+        rec = train_vae.train(out, phases=tuple(phases), force=args.force, quiet=quiet)
+    elif args.model == "text":
+        path = training.check_out(out, args.force)
+        seed = args.seed or 0
+        enc = train_dit.make_text(seed)
+        rec = {"steps": 0, "seed": seed, "command": f"accelframe world train text --seed {seed}",
+               "note": "frozen random rows: the DiTs and the reward learn their own projections of them"}
+        training.save(path, enc.state_dict(), config={"text_dim": enc.text_dim, "text_len": enc.text_len,
+                                                      "vocab": list(enc.vocab)}, training=rec, log={})
+    elif args.model in ("target", "drafter"):
+        rec = train_dit.train(args.model, out, vae=vae, text=text, clips_n=args.clips, data=args.data,
+                              settings=_settings(train_dit.DEFAULTS[args.model], args), force=args.force,
+                              quiet=quiet)
+    else:
+        rec = train_reward.train(out, vae=vae, text=text, settings=_settings(train_reward.DEFAULTS, args),
+                                 force=args.force, quiet=quiet)
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        print(f"wrote {out} ({rec.get('wall_s', 0)} s)")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from accelframe.media import write_video
+    from accelframe_adapters.world import clips
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError("accelframe world sample", "--out", args.out,
+                          "a path that does not exist yet (or --force)")
+    scene = clips.parse_prompt(args.prompt)
+    if scene is None:
+        raise ConfigError("accelframe world sample", "--prompt", args.prompt,
+                          "a prompt naming a shape, a colour, a direction and a background colour, e.g. "
+                          "'a red circle moves left on a blue background'")
+    doc = write_video(out, clips.render(scene, args.seed), clips.FPS, upscale_factor=4)
+    print(json.dumps(doc))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = getattr(args, "world_command", None)
+    if cmd is None:
+        args.world_parser.print_help(sys.stderr)
+        return 2
+    if cmd == "train":
+        return _train(args)
+    if cmd == "cards":
+        from accelframe_adapters.world.cards import write_cards
+
+        for p in write_cards(args.dir, quality=args.quality):
+            print(f"wrote {p}")
+        return 0
+    return _sample(args)
+
+
+__all__ = ["MODELS", "configure", "run"]

@@ -1,0 +1,95 @@
+"""The embedded world's models: their configs and where their shipped weights are.
+
+All of them are the real architectures in tiny sizes: the Wan 2.1 causal VAE, the Wan 2.1 DiT for the
+target and the drafter (one set of weights serves the Self-Forcing / Krea block loops and the
+SkyReels-V2 staircase: it was trained with independent per-frame noise levels), the word-level text
+encoder, and a prompt-conditioned frame reward (:mod:`accelframe_adapters.world.reward`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from accelframe.errors import CheckpointError
+from accelframe_adapters import checkpoints as ck
+from accelframe_adapters.wan_dit import WanDiT, WanDiTConfig
+from accelframe_adapters.wan_vae import WanVAEConfig
+
+WEIGHTS = Path(__file__).parent / "weights"
+FILES = {
+    "vae": "world-vae.safetensors",
+    "text": "world-text.safetensors",
+    "target": "world-target.safetensors",
+    "drafter": "world-drafter.safetensors",
+    "reward": "world-reward.safetensors",
+}
+
+Z_DIM = 8
+TEXT_DIM = 32
+TEXT_LEN = 16
+CAUSAL_BLOCK = 3  # latent frames per block (Self-Forcing's num_frame_per_block)
+LATENT_FRAMES = 27  # 9 blocks: the length the DiTs were trained on (RoPE positions 0 .. 26)
+
+
+def vae_config() -> WanVAEConfig:
+    # 4x spatial compression (16 x 16 latents at 64 x 64): at 8x a VAE this small, trained this briefly,
+    # loses the shapes (measured: presence 0 in 4 of 6 held-out clips); the DiTs patch 4 x 4
+    return WanVAEConfig(base_dim=12, z_dim=Z_DIM, dim_mult=(1, 2, 2), temporal_downsample=(True, True),
+                        num_res_blocks=1)
+
+
+def target_config() -> WanDiTConfig:
+    return WanDiTConfig(dim=96, ffn_dim=256, num_heads=4, num_layers=4, freq_dim=64, text_dim=TEXT_DIM,
+                        text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4))
+
+
+def drafter_config() -> WanDiTConfig:
+    return WanDiTConfig(dim=48, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=TEXT_DIM,
+                        text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4))
+
+
+def weights_path(name: str) -> Path:
+    """The shipped weights of ``name`` (vae, text, target, drafter, reward); a missing file raises."""
+    p = WEIGHTS / FILES[name]
+    if not p.exists():
+        raise CheckpointError(str(p), f"the embedded world's {name} weights are not installed; train them "
+                                      f"with 'accelframe world train {name}' (see docs/world.md)")
+    return p
+
+
+def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanDiT:
+    """The shipped ``target`` or ``drafter`` DiT; its config is read from the file's metadata."""
+    from accelframe_adapters.world.training import read_metadata
+
+    path = weights_path(name)
+    meta = read_metadata(path).get("config")
+    if not isinstance(meta, dict):
+        raise CheckpointError(str(path), "has no 'config' in its safetensors metadata (not a world DiT file)")
+    cfg = WanDiTConfig(**meta)
+    with torch.device("meta"):
+        dit = WanDiT(cfg)
+    dit = dit.to(dtype).to_empty(device=device)
+    ck.fit(dit, ck.read_tensors(path), str(path), what=f"the world {name} DiT")
+    return dit.eval()
+
+
+def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | None = None):
+    """The world reward as a scorer ``(frames [B, T, 3, H, W] in [0, 1], prompts) -> [B, T]``."""
+    from accelframe_adapters.text import WordEncoder
+    from accelframe_adapters.world.reward import FrameReward, RewardConfig, WorldScorer
+    from accelframe_adapters.world.training import read_metadata
+
+    path = weights or str(weights_path("reward"))
+    cfg = RewardConfig(**read_metadata(path).get("config", {}))
+    model = FrameReward(cfg)
+    ck.fit(model, ck.read_tensors(path), path, what="the world reward")
+    tpath = text or str(weights_path("text"))
+    enc = WordEncoder(cfg.text_dim, cfg.text_len)
+    ck.fit(enc, ck.read_tensors(tpath), tpath, what="the world word encoder")
+    return WorldScorer(model, enc.eval(), device=device)
+
+
+__all__ = ["load_dit", "load_scorer", "CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "TEXT_DIM", "TEXT_LEN", "WEIGHTS",
+           "Z_DIM", "drafter_config", "target_config", "vae_config", "weights_path"]

@@ -1,0 +1,188 @@
+"""Train a world DiT (the target or the drafter) by diffusion forcing on the world VAE's latents.
+
+Data: ``clips`` training-split clips of the full length (105 pixel frames = 27 latent frames = 9
+blocks of 3), rendered, encoded once by the world VAE and kept in memory; prompts go through the
+frozen word encoder (``world-text.safetensors``).
+
+Objective (flow matching, DESIGN section 3): ``x_s = (1 - s) x0 + s eps``, the network sees Wan
+timesteps ``t = 1000 s`` per frame and predicts ``v = eps - x0``; the loss is the mean squared error
+over the frames with ``s > 0`` (a clean frame is context: it only feeds the attention). Attention is
+block-causal over blocks of 3 latent frames, as in the Self-Forcing block loop and SkyReels-V2's
+causal blocks. Per-frame noise levels (diffusion forcing), one pattern per clip:
+
+- 35 %: an independent level per block;
+- 25 %: *teacher forcing*: blocks before a random block are clean (``s = 0``, what the KV cache of a
+  block loop holds), that block and the later ones draw independent levels;
+- 20 %: an independent level per frame;
+- 20 %: one level for the whole clip (synchronous denoising: SkyReels-V2 with ``ar_step = 0``).
+
+Levels are drawn as ``s = 3u / (1 + 2u)`` with ``u`` uniform (Wan's shift of 3 toward noisy levels,
+where the few-step loops spend their calls). One prompt in ten is replaced by the empty prompt, so the
+model also predicts unconditionally (classifier-free guidance, SkyReels-V2's default).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from accelframe.errors import ConfigError
+from accelframe_adapters import checkpoints as ck
+from accelframe_adapters.text import WordEncoder
+from accelframe_adapters.wan_dit import WanDiT
+from accelframe_adapters.wan_vae import WanVAE
+from accelframe_adapters.world import clips, training
+from accelframe_adapters.world.models import CAUSAL_BLOCK, drafter_config, target_config, vae_config
+
+DEFAULTS = {
+    "target": training.TrainSettings(steps=2000, batch=8, lr=1e-3, seed=0, warmup=200, log_every=25),
+    "drafter": training.TrainSettings(steps=1500, batch=8, lr=1.5e-3, seed=1, warmup=100, log_every=25),
+}
+CONFIGS = {"target": target_config, "drafter": drafter_config}
+SHIFT = 3.0
+
+
+def load_vae(path: str | Path) -> WanVAE:
+    vae = WanVAE(vae_config())
+    ck.fit(vae, ck.read_tensors(path), str(path), what="the world VAE")
+    return vae.eval()
+
+
+def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
+    enc = WordEncoder(text_dim, text_len)
+    ck.fit(enc, ck.read_tensors(path), str(path), what="the world word encoder")
+    return enc.eval()
+
+
+def make_text(seed: int = 0) -> WordEncoder:
+    """The frozen word encoder: random rows, the same on every machine for a seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enc = WordEncoder(target_config().text_dim, target_config().text_len)
+    return enc.eval()
+
+
+@torch.no_grad()
+def encode_chunks(vae: WanVAE, video: torch.Tensor) -> torch.Tensor:
+    """What ``vae.encode`` gives for a chunk-local VAE (:func:`~accelframe_adapters.world.train_vae.chunk_local`),
+    with every 4-frame chunk encoded at once: ``[B, 3, 1 + 4k, H, W]`` -> ``[B, z, 1 + k, h, w]``.
+    Each chunk goes in as the second piece of its own stream (behind a copy of its first frame,
+    whose latent is dropped): with the past taps zero, what the cache holds does not matter."""
+    b, c, t, h, w = video.shape
+    k = (t - 1) // 4
+    first = vae.encode(video[:, :, :1])  # [B, z, 1, h', w']
+    chunks = video[:, :, 1:].reshape(b, c, k, 4, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b * k, c, 4, h, w)
+    lead = torch.cat([chunks[:, :, :1], chunks], dim=2)  # [B*k, 3, 5, H, W]
+    rest = vae.encode(lead)[:, :, 1:]  # [B*k, z, 1, h', w']
+    rest = rest.reshape(b, k, *rest.shape[1:]).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)  # [B, z, k, h', w']
+    return torch.cat([first, rest], dim=2)
+
+
+@torch.no_grad()
+def build_dataset(vae: WanVAE, n: int, seed: int, *, quiet: bool = False, batch: int = 8) -> dict[str, Any]:
+    """``n`` training clips: latents ``[n, 27, z, 8, 8]`` (frame-major) and their prompts."""
+    from accelframe.progress import progress_bar
+
+    scenes = clips.sample_scenes(n, seed)
+    rng = random.Random(seed)
+    seeds = [rng.randrange(2**31) for _ in range(n)]
+    out = []
+    with progress_bar(total=n, desc="encode clips", unit="clip", quiet=quiet) as bar:
+        for i in range(0, n, batch):
+            video = torch.stack([clips.render(s, sd) for s, sd in zip(scenes[i:i + batch], seeds[i:i + batch])])
+            lat = encode_chunks(vae, video.permute(0, 2, 1, 3, 4) * 2.0 - 1.0)  # [b, z, F, h, w]
+            out.append(lat.permute(0, 2, 1, 3, 4).contiguous())  # [b, F, z, h, w]
+            bar.update(len(video))
+    return {"latents": torch.cat(out), "prompts": [s.prompt for s in scenes], "seeds": seeds}
+
+
+def noise_levels(b: int, frames: int, g: torch.Generator) -> torch.Tensor:
+    """Per-frame levels ``[b, frames]`` in [0, 1], one pattern per row (see the module docstring)."""
+    blocks = frames // CAUSAL_BLOCK
+
+    def draw(*shape: int) -> torch.Tensor:
+        u = torch.rand(shape, generator=g)
+        return SHIFT * u / (1 + (SHIFT - 1) * u)
+
+    out = torch.empty(b, frames)
+    kind = torch.rand(b, generator=g)
+    for i in range(b):
+        if kind[i] < 0.35:
+            out[i] = draw(blocks).repeat_interleave(CAUSAL_BLOCK)
+        elif kind[i] < 0.60:
+            cut = int(torch.randint(0, blocks, (1,), generator=g))
+            lv = draw(blocks)
+            lv[:cut] = 0.0
+            out[i] = lv.repeat_interleave(CAUSAL_BLOCK)
+        elif kind[i] < 0.80:
+            out[i] = draw(frames)
+        else:
+            out[i] = draw(1).expand(frames)
+    return out
+
+
+def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 1000,
+          settings: training.TrainSettings | None = None, data: str | Path | None = None, force: bool = False,
+          quiet: bool = False) -> dict[str, Any]:
+    """Train the ``which`` ("target" or "drafter") DiT; ``data`` caches the encoded clips (read when
+    it exists and was made by the same VAE, else written)."""
+    if which not in CONFIGS:
+        raise ConfigError("world train", "model", which, "'target' or 'drafter'")
+    settings = settings or DEFAULTS[which]
+    path = training.check_out(out, force)
+    cfg = CONFIGS[which]()
+    vae_model = load_vae(vae)
+    enc = load_text(text, cfg.text_dim, cfg.text_len)
+    vae_id = ck.read_tensors(vae)["conv2.bias"].sum().item()  # ties a data cache to its VAE
+    ds = None
+    if data is not None and Path(data).exists():
+        ds = torch.load(str(data), weights_only=True)
+        if ds.get("vae_id") != vae_id or len(ds["prompts"]) != clips_n:
+            ds = None
+    if ds is None:
+        ds = build_dataset(vae_model, clips_n, seed=1234, quiet=quiet)
+        ds["vae_id"] = vae_id
+        if data is not None:
+            torch.save(ds, str(data))
+    latents = ds["latents"]  # [N, F, z, h, w]
+    states = enc(ds["prompts"])  # [N, L, text_dim]
+    empty = enc([""])  # [1, L, text_dim]
+
+    torch.manual_seed(settings.seed)
+    dit = WanDiT(cfg)
+    dit.train()
+    g = torch.Generator().manual_seed(settings.seed)
+
+    def step(_: int) -> dict[str, float]:
+        idx = torch.randint(0, latents.shape[0], (settings.batch,), generator=g)
+        x0 = latents[idx]  # [B, F, z, h, w]
+        ctx = states[idx].clone()
+        drop = torch.rand(settings.batch, generator=g) < 0.1
+        ctx[drop] = empty
+        b, f = x0.shape[:2]
+        sig = noise_levels(b, f, g)  # [B, F]
+        eps = torch.randn(x0.shape, generator=g)
+        s = sig.view(b, f, 1, 1, 1)
+        xt = (1 - s) * x0 + s * eps
+        pred = dit(xt.permute(0, 2, 1, 3, 4), 1000.0 * sig, ctx, causal_block=CAUSAL_BLOCK)  # [B, z, F, h, w]
+        err = (pred.permute(0, 2, 1, 3, 4) - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
+        w = (sig > 0).float()
+        loss = (err * w).sum() / w.sum().clamp_min(1.0)
+        loss.backward()
+        return {"loss": loss.item()}
+
+    log = training.run_loop(which, settings, list(dit.parameters()), step, quiet=quiet)
+    dit.eval()
+    record = {"settings": attrs.asdict(settings), "clips": clips_n, "causal_block": CAUSAL_BLOCK,
+              "machine": training.machine(), "wall_s": log["wall_s"],
+              "parameters": sum(p.numel() for p in dit.parameters()),
+              "command": f"accelframe world train {which} --steps {settings.steps} --seed {settings.seed}"}
+    training.save(path, dit.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
+    return record
+
+
+__all__ = ["CONFIGS", "DEFAULTS", "build_dataset", "load_text", "load_vae", "make_text", "noise_levels", "train"]

@@ -1,0 +1,143 @@
+"""What every world trainer shares: seeding, the optimiser schedule, the loss log, the progress bar,
+and writing the weights with their training record.
+
+A trainer writes ``NAME.safetensors`` (the weights; its metadata holds ``config`` and ``training`` as
+JSON) and ``NAME.log.json`` (the loss every ``log_every`` steps). :mod:`accelframe_adapters.world.cards`
+turns both into the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import attrs
+import torch
+
+from accelframe.errors import ConfigError
+from accelframe.progress import progress_bar
+
+
+@attrs.frozen(kw_only=True)
+class TrainSettings:
+    steps: int
+    batch: int
+    lr: float
+    seed: int = 0
+    warmup: int = 100
+    log_every: int = 25
+    threads: int | None = None  # None: torch's default
+
+    def __attrs_post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError("TrainSettings", "steps", self.steps, "an int >= 0")
+        for name in ("batch", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError("TrainSettings", name, getattr(self, name), "an int >= 1")
+        if not 0 < self.lr < 1:
+            raise ConfigError("TrainSettings", "lr", self.lr, "a learning rate in (0, 1)")
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    done = (step - s.warmup) / max(s.steps - s.warmup, 1)
+    return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))))
+
+
+def check_out(out: str | Path, force: bool) -> Path:
+    """The weights path; an existing file is an error unless ``force`` (nothing is overwritten silently)."""
+    p = Path(out)
+    if p.suffix != ".safetensors":
+        raise ConfigError("train", "out", str(out), "a path ending in .safetensors")
+    if p.exists() and not force:
+        raise ConfigError("train", "out", str(out), "a path that does not exist yet (or --force)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def run_loop(name: str, settings: TrainSettings, params: list[torch.nn.Parameter],
+             step_fn: Callable[[int], dict[str, float]], *, quiet: bool = False,
+             after_step: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run ``settings.steps`` optimiser steps; ``step_fn(step)`` computes the losses (the first
+    key is the one minimised, already backpropagated); ``after_step()`` runs after each update
+    (a projection onto a constraint). Returns the log."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    log: dict[str, Any] = {"step": [], "time_s": []}
+    running: dict[str, float] = {}
+    start = time.perf_counter()
+    with progress_bar(total=settings.steps, desc=f"train {name}", unit="step", quiet=quiet) as bar:
+        for step in range(settings.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, settings)
+            opt.zero_grad(set_to_none=True)
+            losses = step_fn(step)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if after_step is not None:
+                after_step()
+            for k, val in losses.items():
+                running[k] = running.get(k, 0.0) + float(val)
+            if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+                n = (step % settings.log_every) + 1
+                log["step"].append(step + 1)
+                log["time_s"].append(round(time.perf_counter() - start, 2))
+                for k, total in running.items():
+                    log.setdefault(k, []).append(total / n)
+                bar.set_postfix({k: f"{total / n:.4f}" for k, total in list(running.items())[:2]})
+                if bar.disable and not quiet and (step + 1) % max(settings.steps // 10, 1) < settings.log_every:
+                    # no terminal for the bar (a log file, CI): a plain line every tenth of the run
+                    losses_now = ", ".join(f"{k} {total / n:.4f}" for k, total in running.items())
+                    print(f"train {name}: step {step + 1}/{settings.steps}, {losses_now}, "
+                          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+                running = {}
+            bar.update(1)
+    log["wall_s"] = round(time.perf_counter() - start, 1)
+    return log
+
+
+def machine() -> dict[str, Any]:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "processor": platform.machine()}
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any], training: dict[str, Any],
+         log: dict[str, Any]) -> None:
+    """Weights with their config and training record in the safetensors metadata, and the loss log beside."""
+    from safetensors.torch import save_file
+
+    meta = {"config": json.dumps(config, sort_keys=True), "training": json.dumps(training, sort_keys=True)}
+    save_file({k: t.detach().contiguous().float() for k, t in tensors.items()}, str(path), metadata=meta)
+    path.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``config`` / ``training`` JSON a trainer stored in a safetensors file (empty when absent)."""
+    from safetensors import safe_open
+
+    from accelframe.errors import CheckpointError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(str(path), f"not a readable safetensors file ({err})") from err
+    return {k: json.loads(v) for k, v in meta.items() if k in ("config", "training")}
+
+
+def batches(seed: int) -> Iterator[int]:
+    """Per-step seeds of a training run (one integer stream, so a run is reproducible from ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+
+__all__ = ["TrainSettings", "batches", "check_out", "lr_at", "machine", "read_metadata", "run_loop", "save"]
