@@ -21,7 +21,6 @@ and unit spread per channel with the identity ``latents_mean`` / ``latents_std``
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from typing import Any
 import attrs
 import torch
 
-from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.wan_vae import CausalConv3d, WanVAE
 from accelframe_adapters.world import clips, training
 from accelframe_adapters.world.models import vae_config
@@ -130,22 +128,9 @@ def evaluate(vae: WanVAE, n: int = 16, frames: int = clips.PIXEL_FRAMES, seed: i
             "latent_std": float(lat.std())}
 
 
-def _skip_phase(phase: Phase, seeds) -> None:
-    """Advance the random streams past ``phase`` as a full run would have drawn them."""
-    c = vae_config()
-    r, latent = c.spatial_ratio, 1 + (phase.frames - 1) // c.temporal_ratio
-    for _ in range(phase.settings.steps):
-        next(seeds)
-        # a step's latent noise
-        torch.randn(phase.settings.batch, c.z_dim, latent, phase.crop // r, phase.crop // r)
-
-
 def train(out: str | Path, *, phases: tuple[Phase, ...] = PHASES, force: bool = False, quiet: bool = False,
-          fit_clips: int = 32, eval_clips: int = 16, resume: str | Path | None = None,
-          resume_after: int = 0) -> dict[str, Any]:
-    """Run the ``phases`` in order, folding the latent statistics into the network after each.
-    ``resume``: the file a run of the first ``resume_after`` phases wrote; the random streams are
-    advanced past those phases, so the result is what one run of every phase gives."""
+          fit_clips: int = 32, eval_clips: int = 16) -> dict[str, Any]:
+    """Run the ``phases`` in order, folding the latent statistics into the network after each."""
     path = training.check_out(out, force)
     seed = phases[0].settings.seed
     torch.manual_seed(seed)
@@ -175,16 +160,7 @@ def train(out: str | Path, *, phases: tuple[Phase, ...] = PHASES, force: bool = 
     log: dict[str, Any] = {"step": [], "time_s": [], "wall_s": 0.0, "phase_ends": []}
     norms: list[dict[str, list[float]]] = []
     steps_done = 0
-    if resume is not None:
-        for phase in phases[:resume_after]:
-            _skip_phase(phase, seeds)
-        ck.fit(vae, ck.read_tensors(resume), str(resume), what="the partly trained world VAE")
-        log = json.loads(Path(resume).with_suffix(".log.json").read_text())
-        log.setdefault("phase_ends", [sum(p.settings.steps for p in phases[:i + 1]) for i in range(resume_after)])
-        rec = training.read_metadata(resume)["training"]
-        norms = rec.get("normalisations") or [rec["normalisation"]]
-        steps_done = sum(p.settings.steps for p in phases[:resume_after])
-    for phase in phases[resume_after if resume is not None else 0:]:
+    for phase in phases:
         vae.train()
         part = training.run_loop(f"vae {phase.name} ({phase.frames}-frame clips)", phase.settings,
                                  list(vae.parameters()), make_step(phase), quiet=quiet,
