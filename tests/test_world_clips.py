@@ -47,6 +47,17 @@ def test_render_is_deterministic_in_range_and_stays_inside_the_frame():
             assert m.radius <= x <= 64 - m.radius and m.radius <= y <= 64 - m.radius
 
 
+def test_paths_are_centred_up_to_the_jitter():
+    mids = []
+    for seed in range(40):
+        for direction in clips.DIRECTIONS:
+            m = clips.draw_motion(attrs.evolve(SCENE, direction=direction), seed)
+            x, y = m.centre(52)  # mid-clip (frame 52 of 0 .. 104)
+            assert abs(x - 32) <= clips.JITTER + 1e-6 and abs(y - 32) <= clips.JITTER + 1e-6
+            mids.append((x, y))
+    assert len(set(mids)) == len(mids)  # the seed still moves the path
+
+
 def test_motion_follows_the_prompt():
     m = clips.draw_motion(attrs.evolve(SCENE, direction="down", speed="slowly", size="small"), 1)
     assert m.step[0] == 0 and 0.18 <= m.step[1] <= 0.22 and 5.5 <= m.radius <= 6.5

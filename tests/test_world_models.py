@@ -53,7 +53,7 @@ def test_world_target_is_bigger_than_the_drafter():
     t = models.load_dit("target")
     d = models.load_dit("drafter")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(t) > 3 * count(d)
+    assert count(t) > 2 * count(d)
     assert (t.cfg.in_dim, t.cfg.text_dim) == (d.cfg.in_dim, d.cfg.text_dim) == (models.Z_DIM, models.TEXT_DIM)
 
 
@@ -146,6 +146,25 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
     with pytest.raises(ConfigError, match="does not exist yet"):
         train_dit.train("drafter", out, vae=models.weights_path("vae"), text=models.weights_path("text"),
                         clips_n=2, settings=settings, quiet=True)
+
+
+def test_weight_average_follows_the_ramped_decay():
+    from accelframe_adapters.world.train_dit import WeightAverage
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    ema = WeightAverage(lin, decay=0.5)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update()  # decay min(0.5, 2 / 11): 0 + (1 - 2/11) * (1 - 0)
+    assert ema.shadow["weight"].item() == pytest.approx(9 / 11)
+    with torch.no_grad():
+        lin.weight.fill_(3.0)
+    ema.update()  # decay min(0.5, 3 / 12) = 0.25
+    assert ema.shadow["weight"].item() == pytest.approx(9 / 11 + 0.75 * (3 - 9 / 11))
+    assert ema.state_dict()["weight"].item() == pytest.approx(ema.shadow["weight"].item())
+    assert lin.weight.item() == 3.0  # the trained weights stay as they are
 
 
 def test_noise_levels_follow_the_four_patterns():

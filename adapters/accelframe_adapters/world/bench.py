@@ -128,7 +128,7 @@ def run_bench(*, n: int, adapter: str = "self-forcing", seed: int = 0, batch: in
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, default=48, help="held-out prompts to generate (default: 48)")
-    p.add_argument("--quick", action="store_true", help="8 prompts: under a minute on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="6 prompts: under a minute on 2 CPU cores")
     p.add_argument("--adapter", default="self-forcing", choices=ADAPTERS, help="loop (default: self-forcing)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter keyword argument for both models, repeatable")
@@ -140,7 +140,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelframe.cli import parse_assignments
 
-    n = 8 if args.quick else args.clips
+    n = 6 if args.quick else args.clips
     doc = run_bench(n=n, adapter=args.adapter, seed=args.seed, batch=args.batch,
                     adapter_kwargs=parse_assignments(args.set, "--set"), quiet=args.json)
     if args.json:

@@ -34,7 +34,8 @@ ABOUT = {
                "and the SkyReels-V2 staircase.",
                "Training-split clips of 105 frames (27 latent frames) encoded by the world VAE; flow matching "
                "v = eps - x0 with four noise-level patterns (per block, teacher forcing, per frame, synchronous) "
-               "and 10 % empty prompts (see `world/train_dit.py`)."),
+               "and 10 % empty prompts; the file holds the exponential moving average of the weights "
+               "(see `world/train_dit.py`)."),
     "reward": ("The world's frame reward: ImageReward's shape (a ViT over 8 x 8 patches, a text encoder whose "
                "layers cross-attend to the image, an MLP on the first token), scores standardised.",
                "Pairs of a good frame (rendered, or through the world VAE) and a bad one for the same prompt "

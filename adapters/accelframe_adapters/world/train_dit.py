@@ -19,6 +19,9 @@ causal blocks. Per-frame noise levels (diffusion forcing), one pattern per clip:
 Levels are drawn as ``s = 3u / (1 + 2u)`` with ``u`` uniform (Wan's shift of 3 toward noisy levels,
 where the few-step loops spend their calls). One prompt in ten is replaced by the empty prompt, so the
 model also predicts unconditionally (classifier-free guidance, SkyReels-V2's default).
+
+The saved weights are an exponential moving average of the trained ones (decay ``EMA``, ramped up
+as ``(1 + n) / (10 + n)`` over the first updates), as Self-Forcing ships its ``generator_ema``.
 """
 
 from __future__ import annotations
@@ -39,11 +42,31 @@ from accelframe_adapters.world import clips, training
 from accelframe_adapters.world.models import CAUSAL_BLOCK, drafter_config, target_config, vae_config
 
 DEFAULTS = {
-    "target": training.TrainSettings(steps=2000, batch=8, lr=1e-3, seed=0, warmup=200, log_every=25),
+    "target": training.TrainSettings(steps=3000, batch=8, lr=1e-3, seed=0, warmup=200, log_every=25),
     "drafter": training.TrainSettings(steps=1500, batch=8, lr=1.5e-3, seed=1, warmup=100, log_every=25),
 }
 CONFIGS = {"target": target_config, "drafter": drafter_config}
 SHIFT = 3.0
+EMA = 0.998
+
+
+class WeightAverage:
+    """An exponential moving average of a module's parameters; ``update()`` after each optimiser step."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.module, self.decay, self.updates = module, decay, 0
+        self.shadow = {k: p.detach().clone() for k, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in self.module.named_parameters():
+            self.shadow[k].lerp_(p.detach(), 1.0 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's state with the averaged parameters in place of the trained ones."""
+        return {**self.module.state_dict(), **self.shadow}
 
 
 def load_vae(path: str | Path) -> WanVAE:
@@ -175,14 +198,15 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
         loss.backward()
         return {"loss": loss.item()}
 
-    log = training.run_loop(which, settings, list(dit.parameters()), step, quiet=quiet)
+    ema = WeightAverage(dit, EMA)
+    log = training.run_loop(which, settings, list(dit.parameters()), step, quiet=quiet, after_step=ema.update)
     dit.eval()
-    record = {"settings": attrs.asdict(settings), "clips": clips_n, "causal_block": CAUSAL_BLOCK,
+    record = {"settings": attrs.asdict(settings), "clips": clips_n, "causal_block": CAUSAL_BLOCK, "ema": EMA,
               "machine": training.machine(), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in dit.parameters()),
               "command": f"accelframe world train {which} --steps {settings.steps} --seed {settings.seed}"}
-    training.save(path, dit.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
+    training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
 
 
-__all__ = ["CONFIGS", "DEFAULTS", "build_dataset", "load_text", "load_vae", "make_text", "noise_levels", "train"]
+__all__ = ["CONFIGS", "DEFAULTS", "EMA", "WeightAverage", "build_dataset", "load_text", "load_vae", "make_text", "noise_levels", "train"]

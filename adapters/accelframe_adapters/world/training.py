@@ -67,7 +67,7 @@ def run_loop(name: str, settings: TrainSettings, params: list[torch.nn.Parameter
              after_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run ``settings.steps`` optimiser steps; ``step_fn(step)`` computes the losses (the first
     key is the one minimised, already backpropagated); ``after_step()`` runs after each update
-    (a projection onto a constraint). Returns the log."""
+    (a projection onto a constraint, a weight average). Returns the log."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
