@@ -2,8 +2,8 @@
 
 A clip is fixed by a :class:`Scene` (what the prompt says: shape, colour, direction, background,
 and optionally size and speed) and a seed (everything the prompt leaves open: the exact size and
-speed within their class, a small offset of the path). Rendering is deterministic: the same scene and seed
-give the same bits on every machine (float32 arithmetic on a fixed grid, no library RNG).
+speed within their class, a small offset of the path). Rendering is deterministic: the same scene
+and seed give the same bits on every machine (float32 arithmetic on a fixed grid, no library RNG).
 
 Geometry, in pixels of a ``W x H`` frame (default 64 x 64, 105 frames = 27 latent frames = 9
 blocks of 3):
@@ -228,6 +228,6 @@ def render(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int =
     return (1.0 - a) * bg + a * fg  # [T, 3, H, W]
 
 
-__all__ = ["COLOURS", "DIRECTIONS", "FPS", "HEIGHT", "JITTER", "Motion", "PIXEL_FRAMES", "SHAPES", "SIZES", "SPEEDS",
-           "Scene", "WIDTH", "all_combinations", "all_scenes", "draw_motion", "held_out", "parse_prompt",
+__all__ = ["COLOURS", "DIRECTIONS", "FPS", "HEIGHT", "JITTER", "Motion", "PIXEL_FRAMES", "SHAPES", "SIZES",
+           "SPEEDS", "Scene", "WIDTH", "all_combinations", "all_scenes", "draw_motion", "held_out", "parse_prompt",
            "coverage", "render", "sample_scenes", "signed_distance"]

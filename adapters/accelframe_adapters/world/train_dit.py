@@ -209,4 +209,5 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     return record
 
 
-__all__ = ["CONFIGS", "DEFAULTS", "EMA", "WeightAverage", "build_dataset", "load_text", "load_vae", "make_text", "noise_levels", "train"]
+__all__ = ["CONFIGS", "DEFAULTS", "EMA", "WeightAverage", "build_dataset", "load_text", "load_vae", "make_text",
+           "noise_levels", "train"]
