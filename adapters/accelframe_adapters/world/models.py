@@ -15,7 +15,8 @@ import torch
 from accelframe.errors import CheckpointError
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.wan_dit import WanDiT, WanDiTConfig
-from accelframe_adapters.wan_vae import WanVAEConfig
+from accelframe_adapters.text import WordEncoder
+from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
 FILES = {
@@ -62,6 +63,20 @@ def weights_path(name: str) -> Path:
     return p
 
 
+def load_vae(path: str | Path) -> WanVAE:
+    """The world VAE from ``path``, in eval mode; a damaged or foreign file raises naming it."""
+    vae = WanVAE(vae_config())
+    ck.fit(vae, ck.read_tensors(path), str(path), what="the world VAE")
+    return vae.eval()
+
+
+def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
+    """The world's word encoder from ``path``, in eval mode."""
+    enc = WordEncoder(text_dim, text_len)
+    ck.fit(enc, ck.read_tensors(path), str(path), what="the world word encoder")
+    return enc.eval()
+
+
 def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanDiT:
     """The shipped ``target`` or ``drafter`` DiT; its config is read from the file's metadata."""
     from accelframe_adapters.world.training import read_metadata
@@ -80,7 +95,6 @@ def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtyp
 
 def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | None = None):
     """The world reward as a scorer ``(frames [B, T, 3, H, W] in [0, 1], prompts) -> [B, T]``."""
-    from accelframe_adapters.text import WordEncoder
     from accelframe_adapters.world.reward import FrameReward, RewardConfig, WorldScorer
     from accelframe_adapters.world.training import read_metadata
 
@@ -88,11 +102,9 @@ def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | 
     cfg = RewardConfig(**read_metadata(path).get("config", {}))
     model = FrameReward(cfg)
     ck.fit(model, ck.read_tensors(path), path, what="the world reward")
-    tpath = text or str(weights_path("text"))
-    enc = WordEncoder(cfg.text_dim, cfg.text_len)
-    ck.fit(enc, ck.read_tensors(tpath), tpath, what="the world word encoder")
-    return WorldScorer(model, enc.eval(), device=device)
+    enc = load_text(text or weights_path("text"), cfg.text_dim, cfg.text_len)
+    return WorldScorer(model, enc, device=device)
 
 
-__all__ = ["load_dit", "load_scorer", "CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "TEXT_DIM", "TEXT_LEN", "WEIGHTS",
+__all__ = ["load_dit", "load_scorer", "load_text", "load_vae", "CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "TEXT_DIM", "TEXT_LEN", "WEIGHTS",
            "Z_DIM", "drafter_config", "target_config", "vae_config", "weights_path"]

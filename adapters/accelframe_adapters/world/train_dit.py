@@ -39,7 +39,7 @@ from accelframe_adapters.text import WordEncoder
 from accelframe_adapters.wan_dit import WanDiT
 from accelframe_adapters.wan_vae import WanVAE
 from accelframe_adapters.world import clips, training
-from accelframe_adapters.world.models import CAUSAL_BLOCK, drafter_config, target_config, vae_config
+from accelframe_adapters.world.models import CAUSAL_BLOCK, drafter_config, load_text, load_vae, target_config
 
 DEFAULTS = {
     "target": training.TrainSettings(steps=3000, batch=8, lr=1e-3, seed=0, warmup=200, log_every=25),
@@ -67,18 +67,6 @@ class WeightAverage:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The module's state with the averaged parameters in place of the trained ones."""
         return {**self.module.state_dict(), **self.shadow}
-
-
-def load_vae(path: str | Path) -> WanVAE:
-    vae = WanVAE(vae_config())
-    ck.fit(vae, ck.read_tensors(path), str(path), what="the world VAE")
-    return vae.eval()
-
-
-def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
-    enc = WordEncoder(text_dim, text_len)
-    ck.fit(enc, ck.read_tensors(path), str(path), what="the world word encoder")
-    return enc.eval()
 
 
 def make_text(seed: int = 0) -> WordEncoder:
