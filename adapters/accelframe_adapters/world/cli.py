@@ -3,6 +3,7 @@
     accelframe world train vae        # then text, target, drafter, reward (each needs the VAE and text)
     accelframe world cards            # model cards (markdown + loss-curve png) from the weights' records
     accelframe world sample --prompt "a red circle moves left on a blue background" --out clip.png
+    accelframe world probe --model target   # does the DiT read the shape's colour from the prompt?
 
 Each ``train`` writes ``world-MODEL.safetensors`` (default: the installed weights folder, which
 holds the shipped files: replacing them needs ``--force``) and a ``.log.json`` loss log beside it.
@@ -56,6 +57,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--out", required=True, help=".mp4 (with a .png strip) or .png")
     p.add_argument("--force", action="store_true", help="overwrite --out")
+
+    p = sub.add_parser("probe", help="does a world DiT read the shape's colour from the prompt? (x0 estimates)",
+                       description="Noise the first block of rendered clips to each level, read the DiT's x0 "
+                                   "estimate, decode it and check the colour inside the true shape and around it "
+                                   "(see docs/world.md).")
+    p.add_argument("--model", choices=("target", "drafter"), default="target", help="which DiT (default: target)")
+    p.add_argument("--prompts", type=int, default=16, help="scenes probed (default: 16)")
+    p.add_argument("--split", choices=("eval", "train"), default="eval",
+                   help="held-out (eval, default) or training prompts")
+    p.add_argument("--seed", type=int, default=7000, help="seed of the scenes and the noise (default: 7000)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (default: a markdown table)")
     parser.set_defaults(world_parser=parser)
 
 
@@ -129,6 +141,18 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from accelframe_adapters.world import models, probe
+
+    dit = models.load_dit(args.model)
+    vae = models.load_vae(models.weights_path("vae"))
+    enc = models.load_text(models.weights_path("text"), dit.cfg.text_dim, dit.cfg.text_len)
+    doc = probe.binding(dit, vae, enc, prompts=args.prompts, seed=args.seed, split=args.split)
+    doc["model"] = args.model
+    print(json.dumps(doc, indent=2) if args.json else probe.format_table(doc))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "world_command", None)
     if cmd is None:
@@ -142,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         for p in write_cards(args.dir, quality=args.quality):
             print(f"wrote {p}")
         return 0
+    if cmd == "probe":
+        return _probe(args)
     return _sample(args)
 
 
