@@ -9,7 +9,7 @@ import torch
 
 from accelframe import cli
 from accelframe.errors import ConfigError
-from accelframe_adapters.world import clips, models, probe
+from accelframe_adapters.world import clips, models, probe, quality
 
 
 class Oracle:
@@ -57,7 +57,7 @@ def test_a_model_that_draws_only_the_background_reads_no_shape_colour(vae):
 
 
 def test_nearest_colour_and_shape_mask():
-    assert probe.nearest_colour(torch.tensor(clips.COLOURS["orange"])) == "orange"
+    assert quality.nearest_colour(torch.tensor(clips.COLOURS["orange"])) == "orange"
     scene = clips.Scene(shape="circle", colour="red", direction="left", background="blue", size="large")
     m = probe.shape_mask(scene, 0)
     assert m.shape == (clips.HEIGHT, clips.WIDTH) and 200 < int(m.sum()) < 320  # pi * 9.5^2 = 284

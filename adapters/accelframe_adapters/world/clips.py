@@ -207,10 +207,10 @@ def coverage(shape: str, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor | f
     return (0.5 - signed_distance(shape, dx, dy, r)).clamp(0.0, 1.0)
 
 
-def render(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int = HEIGHT,
-           width: int = WIDTH, span: tuple[int, int] | None = None) -> torch.Tensor:
-    """The clip of ``scene`` drawn with ``seed``: ``[frames, 3, height, width]`` float32 in [0, 1];
-    ``span = (a, b)`` renders only its frames ``a .. b - 1`` (``[b - a, 3, height, width]``)."""
+def shape_coverage(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int = HEIGHT,
+                   width: int = WIDTH, span: tuple[int, int] | None = None) -> torch.Tensor:
+    """The shape's anti-aliased coverage in the clip of ``scene`` drawn with ``seed``:
+    ``[frames, height, width]`` in [0, 1] (``span = (a, b)``: only frames ``a .. b - 1``)."""
     m = draw_motion(scene, seed, frames=frames, height=height, width=width)
     first, end = span if span is not None else (0, frames)
     if not 0 <= first < end <= frames:
@@ -221,7 +221,14 @@ def render(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int =
     n = end - first
     cx = (m.start[0] + t * m.step[0]).view(n, 1, 1)  # [T, 1, 1]
     cy = (m.start[1] + t * m.step[1]).view(n, 1, 1)
-    alpha = coverage(scene.shape, xs.view(1, 1, -1) - cx, ys.view(1, -1, 1) - cy, m.radius)  # [T, H, W]
+    return coverage(scene.shape, xs.view(1, 1, -1) - cx, ys.view(1, -1, 1) - cy, m.radius)  # [T, H, W]
+
+
+def render(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int = HEIGHT,
+           width: int = WIDTH, span: tuple[int, int] | None = None) -> torch.Tensor:
+    """The clip of ``scene`` drawn with ``seed``: ``[frames, 3, height, width]`` float32 in [0, 1];
+    ``span = (a, b)`` renders only its frames ``a .. b - 1`` (``[b - a, 3, height, width]``)."""
+    alpha = shape_coverage(scene, seed, frames=frames, height=height, width=width, span=span)  # [T, H, W]
     fg = torch.tensor(COLOURS[scene.colour]).view(1, 3, 1, 1)
     bg = torch.tensor(COLOURS[scene.background]).view(1, 3, 1, 1)
     a = alpha.unsqueeze(1)  # [T, 1, H, W]
@@ -230,4 +237,5 @@ def render(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int =
 
 __all__ = ["COLOURS", "DIRECTIONS", "FPS", "HEIGHT", "JITTER", "Motion", "PIXEL_FRAMES", "SHAPES", "SIZES",
            "SPEEDS", "Scene", "WIDTH", "all_combinations", "all_scenes", "draw_motion", "held_out", "parse_prompt",
-           "coverage", "render", "sample_scenes", "signed_distance"]
+           "coverage", "render", "sample_scenes", "shape_coverage",
+           "signed_distance"]

@@ -106,5 +106,5 @@ def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | 
     return WorldScorer(model, enc, device=device)
 
 
-__all__ = ["load_dit", "load_scorer", "load_text", "load_vae", "CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "TEXT_DIM", "TEXT_LEN", "WEIGHTS",
-           "Z_DIM", "drafter_config", "target_config", "vae_config", "weights_path"]
+__all__ = ["CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "TEXT_DIM", "TEXT_LEN", "WEIGHTS", "Z_DIM", "drafter_config",
+           "load_dit", "load_scorer", "load_text", "load_vae", "target_config", "vae_config", "weights_path"]

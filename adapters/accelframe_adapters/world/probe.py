@@ -27,6 +27,7 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe_adapters.world import clips
+from accelframe_adapters.world.quality import nearest_colour
 from accelframe_adapters.world.models import CAUSAL_BLOCK
 
 LEVELS = (1.0, 0.9, 0.8, 0.6, 0.4)
@@ -34,20 +35,9 @@ BLOCK_PIXELS = 1 + 4 * (CAUSAL_BLOCK - 1)  # 9 pixel frames make the first laten
 FRAME = 4  # the pixel frame read, inside block 0
 
 
-def nearest_colour(rgb: torch.Tensor) -> str:
-    """The world colour nearest to ``rgb: [3]`` in [0, 1]."""
-    names = list(clips.COLOURS)
-    table = torch.tensor([clips.COLOURS[n] for n in names])  # [10, 3]
-    return names[int((table - rgb).norm(dim=1).argmin())]
-
-
 def shape_mask(scene: clips.Scene, seed: int, frame: int = FRAME) -> torch.Tensor:
     """Pixels fully covered by the scene's shape at ``frame``: ``[H, W]`` bool."""
-    m = clips.draw_motion(scene, seed)
-    cx, cy = m.centre(frame)
-    xs = torch.arange(clips.WIDTH, dtype=torch.float32) + 0.5
-    ys = torch.arange(clips.HEIGHT, dtype=torch.float32) + 0.5
-    return clips.coverage(scene.shape, xs.view(1, -1) - cx, ys.view(-1, 1) - cy, m.radius) > 0.9
+    return clips.shape_coverage(scene, seed, span=(frame, frame + 1))[0] > 0.9
 
 
 def probe_scenes(prompts: int, seed: int, split: str = "eval") -> tuple[list[clips.Scene], list[int]]:
@@ -111,5 +101,5 @@ def format_table(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["BLOCK_PIXELS", "FRAME", "LEVELS", "binding", "first_block", "format_table", "nearest_colour",
-           "probe_scenes", "shape_mask"]
+__all__ = ["BLOCK_PIXELS", "FRAME", "LEVELS", "binding", "first_block", "format_table", "probe_scenes",
+           "shape_mask"]

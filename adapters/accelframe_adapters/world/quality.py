@@ -92,6 +92,11 @@ def segment(video: torch.Tensor) -> torch.Tensor:
     return idx.view(video.shape[0], video.shape[2], video.shape[3])
 
 
+def nearest_colour(rgb: torch.Tensor) -> str:
+    """The name of the world colour nearest to ``rgb: [3]`` in [0, 1] (no ``MATCH`` cut-off)."""
+    return _NAMES[int((_PALETTE - rgb).norm(dim=1).argmin())]
+
+
 def soft_mask(video: torch.Tensor, colour: str, background: str) -> torch.Tensor:
     """Soft coverage ``[T, H, W]`` in [0, 1] of ``colour`` over ``background``: the position of each
     pixel along the line between the two colours, 0 for pixels farther than ``MATCH`` from that line."""
@@ -226,4 +231,4 @@ def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     return out
 
 
-__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "measure", "segment", "summarise"]
+__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "measure", "nearest_colour", "segment", "summarise"]
