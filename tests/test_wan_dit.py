@@ -182,3 +182,25 @@ def test_mask_blocks_stay_aligned_for_a_call_that_starts_mid_video():
     assert _rel(part[:, :, :2], full[:, :, 2:4]) > 1e-3  # frames 2, 3 saw frames 0, 1 in the full pass
     m = block_causal_mask(3, 1, 2, first=1)  # frames 1, 2, 3: blocks 0, 1, 1
     assert m.tolist() == [[True, False, False], [True, True, True], [True, True, True]]
+
+
+def test_spatial_embedding_places_tokens_and_checks_the_grid():
+    from accelframe.errors import ConfigError
+
+    plain = _model()
+    assert not hasattr(plain, "spatial_embedding")  # the default is Wan's DiT, nothing added
+    model = _model(spatial_grid=(4, 4))  # 8 x 8 latents, patch 2 x 2
+    assert model.spatial_embedding.shape == (4, 4, 32)  # [h, w, D]
+    x, t, ctx = _inputs(f=3)
+    with torch.no_grad():
+        out = model(x, t, ctx, causal_block=3)
+        model.spatial_embedding.zero_()
+        without = model(x, t, ctx, causal_block=3)
+    assert out.shape == x.shape and _rel(out, without) > 1e-3  # the embedding reaches the output
+    sd = model.state_dict()
+    assert WanDiTConfig.from_state_dict(sd, num_heads=2).spatial_grid == (4, 4)
+    assert WanDiTConfig.from_state_dict(plain.state_dict(), num_heads=2).spatial_grid is None
+    with pytest.raises(ConfigError, match="token grid"):
+        model(torch.randn(1, 4, 3, 8, 12), t, ctx)  # 4 x 6 tokens against a 4 x 4 table
+    with pytest.raises(ConfigError, match="spatial_grid"):
+        WanDiTConfig.tiny(spatial_grid=(4, 0))

@@ -374,3 +374,24 @@ def test_skyreels_snapshot_restores_solver_and_addnoise_generator():
     a.restore(state, snap)
     v2 = a.denoise(x, later, later.frames, state, later.kv_write)
     assert torch.equal(v1, v2)
+
+
+def test_self_forcing_guidance_mixes_a_negative_pass_that_writes_nothing():
+    from accelframe.errors import ConfigError
+    from accelframe.types import KVWrite
+
+    a = SelfForcingAdapter(**SMALL, guidance_scale=3.0)
+    req = Request(prompts=("a red circle",), num_frames=6, seed=1)
+    state = a.init_state(req, a.encode_prompt(list(req.prompts)))
+    first = next(iter(a.plan(req)))  # block 0, first step: no context yet
+    x = torch.randn(1, 3, *a.latent_shape, generator=torch.Generator().manual_seed(0))  # [B, F, C, H, W]
+    got = a.denoise(x, first, (0, 3), state, KVWrite.SCRATCH)
+    t = a.timesteps(first, (0, 3)).expand(1, -1)
+    with torch.no_grad():
+        v_c = a.from_model(a.dit(a.to_model(x), t, a.encode_prompt(["a red circle"])))
+        v_u = a.from_model(a.dit(a.to_model(x), t, a.encode_prompt([""])))
+    torch.testing.assert_close(got, v_u + 3.0 * (v_c - v_u), rtol=1e-5, atol=1e-5)
+    assert state.kv.scratch_frames == (0, 1, 2)  # the conditional pass's scratch K/V, kept
+    assert "uncond" not in SelfForcingAdapter(**SMALL).init_state(req, state.cross).family  # 1.0: the reference
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        SelfForcingAdapter(**SMALL, guidance_scale=0.5)

@@ -136,16 +136,45 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
     out = tmp_path / "d.safetensors"
     settings = training.TrainSettings(steps=2, batch=2, lr=1e-3, warmup=1, log_every=1)
     rec = train_dit.train("drafter", out, vae=models.weights_path("vae"), text=models.weights_path("text"),
-                          clips_n=2, settings=settings, quiet=True)
-    assert rec["settings"]["steps"] == 2
+                          clips_n=2, settings=settings, short_steps=1, quiet=True)  # one short, one full step
+    assert rec["settings"]["steps"] == 2 and rec["short_steps"] == 1
     meta = training.read_metadata(out)
     dit = WanDiT(WanDiTConfig(**meta["config"]))
+    assert dit.cfg.spatial_grid == models.SPATIAL_GRID
     ck.fit(dit, ck.read_tensors(out), str(out), what="drafter")
     log = json.loads(out.with_suffix(".log.json").read_text())
     assert log["step"] == [1, 2] and len(log["loss"]) == 2
     with pytest.raises(ConfigError, match="does not exist yet"):
         train_dit.train("drafter", out, vae=models.weights_path("vae"), text=models.weights_path("text"),
                         clips_n=2, settings=settings, quiet=True)
+    more = train_dit.train("drafter", tmp_path / "more.safetensors", vae=models.weights_path("vae"),
+                           text=models.weights_path("text"), clips_n=2, settings=settings, init=out, quiet=True)
+    assert more["init"]["file"] == "d.safetensors" and more["init"]["training"]["short_steps"] == 1
+    assert "--init d.safetensors" in more["command"]
+    with pytest.raises(ConfigError, match="init"):  # the target's weights do not fit the drafter
+        train_dit.train("drafter", tmp_path / "x.safetensors", vae=models.weights_path("vae"),
+                        text=models.weights_path("text"), clips_n=2, settings=settings,
+                        init=models.weights_path("target"), quiet=True)
+    with pytest.raises(ConfigError, match="short_steps"):
+        train_dit.train("drafter", tmp_path / "e.safetensors", vae=models.weights_path("vae"),
+                        text=models.weights_path("text"), clips_n=2, settings=settings, short_steps=-1, quiet=True)
+
+
+def test_object_masks_cover_the_shape_in_each_latent_frame():
+    from accelframe_adapters.world import clips, train_dit
+
+    scene = clips.parse_prompt("a large red square moves quickly right on a blue background")
+    m = train_dit.object_masks([scene.prompt], [3], 27, (16, 16))[0]  # [F, h, w]
+    a = clips.shape_coverage(scene, 3)  # [105, 64, 64]
+    assert m.shape == (27, 16, 16) and set(m.unique().tolist()) == {0.0, 1.0}
+    for f, frames in ((0, [0]), (5, [17, 18, 19, 20]), (26, [101, 102, 103, 104])):
+        under = torch.nn.functional.max_pool2d(a[frames].amax(0)[None, None], 4)[0, 0] > 0  # [16, 16]
+        assert bool(m[f][under].all())  # every latent pixel under the shape
+        grown = torch.nn.functional.max_pool2d(under.float()[None, None], 3, 1, 1)[0, 0] > 0
+        assert torch.equal(m[f] > 0, grown)  # and one latent pixel around it, nothing more
+    assert float(m[26].flatten().nonzero().float().mean()) != float(m[0].flatten().nonzero().float().mean())
+    with pytest.raises(ConfigError, match="prompt"):
+        train_dit.object_masks(["a red circle"], [0], 27, (16, 16))
 
 
 def test_weight_average_follows_the_ramped_decay():
@@ -225,4 +254,4 @@ def test_world_doc_examples_run(capsys, monkeypatch):
     for block in blocks:
         exec(compile(block, "docs/world.md", "exec"), {})
     out = capsys.readouterr().out.split()
-    assert out[:2] == ["0.98", "True"] and "torch.Size([1," in out
+    assert out[:2] == ["0.99", "True"] and "torch.Size([1," in out

@@ -60,7 +60,7 @@ def test_nearest_colour_and_shape_mask():
     assert quality.nearest_colour(torch.tensor(clips.COLOURS["orange"])) == "orange"
     scene = clips.Scene(shape="circle", colour="red", direction="left", background="blue", size="large")
     m = probe.shape_mask(scene, 0)
-    assert m.shape == (clips.HEIGHT, clips.WIDTH) and 200 < int(m.sum()) < 320  # pi * 9.5^2 = 284
+    assert m.shape == (clips.HEIGHT, clips.WIDTH) and 400 < int(m.sum()) < 540  # pi * 12.5^2 = 491
 
 
 @pytest.mark.parametrize("kw, field", [({"prompts": 0}, "prompts"), ({"levels": (0.0,)}, "levels"),

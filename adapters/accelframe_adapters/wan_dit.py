@@ -59,6 +59,11 @@ class WanDiTConfig:
     qk_norm: bool = True
     eps: float = attrs.field(default=1e-6, validator=v.number_in(0.0, 1.0))
     inject_sample_info: bool = False  # SkyReels-V2: an fps embedding added to the modulation
+    # Not in Wan: a learned embedding per token of an (h, w) grid, added after the patch embedding
+    # (key ``spatial_embedding``). The embedded world's DiTs use it: RoPE positions are relative, so
+    # at full noise a Wan DiT cannot tell where in the frame a token sits (docs/world.md). None: Wan.
+    spatial_grid: tuple[int, int] | None = attrs.field(default=None,
+                                                       converter=lambda g: None if g is None else tuple(g))
     rope_max_len: int = attrs.field(default=1024, validator=v.number_in(1, integer=True))
 
     def __attrs_post_init__(self) -> None:
@@ -74,6 +79,9 @@ class WanDiTConfig:
         if self.patch_size[0] != 1:
             raise ConfigError("WanDiTConfig", "patch_size", self.patch_size,
                               "a temporal patch of 1 (AR units address single latent frames)")
+        if self.spatial_grid is not None and (len(self.spatial_grid) != 2
+                                              or any(not isinstance(n, int) or n < 1 for n in self.spatial_grid)):
+            raise ConfigError("WanDiTConfig", "spatial_grid", self.spatial_grid, "None or two positive ints (h, w)")
 
     @property
     def head_dim(self) -> int:
@@ -115,7 +123,13 @@ class WanDiTConfig:
                    out_dim=head.shape[0] // math.prod(patch),
                    cross_attn_norm="blocks.0.norm3.weight" in sd,
                    qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
-                   inject_sample_info="fps_embedding.weight" in sd, **kw)
+                   inject_sample_info="fps_embedding.weight" in sd,
+                   spatial_grid=spatial_grid(sd.get("spatial_embedding")), **kw)
+
+
+def spatial_grid(table: torch.Tensor | None) -> tuple[int, int] | None:
+    """The (h, w) grid of a ``spatial_embedding`` table ``[h, w, D]`` (None without one)."""
+    return None if table is None else (int(table.shape[0]), int(table.shape[1]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,6 +459,8 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        if cfg.spatial_grid is not None:
+            self.spatial_embedding = nn.Parameter(torch.randn(*cfg.spatial_grid, d) * 0.02)  # [h, w, D]
         if cfg.inject_sample_info:
             self.fps_embedding = nn.Embedding(2, d)
             self.fps_projection = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 6 * d))
@@ -485,7 +501,15 @@ class WanDiT(nn.Module):
         """Patchify ``x: [B, C, F, H, W]`` -> tokens ``[B, F, S, D]`` and the token grid."""
         y = self.patch_embedding(x)  # [B, D, F, h, w]
         b, d, f, h, w = y.shape
-        return y.permute(0, 2, 3, 4, 1).reshape(b, f, h * w, d), (f, h, w)
+        tokens = y.permute(0, 2, 3, 4, 1)  # [B, F, h, w, D]
+        if self.cfg.spatial_grid is not None:
+            if (h, w) != self.cfg.spatial_grid:
+                raise ConfigError("WanDiT input", "token grid", (h, w),
+                                  f"{self.cfg.spatial_grid}: the grid this model's spatial embedding was trained "
+                                  f"for ({self.cfg.spatial_grid[0] * self.cfg.patch_size[1]} x "
+                                  f"{self.cfg.spatial_grid[1] * self.cfg.patch_size[2]} latents)")
+            tokens = tokens + self.spatial_embedding.to(tokens.dtype)
+        return tokens.reshape(b, f, h * w, d), (f, h, w)
 
     def probe(self, x: torch.Tensor, t: torch.Tensor, fps: int | None = None) -> torch.Tensor:
         """Block 0's timestep-modulated input ``[B, F, S, D]``: the cheap signal step policies

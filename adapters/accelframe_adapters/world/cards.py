@@ -31,11 +31,13 @@ ABOUT = {
     "target": ("The Wan 2.1 DiT (`accelframe_adapters.wan_dit.WanDiT`, original key names) in a tiny size, "
                "trained by diffusion forcing (independent per-frame noise levels, block-causal attention in "
                "blocks of 3 latent frames), so one set of weights serves the Self-Forcing / Krea block loops "
-               "and the SkyReels-V2 staircase.",
+               "and the SkyReels-V2 staircase. One addition to Wan: a learned spatial embedding of the 4 x 4 "
+               "token grid (`spatial_grid`), so the first block's estimate at full noise can place the shape.",
                "Training-split clips of 105 frames (27 latent frames) encoded by the world VAE; flow matching "
                "v = eps - x0 with four noise-level patterns (per block, teacher forcing, per frame, synchronous) "
-               "and 10 % empty prompts; the file holds the exponential moving average of the weights "
-               "(see `world/train_dit.py`)."),
+               "and 10 % empty prompts; the first `short_steps` steps see only the first two blocks; the loss "
+               "weights the shape's latent footprint by 1 + `object_weight`; the file holds the exponential "
+               "moving average of the weights (see `world/train_dit.py`)."),
     "reward": ("The world's frame reward: ImageReward's shape (a ViT over 8 x 8 patches, a text encoder whose "
                "layers cross-attend to the image, an MLP on the first token), scores standardised.",
                "Pairs of a good frame (rendered, or through the world VAE) and a bad one for the same prompt "
@@ -100,6 +102,9 @@ def write_card(name: str, folder: Path, bench: dict[str, Any] | None) -> list[Pa
     if s:
         lines.append(f"- {s['steps']} steps, batch {s['batch']}, AdamW lr {s['lr']} (warm-up {s['warmup']}, "
                      f"cosine to a tenth), seed {s['seed']}")
+    if "short_steps" in record:
+        lines.append(f"- of them {record['short_steps']} on the first {record['short_frames']} latent frames only; "
+                     f"shape footprint weighted 1 + {record['object_weight']:g}")
     if "wall_s" in record:
         m = record.get("machine", {})
         lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {m.get('threads', '?')} CPU threads "

@@ -35,7 +35,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for phase in ("local",):
         p.add_argument(f"--{phase}-steps", type=int, default=None,
                        help=f"VAE only: steps of its {phase!r} phase (default: the shipped model's)")
+    p.add_argument("--short-steps", type=int, default=None,
+                   help="target and drafter only: how many of the steps train on the first two blocks alone "
+                        "(default: the shipped model's)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped model's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped model's)")
+    p.add_argument("--init", default=None,
+                   help="target and drafter only: continue from these weights (same config) instead of from random")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped model's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None,
@@ -75,7 +81,7 @@ def _settings(defaults, args: argparse.Namespace):
     from accelframe_adapters.world.training import TrainSettings
 
     kw = attrs.asdict(defaults)
-    for name in ("steps", "batch", "seed", "threads"):
+    for name in ("steps", "batch", "seed", "threads", "lr"):
         val = getattr(args, name)
         if val is not None:
             kw[name] = val
@@ -89,6 +95,10 @@ def _train(args: argparse.Namespace) -> int:
     vae = args.vae or str(models.weights_path("vae")) if args.model in ("target", "drafter", "reward") else None
     text = args.text or str(models.weights_path("text")) if args.model in ("target", "drafter", "reward") else None
     quiet = args.json
+    for flag in ("short_steps", "init"):
+        if getattr(args, flag) is not None and args.model not in ("target", "drafter"):
+            raise ConfigError(f"accelframe world train {args.model}", "--" + flag.replace("_", "-"),
+                              getattr(args, flag), "only with the target or the drafter")
     if args.model == "vae":
         if args.steps is not None:
             raise ConfigError("accelframe world train vae", "--steps", args.steps,
@@ -111,8 +121,8 @@ def _train(args: argparse.Namespace) -> int:
                                                       "vocab": list(enc.vocab)}, training=rec, log={})
     elif args.model in ("target", "drafter"):
         rec = train_dit.train(args.model, out, vae=vae, text=text, clips_n=args.clips, data=args.data,
-                              settings=_settings(train_dit.DEFAULTS[args.model], args), force=args.force,
-                              quiet=quiet)
+                              settings=_settings(train_dit.DEFAULTS[args.model], args),
+                              short_steps=args.short_steps, init=args.init, force=args.force, quiet=quiet)
     else:
         rec = train_reward.train(out, vae=vae, text=text, settings=_settings(train_reward.DEFAULTS, args),
                                  force=args.force, quiet=quiet)

@@ -44,14 +44,22 @@ def vae_config() -> WanVAEConfig:
 # A token carries a 4 x 4 patch of 8 channels (128 values). A velocity-predicting DiT must pass the
 # noise through its tokens (v = eps - x0), so the width must exceed 128 (Wan 1.3B: 1536 against 64);
 # at width 96 the measured x0 error at full noise was worse than predicting the background alone.
+# Both carry a learned spatial embedding over their 4 x 4 token grid (WanDiTConfig.spatial_grid, not in
+# Wan): with RoPE alone a token cannot tell where in the frame it sits when its input is pure noise, so
+# no estimate of the first block can place the shape (measured: docs/world.md).
+SPATIAL_GRID = (4, 4)  # 64 x 64 pixels -> 16 x 16 latents -> 4 x 4 tokens of 4 x 4 latents
+
+
 def target_config() -> WanDiTConfig:
     return WanDiTConfig(dim=192, ffn_dim=512, num_heads=4, num_layers=4, freq_dim=64, text_dim=TEXT_DIM,
-                        text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4))
+                        text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4),
+                        spatial_grid=SPATIAL_GRID)
 
 
 def drafter_config() -> WanDiTConfig:
     return WanDiTConfig(dim=160, ffn_dim=320, num_heads=4, num_layers=2, freq_dim=32, text_dim=TEXT_DIM,
-                        text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4))
+                        text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4),
+                        spatial_grid=SPATIAL_GRID)
 
 
 def weights_path(name: str) -> Path:
@@ -106,5 +114,6 @@ def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | 
     return WorldScorer(model, enc, device=device)
 
 
-__all__ = ["CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "TEXT_DIM", "TEXT_LEN", "WEIGHTS", "Z_DIM", "drafter_config",
-           "load_dit", "load_scorer", "load_text", "load_vae", "target_config", "vae_config", "weights_path"]
+__all__ = ["CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "SPATIAL_GRID", "TEXT_DIM", "TEXT_LEN", "WEIGHTS", "Z_DIM",
+           "drafter_config", "load_dit", "load_scorer", "load_text", "load_vae", "target_config", "vae_config",
+           "weights_path"]

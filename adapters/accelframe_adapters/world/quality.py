@@ -6,7 +6,7 @@ prompt names. Every part is in [0, 1]; ``docs/world.md`` states the same definit
 1. **Segmentation.** Each pixel takes the nearest of the world's 10 colours (Euclidean RGB distance)
    if it lies within ``MATCH = 0.2`` of it, else no colour. The *object* of a frame is the set of pixels
    of the named colour; the frame *shows* it when it covers ``MIN_AREA``..``MAX_AREA`` pixels (the
-   world's shapes cover 54..340) and it is a compact blob: some shape template (step 3) overlaps
+   world's shapes cover 101..531) and it is a compact blob: some shape template (step 3) overlaps
    it with IoU >= ``MIN_IOU = 0.4``.
 2. **presence** = fraction of frames that show the object.
 3. **shape**: on each showing frame, the three shape templates are drawn at the object's centroid
@@ -47,9 +47,9 @@ from accelframe_adapters.world import clips
 
 MATCH = 0.2
 MIN_AREA, MAX_AREA = 20, 600
-MIN_SPEED = 0.12
+MIN_SPEED = 0.07  # below the slowest speed of the world (0.08 px per frame)
 MIN_IOU = 0.4
-STILL = 0.05
+STILL = 0.03
 JITTER = 2.0
 EDGE = 1.0
 PARTS = ("presence", "shape", "motion", "smoothness", "sharpness", "background")
