@@ -151,6 +151,12 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
                            text=models.weights_path("text"), clips_n=2, settings=settings, init=out, quiet=True)
     assert more["init"]["file"] == "d.safetensors" and more["init"]["training"]["short_steps"] == 1
     assert "--init d.safetensors" in more["command"]
+    from accelframe_adapters.world import cards
+
+    (tmp_path / models.FILES["drafter"]).write_bytes((tmp_path / "more.safetensors").read_bytes())
+    cards.write_card("drafter", tmp_path, None)
+    card = (tmp_path / models.FILES["drafter"].replace(".safetensors", ".md")).read_text()
+    assert "continued from `d.safetensors`, itself trained 2 steps" in card and rec["command"] in card
     with pytest.raises(ConfigError, match="init"):  # the target's weights do not fit the drafter
         train_dit.train("drafter", tmp_path / "x.safetensors", vae=models.weights_path("vae"),
                         text=models.weights_path("text"), clips_n=2, settings=settings,

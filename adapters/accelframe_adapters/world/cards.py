@@ -109,7 +109,16 @@ def write_card(name: str, folder: Path, bench: dict[str, Any] | None) -> list[Pa
         m = record.get("machine", {})
         lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {m.get('threads', '?')} CPU threads "
                      f"(torch {m.get('torch', '?')})")
-    lines += [f"- reproduce: `{record.get('command', '')}`", ""]
+    first = record.get("init")
+    if first:  # a continued run: the earlier run comes first
+        t = first.get("training", {})
+        steps = t.get("settings", {}).get("steps", "?")
+        lines.append(f"- continued from `{first.get('file')}`, itself trained {steps} steps in "
+                     f"{t.get('wall_s', 0) / 60:.1f} min: `{t.get('command', '')}`")
+        lines.append(f"- reproduce: that command, then `{record.get('command', '')}` with `--init` naming its output")
+        lines.append("")
+    else:
+        lines += [f"- reproduce: `{record.get('command', '')}`", ""]
     if curve is not None:
         lines += ["## Loss", "", f"![training loss, log scale, against the step]({curve.name})", "",
                   f"Training loss (log scale) against the step; first logged {log['loss'][0]:.4f}, "
