@@ -26,6 +26,7 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
+from accelframe_adapters.wan_vae import pixel_frames
 from accelframe_adapters.world import clips, quality
 from accelframe_adapters.world.models import LATENT_FRAMES
 
@@ -106,7 +107,7 @@ def run_bench(*, n: int, adapter: str = "self-forcing", seed: int = 0, batch: in
     per_clip_t, per_clip_d = single["target"]["wall_s"], single["drafter"]["wall_s"]
     return {
         "config": {"adapter": adapter, "adapter_kwargs": extra, "clips": n, "seed": seed, "batch": batch,
-                   "latent_frames": LATENT_FRAMES, "pixel_frames": 1 + 4 * (LATENT_FRAMES - 1),
+                   "latent_frames": LATENT_FRAMES, "pixel_frames": pixel_frames(LATENT_FRAMES),
                    "threads": torch.get_num_threads()},
         "target_quality": s_t["quality"], "drafter_quality": s_d["quality"],
         "noise_quality": quality.summarise(q_n)["quality"],

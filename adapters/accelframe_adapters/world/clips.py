@@ -12,10 +12,11 @@ blocks of 3):
 - speed in pixels per frame: slowly 0.08 .. 0.09, quickly 0.13 .. 0.14 (likewise);
 - the path *starts* at the frame's centre, moved by up to ``JITTER`` = 3 px along each axis (kept
   where the whole shape stays inside the frame for all ``frames``), and moves the named way. The
-  first frames then show the shape at one place whatever the prompt says, which a model can learn:
-  at full noise a DiT's input holds no position, so its estimate of the first block can only put
-  the shape where the data always has it (measured: with paths that started anywhere, or ended
-  anywhere, the tiny DiTs averaged the shape away at full noise, 0 of 16 held-out scenes);
+  first frames then show the shape at one place whatever the prompt says. At full noise a DiT's
+  input says nothing about where the shape is, so (with the world DiTs' spatial embedding) its
+  estimate of the first block can put the shape only where the data always has it (measured: with
+  paths that started anywhere, or passed the centre at mid-clip, the tiny DiTs averaged the shape
+  away at full noise, 0 of 16 held-out scenes);
 - shapes: a disc of radius ``r``; a square of half-side ``0.85 r``; a triangle pointing up, apex at
   ``-r``, base at ``+0.8 r`` with half-width ``r``;
 - each pixel is ``(1 - a) * background + a * colour`` with the anti-aliased coverage
@@ -236,6 +237,5 @@ def render(scene: Scene, seed: int, *, frames: int = PIXEL_FRAMES, height: int =
 
 
 __all__ = ["COLOURS", "DIRECTIONS", "FPS", "HEIGHT", "JITTER", "Motion", "PIXEL_FRAMES", "SHAPES", "SIZES",
-           "SPEEDS", "Scene", "WIDTH", "all_combinations", "all_scenes", "draw_motion", "held_out", "parse_prompt",
-           "coverage", "render", "sample_scenes", "shape_coverage",
-           "signed_distance"]
+           "SPEEDS", "Scene", "WIDTH", "all_combinations", "all_scenes", "coverage", "draw_motion", "held_out",
+           "parse_prompt", "render", "sample_scenes", "shape_coverage", "signed_distance"]

@@ -41,15 +41,15 @@ def vae_config() -> WanVAEConfig:
                         num_res_blocks=1)
 
 
-# A token carries a 4 x 4 patch of 8 channels (128 values). A velocity-predicting DiT must pass the
-# noise through its tokens (v = eps - x0), so the width must exceed 128 (Wan 1.3B: 1536 against 64);
-# at width 96 the measured x0 error at full noise was worse than predicting the background alone.
-# Both carry a learned spatial embedding over their 4 x 4 token grid (WanDiTConfig.spatial_grid, not in
-# Wan): with RoPE alone a token cannot tell where in the frame it sits when its input is pure noise, so
-# no estimate of the first block can place the shape (measured: docs/world.md).
+# Both DiTs carry a learned spatial embedding over their 4 x 4 token grid (WanDiTConfig.spatial_grid, not
+# in Wan): with RoPE alone a token cannot tell where in the frame it sits when its input is pure noise,
+# so no estimate of the first block can place the shape (measured: docs/world.md).
 SPATIAL_GRID = (4, 4)  # 64 x 64 pixels -> 16 x 16 latents -> 4 x 4 tokens of 4 x 4 latents
 
 
+# A token carries a 4 x 4 patch of 8 channels (128 values). A velocity-predicting DiT must pass the
+# noise through its tokens (v = eps - x0), so the width must exceed 128 (Wan 1.3B: 1536 against 64);
+# at width 96 the measured x0 error at full noise was worse than predicting the background alone.
 def target_config() -> WanDiTConfig:
     return WanDiTConfig(dim=192, ffn_dim=512, num_heads=4, num_layers=4, freq_dim=64, text_dim=TEXT_DIM,
                         text_len=TEXT_LEN, in_dim=Z_DIM, out_dim=Z_DIM, patch_size=(1, 4, 4),

@@ -26,12 +26,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from accelframe.errors import ConfigError
+from accelframe_adapters.wan_vae import pixel_frames
 from accelframe_adapters.world import clips
 from accelframe_adapters.world.quality import nearest_colour
 from accelframe_adapters.world.models import CAUSAL_BLOCK
 
 LEVELS = (1.0, 0.9, 0.8, 0.6, 0.4)
-BLOCK_PIXELS = 1 + 4 * (CAUSAL_BLOCK - 1)  # 9 pixel frames make the first latent block
+BLOCK_PIXELS = pixel_frames(CAUSAL_BLOCK)  # 9 pixel frames make the first latent block
 FRAME = 4  # the pixel frame read, inside block 0
 
 

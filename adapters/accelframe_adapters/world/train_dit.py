@@ -49,7 +49,7 @@ from accelframe.errors import ConfigError
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.text import WordEncoder
 from accelframe_adapters.wan_dit import WanDiT
-from accelframe_adapters.wan_vae import WanVAE
+from accelframe_adapters.wan_vae import WanVAE, pixel_frames
 from accelframe_adapters.world import clips, training
 from accelframe_adapters.world.models import CAUSAL_BLOCK, drafter_config, load_text, load_vae, target_config
 
@@ -136,7 +136,7 @@ def object_masks(prompts: list[str], seeds: list[int], frames: int, size: tuple[
         scene = clips.parse_prompt(prompt)
         if scene is None:
             raise ConfigError("world train", "prompt", prompt, "a prompt of the world's grammar")
-        a = clips.shape_coverage(scene, seed, frames=1 + 4 * (frames - 1))  # [T, H, W]
+        a = clips.shape_coverage(scene, seed, frames=pixel_frames(frames))  # [T, H, W]
         a = torch.cat([a[:1].expand(4, -1, -1), a[1:]]).view(frames, 4, *a.shape[1:]).amax(1)  # [F, H, W]
         a = F.adaptive_max_pool2d(a.unsqueeze(1), size)  # [F, 1, h, w]
         out.append(F.max_pool2d(a, 3, 1, 1).squeeze(1).gt(0).float())
