@@ -190,7 +190,8 @@ class Engine:
                       offset=request.first_frame, impls=(decide, observe),
                       counts=self.stats.calls[role.value], key=role.value)
         m.site = CallSite(generation=self.generation, model=role, adapter=name,
-                          probe=lambda xs, it: self._probe(m, xs, it))
+                          probe=lambda xs, it: self._probe(m, xs, it),
+                          unit_frames=int(getattr(adapter, "unit_frames", 1)))
         return m
 
     # ---- block level ----------------------------------------------------------------------------
@@ -293,6 +294,8 @@ class Engine:
         mode, interval = decision.mode, decision.interval
         if mode is Mode.RECOMPUTE:
             velocity = self._call(m, it, xs, interval or it.frames)
+            if decision.velocity is not None:  # a partial recompute: the fill outside the interval
+                velocity = _filled(velocity, decision.velocity, interval, it.frames[0])
         else:
             velocity = decision.velocity
         t2 = perf()
@@ -316,6 +319,8 @@ class Engine:
         if mode is Mode.RECOMPUTE:
             counts["computed"] += 1
             counts["frames_computed"] += (interval[1] - interval[0]) if interval else e - s
+            if decision.velocity is not None:
+                counts["frames_reused"] += (e - s) - (interval[1] - interval[0])
         else:
             counts[_MODE_COUNT[mode]] += 1
         self.trace.step(m.key, it.unit, it.step, it.index, it.frames, _MODE_NAME[mode],
@@ -449,6 +454,15 @@ class Engine:
         fallback.record_failure(self, hook, plugin, problem, exc, fallback_used=fallback_used)
 
 
+def _filled(computed: torch.Tensor, fill: torch.Tensor, interval: tuple[int, int],
+            first: int) -> torch.Tensor:
+    """The fill velocity with the computed frames of ``interval`` written in: ``[B, F, C, H, W]``."""
+    out = fill.clone()
+    a, b = interval[0] - first, interval[1] - first
+    out[:, a:b] = computed[:, a:b]
+    return out
+
+
 def _check_decision(decision: Any, ctx: StepContext) -> str | None:
     """Why a step decision cannot be carried out, or None when it can."""
     if not isinstance(decision, StepDecision):
@@ -460,15 +474,20 @@ def _check_decision(decision: Any, ctx: StepContext) -> str | None:
         (cs, ce), (s, e) = decision.interval, it.frames
         if cs < s or ce > e:
             return f"compute interval {decision.interval} is not inside the forwarded frames {it.frames}"
+        if decision.velocity is not None:  # partial recompute: the fill covers the rest
+            return _check_velocity("recompute fill", decision.velocity, ctx)
         active = it.active
         if active is not None and (active[0] < cs or active[1] > ce):
             return f"compute interval {decision.interval} misses advancing frames {active}"
         return None
-    v = decision.velocity
+    return _check_velocity(decision.mode.value, decision.velocity, ctx)
+
+
+def _check_velocity(what: str, v: torch.Tensor, ctx: StepContext) -> str | None:
     if v.shape != ctx.x.shape:
-        return f"{decision.mode.value} velocity has shape {tuple(v.shape)}, the call needs {tuple(ctx.x.shape)}"
+        return f"{what} velocity has shape {tuple(v.shape)}, the call needs {tuple(ctx.x.shape)}"
     if not bool(torch.isfinite(v).all()):
-        return f"{decision.mode.value} velocity is not finite"
+        return f"{what} velocity is not finite"
     return None
 
 

@@ -216,12 +216,14 @@ class GenerationInfo:
 @attrs.frozen(kw_only=True, eq=False)
 class CallSite:
     """What every step context of one model in one generation shares (made once, not per call):
-    the generation, the model, its adapter's name, and how to compute the adapter's probe."""
+    the generation, the model, its adapter's name and unit size (latent frames per unit: a chunk
+    policy splits a call's frames into units with it), and how to compute the adapter's probe."""
 
     generation: int
     model: ModelRole
     adapter: str
     probe: Callable[[torch.Tensor, Iteration], torch.Tensor] = attrs.field(repr=False)
+    unit_frames: int = 1
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -262,6 +264,10 @@ class StepContext:
         return self.iteration.frames
 
     @property
+    def unit_frames(self) -> int:
+        return self.site.unit_frames
+
+    @property
     def sigma(self) -> tuple[float, ...]:
         return self.iteration.sigma
 
@@ -283,6 +289,11 @@ def _interval(inst: Any, attribute: Any, value: Any) -> None:
 class StepDecision:
     """A step policy's answer: the mode, the velocity for CACHE / PREDICT, and for RECOMPUTE an
     optional compute interval ``[start, end)`` inside the forwarded frames (selective computation).
+
+    A RECOMPUTE with an interval may carry a ``velocity`` as well: a *partial recompute*. The model
+    runs on the interval and the given velocity fills the frames outside it (a chunk-wise cache
+    reuses some chunks and computes the others). Without it, the interval must hold every
+    advancing frame.
     """
 
     mode: Mode = attrs.field(validator=v.instance_of(Mode, "a Mode"))
@@ -292,8 +303,12 @@ class StepDecision:
 
     def __attrs_post_init__(self) -> None:
         if self.mode is Mode.RECOMPUTE:
-            if self.velocity is not None:
-                raise ConfigError("StepDecision", "velocity", "a tensor", "None for RECOMPUTE")
+            if self.velocity is not None and self.interval is None:
+                raise ConfigError("StepDecision", "velocity", "a tensor",
+                                  "None for RECOMPUTE without a compute interval (a fill for the "
+                                  "frames outside an interval otherwise)")
+            if self.velocity is not None and not isinstance(self.velocity, torch.Tensor):
+                raise ConfigError("StepDecision", "velocity", self.velocity, "a tensor or None")
         else:
             if not isinstance(self.velocity, torch.Tensor):
                 raise ConfigError(
@@ -305,8 +320,11 @@ class StepDecision:
                 )
 
     @classmethod
-    def recompute(cls, interval: tuple[int, int] | None = None, reason: str = "") -> StepDecision:
-        return cls(mode=Mode.RECOMPUTE, interval=interval, reason=reason)
+    def recompute(cls, interval: tuple[int, int] | None = None, reason: str = "",
+                  fill: torch.Tensor | None = None) -> StepDecision:
+        """Run the model (on ``interval`` when given); ``fill`` is the velocity of the frames
+        outside the interval (a partial recompute), shaped like the call's input."""
+        return cls(mode=Mode.RECOMPUTE, interval=interval, reason=reason, velocity=fill)
 
     @classmethod
     def cache(cls, velocity: torch.Tensor, reason: str = "") -> StepDecision:

@@ -429,13 +429,13 @@ def test_every_n_computes_exactly_every_nth_call(hooks, steps, n):
     baseline = Pipeline("analytic", hooks=hooks, adapter_kwargs={"steps": steps})
     base = baseline.generate("x", num_frames=3 * units).stats.calls["target"]
     assert base == {"computed": units * steps, "cached": 0, "predicted": 0, "commit": units,
-                    "frames_computed": 3 * units * steps}
+                    "frames_computed": 3 * units * steps, "frames_reused": 0}
     pipe = Pipeline("analytic", hooks=hooks, adapter_kwargs={"steps": steps}).use("every-n", n=n)
     result = pipe.generate("x", num_frames=3 * units)
     computed = units * math.ceil(steps / n)
     assert result.stats.calls["target"] == {
         "computed": computed, "cached": units * steps - computed, "predicted": 0,
-        "commit": units, "frames_computed": 3 * computed}
+        "commit": units, "frames_computed": 3 * computed, "frames_reused": 0}
     for e in result.trace.of("step"):
         assert e["mode"] == ("recompute" if e["step"] % n == 0 else "cache")
         assert e["by"] == "every-n"

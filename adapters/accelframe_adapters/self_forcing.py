@@ -153,6 +153,10 @@ class SelfForcingAdapter(BlockLoopAdapter):
                                   unexpected=stray)
         return inner
 
+    def attention_frames(self, frames: tuple[int, int]) -> int:
+        window = self.config.local_attn_size
+        return frames[1] if window == -1 else min(frames[1], window)
+
     def new_kv(self) -> KVCache:
         c = self.config
         return KVCache(num_layers=self.dit.cfg.num_layers, tokens_per_frame=self.tokens_per_frame,

@@ -366,6 +366,22 @@ class WanAdapter:
         """The fps embedding index the family feeds the DiT (None: the DiT has none)."""
         return None
 
+    def call_flops(self, kind: str, frames: tuple[int, int]) -> float:
+        """Estimated FLOPs of one model call over ``frames`` (``kind`` ``"denoise"`` or
+        ``"commit"``), every DiT pass of it counted (guidance runs two)."""
+        n = frames[1] - frames[0]
+        ctx = self.attention_frames(frames)
+        passes = self.passes(kind)
+        return passes * self.dit.cfg.flops(n * self.tokens_per_frame, ctx * self.tokens_per_frame)
+
+    def attention_frames(self, frames: tuple[int, int]) -> int:
+        """Frames a call over ``frames`` attends to (its own; families with a KV cache add theirs)."""
+        return frames[1] - frames[0]
+
+    def passes(self, kind: str) -> int:
+        """DiT passes of one call: two for a guided denoising call."""
+        return 2 if kind == "denoise" and getattr(self.config, "guidance_scale", 1.0) > 1.0 else 1
+
     # ---- pixels ---------------------------------------------------------------------------------
 
     @torch.no_grad()

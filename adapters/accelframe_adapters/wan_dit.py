@@ -91,6 +91,17 @@ class WanDiTConfig:
     def size_name(self) -> str:
         return {1536: "1.3B", 5120: "14B"}.get(self.dim, f"custom (dim {self.dim})")
 
+    def flops(self, tokens: int, kv_tokens: int) -> float:
+        """Multiply-adds x 2 of one forward over ``tokens`` query tokens attending to ``kv_tokens``
+        (dense; a block-causal mask does not lower it): projections, attention, cross-attention on
+        ``text_len`` tokens, FFN, patch embedding and head. Norms and RoPE are left out."""
+        d, f, lt = self.dim, self.ffn_dim, self.text_len
+        patch = self.in_dim * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        per_layer = (2 * 4 * tokens * d * d + 2 * 2 * tokens * kv_tokens * d  # self-attention
+                     + 2 * 2 * tokens * d * d + 2 * 2 * tokens * lt * d  # cross-attention (q, o)
+                     + 2 * 2 * tokens * d * f)  # FFN
+        return float(self.num_layers * per_layer + 2 * tokens * d * patch * 2)
+
     @classmethod
     def wan_1_3b(cls, **kw) -> WanDiTConfig:
         return cls(**{"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30, **kw})

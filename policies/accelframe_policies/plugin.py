@@ -5,10 +5,34 @@ from __future__ import annotations
 from typing import Callable
 
 from accelframe import hookimpl
+from accelframe_policies.first_block_cache import FirstBlockCache
 from accelframe_policies.fixed_batch import FixedBatch
+from accelframe_policies.flowcache import FlowCache
+from accelframe_policies.scope import make_scope
+from accelframe_policies.taylorseer import TaylorSeer
+from accelframe_policies.teacache import TeaCache
 
 
 @hookimpl
 def accelframe_register_policies(register: Callable[..., None]) -> None:
     register("fixed-batch", FixedBatch, kind="batch",
              description="fixed chunk length, up to max_streams streams, oldest pending first")
+    register("scope", make_scope, kind="step",
+             description="SCOPE: cache / predict (Taylor along sigma) / recompute, selective computation; "
+                         "presets 'skyreels-v2', 'magi-1'")
+    register("teacache", TeaCache, kind="step",
+             description="TeaCache: cache while the polynomial-rescaled change of the modulated input stays small")
+    register("taylorseer", TaylorSeer, kind="step",
+             description="TaylorSeer: compute every N steps, forecast between (Taylor in step index)")
+    register("first-block-cache", FirstBlockCache, kind="step",
+             description="reuse-only: cache while the probe is close to the last computed call's")
+    register("flowcache", FlowCache, kind="step",
+             description="FlowCache: per-chunk accumulated change, warm-up, first and last steps computed")
+@hookimpl
+def accelframe_register_commands(register: Callable[..., None]) -> None:
+    from accelframe_policies import bench_step, calibrate
+
+    register("step", bench_step.configure, bench_step.run, group="bench",
+             help="step policies against the original on the tiny world (SCOPE's Table 1 and 2 protocol)")
+    register("calibrate", calibrate.configure, calibrate.run,
+             help="fit TeaCache's rescale polynomial for an adapter from recorded full runs")
