@@ -83,8 +83,10 @@ def setup(adapter: str) -> Setup:
 def methods(adapter: str, quick: bool = False) -> list[Method]:
     """The methods of the table for ``adapter`` (``quick``: one setting per technique)."""
     from accelframe_policies.reduced_steps import reduced_step_kwargs
+    from accelframe_policies.scope import PRESETS
 
     s = setup(adapter)
+    paper = (PRESETS[s.preset]["tau_c"], PRESETS[s.preset]["tau_p"])
     scope = ("scope", {"preset": s.preset})
     out = [Method(name=f"SCOPE {s.preset}", policies=(scope,), group="scope")]
     sync = adapter == "self-forcing"
@@ -101,7 +103,7 @@ def methods(adapter: str, quick: bool = False) -> list[Method]:
             reduced,
         ]
     for tc, tp in s.sensitivity:
-        if (tc, tp) != (PRESET_T(s.preset)):
+        if (tc, tp) != paper:
             out.append(Method(name=f"SCOPE ({tc:g}, {tp:g})",
                               policies=(("scope", {"preset": s.preset, "tau_c": tc, "tau_p": tp}),),
                               group="scope-sensitivity"))
@@ -132,12 +134,6 @@ def methods(adapter: str, quick: bool = False) -> list[Method]:
         reduced,
     ]
     return out
-
-
-def PRESET_T(preset: str) -> tuple[float, float]:  # noqa: N802 - reads as a constant
-    from accelframe_policies.scope import PRESETS
-
-    return (PRESETS[preset]["tau_c"], PRESETS[preset]["tau_p"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,7 +320,7 @@ def _length_scaling(orig: Any, scope: Any, scene: Any, seed: int, lengths: tuple
     for f in lengths:
         _, t0, _ = _generate(orig, scene.prompt, f, seed)
         bar.update(1)
-        res, t1, _ = _generate(scope, scene.prompt, f, seed)
+        _, t1, _ = _generate(scope, scene.prompt, f, seed)
         bar.update(1)
         rows.append({"latent_frames": f, "original_s": t0, "scope_s": t1, "speedup": t0 / t1})
     return rows
