@@ -4,7 +4,6 @@ the guard that keeps earlier results."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 

@@ -31,7 +31,7 @@ from accelframe import hookimpl
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import number_in
 from accelframe_policies.history import rel_l1, unit_key
-from accelframe_policies.teacache import _coefficients, polyval
+from accelframe_policies.teacache import coefficients_converter, polyval
 
 
 @attrs.define(eq=False)
@@ -49,7 +49,7 @@ class FlowCache:
     name = "flowcache"
     threshold: float = attrs.field(default=0.01, validator=number_in(0.0, 1e6))
     warmup: int = attrs.field(default=5, validator=number_in(0, 10_000, integer=True))
-    coefficients: tuple[float, ...] = attrs.field(default="identity", converter=_coefficients)
+    coefficients: tuple[float, ...] = attrs.field(default="identity", converter=coefficients_converter("FlowCache"))
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
     _chunks: dict[Hashable, _Chunk] = attrs.field(init=False, factory=dict)
     peak_bytes: int = attrs.field(init=False, default=0)

@@ -18,7 +18,7 @@ Coefficients: the published Wan2.1 sets (``COEFFICIENTS``, highest degree first)
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import attrs
 import torch
@@ -40,21 +40,27 @@ COEFFICIENTS: dict[str, tuple[float, ...]] = {
 }
 
 
-def _coefficients(value: Any) -> tuple[float, ...]:
-    if isinstance(value, str):
-        if value not in COEFFICIENTS:
-            raise ConfigError("TeaCache", "coefficients", value,
-                              "a list of numbers (highest degree first) or one of "
-                              + ", ".join(repr(k) for k in COEFFICIENTS))
-        return COEFFICIENTS[value]
-    try:
-        out = tuple(float(c) for c in value)
-    except (TypeError, ValueError):
-        raise ConfigError("TeaCache", "coefficients", value,
-                          "a list of numbers (highest degree first) or a published set name") from None
-    if not out or not all(c == c and abs(c) != float("inf") for c in out):
-        raise ConfigError("TeaCache", "coefficients", value, "a non-empty list of finite numbers")
-    return out
+def coefficients_converter(owner: str) -> Callable[[Any], tuple[float, ...]]:
+    """An attrs converter for a ``coefficients`` field of ``owner``: a published set's name or a
+    list of finite numbers (highest degree first); anything else is a ConfigError naming ``owner``."""
+
+    def convert(value: Any) -> tuple[float, ...]:
+        if isinstance(value, str):
+            if value not in COEFFICIENTS:
+                raise ConfigError(owner, "coefficients", value,
+                                  "a list of numbers (highest degree first) or one of "
+                                  + ", ".join(repr(k) for k in COEFFICIENTS))
+            return COEFFICIENTS[value]
+        try:
+            out = tuple(float(c) for c in value)
+        except (TypeError, ValueError):
+            raise ConfigError(owner, "coefficients", value,
+                              "a list of numbers (highest degree first) or a published set name") from None
+        if not out or not all(c == c and abs(c) != float("inf") for c in out):
+            raise ConfigError(owner, "coefficients", value, "a non-empty list of finite numbers")
+        return out
+
+    return convert
 
 
 def polyval(coefficients: Sequence[float], x: float) -> float:
@@ -78,7 +84,7 @@ class TeaCache:
 
     name = "teacache"
     threshold: float = attrs.field(default=0.08, validator=number_in(0.0, 1e6))
-    coefficients: tuple[float, ...] = attrs.field(default="wan2.1-t2v-1.3b", converter=_coefficients)
+    coefficients: tuple[float, ...] = attrs.field(default="wan2.1-t2v-1.3b", converter=coefficients_converter("TeaCache"))
     ret_steps: int = attrs.field(default=1, validator=number_in(1, 10_000, integer=True))
     last_step: bool = True  # the last call of a unit is always computed
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
@@ -122,4 +128,4 @@ def _is_last(ctx: StepContext) -> bool:
     return any(u and n == 0.0 for u, n in zip(it.update, it.sigma_next)) and bool(it.finishes)
 
 
-__all__ = ["COEFFICIENTS", "TeaCache", "polyval"]
+__all__ = ["COEFFICIENTS", "TeaCache", "coefficients_converter", "polyval"]
