@@ -251,3 +251,31 @@ def test_key_maps_match_diffusers_at_full_size():
     shapes = lambda sd: {k: tuple(t.shape) for k, t in sd.items()}
     assert shapes(diffusers_to_wan(ref.state_dict())) == shapes(ours.state_dict())
     assert shapes(wan_to_diffusers(ours.state_dict())) == shapes(ref.state_dict())
+
+
+@pytest.mark.parametrize("kernel,stride", [((3, 3, 3), (1, 1, 1)), ((1, 1, 1), (1, 1, 1)),
+                                           ((3, 1, 1), (2, 1, 1)), ((3, 3, 3), (1, 2, 2))])
+def test_cpu_fast_conv_equals_conv3d(kernel, stride):
+    """The CPU fast path (one 2-D conv over time windows) computes F.conv3d's sums."""
+    import torch.nn.functional as F
+
+    from accelframe_adapters.wan_vae import _windowed_conv
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, 9, 9, generator=g)  # [B, C, T, H, W]
+    w = torch.randn(6, 5, *kernel, generator=g)
+    b = torch.randn(6, generator=g)
+    ref = F.conv3d(x, w, b, stride=stride)
+    out = _windowed_conv(x, w, b, stride)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_fast_path_decodes_like_the_plain_path(vae, monkeypatch):
+    import accelframe_adapters.wan_vae as wan_vae
+
+    z = torch.randn(1, vae.config.z_dim, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    fast = vae.decode(z)
+    monkeypatch.setattr(wan_vae, "FAST_CPU", False)
+    plain = vae.decode(z)
+    assert rel_err(fast, plain) < 1e-5

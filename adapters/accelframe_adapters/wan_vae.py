@@ -53,6 +53,12 @@ from accelframe_adapters.checkpoints import StateDict, fit, read_tensors, rename
 
 CACHE_FRAMES = 2  # past input frames a causal conv of temporal kernel 3 keeps between calls
 
+# On the CPU, torch runs a 3-D conv of these sizes on its slow reference kernel (``slow_conv3d``): 60 % of
+# a world clip's decode. The fast path writes it as one 2-D conv over time windows, the kt frames of each
+# window stacked along the channels (same sums, other order: equal up to float rounding); measured
+# 2x to 4x faster per conv here. ``FAST_CPU = False`` restores the plain path.
+FAST_CPU = True
+
 # Wan 2.1's per-channel statistics of the posterior mean (z_dim = 16)
 WAN21_LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -213,7 +219,23 @@ class CausalConv3d(nn.Conv3d):
                 x = torch.cat([past, x], dim=2)  # [B, C, P + T, H, W]
                 pad[4] -= past.shape[2]
             cache[self.slot] = x[:, :, -CACHE_FRAMES:].clone()  # [B, C, <= 2, H, W]
-        return super().forward(F.pad(x, pad))  # [B, C_out, T, H, W] for stride 1
+        x = F.pad(x, pad)
+        if FAST_CPU and x.device.type == "cpu":
+            return _windowed_conv(x, self.weight, self.bias, self.stride)
+        return super().forward(x)  # [B, C_out, T, H, W] for stride 1
+
+
+def _windowed_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   stride: tuple[int, int, int]) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride)`` (no padding, no dilation) as one 2-D conv."""
+    b, c, _, _, _ = x.shape  # [B, C, T, H, W], already padded
+    o, _, kt, kh, kw = weight.shape
+    win = x.unfold(2, kt, stride[0])  # [B, C, T_out, H, W, kt]
+    t_out = win.shape[2]
+    win = win.permute(0, 2, 5, 1, 3, 4).reshape(b * t_out, kt * c, *x.shape[-2:])  # [B*T_out, kt*C, H, W]
+    w2 = weight.permute(0, 2, 1, 3, 4).reshape(o, kt * c, kh, kw)  # [O, kt*C, kh, kw], window-major
+    y = F.conv2d(win, w2, bias, stride=stride[1:])  # [B*T_out, O, H', W']
+    return y.view(b, t_out, o, *y.shape[-2:]).permute(0, 2, 1, 3, 4)  # [B, O, T_out, H', W']
 
 
 class RMSNorm(nn.Module):
@@ -227,7 +249,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = x.dtype in (torch.float16, torch.bfloat16)  # normalise half precision in float32
-        unit = F.normalize(x.float() if low else x, dim=1).to(x.dtype)
+        y = x.float() if low else x
+        # F.normalize(y, dim=1) reduces along a strided dim and was 16x slower here; same formula
+        unit = (y * torch.rsqrt((y * y).sum(1, keepdim=True).clamp_min(1e-24))).to(x.dtype)
         return unit * self.scale * self.gamma
 
 
