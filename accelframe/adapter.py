@@ -34,6 +34,8 @@ class Adapter(Protocol):
     capabilities: frozenset[str]
     unit_frames: int  # latent frames per unit; stream chunks are multiples of it
     latent_shape: tuple[int, int, int]  # (C, H, W)
+    # Optional: ``vae_key``, a string naming the decoder (its config and weights); a drafter whose
+    # key differs from its target's is refused, since the target's VAE decodes the drafts.
     # Optional: ``device`` and ``dtype`` of the latents (default CPU, float32). Start noise is
     # drawn on the CPU from the unit's generator and moved, so bits do not depend on the device;
     # ``advance`` gets that CPU generator for re-noising and must do the same.

@@ -235,7 +235,7 @@ class Engine:
         self.stats.time_s["block"] += perf() - t0
         self.trace.add("block", model="drafter", unit=unit, frames=list(span.frames),
                        verdict=verdict.verdict.value, score=verdict.score, by=by,
-                       reason=verdict.reason)
+                       reason=verdict.reason, frame_scores=_frame_scores(verdict))
         if verdict.verdict is Verdict.ACCEPT:
             self.stats.blocks["accepted"] += 1
             target.x[:, span.start - target.offset:span.end - target.offset] = draft
@@ -452,6 +452,13 @@ class Engine:
     def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None,
                 *, fallback_used: bool = True) -> None:
         fallback.record_failure(self, hook, plugin, problem, exc, fallback_used=fallback_used)
+
+
+def _frame_scores(verdict: BlockVerdict) -> list[float] | None:
+    """The verdict's per-frame scores for the trace (JSON: non-finite values become None)."""
+    if verdict.frame_scores is None:
+        return None
+    return [float(x) if finite_number(x) else None for x in verdict.frame_scores]
 
 
 def _filled(computed: torch.Tensor, fill: torch.Tensor, interval: tuple[int, int],

@@ -5,7 +5,10 @@
     result = pipe.generate(["a red circle moves left"], num_frames=9, seed=0)
 
 ``use`` takes a registered policy name with keyword arguments (validated by the policy's
-factory) or any object with hook implementations. Policies are asked in the order they were
+factory) or any object with hook implementations. Two optional policy methods are called here, not
+through hooks: ``bind(registry=, pipeline=)`` when the policy is added (to look up registered names,
+such as a scorer, before anything runs) and ``check_request(request)`` when a request is validated
+(to refuse one it cannot serve with a typed error). Policies are asked in the order they were
 added. Everything that can be checked is checked before the first model call: names, keyword
 arguments, the adapter's capabilities against what each policy requires, a drafter against its
 target. A pipeline is reusable: every generation starts with fresh policy state.
@@ -58,8 +61,8 @@ def _policy_kind(obj: Any) -> str:
     return "mixed"
 
 
-def _build(factory: Any, name: str, kwargs: dict[str, Any]) -> Any:
-    """Call a policy or adapter factory; unknown keywords become a ConfigError naming them."""
+def call_factory(factory: Any, name: str, kwargs: dict[str, Any]) -> Any:
+    """Call a registered factory (adapter, policy, scorer); unknown keywords become a ConfigError naming them."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -115,7 +118,7 @@ class Pipeline:
     def _adapter(self, spec: str | Adapter, kwargs: dict[str, Any] | None) -> tuple[Adapter, str]:
         if isinstance(spec, str):
             entry = self.registry.get("adapter", spec)
-            return _build(entry.factory, f"adapter {spec!r}", dict(kwargs or {})), spec
+            return call_factory(entry.factory, f"adapter {spec!r}", dict(kwargs or {})), spec
         if kwargs:
             raise ConfigError("Pipeline", "adapter_kwargs", kwargs,
                               "empty when the adapter is given as an object")
@@ -139,6 +142,10 @@ class Pipeline:
         if t.unit_frames != d.unit_frames:
             problems.append(f"unit sizes differ: target {t.unit_frames} frames, drafter "
                             f"{d.unit_frames}")
+        t_vae, d_vae = getattr(t, "vae_key", None), getattr(d, "vae_key", None)
+        if t_vae is not None and d_vae is not None and t_vae != d_vae:
+            problems.append(f"VAEs differ (the target's decodes the drafts): target {t_vae}, "
+                            f"drafter {d_vae}")
         if problems:
             raise IncompatibleError("drafter and target cannot work together: " + "; ".join(problems))
 
@@ -148,7 +155,7 @@ class Pipeline:
         """Add a policy by registered name (with validated keyword arguments) or as an object."""
         if isinstance(policy, str):
             entry = self.registry.get("policy", policy)
-            obj = _build(entry.factory, f"policy {policy!r}", kwargs)
+            obj = call_factory(entry.factory, f"policy {policy!r}", kwargs)
             kind, base = entry.policy_kind or _policy_kind(obj), policy
         else:
             if kwargs:
@@ -158,6 +165,9 @@ class Pipeline:
             base = getattr(policy, "name", None) or type(policy).__name__
         applies = AppliesTo(getattr(obj, "applies_to", AppliesTo.BOTH))
         self._check_policy(base, kind, obj, applies)
+        bind = getattr(obj, "bind", None)
+        if callable(bind):  # a policy that looks up registered names (a scorer) does it now
+            bind(registry=self.registry, pipeline=self)
         name, k = base, 2
         taken = {p.name for p in self.stack}
         while name in taken:
@@ -238,6 +248,10 @@ class Pipeline:
             d_units = [u.frames for u in self.drafter.units(req)]
             if t_units != d_units:
                 raise IncompatibleError(f"drafter units {d_units} differ from target units {t_units}")
+        for p in self.stack:  # what a policy needs of a request (SDVG: decoded frames to score)
+            check = getattr(p.policy, "check_request", None)
+            if callable(check):
+                check(req)
         return req
 
     def _reset_policies(self) -> None:

@@ -144,6 +144,8 @@ class AnalyticAdapter:
         mix = torch.linspace(-1.0, 1.0, 3 * c.channels).reshape(3, c.channels)
         self._mix = (mix + torch.eye(3, c.channels)).to(self.dtype)  # [3, C], full rank
         self._unmix = torch.linalg.pinv(self._mix)  # [C, 3]
+        # what decodes latents: two analytic adapters decode alike iff these knobs agree
+        self.vae_key = f"analytic-decoder(channels={c.channels}, smoothing={c.smoothing})"
         self._phases: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:

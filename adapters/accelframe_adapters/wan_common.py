@@ -10,6 +10,8 @@ Latents cross the engine boundary as ``[B, F, C, H, W]``; the DiT and the VAE us
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import warnings
 from typing import Any, Sequence
 
@@ -172,6 +174,17 @@ class WanAdapter:
 
     def family_capabilities(self) -> frozenset[str]:
         return frozenset()
+
+    @functools.cached_property
+    def vae_key(self) -> str:
+        """Names the decoder: its config and a fingerprint of its weights (sizes and sums), so that a
+        drafter whose VAE differs from its target's is refused (the target's VAE decodes drafts)."""
+        h = hashlib.sha1(repr(self.vae.config).encode())
+        with torch.no_grad():
+            for name, t in self.vae.state_dict().items():
+                t = t.double()
+                h.update(f"{name}{tuple(t.shape)}{t.sum().item():.12e}{t.abs().sum().item():.12e}".encode())
+        return f"WanVAE(z_dim={self.vae.config.z_dim}, weights {h.hexdigest()[:12]})"
 
     def _random_dit(self) -> WanDiT:
         size = self.model_config.size

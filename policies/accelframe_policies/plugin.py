@@ -8,7 +8,9 @@ from accelframe import hookimpl
 from accelframe_policies.first_block_cache import FirstBlockCache
 from accelframe_policies.fixed_batch import FixedBatch
 from accelframe_policies.flowcache import FlowCache
+from accelframe_policies.random_routing import RandomRouting
 from accelframe_policies.scope import make_scope
+from accelframe_policies.sdvg import make_sdvg
 from accelframe_policies.taylorseer import TaylorSeer
 from accelframe_policies.teacache import TeaCache
 
@@ -28,11 +30,19 @@ def accelframe_register_policies(register: Callable[..., None]) -> None:
              description="reuse-only: cache while the probe is close to the last computed call's")
     register("flowcache", FlowCache, kind="step",
              description="FlowCache: per-chunk accumulated change, warm-up, first and last steps computed")
+    register("sdvg", make_sdvg, kind="block",
+             description="SDVG: accept a draft iff its worst frame's reward >= tau; block 0 always regenerated")
+    register("random-routing", RandomRouting, kind="block",
+             description="accept drafted blocks at random with a given rate (SDVG's ablation baseline)")
+
+
 @hookimpl
 def accelframe_register_commands(register: Callable[..., None]) -> None:
-    from accelframe_policies import bench_step, calibrate
+    from accelframe_policies import bench_block, bench_step, calibrate
 
     register("step", bench_step.configure, bench_step.run, group="bench",
              help="step policies against the original on the tiny world (SCOPE's Table 1 and 2 protocol)")
+    register("block", bench_block.configure, bench_block.run, group="bench",
+             help="SDVG against the target and the drafter on the tiny world (the paper's Table 1 and 2 protocol)")
     register("calibrate", calibrate.configure, calibrate.run,
              help="fit TeaCache's rescale polynomial for an adapter from recorded full runs")
