@@ -108,6 +108,8 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafter", default=None, help="registered adapter name of a drafter")
     p.add_argument("--drafter-set", action="append", default=[], metavar="KEY=VALUE",
                    help="drafter keyword argument, repeatable")
+    p.add_argument("--drafter-context", default="own", choices=("own", "emitted"),
+                   help="what the drafter conditions on: its own drafts (SDVG, default) or the emitted blocks")
     p.add_argument("--policy", action="append", default=[], metavar="NAME[:K=V,...]",
                    help="add a policy to the stack, repeatable; asked in the order given")
     p.add_argument("--prompt", action="append", default=None,
@@ -169,7 +171,8 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     pipe = Pipeline(adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
                     drafter=args.drafter,
                     drafter_kwargs=parse_assignments(args.drafter_set, "--drafter-set") or None,
-                    hooks=hooks, strict=args.strict, max_reuse=args.max_reuse)
+                    hooks=hooks, strict=args.strict, max_reuse=args.max_reuse,
+                    drafter_context=args.drafter_context)
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)

@@ -111,8 +111,10 @@ class Engine:
         registry: Any = None,
         max_reuse: int | None = None,
         on_unit: Callable[[UnitSpan, torch.Tensor | None, str], None] | None = None,
+        drafter_context: str = "own",
     ) -> None:
         self.hooks = hooks
+        self.drafter_context = drafter_context
         self.target, self.target_name = target, target_name
         self.drafter, self.drafter_name = drafter, drafter_name
         self.strict = strict
@@ -218,7 +220,10 @@ class Engine:
     def _block(self, target: ModelSlot, drafter: ModelSlot, request: Request, unit: int,
                span: UnitSpan, t_its: list[Iteration], d_its: list[Iteration]) -> None:
         drafter_calls = 0
+        d_snap = None  # the drafter's state before it commits its draft ("emitted" context only)
         for it in d_its:  # the drafter drafts, and commits its own draft into its own KV
+            if it.role is Role.COMMIT and d_snap is None and self.drafter_context == "emitted":
+                d_snap = drafter.adapter.snapshot(drafter.state)
             drafter_calls += it.role is Role.DENOISE
             self._iteration(drafter, it, request)
         a, b = span.start - drafter.offset, span.end - drafter.offset
@@ -252,8 +257,22 @@ class Engine:
             for it in t_its:
                 self._iteration(target, it, request)
             self._emit(target, span, request, "target")
+            if d_snap is not None:
+                self._recommit_drafter(drafter, target, span, d_its, d_snap, request)
         for err in self.hooks.block_observe(ctx, verdict):
             self._failed(err.hook, err.plugin, repr(err.error), err.error, fallback_used=False)
+
+    def _recommit_drafter(self, drafter: ModelSlot, target: ModelSlot, span: UnitSpan,
+                          d_its: list[Iteration], d_snap: Any, request: Request) -> None:
+        """``drafter_context="emitted"``: the drafter's KV takes the emitted (target's) unit instead
+        of its rejected draft, so its next draft continues the video that was emitted."""
+        drafter.adapter.restore(drafter.state, d_snap)
+        a, b = span.start - drafter.offset, span.end - drafter.offset
+        drafter.x[:, a:b] = target.x[:, span.start - target.offset:span.end - target.offset]
+        for it in d_its:
+            if it.role is Role.COMMIT:
+                self._iteration(drafter, it, request)
+        self.stats.blocks["drafter_recommits"] += 1
 
     def _verdict(self, ctx: BlockContext) -> tuple[BlockVerdict, str]:
         hook = "accelframe_block_verdict"

@@ -28,6 +28,8 @@ from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.plugins import Hooks, create_hooks
 from accelframe.types import AppliesTo, Request
 
+DRAFTER_CONTEXTS = ("own", "emitted")
+
 _KIND_BY_HOOK = {
     "accelframe_step_decide": "step",
     "accelframe_step_observe": "step",
@@ -97,7 +99,13 @@ class Pipeline:
         strict: bool = False,
         trace: bool = True,
         max_reuse: int | None = None,
+        drafter_context: str = "own",
     ) -> None:
+        if drafter_context not in DRAFTER_CONTEXTS:
+            raise ConfigError("Pipeline", "drafter_context", drafter_context,
+                              "'own' (the drafter conditions on its own drafts, as in SDVG) or 'emitted' "
+                              "(on the emitted units: a rejected draft is replaced in its KV by the target's)")
+        self.drafter_context = drafter_context
         if max_reuse is not None and (not isinstance(max_reuse, int) or isinstance(max_reuse, bool)
                                       or max_reuse < 1):
             raise ConfigError("Pipeline", "max_reuse", max_reuse,
@@ -266,7 +274,7 @@ class Pipeline:
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
                       trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
-                      **kwargs)
+                      drafter_context=self.drafter_context, **kwargs)
 
     def generate(self, prompts: Request | str | Sequence[str], *,
                  on_unit: Callable[..., None] | None = None, **kwargs: Any) -> Result:

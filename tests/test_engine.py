@@ -123,7 +123,7 @@ def test_accept_emits_the_draft_and_commits_it_into_the_targets_kv(hooks):
 
     blocks = result.stats.blocks
     assert blocks == {"accepted": 2, "regenerated": 1, "drafter_calls_wasted": 2,
-                      "decodes_wasted": 1}
+                      "decodes_wasted": 1, "drafter_recommits": 0}
     calls = result.stats.calls
     assert calls["target"]["computed"] == 4 and calls["target"]["commit"] == 3
     assert calls["drafter"]["computed"] == 6 and calls["drafter"]["commit"] == 3
@@ -147,7 +147,7 @@ def test_regenerating_every_block_equals_a_target_only_run(hooks):
     for j in range(FRAMES):
         assert torch.equal(engine.target_state.kv[j], engine_ref.target_state.kv[j])
     assert result.stats.blocks == {"accepted": 0, "regenerated": 3, "drafter_calls_wasted": 6,
-                                   "decodes_wasted": 3}
+                                   "decodes_wasted": 3, "drafter_recommits": 0}
     assert result.stats.calls["target"]["computed"] == 12
 
 
@@ -190,7 +190,7 @@ def test_undecoded_requests_route_on_latents_and_waste_no_decode(hooks):
     assert result.frames is None
     assert all(frames is None for _, frames in policy.seen.values())
     assert result.stats.blocks == {"accepted": 1, "regenerated": 2, "drafter_calls_wasted": 4,
-                                   "decodes_wasted": 0}
+                                   "decodes_wasted": 0, "drafter_recommits": 0}
 
 
 # ---- the model-call wrapper hook ----------------------------------------------------------------

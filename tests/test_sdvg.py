@@ -20,7 +20,6 @@ from accelframe.pipeline import Pipeline
 from accelframe.plugins import create_hooks
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.policies import mean_brightness
-from accelframe.types import Request
 from accelframe_policies import plugin as policies_plugin
 from accelframe_policies.random_routing import RandomRouting
 from accelframe_policies.sdvg import SDVG, ScorerError, accept_rate, aggregate
@@ -183,6 +182,31 @@ def test_block_invariants_at_any_tau(data, seed, tau, how):
     st_ = res.stats.blocks
     assert st_["accepted"] + st_["regenerated"] == n // b
     assert st_["decodes_wasted"] == st_["regenerated"]
+
+
+@SETTINGS
+@given(data=st.data(), seed=st.integers(0, 2**31), tau=st.floats(-0.5, 0.5))
+def test_emitted_drafter_context_keeps_the_drafter_on_the_emitted_video(data, seed, tau):
+    """``drafter_context="emitted"`` (not the paper's): after a rejection the drafter's KV takes the
+    target's unit, so both KV caches hold exactly the emitted latents; tau = +inf is still the
+    target alone."""
+    kw, dkw, n = kwargs(data.draw)
+    p = pipe(kw, dkw, drafter_context="emitted").use("sdvg", tau=tau, scorer=mean_brightness)
+    engine = p.engine(generation=1)
+    res = engine.run(p.request([PROMPT], num_frames=n, seed=seed))
+    for state in (engine.target_state, engine.drafter_state):
+        assert sorted(state.kv) == list(range(n))
+        for j in range(n):
+            assert torch.equal(state.kv[j], res.latents[:, j])
+    assert res.stats.blocks["drafter_recommits"] == res.stats.blocks["regenerated"]
+    base = run(pipe(kw), n, seed)
+    inf = run(pipe(kw, dkw, drafter_context="emitted").use("sdvg", tau=INF, scorer=mean_brightness), n, seed)
+    assert torch.equal(inf.latents, base.latents) and torch.equal(inf.frames, base.frames)
+
+
+def test_bad_drafter_context_is_refused():
+    with pytest.raises(ConfigError, match="drafter_context"):
+        pipe(KW, DKW, drafter_context="theirs")
 
 
 def test_random_routing_is_seeded_and_matches_its_rate():
@@ -354,3 +378,25 @@ def test_bench_block_quick_end_to_end(tmp_path):
     assert doc["target_only"]["speedup"] == 1.0
     assert {"tau", "speedup", "accept_rate", "quality", "quality_retention"} <= set(doc["points"][0])
     assert doc["random_routing"]["accept_rate"] is not None
+
+
+def test_generate_cli_routes_blocks_with_a_drafter_context(capsys, monkeypatch):
+    import json
+
+    from accelframe import cli
+
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    code = cli.main(["generate", "--adapter", "analytic", "--drafter", "analytic", "--drafter-set", "steps=2",
+                     "--frames", "9", "--policy", "random-routing:accept_rate=1", "--drafter-context", "emitted",
+                     "--json"])
+    assert code == 0
+    blocks = json.loads(capsys.readouterr().out)["blocks"]
+    assert blocks["accepted"] == 2 and blocks["regenerated"] == 1 and blocks["drafter_recommits"] == 1
+
+
+def test_interpolating_the_sweep_at_a_rate():
+    from accelframe_policies.bench_block import interpolate
+
+    pts = [(0.8, 0.5), (None, 0.9), (0.2, 0.7), (0.5, 0.6)]
+    assert interpolate(pts, 0.65) == pytest.approx(0.55)
+    assert interpolate(pts, 0.2) == 0.7 and interpolate(pts, 0.9) is None and interpolate(pts, None) is None

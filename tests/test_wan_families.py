@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from accelframe.errors import IncompatibleError
 from accelframe.pipeline import Pipeline
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.policies import AlwaysRecompute, ThresholdBlock
@@ -208,9 +209,16 @@ def test_adapter_snapshot_restore_reproduces_a_block():
     assert req.num_frames == 6
 
 
-def test_drafted_generation_with_real_adapters_accepts_and_regenerates():
-    pipe = _pipe("self-forcing", drafter="self-forcing", adapter_kwargs=SMALL,
-                 drafter_kwargs={**SMALL, "init_seed": 5})
+def test_drafted_generation_with_real_adapters_accepts_and_regenerates(tmp_path):
+    from safetensors.torch import save_file
+
+    # another random DiT (init_seed) with the target's VAE: the target's VAE decodes the drafts
+    vae = tmp_path / "vae.safetensors"
+    save_file(SelfForcingAdapter(**SMALL).vae.state_dict(), str(vae))
+    with pytest.raises(IncompatibleError, match="VAEs differ"):
+        _pipe("self-forcing", drafter="self-forcing", adapter_kwargs=SMALL, drafter_kwargs={**SMALL, "init_seed": 5})
+    pipe = _pipe("self-forcing", drafter="self-forcing", adapter_kwargs={**SMALL, "vae": str(vae)},
+                 drafter_kwargs={**SMALL, "init_seed": 5, "vae": str(vae)})
     pipe.use(ThresholdBlock(tau=-1e9))  # accept every block but block 0
     res = pipe.generate("p", num_frames=9)
     assert res.sources == ("target", "draft", "draft")

@@ -9,7 +9,10 @@ falls on all of them alike:
 - ``target_only`` and ``draft_only``, the two boundary baselines;
 - SDVG at a sweep of thresholds tau (worst-frame aggregation, the paper's Table 1);
 - random routing at the accept rate SDVG measured at the operating tau (Table 2);
-- SDVG with mean-frame aggregation (Table 2).
+- SDVG with mean-frame aggregation (Table 2);
+- not in the paper: SDVG at the operating tau with ``drafter_context="emitted"``, where a rejected
+  draft is replaced in the drafter's KV by the target's block, so the drafter continues the video
+  that was emitted rather than its own.
 
 The thresholds are calibrated offline, as the paper's are: the drafter's block scores on training
 prompts (never the held-out ones) give the tau at which a chosen share of drafts would pass
@@ -28,7 +31,6 @@ quality, the paper's Figure 2).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -44,7 +46,7 @@ from accelframe.progress import progress_bar
 ADAPTER = "self-forcing"
 LATENT_FRAMES = 27  # 9 blocks of 3 latent frames: the paper's protocol and the world's training length
 # drafts accepted at the calibrated taus (on training prompts); 0.73 is the paper's operating point
-ACCEPT_TARGETS = (0.95, 0.85, 0.73, 0.5, 0.3)
+ACCEPT_TARGETS = (0.95, 0.85, 0.73, 0.5, 0.3, 0.1)
 OPERATING = 0.73
 QUICK_ACCEPT_TARGETS = (0.73,)
 MEAN_TARGETS = (0.73, 0.5)  # mean-frame aggregation, calibrated to the same accept rates
@@ -57,7 +59,7 @@ class Method:
     """One row: a pipeline (drafter or not) and its block policy."""
 
     name: str
-    kind: str  # "target_only", "draft_only", "sdvg", "random_routing", "mean_aggregation"
+    kind: str  # "target_only", "draft_only", "sdvg", "random_routing", "mean_aggregation", "emitted_context"
     policy: tuple[str, dict[str, Any]] | None = None
     tau: float | None = None
 
@@ -103,7 +105,8 @@ class Models:
             return Pipeline(self.target, hooks=self.hooks, trace=False)
         if method.kind == "draft_only":
             return Pipeline(self.drafter, hooks=self.hooks, trace=False)
-        pipe = Pipeline(self.target, drafter=self.drafter, hooks=self.hooks)
+        context = "emitted" if method.kind == "emitted_context" else "own"
+        pipe = Pipeline(self.target, drafter=self.drafter, hooks=self.hooks, drafter_context=context)
         name, kw = method.policy
         if name == "sdvg":
             kw = {**kw, "scorer": self.scorer}
@@ -133,10 +136,12 @@ def calibrate_taus(scores: torch.Tensor, targets: tuple[float, ...], aggregation
     return {a: float(torch.quantile(blocks, 1.0 - a)) for a in targets}
 
 
-def methods(taus: dict[float, float], mean_taus: dict[float, float]) -> list[Method]:
+def methods(taus: dict[float, float], mean_taus: dict[float, float], operating: float) -> list[Method]:
     out = [Method(name="target-only", kind="target_only"), Method(name="draft-only", kind="draft_only")]
     for a, tau in taus.items():
         out.append(Method(name=f"SDVG tau={tau:.3f}", kind="sdvg", tau=tau, policy=("sdvg", {"tau": tau})))
+    out.append(Method(name=f"SDVG emitted context tau={operating:.3f}", kind="emitted_context", tau=operating,
+                      policy=("sdvg", {"tau": operating})))
     for a, tau in mean_taus.items():
         out.append(Method(name=f"SDVG mean tau={tau:.3f}", kind="mean_aggregation", tau=tau,
                           policy=("sdvg", {"tau": tau, "aggregation": "mean"})))
@@ -183,7 +188,6 @@ def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any) -> None:
 def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] | None = None,
               calibration_prompts: int | None = None, quiet: bool = False) -> dict[str, Any]:
     from accelframe_adapters.world import clips, quality
-    from accelframe_policies.random_routing import RandomRouting
 
     if n < 1:
         raise ConfigError("bench block", "prompts", n, "an int >= 1")
@@ -208,9 +212,9 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
         calibration = {"prompts": cal_prompts, "seeds": cal_seeds,
                        "min": {str(a): t for a, t in tau_map.items()},
                        "mean": {str(a): t for a, t in mean_map.items()}}
-    ms = methods(tau_map, mean_map)
-    operating = next((m for m in ms if m.kind == "sdvg" and m.tau == tau_map.get(OPERATING)),
-                     next(m for m in ms if m.kind == "sdvg"))
+    op_tau = tau_map.get(OPERATING, next(iter(tau_map.values())))
+    ms = methods(tau_map, mean_map, op_tau)
+    operating = next(m for m in ms if m.kind == "sdvg" and m.tau == op_tau)
     pipes = {m.name: models.pipeline(m) for m in ms}
     tallies = {m.name: _Tally() for m in ms}
     total = n * (len(ms) + 1)
@@ -267,6 +271,8 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
     rand = next(rows[m.name] for m in ms if m.kind == "random_routing")
     op = rows[operating.name]
     best = [p for p in points if p["quality_retention"] is not None and p["quality_retention"] >= QUALITY_GOAL]
+    # the coin's realised rate is not exactly the one asked for: read the sweep at that rate
+    at_rate = interpolate([(p["accept_rate"], p["quality"]) for p in points], rand["accept_rate"])
     return {
         "config": {"adapter": ADAPTER, "target": "world", "drafter": "world-drafter", "prompts": n, "seed": seed,
                    "latent_frames": LATENT_FRAMES, "batch": 1, "quick": quick, "threads": torch.get_num_threads(),
@@ -275,15 +281,29 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
         "points": points,
         "draft_only": draft,
         "target_only": target,
-        "random_routing": {**rand, "matched_to": op["name"], "matched_accept_rate": op["accept_rate"]},
+        "random_routing": {**rand, "matched_to": op["name"], "matched_accept_rate": op["accept_rate"],
+                           "reward_quality_at_this_rate": at_rate},
         "mean_aggregation": [rows[m.name] for m in ms if m.kind == "mean_aggregation"],
+        "emitted_context": [rows[m.name] for m in ms if m.kind == "emitted_context"],
         "targets": {
             "best_speedup_at_98pct_quality": max((p["speedup"] for p in best), default=None),
             "speedup_1_5x_at_98pct_quality": any(p["speedup"] >= SPEEDUP_GOAL for p in best),
             "above_draft_only_at_every_tau": all(p["quality"] > draft["quality"] for p in points),
-            "reward_beats_random_at_matched_rate": op["quality"] > rand["quality"],
+            "reward_beats_random_at_matched_rate": (at_rate if at_rate is not None else op["quality"])
+            > rand["quality"],
         },
     }
+
+
+def interpolate(points: list[tuple[float | None, float]], x: float | None) -> float | None:
+    """Linear interpolation of (accept rate, quality) points at rate ``x``; None outside their range."""
+    pts = sorted((a, q) for a, q in points if a is not None)
+    if x is None or not pts or x < pts[0][0] or x > pts[-1][0]:
+        return None
+    for (a0, q0), (a1, q1) in zip(pts, pts[1:]):
+        if a0 <= x <= a1:
+            return q0 if a1 == a0 else q0 + (q1 - q0) * (x - a0) / (a1 - a0)
+    return pts[0][1]  # a single point, at x
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,7 +322,8 @@ def markdown(doc: dict[str, Any]) -> str:
              "| method | tau | time / video (s) | speedup | model speedup | accept rate | world quality "
              "| retention | adherence | wasted drafter calls | wasted decodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [doc["target_only"], doc["draft_only"], *doc["points"], doc["random_routing"], *doc["mean_aggregation"]]
+    rows = [doc["target_only"], doc["draft_only"], *doc["points"], doc["random_routing"], *doc["mean_aggregation"],
+            *doc.get("emitted_context", [])]
     for r in rows:
         lines.append(
             f"| {r['name']} | {_f(r['tau'], '.3f')} | {r['time_s']:.2f} | {r['speedup']:.2f}x "
@@ -314,27 +335,24 @@ def markdown(doc: dict[str, Any]) -> str:
               f" (goal 1.5x: {'met' if t['speedup_1_5x_at_98pct_quality'] else 'not met'})",
               f"- quality above draft-only at every tau: {'yes' if t['above_draft_only_at_every_tau'] else 'no'}",
               f"- reward routing above random routing at the matched accept rate: "
-              f"{'yes' if t['reward_beats_random_at_matched_rate'] else 'no'}"]
+              f"{'yes' if t['reward_beats_random_at_matched_rate'] else 'no'} (random "
+              f"{doc['random_routing']['quality']:.3f} at {_f(doc['random_routing']['accept_rate'], '.1%')}; "
+              f"the tau sweep at that rate {_f(doc['random_routing'].get('reward_quality_at_this_rate'), '.3f')})"]
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     from accelframe import charts
+    from accelframe_policies.bench_io import write_tables
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    p = out / "results.json"
-    p.write_text(json.dumps(doc, indent=1) + "\n")
-    written.append(p)
-    p = out / "results.md"
-    p.write_text(markdown(doc))
-    written.append(p)
+    written = write_tables(doc, out, markdown)
     pts = [(doc["target_only"]["speedup"], doc["target_only"]["quality"], "target"),
            (doc["draft_only"]["speedup"], doc["draft_only"]["quality"], "draft")]
     pts += [(r["speedup"], r["quality"], f"tau {r['tau']:.2f}") for r in doc["points"]]
     r = doc["random_routing"]
     pts.append((r["speedup"], r["quality"], "random"))
     pts += [(m["speedup"], m["quality"], f"mean {m['tau']:.2f}") for m in doc["mean_aggregation"]]
+    pts += [(m["speedup"], m["quality"], f"emitted {m['tau']:.2f}") for m in doc.get("emitted_context", [])]
     written.append(charts.scatter(out / "pareto.png", pts, xlabel="speedup", ylabel="world quality"))
     return written
 
@@ -370,25 +388,18 @@ def _taus(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelframe_policies.bench_io import fresh_out, report
+
     out = Path(args.out)
-    clash = [n for n in OUTPUTS if (out / n).exists()]
-    if clash and not args.overwrite:
-        raise ConfigError("bench block", "--out", str(out),
-                          f"a folder without earlier results ({', '.join(clash)} exist; pass --overwrite)")
+    fresh_out("bench block", out, OUTPUTS, args.overwrite)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise ConfigError("bench block", "--calibration-prompts", args.calibration_prompts, "an int >= 1")
     taus = _taus(args.taus)
     n = 2 if args.quick else args.prompts
     doc = run_bench(n=n, seed=args.seed, quick=args.quick, taus=taus,
                     calibration_prompts=args.calibration_prompts, quiet=args.json)
-    write_outputs(doc, out)
-    if args.json:
-        print(json.dumps(doc, indent=1))
-        return 0
-    print(markdown(doc))
-    print(f"written to {out}/")
-    return 0
+    return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["ACCEPT_TARGETS", "Method", "Models", "calibrate_taus", "configure", "draft_scores", "markdown", "methods", "run",
-           "run_bench", "write_outputs"]
+__all__ = ["ACCEPT_TARGETS", "Method", "Models", "calibrate_taus", "configure", "draft_scores", "interpolate",
+           "markdown", "methods", "run", "run_bench", "write_outputs"]

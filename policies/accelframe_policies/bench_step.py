@@ -359,15 +359,9 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     from accelframe import charts
+    from accelframe_policies.bench_io import write_tables
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    p = out / "results.json"
-    p.write_text(json.dumps(doc, indent=1) + "\n")
-    written.append(p)
-    p = out / "results.md"
-    p.write_text(markdown(doc))
-    written.append(p)
+    written = write_tables(doc, out, markdown)
     pts = [(m["speedup"], m["psnr"] if m["psnr"] is not None else math.inf, m["name"])
            for m in doc["methods"] if m["name"] != "original"]
     written.append(charts.scatter(out / "pareto.png", pts, xlabel="speedup", ylabel="PSNR DB"))
@@ -403,21 +397,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-step-{args.adapter}")
-    names = ("results.json", "results.md", "pareto.png", "timeline.png", "length.png", "memory.png")
-    clash = [n for n in names if (out / n).exists()]
-    if clash and not args.overwrite:
-        raise ConfigError("bench step", "--out", str(out),
-                          f"a folder without earlier results ({', '.join(clash)} exist; pass --overwrite)")
+    from accelframe_policies.bench_io import fresh_out, report
+
+    fresh_out("bench step", out, ("results.json", "results.md", "pareto.png", "timeline.png", "length.png",
+                                  "memory.png"), args.overwrite)
     n = 1 if args.quick else args.prompts
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     doc = run_bench(adapter=args.adapter, n=n, seed=args.seed, quick=args.quick, only=only, quiet=args.json)
-    write_outputs(doc, out)
-    if args.json:
-        print(json.dumps(doc, indent=1))
-        return 0
-    print(markdown(doc))
-    print(f"written to {out}/")
-    return 0
+    return report(doc, out, write_outputs, markdown, args.json)
 
 
 __all__ = ["ADAPTERS", "Method", "configure", "markdown", "methods", "run", "run_bench", "setup", "write_outputs"]

@@ -1,0 +1,40 @@
+"""What the benchmarks of this package share: the ``--out`` guard and the written tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from accelframe.errors import ConfigError
+
+
+def fresh_out(owner: str, out: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse an ``--out`` folder that holds earlier results, unless ``overwrite``."""
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not overwrite:
+        raise ConfigError(owner, "--out", str(out),
+                          f"a folder without earlier results ({', '.join(clash)} exist; pass --overwrite)")
+
+
+def write_tables(doc: dict[str, Any], out: Path, markdown: Callable[[dict[str, Any]], str]) -> list[Path]:
+    """``results.json`` (the document) and ``results.md`` (``markdown(doc)``) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(doc))
+    return [out / "results.json", out / "results.md"]
+
+
+def report(doc: dict[str, Any], out: Path, write: Callable[[dict[str, Any], Path], Any],
+           markdown: Callable[[dict[str, Any]], str], as_json: bool) -> int:
+    """Write the outputs, then print the document as JSON or the table and where it went."""
+    write(doc, out)
+    if as_json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(markdown(doc))
+    print(f"written to {out}/")
+    return 0
+
+
+__all__ = ["fresh_out", "report", "write_tables"]
