@@ -115,6 +115,8 @@ class Request:
     first_frame: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
     decode: bool = True
     init_latents: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+    # a stream past a RoPE reset: frame j takes position j - rope_offset (adapters check positions)
+    rope_offset: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
 
     @property
     def batch(self) -> int:
@@ -402,14 +404,17 @@ class BlockVerdict:
 
 @attrs.frozen(kw_only=True)
 class StreamStatus:
-    """One stream as a batch policy sees it. Frame counts are input frames."""
+    """One stream as a batch policy sees it. Frame counts are the model's (latent) frames: a frame
+    is received once the pixel frames that encode to it have all arrived (the stream loop's
+    ``FrameMap``); ``fps`` is the source's pixel rate in latent frames per second. Deadlines and
+    arrival times are the pixel frames'."""
 
     stream: str
-    received: int  # frames arrived so far
-    consumed: int  # frames already taken into batches
-    emitted: int  # frames already emitted
-    total: int | None  # frames the source will deliver, None when unknown
-    fps: float
+    received: int  # latent frames whose pixels arrived so far
+    consumed: int  # latent frames already taken into batches
+    emitted: int  # latent frames already emitted
+    total: int | None  # latent frames the source will deliver, None when unknown
+    fps: float  # latent frames per second
     oldest_pending_s: float | None  # arrival time of the oldest pending frame, None if none
     next_deadline_s: float | None
 
@@ -450,13 +455,21 @@ class BatchPlan:
 
 @attrs.frozen(kw_only=True)
 class KVContext:
-    """A stream's KV cache before its next chunk: which latent frames it holds and its sinks."""
+    """A stream's KV cache before its next chunk: which latent frames it holds and its sinks.
+
+    ``next_frame`` is the first latent frame of the chunk about to run and ``rope_offset`` the
+    cache's RoPE offset (frame ``j`` takes position ``j - rope_offset``). ``embeddings`` maps each
+    cached frame to a vector summarising its K/V (the adapter's ``kv_embeddings``; empty when the
+    adapter has none), for policies that compare frames (sink refresh)."""
 
     stream: str
     unit: int
     cached_frames: tuple[int, ...]
     sinks: tuple[int, ...]
     window: int | None
+    next_frame: int = 0
+    rope_offset: int = 0
+    embeddings: dict[int, torch.Tensor] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -471,12 +484,16 @@ class KVAction:
 
 @attrs.frozen(kw_only=True, eq=False)
 class NoiseContext:
-    """A stream chunk about to be noised for video-to-video: its input frames ``[F, 3, H, W]``."""
+    """A stream chunk about to be noised for video-to-video: its input pixel frames
+    ``[F_pix, 3, H, W]`` in [0, 1] and, when known, the pixel frame just before them
+    (``previous``, ``[3, H, W]``) and the chunk's clean latents ``[F, C, H, W]``."""
 
     stream: str
     unit: int
     frames: torch.Tensor = attrs.field(repr=False)
     default_sigma: float
+    previous: torch.Tensor | None = attrs.field(default=None, repr=False)
+    latents: torch.Tensor | None = attrs.field(default=None, repr=False)
 
 
 def finite_number(value: Any) -> bool:

@@ -305,7 +305,7 @@ def test_inv1_single_stream_batch_of_one_equals_sequential(kw, seed, video, fps,
     with chunk_units=1, max_streams=1 equals the fallback run bit for bit; a text-only block
     plan stream equals one whole generation."""
     kw, n = split(kw)
-    frames = torch.randn(n, 3, kw["height"], kw["width"],
+    frames = torch.rand(n, 3, kw["height"], kw["width"],
                          generator=torch.Generator().manual_seed(seed)) if video else None
     src = StreamSource(id="s", prompt="a blue square", frames=frames,
                        num_frames=None if video else n, fps=fps, start_s=start, seed=seed)
@@ -568,7 +568,7 @@ def stream_sources(draw: Any, unit: int, h: int, w: int) -> list[StreamSource]:
         total = draw(st.integers(1, 3)) * unit
         video = draw(st.booleans())
         seed = draw(st.integers(0, 1000))
-        frames = torch.randn(total, 3, h, w, generator=torch.Generator().manual_seed(seed)) \
+        frames = torch.rand(total, 3, h, w, generator=torch.Generator().manual_seed(seed)) \
             if video else None
         out.append(StreamSource(
             id=f"s{k}", prompt=draw(st.sampled_from(["a red circle", "a blue square"])),
@@ -603,7 +603,7 @@ def _check_stream_run(run: Any, sources: list[StreamSource], unit: int) -> None:
             "emitted before arrival"
 
 
-def _replay(pipe: Pipeline, run: Any, src: StreamSource, index: int) -> torch.Tensor:
+def _replay(pipe: Pipeline, run: Any, src: StreamSource) -> torch.Tensor:
     """Replay one stream's chunks, with the run's chunk sizes and noise levels, in order."""
     ad = pipe.adapter
     sizes = [f for b in run.batches for sid, f in b["entries"] if sid == src.id]
@@ -617,7 +617,7 @@ def _replay(pipe: Pipeline, run: Any, src: StreamSource, index: int) -> torch.Te
                      "init_latents": ad.encode(src.frames[k0:k0 + size][None])}
         req = Request(prompts=(src.prompt,), num_frames=size, seed=src.seed, first_frame=k0,
                       **extra)
-        engine = pipe.engine(generation=1, stream=index)
+        engine = pipe.engine(generation=1, stream=0)  # a stream's noise is its source's alone
         res = engine.run(req, target_state=state, lifecycle=False)
         state = engine.target_state
         out.append(res.frames[0])
@@ -660,11 +660,11 @@ def test_inv7_streams_emit_every_frame_once_in_order(kw, data, seed, policy):
         assert e["plugin"] == ("FixedBatch" if policy == "fixed" else "RandomBatch")
         assert any(w in e["problem"] for w in ("pending", "waits", "cannot run"))
     assert len(fb) == run.stats.fallbacks.get("accelframe_batch_plan", 0)
-    for i, src in enumerate(sources):
+    for src in sources:
         got = run.outputs[src.id].frames
-        assert torch.equal(got, _replay(make_pipe(kw), run, src, i))
+        assert torch.equal(got, _replay(make_pipe(kw), run, src))
         if src.frames is None and kw["plan"] == "block":
-            whole = make_pipe(kw).engine(generation=1, stream=i).run(
+            whole = make_pipe(kw).engine(generation=1, stream=0).run(
                 Request(prompts=(src.prompt,), num_frames=src.total, seed=src.seed))
             assert torch.equal(got, whole.frames[0])
 
@@ -712,8 +712,8 @@ def test_inv7_chunks_the_adapter_cannot_run_are_refused(kw, data):
     if any(src.total > b for src in sources):
         assert fb and all("cannot run" in e["problem"] and e["plugin"] == "FixedBatch"
                           for e in fb)
-    for i, src in enumerate(sources):
-        assert torch.equal(run.outputs[src.id].frames, _replay(make_pipe(kw), run, src, i))
+    for src in sources:
+        assert torch.equal(run.outputs[src.id].frames, _replay(make_pipe(kw), run, src))
     if b > 1:
         small = make_pipe(dict(kw, window_frames=b - 1))
         with pytest.raises(ConfigError, match="window_frames"):

@@ -370,6 +370,13 @@ class AnalyticAdapter:
     def kv_frames(self, state: AnalyticState) -> tuple[tuple[int, ...], tuple[int, ...], int | None]:
         return tuple(sorted(state.kv)), state.sinks, self.config.kv_window
 
+    def kv_embeddings(self, state: AnalyticState) -> dict[int, torch.Tensor]:
+        """Each cached frame's latent, flattened: ``[1, B C H W]``."""
+        return {j: x.reshape(1, -1) for j, x in state.kv.items()}
+
+    def rope_offset(self, state: AnalyticState) -> int:
+        return state.rope_offset
+
     def kv_apply(self, state: AnalyticState, evict: tuple[int, ...],
                  sinks: tuple[int, ...] | None, rope_reset: bool) -> None:
         for j in evict:

@@ -20,7 +20,7 @@ Read with ``torch.load(weights_only=True)``; ``use_ema`` picks ``generator_ema``
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import attrs
 import torch
@@ -33,7 +33,7 @@ from accelframe.types import Iteration, KVWrite, Request, UnitSpan
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.flow import few_step_schedule, renoise
 from accelframe_adapters.wan_common import WanAdapter, WanState, read_dit_file
-from accelframe_adapters.wan_dit import KVCache
+from accelframe_adapters.wan_dit import CrossCache, KVCache, forward_rows
 
 
 def _step_list(inst: Any, attribute: Any, value: tuple[float, ...]) -> None:
@@ -182,11 +182,40 @@ class SelfForcingAdapter(BlockLoopAdapter):
         return self.from_model(out)  # [B, F, C, H, W]
 
     @torch.no_grad()
+    def denoise_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
+                     states: Sequence[WanState]) -> torch.Tensor:
+        """Stream batch: one forward over rows ``xs: [R, F, C, H, W]``; row ``r`` is a block at level
+        ``sigmas[r]`` whose first frame is ``starts[r]``, attending to ``states[r]``'s committed
+        context (read only: nothing is written). Rows may come from different streams. Returns the
+        velocities ``[R, F, C, H, W]``; one row equals :meth:`denoise` with no K/V write."""
+        r, f = xs.shape[:2]
+        t = torch.tensor([[self._t_of.get(s, 1000.0 * s)] * f for s in sigmas], dtype=torch.float32,
+                         device=self.device)  # [R, F]
+        caches = [st.kv for st in states]
+        ropes = [s - (0 if st.kv is None else st.kv.rope_offset) for s, st in zip(starts, states)]
+        xm = self.to_model(xs)  # [R, C, F, H, W]
+        out = forward_rows(self.dit, xm, t, _cat_cross([st.cross for st in states]), ropes, caches)
+        if self.config.guidance_scale > 1.0:
+            uncond = _cat_cross([st.family["uncond"] for st in states])
+            out_u = forward_rows(self.dit, xm, t, uncond, ropes, caches)
+            out = out_u + self.config.guidance_scale * (out - out_u)
+        return self.from_model(out)  # [R, F, C, H, W]
+
+    @torch.no_grad()
     def commit(self, x0: torch.Tensor, frames: tuple[int, int], state: WanState) -> None:
         t = torch.full((x0.shape[0], x0.shape[1]), float(self.config.context_noise), device=self.device)
         self.dit(self.to_model(x0), t, state.cross, frame_offset=frames[0], cache=state.kv,
                  kv_write=KVWrite.COMMIT)
         state.family["next_frame"] = frames[1]
+
+
+def _cat_cross(caches: Sequence[CrossCache]) -> CrossCache:
+    """The cross-attention K/V of several rows' prompts as one batch."""
+    if len(caches) == 1:
+        return caches[0]
+    n = len(caches[0].k)
+    return CrossCache(k=[torch.cat([c.k[i] for c in caches]) for i in range(n)],
+                      v=[torch.cat([c.v[i] for c in caches]) for i in range(n)])
 
 
 __all__ = ["BlockLoopAdapter", "SelfForcingAdapter", "SelfForcingConfig"]

@@ -168,6 +168,7 @@ class WanAdapter:
             raise ConfigError(type(self).__name__, "height", mc.height,
                               f"a size whose latent grid divides by the patch {c.patch_size}")
         self.tokens_per_frame = (self.latent_shape[1] // ph) * (self.latent_shape[2] // pw)
+        self.pixel_size = (mc.height, mc.width)  # the frames decode gives and encode takes
         self.capabilities = frozenset({caps.SNAPSHOT, caps.DECODE, caps.ENCODE}) | self.family_capabilities()
 
     # ---- models -----------------------------------------------------------------------------------
@@ -310,11 +311,12 @@ class WanAdapter:
         if self.model_config.world:
             from accelframe_adapters.world.models import LATENT_FRAMES
 
-            end = request.first_frame + request.num_frames
+            end = request.first_frame + request.num_frames - request.rope_offset  # RoPE positions
             if end > self.world_frame_limit(LATENT_FRAMES):
+                room = self.world_frame_limit(LATENT_FRAMES) - request.first_frame + request.rope_offset
                 raise ConfigError("Request", "num_frames", request.num_frames,
-                                  f"at most {self.world_frame_limit(LATENT_FRAMES) - request.first_frame} latent "
-                                  f"frames from frame {request.first_frame}: the embedded world's models were "
+                                  f"at most {room} "
+                                  f"latent frames from frame {request.first_frame}: the embedded world's models were "
                                   f"trained on clips of {LATENT_FRAMES} latent frames "
                                   f"({self.pixel_frames(LATENT_FRAMES)} pixel frames)")
         if request.init_latents is not None:
@@ -407,6 +409,17 @@ class WanAdapter:
         video = frames.permute(0, 2, 1, 3, 4).to(self.device).float() * 2.0 - 1.0  # [B, 3, T, H, W]
         return self.vae.encode(video).permute(0, 2, 1, 3, 4).float()  # [B, F, C, H, W]
 
+    def new_encode_cache(self) -> Any:
+        """A streaming encode cache for :meth:`encode_chunk` (one per input stream)."""
+        return self.vae.new_encode_cache()
+
+    @torch.no_grad()
+    def encode_chunk(self, frames: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The next pixel frames of a stream ``[B, P, 3, H, W]`` -> their latents: ``P = 1 + 4k`` for
+        the stream's first chunk, ``4k`` after (the causal VAE's streaming encode)."""
+        video = frames.permute(0, 2, 1, 3, 4).to(self.device).float() * 2.0 - 1.0  # [B, 3, P, H, W]
+        return self.vae.encode_chunk(video, cache).permute(0, 2, 1, 3, 4).float()  # [B, F, C, H, W]
+
     def measure_quality(self, frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
         """World quality of decoded clips ``[B, T, 3, H, W]`` (the world's models only; else None):
         one dict per prompt, ``quality`` None when the prompt names no complete scene of the world."""
@@ -431,6 +444,23 @@ class WanAdapter:
         if kv is None:
             return (), (), None
         return kv.frames, kv.frames[:kv.sinks], kv.window
+
+    def kv_embeddings(self, state: WanState) -> dict[int, torch.Tensor]:
+        """Per cached frame, its token-mean K and V in every layer: ``[2 L, B H Dh]`` each (what the
+        reference's sink refresh compares)."""
+        kv = state.kv
+        if kv is None or not kv.frames or kv.k[0] is None:
+            return {}
+        fc, s = len(kv.frames), kv.tokens_per_frame
+        parts = []
+        for t in (*kv.k, *kv.v):  # each [B, Fc * S, H, Dh]
+            b, _, h, d = t.shape
+            parts.append(t.view(b, fc, s, h * d).float().mean(dim=2).permute(1, 0, 2).reshape(fc, -1))
+        stacked = torch.stack(parts, dim=1)  # [Fc, 2 L, B H Dh]
+        return {f: stacked[i] for i, f in enumerate(kv.frames)}
+
+    def rope_offset(self, state: WanState) -> int:
+        return 0 if state.kv is None else state.kv.rope_offset
 
     def kv_apply(self, state: WanState, evict: tuple[int, ...], sinks: tuple[int, ...] | None,
                  rope_reset: bool) -> None:

@@ -568,6 +568,82 @@ class WanDiT(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# stream batch: rows with their own positions and caches
+# ------------------------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class RowsContext:
+    """Read-only view of several rows' KV caches for one batched forward (StreamDiffusionV2's stream
+    batch): row ``r`` attends to its own cache's frames, padded to the longest; nothing is written.
+    ``mask`` is None when every row has the same context length (then the arithmetic is a plain
+    batched forward's), else ``[R, 1, N, Nc_max + N]`` with padded keys masked out."""
+
+    caches: list[KVCache | None]
+    tokens: int  # query tokens per row, N
+    lengths: list[int] = attrs.field(init=False)  # cached tokens per row, Nc
+    mask: torch.Tensor | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.lengths = [0 if c is None or c.k[0] is None else int(c.k[0].shape[1]) for c in self.caches]
+        longest = max(self.lengths)
+        self.mask = None
+        if len(set(self.lengths)) > 1:
+            m = torch.ones(len(self.caches), 1, self.tokens, longest + self.tokens, dtype=torch.bool)
+            for r, n in enumerate(self.lengths):
+                m[r, :, :, n:longest] = False  # padding slots
+            self.mask = m
+
+    def context(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        longest = max(self.lengths)
+        if longest == 0:
+            return None, None
+        ks, vs = [], []
+        for c, n in zip(self.caches, self.lengths):
+            if n:
+                k, v = c.k[layer], c.v[layer]  # [1, Nc, H, Dh]
+            else:
+                like = next(x.k[layer] for x, m in zip(self.caches, self.lengths) if m)
+                k = v = like.new_zeros(1, 0, *like.shape[2:])
+            pad = longest - n
+            if pad:
+                k = torch.cat([k, k.new_zeros(k.shape[0], pad, *k.shape[2:])], dim=1)
+                v = torch.cat([v, v.new_zeros(v.shape[0], pad, *v.shape[2:])], dim=1)
+            ks.append(k)
+            vs.append(v)
+        return torch.cat(ks, dim=0), torch.cat(vs, dim=0)  # [R, Nc_max, H, Dh] each
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, mode: KVWrite) -> None:
+        raise AssertionError("a stream-batch forward writes no K/V")
+
+
+def forward_rows(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, cross: CrossCache,
+                 rope_starts: list[int], caches: list[KVCache | None], fps: int | None = None) -> torch.Tensor:
+    """One batched call over rows that each have their own RoPE start and KV cache (read only).
+
+    ``x: [R, C, F, H, W]``, ``t: [R, F]``, ``cross``: K/V of R prompts. Row ``r`` is the forward
+    ``dit(x[r:r+1], t[r:r+1], ..., rope_start=rope_starts[r], cache=caches[r])`` with no writes; a
+    batch of one row is exactly that call. Returns ``[R, C_out, F, H, W]``."""
+    r_, _, f, _, _ = x.shape
+    tokens, (f, h, w) = dit.embed(x)  # [R, F, S, D]
+    ropes = []
+    for start in rope_starts:
+        assert 0 <= start and start + f <= dit.cfg.rope_max_len, f"RoPE positions from {start} out of range"
+        pos = torch.arange(start, start + f, device=x.device)  # [F]
+        ropes.append(rope_freqs(dit.rope_on(x.device), pos, h, w))  # [N, 1, Dh / 2]
+    rope = ropes[0] if len(set(rope_starts)) == 1 else torch.stack(ropes)  # [N, 1, Dh/2] or [R, N, 1, Dh/2]
+    view = RowsContext(caches=list(caches), tokens=f * h * w)
+    mask = None if view.mask is None else view.mask.to(x.device)
+    e, e0 = dit.time_embed(t, fps)  # [R, F, D], [R, F, 6, D]
+    for i, blk in enumerate(dit.blocks):
+        tokens = blk(tokens, e0, cross.k[i], cross.v[i], rope, mask, view, i, KVWrite.NONE)
+    out = dit.head(tokens, e)  # [R, F, S, pt * ph * pw * C_out]
+    pt, ph, pw = dit.cfg.patch_size
+    out = out.view(r_, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return out.reshape(r_, -1, f * pt, h * ph, w * pw)  # [R, C_out, F, H, W]
+
+
+# ------------------------------------------------------------------------------------------------
 # checkpoint key names
 # ------------------------------------------------------------------------------------------------
 
@@ -631,5 +707,5 @@ def diffusers_config(cfg: WanDiTConfig, *, skyreels: bool = True) -> dict:
     return out
 
 
-__all__ = ["CrossCache", "KVCache", "WanDiT", "WanDiTConfig", "block_causal_mask", "diffusers_config",
-           "from_diffusers_key", "to_diffusers_key"]
+__all__ = ["CrossCache", "KVCache", "RowsContext", "WanDiT", "WanDiTConfig", "block_causal_mask",
+           "diffusers_config", "forward_rows", "from_diffusers_key", "to_diffusers_key"]

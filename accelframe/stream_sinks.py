@@ -1,0 +1,109 @@
+"""Where a stream's output frames go: an mp4 file per stream, written as frames come, or a callback.
+
+A sink has ``write(stream, frames)`` (``frames [F, 3, H, W]`` in [0, 1], in order) and
+``close()``; the streaming runtime closes its sinks when the run ends, also after an error, so what
+was emitted is always flushed to disk.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from accelframe.errors import ConfigError
+from accelframe.media import _pick_codec, to_uint8, upscale
+
+
+class Mp4Sink:
+    """One mp4 per stream, encoded incrementally (memory stays flat however long the stream).
+
+    ``path`` is a file for a single stream, or a pattern with ``{stream}`` for several. Existing
+    files are refused unless ``overwrite``. ``upscale_factor`` enlarges tiny frames
+    (nearest neighbour) so that players show them."""
+
+    def __init__(self, path: str | Path, fps: float, *, overwrite: bool = False, upscale_factor: int = 1) -> None:
+        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0:
+            raise ConfigError("Mp4Sink", "fps", fps, "a number > 0")
+        if str(path).lower().endswith(".mp4") is False:
+            raise ConfigError("Mp4Sink", "path", str(path), "a path ending in .mp4")
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            raise ConfigError("Mp4Sink", "path", str(path), "PyAV installed (pip install av)") from None
+        self.pattern, self.fps, self.overwrite, self.factor = str(path), fps, overwrite, upscale_factor
+        self._open: dict[str, tuple[Any, Any]] = {}
+        self.paths: dict[str, Path] = {}
+        self.frames: dict[str, int] = {}
+
+    def path_for(self, stream: str) -> Path:
+        return Path(self.pattern.format(stream=stream)) if "{stream}" in self.pattern else Path(self.pattern)
+
+    def check(self, streams: list[str]) -> None:
+        """Refuse before any model runs: a shared path for several streams, or a file that exists."""
+        paths = [self.path_for(s) for s in streams]
+        if len(set(paths)) != len(paths):
+            raise ConfigError("Mp4Sink", "path", self.pattern,
+                              "a pattern with {stream} when several streams are written")
+        for p in paths:
+            if p.exists() and not self.overwrite:
+                raise ConfigError("Mp4Sink", "path", str(p), "a file that does not exist yet (or overwrite=True)")
+
+    def _container(self, stream: str, height: int, width: int) -> tuple[Any, Any]:
+        import av
+
+        if stream in self._open:
+            return self._open[stream]
+        path = self.path_for(stream)
+        if path.exists() and not self.overwrite:
+            raise ConfigError("Mp4Sink", "path", str(path), "a file that does not exist yet (or overwrite=True)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        container = av.open(str(path), mode="w")
+        codec = _pick_codec(av)
+        out = container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
+                                   options={"crf": "18"} if codec == "libx264" else {})
+        out.width, out.height, out.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        if codec != "libx264":
+            out.bit_rate = 8_000_000
+        self._open[stream] = (container, out)
+        self.paths[stream] = path
+        self.frames[stream] = 0
+        return container, out
+
+    def write(self, stream: str, frames: torch.Tensor) -> None:
+        import av
+
+        frames = upscale(frames.detach().float().cpu(), self.factor)  # [F, 3, H, W]
+        _, _, h, w = frames.shape
+        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
+            frames = torch.nn.functional.pad(frames, (0, w % 2, 0, h % 2), mode="replicate")
+        container, out = self._container(stream, h, w)
+        for array in to_uint8(frames):
+            container.mux(out.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        self.frames[stream] += frames.shape[0]
+
+    def close(self) -> None:
+        for container, out in self._open.values():
+            try:
+                container.mux(out.encode(None))  # flush what the encoder holds
+            finally:
+                container.close()
+        self._open.clear()
+
+
+class CallbackSink:
+    """Calls ``fn(stream, frames)`` for every emitted chunk."""
+
+    def __init__(self, fn: Callable[[str, torch.Tensor], None]) -> None:
+        self.fn = fn
+
+    def write(self, stream: str, frames: torch.Tensor) -> None:
+        self.fn(stream, frames)
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["CallbackSink", "Mp4Sink"]

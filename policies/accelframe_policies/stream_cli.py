@@ -1,0 +1,243 @@
+"""``accelframe stream``: run live streams through StreamDiffusionV2's policies and write them.
+
+Sources (``--source``): ``world`` (a clip of the embedded tiny world rendered from the prompt, played
+at ``--fps``, looped when ``--frames`` asks for more than one clip), a video file (read with PyAV,
+resized to the model's frame size), or ``none`` (text-to-video: ``--frames`` output frames paced at
+``--fps``). ``--streams N`` runs N user streams side by side (prompts and seeds differ per stream).
+
+The pipeline: the ``self-forcing`` adapter with the world's models by default, and the policies
+``slo-batch`` (chunk length and batch size), ``rolling-kv`` (sinks, refresh, RoPE reset) and, for
+video-to-video, ``motion-noise``; ``--stream-batch`` runs the denoising steps of consecutive chunks
+as one batched forward. The terminal shows live fps and time to first frame; the output goes to
+``--out`` (an mp4 per stream) and ``--json`` prints the per-stream metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accelframe.errors import ConfigError
+
+ADAPTER = "self-forcing"
+WORLD_T_RESET = 24  # the world's models saw 27 latent frames: positions stay below that
+
+
+def hooks() -> Any:
+    from accelframe.plugins import create_hooks
+    from accelframe_adapters import plugin as adapters
+    from accelframe_policies import plugin as policies
+
+    return create_hooks(autoload=False, disabled=(), plugins=(adapters, policies))
+
+
+def world_prompts(n: int, seed: int) -> list[str]:
+    from accelframe_adapters.world import clips
+
+    return [s.prompt for s in clips.sample_scenes(n, 9_000 + seed, split="eval")]
+
+
+def world_clip(prompt: str, seed: int, frames: int) -> Any:
+    """The world's rendering of ``prompt``: a tensor, or a looped clip when longer than one clip."""
+    from accelframe.stream_source import LoopedFrames
+    from accelframe_adapters.world import clips
+
+    scene = clips.parse_prompt(prompt)
+    if scene is None:
+        raise ConfigError("accelframe stream", "--prompt", prompt,
+                          "a world prompt such as 'a red circle moves left on a blue background' for --source world")
+    clip = clips.render(scene, seed, frames=min(frames, clips.PIXEL_FRAMES))  # [F, 3, 64, 64]
+    return clip if frames <= clip.shape[0] else LoopedFrames(clip, frames)
+
+
+def read_video(path: str, size: tuple[int, int], limit: int | None) -> torch.Tensor:
+    """Frames of a video file as ``[F, 3, H, W]`` in [0, 1], resized to ``size`` (area filter)."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("accelframe stream", "--source", path, "'world', 'none' or an existing video file")
+    import av
+
+    frames = []
+    try:
+        with av.open(str(p)) as container:
+            for frame in container.decode(video=0):
+                frames.append(torch.from_numpy(np.ascontiguousarray(frame.to_ndarray(format="rgb24"))))
+                if limit is not None and len(frames) >= limit:
+                    break
+    except av.error.FFmpegError as exc:
+        raise ConfigError("accelframe stream", "--source", path, f"a video PyAV can read ({exc})") from None
+    if not frames:
+        raise ConfigError("accelframe stream", "--source", path, "a video with at least one frame")
+    video = torch.stack(frames).permute(0, 3, 1, 2).float() / 255.0  # [F, 3, H, W]
+    if tuple(video.shape[2:]) != size:
+        video = torch.nn.functional.interpolate(video, size=size, mode="area").clamp(0.0, 1.0)
+    return video
+
+
+def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = None,
+                   max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
+                   window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
+                   block_frames: int = 3, trace: bool = False) -> Any:
+    """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
+    ``block_frames`` latent frames per unit)."""
+    from accelframe.pipeline import Pipeline
+
+    kwargs = {"size": size, "num_frame_per_block": block_frames}
+    pipe = Pipeline(adapter if adapter is not None else ADAPTER, hooks=hooks_ or hooks(), trace=trace,
+                    adapter_kwargs=None if adapter is not None else kwargs)
+    pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
+    if rolling:
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset)
+    if motion:
+        pipe.use("motion-noise")
+    return pipe
+
+
+def make_sources(args: argparse.Namespace, pipe: Any) -> list[Any]:
+    from accelframe.stream_source import StreamSource
+
+    prompts = [args.prompt] * args.streams if args.prompt else world_prompts(args.streams, args.seed)
+    out = []
+    for i, prompt in enumerate(prompts):
+        seed = args.seed + i
+        common = dict(id=f"s{i}", prompt=prompt, fps=args.fps, deadline_s=args.deadline, seed=seed,
+                      stall_timeout_s=args.stall_timeout)
+        if args.source == "none":
+            out.append(StreamSource(num_frames=args.frames, **common))
+        elif args.source == "world":
+            out.append(StreamSource(frames=world_clip(prompt, seed, args.frames), **common))
+        else:
+            out.append(StreamSource(frames=read_video(args.source, pipe.adapter.pixel_size, args.frames), **common))
+    return out
+
+
+class LiveLine:
+    """One terminal line per stream run: frames out, live output fps and time to first frame."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet or not sys.stderr.isatty()
+        self.frames = 0
+        self.first_emit: float | None = None
+
+    def __call__(self, record: dict[str, Any], now: float, ttff: float | None) -> None:
+        n = sum(record.get("emitted", {}).values())
+        self.frames += n
+        if n and self.first_emit is None:
+            self.first_emit = now
+        if self.quiet:
+            return
+        span = now - (self.first_emit or now)
+        fps = f"{(self.frames - n) / span:5.1f}" if span > 0 else "  -  "
+        first = f"{ttff:.2f} s" if ttff is not None else "-"
+        sys.stderr.write(f"\r{self.frames:6d} frames out | {fps} fps | first frame after {first}   ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if not self.quiet:
+            sys.stderr.write("\n")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="world", help="'world' (a rendered world clip), 'none' (text-to-video) "
+                                                     "or a video file (default: world)")
+    p.add_argument("--prompt", default=None, help="the prompt (default: held-out world prompts, one per stream)")
+    p.add_argument("--streams", type=int, default=1, help="user streams run side by side (default: 1)")
+    p.add_argument("--frames", type=int, default=105, help="input (or, for 'none', output) pixel frames per "
+                                                          "stream (default: 105, one world clip)")
+    p.add_argument("--fps", type=float, default=16.0, help="frames per second the source delivers (default: 16)")
+    p.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline in seconds from arrival "
+                                                              "to output (default: 1.0)")
+    p.add_argument("--stall-timeout", type=float, default=2.0,
+                   help="end a stream whose source is silent this long, in seconds (default: 2)")
+    p.add_argument("--size", default="world", help="model size of the adapter (default: world)")
+    p.add_argument("--block-frames", type=int, default=3,
+                   help="latent frames per unit (default: 3, the block the world's models were trained on; "
+                        "1 is the low-latency mode: a first frame after one pixel frame, smoother motion lost)")
+    p.add_argument("--stream-batch", action="store_true",
+                   help="run the denoising steps of consecutive chunks as one batched forward")
+    p.add_argument("--max-streams", type=int, default=8, help="most streams in one batch (default: 8)")
+    p.add_argument("--max-chunk-units", type=int, default=4, help="longest chunk, in units (default: 4)")
+    p.add_argument("--no-rolling", action="store_true", help="keep every frame in the KV cache (no rolling-kv)")
+    p.add_argument("--no-motion-noise", action="store_true", help="noise every chunk to --sigma instead")
+    p.add_argument("--sigma", type=float, default=0.7, help="noise level without motion-noise (default: 0.7)")
+    p.add_argument("--on-corrupt", default="hold", choices=("hold", "error"),
+                   help="a corrupt input frame: hold the last good one (default) or fail")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
+    p.add_argument("--out", default="stream.mp4", metavar="PATH",
+                   help="output mp4; with several streams a pattern containing {stream} "
+                        "(default: stream.mp4, or stream-{stream}.mp4)")
+    p.add_argument("--upscale", type=int, default=4, help="enlarge frames in the mp4 by this factor (default: 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    p.add_argument("--json", action="store_true", help="print the per-stream metrics as JSON")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Typed errors for bad input, before any model is loaded."""
+    for name, lo in (("streams", 1), ("frames", 1), ("max_streams", 1), ("max_chunk_units", 1), ("upscale", 1),
+                     ("block_frames", 1)):
+        value = getattr(args, name)
+        if not isinstance(value, int) or value < lo:
+            raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, f"an int >= {lo}")
+    for name in ("fps", "deadline", "stall_timeout"):
+        value = getattr(args, name)
+        if not value > 0 or value == float("inf"):
+            raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, "a positive number")
+    if not 0 < args.sigma <= 1:
+        raise ConfigError("accelframe stream", "--sigma", args.sigma, "a noise level in (0, 1]")
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelframe.stream_source import RealClock
+    from accelframe.stream_sinks import Mp4Sink
+
+    check_args(args)
+    out = args.out
+    if args.streams > 1 and "{stream}" not in out:
+        out = str(Path(out).with_name(Path(out).stem + "-{stream}" + Path(out).suffix))
+    pipe = build_pipeline(size=args.size, max_streams=args.max_streams, block_frames=args.block_frames,
+                          max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
+                          motion=args.source != "none" and not args.no_motion_noise)
+    sources = make_sources(args, pipe)
+    sink = Mp4Sink(out, args.fps, overwrite=args.overwrite, upscale_factor=args.upscale)
+    sink.check([s.id for s in sources])
+    clock = RealClock()
+    live = LiveLine(args.json)
+    first: dict[str, float] = {}
+
+    def on_frames(stream: str, frames: torch.Tensor) -> None:
+        first.setdefault(stream, clock.now())
+
+    def on_batch(record: dict[str, Any]) -> None:
+        ttff = min(first.values()) if first else None
+        live(record, clock.now(), ttff)
+
+    try:
+        result = pipe.stream(sources, clock=clock, default_sigma=args.sigma, sinks=[sink], on_frames=on_frames,
+                             stream_batch=args.stream_batch, keep_frames=False, on_corrupt=args.on_corrupt,
+                             on_batch=on_batch)
+    finally:
+        live.done()
+    doc = result.to_json()
+    summary = {"streams": doc["streams"], "outputs": {k: str(v) for k, v in sink.paths.items()},
+               "batches": len(doc["batches"]), "stream_batch": args.stream_batch}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    for sid, m in doc["streams"].items():
+        fps = "-" if m["fps"] is None else f"{m['fps']:.1f}"
+        ttff = "-" if m["ttff_s"] is None else f"{m['ttff_s']:.2f} s"
+        print(f"{sid}: {m['frames']} frames, {fps} fps, first frame after {ttff}, jitter {m['jitter_ms']:.0f} ms, "
+              f"{100 * m['deadline_miss_rate']:.1f} % deadlines missed, {m['corrupt_frames']} corrupt; "
+              f"{m['ended']} -> {sink.paths.get(sid, '(nothing written)')}")
+    return 0
+
+
+__all__ = ["build_pipeline", "configure", "hooks", "make_sources", "read_video", "run", "world_clip",
+           "world_prompts"]
