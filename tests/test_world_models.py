@@ -154,7 +154,7 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
     from accelframe_adapters.world import cards
 
     (tmp_path / models.FILES["drafter"]).write_bytes((tmp_path / "more.safetensors").read_bytes())
-    cards.write_card("drafter", tmp_path, None)
+    cards.write_card("drafter", tmp_path, [])
     card = (tmp_path / models.FILES["drafter"].replace(".safetensors", ".md")).read_text()
     assert "continued from `d.safetensors`, itself trained 2 steps" in card and rec["command"] in card
     with pytest.raises(ConfigError, match="init"):  # the target's weights do not fit the drafter

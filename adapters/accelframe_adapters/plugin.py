@@ -27,6 +27,8 @@ FAMILIES: dict[str, tuple[Callable[..., object], str]] = {
                       "Krea Realtime: Self-Forcing's network with a KV cache rebuilt per block"),
     "skyreels-v2-df": (_lazy("skyreels_df", "SkyReelsDFAdapter"),
                        "SkyReels-V2 diffusion forcing: per-frame noise levels, step matrix, UniPC"),
+    "magi-1": (_lazy("magi", "MagiAdapter"),
+               "MAGI-1: chunks of 6 latent frames denoised in a staged window of 4, packed KV cache"),
 }
 
 

@@ -41,7 +41,7 @@ from accelframe.errors import ConfigError
 from accelframe.metrics import psnr, ssim
 from accelframe.progress import progress_bar
 
-ADAPTERS = ("skyreels-v2-df", "self-forcing")
+ADAPTERS = ("skyreels-v2-df", "self-forcing", "magi-1")
 # a method's TeaCache coefficients to be fitted by ``accelframe calibrate`` on training prompts
 CALIBRATED = "calibrated"
 
@@ -66,6 +66,10 @@ class Setup:
     sensitivity: tuple[tuple[float, float], ...]
     reduced_steps: int
     scope_extra: dict[str, Any] = attrs.field(factory=dict)
+    quick_frames: int = 9  # latent frames per clip with --quick
+    lengths: tuple[int, ...] = (9, 18, 27)  # clip lengths of the length-scaling rows
+    quick_lengths: tuple[int, ...] = (3, 9)
+    warmup_frames: int | None = None  # the warm-up generation (default: one unit)
 
 
 def setup(adapter: str) -> Setup:
@@ -77,6 +81,10 @@ def setup(adapter: str) -> Setup:
     if adapter == "self-forcing":  # a chunk-synchronised loop: MAGI-1's setting, no selective computation
         return Setup(adapter_kwargs={}, frames=27, preset="magi-1", sensitivity=SENSITIVITY["magi-1"],
                      reduced_steps=2)
+    if adapter == "magi-1":  # SCOPE's MAGI-1 setting: 64 steps, staged window of 4 chunks (24 latent frames)
+        # a window of 4 chunks needs 24 latent frames, all the world's MAGI model was trained on
+        return Setup(adapter_kwargs={}, frames=24, preset="magi-1", sensitivity=SENSITIVITY["magi-1"],
+                     reduced_steps=16, quick_frames=24, lengths=(24,), quick_lengths=(24,), warmup_frames=24)
     raise ConfigError("bench step", "adapter", adapter, "one of " + ", ".join(ADAPTERS))
 
 
@@ -89,8 +97,8 @@ def methods(adapter: str, quick: bool = False) -> list[Method]:
     paper = (PRESETS[s.preset]["tau_c"], PRESETS[s.preset]["tau_p"])
     scope = ("scope", {"preset": s.preset})
     out = [Method(name=f"SCOPE {s.preset}", policies=(scope,), group="scope")]
-    sync = adapter == "self-forcing"
-    flow_warmup = 1 if sync else 5
+    sync = adapter in ("self-forcing", "magi-1")  # chunk-synchronised: no selective computation
+    flow_warmup = 1 if adapter == "self-forcing" else 5  # FlowCache: warm-up 5 (its MAGI-1 default)
     reduced = Method(name=f"original {s.reduced_steps} steps", group="reduced",
                      adapter_kwargs=reduced_step_kwargs(adapter, s.reduced_steps, s.adapter_kwargs))
     if quick:
@@ -228,7 +236,7 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
     s = setup(adapter)
     if n < 1:
         raise ConfigError("bench step", "prompts", n, "an int >= 1")
-    frames = 9 if quick else s.frames
+    frames = s.quick_frames if quick else s.frames
     all_methods = methods(adapter, quick)
     if only:
         known = [m.name for m in all_methods]
@@ -237,7 +245,7 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
             raise ConfigError("bench step", "only", bad[0], "method names among " + ", ".join(known))
         all_methods = [m for m in all_methods if m.name in only or m.group == "scope"]
     if lengths is None:
-        lengths = (3, 9) if quick else (9, 18, 27)
+        lengths = s.quick_lengths if quick else s.lengths
     hooks = _hooks()
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")
     rng = random.Random(seed)
@@ -252,7 +260,7 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
     steps_total = n * (1 + len(all_methods)) + 2 * len(lengths)
     with progress_bar(total=steps_total, desc=f"bench step {adapter}", unit="run", quiet=quiet) as bar:
         for p in [orig, *pipes]:  # warm-up: one unit each
-            p.generate([scenes[0].prompt], num_frames=unit, seed=0, decode=False)
+            p.generate([scenes[0].prompt], num_frames=s.warmup_frames or unit, seed=0, decode=False)
         named = [("original", orig), *((m.name, p) for m, p in zip(all_methods, pipes))]
         for i, (scene, sd) in enumerate(zip(scenes, seeds)):
             latents = []

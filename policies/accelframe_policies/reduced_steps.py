@@ -33,11 +33,17 @@ def reduced_step_kwargs(adapter: str, steps: int, kwargs: dict[str, Any], *,
         idx = [round(i * (len(full) - 1) / max(steps - 1, 1)) for i in range(steps)] if steps > 1 else [0]
         out["denoising_step_list"] = tuple(full[i] for i in sorted(set(idx)))
         return out
+    if adapter == "magi-1":  # stages of num_steps / window_size: a multiple of the window
+        window = int(kwargs.get("window_size", 4))
+        if steps % window:
+            raise ConfigError("reduced_step_kwargs", "steps", steps, f"a multiple of window_size = {window}")
+        out["num_steps"] = steps
+        return out
     if adapter == "analytic":
         out["steps"] = steps
         return out
     raise ConfigError("reduced_step_kwargs", "adapter", adapter,
-                      "one of 'skyreels-v2-df', 'self-forcing', 'krea-realtime', 'analytic'")
+                      "one of 'skyreels-v2-df', 'self-forcing', 'krea-realtime', 'magi-1', 'analytic'")
 
 
 __all__ = ["reduced_step_kwargs"]

@@ -4,7 +4,8 @@ For each ``world-MODEL.safetensors`` the card ``world-MODEL.md`` gives the archi
 the data, the settings and the command that reproduces it, the machine and time it took, a loss
 curve (``world-MODEL.loss.png``, drawn from ``world-MODEL.log.json``) and the measured quality: the
 trainer's own evaluation, and for the DiTs the numbers of ``accelframe bench world --json`` (pass
-its output file with ``--quality``).
+its output file with ``--quality``; for the MAGI model, that of ``accelframe bench step --adapter
+magi-1 --json``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ ABOUT = {
                "(blurred, wrong colour / shape / background, background alone, decoded noise, pixel noise); "
                "ImageReward's ranking loss -log sigmoid(r_good - r_bad) (see `world/train_reward.py`)."),
 }
+ABOUT["magi"] = (
+    "MAGI-1's DiT (`accelframe_adapters.magi_dit.MagiDiT`, MAGI-1's key names) in a tiny size: parallel self- "
+    "and cross-attention with grouped K/V, learned 3-D RoPE, per-chunk tanh gates before sandwich LayerNorms; "
+    "chunks of 6 latent frames with chunk-causal attention over a band of chunks.",
+    "Training-split clips, their first 24 latent frames (4 chunks) encoded by the world VAE; flow matching in "
+    "MAGI's time (x_t = t x0 + (1 - t) eps, v = x0 - eps) with per-chunk times (staged and sorted, independent, "
+    "or shared), bands of 2 to 5 chunks or full history, 10 % null captions; the loss weights the shape's "
+    "latent footprint by 1 + 4; the file holds the exponential moving average of the weights (see "
+    "`world/train_magi.py`).")
 ABOUT["drafter"] = (ABOUT["target"][0].replace("in a tiny size", "in a smaller size than the target"),
                     ABOUT["target"][1])
 
@@ -52,8 +62,9 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.2f} MB"
 
 
-def _quality(name: str, record: dict[str, Any], bench: dict[str, Any] | None) -> list[str]:
+def _quality(name: str, record: dict[str, Any], benches: list[dict[str, Any]]) -> list[str]:
     lines = []
+    bench = next((b for b in benches if f"{name}_quality" in b), None)
     if name == "vae" and "eval" in record:
         e = record["eval"]
         lines.append(f"- reconstruction PSNR on 16 held-out 105-frame clips: **{e['psnr_db']:.2f} dB**; "
@@ -77,12 +88,21 @@ def _quality(name: str, record: dict[str, Any], bench: dict[str, Any] | None) ->
                                                                "sharpness", "background")))
         lines.append(f"- a 9-block clip at batch 1: {t[f'{name}_clip_s']:.2f} s, "
                      f"{t[f'{name}_calls_per_s']:.1f} model calls per second ({cfg['threads']} threads)")
+    step = next((b for b in benches if b.get("config", {}).get("adapter") == "magi-1"), None)
+    if name == "magi" and step:  # accelframe bench step --adapter magi-1
+        bench = step
+        orig = next(m for m in bench["methods"] if m["name"] == "original")
+        c = bench["config"]
+        lines.append(f"- world quality on {c['prompts']} held-out prompts (magi-1 loop, {c['latent_frames']} latent "
+                     f"frames, `accelframe bench step --adapter magi-1`): **{orig['quality']:.3f}**, prompt "
+                     f"adherence **{orig['adherence']:.2f}**; a clip takes {orig['time_s'] / c['prompts']:.2f} s "
+                     f"({c['threads']} threads)")
     if not lines:
         lines.append("- not measured (pass `--quality` with the output of `accelframe bench world --json`)")
     return lines
 
 
-def write_card(name: str, folder: Path, bench: dict[str, Any] | None) -> list[Path]:
+def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[Path]:
     weights = folder / FILES[name]
     meta = read_metadata(weights)
     record, config = meta.get("training", {}), meta.get("config", {})
@@ -123,20 +143,23 @@ def write_card(name: str, folder: Path, bench: dict[str, Any] | None) -> list[Pa
         lines += ["## Loss", "", f"![training loss, log scale, against the step]({curve.name})", "",
                   f"Training loss (log scale) against the step; first logged {log['loss'][0]:.4f}, "
                   f"last {log['loss'][-1]:.4f}.", ""]
-    lines += ["## Measured quality", "", *_quality(name, record, bench), ""]
+    lines += ["## Measured quality", "", *_quality(name, record, benches), ""]
     card = weights.with_name(weights.name.replace(".safetensors", ".md"))
     card.write_text("\n".join(lines))
     written.append(card)
     return written
 
 
-def write_cards(folder: str | Path | None = None, quality: str | Path | None = None) -> list[Path]:
+def write_cards(folder: str | Path | None = None, quality: str | Path | list | None = None) -> list[Path]:
+    """Every card of ``folder``; ``quality``: JSON outputs of ``accelframe bench world`` and / or
+    ``accelframe bench step --adapter magi-1`` to quote (each card takes what concerns it)."""
     folder = Path(folder) if folder else WEIGHTS
-    bench = json.loads(Path(quality).read_text()) if quality else None
+    files = [] if quality is None else [quality] if isinstance(quality, (str, Path)) else list(quality)
+    benches = [json.loads(Path(q).read_text()) for q in files]
     out = []
     for name in FILES:
         if (folder / FILES[name]).exists():
-            out += write_card(name, folder, bench)
+            out += write_card(name, folder, benches)
     return out
 
 

@@ -19,7 +19,7 @@ import attrs
 
 from accelframe.errors import ConfigError
 
-MODELS = ("vae", "text", "target", "drafter", "reward")
+MODELS = ("vae", "text", "target", "drafter", "reward", "magi")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped model's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped model's)")
     p.add_argument("--init", default=None,
-                   help="target and drafter only: continue from these weights (same config) instead of from random")
+                   help="target, drafter and magi only: continue from these weights (same config) instead of "
+                        "from random")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped model's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None,
@@ -56,7 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("cards", help="write the model cards (markdown and loss curves) next to the weights")
     p.add_argument("--dir", default=None, help="folder of the weights (default: the installed weights)")
-    p.add_argument("--quality", default=None, help="a JSON file from 'accelframe bench world --json' to quote")
+    p.add_argument("--quality", action="append", default=None, metavar="JSON",
+                   help="output of 'accelframe bench world --json' (and, for the MAGI card, of 'accelframe bench "
+                        "step --adapter magi-1 --json') to quote; repeat for several")
 
     p = sub.add_parser("sample", help="render a ground-truth clip of the world for a prompt")
     p.add_argument("--prompt", required=True, help="a prompt of the world's grammar")
@@ -92,11 +95,13 @@ def _train(args: argparse.Namespace) -> int:
     from accelframe_adapters.world import models, train_dit, train_reward, train_vae, training
 
     out = Path(args.out) if args.out else models.WEIGHTS / models.FILES[args.model]
-    vae = args.vae or str(models.weights_path("vae")) if args.model in ("target", "drafter", "reward") else None
-    text = args.text or str(models.weights_path("text")) if args.model in ("target", "drafter", "reward") else None
+    needs = ("target", "drafter", "reward", "magi")
+    vae = args.vae or str(models.weights_path("vae")) if args.model in needs else None
+    text = args.text or str(models.weights_path("text")) if args.model in needs else None
     quiet = args.json
     for flag in ("short_steps", "init"):
-        if getattr(args, flag) is not None and args.model not in ("target", "drafter"):
+        allowed = ("target", "drafter", "magi") if flag == "init" else ("target", "drafter")
+        if getattr(args, flag) is not None and args.model not in allowed:
             raise ConfigError(f"accelframe world train {args.model}", "--" + flag.replace("_", "-"),
                               getattr(args, flag), "only with the target or the drafter")
     if args.model == "vae":
@@ -123,6 +128,11 @@ def _train(args: argparse.Namespace) -> int:
         rec = train_dit.train(args.model, out, vae=vae, text=text, clips_n=args.clips, data=args.data,
                               settings=_settings(train_dit.DEFAULTS[args.model], args),
                               short_steps=args.short_steps, init=args.init, force=args.force, quiet=quiet)
+    elif args.model == "magi":
+        from accelframe_adapters.world import train_magi
+
+        rec = train_magi.train(out, vae=vae, text=text, clips_n=args.clips, data=args.data, init=args.init,
+                               settings=_settings(train_magi.DEFAULTS, args), force=args.force, quiet=quiet)
     else:
         rec = train_reward.train(out, vae=vae, text=text, settings=_settings(train_reward.DEFAULTS, args),
                                  force=args.force, quiet=quiet)

@@ -25,6 +25,7 @@ FILES = {
     "target": "world-target.safetensors",
     "drafter": "world-drafter.safetensors",
     "reward": "world-reward.safetensors",
+    "magi": "world-magi.safetensors",
 }
 
 Z_DIM = 8

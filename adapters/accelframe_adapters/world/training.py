@@ -110,12 +110,13 @@ def machine() -> dict[str, Any]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any], training: dict[str, Any],
-         log: dict[str, Any]) -> None:
-    """Weights with their config and training record in the safetensors metadata, and the loss log beside."""
+         log: dict[str, Any], dtype: torch.dtype = torch.float32) -> None:
+    """Weights (stored as ``dtype``) with their config and training record in the safetensors
+    metadata, and the loss log beside."""
     from safetensors.torch import save_file
 
     meta = {"config": json.dumps(config, sort_keys=True), "training": json.dumps(training, sort_keys=True)}
-    save_file({k: t.detach().contiguous().float() for k, t in tensors.items()}, str(path), metadata=meta)
+    save_file({k: t.detach().contiguous().to(dtype) for k, t in tensors.items()}, str(path), metadata=meta)
     path.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
 
 
