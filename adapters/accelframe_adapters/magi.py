@@ -459,16 +459,9 @@ class MagiAdapter:
         """World quality of decoded clips (the world model only; else None)."""
         if not self.model_config.world:
             return None
-        from accelframe_adapters.world import clips, quality
+        from accelframe_adapters.world.quality import measure_prompts
 
-        out = []
-        for video, prompt in zip(frames, prompts):
-            scene = clips.parse_prompt(prompt)
-            if scene is None:
-                out.append({"prompt": prompt, "quality": None, "reason": "the prompt names no complete world scene"})
-            else:
-                out.append({"prompt": prompt, **quality.measure(video, scene, block=self.unit_frames).to_dict()})
-        return out
+        return measure_prompts(frames, prompts, block=self.unit_frames)
 
     # ---- KV -------------------------------------------------------------------------------------
 

@@ -425,17 +425,9 @@ class WanAdapter:
         one dict per prompt, ``quality`` None when the prompt names no complete scene of the world."""
         if not self.model_config.world:
             return None
-        from accelframe_adapters.world import clips, quality
+        from accelframe_adapters.world.quality import measure_prompts
 
-        out = []
-        for video, prompt in zip(frames, prompts):
-            scene = clips.parse_prompt(prompt)
-            if scene is None:
-                out.append({"prompt": prompt, "quality": None,
-                            "reason": "the prompt names no shape, colour, direction and background of the world"})
-            else:
-                out.append({"prompt": prompt, **quality.measure(video, scene).to_dict()})
-        return out
+        return measure_prompts(frames, prompts)
 
     # ---- KV management --------------------------------------------------------------------------
 

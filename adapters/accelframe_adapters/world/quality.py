@@ -220,6 +220,20 @@ def measure(video: torch.Tensor, scene: clips.Scene, *, block: int = 3) -> ClipQ
                        measured_direction=measured_direction, velocity=velocity)
 
 
+def measure_prompts(frames: torch.Tensor, prompts: Sequence[str], *, block: int = 3) -> list[dict]:
+    """What the adapters' ``measure_quality`` reports: per decoded clip of ``frames: [B, T, 3, H, W]``
+    its prompt and quality parts, or ``quality`` None when the prompt names no complete scene."""
+    out = []
+    for video, prompt in zip(frames, prompts):
+        scene = clips.parse_prompt(prompt)
+        if scene is None:
+            out.append({"prompt": prompt, "quality": None,
+                        "reason": "the prompt names no shape, colour, direction and background of the world"})
+        else:
+            out.append({"prompt": prompt, **measure(video, scene, block=block).to_dict()})
+    return out
+
+
 def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     """Means of every part over clips, and the adherence rates."""
     n = max(len(results), 1)
@@ -231,4 +245,5 @@ def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     return out
 
 
-__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "measure", "nearest_colour", "segment", "summarise"]
+__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "measure", "measure_prompts", "nearest_colour",
+           "segment", "summarise"]
