@@ -17,14 +17,7 @@ from accelframe_policies import plugin as policies_plugin
 
 TINY = {"size": "tiny", "height": 32, "width": 32, "num_steps": 8, "window_size": 2}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other work for the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _adapter(**kw) -> MagiAdapter:

@@ -24,13 +24,7 @@ H = W = 4  # latent size: 2 x 2 tokens, 24 tokens per chunk
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: more threads only add overhead (and oversubscribe a shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def network(seed: int = 0, cfg: MagiDiTConfig | None = None) -> MagiDiT:

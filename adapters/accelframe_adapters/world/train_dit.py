@@ -37,7 +37,6 @@ as ``(1 + n) / (10 + n)`` over the first updates), as Self-Forcing ships its ``g
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -204,14 +203,8 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
 
     torch.manual_seed(settings.seed)
     dit = WanDiT(cfg)
-    init_record = None
-    if init is not None:
-        meta = training.read_metadata(init)
-        if meta.get("config") != json.loads(json.dumps(attrs.asdict(cfg))):
-            raise ConfigError("world train", "init", str(init), f"weights of the {which}'s config "
-                                                                 f"({attrs.asdict(cfg)})")
-        ck.fit(dit, ck.read_tensors(init), str(init), what=f"the world {which} DiT")
-        init_record = {"file": Path(init).name, "training": meta.get("training", {})}
+    init_record = None if init is None else training.load_init(
+        dit, attrs.asdict(cfg), init, owner="world train", what=f"the world {which} DiT")
     dit.train()
     g = torch.Generator().manual_seed(settings.seed)
 

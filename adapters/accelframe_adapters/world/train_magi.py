@@ -23,15 +23,12 @@ context-free pass uses.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from accelframe.errors import ConfigError
-from accelframe_adapters import checkpoints as ck
 
 from accelframe_adapters.magi_dit import MagiDiT
 from accelframe_adapters.world import magi_model, training
@@ -98,13 +95,8 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
 
     torch.manual_seed(settings.seed)
     dit = MagiDiT(cfg)
-    init_record = None
-    if init is not None:
-        meta = training.read_metadata(init)
-        if meta.get("config") != json.loads(json.dumps(attrs.asdict(cfg))):
-            raise ConfigError("world train magi", "init", str(init), f"weights of the MAGI model's config ({cfg})")
-        ck.fit(dit, ck.read_tensors(init), str(init), what="the world MAGI DiT")
-        init_record = {"file": Path(init).name, "training": meta.get("training", {})}
+    init_record = None if init is None else training.load_init(
+        dit, attrs.asdict(cfg), init, owner="world train magi", what="the world MAGI DiT")
     dit.train()
     g = torch.Generator().manual_seed(settings.seed)
     full_mask = torch.ones(settings.batch, cfg.caption_max_length, dtype=torch.bool)

@@ -120,6 +120,19 @@ def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any]
     path.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
 
 
+def load_init(module: torch.nn.Module, config: dict[str, Any], init: str | Path, *, owner: str,
+              what: str) -> dict[str, Any]:
+    """Load the weights of an earlier run into ``module`` (to continue training it); its config must
+    equal ``config``. Returns the record a continued run keeps: the file's name and its training."""
+    from accelframe_adapters import checkpoints as ck
+
+    meta = read_metadata(init)
+    if meta.get("config") != json.loads(json.dumps(config)):
+        raise ConfigError(owner, "init", str(init), f"weights of {what}'s config ({config})")
+    ck.fit(module, ck.read_tensors(init), str(init), what=what)
+    return {"file": Path(init).name, "training": meta.get("training", {})}
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``config`` / ``training`` JSON a trainer stored in a safetensors file (empty when absent)."""
     from safetensors import safe_open
@@ -141,4 +154,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "batches", "check_out", "lr_at", "machine", "read_metadata", "run_loop", "save"]
+__all__ = ["TrainSettings", "batches", "check_out", "load_init", "lr_at", "machine", "read_metadata", "run_loop",
+           "save"]
