@@ -60,6 +60,10 @@ class PolicyError(AccelframeError):
         super().__init__(f"plugin {plugin!r} failed in {hook}: {problem}")
 
 
+class PipelineBusyError(AccelframeError, RuntimeError):
+    """A pipeline asked to generate, stream or change its stack while it runs in another thread."""
+
+
 class PolicyFallbackWarning(UserWarning):
     """A policy failed; the exact path answered that decision instead."""
 

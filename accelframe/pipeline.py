@@ -11,20 +11,24 @@ such as a scorer, before anything runs) and ``check_request(request)`` when a re
 (to refuse one it cannot serve with a typed error). Policies are asked in the order they were
 added. Everything that can be checked is checked before the first model call: names, keyword
 arguments, the adapter's capabilities against what each policy requires, a drafter against its
-target. A pipeline is reusable: every generation starts with fresh policy state.
+target. A pipeline is reusable: every generation starts with fresh policy state. Pipelines may
+share one plugin manager and run in parallel threads; one pipeline runs one generation at a time
+(a concurrent second one raises :class:`~accelframe.errors.PipelineBusyError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable, Iterable, Sequence
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import attrs
 
 from accelframe import adapter as caps
 from accelframe.adapter import Adapter
 from accelframe.engine import Engine, Result
-from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.errors import ConfigError, IncompatibleError, PipelineBusyError
 from accelframe.plugins import Hooks, create_hooks
 from accelframe.types import AppliesTo, Request
 
@@ -111,7 +115,11 @@ class Pipeline:
             raise ConfigError("Pipeline", "max_reuse", max_reuse,
                               "None or an int >= 1 (non-recompute calls allowed in a row)")
         self.max_reuse = max_reuse
-        self.hooks = hooks if hooks is not None else create_hooks()
+        # this pipeline's view of the plugin manager, which other pipelines may share: the view
+        # asks this pipeline's stack only (Hooks.with_stack), so runs on a shared manager in
+        # parallel threads never see each other's policies
+        self.hooks = (hooks if hooks is not None else create_hooks()).with_stack(())
+        self._running = threading.Lock()  # held by generate / stream; see _exclusive
         self.registry = self.hooks.registry()
         self.adapter, self.adapter_name = self._adapter(adapter, adapter_kwargs)
         self.drafter, self.drafter_name = (None, None)
@@ -185,10 +193,11 @@ class Pipeline:
         pm, plugin, k = self.hooks.pm, name, 2
         while pm.has_plugin(plugin) or pm.is_blocked(plugin):
             plugin, k = f"{name}@{k}", k + 1
-        self.hooks.register(obj, name=plugin, kind="policy", label=name)
-        self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies,
-                                        plugin=plugin))
-        self.hooks.set_stack(self._plugins())
+        with self._exclusive("use"):
+            self.hooks.register(obj, name=plugin, kind="policy", label=name)
+            self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies,
+                                            plugin=plugin))
+            self.hooks = self.hooks.with_stack(self._plugins())
         return self
 
     def _plugins(self) -> list[str]:
@@ -199,9 +208,10 @@ class Pipeline:
         """Take a policy off the stack by its stack name."""
         for p in self.stack:
             if p.name == name:
-                self.hooks.unregister(p.policy)
-                self.stack.remove(p)
-                self.hooks.set_stack(self._plugins())
+                with self._exclusive("remove"):
+                    self.hooks.unregister(p.policy)
+                    self.stack.remove(p)
+                    self.hooks = self.hooks.with_stack(self._plugins())
                 return self
         raise ConfigError("Pipeline.remove", "name", name,
                           "one of " + ", ".join(p.name for p in self.stack) if self.stack
@@ -268,9 +278,26 @@ class Pipeline:
             if callable(reset):
                 reset()
 
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """Hold the pipeline for one generation, stream or stack change.
+
+        Policies keep per-generation state on their objects, so a pipeline runs one generation
+        at a time: a second ``generate`` / ``stream`` (or a stack change) from another thread
+        while one runs raises :class:`~accelframe.errors.PipelineBusyError` instead of mixing
+        the two runs' state. Pipelines that share a plugin manager do run in parallel."""
+        if not self._running.acquire(blocking=False):
+            raise PipelineBusyError(
+                f"Pipeline.{what}: this pipeline is already running a generation or stream in "
+                "another thread; policies keep per-run state, so wait for it, or give each "
+                "thread its own Pipeline (pipelines may share one plugin manager)")
+        try:
+            yield
+        finally:
+            self._running.release()
+
     def engine(self, **kwargs: Any) -> Engine:
         """A fresh engine for one generation (the streaming runtime makes one per chunk)."""
-        self.hooks.set_stack(self._plugins())  # another pipeline may share this plugin manager
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
                       trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
@@ -283,23 +310,25 @@ class Pipeline:
         ``on_unit(span, pixels, source)`` is called as each unit is emitted (progress bars,
         streaming previews)."""
         req = self.request(prompts, **kwargs)
-        self._reset_policies()
-        self._generation += 1
-        return self.engine(generation=self._generation, on_unit=on_unit).run(req)
+        with self._exclusive("generate"):
+            self._reset_policies()
+            self._generation += 1
+            return self.engine(generation=self._generation, on_unit=on_unit).run(req)
 
     def stream(self, sources: Sequence[Any], **kwargs: Any) -> Any:
         """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""
         from accelframe.streaming import StreamLoop
 
-        self.hooks.set_stack(self._plugins())  # another pipeline may share this plugin manager
-        return StreamLoop(self, sources, **kwargs).run()
+        with self._exclusive("stream"):
+            return StreamLoop(self, sources, **kwargs).run()
 
     def close(self) -> None:
         """Unregister this pipeline's policies from its plugin manager."""
-        for p in list(self.stack):
-            self.hooks.unregister(p.policy)
-        self.stack.clear()
-        self.hooks.set_stack([])
+        with self._exclusive("close"):
+            for p in list(self.stack):
+                self.hooks.unregister(p.policy)
+            self.stack.clear()
+            self.hooks = self.hooks.with_stack(())
 
     def __enter__(self) -> Pipeline:
         return self

@@ -64,6 +64,15 @@ class PluginInfo:
     distribution: str | None = None
 
 
+@attrs.define(eq=False)
+class _Shared:
+    """What the views of one manager share: a version bumped whenever plugins change, and the
+    registry built from them (None until asked again)."""
+
+    version: int = 0
+    registry: Registry | None = None
+
+
 class HookRaised(Exception):
     """Raised by the facade when a plugin's decision hook raised; carries the plugin's name."""
 
@@ -117,15 +126,39 @@ def create_hooks(
 class Hooks:
     """Typed facade over one pluggy manager: one method per hook, plus registration helpers."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, *, stack: Iterable[str] = (),
+                 _of: Hooks | None = None) -> None:
         self.pm = pm
-        self.failures: list[LoadFailure] = []
-        self._kinds: dict[str, str] = {}
-        self._labels: dict[str, str] = {}  # plugin name -> the name a pipeline's stack shows
-        self._dists: dict[str, tuple[str, str]] = {}
-        self._registry: Registry | None = None
+        # what every view of this manager shares (see :meth:`with_stack`)
+        self._shared = _of._shared if _of is not None else _Shared()
+        self.failures: list[LoadFailure] = _of.failures if _of is not None else []
+        self._kinds: dict[str, str] = _of._kinds if _of is not None else {}
+        # plugin name -> the name a pipeline's stack shows
+        self._labels: dict[str, str] = _of._labels if _of is not None else {}
+        self._dists: dict[str, tuple[str, str]] = _of._dists if _of is not None else {}
+        # this view's own: its policy stack and the call lists prepared for it
+        self._stack: tuple[str, ...] = tuple(stack)
         self._prepared: dict[Any, list[_Impl]] = {}
-        self._stack: list[str] = []
+        self._prepared_version = self._shared.version
+
+    def with_stack(self, names: Iterable[str]) -> Hooks:
+        """A view of the same plugin manager that asks the policy stack ``names`` (plugin names,
+        in the order policies were added: asked first).
+
+        Policies registered by a pipeline (kind ``"policy"``) that are not in ``names`` belong to
+        another pipeline sharing this manager and are not asked. Views share the manager and its
+        bookkeeping; each keeps its own stack and prepared call lists, so pipelines sharing one
+        manager can run in parallel threads without seeing each other's policies."""
+        return Hooks(self.pm, stack=names, _of=self)
+
+    @property
+    def stack(self) -> tuple[str, ...]:
+        return self._stack
+
+    def _changed(self) -> None:
+        """The manager's plugins changed: every view rebuilds its registry and call lists."""
+        self._shared.version += 1
+        self._shared.registry = None
 
     # ---- plugins --------------------------------------------------------------------------------
 
@@ -164,8 +197,7 @@ class Hooks:
         self._kinds[pname] = kind
         if label is not None:
             self._labels[pname] = label
-        self._registry = None
-        self._prepared.clear()
+        self._changed()
         return pname
 
     def unregister(self, plugin: Any) -> None:
@@ -173,8 +205,7 @@ class Hooks:
         self.pm.unregister(plugin)
         self._kinds.pop(name or "", None)
         self._labels.pop(name or "", None)
-        self._registry = None
-        self._prepared.clear()
+        self._changed()
 
     def load_entry_points(self, blocked: set[str]) -> None:
         """Import and register every entry point of group ``accelframe`` not in ``blocked``."""
@@ -218,15 +249,15 @@ class Hooks:
 
         Each registration hook is called plugin by plugin, with a callback that knows the
         plugin's name, so a duplicate name is reported with both plugins."""
-        if self._registry is None:
+        if self._shared.registry is None:
             reg = Registry()
             for hook_name, callback in _REGISTRATION.items():
                 # registration order, so that a duplicate names the plugin that came first first
                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                     register = getattr(reg, callback)(impl.plugin_name)
                     impl.function(*[{"register": register}[a] for a in impl.argnames])
-            self._registry = reg
-        return self._registry
+            self._shared.registry = reg
+        return self._shared.registry
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -246,19 +277,16 @@ class Hooks:
 
     # ---- prepared call lists for the per-call hooks ---------------------------------------------
 
-    def set_stack(self, names: list[str]) -> None:
-        """The pipeline's policy stack (plugin names), in the order policies were added (asked
-        first).
-
-        Policies registered by a pipeline (kind ``"policy"``) that are not in the current stack
-        belong to another pipeline sharing this manager and are not asked."""
-        if list(names) != self._stack:
-            self._stack = list(names)
-            self._prepared.clear()
+    def _fresh(self) -> dict[Any, list[_Impl]]:
+        """This view's prepared call lists, emptied when plugins changed since they were made."""
+        if self._prepared_version != self._shared.version:
+            self._prepared = {}
+            self._prepared_version = self._shared.version
+        return self._prepared
 
     def _impls(self, hook_name: str, model: ModelRole | None = None) -> list[_Impl]:
         key = (hook_name, model)
-        found = self._prepared.get(key)
+        found = self._fresh().get(key)
         if found is not None:
             return found
         caller = getattr(self.pm.hook, hook_name)
@@ -352,7 +380,7 @@ class Hooks:
     def wraps_model_calls(self) -> bool:
         """True when some plugin besides the core's runner implements the model-call hook."""
         key = ("accelframe_model_call", "wrapped")
-        found = self._prepared.get(key)
+        found = self._fresh().get(key)
         if found is None:
             impls = self.pm.hook.accelframe_model_call.get_hookimpls()
             found = [("", (), i.plugin_name) for i in impls if i.plugin_name != RUNNER]
