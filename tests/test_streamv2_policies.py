@@ -58,7 +58,8 @@ def test_motion_noise_keeps_one_state_per_stream_and_a_window_across_chunks():
     p = MotionNoise(window=2, ema=1.0)
     jump = torch.stack([torch.zeros(3, 2, 2), torch.full((3, 2, 2), 0.1)])  # d = 0.2 in [-1, 1]: d̂ = 1
     flat = torch.zeros(2, 3, 2, 2)
-    assert p.accelframe_noise_level(_ctx(jump)) == pytest.approx(0.7)
+    # a stream's first chunk is at the initial level s_max (the reference's); its difference enters the window
+    assert p.accelframe_noise_level(_ctx(jump)) == pytest.approx(0.8)
     assert p.accelframe_noise_level(_ctx(flat, stream="other")) == pytest.approx(0.8)  # its own state
     # the window of the last 2 differences still holds the jump's... after one more flat chunk
     # with the previous frame (0.1 -> 0): differences 0.2 (prev -> first) and 0: d̂ = 1 again
@@ -69,6 +70,8 @@ def test_motion_noise_keeps_one_state_per_stream_and_a_window_across_chunks():
 def test_motion_noise_in_latent_space():
     p = MotionNoise(space="latent", ema=1.0, scale=1.0)
     lat = torch.stack([torch.zeros(4, 2, 2), torch.full((4, 2, 2), 0.5)])  # d = 0.5
+    first = torch.zeros(1, 4, 2, 2)  # the first chunk is at s_max; its last latent frame is the next's previous
+    assert p.accelframe_noise_level(_ctx(torch.zeros(5, 3, 2, 2), latents=first)) == pytest.approx(0.8)
     assert p.accelframe_noise_level(_ctx(torch.zeros(5, 3, 2, 2), latents=lat)) == pytest.approx(0.8 - 0.1 * 0.5)
     with pytest.raises(ConfigError, match="space"):
         p.accelframe_noise_level(_ctx(torch.zeros(5, 3, 2, 2)))

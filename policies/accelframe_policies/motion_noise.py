@@ -12,11 +12,16 @@ denoising against tearing); a still scene raises it towards ``s_max`` (stronger 
 
 Defaults are the reference implementation's (the paper gives no numbers): frames compared in pixel
 space scaled to [-1, 1]; ``scale`` 0.2; ``s_max`` 0.8 (its ``noise_scale``) and ``s_min`` 0.7 (it
-subtracts 0.1 d̂); ``ema`` 0.9 on the new value; ``s`` starts at ``s_max``; the window is the
-chunk's frames and the frame before them. ``space="latent"`` compares the chunk's clean latents
-instead (the paper's equation is written on latent frames). The reference also lowers its first
-timestep by 100 relative to the noise it adds; here the chunk is noised to ``s_t`` and the
-adapter's schedule starts at that level, so the two agree.
+subtracts 0.1 d̂); ``ema`` 0.9 on the new value; the window is the chunk's frames and the frame
+before them. As in the reference, a stream's first chunk is noised at ``s_max`` (its initial
+``noise_scale``) and the controller runs from the second chunk on, starting from ``s = s_max``; the
+first chunk's differences still enter ``window``. ``space="latent"`` compares the chunk's clean
+latents instead (the paper's equation is written on latent frames).
+
+Not matched on purpose: the reference tells its model ``t = int(1000 s) − 100`` for a chunk noised
+to ``s`` (700 at 0.8, the first entry of its step list 700, 500, 400, 200). Here the hook returns
+a level; the chunk is noised to it and the adapter's schedule starts there, the model seeing the
+adapter's timestep for that level (1000 s on the Wan block loops). See docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class MotionNoise:
 
     @hookimpl
     def accelframe_noise_level(self, ctx: NoiseContext) -> float:
+        first = ctx.stream not in self._streams
         st = self._streams.setdefault(ctx.stream, {"s": self.s_max, "last": None, "d": deque(),
                                                       "log": deque(maxlen=LOG_LIMIT)})
         frames, prev = self._frames(ctx)
@@ -99,7 +105,8 @@ class MotionNoise:
         raw = max(window) if window else 0.0
         d_hat = min(max(raw / self.scale, 0.0), 1.0)
         target = self.s_max - (self.s_max - self.s_min) * d_hat
-        st["s"] = self.ema * target + (1.0 - self.ema) * st["s"]
+        if not first:  # a stream's first chunk is noised at the initial level s_max, as the reference
+            st["s"] = self.ema * target + (1.0 - self.ema) * st["s"]
         st["log"].append({"motion": raw, "d_hat": d_hat, "target": target, "s": st["s"]})
         return float(st["s"])
 
