@@ -40,7 +40,8 @@ from accelframe import validators as v
 from accelframe.errors import CheckpointError, ConfigError
 from accelframe.types import Iteration, KVWrite, Request, UnitSpan
 from accelframe_adapters import checkpoints as ck
-from accelframe_adapters.unipc import UniPCState, sigmas as unipc_sigmas, unipc_step
+from accelframe_adapters.unipc import UniPCState, unipc_step
+from accelframe_adapters.unipc import model_timesteps as unipc_model_timesteps, sigmas as unipc_sigmas
 from accelframe_adapters.wan_common import WanAdapter, WanState, read_dit_file
 from accelframe_adapters.wan_dit import CrossCache, from_diffusers_key
 
@@ -162,7 +163,8 @@ class SkyReelsDFAdapter(WanAdapter):
                               "at most 105 pixel frames (27 latent frames) with the embedded world's models: "
                               "the clips they were trained on")
         self.levels = unipc_sigmas(c.num_inference_steps, c.shift)  # N + 1 levels, last 0
-        self._t_of = {s: float(int(s * 1000.0)) for s in self.levels[:-1]}  # the model sees int timesteps
+        # the model sees the reference's int timesteps
+        self._t_of = {s: float(t) for s, t in zip(self.levels, unipc_model_timesteps(self.levels))}
         self._t_of[1.0], self._t_of[0.0] = NOT_STARTED_T, 0.0
 
     # the world DiT was trained block-causal in blocks of 3 on 105-frame clips; 30 steps and

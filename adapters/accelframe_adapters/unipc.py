@@ -40,11 +40,26 @@ def _lam(s: float) -> float:
     return math.log(1.0 - s) - math.log(s)
 
 
-def sigmas(num_steps: int, shift: float, sigma_max: float = 0.999) -> list[float]:
-    """SkyReels-V2's inference levels: shift(linspace(σ_max, 0, N + 1)[:-1]) and a final 0."""
-    u = torch.linspace(sigma_max, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
-    s = shift * u / (1.0 + (shift - 1.0) * u)
-    return [float(x) for x in s] + [0.0]
+# The reference scheduler builds its training sigmas 1 - linspace(1, 1/1000, 1000) in float64, stores
+# them as float32 and keeps the first as a Python float: σ_max is float32(0.999) = 0.99900001287,
+# not 0.999. The difference moves int(1000 σ) by one at 27 of N = 1..100 steps (shift 1).
+SIGMA_MAX = float(torch.tensor(0.999, dtype=torch.float32))
+
+
+def sigmas(num_steps: int, shift: float, sigma_max: float = SIGMA_MAX) -> list[float]:
+    """SkyReels-V2's inference levels: shift(linspace(σ_max, 0, N + 1)[:-1]) and a final 0.
+
+    In float64 as the reference's ``set_timesteps`` computes them (numpy's linspace: element i is
+    ``i · (0 − σ_max) / N + σ_max``; ``torch.linspace`` rounds some elements differently)."""
+    step = (0.0 - sigma_max) / num_steps
+    u = [i * step + sigma_max for i in range(num_steps)]
+    return [shift * x / (1.0 + (shift - 1.0) * x) for x in u] + [0.0]
+
+
+def model_timesteps(levels: list[float]) -> list[int]:
+    """The integer timesteps the model receives at every level but the final 0: ``int(1000 σ)``,
+    truncated, as the reference casts its float64 ``σ · 1000`` to int64."""
+    return [int(s * 1000.0) for s in levels[:-1]]
 
 
 def _predict(x: torch.Tensor, m0: torch.Tensor, s0: float, t: float, m_prev: torch.Tensor | None,
@@ -105,4 +120,4 @@ def unipc_step(state: UniPCState, x: torch.Tensor, v: torch.Tensor, levels: list
     return x_next, new
 
 
-__all__ = ["UniPCState", "sigmas", "unipc_step"]
+__all__ = ["SIGMA_MAX", "UniPCState", "model_timesteps", "sigmas", "unipc_step"]
