@@ -4,7 +4,9 @@ Frames are a float tensor ``[T, 3, H, W]`` with values in ``[0, 1]`` (what the p
 after decoding). PNG files are written with the standard library only (``zlib`` + ``struct``);
 mp4 files need PyAV (``pip install av``), which is imported only when an mp4 is written.
 
-The functions here never check whether a path already exists: callers decide about overwriting.
+Every file is written whole or not at all (:func:`accelframe.outputs.atomic_path`: a temporary name
+in the same folder, renamed into place when complete). The functions here never check whether a path
+already exists: callers decide about overwriting (:func:`accelframe.outputs.check_output`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .outputs import atomic_path, atomic_paths, write_bytes
 
 __all__ = ["to_uint8", "upscale", "write_png", "frame_strip", "write_mp4", "write_video"]
 
@@ -94,9 +97,7 @@ def write_png(path: str | Path, image: torch.Tensor | np.ndarray) -> Path:
     rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * 3)], axis=1)
     data = (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
             + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
-    path = Path(path)
-    path.write_bytes(data)
-    return path
+    return write_bytes(path, data)
 
 
 def frame_strip(frames: torch.Tensor, count: int = 8, gap: int = 2,
@@ -160,6 +161,13 @@ def write_mp4(path: str | Path, frames: torch.Tensor, fps: float) -> Path:
                           "a .pt path, or install PyAV (pip install av) to write .mp4") from None
 
     path = Path(path)
+    with atomic_path(path) as tmp:
+        _encode_mp4(av, tmp, frames, fps)
+    return path
+
+
+def _encode_mp4(av: Any, path: Path, frames: torch.Tensor, fps: float) -> None:
+    _, _, height, width = frames.shape
     codec = _pick_codec(av)
     rate = Fraction(fps).limit_denominator(1001)
     container = av.open(str(path), mode="w")
@@ -175,7 +183,6 @@ def write_mp4(path: str | Path, frames: torch.Tensor, fps: float) -> Path:
         container.mux(stream.encode(None))  # flush the frames the encoder still holds
     finally:
         container.close()
-    return path
 
 
 def write_video(path: str | Path, frames: torch.Tensor, fps: float, *,
@@ -184,19 +191,24 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, *,
 
     ``.mp4`` writes the video and a PNG frame strip beside it (same stem, ``.png``); ``.png``
     writes only the strip. Returns ``{"video": str | None, "strip": str, "strip_frames": [...]}``
-    where ``strip_frames`` are the frame indices shown in the strip.
+    where ``strip_frames`` are the frame indices shown in the strip. The video and its strip are
+    renamed into place together, after both are complete. An odd frame height or width is padded
+    in the video by repeating the last row or column (yuv420p needs even sizes).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise ConfigError("write_video", "path", str(path), "a path ending in " + " or ".join(VIDEO_SUFFIXES))
     frames = upscale(_check_frames("write_video", frames), upscale_factor)
-    video = None
-    if suffix == ".mp4":
-        video = str(write_mp4(path, frames, fps))
-        strip_path = path.with_suffix(".png")
-    else:
-        strip_path = path
     image, indices = frame_strip(frames)
-    write_png(strip_path, image)
-    return {"video": video, "strip": str(strip_path), "strip_frames": indices}
+    if suffix != ".mp4":
+        write_png(path, image)
+        return {"video": None, "strip": str(path), "strip_frames": indices}
+    strip_path = path.with_suffix(".png")
+    _, _, height, width = frames.shape
+    if height % 2 or width % 2:  # repeat the last row / column, as the stream's Mp4Sink does
+        frames = torch.nn.functional.pad(frames, (0, width % 2, 0, height % 2), mode="replicate")
+    with atomic_paths([path, strip_path]) as (tmp_video, tmp_strip):
+        write_mp4(tmp_video, frames, fps)
+        write_png(tmp_strip, image)
+    return {"video": str(path), "strip": str(strip_path), "strip_frames": indices}

@@ -1,12 +1,14 @@
 """Where a stream's output frames go: an mp4 file per stream, written as frames come, or a callback.
 
 A sink has ``write(stream, frames)`` (``frames [F, 3, H, W]`` in [0, 1], in order) and
-``close()``; the streaming runtime closes its sinks when the run ends, also after an error, so what
-was emitted is always flushed to disk.
+``close()``; the streaming runtime closes its sinks when the run ends, also after an error or an
+interrupt (Ctrl-C, and SIGTERM under ``accelframe stream``), so what was emitted is always flushed
+into a playable file.
 """
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -15,16 +17,23 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.media import _pick_codec, to_uint8, upscale
+from accelframe.outputs import check_output, temp_name
 
 
 class Mp4Sink:
     """One mp4 per stream, encoded incrementally (memory stays flat however long the stream).
 
     ``path`` is a file for a single stream, or a pattern with ``{stream}`` for several. Existing
-    files are refused unless ``overwrite``. ``upscale_factor`` enlarges tiny frames
-    (nearest neighbour) so that players show them."""
+    files are refused unless ``force`` (``overwrite`` is the same); missing folders are created.
+    ``upscale_factor`` enlarges tiny frames (nearest neighbour) so that players show them.
 
-    def __init__(self, path: str | Path, fps: float, *, overwrite: bool = False, upscale_factor: int = 1) -> None:
+    Each file is encoded under a temporary name beside it (``.NAME.tmp-TOKEN.mp4``) and finalised
+    (the encoder flushed, the index written) and renamed into place by :meth:`close`, which the
+    streaming runtime calls on any exit: a stream stopped part-way leaves a playable file of the
+    frames emitted so far, never a truncated one."""
+
+    def __init__(self, path: str | Path, fps: float, *, force: bool = False, overwrite: bool = False,
+                 upscale_factor: int = 1) -> None:
         if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0:
             raise ConfigError("Mp4Sink", "fps", fps, "a number > 0")
         if str(path).lower().endswith(".mp4") is False:
@@ -33,8 +42,9 @@ class Mp4Sink:
             import av  # noqa: F401
         except ImportError:
             raise ConfigError("Mp4Sink", "path", str(path), "PyAV installed (pip install av)") from None
-        self.pattern, self.fps, self.overwrite, self.factor = str(path), fps, overwrite, upscale_factor
-        self._open: dict[str, tuple[Any, Any]] = {}
+        self.pattern, self.fps, self.factor = str(path), fps, upscale_factor
+        self.force = self.overwrite = bool(force or overwrite)
+        self._open: dict[str, tuple[Any, Any, Path]] = {}
         self.paths: dict[str, Path] = {}
         self.frames: dict[str, int] = {}
 
@@ -48,26 +58,27 @@ class Mp4Sink:
             raise ConfigError("Mp4Sink", "path", self.pattern,
                               "a pattern with {stream} when several streams are written")
         for p in paths:
-            if p.exists() and not self.overwrite:
-                raise ConfigError("Mp4Sink", "path", str(p), "a file that does not exist yet (or overwrite=True)")
+            self._check(p)
+
+    def _check(self, path: Path) -> None:
+        check_output(path, owner="Mp4Sink", field="path", force=self.force, flag="force=True")
 
     def _container(self, stream: str, height: int, width: int) -> tuple[Any, Any]:
         import av
 
         if stream in self._open:
-            return self._open[stream]
+            return self._open[stream][:2]
         path = self.path_for(stream)
-        if path.exists() and not self.overwrite:
-            raise ConfigError("Mp4Sink", "path", str(path), "a file that does not exist yet (or overwrite=True)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(path), mode="w")
+        self._check(path)
+        tmp = temp_name(path)
+        container = av.open(str(tmp), mode="w")
         codec = _pick_codec(av)
         out = container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
                                    options={"crf": "18"} if codec == "libx264" else {})
         out.width, out.height, out.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
         if codec != "libx264":
             out.bit_rate = 8_000_000
-        self._open[stream] = (container, out)
+        self._open[stream] = (container, out, tmp)
         self.paths[stream] = path
         self.frames[stream] = 0
         return container, out
@@ -82,15 +93,25 @@ class Mp4Sink:
         container, out = self._container(stream, h, w)
         for array in to_uint8(frames):
             container.mux(out.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        self.frames[stream] += frames.shape[0]
+            self.frames[stream] += 1
 
     def close(self) -> None:
-        for container, out in self._open.values():
+        """Finalise every open file and rename it into place; one that cannot be finalised is
+        removed (its temporary) and the first such error raised after the others are closed."""
+        pending, self._open = self._open, {}
+        failed: BaseException | None = None
+        for stream, (container, out, tmp) in pending.items():
             try:
-                container.mux(out.encode(None))  # flush what the encoder holds
-            finally:
-                container.close()
-        self._open.clear()
+                try:
+                    container.mux(out.encode(None))  # flush what the encoder holds
+                finally:
+                    container.close()  # writes the index: the file plays from here on
+                os.replace(tmp, self.paths[stream])
+            except BaseException as err:  # noqa: BLE001 - close the others, then re-raise
+                tmp.unlink(missing_ok=True)
+                failed = failed or err
+        if failed is not None:
+            raise failed
 
 
 class CallbackSink:
