@@ -44,7 +44,7 @@ def test_stream_of_a_world_clip_writes_the_mp4_and_prints_the_metrics(capsys, tm
     # the file is the user's now: a second run refuses to replace it
     size = out.stat().st_size
     assert main(["stream", "--frames", "9", "--fps", "200", "--out", str(out)]) == 2
-    assert "overwrite" in capsys.readouterr().err and out.stat().st_size == size
+    assert "--force" in capsys.readouterr().err and out.stat().st_size == size
 
 
 def test_bench_stream_refuses_bad_input_and_existing_results(capsys, tmp_path):

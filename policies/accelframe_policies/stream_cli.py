@@ -174,7 +174,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="output mp4; with several streams a pattern containing {stream} "
                         "(default: stream.mp4, or stream-{stream}.mp4)")
     p.add_argument("--upscale", type=int, default=4, help="enlarge frames in the mp4 by this factor (default: 4)")
-    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace output files that exist (--overwrite: the same)")
     p.add_argument("--json", action="store_true", help="print the per-stream metrics as JSON")
 
 
@@ -194,18 +195,22 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelframe.stream_source import RealClock
+    from accelframe.outputs import check_output, sigterm_as_interrupt
     from accelframe.stream_sinks import Mp4Sink
+    from accelframe.stream_source import RealClock
 
     check_args(args)
     out = args.out
     if args.streams > 1 and "{stream}" not in out:
         out = str(Path(out).with_name(Path(out).stem + "-{stream}" + Path(out).suffix))
+    sink = Mp4Sink(out, args.fps, force=args.force, upscale_factor=args.upscale)
+    for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
+        check_output(sink.path_for(f"s{i}"), owner="accelframe stream", field="--out", force=args.force,
+                     suffixes=(".mp4",))
     pipe = build_pipeline(size=args.size, max_streams=args.max_streams, block_frames=args.block_frames,
                           max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
                           motion=args.source != "none" and not args.no_motion_noise)
     sources = make_sources(args, pipe)
-    sink = Mp4Sink(out, args.fps, overwrite=args.overwrite, upscale_factor=args.upscale)
     sink.check([s.id for s in sources])
     clock = RealClock()
     live = LiveLine(args.json)
@@ -218,12 +223,21 @@ def run(args: argparse.Namespace) -> int:
         ttff = min(first.values()) if first else None
         live(record, clock.now(), ttff)
 
+    interrupted = False
     try:
-        result = pipe.stream(sources, clock=clock, default_sigma=args.sigma, sinks=[sink], on_frames=on_frames,
-                             stream_batch=args.stream_batch, keep_frames=False, on_corrupt=args.on_corrupt,
-                             on_batch=on_batch)
+        with sigterm_as_interrupt():  # SIGTERM as Ctrl-C: the sink flushes what was emitted
+            result = pipe.stream(sources, clock=clock, default_sigma=args.sigma, sinks=[sink],
+                                 on_frames=on_frames, stream_batch=args.stream_batch, keep_frames=False,
+                                 on_corrupt=args.on_corrupt, on_batch=on_batch)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         live.done()
+        for sid, path in sink.paths.items() if interrupted else ():
+            if path.exists():
+                print(f"accelframe stream: interrupted; kept {sink.frames[sid]} frames of {sid} in {path}",
+                      file=sys.stderr)
     doc = result.to_json()
     summary = {"streams": doc["streams"], "outputs": {k: str(v) for k, v in sink.paths.items()},
                "batches": len(doc["batches"]), "stream_batch": args.stream_batch}
