@@ -49,7 +49,7 @@ def test_the_command_keeps_earlier_results(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     (tmp_path / "results.json").write_text("{}")
     assert main(["bench", "step", "--quick", "--out", str(tmp_path)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "--force" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == "{}"
     assert main(["bench", "step", "--quick", "--only", "nope", "--out", str(tmp_path / "new")]) == 2
     assert "method names" in capsys.readouterr().err

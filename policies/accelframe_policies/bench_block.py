@@ -370,7 +370,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-block", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-block)")
-    p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -390,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
     from accelframe_policies.bench_io import fresh_out, report
 
     out = Path(args.out)
-    fresh_out("bench block", out, OUTPUTS, args.overwrite)
+    fresh_out("bench block", out, OUTPUTS, args.force)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise ConfigError("bench block", "--calibration-prompts", args.calibration_prompts, "an int >= 1")
     taus = _taus(args.taus)

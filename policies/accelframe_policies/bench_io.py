@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from accelframe.errors import ConfigError
 
+def fresh_out(owner: str, out: Path, names: tuple[str, ...], force: bool) -> None:
+    """Before any work: refuse an ``--out`` folder that holds earlier results unless ``--force``, or
+    one that cannot be made (:func:`accelframe.outputs.check_folder`)."""
+    from accelframe.outputs import check_folder
 
-def fresh_out(owner: str, out: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """Refuse an ``--out`` folder that holds earlier results, unless ``overwrite``."""
-    clash = [n for n in names if (out / n).exists()]
-    if clash and not overwrite:
-        raise ConfigError(owner, "--out", str(out),
-                          f"a folder without earlier results ({', '.join(clash)} exist; pass --overwrite)")
+    check_folder(out, names, owner=owner, field="--out", force=force)
 
 
 def write_tables(doc: dict[str, Any], out: Path, markdown: Callable[[dict[str, Any]], str]) -> list[Path]:
@@ -27,8 +25,13 @@ def write_tables(doc: dict[str, Any], out: Path, markdown: Callable[[dict[str, A
 
 def report(doc: dict[str, Any], out: Path, write: Callable[[dict[str, Any], Path], Any],
            markdown: Callable[[dict[str, Any]], str], as_json: bool) -> int:
-    """Write the outputs, then print the document as JSON or the table and where it went."""
-    write(doc, out)
+    """Write the outputs, then print the document as JSON or the table and where it went. The files
+    are written into a temporary folder beside ``out`` and moved into it when all are complete, so
+    an error or an interrupt leaves no half-written results."""
+    from accelframe.outputs import atomic_path
+
+    with atomic_path(out, folder=True) as tmp:
+        write(doc, tmp)
     if as_json:
         print(json.dumps(doc, indent=1))
         return 0

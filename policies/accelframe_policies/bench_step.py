@@ -399,7 +399,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for results.json, results.md and the plots (default: bench-step-ADAPTER)")
-    p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -408,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
     from accelframe_policies.bench_io import fresh_out, report
 
     fresh_out("bench step", out, ("results.json", "results.md", "pareto.png", "timeline.png", "length.png",
-                                  "memory.png"), args.overwrite)
+                                  "memory.png"), args.force)
     n = 1 if args.quick else args.prompts
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     doc = run_bench(adapter=args.adapter, n=n, seed=args.seed, quick=args.quick, only=only, quiet=args.json)

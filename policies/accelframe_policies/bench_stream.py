@@ -250,7 +250,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--soak-seconds", type=float, default=0.0, help="also soak one stream this long (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stream", metavar="DIR", help="output folder (default: bench-stream)")
-    p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     if args.soak_seconds < 0:
         raise ConfigError("bench stream", "--soak-seconds", args.soak_seconds, "0 or more seconds")
     out = Path(args.out)
-    fresh_out("bench stream", out, OUTPUTS, args.overwrite)
+    fresh_out("bench stream", out, OUTPUTS, args.force)
     if args.quick:
         loads, frames = [args.fps], min(args.frames, 57)
     else:

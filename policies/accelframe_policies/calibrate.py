@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Hashable
 
 import attrs
@@ -82,7 +81,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=None, help="latent frames per run (default: 3 units)")
     p.add_argument("--degree", type=int, default=4, help="polynomial degree (default: 4, as TeaCache)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON to FILE (not overwritten)")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON to FILE")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.degree < 1:
         raise ConfigError("calibrate", "--degree", args.degree, "an int >= 1")
-    if args.out and Path(args.out).exists():
-        raise ConfigError("calibrate", "--out", args.out, "a path that does not exist yet")
+    from accelframe.outputs import check_output, write_text
+
+    check_output(args.out, owner="calibrate", field="--out", force=args.force)
     pipe = Pipeline(args.adapter, adapter_kwargs=parse_assignments(args.set, "--set"), trace=False)
     prompts = args.prompt
     if not prompts:
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
            **calibrate(pipe, prompts, num_frames=frames, degree=args.degree, seed=args.seed)}
     text = json.dumps(doc, indent=1)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_text(args.out, text + "\n")
     print(text)
     return 0
 
