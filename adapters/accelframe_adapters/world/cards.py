@@ -102,16 +102,25 @@ def _quality(name: str, record: dict[str, Any], benches: list[dict[str, Any]]) -
     return lines
 
 
+def _card_outputs(name: str, folder: Path) -> tuple[dict[str, Any], Path | None, Path]:
+    """The loss log of ``name``'s weights, the loss curve to draw (None without a log) and the card."""
+    weights = folder / FILES[name]
+    log_path = weights.with_suffix(".log.json")
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    curve = weights.with_name(weights.name.replace(".safetensors", ".loss.png")) if log.get("step") else None
+    return log, curve, weights.with_name(weights.name.replace(".safetensors", ".md"))
+
+
 def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[Path]:
+    """Write ``name``'s card and loss curve (each whole or not at all; the caller checks overwrites)."""
+    from accelframe.outputs import write_text
+
     weights = folder / FILES[name]
     meta = read_metadata(weights)
     record, config = meta.get("training", {}), meta.get("config", {})
     written = []
-    log_path = weights.with_suffix(".log.json")
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
-    curve = None
-    if log.get("step"):
-        curve = weights.with_name(weights.name.replace(".safetensors", ".loss.png"))
+    log, curve, card = _card_outputs(name, folder)
+    if curve is not None:
         line_plot(curve, log["step"], [log["loss"]], log_y=True)
         written.append(curve)
     arch, data = ABOUT[name]
@@ -144,22 +153,30 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
                   f"Training loss (log scale) against the step; first logged {log['loss'][0]:.4f}, "
                   f"last {log['loss'][-1]:.4f}.", ""]
     lines += ["## Measured quality", "", *_quality(name, record, benches), ""]
-    card = weights.with_name(weights.name.replace(".safetensors", ".md"))
-    card.write_text("\n".join(lines))
+    write_text(card, "\n".join(lines))
     written.append(card)
     return written
 
 
-def write_cards(folder: str | Path | None = None, quality: str | Path | list | None = None) -> list[Path]:
+def write_cards(folder: str | Path | None = None, quality: str | Path | list | None = None, *,
+                force: bool = False) -> list[Path]:
     """Every card of ``folder``; ``quality``: JSON outputs of ``accelframe bench world`` and / or
-    ``accelframe bench step --adapter magi-1`` to quote (each card takes what concerns it)."""
+    ``accelframe bench step --adapter magi-1`` to quote (each card takes what concerns it). Cards
+    and loss curves that exist (an edited card) are refused before anything is written, unless
+    ``force``."""
+    from accelframe.outputs import check_output
+
     folder = Path(folder) if folder else WEIGHTS
     files = [] if quality is None else [quality] if isinstance(quality, (str, Path)) else list(quality)
     benches = [json.loads(Path(q).read_text()) for q in files]
+    names = [name for name in FILES if (folder / FILES[name]).exists()]
+    for name in names:
+        _, curve, card = _card_outputs(name, folder)
+        for p in (curve, card):
+            check_output(p, owner="accelframe world cards", field="--dir", force=force)
     out = []
-    for name in FILES:
-        if (folder / FILES[name]).exists():
-            out += write_card(name, folder, benches)
+    for name in names:
+        out += write_card(name, folder, benches)
     return out
 
 

@@ -57,6 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("cards", help="write the model cards (markdown and loss curves) next to the weights")
     p.add_argument("--dir", default=None, help="folder of the weights (default: the installed weights)")
+    p.add_argument("--force", action="store_true", help="replace cards and loss curves that exist")
     p.add_argument("--quality", action="append", default=None, metavar="JSON",
                    help="output of 'accelframe bench world --json' (and, for the MAGI card, of 'accelframe bench "
                         "step --adapter magi-1 --json') to quote; repeat for several")
@@ -65,7 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="a prompt of the world's grammar")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--out", required=True, help=".mp4 (with a .png strip) or .png")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--force", action="store_true", help="replace --out (and its .png strip) if they exist")
 
     p = sub.add_parser("probe", help="does a world DiT read the shape's colour from the prompt? (x0 estimates)",
                        description="Noise the first block of rendered clips to each level, read the DiT's x0 "
@@ -147,10 +148,11 @@ def _sample(args: argparse.Namespace) -> int:
     from accelframe.media import write_video
     from accelframe_adapters.world import clips
 
+    from accelframe.outputs import check_output
+
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ConfigError("accelframe world sample", "--out", args.out,
-                          "a path that does not exist yet (or --force)")
+    for p in [out] + ([out.with_suffix(".png")] if out.suffix.lower() == ".mp4" else []):  # the video and its strip
+        check_output(p, owner="accelframe world sample", field="--out", force=args.force, suffixes=(".mp4", ".png"))
     scene = clips.parse_prompt(args.prompt)
     if scene is None:
         raise ConfigError("accelframe world sample", "--prompt", args.prompt,
@@ -183,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "cards":
         from accelframe_adapters.world.cards import write_cards
 
-        for p in write_cards(args.dir, quality=args.quality):
+        for p in write_cards(args.dir, quality=args.quality, force=args.force):
             print(f"wrote {p}")
         return 0
     if cmd == "probe":

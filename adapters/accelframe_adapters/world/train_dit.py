@@ -182,6 +182,7 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     if short_steps < 0:
         raise ConfigError("world train", "short_steps", short_steps, "an int >= 0")
     path = training.check_out(out, force)
+    training.check_data(data)
     cfg = CONFIGS[which]()
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.text_dim, cfg.text_len)
@@ -190,12 +191,13 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     if data is not None and Path(data).exists():
         ds = torch.load(str(data), weights_only=True)
         if ds.get("vae_id") != vae_id or len(ds["prompts"]) != clips_n:
+            training.refuse_data(data, force, f"is not a cache of {clips_n} clips encoded by this VAE")
             ds = None
     if ds is None:
         ds = build_dataset(vae_model, clips_n, seed=1234, quiet=quiet)
         ds["vae_id"] = vae_id
         if data is not None:
-            torch.save(ds, str(data))
+            training.save_data(data, ds)
     latents = ds["latents"]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], latents.shape[1], tuple(latents.shape[-2:]))  # [N, F, h, w]
     states = enc(ds["prompts"])  # [N, L, text_dim]

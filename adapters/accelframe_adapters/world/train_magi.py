@@ -74,18 +74,20 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     continues from the weights of an earlier run of the same config (its record is kept)."""
     settings = settings or DEFAULTS
     path = training.check_out(out, force)
+    training.check_data(data)
     cfg = magi_model.config()
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.caption_channels, cfg.caption_max_length)
     ds = None
     if data is not None and Path(data).exists():
         ds = torch.load(str(data), weights_only=True)
-        if len(ds["prompts"]) != clips_n:
+        if len(ds.get("prompts", ())) != clips_n:
+            training.refuse_data(data, force, f"is not a cache of {clips_n} encoded clips")
             ds = None
     if ds is None:
         ds = build_dataset(vae_model, clips_n, seed=1234, quiet=quiet)
         if data is not None:
-            torch.save(ds, str(data))
+            training.save_data(data, ds)
     frames = magi_model.LATENT_FRAMES
     latents = ds["latents"][:, :frames]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], ds["latents"].shape[1], tuple(latents.shape[-2:]))[:, :frames]

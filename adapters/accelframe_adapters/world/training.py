@@ -51,15 +51,45 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))))
 
 
+def log_path(weights: str | Path) -> Path:
+    """The loss log written beside a weights file: ``NAME.log.json`` for ``NAME.safetensors``."""
+    return Path(weights).with_suffix(".log.json")
+
+
 def check_out(out: str | Path, force: bool) -> Path:
-    """The weights path; an existing file is an error unless ``force`` (nothing is overwritten silently)."""
-    p = Path(out)
-    if p.suffix != ".safetensors":
-        raise ConfigError("train", "out", str(out), "a path ending in .safetensors")
-    if p.exists() and not force:
-        raise ConfigError("train", "out", str(out), "a path that does not exist yet (or --force)")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    """The weights path, checked before training: it and the loss log beside it are refused when
+    they exist unless ``force`` (nothing is overwritten silently); the folder is created."""
+    from accelframe.outputs import check_output
+
+    p = check_output(out, owner="train", field="out", force=force, suffixes=(".safetensors",))
+    check_output(log_path(p), owner="train", field="out", force=force)
     return p
+
+
+def check_data(data: str | Path | None) -> None:
+    """Before training: the folder of a ``--data`` cache is created (an existing file is read, and
+    replaced only when :func:`refuse_data` allows)."""
+    from accelframe.outputs import check_output
+
+    if data is not None:
+        check_output(data, owner="world train", field="data", force=True)
+
+
+def refuse_data(data: str | Path, force: bool, why: str) -> None:
+    """An existing ``--data`` file that is not a cache this run can use: refused unless ``force``
+    (it may be an unrelated file), before any clip is encoded."""
+    if not force:
+        raise ConfigError("world train", "data", str(data),
+                          f"a cache of encoded clips for this run, or a path that does not exist yet "
+                          f"(this file {why}; pass --force to replace it)")
+
+
+def save_data(data: str | Path, ds: dict[str, Any]) -> None:
+    """Write a ``--data`` cache whole or not at all."""
+    from accelframe.outputs import atomic_path
+
+    with atomic_path(data) as tmp:
+        torch.save(ds, str(tmp))
 
 
 def run_loop(name: str, settings: TrainSettings, params: list[torch.nn.Parameter],
@@ -115,9 +145,12 @@ def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any]
     metadata, and the loss log beside."""
     from safetensors.torch import save_file
 
+    from accelframe.outputs import atomic_paths
+
     meta = {"config": json.dumps(config, sort_keys=True), "training": json.dumps(training, sort_keys=True)}
-    save_file({k: t.detach().contiguous().to(dtype) for k, t in tensors.items()}, str(path), metadata=meta)
-    path.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
+    with atomic_paths([path, log_path(path)]) as (tmp, tmp_log):  # both renamed into place when complete
+        save_file({k: t.detach().contiguous().to(dtype) for k, t in tensors.items()}, str(tmp), metadata=meta)
+        tmp_log.write_text(json.dumps(log, indent=1))
 
 
 def load_init(module: torch.nn.Module, config: dict[str, Any], init: str | Path, *, owner: str,
@@ -154,5 +187,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "batches", "check_out", "load_init", "lr_at", "machine", "read_metadata", "run_loop",
-           "save"]
+__all__ = ["TrainSettings", "batches", "check_data", "check_out", "load_init", "log_path", "lr_at", "machine",
+           "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
