@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
+import attrs
 import torch
 
+from accelframe import validators as v
+from accelframe.errors import ConfigError
 from accelframe.types import Iteration, KVWrite, Request, UnitSpan
 
 # Capabilities an adapter may declare; policies and the pipeline check them before any model call.
@@ -25,6 +28,82 @@ CAPABILITIES = frozenset(
     {KV_CACHE, UPDATE_MASK, BLOCK_UNITS, SNAPSHOT, DECODE, ENCODE, KV_WINDOW}
 )
 
+# copies of a request's latents the engine holds at once (latents, a velocity, the next state), and of
+# its decoded pixels (the decoded units, then the video they are joined into): the default estimate
+LATENT_COPIES = 3
+PIXEL_COPIES = 2
+
+
+def _opt_count(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None:
+        v.number_in(1, integer=True)(inst, attribute, value)
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """What one adapter can run: an adapter declares it as its ``limits`` attribute (one that declares
+    none gets :func:`default_limits`). The pipeline and the stream loop check every request against
+    it before anything is allocated (:mod:`accelframe.limits`), and refuse with a
+    :class:`~accelframe.errors.LimitError` naming the limit.
+
+    - ``max_frames``: the latent frame positions a request may reach, ``first_frame + num_frames -
+      rope_offset`` (a RoPE table's length, the clips a model was trained on); None: no fixed bound.
+    - ``max_batch``: prompts in one request; None: memory decides.
+    - ``max_height`` / ``max_width``: the largest pixel frame the adapter may be configured for.
+    - memory, per batch row: ``latent_frame_bytes`` per latent frame of a request (the engine's
+      latents and working copies), ``kv_frame_bytes`` per latent frame held as context (the KV
+      cache), of which at most ``kv_frames`` are held (a window; None: every frame so far), and
+      ``pixel_frame_bytes`` per decoded pixel frame. Model weights are not counted: they are
+      already loaded when a request is checked.
+    """
+
+    max_frames: int | None = attrs.field(default=None, validator=_opt_count)
+    max_batch: int | None = attrs.field(default=None, validator=_opt_count)
+    max_height: int | None = attrs.field(default=None, validator=_opt_count)
+    max_width: int | None = attrs.field(default=None, validator=_opt_count)
+    latent_frame_bytes: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
+    kv_frame_bytes: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
+    kv_frames: int | None = attrs.field(default=None, validator=_opt_count)
+    pixel_frame_bytes: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
+
+    def request_bytes(self, *, batch: int, frames: int, pixel_frames: int, context_frames: int) -> int:
+        """Estimated bytes of a request of ``frames`` latent frames (``pixel_frames`` decoded) whose
+        KV cache would hold ``context_frames`` frames without a window."""
+        held = context_frames if self.kv_frames is None else min(context_frames, self.kv_frames)
+        return batch * (frames * self.latent_frame_bytes + held * self.kv_frame_bytes
+                        + pixel_frames * self.pixel_frame_bytes)
+
+
+def frame_bytes(shape: Sequence[int], dtype: Any = torch.float32) -> int:
+    """Bytes of one tensor of ``shape`` in ``dtype``."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def default_limits(adapter: Any) -> Limits:
+    """The limits of an adapter that declares none: no fixed bounds, memory from its shapes (the
+    latents in its ``dtype``, one latent frame of context per cached frame when it keeps a KV cache,
+    float32 pixels of its ``pixel_size``)."""
+    c, h, w = adapter.latent_shape
+    latent = frame_bytes((c, h, w), getattr(adapter, "dtype", torch.float32))
+    ph, pw = tuple(getattr(adapter, "pixel_size", None) or (h, w))
+    kv = latent if KV_CACHE in getattr(adapter, "capabilities", ()) else 0
+    return Limits(latent_frame_bytes=LATENT_COPIES * latent, kv_frame_bytes=kv,
+                  pixel_frame_bytes=PIXEL_COPIES * frame_bytes((3, ph, pw)))
+
+
+def limits_of(adapter: Any) -> Limits:
+    """The adapter's declared ``limits``, or :func:`default_limits`."""
+    declared = getattr(adapter, "limits", None)
+    if declared is None:
+        return default_limits(adapter)
+    if not isinstance(declared, Limits):
+        raise ConfigError(f"adapter {getattr(adapter, 'name', type(adapter).__name__)!r}", "limits",
+                          type(declared).__name__, "an accelframe.adapter.Limits, or None")
+    return declared
+
 
 @runtime_checkable
 class Adapter(Protocol):
@@ -39,6 +118,8 @@ class Adapter(Protocol):
     # Optional: ``device`` and ``dtype`` of the latents (default CPU, float32). Start noise is
     # drawn on the CPU from the unit's generator and moved, so bits do not depend on the device;
     # ``advance`` gets that CPU generator for re-noising and must do the same.
+    # Optional: ``limits``, a :class:`Limits` (frames, batch, frame size, bytes per frame); the
+    # pipeline refuses a request beyond them, or beyond the memory they estimate, before any model call.
 
     def validate(self, request: Request) -> None:
         """Raise a typed error for a request this family cannot run (before any model call)."""

@@ -21,6 +21,18 @@ class ConfigError(AccelframeError, ValueError):
         super().__init__(f"{owner}.{field} = {value!r} is not allowed: {allowed}")
 
 
+class LimitError(ConfigError):
+    """A request or stream larger than an adapter's declared limits (frames, batch, frame size) or
+    than the memory it would need. ``limit`` names the limit (``max_frames``, ``max_batch``,
+    ``max_height``, ``max_width``, ``memory``); ``maximum`` is the largest value of ``field``
+    allowed, when one can be given."""
+
+    def __init__(self, owner: str, field: str, value: Any, allowed: str, *, limit: str,
+                 maximum: int | None = None) -> None:
+        self.limit, self.maximum = limit, maximum
+        super().__init__(owner, field, value, allowed)
+
+
 class UnknownNameError(AccelframeError, KeyError):
     """A policy, adapter, scorer or command name that no loaded plugin registered."""
 

@@ -259,9 +259,15 @@ class Pipeline:
             if isinstance(prompts, str):
                 prompts = [prompts]
             req = Request(prompts=tuple(prompts), **kwargs)
+        from accelframe.limits import check_request
+
         self.adapter.validate(req)
         if self.drafter is not None:
             self.drafter.validate(req)
+        # the adapters' declared limits and the memory estimate: before any unit is listed or allocated
+        check_request([(self.adapter_name, self.adapter)]
+                      + ([(self.drafter_name, self.drafter)] if self.drafter is not None else []), req)
+        if self.drafter is not None:
             t_units = [u.frames for u in self.adapter.units(req)]
             d_units = [u.frames for u in self.drafter.units(req)]
             if t_units != d_units:

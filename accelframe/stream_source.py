@@ -13,6 +13,7 @@ fill a whole number of units is padded with its last frame, and the padding is n
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 import warnings
@@ -63,6 +64,111 @@ class LoopedFrames:
         return self.clip[[i % n for i in index]]
 
 
+class VideoFrames:
+    """A video file's frames ``[F, 3, H, W]`` in [0, 1], resized to ``size`` (area filter), decoded
+    with PyAV as they are asked for: a stream consumes them in order, so only the frames of the chunk
+    being read are decoded and held, never the whole file (a 1080p hour stays on disk). Indexing
+    with an int or a list of ints gives frames as a tensor; asking for a frame before the ones held
+    decodes the file again from its start. ``limit`` keeps the first frames only.
+
+    The frame count is read without decoding (the video's packets are counted). ``decoded`` counts
+    the frames decoded so far."""
+
+    def __init__(self, path: str, size: tuple[int, int], limit: int | None = None) -> None:
+        try:
+            import av
+        except ImportError:
+            raise ConfigError("VideoFrames", "path", str(path),
+                              "a tensor source, or install PyAV (pip install av) to read video files") from None
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError("VideoFrames", "limit", limit, "None or a positive int")
+        h, w = size
+        self.path, self.size, self._av = str(path), (int(h), int(w)), av
+        n = 0
+        try:
+            with av.open(self.path) as container:
+                if not container.streams.video:
+                    raise ConfigError("VideoFrames", "path", self.path, "a file with a video stream")
+                for packet in container.demux(container.streams.video[0]):
+                    n += packet.size > 0
+                    if limit is not None and n >= limit:
+                        break
+        except av.error.FFmpegError as exc:
+            raise ConfigError("VideoFrames", "path", self.path, f"a video PyAV can read ({exc})") from None
+        if n == 0:
+            raise ConfigError("VideoFrames", "path", self.path, "a video with at least one frame")
+        self.total = n
+        self.shape = torch.Size([n, 3, *self.size])
+        self.decoded = 0
+        self._container: Any = None
+        self._frames: Any = None  # the decoder's frame iterator
+        self._next = 0  # index of the frame the decoder yields next
+        self._held: dict[int, torch.Tensor] = {}  # decoded, resized frames of the last chunk read
+        self._last_raw: torch.Tensor | None = None  # the last frame decoded, before resizing
+
+    def dim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return self.total
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames, self._next = None, None, 0
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def _restart(self) -> None:
+        self.close()
+        self._container = self._av.open(self.path)
+        self._frames = iter(self._container.decode(video=0))
+        self._last_raw = None
+
+    def _decode_to(self, first: int, last: int, keep_from: int) -> None:
+        """Decode frames up to ``last``, keeping those from ``first`` (and the held ones from
+        ``keep_from``); frames passed before are decoded again from the file's start."""
+        if self._frames is None or first < self._next:
+            self._restart()
+        self._held = {k: f for k, f in self._held.items() if k >= keep_from}
+        raw, ids = [], []
+        while self._next <= last:
+            frame = next(self._frames, None) if self._frames is not None else None
+            if frame is not None:
+                self.decoded += 1
+                self._last_raw = torch.from_numpy(frame.to_ndarray(format="rgb24"))  # [H, W, 3] uint8
+            elif self._last_raw is None:
+                raise ConfigError("VideoFrames", "path", self.path, "a video whose first frame can be decoded")
+            # (a decoder that gives fewer frames than the file has packets: the last frame is held)
+            if self._next >= first:
+                raw.append(self._last_raw)
+                ids.append(self._next)
+            self._next += 1
+        if raw:
+            video = torch.stack(raw).permute(0, 3, 1, 2).float() / 255.0  # [n, 3, H, W]
+            if tuple(video.shape[2:]) != self.size:
+                video = torch.nn.functional.interpolate(video, size=self.size, mode="area").clamp(0.0, 1.0)
+            self._held.update(zip(ids, video))
+
+    def __getitem__(self, index: int | list[int]) -> torch.Tensor:
+        ids = [index] if isinstance(index, int) else [int(k) for k in index]
+        ids = [k + self.total if k < 0 else k for k in ids]
+        bad = [k for k in ids if not 0 <= k < self.total]
+        if bad:
+            raise IndexError(f"frames {bad} of a video of {self.total} frames")
+        if not ids:
+            return torch.empty(0, 3, *self.size)
+        missing = [k for k in ids if k not in self._held]
+        if missing:
+            self._decode_to(min(missing), max(missing), min(ids))
+        out = torch.stack([self._held[k] for k in ids])
+        return out[0] if isinstance(index, int) else out
+
+
 def _arrivals(inst: Any, attribute: Any, value: Any) -> None:
     if value is None:
         return
@@ -93,7 +199,7 @@ class StreamSource:
         if self.frames is None and self.num_frames is None:
             raise ConfigError("StreamSource", "num_frames", None,
                               "a positive int when no input frames are given")
-        if self.frames is not None and (not isinstance(self.frames, (torch.Tensor, LoopedFrames))
+        if self.frames is not None and (not isinstance(self.frames, (torch.Tensor, LoopedFrames, VideoFrames))
                                         or self.frames.dim() != 4
                                         or self.frames.shape[1] != 3 or self.frames.shape[0] < 1):
             shape = tuple(self.frames.shape) if isinstance(self.frames, torch.Tensor) else type(self.frames)
@@ -122,6 +228,8 @@ class StreamSource:
         """Pixel frames delivered before the source ended (a stall ends it early)."""
         if self.stall_timeout_s is None:
             return self.total
+        if self.arrivals_s is None:  # frames 1 / fps apart: all of them, or the first only
+            return 1 if self.total > 1 and 1.0 / self.fps > self.stall_timeout_s else self.total
         for k in range(1, self.total):
             if self.arrival_s(k) - self.arrival_s(k - 1) > self.stall_timeout_s:
                 return k
@@ -143,7 +251,7 @@ class StreamSource:
         """Pixel frames arrived by ``now``."""
         n = self.delivered
         if self.arrivals_s is not None:
-            return sum(1 for k in range(n) if self.arrivals_s[k] <= now + 1e-9)
+            return bisect.bisect_right(self.arrivals_s, now + 1e-9, 0, n)  # arrivals never decrease
         if now < self.start_s:
             return 0
         return min(n, int(math.floor((now - self.start_s) * self.fps + 1e-9)) + 1)
@@ -170,11 +278,14 @@ class FrameMap:
         return 0 if latents <= 0 else self.first + self.ratio * (latents - 1)
 
     def latents_total(self, pixel_frames: int) -> int:
-        """Latent frames (whole units) that cover ``pixel_frames``."""
-        n = 0
-        while self.pixels(n) < pixel_frames:
-            n += self.unit
-        return n
+        """Latent frames (whole units) that cover ``pixel_frames`` (closed form: a stream may be
+        10^18 frames long)."""
+        if pixel_frames <= 0:
+            return 0
+        if self.ratio < 1:
+            raise ConfigError("FrameMap", "ratio", self.ratio, "pixel frames per latent frame >= 1")
+        need = 1 + max(-(-(pixel_frames - self.first) // self.ratio), 0)  # pixels(need) >= pixel_frames
+        return -(-need // self.unit) * self.unit
 
     def latents_complete(self, pixel_frames: int) -> int:
         """Latent frames whose pixel frames have all arrived."""
@@ -261,4 +372,4 @@ class RealClock:
 
 
 __all__ = ["CorruptFrameError", "CorruptFrameWarning", "FrameGuard", "FrameMap", "LoopedFrames", "RealClock",
-           "StreamSource", "VirtualClock", "check_frame"]
+           "StreamSource", "VideoFrames", "VirtualClock", "check_frame"]

@@ -34,6 +34,7 @@ import torch
 from accelframe import adapter as caps
 from accelframe import fallback
 from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
 from accelframe.stream_batch import Row, micro_step, new_row
 from accelframe.stream_source import (
@@ -201,6 +202,10 @@ class StreamLoop:
                 if tuple(s.frames.shape[2:]) != (h, w):
                     raise ConfigError(f"StreamSource {s.id!r}", "frames", tuple(s.frames.shape),
                                       f"frames of {h}x{w} pixels")
+        # the adapter's declared limits and the memory the streams need, before anything runs
+        kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in self.pipe.stack)
+        check_streams(self.sources, self.pipe.adapter_name, self.adapter, self.fmap,
+                      keep_frames=self.keep_frames, kv_managed=kv_managed)
 
     # ---- failures -------------------------------------------------------------------------------
 
@@ -286,6 +291,7 @@ class StreamLoop:
                       rope_offset=self._rope(st))
         try:
             self.adapter.validate(req)
+            check_fixed(self.pipe.adapter_name, self.adapter, req)  # frame positions, declared limits
         except ConfigError as exc:
             return (f"plans a chunk of {n} frames of stream {stream!r} that adapter "
                     f"{self.pipe.adapter_name!r} cannot run: {exc}")

@@ -47,6 +47,8 @@ from accelframe.errors import ConfigError
 from accelframe.plans import block_plan, block_units, start_schedule
 from accelframe.types import Iteration, KVWrite, Request, Role, UnitSpan
 
+MAX_SIDE = 512  # the largest latent (and frame) side the config allows
+
 
 @attrs.frozen(kw_only=True)
 class AnalyticConfig:
@@ -65,8 +67,8 @@ class AnalyticConfig:
         default=None, validator=attrs.validators.optional(v.number_in(1, integer=True)))
     sink_frames: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
     channels: int = attrs.field(default=4, validator=v.number_in(1, 64, integer=True))
-    height: int = attrs.field(default=8, validator=v.number_in(1, 512, integer=True))
-    width: int = attrs.field(default=8, validator=v.number_in(1, 512, integer=True))
+    height: int = attrs.field(default=8, validator=v.number_in(1, MAX_SIDE, integer=True))
+    width: int = attrs.field(default=8, validator=v.number_in(1, MAX_SIDE, integer=True))
     coupling: float = attrs.field(default=0.3, validator=v.number_in(0.0, 0.9))
     curvature: float = attrs.field(default=0.2, validator=v.number_in(0.0, 1.0))
     smoothing: float = attrs.field(default=0.25, validator=v.number_in(0.0, 0.9))
@@ -147,6 +149,13 @@ class AnalyticAdapter:
         # what decodes latents: two analytic adapters decode alike iff these knobs agree
         self.vae_key = f"analytic-decoder(channels={c.channels}, smoothing={c.smoothing})"
         self._phases: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        # no position or batch bound (the field is closed-form); memory: the engine's latent copies,
+        # one latent per cached frame (all of them, or the rolling window), decoded frames
+        latent = caps.frame_bytes(self.latent_shape, self.dtype)
+        self.limits = caps.Limits(
+            max_height=MAX_SIDE, max_width=MAX_SIDE,
+            latent_frame_bytes=caps.LATENT_COPIES * latent, kv_frame_bytes=latent, kv_frames=c.kv_window,
+            pixel_frame_bytes=caps.PIXEL_COPIES * caps.frame_bytes((3, c.height, c.width), self.dtype))
 
     def __repr__(self) -> str:
         return f"AnalyticAdapter({self.config!r})"

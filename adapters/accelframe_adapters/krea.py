@@ -93,6 +93,9 @@ class KreaAdapter(BlockLoopAdapter):
     def new_kv(self) -> KVCache:
         return KVCache(num_layers=self.dit.cfg.num_layers, tokens_per_frame=self.tokens_per_frame)
 
+    def kv_window_frames(self) -> int:
+        return self.config.kv_cache_num_frames  # the cache is rebuilt from this many frames per block
+
     # ---- the loop -------------------------------------------------------------------------------
 
     @torch.no_grad()

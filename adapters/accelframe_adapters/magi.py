@@ -54,6 +54,8 @@ from accelframe_adapters import magi_schedule as ms
 from accelframe_adapters.magi_dit import MagiDiT, MagiDiTConfig, MagiKVCache
 from accelframe_adapters.text import UnknownWordsWarning, WordEncoder
 
+MAX_SIDE = 4096  # the largest frame side (pixels) the adapter may be configured for
+
 SIZES = ("world", "tiny", "4.5B", "24B")
 
 
@@ -118,8 +120,8 @@ class MagiModelConfig:
     # "world": the embedded world's trained MAGI model (with the world VAE and word encoder); "tiny":
     # random tiny weights; "4.5B" / "24B": a released checkpoint (there are no random weights that big)
     size: str = attrs.field(default="world", validator=v.one_of(*SIZES))
-    height: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
-    width: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
+    height: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
+    width: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     device: str = "cpu"
     init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
 
@@ -187,6 +189,20 @@ class MagiAdapter:
         if self.vae is not None:
             caps_.add(caps.DECODE)
         self.capabilities = frozenset(caps_)
+        # no RoPE table to outgrow (learned bands); the world's model was trained on LATENT_FRAMES.
+        # Memory: latents, the packed K/V of every layer (every chunk stays cached), pixels
+        max_frames = None
+        if mc.world:
+            from accelframe_adapters.world.magi_model import LATENT_FRAMES
+
+            max_frames = LATENT_FRAMES
+        tokens = (self.latent_shape[1] // c.patch_size) * (self.latent_shape[2] // c.patch_size)
+        weights = next(self.dit.parameters()).dtype
+        self.limits = caps.Limits(
+            max_frames=max_frames, max_height=MAX_SIDE, max_width=MAX_SIDE,
+            latent_frame_bytes=caps.LATENT_COPIES * caps.frame_bytes(self.latent_shape, self.dtype),
+            kv_frame_bytes=caps.frame_bytes((c.num_layers, tokens, c.num_query_groups, 2 * c.kv_channels), weights),
+            pixel_frame_bytes=caps.PIXEL_COPIES * caps.frame_bytes((3, mc.height, mc.width)))
 
     # ---- models ---------------------------------------------------------------------------------
 

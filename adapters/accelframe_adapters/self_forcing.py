@@ -153,6 +153,10 @@ class SelfForcingAdapter(BlockLoopAdapter):
                                   unexpected=stray)
         return inner
 
+    def kv_window_frames(self) -> int | None:
+        window = self.config.local_attn_size  # the committed window plus the block's scratch K/V
+        return None if window == -1 else window
+
     def attention_frames(self, frames: tuple[int, int]) -> int:
         window = self.config.local_attn_size
         return frames[1] if window == -1 else min(frames[1], window)

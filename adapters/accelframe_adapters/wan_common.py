@@ -19,6 +19,7 @@ import attrs
 import torch
 
 from accelframe import adapter as caps
+from accelframe.adapter import LATENT_COPIES, PIXEL_COPIES, Limits, frame_bytes
 from accelframe import validators as v
 from accelframe.errors import CheckpointError, ConfigError
 from accelframe.types import Iteration, Request
@@ -30,6 +31,7 @@ from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
 SIZES = ("world", "world-drafter", "tiny", "1.3B", "14B")
 WORLD_SIZES = ("world", "world-drafter")  # the embedded world's trained target and drafter
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_SIDE = 4096  # the largest frame side (pixels) a Wan adapter may be configured for
 
 
 @attrs.frozen(kw_only=True)
@@ -43,8 +45,8 @@ class WanModelConfig:
     vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: the world VAE for the world
     #                         sizes, else random weights (tiny VAE for size "tiny")
     text_encoder: str = "word"  # "word" (built-in), a word-encoder .safetensors, or a UMT5 folder
-    height: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
-    width: int = attrs.field(default=64, validator=v.number_in(16, 4096, integer=True))
+    height: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
+    width: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     device: str = "cpu"
     dtype: str = attrs.field(default="float32", validator=v.one_of(*DTYPES))
     init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
@@ -296,6 +298,29 @@ class WanAdapter:
 
     def pixel_frames(self, latent_frames: int) -> int:
         return 1 + 4 * (latent_frames - 1)
+
+    def kv_window_frames(self) -> int | None:
+        """The most latent frames the family's KV cache holds (None: every frame so far)."""
+        return None
+
+    @functools.cached_property
+    def limits(self) -> Limits:
+        """Frame positions (the RoPE table, or the world's trained clips, for a family whose positions
+        grow with the video), frame size, and bytes per frame: latents, K/V of every layer, pixels."""
+        c = self.dit.cfg
+        if self.model_config.world:
+            from accelframe_adapters.world.models import LATENT_FRAMES
+
+            positions = self.world_frame_limit(LATENT_FRAMES)
+        else:
+            positions = self.world_frame_limit(c.rope_max_len)
+        kv = 0 if self.new_kv() is None else frame_bytes((2, c.num_layers, self.tokens_per_frame, c.dim),
+                                                          self.model_dtype)
+        return Limits(max_frames=positions if positions < 1 << 30 else None,
+                      max_height=MAX_SIDE, max_width=MAX_SIDE,
+                      latent_frame_bytes=LATENT_COPIES * frame_bytes(self.latent_shape, self.dtype),
+                      kv_frame_bytes=kv, kv_frames=self.kv_window_frames(),
+                      pixel_frame_bytes=PIXEL_COPIES * frame_bytes((3, *self.pixel_size)))
 
     def world_frame_limit(self, trained: int) -> int:
         """The last latent frame (exclusive) a request may reach with the world's models: the RoPE

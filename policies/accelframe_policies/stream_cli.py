@@ -55,30 +55,17 @@ def world_clip(prompt: str, seed: int, frames: int) -> Any:
     return clip if frames <= clip.shape[0] else LoopedFrames(clip, frames)
 
 
-def read_video(path: str, size: tuple[int, int], limit: int | None) -> torch.Tensor:
-    """Frames of a video file as ``[F, 3, H, W]`` in [0, 1], resized to ``size`` (area filter)."""
-    import numpy as np
+def read_video(path: str, size: tuple[int, int], limit: int | None) -> Any:
+    """The frames of a video file, ``[F, 3, H, W]`` in [0, 1] resized to ``size`` (area filter), decoded
+    chunk by chunk as the stream consumes them (:class:`~accelframe.stream_source.VideoFrames`)."""
+    from accelframe.stream_source import VideoFrames
 
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise ConfigError("accelframe stream", "--source", path, "'world', 'none' or an existing video file")
-    import av
-
-    frames = []
     try:
-        with av.open(str(p)) as container:
-            for frame in container.decode(video=0):
-                frames.append(torch.from_numpy(np.ascontiguousarray(frame.to_ndarray(format="rgb24"))))
-                if limit is not None and len(frames) >= limit:
-                    break
-    except av.error.FFmpegError as exc:
-        raise ConfigError("accelframe stream", "--source", path, f"a video PyAV can read ({exc})") from None
-    if not frames:
-        raise ConfigError("accelframe stream", "--source", path, "a video with at least one frame")
-    video = torch.stack(frames).permute(0, 3, 1, 2).float() / 255.0  # [F, 3, H, W]
-    if tuple(video.shape[2:]) != size:
-        video = torch.nn.functional.interpolate(video, size=size, mode="area").clamp(0.0, 1.0)
-    return video
+        return VideoFrames(path, size, limit)
+    except ConfigError as exc:
+        raise ConfigError("accelframe stream", "--source", path, exc.allowed) from None
 
 
 def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = None,
