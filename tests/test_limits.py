@@ -112,7 +112,8 @@ def test_declared_frame_batch_and_size_limits_are_enforced_by_the_pipeline():
 
 def test_adapters_without_declared_limits_get_a_default_from_their_shapes():
     ad = AnalyticAdapter(channels=4, height=8, width=8)
-    lim = limits_of(object.__new__(type("Bare", (), {"latent_shape": (4, 8, 8), "unit_frames": 1})))
+    bare = type("Bare", (), {"latent_shape": (4, 8, 8), "unit_frames": 1})()
+    lim = limits_of(bare)
     assert lim.max_frames is None and lim.max_batch is None
     assert lim.latent_frame_bytes >= 4 * 8 * 8 * 4 and lim.pixel_frame_bytes >= 3 * 8 * 8 * 4
     # the analytic adapter declares its own, from its config
@@ -211,9 +212,8 @@ def test_stream_cli_refuses_10_to_the_18_frames_at_once(capsys, monkeypatch, tmp
 # ---- video sources ------------------------------------------------------------------------------
 
 
-def _write_video(path, n: int, h: int, w: int) -> np.ndarray:
-    """An mp4 of ``n`` frames of moving gradients; returns what a decoder reads back is not exact, so
-    nothing: callers decode it themselves."""
+def _write_video(path, n: int, h: int, w: int) -> None:
+    """Write an mp4 of ``n`` frames of moving gradients with PyAV (lossy: callers decode it to compare)."""
     av = pytest.importorskip("av")
     yy, xx = np.mgrid[0:h, 0:w]
     with av.open(str(path), mode="w") as container:
