@@ -392,7 +392,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, default=1,
                    help="without torchrun: spawn this many local ranks (default: 1, this process)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="the last rank saves {'latents', 'frames', 'log'} here (torch.save)")
+                   help="the last rank saves {'latents', 'frames', 'log'} here (torch.save); checked before "
+                        "any rank starts, its folder created")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print each rank's log as a 'PP_LOG {json}' line")
     p.add_argument("--compare", action="store_true", help="run compare_ranks and print its JSON")
     p.add_argument("--quick", action="store_true", help="with --compare: the short run (about 20 s)")
@@ -439,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(compare_ranks(quick=a.quick), indent=2))
             return 0
         cfg = config_from_args(a)
+        from accelframe.outputs import check_output
+
+        check_output(a.out, owner="pipeline_parallel", field="--out", force=a.force)
         if "RANK" not in os.environ and a.ranks > 1:
             res = launch(cfg, a.ranks)
         else:
@@ -462,7 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("%d latent frames; partition %s -> %s%s; steady throughput %s", lg["frames"],
                  lg["partition_before"], lg["partition_after"], why, thr)
         if a.out is not None:
-            torch.save({"latents": res.latents, "frames": res.frames, "log": res.log}, a.out)
+            from accelframe.outputs import atomic_path
+
+            with atomic_path(a.out) as tmp:  # renamed into place when complete
+                torch.save({"latents": res.latents, "frames": res.frames, "log": res.log}, tmp)
     return 0
 
 
