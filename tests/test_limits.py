@@ -12,15 +12,12 @@ import pytest
 import torch
 
 from accelframe.adapter import Limits, limits_of
-from accelframe.cli import main
 from accelframe.errors import ConfigError, LimitError
 from accelframe.limits import memory_budget
 from accelframe.pipeline import Pipeline
 from accelframe.stream_source import FrameMap, StreamSource, VirtualClock
 from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL_WAN = {"size": "tiny", "height": 32, "width": 32}
 
@@ -72,6 +69,8 @@ def test_the_memory_budget_comes_from_the_machine_or_the_environment(monkeypatch
 
 def test_generate_frames_99999999_is_refused_at_once_by_the_cli(capsys, monkeypatch):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    from accelframe.cli import main
+
     monkeypatch.setenv("ACCELFRAME_MAX_MEMORY_GB", "4")
     t0 = time.perf_counter()
     code = main(["generate", "--adapter", "analytic", "--frames", "99999999"])
@@ -200,6 +199,8 @@ def test_a_stream_of_10_to_the_18_frames_is_refused_at_once(monkeypatch):
 
 
 def test_stream_cli_refuses_10_to_the_18_frames_at_once(capsys, monkeypatch, tmp_path):
+    from accelframe.cli import main
+
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     t0 = time.perf_counter()
     code = main(["stream", "--source", "none", "--frames", str(10**18), "--out", str(tmp_path / "s.mp4")])
