@@ -106,9 +106,15 @@ def _remove(p: Path) -> None:
         pass
 
 
-def _commit(tmp: Path, target: Path) -> None:
+def _commit(tmp: Path, target: Path, merge: bool = True) -> None:
     if not (tmp.exists() or tmp.is_symlink()):
         return  # the block chose not to write this one
+    if tmp.is_dir() and target.is_dir() and not merge:  # the old folder out of the way, the new one in
+        old = temp_name(target, f"old-{os.getpid()}-{secrets.token_hex(4)}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        _remove(old)
+        return
     if tmp.is_dir() and target.is_dir():  # an existing folder: move the finished entries into it
         for entry in sorted(tmp.iterdir()):
             dest = target / entry.name
@@ -124,11 +130,13 @@ def _commit(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_paths(paths: Sequence[str | os.PathLike], *, folder: bool = False) -> Iterator[list[Path]]:
+def atomic_paths(paths: Sequence[str | os.PathLike], *, folder: bool = False,
+                 merge: bool = True) -> Iterator[list[Path]]:
     """Temporary names for ``paths`` (one token for all, so ``a.mp4`` and ``a.png`` keep a common
-    stem); on a clean exit each temporary that was written is renamed onto its target (a folder is
-    merged into an existing one), on any exception, Ctrl-C or SIGTERM all are removed. With
-    ``folder`` each temporary is an empty folder, created here."""
+    stem); on a clean exit each temporary that was written is renamed onto its target, on any
+    exception, Ctrl-C or SIGTERM all are removed. With ``folder`` each temporary is an empty folder,
+    created here; it is merged into an existing folder of that name (files of the same name
+    replaced, others kept), or with ``merge=False`` replaces it whole."""
     targets = [Path(p) for p in paths]
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     temps = [temp_name(t, token) for t in targets]
@@ -139,16 +147,16 @@ def atomic_paths(paths: Sequence[str | os.PathLike], *, folder: bool = False) ->
                     t.mkdir(parents=False)
             yield temps
             for tmp, target in zip(temps, targets):
-                _commit(tmp, target)
+                _commit(tmp, target, merge)
         finally:
             for t in temps:  # nothing is left of a failed or interrupted write (nor after a commit)
                 _remove(t)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, folder: bool = False, merge: bool = True) -> Iterator[Path]:
     """:func:`atomic_paths` for one path: ``with atomic_path(p) as tmp: write(tmp)``."""
-    with atomic_paths([path], folder=folder) as temps:
+    with atomic_paths([path], folder=folder, merge=merge) as temps:
         yield temps[0]
 
 

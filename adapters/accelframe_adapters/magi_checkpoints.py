@@ -213,16 +213,30 @@ def load_magi_checkpoint(path: str | Path, cfg: MagiDiTConfig | None = None, *, 
 
 
 def save_magi_checkpoint(model: nn.Module, folder: str | Path, *, distill: bool = False, shards: int = 1,
-                         metadata: Mapping[str, Any] | None = None) -> Path:
+                         metadata: Mapping[str, Any] | None = None, force: bool = False) -> Path:
     """Write ``folder/inference_weight[.distill]/`` in the released layout: one ``model.safetensors``
     (``shards == 1``) or ``shards`` files ``model-0000X-of-0000N.safetensors`` balanced by bytes with
-    ``model.safetensors.index.json``. The config goes into the metadata. Returns the weight folder."""
-    from safetensors.torch import save_file
+    ``model.safetensors.index.json``. The config goes into the metadata. Returns the weight folder.
+    An existing weight folder is refused unless ``force`` (then replaced whole); the folder is
+    written under a temporary name and renamed into place when complete."""
+    from accelframe.outputs import atomic_path, check_output
 
     if not isinstance(shards, int) or shards < 1:
         raise ConfigError("save_magi_checkpoint", "shards", shards, "an integer >= 1")
     out = Path(folder) / weight_folder_name(distill)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not force:
+        raise ConfigError("save_magi_checkpoint", "folder", str(out), "a weight folder that does not exist yet "
+                                                                      "(or force=True to replace it)")
+    if not out.exists():
+        check_output(out, owner="save_magi_checkpoint", field="folder")
+    with atomic_path(out, folder=True, merge=False) as tmp:
+        _write_magi_checkpoint(model, tmp, shards, metadata)
+    return out
+
+
+def _write_magi_checkpoint(model: nn.Module, out: Path, shards: int, metadata: Mapping[str, Any] | None) -> None:
+    from safetensors.torch import save_file
+
     sd = {k: t.detach().to("cpu").contiguous().clone() for k, t in model.state_dict().items()}
     cfg = getattr(model, "cfg", None)
     meta: dict[str, Any] = dict(metadata or {})
@@ -232,7 +246,7 @@ def save_magi_checkpoint(model: nn.Module, folder: str | Path, *, distill: bool 
     file_meta |= {k: val if isinstance(val, str) else json.dumps(val) for k, val in meta.items()}
     if shards == 1:
         save_file(sd, str(out / SINGLE), metadata=file_meta)
-        return out
+        return
     keys = list(sd)
     total = sum(t.numel() * t.element_size() for t in sd.values())
     per = math.ceil(total / shards)
@@ -249,7 +263,6 @@ def save_magi_checkpoint(model: nn.Module, folder: str | Path, *, distill: bool 
         weight_map.update({k: name for k in group})
     index = {"metadata": {"total_size": total, **meta}, "weight_map": weight_map}
     (out / INDEX).write_text(json.dumps(index, indent=2))
-    return out
 
 
 __all__ = ["MagiCheckpointInfo", "config_from_shapes", "load_magi_checkpoint", "save_magi_checkpoint",
