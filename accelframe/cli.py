@@ -54,12 +54,11 @@ def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _fresh_path(path: str | None, force: bool, flag: str) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if p.exists() and not force:
-        raise ConfigError("accelframe", flag, path, "a path that does not exist yet (or --force)")
-    return p
+    """An output path checked before work (:func:`accelframe.outputs.check_output`): its folder is
+    created or a ConfigError names why not; an existing file is refused unless ``--force``."""
+    from accelframe.outputs import check_output
+
+    return check_output(path, owner="accelframe", field=flag, force=force)
 
 
 # ---- plugins --------------------------------------------------------------------------------
@@ -146,6 +145,45 @@ def _outputs(out: Path, n: int) -> list[Path]:
 OUT_SUFFIXES = (".mp4", ".png", ".pt")
 
 
+def _check_pixels(args: argparse.Namespace, pipe: Any, adapter: str) -> None:
+    """Before the model runs: a video output needs an adapter that decodes to pixels."""
+    from accelframe.adapter import DECODE
+
+    if args.out is not None and Path(args.out).suffix != ".pt" \
+            and DECODE not in getattr(pipe.adapter, "capabilities", (DECODE,)):
+        raise ConfigError("accelframe generate", "--out", args.out,
+                          f"a .pt path: adapter {adapter!r} makes latents, not pixels")
+
+
+def _write_generated(args: argparse.Namespace, paths: list[Path], trace_path: Path | None, result: Any,
+                     summary: dict[str, Any], pipe: Any, adapter: str, n: int) -> None:
+    """Every output of one ``generate`` under temporary names, renamed into place together when all
+    are complete (an error or an interrupt leaves none of them)."""
+    import torch
+
+    from accelframe.outputs import atomic_paths
+
+    targets = paths + ([trace_path] if trace_path is not None else [])
+    if not targets:
+        return
+    if args.out is not None and Path(args.out).suffix != ".pt" and result.frames is None:
+        raise ConfigError("accelframe generate", "--out", args.out,
+                          f"a .pt path: adapter {adapter!r} makes latents, not pixels")
+    with atomic_paths(targets) as temps:
+        tmp = dict(zip(targets, temps))
+        if args.out is not None and Path(args.out).suffix == ".pt":
+            torch.save({"latents": result.latents, "frames": result.frames, "summary": summary}, tmp[paths[0]])
+        elif args.out is not None:
+            from accelframe.media import write_video
+
+            fps = int(getattr(pipe.adapter, "fps", 16))
+            for i, path in enumerate(_outputs(Path(args.out), n)):
+                # an .mp4's strip goes beside its temporary: the .png's temporary (one token, one stem)
+                write_video(tmp[path], result.frames[i], fps, upscale_factor=args.upscale)
+        if trace_path is not None:
+            tmp[trace_path].write_text(json.dumps(result.to_json(), indent=1))
+
+
 def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     import torch
 
@@ -159,9 +197,15 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         if suffix not in OUT_SUFFIXES:
             raise ConfigError("accelframe generate", "--out", args.out,
                               "a path ending in " + ", ".join(OUT_SUFFIXES))
-        paths = _outputs(Path(args.out), len(prompts))
+        # a .pt holds every prompt's frames; a video is one file (and its strip) per prompt
+        paths = [Path(args.out)] if suffix == ".pt" else _outputs(Path(args.out), len(prompts))
         if suffix == ".mp4":
             paths += [p.with_suffix(".png") for p in paths]
+            try:
+                import av  # noqa: F401
+            except ImportError:
+                raise ConfigError("accelframe generate", "--out", args.out,
+                                  "a .pt or .png path, or install PyAV (pip install av) to write .mp4") from None
         for p in paths:
             _fresh_path(str(p), args.force, "--out")
     if args.upscale < 1:
@@ -176,6 +220,7 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
+    _check_pixels(args, pipe, adapter)
     to_latent = getattr(pipe.adapter, "latent_frames", None)
     if args.pixel_frames is not None:
         if to_latent is None:
@@ -201,21 +246,7 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         "quality": quality,
         "out": [str(p) for p in paths] or None, "trace": str(trace_path) if trace_path else None,
     }
-    if args.out is not None:
-        suffix = Path(args.out).suffix
-        if suffix == ".pt":
-            torch.save({"latents": result.latents, "frames": result.frames, "summary": summary}, paths[0])
-        else:
-            if result.frames is None:
-                raise ConfigError("accelframe generate", "--out", args.out,
-                                  f"a .pt path: adapter {adapter!r} makes latents, not pixels")
-            from accelframe.media import write_video
-
-            fps = int(getattr(pipe.adapter, "fps", 16))
-            for i, path in enumerate(_outputs(Path(args.out), len(prompts))):
-                write_video(path, result.frames[i], fps, upscale_factor=args.upscale)
-    if trace_path is not None:
-        trace_path.write_text(json.dumps(result.to_json(), indent=1))
+    _write_generated(args, paths, trace_path, result, summary, pipe, adapter, len(prompts))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
