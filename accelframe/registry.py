@@ -86,3 +86,47 @@ class Registry:
             self.add(Entry(kind="command", name=name, plugin=plugin, factory=run,
                            configure=configure, description=help, group=group))
         return register
+
+
+class LazyFactory:
+    """A registered factory named ``"module:attribute"`` and imported on first use, so that
+    registering it (and ``accelframe --help`` or ``accelframe plugins``) imports no torch. Calling it
+    calls the target; ``inspect.signature`` sees the target's parameters (keyword checks and
+    ``accelframe plugins NAME`` work as for the target itself); ``resolve()`` returns the target."""
+
+    def __init__(self, target: str) -> None:
+        module, sep, attr = target.partition(":")
+        if not sep or not module or not attr:
+            raise ConfigError("lazy", "target", target, "'package.module:attribute'")
+        self.target = target
+        self._module, self._attr = module, attr
+        self._resolved: Callable[..., Any] | None = None
+        self.__name__ = self.__qualname__ = attr.rsplit(".", 1)[-1]
+        self.__module__ = module
+
+    def resolve(self) -> Callable[..., Any]:
+        if self._resolved is None:
+            import importlib
+
+            obj: Any = importlib.import_module(self._module)
+            for part in self._attr.split("."):
+                obj = getattr(obj, part)
+            self._resolved = obj
+        return self._resolved
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> Any:
+        import inspect
+
+        return inspect.signature(self.resolve())
+
+    def __repr__(self) -> str:
+        return f"lazy({self.target!r})"
+
+
+def lazy(target: str) -> LazyFactory:
+    """``lazy("pkg.module:Class")``: a factory for the registration hooks that imports on first use."""
+    return LazyFactory(target)

@@ -11,13 +11,21 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
-import torch
 
 from accelframe import validators as v
 from accelframe.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads with the engine, not with the types (the CLI starts without it)
+    import torch
+
+
+def _is_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
 
 
 class Mode(enum.Enum):
@@ -309,10 +317,10 @@ class StepDecision:
                 raise ConfigError("StepDecision", "velocity", "a tensor",
                                   "None for RECOMPUTE without a compute interval (a fill for the "
                                   "frames outside an interval otherwise)")
-            if self.velocity is not None and not isinstance(self.velocity, torch.Tensor):
+            if self.velocity is not None and not _is_tensor(self.velocity):
                 raise ConfigError("StepDecision", "velocity", self.velocity, "a tensor or None")
         else:
-            if not isinstance(self.velocity, torch.Tensor):
+            if not _is_tensor(self.velocity):
                 raise ConfigError(
                     "StepDecision", "velocity", self.velocity, f"a tensor for {self.mode.name}"
                 )

@@ -1,7 +1,8 @@
 """Registers the model-family adapters through the entry-point group ``accelframe``.
 
-Each family module defines its adapter class; this table names it. Factories are imported lazily
-so that listing plugins does not import the networks.
+Each family module defines its adapter class; this table names it. Factories and commands are
+imported lazily (``accelframe.registry.lazy``; the CLI configures a command's options only when it
+runs) so that registering, listing plugins and ``accelframe --help`` import no torch.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ import importlib
 from typing import Any, Callable
 
 from accelframe import hookimpl
+from accelframe.registry import lazy
 
 
 def _lazy(module: str, cls: str) -> Callable[..., Any]:
-    def build(**kwargs: Any) -> Any:
-        return getattr(importlib.import_module(f"accelframe_adapters.{module}"), cls)(**kwargs)
-    build.__name__ = build.__qualname__ = cls
-    build.__doc__ = f"Build ``accelframe_adapters.{module}.{cls}`` with the given knobs."
-    return build
+    return lazy(f"accelframe_adapters.{module}:{cls}")
 
 
 FAMILIES: dict[str, tuple[Callable[..., object], str]] = {

@@ -8,13 +8,15 @@ registration hook that the entry point exposes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
-import torch
 
 from accelframe import AppliesTo, Mode, StepContext, StepDecision, hookimpl
 from accelframe.validators import number_in
+
+if TYPE_CHECKING:  # annotations only: registering the plugin (accelframe --help) imports no torch
+    import torch
 
 __version__ = "0.1.0"
 
