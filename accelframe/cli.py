@@ -7,19 +7,33 @@ Plugins add subcommands through ``accelframe_register_commands``; ``group="bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from accelframe.errors import AccelframeError, ConfigError
+
+# Start-up imports no torch, numpy or av (``accelframe --help`` and ``accelframe plugins`` stay
+# fast): commands import what they need, and a command's options are added when it runs.
 
 EPILOG = """examples:
   accelframe plugins --json
   accelframe generate --prompt "a red circle moves left on a blue background" --out clip.mp4
   accelframe generate --adapter analytic --frames 9 --policy every-n:n=2 --json
   accelframe generate --adapter analytic --set plan=staircase --set steps=8 --frames 12
+  accelframe --threads 1 generate --latent-frames 6
   accelframe bench overhead --json
+
+Frames: --frames counts pixel frames (what the video holds), --latent-frames latent frames; a
+Wan-family adapter makes 1 + 4 (L - 1) pixel frames from L latent ones, an adapter without a VAE
+(analytic) one from each.
+
+Threads: --threads N (before or after the command) runs torch on N CPU threads; the default is
+the cores this process may use, never more than OMP_NUM_THREADS when that is set.
 
 Plugins: entry points of group 'accelframe' load automatically; set
 ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD=1 to load none, ACCELFRAME_DISABLE_PLUGINS=a,b to block some.
@@ -51,6 +65,70 @@ def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
     if not name:
         raise ConfigError("accelframe", "--policy", spec, "NAME or NAME:KEY=VALUE,KEY=VALUE")
     return name, parse_assignments([p for p in rest.split(",") if p], "--policy")
+
+
+# ---- frame counts ---------------------------------------------------------------------------
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old option name that still works and says which name replaced it."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        warnings.warn(f"{option_string} is deprecated: use {self.new}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+class _LatentToPixel(argparse.Action):
+    """``--latent-frames N`` for a command that counts pixel frames: stores N and its pixel count."""
+
+    def __init__(self, *args: Any, to_pixel: Callable[[int], int], **kwargs: Any) -> None:
+        self.to_pixel = to_pixel
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        if values < 1:
+            raise ConfigError(parser.prog, option_string, values, "an int >= 1")
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "frames", self.to_pixel(values))
+
+
+def add_frame_options(p: argparse.ArgumentParser, *, pixel_help: str, latent_help: str, default: int | None = None,
+                      to_pixel: Callable[[int], int] | None = None) -> Any:
+    """``--frames N`` (pixel frames: what the video holds) and ``--latent-frames N``, one or the
+    other: every command that makes video counts frames this way. ``to_pixel`` converts at parse
+    time for a command that knows its adapter's VAE; otherwise :func:`frame_counts` converts once
+    the adapter is built. Returns the mutually exclusive group."""
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--frames", type=int, default=default, metavar="N", help=pixel_help)
+    if to_pixel is None:
+        count.add_argument("--latent-frames", type=int, default=None, metavar="N", help=latent_help)
+    else:
+        count.add_argument("--latent-frames", type=int, default=None, metavar="N", help=latent_help,
+                           action=_LatentToPixel, to_pixel=to_pixel)
+    return count
+
+
+def frame_counts(adapter: Any, *, frames: int | None, latent_frames: int | None,
+                 default_latent: int) -> tuple[int, int]:
+    """(latent, pixel) frames of a request asked in pixel frames (``frames``) or latent frames.
+    An adapter with a video VAE converts (``latent_frames(pixel)`` raises naming the valid counts);
+    without one, a pixel frame is a latent frame."""
+    to_latent = getattr(adapter, "latent_frames", None)
+    to_pixel = getattr(adapter, "pixel_frames", None)
+    if not (callable(to_latent) and callable(to_pixel)):
+        to_latent = to_pixel = None
+    if frames is not None:
+        latent = to_latent(frames) if to_latent is not None else frames
+    elif latent_frames is not None:
+        latent = latent_frames
+    else:
+        latent = default_latent
+    pixel = to_pixel(latent) if to_pixel is not None and isinstance(latent, int) and latent >= 1 else latent
+    return latent, pixel
 
 
 def _fresh_path(path: str | None, force: bool, flag: str) -> Path | None:
@@ -113,11 +191,14 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
                    help="add a policy to the stack, repeatable; asked in the order given")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt, repeatable (one batch row each)")
-    count = p.add_mutually_exclusive_group()
-    count.add_argument("--frames", type=int, default=None,
-                       help="latent frames to generate (default: 27 = 9 blocks for a Wan adapter, else 9)")
-    count.add_argument("--pixel-frames", type=int, default=None, metavar="N",
-                       help="pixel frames to generate instead, for adapters with a video VAE (Wan: 1 + 4k)")
+    count = add_frame_options(
+        p, pixel_help="pixel frames to generate, the frames the video holds (default: 105 = 27 latent frames "
+                      "for a Wan-family adapter, else 9); a Wan VAE makes 1 + 4k",
+        latent_help="latent frames to generate instead (default: 27 for a Wan-family adapter, else 9); the "
+                    "same as --frames for an adapter without a VAE (analytic)")
+    # the old name of --frames (pixel frames), kept working
+    count.add_argument("--pixel-frames", type=int, dest="frames", action=_DeprecatedAlias, new="--frames",
+                       help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--max-reuse", type=int, default=None,
                    help="at most this many non-recompute calls in a row (a unit's first call is always computed)")
@@ -184,6 +265,40 @@ def _write_generated(args: argparse.Namespace, paths: list[Path], trace_path: Pa
             tmp[trace_path].write_text(json.dumps(result.to_json(), indent=1))
 
 
+FEW_STEPS = 8  # steps per unit at or below which a reuse policy has little to work with
+
+
+def idle_step_policies(pipe: Any, result: Any) -> list[str]:
+    """One note per step policy of the stack that made no non-recompute decision in ``result``
+    (read off the trace: who decided each model call, and how): such a policy saved nothing."""
+    from collections import Counter
+
+    steps = [e for e in result.trace.events if e["event"] == "step"]
+    if not steps:  # trace off, or no denoising calls
+        return []
+    per_unit = Counter((e["model"], e["unit"]) for e in steps)
+    n = max(per_unit.values())
+    notes = []
+    for p in pipe.stack:
+        if p.kind != "step":
+            continue
+        mine = [e for e in steps if e["by"] == p.name]
+        if any(e["mode"] != "recompute" for e in mine):
+            continue
+        if not mine:
+            notes.append(f"step policy {p.name!r} decided no model call ({n} steps per unit): the policies "
+                         f"before it in the stack, or the engine, decided every one; it saved nothing")
+            continue
+        why = ("few steps leave a cache / predict policy little to reuse, the model input changes too much "
+               "from one call to the next (SCOPE's thresholds are set for 30-50 steps: try --adapter "
+               "skyreels-v2-df or magi-1, or looser thresholds)" if n <= FEW_STEPS else
+               "its thresholds were never met on this run; looser ones let it cache or predict "
+               "(docs/policies.md lists its knobs)")
+        notes.append(f"step policy {p.name!r} recomputed every call on this adapter ({n} steps per unit): "
+                     f"{why}; it saved nothing")
+    return notes
+
+
 def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     import torch
 
@@ -221,29 +336,27 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
     _check_pixels(args, pipe, adapter)
-    to_latent = getattr(pipe.adapter, "latent_frames", None)
-    if args.pixel_frames is not None:
-        if to_latent is None:
-            raise ConfigError("generate", "pixel_frames", args.pixel_frames,
-                              f"--frames instead: adapter {adapter!r} counts latent frames only")
-        args.frames = to_latent(args.pixel_frames)  # raises naming the valid counts
-    elif args.frames is None:
-        args.frames = 27 if to_latent is not None else 9
-    req = pipe.request(prompts, num_frames=args.frames, seed=args.seed)
+    has_vae = callable(getattr(pipe.adapter, "latent_frames", None))
+    latent, pixel = frame_counts(pipe.adapter, frames=args.frames, latent_frames=args.latent_frames,
+                                 default_latent=27 if has_vae else 9)  # raises naming the valid counts
+    req = pipe.request(prompts, num_frames=latent, seed=args.seed)
     units = len(pipe.adapter.units(req))
     with progress_bar(total=units, desc="generate", unit="unit", quiet=args.json) as bar:
         result = pipe.generate(req, on_unit=lambda *a: bar.update(1))
     stats = result.stats.to_dict()
+    if result.frames is not None:
+        pixel = int(result.frames.shape[1])  # what the video holds
     measure = getattr(pipe.adapter, "measure_quality", None)
     quality = measure(result.frames, prompts) if measure is not None and result.frames is not None else None
+    notes = idle_step_policies(pipe, result)
     summary = {
         "adapter": adapter, "drafter": args.drafter, "policies": pipe.policies,
-        "prompts": prompts, "frames": args.frames, "seed": args.seed,
+        "prompts": prompts, "frames": pixel, "pixel_frames": pixel, "latent_frames": latent, "seed": args.seed,
         "wall_s": stats["wall_s"], "model_calls": stats["calls"], "blocks": stats["blocks"],
         "fallbacks": stats["fallbacks"], "time_s": stats["time_s"],
         "latents_shape": list(result.latents.shape),
         "frames_shape": None if result.frames is None else list(result.frames.shape),
-        "quality": quality,
+        "quality": quality, "notes": notes,
         "out": [str(p) for p in paths] or None, "trace": str(trace_path) if trace_path else None,
     }
     _write_generated(args, paths, trace_path, result, summary, pipe, adapter, len(prompts))
@@ -251,7 +364,7 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         print(json.dumps(summary, indent=2))
     else:
         c = stats["calls"]["target"]
-        print(f"{adapter}: {args.frames} frames in {stats['wall_s']:.3f} s; target calls "
+        print(f"{adapter}: {pixel} frames ({latent} latent) in {stats['wall_s']:.3f} s; target calls "
               f"computed {c['computed']}, cached {c['cached']}, predicted {c['predicted']}, "
               f"commit {c['commit']}" + (f"; wrote {', '.join(map(str, paths))}" if paths else ""))
         for q in quality or []:
@@ -260,6 +373,8 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
                       f"motion {q['motion']:.2f}, smoothness {q['smoothness']:.2f}, sharpness "
                       f"{q['sharpness']:.2f}, background {q['background']:.2f}); measured "
                       f"{q['measured_shape']} moving {q['measured_direction']}: {q['prompt']!r}")
+    for note in notes:  # on stderr, after the result
+        print(f"accelframe: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -299,35 +414,78 @@ def _cmd_overhead(args: argparse.Namespace, hooks: Any) -> int:
 
 Runner = Callable[[argparse.Namespace, Any], int]
 
+THREADS_HELP = ("torch CPU threads for the command (default: the cores this process may use, never more "
+                "than OMP_NUM_THREADS when that is set)")
+
+
+def _nothing(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose options are added when it is first used (to parse or to print help): building
+    the whole command tree runs no command's ``configure`` and imports no command's module, so that
+    ``accelframe --help`` starts without torch. Every command also takes the global ``--threads``."""
+
+    def __init__(self, *args: Any, configure: Callable[[Any], Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = configure
+
+    def _configure_now(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending(self)
+        if "--threads" not in self._option_string_actions:  # a command's own --threads wins
+            self.add_argument("--threads", type=int, dest="accelframe_threads", default=argparse.SUPPRESS,
+                              metavar="N", help=THREADS_HELP)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._configure_now()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._configure_now()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._configure_now()
+        return super().format_usage()
+
 
 def build_parser(hooks: Any) -> argparse.ArgumentParser:
     from accelframe import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="accelframe", description="Stackable acceleration policies for autoregressive "
         "video diffusion: step (cache / predict / recompute), block (drafter + router) and "
         "stream (SLO batching) levels behind one scheduler API.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"accelframe {__version__}")
+    parser.add_argument("--threads", type=int, dest="accelframe_threads", default=None, metavar="N",
+                        help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list loaded plugins, their hooks and registered names")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    def plugins_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("plugins", help="list loaded plugins, their hooks and registered names",
+                       configure=plugins_options)
     p.set_defaults(run=_cmd_plugins)
 
     p = sub.add_parser("generate", help="generate a video with an adapter and a policy stack",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    _configure_generate(p)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                       configure=_configure_generate)
     p.set_defaults(run=_cmd_generate)
 
-    bench = sub.add_parser("bench", help="benchmarks (accelerated and baseline in one run)")
+    bench = sub.add_parser("bench", help="benchmarks (accelerated and baseline in one run)", configure=_nothing)
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench.set_defaults(run=lambda a, h: _missing(bench))
-    p = bench_sub.add_parser("overhead", help="engine cost per model call against direct calls")
-    _configure_overhead(p)
+    p = bench_sub.add_parser("overhead", help="engine cost per model call against direct calls",
+                             configure=_configure_overhead)
     p.set_defaults(run=_cmd_overhead)
 
-    # subcommands from plugins
+    # subcommands from plugins: their options are added (their modules imported) when they run
     groups = {None: sub, "bench": bench_sub}
     for entry in hooks.registry().of_kind("command"):
         target = groups.get(entry.group)
@@ -337,9 +495,7 @@ def build_parser(hooks: Any) -> argparse.ArgumentParser:
         if entry.name in target.choices:
             raise ConfigError(f"command {entry.name!r} of plugin {entry.plugin!r}", "name",
                               entry.name, "a name no other command uses")
-        p = target.add_parser(entry.name, help=entry.description)
-        if entry.configure is not None:
-            entry.configure(p)
+        p = target.add_parser(entry.name, help=entry.description, configure=entry.configure or _nothing)
         p.set_defaults(run=lambda a, h, fn=entry.factory: fn(a))
     return parser
 
@@ -349,19 +505,76 @@ def _missing(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), never more than ``OMP_NUM_THREADS``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        n = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # "4,2": nested levels
+    if omp.isdigit() and int(omp) >= 1:
+        n = min(n, int(omp))
+    return max(1, n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run a command on ``n`` torch threads (None: :func:`default_threads`): set now when torch is
+    loaded, else through ``OMP_NUM_THREADS``, which torch reads when the command imports it (child
+    processes inherit it too). Both are restored afterwards, for in-process callers."""
+    if n is None:
+        n = default_threads()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("accelframe", "--threads", n, "an int >= 1")
+    old_env = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")
+    old = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if old_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_env
+        if old is not None:
+            torch.set_num_threads(old)
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A warning as one ``accelframe: warning: ...`` line on stderr, above any status line."""
+    from accelframe.progress import write_above
+
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    if file is not None and file is not sys.stderr:
+        file.write(f"accelframe: warning: {text}\n")
+    else:
+        write_above(f"accelframe: warning: {text}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from accelframe.plugins import create_hooks
+    from accelframe.progress import end_status, write_above
 
     try:
-        hooks = create_hooks()
-        parser = build_parser(hooks)
-        args = parser.parse_args(argv)
-        if getattr(args, "run", None) is None:
-            parser.print_help(sys.stderr)
-            return 2
-        return int(args.run(args, hooks) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            hooks = create_hooks()
+            parser = build_parser(hooks)
+            args = parser.parse_args(argv)
+            if getattr(args, "run", None) is None:
+                parser.print_help(sys.stderr)
+                return 2
+            with torch_threads(getattr(args, "accelframe_threads", None)):
+                try:
+                    return int(args.run(args, hooks) or 0)
+                finally:
+                    end_status()  # whatever follows starts on a line of its own
     except AccelframeError as exc:
-        print(f"accelframe: error: {exc}", file=sys.stderr)
+        write_above(f"accelframe: error: {exc}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,13 +1,56 @@
-"""Progress bars for long work: tqdm on stderr, off with ``quiet`` (``--json``) or off a terminal."""
+"""Progress on stderr: tqdm bars for long work (off with ``quiet``, ``--json``, or off a terminal),
+one redrawn status line for live counters (``accelframe stream``), and :func:`write_above` for a
+message (a warning, an error) that must never land inside either: the status line is cleared, the
+message printed on a line of its own, and the status line drawn again below it.
+"""
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any
 
-from tqdm import tqdm
+ERASE = "\x1b[K"  # erase to the end of the line
+_lock = threading.RLock()
+_status: list[str] = []  # the open status line's text (at most one), empty when none is open
 
 
 def progress_bar(*, total: int, desc: str, unit: str, quiet: bool = False) -> Any:
     """A context-managed bar; ``disable=None`` lets tqdm turn itself off when stderr is no TTY."""
+    from tqdm import tqdm
+
     return tqdm(total=total, desc=desc, unit=unit, disable=True if quiet else None,
                 dynamic_ncols=True, leave=False)
+
+
+def status(text: str) -> None:
+    """Draw (or redraw) the one status line on stderr: no newline, so the next call replaces it."""
+    with _lock:
+        sys.stderr.write("\r" + text + ERASE)
+        sys.stderr.flush()
+        _status[:] = [text]
+
+
+def end_status() -> None:
+    """End the status line with a newline (its last text stays on screen); nothing when none is open."""
+    with _lock:
+        if _status:
+            _status.clear()
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def write_above(text: str) -> None:
+    """Print ``text`` as a line of its own on stderr, above the status line and any tqdm bar."""
+    with _lock:
+        shown = _status[0] if _status else None
+        if shown is not None:
+            sys.stderr.write("\r" + ERASE)
+        tqdm_module = sys.modules.get("tqdm")
+        if tqdm_module is not None:  # clears the bars, prints, draws them again
+            tqdm_module.tqdm.write(text, file=sys.stderr)
+        else:
+            sys.stderr.write(text + "\n")
+        if shown is not None:
+            sys.stderr.write("\r" + shown + ERASE)
+        sys.stderr.flush()

@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# one thread for every test and for every process a test spawns (set before torch is imported):
+# tiny models run fastest on one thread, and several threads fight other work for the cores
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 pytest_plugins = ["accelframe.testing.fixtures"]
 
@@ -15,10 +19,10 @@ def _no_autoload(monkeypatch):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGINS", raising=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other work for the cores); a module
-    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    """Every test module runs on one torch thread (autouse: no module opts in); the name stays for
+    modules that still list it with ``pytest.mark.usefixtures("one_thread")``."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -121,3 +121,93 @@ def test_command_name_clash_is_an_error(capsys, monkeypatch):
     monkeypatch.setattr("accelframe.plugins.create_hooks", lambda: hooks)
     code, _, err = run(capsys, "plugins")
     assert code == 2 and "overhead" in err
+
+
+# ---- a step policy that saved nothing says so (issue 20, item 12) ---------------------------
+
+
+@pytest.mark.parametrize("policies, words", [
+    (["every-n:n=1"], ["note: step policy 'every-n' recomputed every call", "(4 steps per unit)",
+                       "saved nothing"]),
+    (["every-n:n=2", "every-n:n=3"], ["note: step policy 'every-n#2' decided no model call", "saved nothing"]),
+])
+def test_a_step_policy_that_never_reuses_prints_a_note(capsys, monkeypatch, policies, words):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    argv = ["generate", "--adapter", "analytic", "--frames", "6", "--set", "steps=4"]
+    for spec in policies:
+        argv += ["--policy", spec]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "note" not in out
+    notes = [line for line in err.splitlines() if line.startswith("accelframe: note:")]
+    assert len(notes) == 1, err
+    for word in words:
+        assert word in notes[0]
+    code, out, _ = run(capsys, *argv, "--json")
+    assert json.loads(out)["notes"] == [notes[0].removeprefix("accelframe: note: ")]
+
+
+def test_a_step_policy_that_reuses_prints_no_note(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, _, err = run(capsys, "generate", "--adapter", "analytic", "--frames", "6", "--set", "steps=4",
+                       "--policy", "every-n:n=2")
+    assert code == 0 and "note" not in err
+
+
+def test_scope_on_four_step_self_forcing_says_it_cannot_act(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, _, err = run(capsys, "generate", "--adapter", "self-forcing", "--set", "size=tiny", "--set", "height=32",
+                       "--set", "width=32", "--frames", "9", "--policy", "scope")
+    assert code == 0
+    assert "accelframe: note: step policy 'scope' recomputed every call on this adapter (4 steps per unit)" in err
+    assert "skyreels-v2-df" in err
+
+
+# ---- frame counts: --frames is pixel frames everywhere (issue 20, item 16) -------------------
+
+
+SMALL_WAN = ["--adapter", "self-forcing", "--set", "size=tiny", "--set", "height=32", "--set", "width=32"]
+
+
+@pytest.mark.parametrize("argv, latent, pixel", [
+    (["--frames", "9"], 3, 9),
+    (["--latent-frames", "3"], 3, 9),
+    (["--pixel-frames", "21"], 6, 21),  # the old name of --frames
+])
+def test_generate_counts_pixel_and_latent_frames(capsys, monkeypatch, argv, latent, pixel):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, out, err = run(capsys, "generate", *SMALL_WAN, *argv, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["latent_frames"], doc["pixel_frames"], doc["frames"]) == (latent, pixel, pixel)
+    assert doc["latents_shape"][1] == latent and doc["frames_shape"][1] == pixel
+    code, out, _ = run(capsys, "generate", *SMALL_WAN, *argv)
+    assert code == 0 and out.startswith(f"self-forcing: {pixel} frames ({latent} latent) in ")
+
+
+def test_generate_frames_without_a_vae_are_latent_frames(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    for flag in ("--frames", "--latent-frames", "--pixel-frames"):
+        code, out, err = run(capsys, "generate", "--adapter", "analytic", flag, "6", "--json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert (doc["latent_frames"], doc["pixel_frames"]) == (6, 6) and doc["latents_shape"][1] == 6
+
+
+def test_generate_refuses_a_pixel_count_the_vae_cannot_make_and_two_counts(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, _, err = run(capsys, "generate", *SMALL_WAN, "--frames", "10")
+    assert code == 2 and "pixel_frames = 10" in err and "9, 21, 33" in err
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--adapter", "analytic", "--frames", "9", "--latent-frames", "3"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_stream_frames_are_pixel_frames_and_latent_frames_convert(monkeypatch):
+    from accelframe_adapters import plugin as adapters
+    from accelframe_policies import plugin as policies
+
+    parser = cli.build_parser(create_hooks(autoload=False, plugins=(adapters, policies)))
+    assert parser.parse_args(["stream"]).frames == 105
+    assert parser.parse_args(["stream", "--frames", "17"]).frames == 17
+    args = parser.parse_args(["stream", "--latent-frames", "27"])
+    assert (args.frames, args.latent_frames) == (105, 27)

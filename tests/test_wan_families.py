@@ -276,7 +276,7 @@ def test_cli_generates_with_tiny_random_weights(name, capsys, monkeypatch, tmp_p
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     extra = ["--set", "num_inference_steps=3"] if name == "skyreels-v2-df" else []
     out = tmp_path / "video.pt"
-    code = cli.main(["generate", "--adapter", name, "--frames", "3", "--set", "size=tiny", "--set", "height=32",
+    code = cli.main(["generate", "--adapter", name, "--latent-frames", "3", "--set", "size=tiny", "--set", "height=32",
                      "--set", "width=32", *extra, "--out", str(out), "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
@@ -294,19 +294,19 @@ def test_cli_bench_wan_help_and_bad_frames(capsys, monkeypatch):
     assert "frames = 4" in capsys.readouterr().err
 
 
-def test_cli_pixel_frames_convert_or_name_the_valid_counts(capsys, monkeypatch):
+def test_cli_frames_are_pixel_frames_converted_or_the_valid_counts_named(capsys, monkeypatch):
     import json
 
     from accelframe import cli
 
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     small = ["--set", "size=tiny", "--set", "height=32", "--set", "width=32"]
-    assert cli.main(["generate", "--adapter", "self-forcing", "--pixel-frames", "21", *small, "--json"]) == 0
+    assert cli.main(["generate", "--adapter", "self-forcing", "--frames", "21", *small, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latents_shape"][1] == 6
-    assert cli.main(["generate", "--adapter", "self-forcing", "--pixel-frames", "10", *small]) == 2
+    assert cli.main(["generate", "--adapter", "self-forcing", "--frames", "10", *small]) == 2
     assert "9, 21, 33" in capsys.readouterr().err
-    assert cli.main(["generate", "--adapter", "analytic", "--pixel-frames", "9"]) == 2
-    assert "latent frames only" in capsys.readouterr().err
+    assert cli.main(["generate", "--adapter", "analytic", "--frames", "9", "--json"]) == 0  # no VAE: pixel = latent
+    assert json.loads(capsys.readouterr().out)["latents_shape"][1] == 9
 
 
 @pytest.mark.parametrize("ar,cbs,guidance", [(0, 1, 1.0), (1, 1, 1.0), (1, 2, 1.0), (2, 1, 3.0)])

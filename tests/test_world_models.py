@@ -117,14 +117,14 @@ def test_a_damaged_weights_file_is_a_checkpoint_error_naming_it(tmp_path, monkey
 def test_generate_cli_writes_mp4_strip_and_quality(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")  # the default adapter comes from the entry points
     out = tmp_path / "clip.mp4"
-    code = cli.main(["generate", "--prompt", PROMPT, "--frames", "3", "--out", str(out), "--json"])
+    code = cli.main(["generate", "--prompt", PROMPT, "--frames", "9", "--out", str(out), "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["adapter"] == "self-forcing" and doc["quality"][0]["prompt"] == PROMPT
     assert out.exists() and out.with_suffix(".png").exists()
-    assert cli.main(["generate", "--prompt", PROMPT, "--frames", "3", "--out", str(out)]) == 2  # never overwrites
+    assert cli.main(["generate", "--prompt", PROMPT, "--frames", "9", "--out", str(out)]) == 2  # never overwrites
     assert "does not exist yet" in capsys.readouterr().err
-    assert cli.main(["generate", "--frames", "3", "--set", "height=48"]) == 2
+    assert cli.main(["generate", "--latent-frames", "3", "--set", "height=48"]) == 2
     assert "64" in capsys.readouterr().err
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from accelframe import progress
 from accelframe.errors import ConfigError
 
 ADAPTER = "self-forcing"
@@ -123,12 +124,11 @@ class LiveLine:
         span = now - (self.first_emit or now)
         fps = f"{(self.frames - n) / span:5.1f}" if span > 0 else "  -  "
         first = f"{ttff:.2f} s" if ttff is not None else "-"
-        sys.stderr.write(f"\r{self.frames:6d} frames out | {fps} fps | first frame after {first}   ")
-        sys.stderr.flush()
+        # the shared status line: a warning printed meanwhile goes above it, never inside it
+        progress.status(f"{self.frames:6d} frames out | {fps} fps | first frame after {first}")
 
     def done(self) -> None:
-        if not self.quiet:
-            sys.stderr.write("\n")
+        progress.end_status()
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -136,8 +136,14 @@ def configure(p: argparse.ArgumentParser) -> None:
                                                      "or a video file (default: world)")
     p.add_argument("--prompt", default=None, help="the prompt (default: held-out world prompts, one per stream)")
     p.add_argument("--streams", type=int, default=1, help="user streams run side by side (default: 1)")
-    p.add_argument("--frames", type=int, default=105, help="input (or, for 'none', output) pixel frames per "
-                                                          "stream (default: 105, one world clip)")
+    from accelframe.cli import add_frame_options
+    from accelframe_adapters.wan_vae import pixel_frames
+
+    add_frame_options(p, default=105, to_pixel=pixel_frames,  # the stream runs a Wan-family adapter
+                      pixel_help="input (or, for 'none', output) pixel frames per stream (default: 105, "
+                                 "one world clip)",
+                      latent_help="the same counted in latent frames: N latent frames are 1 + 4 (N - 1) "
+                                  "pixel frames (27 -> 105)")
     p.add_argument("--fps", type=float, default=16.0, help="frames per second the source delivers (default: 16)")
     p.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline in seconds from arrival "
                                                               "to output (default: 1.0)")
