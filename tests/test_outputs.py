@@ -288,8 +288,9 @@ def test_world_train_refuses_to_replace_an_unrelated_data_file(tmp_path, monkeyp
         raise AssertionError("the unrelated file would be replaced by a new cache")
 
     monkeypatch.setattr(train_dit, "build_dataset", never)
-    data = tmp_path / "mine.pt"
-    torch.save({"something": torch.ones(3)}, str(data))
+    data = tmp_path / "mine.pt"  # encoded clips, but of another VAE: not this run's cache
+    torch.save({"latents": torch.zeros(1, 3, 8, 16, 16), "prompts": ["a red circle moves left on a blue background"],
+                "seeds": [1], "vae_id": 0.0}, str(data))
     before = data.read_bytes()
     with pytest.raises(ConfigError) as err:
         train_dit.train("drafter", tmp_path / "d.safetensors", vae=models.weights_path("vae"),
