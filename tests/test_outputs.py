@@ -124,7 +124,7 @@ def test_sigterm_during_stream_keeps_the_emitted_frames_in_a_playable_mp4(tmp_pa
         while not list(tmp_path.iterdir()):  # the mp4 is opened when the first frames are emitted
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        time.sleep(1.0)  # a few more chunks
+        time.sleep(0.6)  # a few more chunks
         assert proc.poll() is None, "the stream ended before it could be interrupted"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

@@ -52,7 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
     p.add_argument("--clips", type=int, default=1000, help="training clips encoded for a DiT (default: 1000)")
     p.add_argument("--data", default=None, help="cache file of the encoded clips (read if made by the same VAE)")
-    p.add_argument("--force", action="store_true", help="replace an existing weights file")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing outputs: the weights file, its .log.json and a --data file that is not "
+                        "this run's cache")
     p.add_argument("--json", action="store_true", help="print the training record as JSON")
 
     p = sub.add_parser("cards", help="write the model cards (markdown and loss curves) next to the weights")
