@@ -38,6 +38,11 @@ __all__ = ["atomic_path", "atomic_paths", "check_folder", "check_output", "sigte
 
 def _make_parent(p: Path, owner: str, field: str, shown: str) -> None:
     parent = p.parent
+    for above in (parent, *parent.parents):  # the nearest existing ancestor must be a folder
+        if above.exists():
+            if not above.is_dir():
+                raise ConfigError(owner, field, shown, f"a path inside a folder ({str(above)!r} is a file)")
+            break
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in the way, no permission, a read-only disk
