@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from accelframe.errors import CheckpointError, ConfigError
+from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.magi_dit import MagiDiT, MagiDiTConfig
 
 INDEX = "model.safetensors.index.json"
@@ -66,20 +67,13 @@ def _weight_files(path: Path, distill: bool) -> tuple[list[Path], dict[str, Any]
     folder = sub if sub.is_dir() else path
     index = folder / INDEX
     if index.exists():
-        try:
-            doc = json.loads(index.read_text())
-        except ValueError as err:
-            raise CheckpointError(str(index), f"not valid JSON ({err})") from err
-        shards = sorted(set(doc.get("weight_map", {}).values()))
-        if not shards:
-            raise CheckpointError(str(index), "index lists no shards under 'weight_map'")
-        files = [folder / s for s in shards]
+        files, meta = ck.read_index(index)  # shards inside the folder, metadata an object, or raises
         for f in files:
             if not f.exists():
                 hint = " (it ships zstd-compressed: decompress it with `zstd -d`)" if f.with_name(
                     f.name + ".zst").exists() else ""
                 raise CheckpointError(str(f), "shard named by the index is missing" + hint)
-        return files, dict(doc.get("metadata") or {}), folder
+        return files, meta, folder
     if (folder / SINGLE).exists():
         return [folder / SINGLE], {}, folder
     other = "inference_weight.distill" if not distill else "inference_weight"
@@ -117,9 +111,7 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], path: str = "<shap
             _P + "self_attention.q_layernorm.weight",
             _P + "self_attention.linear_qkv.q.weight", _P + "self_attention.linear_qkv.k.weight",
             _P + "mlp.linear_fc1.weight", _P + "mlp.linear_fc2.weight"]
-    absent = [k for k in need if k not in shapes]
-    if absent:
-        raise CheckpointError(path, "cannot infer the config from shapes (pass cfg)", missing=absent)
+    ck.check_sizing(path, shapes, need, what="the config (pass cfg)")
     d_model, in_ch, pt, p, _ = shapes["x_embedder.weight"]  # [D, C, pT, p, p]
     d = shapes[_P + "self_attention.q_layernorm.weight"][0]
     ffn = shapes[_P + "mlp.linear_fc2.weight"][1]
@@ -135,9 +127,13 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], path: str = "<shap
         "caption_max_length": shapes["y_embedder.null_caption_embedding"][0],
         "gated_linear_unit": shapes[_P + "mlp.linear_fc1.weight"][0] == 2 * ffn,
     }
-    for preset in (MagiDiTConfig.magi_4_5b(), MagiDiTConfig.magi_24b()):
-        if all(getattr(preset, k) == val for k, val in fields.items()):
-            return preset
+    for name, preset in (("MAGI-1 4.5B", MagiDiTConfig.magi_4_5b()), ("MAGI-1 24B", MagiDiTConfig.magi_24b())):
+        if all(getattr(preset, k) == val for k, val in fields.items() if k != "num_layers"):
+            # a release's shapes with fewer layers: its last layers are missing, not a smaller model
+            ck.check_layer_count(path, layers, name, preset.num_layers, "videodit_blocks.layers.",
+                                 hint="pass cfg (or a config.json) to load a model that has fewer layers")
+            if layers == preset.num_layers:
+                return preset
     fields["null_caption_tokens"] = min(50, fields["caption_max_length"])  # MAGI's 50, capped
     try:
         return MagiDiTConfig(**fields)
@@ -146,8 +142,11 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], path: str = "<shap
 
 
 def _config_from_doc(doc: Any, where: str) -> MagiDiTConfig:
+    fields = ck.parse_json(doc, where, "the config entry") if isinstance(doc, str) else doc
+    if not isinstance(fields, Mapping):
+        raise CheckpointError(where, f"config entry is a {type(fields).__name__}, not an object of "
+                                     "MagiDiTConfig fields")
     try:
-        fields = json.loads(doc) if isinstance(doc, str) else dict(doc)
         return MagiDiTConfig(**fields)
     except (ValueError, TypeError) as err:  # ConfigError is a ValueError
         raise CheckpointError(where, f"config entry is not a valid MagiDiTConfig ({err})") from err
@@ -162,7 +161,7 @@ def _find_config(cfg: MagiDiTConfig | None, index_meta: Mapping[str, Any], file_
             return _config_from_doc(meta["config"], path), "metadata"
     for f in (folder / "config.json", folder.parent / "config.json"):
         if f.exists():
-            return _config_from_doc(f.read_text(), str(f)), "config.json"
+            return _config_from_doc(ck.read_json(f), str(f)), "config.json"
     return config_from_shapes(shapes, path), "shapes"
 
 
@@ -197,12 +196,15 @@ def load_magi_checkpoint(path: str | Path, cfg: MagiDiTConfig | None = None, *, 
                               misshaped=misshaped)
     from safetensors.torch import load_file
 
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        for k, t in load_file(str(f), device=str(device)).items():
-            sd[k] = t if dtype is None else t.to(dtype)
     with torch.device("meta"):
         net = MagiDiT(cfg)
+    like = net.state_dict()
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        part = load_file(str(f), device=str(device))
+        ck.check_weights(f, part, like)  # float and finite, before any cast
+        for k, t in part.items():
+            sd[k] = t if dtype is None else t.to(dtype)
     net.load_state_dict(sd, strict=True, assign=True)
     net.eval().requires_grad_(False)
     first = next(iter(sd.values()))

@@ -120,22 +120,25 @@ class WanDiTConfig:
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], **kw) -> WanDiTConfig:
         """Infer the sizes from tensor shapes (original key names). ``num_heads`` cannot be read
-        from shapes: the released sizes fix it (dim 1536 -> 12, 5120 -> 40), else ``dim // 128``."""
+        from shapes: the released sizes fix it (dim 1536 -> 12, 5120 -> 40), else ``dim // 128``.
+        A field given in ``kw`` (from a config) wins over the shapes: ``num_layers`` from a config
+        is kept when the last blocks are missing, so that fitting names them."""
         pe = sd["patch_embedding.weight"]  # [dim, in_dim, pt, ph, pw]
         dim, in_dim = pe.shape[0], pe.shape[1]
         layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         head = sd["head.head.weight"]  # [out_dim * prod(patch), dim]
         patch = tuple(pe.shape[2:])
-        heads = kw.pop("num_heads", {1536: 12, 5120: 40}.get(dim, max(dim // 128, 1)))
-        return cls(dim=dim, in_dim=in_dim, patch_size=patch, num_layers=layers, num_heads=heads,
-                   ffn_dim=sd["blocks.0.ffn.0.weight"].shape[0],
-                   freq_dim=sd["time_embedding.0.weight"].shape[1],
-                   text_dim=sd["text_embedding.0.weight"].shape[1],
-                   out_dim=head.shape[0] // math.prod(patch),
-                   cross_attn_norm="blocks.0.norm3.weight" in sd,
-                   qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
-                   inject_sample_info="fps_embedding.weight" in sd,
-                   spatial_grid=spatial_grid(sd.get("spatial_embedding")), **kw)
+        heads = {1536: 12, 5120: 40}.get(dim, max(dim // 128, 1))
+        fields = dict(dim=dim, in_dim=in_dim, patch_size=patch, num_layers=layers, num_heads=heads,
+                      ffn_dim=sd["blocks.0.ffn.0.weight"].shape[0],
+                      freq_dim=sd["time_embedding.0.weight"].shape[1],
+                      text_dim=sd["text_embedding.0.weight"].shape[1],
+                      out_dim=head.shape[0] // math.prod(patch),
+                      cross_attn_norm="blocks.0.norm3.weight" in sd,
+                      qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
+                      inject_sample_info="fps_embedding.weight" in sd,
+                      spatial_grid=spatial_grid(sd.get("spatial_embedding")))
+        return cls(**{**fields, **kw})
 
 
 def spatial_grid(table: torch.Tensor | None) -> tuple[int, int] | None:

@@ -49,7 +49,7 @@ from torch import nn
 
 from accelframe import validators as v
 from accelframe.errors import CheckpointError, ConfigError
-from accelframe_adapters.checkpoints import StateDict, fit, read_tensors, rename
+from accelframe_adapters.checkpoints import StateDict, check_sizing, fit, read_tensors, rename
 
 CACHE_FRAMES = 2  # past input frames a causal conv of temporal kernel 3 keeps between calls
 
@@ -137,6 +137,7 @@ class WanVAEConfig:
         for key in ("encoder.conv1.weight", "conv2.weight"):
             if key not in sd:
                 raise CheckpointError(path, f"not a Wan 2.1 VAE: it has no {key!r} tensor")
+        check_sizing(path, sd, ("encoder.conv1.weight", "conv2.weight"), what="the VAE's sizes")
         base_dim, z_dim = sd["encoder.conv1.weight"].shape[0], sd["conv2.weight"].shape[0]
         # walk the encoder's flat block list: residual blocks, attention, and a resample ending each stage
         dim_mult, temporal, scales, res_in_stage, width, scale = [], [], [], 0, None, 1.0
