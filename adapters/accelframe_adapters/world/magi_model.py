@@ -38,13 +38,12 @@ def path() -> Path:
 
 def load(*, device: torch.device | str = "cpu") -> tuple[MagiDiT, Any, Any]:
     """(the trained MAGI DiT, the world VAE, the world word encoder)."""
-    from accelframe_adapters.world.training import read_metadata
+    from accelframe_adapters.world.training import config_from_metadata
 
     p = path()
     if not p.exists():
         raise CheckpointError(str(p), "is missing: the world's MAGI model was not shipped with this install")
-    meta = read_metadata(p).get("config")
-    cfg = MagiDiTConfig(**meta) if isinstance(meta, dict) else config()
+    cfg = config_from_metadata(MagiDiTConfig, p, default=config())
     with torch.device("meta"):
         dit = MagiDiT(cfg)
     dit = dit.to_empty(device=device)

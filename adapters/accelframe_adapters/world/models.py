@@ -88,13 +88,10 @@ def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
 
 def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanDiT:
     """The shipped ``target`` or ``drafter`` DiT; its config is read from the file's metadata."""
-    from accelframe_adapters.world.training import read_metadata
+    from accelframe_adapters.world.training import config_from_metadata
 
     path = weights_path(name)
-    meta = read_metadata(path).get("config")
-    if not isinstance(meta, dict):
-        raise CheckpointError(str(path), "has no 'config' in its safetensors metadata (not a world DiT file)")
-    cfg = WanDiTConfig(**meta)
+    cfg = config_from_metadata(WanDiTConfig, path)
     with torch.device("meta"):
         dit = WanDiT(cfg)
     dit = dit.to(dtype).to_empty(device=device)
@@ -105,10 +102,10 @@ def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtyp
 def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | None = None):
     """The world reward as a scorer ``(frames [B, T, 3, H, W] in [0, 1], prompts) -> [B, T]``."""
     from accelframe_adapters.world.reward import FrameReward, RewardConfig, WorldScorer
-    from accelframe_adapters.world.training import read_metadata
+    from accelframe_adapters.world.training import config_from_metadata
 
     path = weights or str(weights_path("reward"))
-    cfg = RewardConfig(**read_metadata(path).get("config", {}))
+    cfg = config_from_metadata(RewardConfig, path, default=RewardConfig())
     model = FrameReward(cfg)
     ck.fit(model, ck.read_tensors(path), path, what="the world reward")
     enc = load_text(text or weights_path("text"), cfg.text_dim, cfg.text_len)

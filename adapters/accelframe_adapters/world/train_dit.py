@@ -189,8 +189,8 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     vae_id = ck.read_tensors(vae)["conv2.bias"].sum().item()  # ties a data cache to its VAE
     ds = None
     if data is not None and Path(data).exists():
-        ds = torch.load(str(data), weights_only=True)
-        if ds.get("vae_id") != vae_id or len(ds["prompts"]) != clips_n:
+        ds = training.read_data(data, force)  # None: not a cache, replaced under --force
+        if ds is not None and (ds.get("vae_id") != vae_id or len(ds["prompts"]) != clips_n):
             training.refuse_data(data, force, f"is not a cache of {clips_n} clips encoded by this VAE")
             ds = None
     if ds is None:

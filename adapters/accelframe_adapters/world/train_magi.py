@@ -80,8 +80,8 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     enc = load_text(text, cfg.caption_channels, cfg.caption_max_length)
     ds = None
     if data is not None and Path(data).exists():
-        ds = torch.load(str(data), weights_only=True)
-        if len(ds.get("prompts", ())) != clips_n:
+        ds = training.read_data(data, force)  # None: not a cache, replaced under --force
+        if ds is not None and len(ds["prompts"]) != clips_n:
             training.refuse_data(data, force, f"is not a cache of {clips_n} encoded clips")
             ds = None
     if ds is None:

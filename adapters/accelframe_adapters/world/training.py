@@ -84,6 +84,37 @@ def refuse_data(data: str | Path, force: bool, why: str) -> None:
                           f"(this file {why}; pass --force to replace it)")
 
 
+def read_data(data: str | Path, force: bool) -> dict[str, Any] | None:
+    """An existing ``--data`` cache, checked before use: a weights-only PyTorch dict with ``latents``
+    (finite floats ``[N, F, z, h, w]``), ``prompts`` (N strings) and ``seeds`` (N ints). A file that
+    is not one raises a :class:`CheckpointError` naming it, unless ``force`` (None: it is replaced)."""
+    from accelframe.errors import CheckpointError
+    from accelframe_adapters import checkpoints as ck
+
+    not_cache = "is not a cache of encoded clips (pass --force to replace it)"
+    try:
+        ds = ck.load_torch(data)
+        if not isinstance(ds, dict):
+            raise CheckpointError(str(data), f"{not_cache}: it holds a {type(ds).__name__}, not a dict")
+        latents = ds.get("latents")
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or not latents.shape[0]:
+            got = ("no 'latents'" if latents is None else f"'latents' of shape {tuple(latents.shape)}"
+                   if isinstance(latents, torch.Tensor) else f"'latents' that are a {type(latents).__name__}")
+            raise CheckpointError(str(data), f"{not_cache}: it holds {got}, not a tensor [N, F, z, h, w], N >= 1")
+        ck.check_weights(data, {"latents": latents}, {"latents": torch.empty(0)}, problem=not_cache)
+        n = latents.shape[0]
+        for key, kind in (("prompts", str), ("seeds", int)):
+            val = ds.get(key)
+            if not isinstance(val, list) or len(val) != n or not all(isinstance(x, kind) for x in val):
+                raise CheckpointError(str(data), f"{not_cache}: its {key!r} is not a list of {n} "
+                                                 f"{kind.__name__}s (one per clip)")
+    except CheckpointError:
+        if force:
+            return None
+        raise
+    return ds
+
+
 def save_data(data: str | Path, ds: dict[str, Any]) -> None:
     """Write a ``--data`` cache whole or not at all."""
     from accelframe.outputs import atomic_path
@@ -172,12 +203,36 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     from accelframe.errors import CheckpointError
 
+    from accelframe_adapters import checkpoints as ck
+
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as err:  # safetensors raises its own error types
         raise CheckpointError(str(path), f"not a readable safetensors file ({err})") from err
-    return {k: json.loads(v) for k, v in meta.items() if k in ("config", "training")}
+    out = {k: ck.parse_json(v, path, f"the {k!r} metadata")
+           for k, v in meta.items() if k in ("config", "training")}
+    for k, val in out.items():
+        if not isinstance(val, dict):
+            raise CheckpointError(str(path), f"the {k!r} metadata is a {type(val).__name__}, not a JSON object")
+    return out
+
+
+def config_from_metadata(cls: type, path: str | Path, default: Any = None) -> Any:
+    """The config class ``cls`` built from a trained file's ``config`` metadata (``default`` when it
+    has none, an error when ``default`` is None); fields the class does not take raise naming the file."""
+    from accelframe.errors import CheckpointError
+
+    fields = read_metadata(path).get("config")
+    if fields is None:
+        if default is None:
+            raise CheckpointError(str(path), "has no 'config' in its safetensors metadata (not a file "
+                                             "written by a world trainer)")
+        return default
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as err:  # ConfigError is a ValueError
+        raise CheckpointError(str(path), f"its 'config' metadata is not a valid {cls.__name__} ({err})") from err
 
 
 def batches(seed: int) -> Iterator[int]:
@@ -187,5 +242,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "batches", "check_data", "check_out", "load_init", "log_path", "lr_at", "machine",
-           "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
+__all__ = ["TrainSettings", "batches", "check_data", "check_out", "config_from_metadata", "load_init", "log_path",
+           "lr_at", "machine", "read_data", "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
