@@ -220,18 +220,27 @@ class WanAdapter:
         sd = self.read_checkpoint(path)  # original key names, no prefix
         sizing = ("patch_embedding.weight", "head.head.weight", "blocks.0.ffn.0.weight",
                   "time_embedding.0.weight", "text_embedding.0.weight")
-        if any(k not in sd for k in sizing):  # the sizes are read from these shapes
-            raise CheckpointError(path, "lacks the tensors the Wan DiT's sizes are read from",
-                                  missing=[k for k in sizing if k not in sd])
+        ck.check_sizing(path, sd, sizing, what="the Wan DiT's sizes")  # present, no empty dimension
         # Shapes give every size but the head count and the text length: take those from a
         # config.json beside the weights (original or diffusers field names); else a file with the
         # tiny config's shapes is the tiny config (so a saved random tiny model loads as itself),
-        # and the released sizes fix the head count (WanDiTConfig.from_state_dict).
-        meta = ck.read_config(path)
-        meta = meta if isinstance(meta, dict) else {}
+        # and the released sizes fix the head count (WanDiTConfig.from_state_dict). A layer count
+        # in config.json wins over the blocks found (missing last blocks are named by fit).
+        meta = ck.read_config(path) or {}
         known = {"num_heads": meta.get("num_heads", meta.get("num_attention_heads")),
-                 "text_len": meta.get("text_len")}
+                 "text_len": meta.get("text_len"), "num_layers": meta.get("num_layers")}
         known = {k: val for k, val in known.items() if isinstance(val, int) and not isinstance(val, bool)}
+        if "num_layers" not in known:  # no config says how many: a release's shapes mean the release
+            for release in (WanDiTConfig.tiny(), WanDiTConfig.wan_1_3b(), WanDiTConfig.wan_14b()):
+                if sd["patch_embedding.weight"].shape[0] != release.dim:
+                    continue
+                guess = WanDiTConfig.from_state_dict(sd, num_heads=release.num_heads, text_len=release.text_len)
+                if attrs.evolve(guess, num_layers=release.num_layers,
+                                inject_sample_info=release.inject_sample_info) == release:
+                    name = "tiny" if release.dim == WanDiTConfig.tiny().dim else f"Wan {release.size_name}"
+                    ck.check_layer_count(path, guess.num_layers, name, release.num_layers, "blocks.",
+                                         hint="a model that has fewer layers needs a config.json beside it "
+                                              "with num_layers")
         tiny = WanDiTConfig.tiny()
         if sd["patch_embedding.weight"].shape[0] == tiny.dim:
             guess = WanDiTConfig.from_state_dict(sd, num_heads=tiny.num_heads, text_len=tiny.text_len)
