@@ -142,7 +142,49 @@ def _fresh_path(path: str | None, force: bool, flag: str) -> Path | None:
 # ---- plugins --------------------------------------------------------------------------------
 
 
+KNOB_KINDS = ("adapter", "policy", "scorer")
+
+
+def _cmd_plugin_knobs(name: str, as_json: bool, hooks: Any) -> int:
+    """``accelframe plugins NAME``: what NAME is and the keyword arguments it takes."""
+    from accelframe import knobs as kn
+
+    reg = hooks.registry()
+    entries = [e for kind in KNOB_KINDS for e in reg.of_kind(kind) if e.name == name]
+    if not entries:
+        names = sorted({e.name for kind in KNOB_KINDS for e in reg.of_kind(kind)})
+        raise ConfigError("accelframe plugins", "NAME", name, "a registered adapter, policy or scorer, "
+                          + kn.unknown_keyword_allowed(name, names).replace("valid keywords", "one of"))
+    docs = []
+    for e in entries:
+        found = kn.knobs(e.factory)
+        docs.append({"name": e.name, "kind": e.kind, "plugin": e.plugin, "description": e.description,
+                     **({"policy_kind": e.policy_kind} if e.policy_kind else {}),
+                     "summary": kn.summary(e.factory),
+                     "knobs": None if found is None else [k.to_dict() for k in found]})
+    if as_json:
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+        return 0
+    for d in docs:
+        kind = f"{d['policy_kind']} policy" if d.get("policy_kind") else d["kind"]
+        print(f"{d['name']} ({kind}, plugin {d['plugin']}): {d['description'] or d['summary']}")
+        if d["knobs"] is None:
+            print("  knobs: not declared (its factory takes **kwargs; see its documentation)")
+            continue
+        if not d["knobs"]:
+            print("  knobs: none")
+            continue
+        width = max(len(k["name"]) for k in d["knobs"]) + 2
+        for k in d["knobs"]:
+            default = "(required)" if k["required"] else json.dumps(k["default"])
+            allowed = f"  {k['allowed']}" if k["allowed"] else ""
+            print(f"  {k['name']:<{width}}default {default}{allowed}")
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace, hooks: Any) -> int:
+    if getattr(args, "name", None) is not None:
+        return _cmd_plugin_knobs(args.name, args.json, hooks)
     reg = hooks.registry()
     doc = {
         "plugins": [
@@ -467,6 +509,9 @@ def build_parser(hooks: Any) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def plugins_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name", nargs="?", default=None, metavar="NAME",
+                       help="an adapter, policy or scorer: print its knobs (keyword arguments) with their "
+                            "defaults and allowed values")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("plugins", help="list loaded plugins, their hooks and registered names",

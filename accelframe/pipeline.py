@@ -19,7 +19,6 @@ share one plugin manager and run in parallel threads; one pipeline runs one gene
 from __future__ import annotations
 
 import contextlib
-import inspect
 import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -68,24 +67,27 @@ def _policy_kind(obj: Any) -> str:
 
 
 def call_factory(factory: Any, name: str, kwargs: dict[str, Any]) -> Any:
-    """Call a registered factory (adapter, policy, scorer); unknown keywords become a ConfigError naming them."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if params and not has_var_kw:
-        allowed = [p for p in params if p != "self"]
-        for key, value in kwargs.items():
-            if key not in params:
-                raise ConfigError(name, key, value, "a keyword argument of " + (
-                    ", ".join(allowed) if allowed else "none (this takes no arguments)"))
+    """Call a registered factory (adapter, policy, scorer, config class) with keyword arguments.
+
+    The keywords it takes come from :func:`accelframe.knobs.knobs` (its signature, its attrs
+    fields, or what it declares): an unknown keyword is a ConfigError that lists the valid ones,
+    closest match first, and a missing required one is a ConfigError naming it, both before the
+    factory runs. A factory whose keywords cannot be known is called, and a keyword it refuses is
+    reported the same way."""
+    from accelframe import knobs as kn
+
+    found = kn.check_keywords(name, factory, kwargs)
     try:
         return factory(**kwargs)
-    except TypeError as exc:  # **kwargs factories that forward to an attrs class
-        if "unexpected keyword" in str(exc):
-            key = str(exc).rsplit("'", 2)[-2] if "'" in str(exc) else "?"
-            raise ConfigError(name, key, kwargs.get(key), f"a known keyword ({exc})") from exc
+    except TypeError as exc:  # a **kwargs factory whose keywords could not be known beforehand
+        text = str(exc)
+        if "unexpected keyword argument" in text and "'" in text:
+            key = text.rsplit("'", 2)[-2]
+            raise ConfigError(name, key, kwargs.get(key), kn.unknown_keyword_allowed(
+                key, [k.name for k in found or ()]) if found else f"a keyword it takes ({exc})") from exc
+        if "missing" in text and "required" in text and "'" in text:
+            key = text.rsplit("'", 2)[-2]
+            raise ConfigError(name, key, kn.MISSING, "a value: it is required") from exc
         raise
 
 
@@ -105,7 +107,17 @@ class Pipeline:
         max_reuse: int | None = None,
         drafter_context: str = "own",
     ) -> None:
-        if drafter_context not in DRAFTER_CONTEXTS:
+        # every argument is checked before anything is built or loaded (adapters: in _adapter)
+        for field, value in (("adapter_kwargs", adapter_kwargs), ("drafter_kwargs", drafter_kwargs)):
+            if value is not None and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+                raise ConfigError("Pipeline", field, value, "None or a dict of keyword arguments (str keys)")
+        for field, value in (("strict", strict), ("trace", trace)):
+            if not isinstance(value, bool):
+                raise ConfigError("Pipeline", field, value, "True or False")
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise ConfigError("Pipeline", "hooks", hooks,
+                              "None or an accelframe.plugins.Hooks (accelframe.plugins.create_hooks())")
+        if not isinstance(drafter_context, str) or drafter_context not in DRAFTER_CONTEXTS:
             raise ConfigError("Pipeline", "drafter_context", drafter_context,
                               "'own' (the drafter conditions on its own drafts, as in SDVG) or 'emitted' "
                               "(on the emitted units: a rejected draft is replaced in its KV by the target's)")
@@ -238,9 +250,12 @@ class Pipeline:
         for mname, a in models:
             missing = needed - a.capabilities
             if missing:
+                made_for = getattr(obj, "made_for", None)  # the adapter a preset was made for
+                hint = (f"; its settings were made for adapter {made_for!r} (--adapter {made_for})"
+                        if isinstance(made_for, str) and made_for != mname else "")
                 raise IncompatibleError(
                     f"policy {name!r} needs {', '.join(sorted(missing))} from adapter {mname!r}, "
-                    f"which offers only {', '.join(sorted(a.capabilities)) or 'nothing'}")
+                    f"which offers only {', '.join(sorted(a.capabilities)) or 'nothing'}{hint}")
 
     @property
     def policies(self) -> list[str]:
@@ -256,9 +271,8 @@ class Pipeline:
                                   "no keyword arguments with a Request")
             req = prompts
         else:
-            if isinstance(prompts, str):
-                prompts = [prompts]
-            req = Request(prompts=tuple(prompts), **kwargs)
+            # one string is one prompt; a value that is no sequence of prompts is a ConfigError
+            req = Request(prompts=prompts, **kwargs)
         from accelframe.limits import check_request
 
         self.adapter.validate(req)

@@ -59,7 +59,7 @@ class PluginInfo:
 
     name: str
     version: str | None
-    kind: str  # "core", "entry-point", "policy" or "registered"
+    kind: str  # "core", "entry-point", "policy", "registered", or "blocked" (by ACCELFRAME_DISABLE_PLUGINS)
     hooks: tuple[str, ...]
     distribution: str | None = None
 
@@ -233,6 +233,9 @@ class Hooks:
 
         infos = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda p: p[0]):
+            if plugin is None or self.pm.is_blocked(name):  # ACCELFRAME_DISABLE_PLUGINS: not loaded
+                infos.append(PluginInfo(name=name, version=None, kind="blocked", hooks=()))
+                continue
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
             kind = self._kinds.get(name, "registered")
             dist, version = self._dists.get(name, (None, None))

@@ -8,6 +8,7 @@ into a playable file.
 
 from __future__ import annotations
 
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -34,8 +35,10 @@ class Mp4Sink:
 
     def __init__(self, path: str | Path, fps: float, *, force: bool = False, overwrite: bool = False,
                  upscale_factor: int = 1) -> None:
-        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0:
-            raise ConfigError("Mp4Sink", "fps", fps, "a number > 0")
+        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps < math.inf:
+            raise ConfigError("Mp4Sink", "fps", fps, "a finite number > 0")
+        if not isinstance(upscale_factor, int) or isinstance(upscale_factor, bool) or upscale_factor < 1:
+            raise ConfigError("Mp4Sink", "upscale_factor", upscale_factor, "an int >= 1")
         if str(path).lower().endswith(".mp4") is False:
             raise ConfigError("Mp4Sink", "path", str(path), "a path ending in .mp4")
         try:

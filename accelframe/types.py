@@ -105,26 +105,54 @@ def _prompts(value: Any) -> tuple[Any, ...]:
 # ------------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+# frame counts and indices end up in int64 tensors (positions, masks, sizes): larger ones are refused
+# here with a ConfigError instead of overflowing inside torch (adapters set their own, lower limits)
+MAX_INDEX = 2**63 - 1
+
+
+def _optional_tensor(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not _is_tensor(value):
+        raise ConfigError(type(inst).__name__, attribute.name, value, "None or a torch.Tensor of clean latents")
+
+
+_optional_tensor.allowed = "None or a torch.Tensor of clean latents"  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True, init=False)
 class Request:
     """One generation: prompts (one per batch row), how many latent frames, and the seed.
 
     ``start_sigma < 1`` with ``init_latents`` is video-to-video: the engine noises the given clean
     latents to ``start_sigma`` and the plan starts there. ``first_frame`` continues a stream whose
     earlier frames are already in the KV cache.
+
+    Every field is a keyword argument; an unknown or missing one is a ConfigError that names it
+    (and lists the valid ones, closest first), as is a value outside its range.
     """
 
     prompts: tuple[str, ...] = attrs.field(converter=_prompts, validator=_tuple_of_str)
-    num_frames: int = attrs.field(validator=v.number_in(1, integer=True))
+    num_frames: int = attrs.field(validator=v.number_in(1, MAX_INDEX, integer=True))
     seed: int = attrs.field(default=0, validator=v.number_in(0, 2**63 - 1, integer=True))
     start_sigma: float = attrs.field(
         default=1.0, validator=v.number_in(0.0, 1.0, lo_open=True)
     )
-    first_frame: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
-    decode: bool = True
-    init_latents: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False)
+    first_frame: int = attrs.field(default=0, validator=v.number_in(0, MAX_INDEX, integer=True))
+    decode: bool = attrs.field(default=True, validator=v.boolean)
+    init_latents: torch.Tensor | None = attrs.field(default=None, eq=False, repr=False,
+                                                    validator=_optional_tensor)
     # a stream past a RoPE reset: frame j takes position j - rope_offset (adapters check positions)
-    rope_offset: int = attrs.field(default=0, validator=v.number_in(0, integer=True))
+    rope_offset: int = attrs.field(default=0, validator=v.number_in(0, MAX_INDEX, integer=True))
+
+    def __init__(self, **kwargs: Any) -> None:
+        from accelframe.knobs import check_keywords
+
+        check_keywords("Request", type(self), kwargs)  # unknown / missing keywords: ConfigError
+        self.__attrs_init__(**kwargs)  # type: ignore[attr-defined]
+
+    def __attrs_post_init__(self) -> None:
+        if self.first_frame + self.num_frames > MAX_INDEX:
+            raise ConfigError("Request", "num_frames", self.num_frames,
+                              f"first_frame + num_frames <= {MAX_INDEX} (first_frame = {self.first_frame})")
 
     @property
     def batch(self) -> int:

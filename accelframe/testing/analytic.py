@@ -126,6 +126,8 @@ def _prompt_tensor(prompt: str, salt: str, shape: tuple[int, ...]) -> torch.Tens
 class AnalyticAdapter:
     """The analytic adapter (see the module docstring). Build with ``AnalyticAdapter(**knobs)``."""
 
+    accelframe_knobs = (AnalyticConfig,)  # its keywords (accelframe.knobs)
+
     def __init__(self, **kwargs: Any) -> None:
         self.config = AnalyticConfig(**kwargs)
         c = self.config

@@ -122,7 +122,7 @@ class MagiModelConfig:
     size: str = attrs.field(default="world", validator=v.one_of(*SIZES))
     height: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     width: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
-    device: str = "cpu"
+    device: str = attrs.field(default="cpu", validator=v.device)
     init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
 
     def __attrs_post_init__(self) -> None:
@@ -157,6 +157,7 @@ class MagiAdapter:
     """MAGI-1's loop on :class:`~accelframe_adapters.magi_dit.MagiDiT` (see the module docstring)."""
 
     name = "magi-1"
+    accelframe_knobs = (MagiModelConfig, MagiConfig)  # its keyword arguments (accelframe.knobs)
 
     def __init__(self, **kwargs: Any) -> None:
         model_fields = {f.name for f in attrs.fields(MagiModelConfig)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -52,8 +53,31 @@ def num_layers(size: str) -> int:
             "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size]().num_layers
 
 
-def _opt_tuple(x: Any) -> tuple | None:
-    return None if x is None else tuple(x)
+def _opt_tuple(x: Any) -> Any:
+    return tuple(x) if isinstance(x, (list, tuple)) else x  # anything else: the validator names it
+
+
+def _opt_numbers(kind: str) -> Any:
+    """None or a tuple of finite numbers (``kind`` "int": of ints), else a ConfigError."""
+    allowed = f"None or a list of {'ints' if kind == 'int' else 'finite numbers'}"
+
+    def check(inst: Any, attribute: Any, value: Any) -> None:
+        if value is None:
+            return
+        ok = isinstance(value, tuple) and all(
+            not isinstance(x, bool) and (isinstance(x, int) if kind == "int"
+                                         else isinstance(x, (int, float)) and math.isfinite(x))
+            for x in value)
+        if not ok:
+            raise ConfigError(type(inst).__name__, attribute.name, value, allowed)
+
+    check.allowed = allowed  # type: ignore[attr-defined]
+    return check
+
+
+def _numbers(kind: str) -> Any:
+    """A field holding None or a list of numbers (JSON lists become tuples)."""
+    return attrs.field(default=None, converter=_opt_tuple, validator=_opt_numbers(kind))
 
 
 @attrs.frozen(kw_only=True)
@@ -61,27 +85,30 @@ class PPConfig:
     """One pipeline-parallel run. ``frames`` counts latent frames, whole chunks of 3."""
 
     frames: int = attrs.field(default=24, validator=v.number_in(1, ROPE_MAX_LEN, integer=True))
-    prompt: str = DEFAULT_PROMPT
+    prompt: str = attrs.field(default=DEFAULT_PROMPT, validator=v.instance_of(str, "a prompt (a string)"))
     seed: int = attrs.field(default=0, validator=v.number_in(0, 2**63 - 1, integer=True))
     size: str = attrs.field(default="world", validator=v.one_of(*SIZES))
-    steps: tuple[float, ...] | None = attrs.field(default=None, converter=_opt_tuple)  # denoising_step_list
+    steps: tuple[float, ...] | None = _numbers("float")  # denoising_step_list
     window: int = attrs.field(default=-1, validator=v.number_in(-1, ROPE_MAX_LEN, integer=True))  # local_attn_size
     sinks: int = attrs.field(default=0, validator=v.number_in(0, ROPE_MAX_LEN, integer=True))
-    partition: tuple[int, ...] | None = attrs.field(default=None, converter=_opt_tuple)  # start; None: even
-    rebalance: bool = True
+    partition: tuple[int, ...] | None = _numbers("int")  # start; None: even
+    rebalance: bool = attrs.field(default=True, validator=v.boolean)
     rebalance_at: int | None = attrs.field(default=None)  # None: S R + measure (steady state)
     measure: int = attrs.field(default=3, validator=v.number_in(1, 1000, integer=True))
     min_gain: float = attrs.field(default=0.05, validator=v.number_in(0.0, 1.0, hi_open=True))
-    block_times: tuple[float, ...] | None = attrs.field(default=None, converter=_opt_tuple)  # forcing: s/block
-    overheads: tuple[float, ...] | None = attrs.field(default=None, converter=_opt_tuple)  # forcing: s/rank
-    decode: bool = False
+    block_times: tuple[float, ...] | None = _numbers("float")  # forcing: s/block
+    overheads: tuple[float, ...] | None = _numbers("float")  # forcing: s/rank
+    decode: bool = attrs.field(default=False, validator=v.boolean)
     threads: int = attrs.field(default=1, validator=v.number_in(1, 1024, integer=True))
     timeout_s: float = attrs.field(default=60.0, validator=v.number_in(0.1, 86400.0))
-    device: str | None = None  # None: cuda:LOCAL_RANK when CUDA is there, else cpu
-    steady_from: int | None = None  # throughput from this micro-step on (None: after the rebalance)
+    device: str | None = attrs.field(  # None: cuda:LOCAL_RANK when CUDA is there, else cpu
+        default=None, validator=attrs.validators.optional(v.device))
+    # throughput from this micro-step on (None: after the rebalance)
+    steady_from: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(v.number_in(0, 1_000_000, integer=True)))
     # testing: (rank, micro-step) at which that rank kills itself / stops answering
-    die_at: tuple[int, int] | None = attrs.field(default=None, converter=_opt_tuple)
-    hang_at: tuple[int, int] | None = attrs.field(default=None, converter=_opt_tuple)
+    die_at: tuple[int, int] | None = _numbers("int")
+    hang_at: tuple[int, int] | None = _numbers("int")
 
     def __attrs_post_init__(self) -> None:
         unit = self.unit_frames  # builds the adapter's config: its ConfigErrors name steps and window
@@ -89,7 +116,8 @@ class PPConfig:
             ok = ", ".join(str(unit * k) for k in range(1, 5))
             raise ConfigError("PPConfig", "frames", self.frames,
                               f"whole chunks of {unit} latent frames ({ok}, ...)")
-        if self.rebalance_at is not None and (not isinstance(self.rebalance_at, int) or self.rebalance_at < 1):
+        if self.rebalance_at is not None and (not isinstance(self.rebalance_at, int)
+                                              or isinstance(self.rebalance_at, bool) or self.rebalance_at < 1):
             raise ConfigError("PPConfig", "rebalance_at", self.rebalance_at, "None or a micro-step >= 1")
 
     def _adapter_knobs(self) -> dict[str, Any]:
@@ -135,8 +163,19 @@ class PPConfig:
         return json.dumps(attrs.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> PPConfig:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, source: str = "--config") -> PPConfig:
+        """A config from its JSON object; bad JSON, a value that is not an object, or an unknown
+        key is a ConfigError naming ``source`` (unknown keys list the valid ones, closest first)."""
+        from accelframe.knobs import check_keywords
+
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("pipeline_parallel", source, text[:80], f"a JSON object ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError("pipeline_parallel", source, doc, "a JSON object of PPConfig fields")
+        check_keywords("PPConfig", cls, doc)
+        return cls(**doc)
 
 
 def build_adapter(cfg: PPConfig, device: str | torch.device = "cpu") -> Any:
@@ -417,7 +456,12 @@ def _list(text: str | None, kind: type, flag: str) -> tuple | None:
 
 def config_from_args(a: argparse.Namespace) -> PPConfig:
     if a.config is not None:
-        return PPConfig.from_json(Path(a.config).read_text())
+        try:
+            text = Path(a.config).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("pipeline_parallel", "--config", a.config,
+                              f"a readable JSON file ({type(exc).__name__}: {exc})") from None
+        return PPConfig.from_json(text)
     return PPConfig(frames=a.frames, prompt=a.prompt, seed=a.seed, size=a.size,
                     steps=_list(a.steps, float, "--steps"), window=a.window, sinks=a.sinks,
                     partition=_list(a.partition, int, "--partition"), rebalance=not a.no_rebalance,

@@ -47,7 +47,7 @@ class WanModelConfig:
     text_encoder: str = "word"  # "word" (built-in), a word-encoder .safetensors, or a UMT5 folder
     height: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     width: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
-    device: str = "cpu"
+    device: str = attrs.field(default="cpu", validator=v.device)
     dtype: str = attrs.field(default="float32", validator=v.one_of(*DTYPES))
     init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
 
@@ -148,6 +148,11 @@ class WanAdapter:
 
     # knobs a family takes by default with the embedded world's models (the user's values win)
     world_defaults: dict[str, Any] = {}
+
+    @classmethod
+    def accelframe_knobs(cls) -> tuple[type, ...]:
+        """The keyword arguments it takes: the model's and the family's (accelframe.knobs)."""
+        return (WanModelConfig, cls.config_class)
 
     def __init__(self, **kwargs: Any) -> None:
         model_fields = {f.name for f in attrs.fields(WanModelConfig)}

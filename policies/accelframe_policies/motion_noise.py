@@ -27,7 +27,7 @@ adapter's timestep for that level (1000 s on the Wan block loops). See docs/stre
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -59,7 +59,7 @@ class MotionNoise:
     window: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(number_in(1, 100_000, integer=True)))
     space: str = attrs.field(default="pixel", validator=one_of("pixel", "latent"))
-    name: str = "motion-noise"
+    name: ClassVar[str] = "motion-noise"  # the stack name; not a keyword argument
     _streams: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -9,6 +9,7 @@ on what other runs came before. Block 0 is always regenerated, as in SDVG. Nothi
 from __future__ import annotations
 
 import random
+from typing import ClassVar
 
 import attrs
 
@@ -23,7 +24,7 @@ class RandomRouting:
 
     accept_rate: float = attrs.field(default=0.5, validator=number_in(0.0, 1.0))
     seed: int = attrs.field(default=0, validator=number_in(0, 2**63 - 1, integer=True))
-    name: str = "random-routing"
+    name: ClassVar[str] = "random-routing"  # the stack name; not a keyword argument
 
     def coin(self, prompts: tuple[str, ...], unit: int) -> float:
         """The block's uniform draw in [0, 1)."""

@@ -25,7 +25,7 @@ inside what they saw.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -53,7 +53,7 @@ class RollingKV:
     tau: float = attrs.field(default=0.2, validator=number_in(-1.0, 1.0))
     t_reset: int | None = attrs.field(
         default=50, validator=attrs.validators.optional(number_in(1, 1_000_000, integer=True)))
-    name: str = "rolling-kv"
+    name: ClassVar[str] = "rolling-kv"  # the stack name; not a keyword argument
     _last_next: dict[str, int] = attrs.field(factory=dict, init=False)
     # the latest decisions, bounded so an hours-long stream keeps flat memory
     log: deque[dict[str, Any]] = attrs.field(factory=lambda: deque(maxlen=LOG_LIMIT), init=False)

@@ -23,6 +23,7 @@ a decision the engine overrode, or one another policy made, keeps SCOPE's state 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Hashable
 
 import attrs
@@ -47,6 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "magi-1": {"tau_c": 0.03, "tau_p": 0.08, "predictor": "taylor2", "decay": 0.75, "max_skip": 5,
                "selective": False},
 }
+# the adapter each preset was measured on: errors about a preset suggest it
+PRESET_ADAPTERS: dict[str, str] = {"skyreels-v2": "skyreels-v2-df", "magi-1": "magi-1"}
 SENSITIVITY: dict[str, tuple[tuple[float, float], ...]] = {
     "skyreels-v2": ((0.12, 0.30), (0.15, 0.36), (0.18, 0.42), (0.21, 0.48), (0.25, 0.55)),
     "magi-1": ((0.02, 0.05), (0.03, 0.08), (0.05, 0.12), (0.08, 0.15)),
@@ -80,6 +83,8 @@ class Scope:
     max_ratio: float = attrs.field(default=8.0, validator=number_in(0.0, 1e6, lo_open=True))
     momentum: float = attrs.field(default=0.5, validator=number_in(0.0, 1.0))
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
+    # the adapter the preset this was built from was made for (errors suggest it); None: no preset
+    made_for: str | None = attrs.field(default=None, init=False)
     _hist: History = attrs.field(init=False)
     _units: dict[Hashable, _UnitState] = attrs.field(init=False, factory=dict)
     _ends: ActiveInterval = attrs.field(init=False, factory=ActiveInterval)
@@ -101,9 +106,14 @@ class Scope:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Scope:
         """The paper's setting ``name`` (``"skyreels-v2"`` or ``"magi-1"``), keywords override it."""
-        if name not in PRESETS:
-            raise ConfigError("Scope", "preset", name, "one of " + ", ".join(repr(p) for p in PRESETS))
-        return cls(**{**PRESETS[name], **overrides})
+        if not isinstance(name, str) or name not in PRESETS:  # a list is refused, not hashed
+            close = difflib.get_close_matches(name, list(PRESETS), n=1) if isinstance(name, str) else []
+            raise ConfigError("Scope", "preset", name, ("did you mean " + repr(close[0]) + "? " if close else "")
+                              + "one of " + ", ".join(f"{p!r} (made for --adapter {a})"
+                                                      for p, a in PRESET_ADAPTERS.items()))
+        policy = cls(**{**PRESETS[name], **overrides})
+        policy.made_for = PRESET_ADAPTERS[name]
+        return policy
 
     @property
     def requires(self) -> frozenset[str]:
@@ -199,4 +209,4 @@ def make_scope(preset: str | None = None, **kwargs: Any) -> Scope:
     return Scope.preset(preset, **kwargs) if preset is not None else Scope(**kwargs)
 
 
-__all__ = ["MIN_HISTORY", "PRESETS", "SENSITIVITY", "Scope", "make_scope"]
+__all__ = ["MIN_HISTORY", "PRESETS", "PRESET_ADAPTERS", "SENSITIVITY", "Scope", "make_scope"]

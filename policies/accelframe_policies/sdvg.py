@@ -34,7 +34,7 @@ failure in the trace and statistics, and warns naming the policy (``strict=True`
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import attrs
 import torch
@@ -97,7 +97,7 @@ class SDVG:
     quantile: float = attrs.field(default=0.1)
     scorer: str | Scorer = attrs.field(default=DEFAULT_SCORER)
     scorer_kwargs: dict[str, Any] = attrs.field(factory=dict)
-    name: str = "sdvg"
+    name: ClassVar[str] = "sdvg"  # the stack name; not a keyword argument
     _score_fn: Scorer | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -106,6 +106,8 @@ class SDVG:
         if (isinstance(self.quantile, bool) or not isinstance(self.quantile, (int, float))
                 or not 0.0 <= self.quantile <= 1.0):
             raise ConfigError("sdvg", "quantile", self.quantile, "a number in [0, 1]")
+        if not isinstance(self.scorer_kwargs, dict):  # first: a tensor has no truth value to test
+            raise ConfigError("sdvg", "scorer_kwargs", self.scorer_kwargs, "a dict of keyword arguments")
         if isinstance(self.scorer, str):
             if not self.scorer.strip():
                 raise ConfigError("sdvg", "scorer", self.scorer, "a registered scorer name or a callable")
@@ -116,8 +118,6 @@ class SDVG:
             self._score_fn = self.scorer
         else:
             raise ConfigError("sdvg", "scorer", self.scorer, "a registered scorer name or a callable")
-        if not isinstance(self.scorer_kwargs, dict):
-            raise ConfigError("sdvg", "scorer_kwargs", self.scorer_kwargs, "a dict of keyword arguments")
 
     # ---- set-up (called by the pipeline, before anything runs) ----------------------------------
 

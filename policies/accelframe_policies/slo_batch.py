@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -91,7 +91,7 @@ class SLOBatch:
     max_streams: int = attrs.field(default=8, validator=number_in(1, 1000, integer=True))
     headroom: float = attrs.field(default=1.1, validator=number_in(1.0, 10.0))
     forget: float = attrs.field(default=0.9, validator=number_in(0.0, 1.0, lo_open=True))
-    name: str = "slo-batch"
+    name: ClassVar[str] = "slo-batch"  # the stack name; not a keyword argument
     model: LatencyModel = attrs.field(init=False)
     # the latest decisions, bounded so an hours-long stream keeps flat memory
     log: deque[dict[str, Any]] = attrs.field(factory=lambda: deque(maxlen=LOG_LIMIT), init=False)

@@ -26,7 +26,7 @@ import torch
 from accelframe import hookimpl
 from accelframe.errors import ConfigError
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
-from accelframe.validators import number_in
+from accelframe.validators import boolean, number_in
 from accelframe_policies.history import History, entry, rel_l1, unit_key
 
 # TeaCache4Wan2.1's published rescale polynomials (numpy.poly1d order, highest degree first); the
@@ -86,7 +86,7 @@ class TeaCache:
     threshold: float = attrs.field(default=0.08, validator=number_in(0.0, 1e6))
     coefficients: tuple[float, ...] = attrs.field(default="wan2.1-t2v-1.3b", converter=coefficients_converter("TeaCache"))
     ret_steps: int = attrs.field(default=1, validator=number_in(1, 10_000, integer=True))
-    last_step: bool = True  # the last call of a unit is always computed
+    last_step: bool = attrs.field(default=True, validator=boolean)  # the last call of a unit is always computed
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
     _hist: History = attrs.field(init=False, factory=lambda: History(size=1))
     _units: dict[Hashable, _UnitState] = attrs.field(init=False, factory=dict)
