@@ -99,13 +99,13 @@ def test_using_the_policy(installed, capsys):
         except ConfigError as exc:
             print(exc)
     # EveryN.n = 0 is not allowed: an integer in [1, 1000]
-    # policy 'every-n'.m = 2 is not allowed: a keyword argument of n, applies_to
+    # policy 'every-n'.m = 2 is not allowed: valid keywords (closest first): n, applies_to
     # AppliesTo.applies_to = 'nobody' is not allowed: one of 'target', 'drafter', 'both'
 
     out = capsys.readouterr().out.splitlines()
     assert out[-3:] == [
         "EveryN.n = 0 is not allowed: an integer in [1, 1000]",
-        "policy 'every-n'.m = 2 is not allowed: a keyword argument of n, applies_to",
+        "policy 'every-n'.m = 2 is not allowed: valid keywords (closest first): n, applies_to",
         "AppliesTo.applies_to = 'nobody' is not allowed: one of 'target', 'drafter', 'both'",
     ]
     assert pipe.policies == ["every-n"]  # nothing was added by the failed calls
