@@ -263,7 +263,7 @@ class Pipeline:
 
     # ---- running --------------------------------------------------------------------------------
 
-    def request(self, prompts: Request | str | Sequence[str], **kwargs: Any) -> Request:
+    def request(self, prompts: Request | str | Sequence[str] | None = None, **kwargs: Any) -> Request:
         """A validated request for this pipeline (raises before any model call)."""
         if isinstance(prompts, Request):
             if kwargs:
@@ -323,7 +323,7 @@ class Pipeline:
                       trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
                       drafter_context=self.drafter_context, **kwargs)
 
-    def generate(self, prompts: Request | str | Sequence[str], *,
+    def generate(self, prompts: Request | str | Sequence[str] | None = None, *,
                  on_unit: Callable[..., None] | None = None, **kwargs: Any) -> Result:
         """Generate a video; ``kwargs`` are :class:`~accelframe.types.Request` fields.
 

@@ -73,6 +73,12 @@ def test_generate_missing_keyword_is_a_config_error():
     assert exc.value.field == "num_frames" and "required" in exc.value.allowed
 
 
+def test_generate_without_prompts_is_a_config_error():
+    with pytest.raises(ConfigError) as exc:
+        pipe().generate(num_frames=3)
+    assert exc.value.field == "prompts"
+
+
 def test_generate_unknown_keyword_lists_the_request_fields():
     with pytest.raises(ConfigError) as exc:
         pipe().generate("a red circle", num_frames=3, framez=3)
