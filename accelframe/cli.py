@@ -332,8 +332,8 @@ def idle_step_policies(pipe: Any, result: Any) -> list[str]:
                          f"before it in the stack, or the engine, decided every one; it saved nothing")
             continue
         why = ("few steps leave a cache / predict policy little to reuse, the model input changes too much "
-               "from one call to the next (SCOPE's thresholds are set for 30-50 steps: try --adapter "
-               "skyreels-v2-df or magi-1, or looser thresholds)" if n <= FEW_STEPS else
+               "from one call to the next (reuse policies such as SCOPE are tuned for 30-50 steps: try "
+               "--adapter skyreels-v2-df or magi-1, or looser thresholds)" if n <= FEW_STEPS else
                "its thresholds were never met on this run; looser ones let it cache or predict "
                "(docs/policies.md lists its knobs)")
         notes.append(f"step policy {p.name!r} recomputed every call on this adapter ({n} steps per unit): "
