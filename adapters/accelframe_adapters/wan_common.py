@@ -235,22 +235,20 @@ class WanAdapter:
         known = {"num_heads": meta.get("num_heads", meta.get("num_attention_heads")),
                  "text_len": meta.get("text_len"), "num_layers": meta.get("num_layers")}
         known = {k: val for k, val in known.items() if isinstance(val, int) and not isinstance(val, bool)}
-        if "num_layers" not in known:  # no config says how many: a release's shapes mean the release
-            for release in (WanDiTConfig.tiny(), WanDiTConfig.wan_1_3b(), WanDiTConfig.wan_14b()):
-                if sd["patch_embedding.weight"].shape[0] != release.dim:
-                    continue
-                guess = WanDiTConfig.from_state_dict(sd, num_heads=release.num_heads, text_len=release.text_len)
-                if attrs.evolve(guess, num_layers=release.num_layers,
-                                inject_sample_info=release.inject_sample_info) == release:
-                    name = "tiny" if release.dim == WanDiTConfig.tiny().dim else f"Wan {release.size_name}"
-                    ck.check_layer_count(path, guess.num_layers, name, release.num_layers, "blocks.",
-                                         hint="a model that has fewer layers needs a config.json beside it "
-                                              "with num_layers")
-        tiny = WanDiTConfig.tiny()
-        if sd["patch_embedding.weight"].shape[0] == tiny.dim:
-            guess = WanDiTConfig.from_state_dict(sd, num_heads=tiny.num_heads, text_len=tiny.text_len)
-            if guess == attrs.evolve(tiny, inject_sample_info=guess.inject_sample_info):
-                known = {"num_heads": tiny.num_heads, "text_len": tiny.text_len, **known}
+        for release in (WanDiTConfig.tiny(), WanDiTConfig.wan_1_3b(), WanDiTConfig.wan_14b()):
+            if sd["patch_embedding.weight"].shape[0] != release.dim:
+                continue
+            guess = WanDiTConfig.from_state_dict(sd, num_heads=release.num_heads, text_len=release.text_len)
+            if attrs.evolve(guess, num_layers=release.num_layers,
+                            inject_sample_info=release.inject_sample_info) != release:
+                continue  # not this release's shapes
+            if "num_layers" not in known:  # no config says how many: a release's shapes mean the release
+                name = "tiny" if release.dim == WanDiTConfig.tiny().dim else f"Wan {release.size_name}"
+                ck.check_layer_count(path, guess.num_layers, name, release.num_layers, "blocks.",
+                                     hint="a model that has fewer layers needs a config.json beside it "
+                                          "with num_layers")
+            if guess.num_layers == release.num_layers:  # the release itself: its head count and text length
+                known = {"num_heads": release.num_heads, "text_len": release.text_len, **known}
         cfg = WanDiTConfig.from_state_dict(sd, **{**known, **self.dit_overrides()})
         check_size(path, cfg, self.model_config.size, self.name)
         with torch.device("meta"):  # no memory for weights that are overwritten anyway
