@@ -204,6 +204,28 @@ def test_a_symlinked_shard_inside_the_folder_still_loads(tmp_path, wan_sd):
     assert SkyReelsDFAdapter(checkpoint=str(folder), **SMALL).dit.cfg.num_layers == 2
 
 
+def test_a_shard_in_a_subfolder_of_the_index_loads(tmp_path, wan_sd):
+    folder = save_diffusers_folder(tmp_path / "transformer", wan_sd)
+    (folder / "shards").mkdir()
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    name = "diffusion_pytorch_model-00001-of-00001.safetensors"
+    (folder / name).rename(folder / "shards" / name)
+    doc["weight_map"] = {k: f"shards/{name}" for k in doc["weight_map"]}
+    index.write_text(json.dumps(doc))
+    assert SkyReelsDFAdapter(checkpoint=str(folder), **SMALL).dit.cfg.num_layers == 2
+
+
+def test_a_missing_shard_shipped_compressed_is_named_with_the_fix(tmp_path, wan_sd):
+    """Every index (diffusers as MAGI) goes through one reader: a shard present only as .zst says so."""
+    folder = save_diffusers_folder(tmp_path / "transformer", wan_sd)
+    shard = folder / "diffusion_pytorch_model-00001-of-00001.safetensors"
+    shard.rename(shard.with_name(shard.name + ".zst"))
+    with pytest.raises(CheckpointError, match="missing .*zstd -d") as err:
+        SkyReelsDFAdapter(checkpoint=str(folder), **SMALL)
+    assert shard.name in str(err.value)
+
+
 # ---- item 4: malformed metadata -------------------------------------------------------------------
 
 

@@ -70,8 +70,6 @@ def _read_folder(folder: Path) -> StateDict:
         raise CheckpointError(str(folder), "folder holds no .safetensors weights")
     out: StateDict = {}
     for f in files:
-        if not f.exists():
-            raise CheckpointError(str(f), "shard named by the index is missing")
         out.update(read_tensors(f))
     return out
 
@@ -119,7 +117,8 @@ def shard_path(folder: Path, name: Any, index: str | Path) -> Path:
 
 def read_index(index: str | Path) -> tuple[list[Path], dict[str, Any]]:
     """The shard files a ``*.safetensors.index.json`` names (each inside its folder, see
-    :func:`shard_path`) and its ``metadata`` object; a malformed index raises naming what is wrong."""
+    :func:`shard_path`, and present) and its ``metadata`` object; a malformed index, or a shard
+    that is not there, raises naming what is wrong."""
     p = Path(index)
     doc = read_json(p)
     weight_map = doc.get("weight_map")
@@ -137,7 +136,13 @@ def read_index(index: str | Path) -> tuple[list[Path], dict[str, Any]]:
         meta = {}
     if not isinstance(meta, dict):
         raise CheckpointError(str(p), f"'metadata' is a {_json_kind(meta)}, not an object")
-    return [shard_path(p.parent, name, p) for name in sorted(set(weight_map.values()))], meta
+    files = [shard_path(p.parent, name, p) for name in sorted(set(weight_map.values()))]
+    for f in files:
+        if not f.exists():
+            hint = " (it ships zstd-compressed: decompress it with `zstd -d`)" if f.with_name(
+                f.name + ".zst").exists() else ""
+            raise CheckpointError(str(f), "shard named by the index is missing" + hint)
+    return files, meta
 
 
 def read_config(path: str | Path) -> dict | None:

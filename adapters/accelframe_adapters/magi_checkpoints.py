@@ -67,12 +67,7 @@ def _weight_files(path: Path, distill: bool) -> tuple[list[Path], dict[str, Any]
     folder = sub if sub.is_dir() else path
     index = folder / INDEX
     if index.exists():
-        files, meta = ck.read_index(index)  # shards inside the folder, metadata an object, or raises
-        for f in files:
-            if not f.exists():
-                hint = " (it ships zstd-compressed: decompress it with `zstd -d`)" if f.with_name(
-                    f.name + ".zst").exists() else ""
-                raise CheckpointError(str(f), "shard named by the index is missing" + hint)
+        files, meta = ck.read_index(index)  # shards inside the folder and present, metadata an object
         return files, meta, folder
     if (folder / SINGLE).exists():
         return [folder / SINGLE], {}, folder
