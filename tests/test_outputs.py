@@ -376,3 +376,13 @@ def test_magi_checkpoint_folder_is_not_replaced_without_force_and_never_half_wri
     with pytest.raises(KeyboardInterrupt):
         mc.save_magi_checkpoint(net, tmp_path, distill=True)
     assert _names(tmp_path) == [folder.name]
+
+
+def test_magi_checkpoint_weight_folder_that_is_a_file_is_refused_before_writing(tmp_path):
+    from accelframe_adapters import magi_checkpoints as mc
+    from accelframe_adapters.magi_dit import MagiDiT, MagiDiTConfig
+
+    (tmp_path / "inference_weight").write_text("not a folder")
+    with pytest.raises(ConfigError, match="folder"):
+        mc.save_magi_checkpoint(MagiDiT(MagiDiTConfig.tiny()), tmp_path, force=True)
+    assert _names(tmp_path) == ["inference_weight"]

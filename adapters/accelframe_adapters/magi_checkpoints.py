@@ -216,7 +216,7 @@ def save_magi_checkpoint(model: nn.Module, folder: str | Path, *, distill: bool 
     ``model.safetensors.index.json``. The config goes into the metadata. Returns the weight folder.
     An existing weight folder is refused unless ``force`` (then replaced whole); the folder is
     written under a temporary name and renamed into place when complete."""
-    from accelframe.outputs import atomic_path, check_output
+    from accelframe.outputs import atomic_path, check_folder
 
     if not isinstance(shards, int) or shards < 1:
         raise ConfigError("save_magi_checkpoint", "shards", shards, "an integer >= 1")
@@ -224,8 +224,7 @@ def save_magi_checkpoint(model: nn.Module, folder: str | Path, *, distill: bool 
     if out.exists() and not force:
         raise ConfigError("save_magi_checkpoint", "folder", str(out), "a weight folder that does not exist yet "
                                                                       "(or force=True to replace it)")
-    if not out.exists():
-        check_output(out, owner="save_magi_checkpoint", field="folder")
+    check_folder(out, (), owner="save_magi_checkpoint", field="folder")  # not a file; its parent created
     with atomic_path(out, folder=True, merge=False) as tmp:
         _write_magi_checkpoint(model, tmp, shards, metadata)
     return out
