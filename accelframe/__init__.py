@@ -7,6 +7,7 @@ to write plugins; the types of :mod:`accelframe.types`; the errors of :mod:`acce
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 # The names below load on first use (PEP 562): ``import accelframe`` and the CLI's start-up
@@ -50,15 +51,22 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (``accelframe.errors``): an attribute once imported, as when the names above
+        # were imported eagerly
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
         raise AttributeError(f"module 'accelframe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    import pkgutil
+
+    return sorted({*globals(), *_LAZY, *(m.name for m in pkgutil.iter_modules(__path__))})
 
 
 __version__ = "0.1.0"

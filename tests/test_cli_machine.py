@@ -133,6 +133,25 @@ def test_help_and_plugins_do_not_import_torch(argv):
         assert "every-n" in done.stdout and "self-forcing" in done.stdout
 
 
+def test_lazy_public_names_and_submodules_still_resolve():
+    """``import accelframe`` loads no torch, yet its names, its submodules as attributes (as when the
+    package imported them eagerly) and ``from accelframe import *`` all still work."""
+    code = ("import sys, accelframe\n"
+            "assert 'torch' not in sys.modules\n"
+            "assert accelframe.errors.ConfigError and accelframe.types.Request and accelframe.adapter.Limits\n"
+            "assert 'errors' in dir(accelframe) and 'Pipeline' in dir(accelframe)\n"
+            "ns = {}\n"
+            "exec('from accelframe import *', ns)\n"
+            "assert ns['Pipeline'] is accelframe.pipeline.Pipeline\n"
+            "try:\n"
+            "    accelframe.no_such_name\n"
+            "except AttributeError:\n"
+            "    print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
+
+
 def test_a_lazy_factory_keeps_its_signature_for_keyword_checks():
     import inspect
 
