@@ -187,17 +187,8 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.text_dim, cfg.text_len)
     vae_id = ck.read_tensors(vae)["conv2.bias"].sum().item()  # ties a data cache to its VAE
-    ds = None
-    if data is not None and Path(data).exists():
-        ds = training.read_data(data, force)  # None: not a cache, replaced under --force
-        if ds is not None and (ds.get("vae_id") != vae_id or len(ds["prompts"]) != clips_n):
-            training.refuse_data(data, force, f"is not a cache of {clips_n} clips encoded by this VAE")
-            ds = None
-    if ds is None:
-        ds = build_dataset(vae_model, clips_n, seed=1234, quiet=quiet)
-        ds["vae_id"] = vae_id
-        if data is not None:
-            training.save_data(data, ds)
+    ds = training.encoded_clips(data, force, clips_n, vae_id=vae_id,
+                                build=lambda: build_dataset(vae_model, clips_n, seed=1234, quiet=quiet))
     latents = ds["latents"]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], latents.shape[1], tuple(latents.shape[-2:]))  # [N, F, h, w]
     states = enc(ds["prompts"])  # [N, L, text_dim]

@@ -78,16 +78,8 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     cfg = magi_model.config()
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.caption_channels, cfg.caption_max_length)
-    ds = None
-    if data is not None and Path(data).exists():
-        ds = training.read_data(data, force)  # None: not a cache, replaced under --force
-        if ds is not None and len(ds["prompts"]) != clips_n:
-            training.refuse_data(data, force, f"is not a cache of {clips_n} encoded clips")
-            ds = None
-    if ds is None:
-        ds = build_dataset(vae_model, clips_n, seed=1234, quiet=quiet)
-        if data is not None:
-            training.save_data(data, ds)
+    ds = training.encoded_clips(data, force, clips_n,
+                                build=lambda: build_dataset(vae_model, clips_n, seed=1234, quiet=quiet))
     frames = magi_model.LATENT_FRAMES
     latents = ds["latents"][:, :frames]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], ds["latents"].shape[1], tuple(latents.shape[-2:]))[:, :frames]

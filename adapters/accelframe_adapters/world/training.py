@@ -115,6 +115,27 @@ def read_data(data: str | Path, force: bool) -> dict[str, Any] | None:
     return ds
 
 
+def encoded_clips(data: str | Path | None, force: bool, clips_n: int, build: Callable[[], dict[str, Any]], *,
+                  vae_id: float | None = None) -> dict[str, Any]:
+    """A trainer's encoded clips: the ``--data`` cache when it holds ``clips_n`` clips (encoded by the
+    VAE ``vae_id`` names, when given), else ``build()``, then written to ``data`` (whole) when given.
+    A file there that is not such a cache is refused unless ``force`` (:func:`read_data`,
+    :func:`refuse_data`), before anything is encoded."""
+    if data is not None and Path(data).exists():
+        ds = read_data(data, force)  # None: not a cache, replaced under --force
+        if ds is not None:
+            if len(ds["prompts"]) == clips_n and (vae_id is None or ds.get("vae_id") == vae_id):
+                return ds
+            refuse_data(data, force, f"is not a cache of {clips_n} clips encoded by this VAE" if vae_id is not None
+                        else f"is not a cache of {clips_n} encoded clips")
+    ds = build()
+    if vae_id is not None:
+        ds["vae_id"] = vae_id
+    if data is not None:
+        save_data(data, ds)
+    return ds
+
+
 def save_data(data: str | Path, ds: dict[str, Any]) -> None:
     """Write a ``--data`` cache whole or not at all."""
     from accelframe.outputs import atomic_path
@@ -242,5 +263,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "batches", "check_data", "check_out", "config_from_metadata", "load_init", "log_path",
-           "lr_at", "machine", "read_data", "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
+__all__ = ["TrainSettings", "batches", "check_data", "check_out", "config_from_metadata", "encoded_clips",
+           "load_init", "log_path", "lr_at", "machine", "read_data", "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
