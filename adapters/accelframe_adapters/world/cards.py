@@ -16,7 +16,7 @@ from typing import Any
 
 from accelframe_adapters.world.models import FILES, WEIGHTS
 from accelframe_adapters.world.plot import line_plot
-from accelframe_adapters.world.training import read_metadata
+from accelframe_adapters.world.training import log_path, read_metadata
 
 ABOUT = {
     "vae": ("The Wan 2.1 causal video VAE (`accelframe_adapters.wan_vae.WanVAE`, original key names) in a "
@@ -105,8 +105,8 @@ def _quality(name: str, record: dict[str, Any], benches: list[dict[str, Any]]) -
 def _card_outputs(name: str, folder: Path) -> tuple[dict[str, Any], Path | None, Path]:
     """The loss log of ``name``'s weights, the loss curve to draw (None without a log) and the card."""
     weights = folder / FILES[name]
-    log_path = weights.with_suffix(".log.json")
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    logged = log_path(weights)
+    log = json.loads(logged.read_text()) if logged.exists() else {}
     curve = weights.with_name(weights.name.replace(".safetensors", ".loss.png")) if log.get("step") else None
     return log, curve, weights.with_name(weights.name.replace(".safetensors", ".md"))
 
