@@ -11,6 +11,7 @@ already exists: callers decide about overwriting (:func:`accelframe.outputs.chec
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from fractions import Fraction
@@ -23,7 +24,8 @@ import torch
 from .errors import ConfigError
 from .outputs import atomic_path, atomic_paths, write_bytes
 
-__all__ = ["to_uint8", "upscale", "write_png", "frame_strip", "write_mp4", "write_video"]
+__all__ = ["check_fps", "frame_strip", "open_mp4", "pad_even", "to_uint8", "upscale", "write_mp4", "write_png",
+           "write_video"]
 
 VIDEO_SUFFIXES = (".mp4", ".png")
 
@@ -143,8 +145,8 @@ def write_mp4(path: str | Path, frames: torch.Tensor, fps: float) -> Path:
     """Encode ``[T, 3, H, W]`` float frames in ``[0, 1]`` to an mp4 with PyAV.
 
     Uses H.264 (``libx264``, ``yuv420p``, crf 18) when available, else MPEG-4 part 2. H and W
-    must be even (yuv420p halves the chroma planes). Raises :class:`ConfigError` for odd sizes, a
-    non-positive ``fps``, or when PyAV is not installed. Returns the path written.
+    must be even (yuv420p halves the chroma planes). Raises :class:`ConfigError` for odd sizes, an
+    ``fps`` that is not a finite number > 0, or when PyAV is not installed. Returns the path written.
     """
     frames = _check_frames("write_mp4", frames)
     _, _, height, width = frames.shape
@@ -152,8 +154,7 @@ def write_mp4(path: str | Path, frames: torch.Tensor, fps: float) -> Path:
         raise ConfigError("write_mp4", "height", height, "an even frame height for yuv420p (pad, crop or upscale)")
     if width % 2:
         raise ConfigError("write_mp4", "width", width, "an even frame width for yuv420p (pad, crop or upscale)")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
-        raise ConfigError("write_mp4", "fps", fps, "a number > 0")
+    check_fps("write_mp4", fps)
     try:
         import av
     except ImportError:
@@ -166,17 +167,43 @@ def write_mp4(path: str | Path, frames: torch.Tensor, fps: float) -> Path:
     return path
 
 
-def _encode_mp4(av: Any, path: Path, frames: torch.Tensor, fps: float) -> None:
+def check_fps(owner: str, fps: Any) -> None:
+    """A frame rate an mp4 can carry: a finite number > 0 (a ConfigError naming ``owner`` else)."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not 0 < fps < math.inf:
+        raise ConfigError(owner, "fps", fps, "a finite number > 0")
+
+
+def pad_even(frames: torch.Tensor) -> torch.Tensor:
+    """``[T, 3, H, W]`` frames padded to an even height and width (yuv420p halves the chroma planes)
+    by repeating the last row / column."""
     _, _, height, width = frames.shape
+    if height % 2 or width % 2:
+        frames = torch.nn.functional.pad(frames, (0, width % 2, 0, height % 2), mode="replicate")
+    return frames
+
+
+def open_mp4(av: Any, path: str | Path, fps: float, height: int, width: int) -> tuple[Any, Any]:
+    """An mp4 container open for writing at ``path`` and its video stream of ``height`` x ``width``
+    (even) frames: H.264 (crf 18) when available, else MPEG-4 part 2. The container is closed again
+    if the stream cannot be set up."""
     codec = _pick_codec(av)
-    rate = Fraction(fps).limit_denominator(1001)
     container = av.open(str(path), mode="w")
     try:
-        options = {"crf": "18"} if codec == "libx264" else {}
-        stream = container.add_stream(codec, rate=rate, options=options)
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001),
+                                      options={"crf": "18"} if codec == "libx264" else {})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec != "libx264":
             stream.bit_rate = 8_000_000
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _encode_mp4(av: Any, path: Path, frames: torch.Tensor, fps: float) -> None:
+    _, _, height, width = frames.shape
+    container, stream = open_mp4(av, path, fps, height, width)
+    try:
         for array in to_uint8(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             container.mux(stream.encode(frame))
@@ -205,9 +232,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, *,
         write_png(path, image)
         return {"video": None, "strip": str(path), "strip_frames": indices}
     strip_path = path.with_suffix(".png")
-    _, _, height, width = frames.shape
-    if height % 2 or width % 2:  # repeat the last row / column, as the stream's Mp4Sink does
-        frames = torch.nn.functional.pad(frames, (0, width % 2, 0, height % 2), mode="replicate")
+    frames = pad_even(frames)
     with atomic_paths([path, strip_path]) as (tmp_video, tmp_strip):
         write_mp4(tmp_video, frames, fps)
         write_png(tmp_strip, image)

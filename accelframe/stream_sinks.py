@@ -8,16 +8,14 @@ into a playable file.
 
 from __future__ import annotations
 
-import math
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from accelframe.errors import ConfigError
-from accelframe.media import _pick_codec, to_uint8, upscale
+from accelframe.media import check_fps, open_mp4, pad_even, to_uint8, upscale
 from accelframe.outputs import check_output, temp_name
 
 
@@ -35,8 +33,7 @@ class Mp4Sink:
 
     def __init__(self, path: str | Path, fps: float, *, force: bool = False, overwrite: bool = False,
                  upscale_factor: int = 1) -> None:
-        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps < math.inf:
-            raise ConfigError("Mp4Sink", "fps", fps, "a finite number > 0")
+        check_fps("Mp4Sink", fps)
         if not isinstance(upscale_factor, int) or isinstance(upscale_factor, bool) or upscale_factor < 1:
             raise ConfigError("Mp4Sink", "upscale_factor", upscale_factor, "an int >= 1")
         if str(path).lower().endswith(".mp4") is False:
@@ -74,13 +71,11 @@ class Mp4Sink:
         path = self.path_for(stream)
         self._check(path)
         tmp = temp_name(path)
-        container = av.open(str(tmp), mode="w")
-        codec = _pick_codec(av)
-        out = container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
-                                   options={"crf": "18"} if codec == "libx264" else {})
-        out.width, out.height, out.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
-        if codec != "libx264":
-            out.bit_rate = 8_000_000
+        try:
+            container, out = open_mp4(av, tmp, self.fps, height, width)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._open[stream] = (container, out, tmp)
         self.paths[stream] = path
         self.frames[stream] = 0
@@ -89,10 +84,8 @@ class Mp4Sink:
     def write(self, stream: str, frames: torch.Tensor) -> None:
         import av
 
-        frames = upscale(frames.detach().float().cpu(), self.factor)  # [F, 3, H, W]
+        frames = pad_even(upscale(frames.detach().float().cpu(), self.factor))  # [F, 3, H, W], even H, W
         _, _, h, w = frames.shape
-        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
-            frames = torch.nn.functional.pad(frames, (0, w % 2, 0, h % 2), mode="replicate")
         container, out = self._container(stream, h, w)
         for array in to_uint8(frames):
             container.mux(out.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))

@@ -138,6 +138,16 @@ def test_write_mp4_odd_size_raises(tmp_path, h, w, field):
     assert not (tmp_path / "odd.mp4").exists()
 
 
+@pytest.mark.parametrize("fps", [float("inf"), float("nan"), 0, True])
+def test_write_mp4_and_video_refuse_a_fps_that_is_not_finite_and_positive(tmp_path, fps):
+    pytest.importorskip("av")
+    for write in (write_mp4, write_video):
+        with pytest.raises(ConfigError) as err:
+            write(tmp_path / "v.mp4", _frames(3, 4, 4), fps=fps)
+        assert err.value.field == "fps"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_mp4_without_av_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
     with pytest.raises(ConfigError, match="pip install av"):
