@@ -20,7 +20,6 @@ checked only when it is called.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import functools
 import inspect
@@ -29,6 +28,8 @@ import typing
 from typing import Any, Iterable, Sequence
 
 import attrs
+
+from accelframe.validators import close_matches
 
 REQUIRED = "(required)"
 
@@ -62,7 +63,7 @@ class Knob:
 def closest_first(word: Any, options: Iterable[str]) -> list[str]:
     """``options`` with the ones closest to ``word`` first (difflib), the rest in their order."""
     options = list(dict.fromkeys(options))
-    close = difflib.get_close_matches(str(word), options, n=len(options), cutoff=0.6) if options else []
+    close = close_matches(word, options, n=max(len(options), 1))
     return close + [o for o in options if o not in close]
 
 
@@ -71,7 +72,7 @@ def unknown_keyword_allowed(key: Any, valid: Sequence[str]) -> str:
     if not valid:
         return "no keyword arguments (this takes none)"
     ordered = closest_first(key, valid)
-    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.6)
+    close = close_matches(key, valid)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return hint + "valid keywords (closest first): " + ", ".join(ordered)
 

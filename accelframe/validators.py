@@ -59,6 +59,13 @@ def is_choice(value: Any, choices: Sequence[Any]) -> bool:
     return False
 
 
+def close_matches(word: Any, options: Sequence[Any], n: int = 1) -> list[str]:
+    """The string ``options`` closest to ``word``, best first (difflib, cutoff 0.6): the one rule
+    behind every "did you mean" (a choice, a keyword, a registered name)."""
+    words = [o for o in options if isinstance(o, str)]
+    return difflib.get_close_matches(str(word), words, n=n, cutoff=0.6) if words else []
+
+
 def one_of(*choices: Any) -> Validator:
     """One of a fixed set of values (compared by type and value; see :func:`is_choice`). A
     misspelt string choice is told the closest one."""
@@ -66,8 +73,7 @@ def one_of(*choices: Any) -> Validator:
 
     def check(inst: Any, attribute: Any, value: Any) -> None:
         if not is_choice(value, choices):
-            words = [c for c in choices if isinstance(c, str)]
-            close = difflib.get_close_matches(value, words, n=1) if isinstance(value, str) and words else []
+            close = close_matches(value, choices) if isinstance(value, str) else []
             _fail(inst, attribute, value, allowed + (f" (did you mean {close[0]!r}?)" if close else ""))
 
     check.allowed = allowed  # type: ignore[attr-defined]
