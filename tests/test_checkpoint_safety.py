@@ -398,3 +398,21 @@ def test_the_finite_check_has_no_false_alarm_and_misses_nothing(dtype):
     both = torch.tensor([float("inf"), -float("inf")], dtype=dtype)  # a NaN sum, not a cancelled one
     with pytest.raises(CheckpointError, match="non-finite"):
         ck.check_weights("f", {"w": both}, like)
+
+
+def test_world_train_magi_refuses_a_cache_of_another_vae(tmp_path, monkeypatch):
+    """The --data help says a cache is read if made by the same VAE: the MAGI trainer too."""
+    from accelframe.errors import ConfigError
+    from accelframe_adapters.world import train_magi
+
+    def never(*a, **kw):
+        raise AssertionError("the cache of another VAE would be replaced")
+
+    monkeypatch.setattr(train_magi, "build_dataset", never)
+    data = tmp_path / "clips.pt"
+    torch.save({"latents": torch.zeros(1, 3, 8, 16, 16), "prompts": ["a red circle moves left on a blue background"],
+                "seeds": [1], "vae_id": 0.0}, data)
+    with pytest.raises(ConfigError) as err:
+        train_magi.train(tmp_path / "out.safetensors", vae=world.weights_path("vae"),
+                         text=world.weights_path("text"), clips_n=1, data=data, quiet=True, settings=NO_STEPS)
+    assert err.value.field == "data" and "VAE" in str(err.value)

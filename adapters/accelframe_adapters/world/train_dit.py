@@ -45,7 +45,6 @@ import attrs
 import torch
 
 from accelframe.errors import ConfigError
-from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.text import WordEncoder
 from accelframe_adapters.wan_dit import WanDiT
 from accelframe_adapters.wan_vae import WanVAE, pixel_frames
@@ -186,8 +185,7 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     cfg = CONFIGS[which]()
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.text_dim, cfg.text_len)
-    vae_id = ck.read_tensors(vae)["conv2.bias"].sum().item()  # ties a data cache to its VAE
-    ds = training.encoded_clips(data, force, clips_n, vae_id=vae_id,
+    ds = training.encoded_clips(data, force, clips_n, vae,
                                 build=lambda: build_dataset(vae_model, clips_n, seed=1234, quiet=quiet))
     latents = ds["latents"]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], latents.shape[1], tuple(latents.shape[-2:]))  # [N, F, h, w]

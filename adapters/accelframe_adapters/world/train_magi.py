@@ -78,7 +78,7 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     cfg = magi_model.config()
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.caption_channels, cfg.caption_max_length)
-    ds = training.encoded_clips(data, force, clips_n,
+    ds = training.encoded_clips(data, force, clips_n, vae,
                                 build=lambda: build_dataset(vae_model, clips_n, seed=1234, quiet=quiet))
     frames = magi_model.LATENT_FRAMES
     latents = ds["latents"][:, :frames]  # [N, F, z, h, w]

@@ -115,22 +115,23 @@ def read_data(data: str | Path, force: bool) -> dict[str, Any] | None:
     return ds
 
 
-def encoded_clips(data: str | Path | None, force: bool, clips_n: int, build: Callable[[], dict[str, Any]], *,
-                  vae_id: float | None = None) -> dict[str, Any]:
-    """A trainer's encoded clips: the ``--data`` cache when it holds ``clips_n`` clips (encoded by the
-    VAE ``vae_id`` names, when given), else ``build()``, then written to ``data`` (whole) when given.
-    A file there that is not such a cache is refused unless ``force`` (:func:`read_data`,
-    :func:`refuse_data`), before anything is encoded."""
+def encoded_clips(data: str | Path | None, force: bool, clips_n: int, vae: str | Path,
+                  build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A trainer's encoded clips: the ``--data`` cache when it holds ``clips_n`` clips encoded by the
+    VAE ``vae``, else ``build()``, then written to ``data`` (whole) when given. A file there that is
+    not such a cache is refused unless ``force`` (:func:`read_data`, :func:`refuse_data`), before
+    anything is encoded."""
+    from accelframe_adapters import checkpoints as ck
+
+    vae_id = ck.read_tensors(vae)["conv2.bias"].sum().item()  # ties a data cache to its VAE
     if data is not None and Path(data).exists():
         ds = read_data(data, force)  # None: not a cache, replaced under --force
         if ds is not None:
-            if len(ds["prompts"]) == clips_n and (vae_id is None or ds.get("vae_id") == vae_id):
+            if len(ds["prompts"]) == clips_n and ds.get("vae_id") == vae_id:
                 return ds
-            refuse_data(data, force, f"is not a cache of {clips_n} clips encoded by this VAE" if vae_id is not None
-                        else f"is not a cache of {clips_n} encoded clips")
+            refuse_data(data, force, f"is not a cache of {clips_n} clips encoded by this VAE")
     ds = build()
-    if vae_id is not None:
-        ds["vae_id"] = vae_id
+    ds["vae_id"] = vae_id
     if data is not None:
         save_data(data, ds)
     return ds
