@@ -23,7 +23,6 @@ a decision the engine overrode, or one another policy made, keeps SCOPE's state 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Hashable
 
 import attrs
@@ -33,7 +32,7 @@ from accelframe import hookimpl
 from accelframe import adapter as caps
 from accelframe.errors import ConfigError
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
-from accelframe.validators import number_in, one_of
+from accelframe.validators import close_matches, number_in, one_of
 from accelframe_policies.history import History, entry, rel_l1, unit_key
 from accelframe_policies.selective import ActiveInterval, compute_interval
 from accelframe_policies.taylor import NEEDS, PREDICTORS, predict
@@ -107,7 +106,7 @@ class Scope:
     def preset(cls, name: str, **overrides: Any) -> Scope:
         """The paper's setting ``name`` (``"skyreels-v2"`` or ``"magi-1"``), keywords override it."""
         if not isinstance(name, str) or name not in PRESETS:  # a list is refused, not hashed
-            close = difflib.get_close_matches(name, list(PRESETS), n=1) if isinstance(name, str) else []
+            close = close_matches(name, list(PRESETS)) if isinstance(name, str) else []
             raise ConfigError("Scope", "preset", name, ("did you mean " + repr(close[0]) + "? " if close else "")
                               + "one of " + ", ".join(f"{p!r} (made for --adapter {a})"
                                                       for p, a in PRESET_ADAPTERS.items()))
