@@ -268,12 +268,10 @@ def _outputs(out: Path, n: int) -> list[Path]:
 OUT_SUFFIXES = (".mp4", ".png", ".pt")
 
 
-def _check_pixels(args: argparse.Namespace, pipe: Any, adapter: str) -> None:
-    """Before the model runs: a video output needs an adapter that decodes to pixels."""
-    from accelframe.adapter import DECODE
-
-    if args.out is not None and Path(args.out).suffix != ".pt" \
-            and DECODE not in getattr(pipe.adapter, "capabilities", (DECODE,)):
+def _check_pixels(args: argparse.Namespace, adapter: str, decodes: bool) -> None:
+    """A video or png output needs an adapter that decodes to pixels (checked before the model runs
+    from its capabilities, and after from the result)."""
+    if args.out is not None and Path(args.out).suffix != ".pt" and not decodes:
         raise ConfigError("accelframe generate", "--out", args.out,
                           f"a .pt path: adapter {adapter!r} makes latents, not pixels")
 
@@ -289,9 +287,7 @@ def _write_generated(args: argparse.Namespace, paths: list[Path], trace_path: Pa
     targets = paths + ([trace_path] if trace_path is not None else [])
     if not targets:
         return
-    if args.out is not None and Path(args.out).suffix != ".pt" and result.frames is None:
-        raise ConfigError("accelframe generate", "--out", args.out,
-                          f"a .pt path: adapter {adapter!r} makes latents, not pixels")
+    _check_pixels(args, adapter, decodes=result.frames is not None)
     with atomic_paths(targets) as temps:
         tmp = dict(zip(targets, temps))
         if args.out is not None and Path(args.out).suffix == ".pt":
@@ -348,6 +344,8 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     from accelframe.progress import progress_bar
 
     prompts = args.prompt or ["a red circle moves left on a blue background"]
+    if args.upscale < 1:
+        raise ConfigError("accelframe generate", "--upscale", args.upscale, "an int >= 1")
     paths: list[Path] = []
     if args.out is not None:
         suffix = Path(args.out).suffix
@@ -365,8 +363,9 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
                                   "a .pt or .png path, or install PyAV (pip install av) to write .mp4") from None
         for p in paths:
             _fresh_path(str(p), args.force, "--out")
-    if args.upscale < 1:
-        raise ConfigError("accelframe generate", "--upscale", args.upscale, "an int >= 1")
+    if args.trace is not None and Path(args.trace).resolve() in {p.resolve() for p in paths}:
+        raise ConfigError("accelframe generate", "--trace", args.trace,
+                          "a path other than the files --out writes (" + ", ".join(map(str, paths)) + ")")
     trace_path = _fresh_path(args.trace, args.force, "--trace")
     adapter = args.adapter or _default_adapter(hooks)
     pipe = Pipeline(adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
@@ -377,7 +376,9 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
-    _check_pixels(args, pipe, adapter)
+    from accelframe.adapter import DECODE
+
+    _check_pixels(args, adapter, decodes=DECODE in getattr(pipe.adapter, "capabilities", (DECODE,)))
     has_vae = callable(getattr(pipe.adapter, "latent_frames", None))
     latent, pixel = frame_counts(pipe.adapter, frames=args.frames, latent_frames=args.latent_frames,
                                  default_latent=27 if has_vae else 9)  # raises naming the valid counts

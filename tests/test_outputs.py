@@ -232,6 +232,26 @@ def test_generate_refuses_an_unwritable_path_before_the_model_runs(tmp_path, plu
     assert code == 2 and flag in err and "file" in err
 
 
+@pytest.mark.parametrize("out, trace", [("c.pt", "c.pt"), ("c.mp4", "c.png"), ("c.mp4", "./c.mp4")])
+def test_generate_refuses_a_trace_onto_one_of_its_outputs(tmp_path, plugins, monkeypatch, capsys, out, trace):
+    """Two outputs under one name would leave one of them silently replaced by the other."""
+    from accelframe.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Pipeline, "generate", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("ran")))
+    assert main(["generate", "--adapter", "analytic", "--frames", "3", "--out", out, "--trace", trace]) == 2
+    assert "--trace" in capsys.readouterr().err
+    assert _names(tmp_path) == []
+
+
+@pytest.mark.parametrize("out", ["nodir/c.pt", "nodir/c.mp4"])
+def test_generate_checks_upscale_before_creating_output_folders(tmp_path, plugins, monkeypatch, capsys, out):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--adapter", "analytic", "--frames", "3", "--out", out, "--upscale", "0"]) == 2
+    assert "--upscale" in capsys.readouterr().err
+    assert _names(tmp_path) == []
+
+
 def test_generate_refuses_pixels_from_a_latent_only_adapter_before_the_model_runs(tmp_path, plugins,
                                                                                    monkeypatch, capsys):
     from accelframe import adapter as caps
