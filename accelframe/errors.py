@@ -12,6 +12,18 @@ from typing import Any
 class AccelframeError(Exception):
     """Base class of every error accelframe raises on purpose."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the subclasses' __init__ take their fields, not the message: rebuild from both, so that
+        # an error raised in a worker process comes back as itself
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[AccelframeError], args: tuple[Any, ...], state: dict[str, Any]) -> AccelframeError:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class ConfigError(AccelframeError, ValueError):
     """A config, context or request field holds a value outside what is allowed."""

@@ -300,3 +300,18 @@ def test_cli_plugins_json_lists_a_disabled_plugin_as_blocked(capsys, monkeypatch
     by_name = {p["name"]: p for p in doc["plugins"]}
     assert by_name["example"]["kind"] == "blocked" and by_name["example"]["hooks"] == []
     assert "every-n" not in {e["name"] for e in doc["registered"]["policy"]}
+
+
+def test_typed_errors_survive_pickling():
+    """A worker process (concurrent.futures, multiprocessing) sends its error back pickled: every
+    typed error comes back as itself, with its fields and message."""
+    import pickle
+
+    from accelframe import errors as e
+
+    for err in (e.ConfigError("Request", "num_frames", 0, "an int >= 1"),
+                e.LimitError("Request", "num_frames", 9, "at most 4", limit="max_frames", maximum=4),
+                e.UnknownNameError("policy", "scop", ["scope"]), e.CheckpointError("w.pt", "NaN", missing=["k"]),
+                e.PolicyError("hook", "p", "boom"), e.DuplicateNameError("policy", "a", "x", "y")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)
