@@ -117,7 +117,11 @@ def _commit(tmp: Path, target: Path, merge: bool = True) -> None:
     if tmp.is_dir() and target.is_dir() and not merge:  # the old folder out of the way, the new one in
         old = temp_name(target, f"old-{os.getpid()}-{secrets.token_hex(4)}")
         os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)  # the earlier folder back in place, whole
+            raise
         _remove(old)
         return
     if tmp.is_dir() and target.is_dir():  # an existing folder: move the finished entries into it

@@ -60,6 +60,27 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
     assert _names(tmp_path) == ["a.json"] and target.read_text() == "new"
 
 
+def test_a_folder_replaced_whole_is_put_back_when_the_new_one_cannot_be_moved_in(tmp_path, monkeypatch):
+    from accelframe import outputs
+
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / "w.safetensors").write_text("old")
+    real, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder onto the target, after the old one was moved aside
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", second_fails)
+    with pytest.raises(OSError):
+        with outputs.atomic_path(out, folder=True, merge=False) as tmp:
+            (tmp / "w.safetensors").write_text("new")
+    assert _names(tmp_path) == ["weights"] and (out / "w.safetensors").read_text() == "old"
+
+
 def test_atomic_folder_new_and_merged(tmp_path):
     from accelframe.outputs import atomic_path
 
