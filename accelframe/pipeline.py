@@ -200,13 +200,9 @@ class Pipeline:
         taken = {p.name for p in self.stack}
         while name in taken:
             name, k = f"{base}#{k}", k + 1
-        # the plugin manager may be shared with other pipelines: its name for the policy must be
-        # unique there too; traces and warnings still show the stack name
-        pm, plugin, k = self.hooks.pm, name, 2
-        while pm.has_plugin(plugin) or pm.is_blocked(plugin):
-            plugin, k = f"{name}@{k}", k + 1
         with self._exclusive("use"):
-            self.hooks.register(obj, name=plugin, kind="policy", label=name)
+            # its name in the manager, which other pipelines may share, is unique there too
+            plugin = self.hooks.register_policy(obj, label=name)
             self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies,
                                             plugin=plugin))
             self.hooks = self.hooks.with_stack(self._plugins())

@@ -15,6 +15,7 @@ pluggy's own ``firstresult`` cannot tell.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from importlib import metadata
 from typing import Any, Callable, Iterable
@@ -71,6 +72,8 @@ class _Shared:
 
     version: int = 0
     registry: Registry | None = None
+    # serialises choosing a free name and registering under it (pipelines in several threads)
+    naming: threading.Lock = attrs.field(factory=threading.Lock)
 
 
 class HookRaised(Exception):
@@ -199,6 +202,17 @@ class Hooks:
             self._labels[pname] = label
         self._changed()
         return pname
+
+    def register_policy(self, policy: Any, label: str) -> str:
+        """Register a pipeline's policy under ``label``, or ``label@2``, ``label@3``, ... when
+        another pipeline on this manager took the name; returns the plugin name. Traces and
+        warnings show ``label``. Choosing the name and registering are one step, so pipelines
+        adding policies from several threads never pick the same name."""
+        with self._shared.naming:
+            name, k = label, 2
+            while self.pm.has_plugin(name) or self.pm.is_blocked(name):
+                name, k = f"{label}@{k}", k + 1
+            return self.register(policy, name=name, kind="policy", label=label)
 
     def unregister(self, plugin: Any) -> None:
         name = self.pm.get_name(plugin)

@@ -146,3 +146,34 @@ def test_threads_with_their_own_pipelines_on_one_manager_equal_sequential_runs()
         got = out[str(i)]
         assert not isinstance(got, BaseException), got
         assert all(torch.equal(g, w) for g in got)
+
+
+def test_pipelines_adding_policies_from_many_threads_get_distinct_plugin_names():
+    """Eight pipelines on one manager add a policy of the same name at once: each is registered
+    under a name of its own (choosing a free name and registering are one step)."""
+    import sys
+
+    hooks = make_hooks()
+    pipes = [Pipeline("analytic", adapter_kwargs=KW, hooks=hooks) for _ in range(8)]
+    barrier = threading.Barrier(len(pipes))
+    out: dict[str, Any] = {}
+
+    def job(p: Pipeline):
+        barrier.wait(TIMEOUT)
+        for _ in range(20):
+            p.use(RandomStep(seed=0))
+        return p
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [_run(lambda p=p: job(p), out, str(i)) for i, p in enumerate(pipes)]
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    for i in range(len(pipes)):
+        assert not isinstance(out[str(i)], BaseException), out[str(i)]
+    plugins = [sp.plugin for p in pipes for sp in p.stack]
+    assert len(plugins) == len(set(plugins)) == 8 * 20
+    assert all(len(p.policies) == 20 for p in pipes)
