@@ -112,6 +112,40 @@ def add_frame_options(p: argparse.ArgumentParser, *, pixel_help: str, latent_hel
     return count
 
 
+class _LatentFrames(argparse.Action):
+    """A latent frame count: an int >= 1, else a ConfigError naming the option as typed."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        if values < 1:
+            raise ConfigError(parser.prog, str(option_string), values, "an int >= 1 (latent frames)")
+        setattr(namespace, self.dest, values)
+
+
+class _LatentFramesForNow(_LatentFrames):
+    """``--frames N`` of a command that still counts it in latent frames: stores N as the latent
+    count and warns that ``--frames`` will count pixel frames there, as in generate and stream."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        warnings.warn(f"{option_string} counts latent frames in {parser.prog}; it will count pixel frames, as in "
+                      "generate and stream: use --latent-frames", FutureWarning, stacklevel=2)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_latent_frame_options(p: argparse.ArgumentParser, *, latent_help: str, default: int | None = None) -> Any:
+    """``--latent-frames N`` for a command that counts latent frames (a benchmark, calibration,
+    the pipeline-parallel launcher), stored as ``latent_frames``; ``--frames N`` still means the
+    same there, with a FutureWarning (it will count pixel frames, as in :func:`add_frame_options`).
+    Returns the mutually exclusive group."""
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--latent-frames", type=int, default=default, metavar="N", help=latent_help,
+                       action=_LatentFrames)
+    count.add_argument("--frames", type=int, dest="latent_frames", default=default, metavar="N",
+                       action=_LatentFramesForNow,
+                       help="deprecated: latent frames here, like --latent-frames (it will count pixel frames, as in "
+                            "generate and stream)")
+    return count
+
+
 def frame_counts(adapter: Any, *, frames: int | None, latent_frames: int | None,
                  default_latent: int) -> tuple[int, int]:
     """(latent, pixel) frames of a request asked in pixel frames (``frames``) or latent frames.

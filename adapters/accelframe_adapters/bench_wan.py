@@ -116,18 +116,23 @@ def kv_memory(common: dict[str, Any], frames: int, factor: int, window: int, sin
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.frames < 3 or args.frames % 3:
-        raise ConfigError("bench wan", "frames", args.frames, "a multiple of 3 latent frames (the block size)")
+    from accelframe.validators import check_device
+
+    frames = args.latent_frames
+    if frames < 3 or frames % 3:
+        raise ConfigError("bench wan", "--latent-frames", frames, "a multiple of 3 latent frames (the block size)")
     if args.long_factor < 2:
         raise ConfigError("bench wan", "long_factor", args.long_factor, "an integer >= 2")
     if args.repeats < 1:
         raise ConfigError("bench wan", "repeats", args.repeats, "an integer >= 1")
+    check_device("bench wan", "--device", args.device)  # before any model is built
     common = {"height": args.height, "width": args.width, "device": args.device, "dtype": args.dtype,
               "size": args.size}
-    result: dict[str, Any] = {"config": {**common, "size": args.size, "frames": args.frames,
+    # "frames" counts latent frames (the key predates --latent-frames)
+    result: dict[str, Any] = {"config": {**common, "size": args.size, "frames": frames,
                                          "repeats": args.repeats, "torch": torch.__version__}}
-    result["families"] = {name: _family_cost(name, common, args.frames, args.repeats) for name in FAMILIES}
-    result["kv_memory"] = kv_memory(common, args.frames, args.long_factor, args.window, args.sinks)
+    result["families"] = {name: _family_cost(name, common, frames, args.repeats) for name in FAMILIES}
+    result["kv_memory"] = kv_memory(common, frames, args.long_factor, args.window, args.sinks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -143,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int, default=9, help="latent frames per generation (default: 9)")
+    from accelframe.cli import add_latent_frame_options
+
+    add_latent_frame_options(p, default=9, latent_help="latent frames per generation, a multiple of 3 (default: 9)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per family, best kept (default: 3)")
     p.add_argument("--long-factor", type=int, default=10,
                    help="the long video for KV memory is this many times longer (default: 10)")
@@ -153,7 +160,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=64, help="pixel width (default: 64)")
     p.add_argument("--size", default="tiny", choices=("tiny", "1.3B", "14B"),
                    help="random-weight model size (default: tiny)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="network dtype (default: float32)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

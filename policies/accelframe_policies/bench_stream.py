@@ -246,7 +246,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=16.0, help="offered fps of the stream and soak runs (default: 16)")
     p.add_argument("--frames", type=int, default=105, help="pixel frames per stream (default: 105)")
     p.add_argument("--deadline", type=float, default=1.5, help="per-frame deadline in seconds (default: 1.5)")
-    p.add_argument("--ranks", type=int, default=2, choices=(1, 2), help="2: also compare 1 and 2 pipeline ranks")
+    p.add_argument("--ranks", type=int, default=2, choices=(1, 2), help="2: also compare 1 and 2 pipeline ranks; 1: skip that comparison (default: 2)")
     p.add_argument("--soak-seconds", type=float, default=0.0, help="also soak one stream this long (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stream", metavar="DIR", help="output folder (default: bench-stream)")

@@ -48,8 +48,9 @@ class Recorder:
 def fit(pairs: list[tuple[float, float]], degree: int) -> list[float]:
     """Least-squares polynomial (highest degree first) of output change against probe change."""
     if len(pairs) <= degree:
-        raise ConfigError("calibrate", "prompts", len(pairs),
-                          f"enough recorded calls for a degree-{degree} fit (got {len(pairs)} pairs)")
+        raise ConfigError("calibrate", "--degree", degree,
+                          f"at most {len(pairs) - 1}: a degree-d fit needs more than d recorded pairs and the runs "
+                          f"recorded {len(pairs)} (more prompts or latent frames record more)")
     x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     return [float(c) for c in np.polyfit(x, y, degree)]
 
@@ -73,12 +74,14 @@ def calibrate(pipe: Any, prompts: list[str], *, num_frames: int, degree: int = 4
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from accelframe.cli import add_latent_frame_options
+
     p.add_argument("--adapter", required=True, help="registered adapter to calibrate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter keyword argument, repeatable (e.g. size=world, num_inference_steps=50)")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt to record, repeatable (default: 4 training prompts of the tiny world)")
-    p.add_argument("--frames", type=int, default=None, help="latent frames per run (default: 3 units)")
+    add_latent_frame_options(p, latent_help="latent frames per run (default: 3 units of the adapter)")
     p.add_argument("--degree", type=int, default=4, help="polynomial degree (default: 4, as TeaCache)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON to FILE")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         from accelframe_adapters.world import clips
 
         prompts = [s.prompt for s in clips.sample_scenes(4, 3_000 + args.seed, split="train")]
-    frames = args.frames or 3 * pipe.adapter.unit_frames
+    frames = args.latent_frames if args.latent_frames is not None else 3 * pipe.adapter.unit_frames
     doc = {"adapter": args.adapter, "adapter_kwargs": parse_assignments(args.set, "--set"),
            **calibrate(pipe, prompts, num_frames=frames, degree=args.degree, seed=args.seed)}
     text = json.dumps(doc, indent=1)
