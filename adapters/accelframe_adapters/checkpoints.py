@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Mapping
 
@@ -52,11 +53,42 @@ def read_tensors(path: str | Path) -> StateDict:
 
 def load_torch(path: str | Path) -> Any:
     """A PyTorch file read with ``weights_only=True`` (tensors, dicts, lists, numbers, strings; never
-    code). Anything else, or a file that is not a PyTorch file at all, raises naming it."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zipfile and torch raise their own error types
-        raise CheckpointError(str(path), f"not a readable weights-only PyTorch file ({err})") from err
+    code). Anything else, or a file that is not a PyTorch file at all, raises naming it in one line
+    (:func:`torch_load_problem`); torch's warnings about a file it then refuses are dropped with it."""
+    import warnings
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(str(p), "no such file" if not p.exists() else "is a folder, not a PyTorch weights file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle, zipfile and torch raise their own error types
+            raise CheckpointError(str(p), torch_load_problem(p, err)) from err
+    for w in caught:  # the file loaded: its warnings stand
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
+
+
+def torch_load_problem(path: Path, err: BaseException) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused: what it is not, and at most the
+    first sentence of the underlying error (torch's advice on loading it anyway is left out)."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "not a PyTorch weights file: the file is empty"
+    text = str(err)
+    refused = "WeightsUnpickler error:" in text  # a pickle holding more than tensors and plain data
+    if refused:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = re.sub(r"\x1b\[[0-9;]*m|^\[enforce fail at [^\]]*\]\s*\.?\s*", "", line).split(". ", 1)[0].rstrip(".")
+    if "weights_only" in line:  # torch's advice, never ours to repeat
+        line = ""
+    if len(line) < 20:  # a bare key or opcode says little without the error's kind
+        line = f"{type(err).__name__}: {line}" if line else type(err).__name__
+    if refused:
+        return f"not a PyTorch weights file: it holds objects weights-only loading refuses ({line})"
+    return f"not a PyTorch weights file: {line}"
 
 
 def _read_folder(folder: Path) -> StateDict:
@@ -257,4 +289,5 @@ def fit(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str, *, what: s
 
 
 __all__ = ["StateDict", "check_layer_count", "check_sizing", "check_weights", "fit", "load_torch", "parse_json",
-           "read_config", "read_index", "read_json", "read_tensors", "rename", "shard_path", "strip_prefix"]
+           "read_config", "read_index", "read_json", "read_tensors", "rename", "shard_path", "strip_prefix",
+           "torch_load_problem"]
