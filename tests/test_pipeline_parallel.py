@@ -208,10 +208,57 @@ def test_bad_configs_raise_config_error_before_any_model_runs(kwargs, ranks, fie
 
 
 def test_cli_reports_a_bad_config_and_documents_torchrun(capsys):
-    assert pp.main(["--frames", "10"]) == 2
+    assert pp.main(["--latent-frames", "10"]) == 2
     assert "ConfigError" in capsys.readouterr().err
     text = pp.parser().format_help()
     assert "torchrun --nproc-per-node 2 -m accelframe_adapters.pipeline_parallel" in text and "--out" in text
+
+
+@pytest.mark.parametrize("ranks", ["0", "-2"])
+def test_cli_refuses_zero_or_negative_ranks_before_any_rank_runs(monkeypatch, capsys, ranks):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(pp, "run_rank", lambda *a, **k: pytest.fail("a rank ran"))
+    monkeypatch.setattr(pp, "launch", lambda *a, **k: pytest.fail("ranks were launched"))
+    assert pp.main(["--ranks", ranks, "--latent-frames", "12"]) == 2
+    assert f"pipeline.ranks = {int(ranks)}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--die-at", "--hang-at"])
+@pytest.mark.parametrize("text", ["x", "1", "1:2:3", "1,2", "1:-1", "-1:2", "1:"])
+def test_cli_die_and_hang_at_take_rank_colon_micro_step_only(flag, text):
+    with pytest.raises(ConfigError) as info:
+        pp.config_from_args(pp.parser().parse_args(["--latent-frames", "12", f"{flag}={text}"]))
+    assert info.value.field == flag and "RANK:M" in info.value.allowed and "comma" not in info.value.allowed
+    assert pp.config_from_args(pp.parser().parse_args(["--latent-frames", "12", flag, "1:5"])) \
+        == pp.PPConfig(frames=12, **{flag[2:].replace("-", "_"): (1, 5)})
+
+
+@pytest.mark.parametrize("at", [(1,), (1, 2, 3), (1, -1), (-1, 2), (1.0, 2), [1, 2, 3]])
+def test_config_die_and_hang_at_are_a_rank_micro_step_pair(at):
+    for name in ("die_at", "hang_at"):
+        with pytest.raises(ConfigError) as info:
+            pp.PPConfig(frames=12, **{name: at})
+        assert info.value.field == name
+    assert pp.PPConfig.from_json('{"frames": 12, "die_at": [1, 5]}').die_at == (1, 5)
+
+
+def test_cli_latent_frames_is_the_frame_count_and_frames_warns(recwarn):
+    new = pp.config_from_args(pp.parser().parse_args(["--latent-frames", "12"]))
+    assert new.frames == 12 and not [w for w in recwarn if w.category is FutureWarning]
+    with pytest.warns(FutureWarning, match="--frames counts latent frames.*--latent-frames"):
+        old = pp.config_from_args(pp.parser().parse_args(["--frames", "12"]))
+    assert old == new
+    assert pp.config_from_args(pp.parser().parse_args([])).frames == 24
+    with pytest.raises(SystemExit):
+        pp.parser().parse_args(["--frames", "12", "--latent-frames", "12"])
+
+
+def test_cli_help_states_the_defaults_of_size_and_steps():
+    text = " ".join(pp.parser().format_help().split())
+    assert "--latent-frames N" in text
+    size = text.split("--size {")[-1].split("--steps")[0]
+    steps = text.split("--steps LIST")[-1].split("--window")[0]
+    assert "(default: world)" in size and "(default: 1000,750,500,250" in steps
 
 
 def test_messages_pack_into_one_buffer_and_back():

@@ -3,7 +3,7 @@ Wan DiT, its blocks split over R ranks in a ring (paper section 4.2, docs/pipeli
 
 Entry points:
 
-- ``torchrun --nproc-per-node 2 -m accelframe_adapters.pipeline_parallel --frames 24 --out out.pt``
+- ``torchrun --nproc-per-node 2 -m accelframe_adapters.pipeline_parallel --latent-frames 24 --out out.pt``
   (reads RANK, WORLD_SIZE, LOCAL_RANK; gloo on the CPU, nccl on ``cuda:LOCAL_RANK``);
 - :func:`launch`: the same from Python, spawning the R processes itself on a free local port;
 - :func:`run_reference`: the same schedule in one process (the equality tests' reference);
@@ -80,6 +80,21 @@ def _numbers(kind: str) -> Any:
     return attrs.field(default=None, converter=_opt_tuple, validator=_opt_numbers(kind))
 
 
+RANK_STEP = "None or (rank, micro-step): two ints >= 0"
+
+
+def _rank_step(inst: Any, attribute: Any, value: Any) -> None:
+    """None or a (rank, micro-step) pair of ints >= 0 (the testing hooks die_at and hang_at)."""
+    if value is None:
+        return
+    if not (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)):
+        raise ConfigError(type(inst).__name__, attribute.name, value, RANK_STEP)
+
+
+_rank_step.allowed = RANK_STEP  # type: ignore[attr-defined]
+
+
 @attrs.frozen(kw_only=True)
 class PPConfig:
     """One pipeline-parallel run. ``frames`` counts latent frames, whole chunks of 3."""
@@ -107,8 +122,8 @@ class PPConfig:
     steady_from: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(v.number_in(0, 1_000_000, integer=True)))
     # testing: (rank, micro-step) at which that rank kills itself / stops answering
-    die_at: tuple[int, int] | None = _numbers("int")
-    hang_at: tuple[int, int] | None = _numbers("int")
+    die_at: tuple[int, int] | None = attrs.field(default=None, converter=_opt_tuple, validator=_rank_step)
+    hang_at: tuple[int, int] | None = attrs.field(default=None, converter=_opt_tuple, validator=_rank_step)
 
     def __attrs_post_init__(self) -> None:
         unit = self.unit_frames  # builds the adapter's config: its ConfigErrors name steps and window
@@ -156,7 +171,7 @@ class PPConfig:
             raise ConfigError("PPConfig", "overheads", self.overheads, f"{ranks} times, one per rank")
         for name in ("die_at", "hang_at"):
             at = getattr(self, name)
-            if at is not None and (len(at) != 2 or not 0 <= at[0] < ranks):
+            if at is not None and not at[0] < ranks:
                 raise ConfigError("PPConfig", name, at, f"(rank, micro-step) with rank in [0, {ranks})")
 
     def to_json(self) -> str:
@@ -404,15 +419,19 @@ def parser() -> argparse.ArgumentParser:
                     "environment; gloo on the CPU, nccl on cuda:LOCAL_RANK). Without torchrun, --ranks R "
                     "spawns R local processes itself.",
         epilog="examples:\n"
-               "  torchrun --nproc-per-node 2 -m accelframe_adapters.pipeline_parallel --frames 24 --out out.pt\n"
-               "  python -m accelframe_adapters.pipeline_parallel --ranks 2 --frames 24 --out out.pt --json\n"
+               "  torchrun --nproc-per-node 2 -m accelframe_adapters.pipeline_parallel --latent-frames 24 --out out.pt\n"
+               "  python -m accelframe_adapters.pipeline_parallel --ranks 2 --latent-frames 24 --out out.pt --json\n"
                "  python -m accelframe_adapters.pipeline_parallel --compare --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=24, help="latent frames, whole chunks of 3 (default: 24)")
+    from accelframe.cli import add_latent_frame_options
+
+    add_latent_frame_options(p, default=24, latent_help="latent frames, whole chunks of 3 (default: 24)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the text prompt (default: a world prompt)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument("--size", default="world", choices=SIZES, help="model: the world's weights or random ones")
-    p.add_argument("--steps", default=None, metavar="LIST", help="denoising step list, e.g. 1000,750,500,250")
+    p.add_argument("--size", default="world", choices=SIZES,
+                   help="model: the world's weights or random ones (default: world)")
+    p.add_argument("--steps", default=None, metavar="LIST",
+                   help="denoising step list (default: 1000,750,500,250, self-forcing's)")
     p.add_argument("--window", type=int, default=-1,
                    help="local attention window in frames, chunk included (-1: all frames; default)")
     p.add_argument("--sinks", type=int, default=0, help="sink frames the window keeps (default: 0)")
@@ -429,7 +448,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a rank waits for a peer (default: 60)")
     p.add_argument("--device", default=None, help="device (default: cuda:LOCAL_RANK when available, else cpu)")
     p.add_argument("--ranks", type=int, default=1,
-                   help="without torchrun: spawn this many local ranks (default: 1, this process)")
+                   help="without torchrun: spawn this many local ranks, 1 to the model's DiT blocks "
+                        "(default: 1, this process)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the last rank saves {'latents', 'frames', 'log'} here (torch.save); checked before "
                         "any rank starts, its folder created")
@@ -439,8 +459,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="with --compare: the short run (about 20 s)")
     p.add_argument("--block-times", default=None, metavar="LIST", help="testing: use these block times (s)")
     p.add_argument("--overheads", default=None, metavar="LIST", help="testing: use these rank overheads (s)")
-    p.add_argument("--die-at", default=None, metavar="RANK:M", help="testing: that rank kills itself at M")
-    p.add_argument("--hang-at", default=None, metavar="RANK:M", help="testing: that rank stops answering at M")
+    p.add_argument("--die-at", default=None, metavar="RANK:M",
+                   help="testing: rank RANK kills itself at micro-step M")
+    p.add_argument("--hang-at", default=None, metavar="RANK:M",
+                   help="testing: rank RANK stops answering at micro-step M")
     p.add_argument("--config", default=None, metavar="FILE", help="all settings as JSON (what launch() passes)")
     return p
 
@@ -454,6 +476,21 @@ def _list(text: str | None, kind: type, flag: str) -> tuple | None:
         raise ConfigError("pipeline_parallel", flag, text, f"comma-separated {kind.__name__}s") from None
 
 
+def _rank_step_arg(text: str | None, flag: str) -> tuple[int, int] | None:
+    """``RANK:M`` (``--die-at``, ``--hang-at``) as (rank, micro-step), else a ConfigError naming ``flag``."""
+    if text is None:
+        return None
+    rank, sep, step = text.partition(":")
+    try:
+        pair = (int(rank), int(step)) if sep else None
+    except ValueError:
+        pair = None
+    if pair is None or min(pair) < 0:
+        raise ConfigError("pipeline_parallel", flag, text,
+                          "RANK:M, two ints >= 0: rank RANK at micro-step M (e.g. 1:5)")
+    return pair
+
+
 def config_from_args(a: argparse.Namespace) -> PPConfig:
     if a.config is not None:
         try:
@@ -462,14 +499,14 @@ def config_from_args(a: argparse.Namespace) -> PPConfig:
             raise ConfigError("pipeline_parallel", "--config", a.config,
                               f"a readable JSON file ({type(exc).__name__}: {exc})") from None
         return PPConfig.from_json(text)
-    return PPConfig(frames=a.frames, prompt=a.prompt, seed=a.seed, size=a.size,
+    return PPConfig(frames=a.latent_frames, prompt=a.prompt, seed=a.seed, size=a.size,
                     steps=_list(a.steps, float, "--steps"), window=a.window, sinks=a.sinks,
                     partition=_list(a.partition, int, "--partition"), rebalance=not a.no_rebalance,
                     rebalance_at=a.rebalance_at, measure=a.measure, min_gain=a.min_gain, decode=a.decode,
                     threads=a.threads, timeout_s=a.timeout, device=a.device,
                     block_times=_list(a.block_times, float, "--block-times"),
                     overheads=_list(a.overheads, float, "--overheads"),
-                    die_at=_list(a.die_at, int, "--die-at"), hang_at=_list(a.hang_at, int, "--hang-at"))
+                    die_at=_rank_step_arg(a.die_at, "--die-at"), hang_at=_rank_step_arg(a.hang_at, "--hang-at"))
 
 
 def _emit(tag: str, doc: dict[str, Any], stream: Any) -> None:
@@ -477,16 +514,18 @@ def _emit(tag: str, doc: dict[str, Any], stream: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = parser().parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO, format=f"[pp rank {rank}] %(message)s", stream=sys.stderr)
     try:
+        a = parser().parse_args(argv)  # a frame count below 1 is a ConfigError here
         if a.compare:
             print(json.dumps(compare_ranks(quick=a.quick), indent=2))
             return 0
         cfg = config_from_args(a)
         from accelframe.outputs import check_output
 
+        if "RANK" not in os.environ:
+            cfg.check(a.ranks)  # --ranks 0 or past the model's blocks: refused, not run as one process
         check_output(a.out, owner="pipeline_parallel", field="--out", force=a.force)
         if "RANK" not in os.environ and a.ranks > 1:
             res = launch(cfg, a.ranks)
