@@ -506,7 +506,7 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, configure: Callable[[Any], Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pending = configure
+        self._pending = configure or _nothing  # a command's own subcommands take --threads too
 
     def _configure_now(self) -> None:
         pending, self._pending = self._pending, None
