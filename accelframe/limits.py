@@ -126,6 +126,49 @@ def _hint(where: str) -> str:
     return where if where.startswith(ENV) else f"{where}; set {ENV} to change it"
 
 
+# the largest upscaled frame side: what H.264 encoders and players handle (8K); an upscale is for
+# showing tiny frames, not for making giant ones
+MAX_UPSCALED_SIDE = 8192
+# bytes an upscaled pixel costs while a video is written: the float frames upscaled, a padded copy,
+# the clamped and scaled copy of to_uint8 (3 x float32 per colour) and its uint8 result
+UPSCALE_PIXEL_BYTES = 3 * (3 * 4 + 1)
+
+
+def check_upscale(owner: str, field: str, factor: Any, size: Sequence[int], *, frames: int = 1,
+                  device: Any = None) -> None:
+    """Refuse, before anything is allocated, an upscaling ``factor`` of ``frames`` frames of
+    ``size`` (height, width) whose upscaled side exceeds :data:`MAX_UPSCALED_SIDE` or whose frames
+    would not fit the memory budget; a :class:`LimitError` naming ``field`` and the largest factor
+    allowed. Used by ``accelframe generate --upscale``, :func:`accelframe.media.write_video`,
+    :class:`~accelframe.stream_sinks.Mp4Sink` and ``accelframe stream --upscale``."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(owner, field, factor, "an int >= 1")
+    h, w = (int(v) for v in size)
+    side = max(h, w, 1)
+    most = max(MAX_UPSCALED_SIDE // side, 1)
+    if factor > most:
+        raise LimitError(owner, field, factor,
+                         f"at most {most}: frames of {h}x{w} pixels upscaled {factor}x would be "
+                         f"{h * factor}x{w * factor}, and an upscaled side may be at most {MAX_UPSCALED_SIDE} "
+                         "pixels", limit="max_upscaled_side", maximum=most)
+    if factor == 1:  # nothing is upscaled: the frames are written as they are
+        return
+    budget, where = memory_budget(device)
+    if budget is None:
+        return
+
+    def need(f: int) -> int:
+        return max(frames, 1) * h * f * w * f * UPSCALE_PIXEL_BYTES
+
+    if need(factor) <= budget:
+        return
+    most = max(_largest(lambda f: need(f) <= budget, factor), 1)
+    raise LimitError(owner, field, factor,
+                     f"at most {most}: {frames} frames of {h}x{w} pixels upscaled {factor}x need an "
+                     f"estimated {human(need(factor))} of memory while written and the memory budget is "
+                     f"{human(budget)} ({_hint(where)})", limit="memory", maximum=most)
+
+
 def check_fixed(name: str, adapter: Any, request: Request, lim: Limits | None = None) -> None:
     """The declared bounds of one adapter (frame positions, batch, frame size) for ``request``."""
     lim = lim or limits_of(adapter)
@@ -231,5 +274,5 @@ def check_streams(sources: Sequence[Any], name: str, adapter: Any, fmap: Any, *,
         used += mine
 
 
-__all__ = ["ENV", "STREAM_RECORD_BYTES", "check_fixed", "check_request", "check_streams", "host_available",
-           "memory_budget"]
+__all__ = ["ENV", "MAX_UPSCALED_SIDE", "STREAM_RECORD_BYTES", "check_fixed", "check_request", "check_streams",
+           "check_upscale", "host_available", "memory_budget"]

@@ -226,7 +226,13 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, *,
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise ConfigError("write_video", "path", str(path), "a path ending in " + " or ".join(VIDEO_SUFFIXES))
-    frames = upscale(_check_frames("write_video", frames), upscale_factor)
+    from .limits import check_upscale
+
+    frames = _check_frames("write_video", frames)
+    t, _, height, width = frames.shape
+    check_upscale("write_video", "upscale_factor", upscale_factor, (height, width), frames=t,
+                  device=frames.device)  # before allocating: a factor of 100000 is refused, not tried
+    frames = upscale(frames, upscale_factor)
     image, indices = frame_strip(frames)
     if suffix != ".mp4":
         write_png(path, image)

@@ -19,6 +19,31 @@ from accelframe.media import check_fps, open_mp4, pad_even, to_uint8, upscale
 from accelframe.outputs import check_output, temp_name
 
 
+STREAM_FIELD = "{stream}"  # the one placeholder a path pattern may hold: the stream's id
+
+
+def check_pattern(owner: str, field: str, path: str | Path) -> str:
+    """``path`` as a pattern whose only braces are literal ``{stream}`` placeholders, else a
+    ConfigError naming ``field``: ``{strem}``, ``{0}`` or ``{stream.x}`` would fail or write a file
+    named so only after the model ran."""
+    text = str(path)
+    if "{" in text.replace(STREAM_FIELD, "") or "}" in text.replace(STREAM_FIELD, ""):
+        raise ConfigError(owner, field, text, "a path whose only braces are {stream} (replaced by each "
+                                              "stream's id); no other {...} is filled in")
+    return text
+
+
+def stream_pattern(path: str | Path, streams: int) -> str:
+    """The file pattern of ``streams`` streams written to ``path``: ``path`` itself for one stream
+    or when it holds ``{stream}``; otherwise ``-{stream}`` goes before the suffix, so that each
+    stream gets its own file (``stream.mp4`` -> ``stream-s0.mp4``, ``stream-s1.mp4``, ...)."""
+    text = str(path)
+    if streams <= 1 or STREAM_FIELD in text:
+        return text
+    p = Path(text)
+    return str(p.with_name(p.stem + "-" + STREAM_FIELD + p.suffix))
+
+
 class Mp4Sink:
     """One mp4 per stream, encoded incrementally (memory stays flat however long the stream).
 
@@ -38,6 +63,7 @@ class Mp4Sink:
             raise ConfigError("Mp4Sink", "upscale_factor", upscale_factor, "an int >= 1")
         if str(path).lower().endswith(".mp4") is False:
             raise ConfigError("Mp4Sink", "path", str(path), "a path ending in .mp4")
+        check_pattern("Mp4Sink", "path", path)
         try:
             import av  # noqa: F401
         except ImportError:
@@ -49,7 +75,7 @@ class Mp4Sink:
         self.frames: dict[str, int] = {}
 
     def path_for(self, stream: str) -> Path:
-        return Path(self.pattern.format(stream=stream)) if "{stream}" in self.pattern else Path(self.pattern)
+        return Path(self.pattern.replace(STREAM_FIELD, stream))
 
     def check(self, streams: list[str]) -> None:
         """Refuse before any model runs: a shared path for several streams, or a file that exists."""
@@ -84,6 +110,10 @@ class Mp4Sink:
     def write(self, stream: str, frames: torch.Tensor) -> None:
         import av
 
+        from accelframe.limits import check_upscale
+
+        f, _, h, w = frames.shape
+        check_upscale("Mp4Sink", "upscale_factor", self.factor, (h, w), frames=f)  # before allocating
         frames = pad_even(upscale(frames.detach().float().cpu(), self.factor))  # [F, 3, H, W], even H, W
         _, _, h, w = frames.shape
         container, out = self._container(stream, h, w)
@@ -123,4 +153,4 @@ class CallbackSink:
         pass
 
 
-__all__ = ["CallbackSink", "Mp4Sink"]
+__all__ = ["STREAM_FIELD", "CallbackSink", "Mp4Sink", "check_pattern", "stream_pattern"]

@@ -427,3 +427,63 @@ def test_magi_checkpoint_weight_folder_that_is_a_file_is_refused_before_writing(
     with pytest.raises(ConfigError, match="folder"):
         mc.save_magi_checkpoint(MagiDiT(MagiDiTConfig.tiny()), tmp_path, force=True)
     assert _names(tmp_path) == ["inference_weight"]
+
+
+# ---- stream patterns and upscaling are bounded before anything is written ----------------------
+
+
+@pytest.mark.parametrize("pattern", ["o-{strem}.mp4", "o-{0}.mp4", "o-{stream.x}.mp4", "o-{{stream}}.mp4"])
+def test_mp4_sink_refuses_braces_other_than_a_literal_stream(tmp_path, pattern):
+    pytest.importorskip("av")
+    from accelframe.stream_sinks import Mp4Sink
+
+    with pytest.raises(ConfigError) as exc:
+        Mp4Sink(tmp_path / pattern, 16)
+    assert exc.value.field == "path" and "{stream}" in exc.value.allowed
+
+
+def test_mp4_sink_pattern_fills_in_the_stream_id(tmp_path):
+    pytest.importorskip("av")
+    from accelframe.stream_sinks import Mp4Sink
+
+    sink = Mp4Sink(tmp_path / "o-{stream}-{stream}.mp4", 16)
+    assert sink.path_for("s1").name == "o-s1-s1.mp4"
+
+
+def test_upscale_beyond_the_frame_limit_is_refused_before_allocating(tmp_path):
+    pytest.importorskip("av")
+    from accelframe.errors import LimitError
+    from accelframe.media import write_video
+    from accelframe.stream_sinks import Mp4Sink
+
+    frames = torch.rand(2, 3, 8, 8)
+    with pytest.raises(LimitError) as exc:
+        write_video(tmp_path / "c.mp4", frames, 16, upscale_factor=100000)
+    assert exc.value.field == "upscale_factor" and exc.value.maximum >= 1
+    sink = Mp4Sink(tmp_path / "s.mp4", 16, upscale_factor=100000)
+    with pytest.raises(LimitError):
+        sink.write("s0", frames)
+    sink.close()
+    assert _names(tmp_path) == []
+
+
+def test_upscale_beyond_the_memory_budget_is_refused(tmp_path, monkeypatch):
+    from accelframe.errors import LimitError
+    from accelframe.limits import check_upscale
+
+    monkeypatch.setenv("ACCELFRAME_MAX_MEMORY_GB", "0.001")  # about 1 MiB
+    check_upscale("write_video", "upscale_factor", 2, (8, 8), frames=2)  # small: fine
+    with pytest.raises(LimitError) as exc:
+        check_upscale("write_video", "upscale_factor", 64, (8, 8), frames=9)  # 9 x 512 x 512 frames
+    assert exc.value.limit == "memory" and 1 <= exc.value.maximum < 64
+
+
+def test_generate_huge_upscale_is_refused_before_the_model_runs(tmp_path, plugins, monkeypatch, capsys):
+    from accelframe.pipeline import Pipeline
+
+    monkeypatch.setattr(Pipeline, "generate", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("ran")))
+    code = main(["generate", "--adapter", "analytic", "--frames", "3", "--out", str(tmp_path / "c.png"),
+                 "--upscale", "100000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--upscale" in err and "100000" in err
+    assert _names(tmp_path) == []

@@ -96,3 +96,58 @@ def test_the_streaming_doc_example_runs(tmp_path, monkeypatch):
     m = scope["run"].to_json()["streams"]["cam"]
     assert m["frames"] == 33 and m["ended"] == "complete"
     assert (tmp_path / "out.mp4").stat().st_size > 0
+
+
+# ---- --out patterns, --upscale and --prompt are checked before the model runs -------------------
+
+
+def _never(*a, **kw):
+    raise AssertionError("the model was built")
+
+
+@pytest.mark.parametrize("pattern", ["o-{strem}.mp4", "o-{0}.mp4", "o-{stream.x}.mp4", "o-{}.mp4",
+                                     "o-{stream}-}.mp4"])
+def test_stream_out_with_a_brace_other_than_stream_is_refused_up_front(capsys, tmp_path, monkeypatch, pattern):
+    from accelframe_policies import stream_cli
+
+    monkeypatch.setattr(stream_cli, "build_pipeline", _never)
+    code = main(["stream", "--source", "none", "--streams", "2", "--frames", "9",
+                 "--out", str(tmp_path / pattern)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out" in err and "{stream}" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_stream_out_help_says_what_several_streams_write(capsys):
+    from accelframe.stream_sinks import stream_pattern
+
+    with pytest.raises(SystemExit):
+        main(["stream", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # a plain name gets -ID before its suffix: the help names the files the code writes
+    assert stream_pattern("stream.mp4", 2).replace("{stream}", "s0") == "stream-s0.mp4"
+    assert stream_pattern("stream.mp4", 1) == "stream.mp4"
+    assert "stream-s0.mp4" in text and "{stream}" in text
+
+
+def test_stream_empty_prompt_is_refused(capsys, tmp_path, monkeypatch):
+    from accelframe_policies import stream_cli
+
+    monkeypatch.setattr(stream_cli, "build_pipeline", _never)
+    for prompt in ("", "   "):
+        code = main(["stream", "--source", "none", "--prompt", prompt, "--frames", "9",
+                     "--out", str(tmp_path / "s.mp4")])
+        err = capsys.readouterr().err
+        assert code == 2 and "--prompt" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_stream_huge_upscale_is_a_limit_error_before_the_stream_runs(capsys, tmp_path, monkeypatch):
+    from accelframe.pipeline import Pipeline
+
+    monkeypatch.setattr(Pipeline, "stream", _never)
+    code = main(["stream", "--source", "none", "--frames", "9", "--upscale", "100000",
+                 "--out", str(tmp_path / "s.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--upscale" in err and "100000" in err
+    assert not list(tmp_path.iterdir())

@@ -24,6 +24,7 @@ import torch
 
 from accelframe import progress
 from accelframe.errors import ConfigError
+from accelframe.stream_sinks import check_pattern
 
 ADAPTER = "self-forcing"
 WORLD_T_RESET = 24  # the world's models saw 27 latent frames: positions stay below that
@@ -164,8 +165,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a corrupt input frame: hold the last good one (default) or fail")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="stream.mp4", metavar="PATH",
-                   help="output mp4; with several streams a pattern containing {stream} "
-                        "(default: stream.mp4, or stream-{stream}.mp4)")
+                   help="output mp4 (default: stream.mp4); with several streams each gets its own file: "
+                        "-ID before the suffix (stream-s0.mp4, stream-s1.mp4, ...), or where {stream} "
+                        "stands in PATH, the one placeholder allowed")
     p.add_argument("--upscale", type=int, default=4, help="enlarge frames in the mp4 by this factor (default: 4)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="replace output files that exist (--overwrite: the same)")
@@ -185,18 +187,21 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, "a positive number")
     if not 0 < args.sigma <= 1:
         raise ConfigError("accelframe stream", "--sigma", args.sigma, "a noise level in (0, 1]")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ConfigError("accelframe stream", "--prompt", args.prompt,
+                          "a non-empty prompt, or no --prompt for the held-out world prompts")
+    check_pattern("accelframe stream", "--out", args.out)
 
 
 def run(args: argparse.Namespace) -> int:
     from accelframe.outputs import check_output, sigterm_as_interrupt
-    from accelframe.stream_sinks import Mp4Sink
+    from accelframe.limits import check_upscale
+    from accelframe.stream_sinks import Mp4Sink, stream_pattern
     from accelframe.stream_source import RealClock
 
     check_args(args)
-    out = args.out
-    if args.streams > 1 and "{stream}" not in out:
-        out = str(Path(out).with_name(Path(out).stem + "-{stream}" + Path(out).suffix))
-    sink = Mp4Sink(out, args.fps, force=args.force, upscale_factor=args.upscale)
+    sink = Mp4Sink(stream_pattern(args.out, args.streams), args.fps, force=args.force,
+                   upscale_factor=args.upscale)
     for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
         check_output(sink.path_for(f"s{i}"), owner="accelframe stream", field="--out", force=args.force,
                      suffixes=(".mp4",))
@@ -205,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
                           motion=args.source != "none" and not args.no_motion_noise)
     sources = make_sources(args, pipe)
     sink.check([s.id for s in sources])
+    # the largest chunk the sink upscales at once: the longest chunk of units, in pixel frames
+    chunk = args.max_chunk_units * args.block_frames * 4
+    check_upscale("accelframe stream", "--upscale", args.upscale, tuple(pipe.adapter.pixel_size),
+                  frames=min(chunk, args.frames))
     clock = RealClock()
     live = LiveLine(args.json)
     first: dict[str, float] = {}
