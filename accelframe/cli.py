@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -59,12 +60,41 @@ def parse_assignments(items: Sequence[str], field: str) -> dict[str, Any]:
     return out
 
 
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """``text`` split on ``sep`` outside brackets, braces and quotes: ``a=[1,2],b="x,y"`` is two
+    items, so that a JSON list, object or quoted string is one value."""
+    parts, current, depth, quote = [], [], 0, ""
+    escaped = False
+    for ch in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth = max(depth - 1, 0)
+        elif ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
 def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
-    """``NAME`` or ``NAME:k=v,k=v`` into (name, kwargs)."""
+    """``NAME`` or ``NAME:k=v,k=v`` into (name, kwargs); a value may be a JSON list or object, or a
+    quoted string, with commas in it (``scope:preset=[1,2]``)."""
     name, _, rest = spec.partition(":")
     if not name:
         raise ConfigError("accelframe", "--policy", spec, "NAME or NAME:KEY=VALUE,KEY=VALUE")
-    return name, parse_assignments([p for p in rest.split(",") if p], "--policy")
+    return name, parse_assignments([p for p in split_top_level(rest) if p.strip()], "--policy")
 
 
 # ---- frame counts ---------------------------------------------------------------------------
@@ -147,16 +177,22 @@ def add_latent_frame_options(p: argparse.ArgumentParser, *, latent_help: str, de
 
 
 def frame_counts(adapter: Any, *, frames: int | None, latent_frames: int | None,
-                 default_latent: int) -> tuple[int, int]:
+                 default_latent: int, owner: str | None = None) -> tuple[int, int]:
     """(latent, pixel) frames of a request asked in pixel frames (``frames``) or latent frames.
     An adapter with a video VAE converts (``latent_frames(pixel)`` raises naming the valid counts);
-    without one, a pixel frame is a latent frame."""
+    without one, a pixel frame is a latent frame. With ``owner`` (a command), a pixel count the VAE
+    cannot make is a ConfigError of ``owner`` naming ``--frames``, the flag the user typed."""
     to_latent = getattr(adapter, "latent_frames", None)
     to_pixel = getattr(adapter, "pixel_frames", None)
     if not (callable(to_latent) and callable(to_pixel)):
         to_latent = to_pixel = None
     if frames is not None:
-        latent = to_latent(frames) if to_latent is not None else frames
+        try:
+            latent = to_latent(frames) if to_latent is not None else frames
+        except ConfigError as exc:
+            if owner is None:
+                raise
+            raise ConfigError(owner, "--frames", frames, exc.allowed) from None
     elif latent_frames is not None:
         latent = latent_frames
     else:
@@ -165,12 +201,13 @@ def frame_counts(adapter: Any, *, frames: int | None, latent_frames: int | None,
     return latent, pixel
 
 
-def _fresh_path(path: str | None, force: bool, flag: str) -> Path | None:
+def _fresh_path(path: str | None, force: bool, flag: str, owner: str) -> Path | None:
     """An output path checked before work (:func:`accelframe.outputs.check_output`): its folder is
-    created or a ConfigError names why not; an existing file is refused unless ``--force``."""
+    created or a ConfigError of ``owner`` (the command) names why not; an existing file is refused
+    unless ``--force``."""
     from accelframe.outputs import check_output
 
-    return check_output(path, owner="accelframe", field=flag, force=force)
+    return check_output(path, owner=owner, field=flag, force=force)
 
 
 # ---- plugins --------------------------------------------------------------------------------
@@ -252,6 +289,9 @@ def _cmd_plugins(args: argparse.Namespace, hooks: Any) -> int:
 # ---- generate -------------------------------------------------------------------------------
 
 
+DEFAULT_PROMPT = "a red circle moves left on a blue background"
+
+
 def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default=None,
                    help="registered adapter name (default: self-forcing, the embedded world's trained target, "
@@ -260,13 +300,14 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
                    help="adapter keyword argument, repeatable (e.g. --set plan=staircase)")
     p.add_argument("--drafter", default=None, help="registered adapter name of a drafter")
     p.add_argument("--drafter-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="drafter keyword argument, repeatable")
-    p.add_argument("--drafter-context", default="own", choices=("own", "emitted"),
-                   help="what the drafter conditions on: its own drafts (SDVG, default) or the emitted blocks")
+                   help="drafter keyword argument, repeatable; needs --drafter")
+    p.add_argument("--drafter-context", default=None, choices=("own", "emitted"),
+                   help="what the drafter conditions on: its own drafts (SDVG, default) or the emitted blocks; "
+                        "needs --drafter")
     p.add_argument("--policy", action="append", default=[], metavar="NAME[:K=V,...]",
                    help="add a policy to the stack, repeatable; asked in the order given")
     p.add_argument("--prompt", action="append", default=None,
-                   help="prompt, repeatable (one batch row each)")
+                   help=f"prompt, repeatable (one batch row each; default: {DEFAULT_PROMPT!r})")
     count = add_frame_options(
         p, pixel_help="pixel frames to generate, the frames the video holds (default: 105 = 27 latent frames "
                       "for a Wan-family adapter, else 9); a Wan VAE makes 1 + 4k",
@@ -277,7 +318,8 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
                        help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--max-reuse", type=int, default=None,
-                   help="at most this many non-recompute calls in a row (a unit's first call is always computed)")
+                   help="at most this many non-recompute calls in a row (a unit's first call is always computed; "
+                        "default: none, no limit)")
     p.add_argument("--strict", action="store_true", help="re-raise policy failures")
     p.add_argument("--out", default=None,
                    help="write the video: .mp4 (plus a .png strip of frames beside it), .png (the strip "
@@ -377,7 +419,11 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     from accelframe.pipeline import Pipeline
     from accelframe.progress import progress_bar
 
-    prompts = args.prompt or ["a red circle moves left on a blue background"]
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    for flag, given in (("--drafter-set", args.drafter_set), ("--drafter-context", args.drafter_context)):
+        if given and args.drafter is None:  # it would be silently ignored
+            raise ConfigError("accelframe generate", flag, given, f"nothing without a drafter: {flag} needs "
+                              "--drafter NAME (a registered adapter that drafts)")
     if args.upscale < 1:
         raise ConfigError("accelframe generate", "--upscale", args.upscale, "an int >= 1")
     paths: list[Path] = []
@@ -396,17 +442,17 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
                 raise ConfigError("accelframe generate", "--out", args.out,
                                   "a .pt or .png path, or install PyAV (pip install av) to write .mp4") from None
         for p in paths:
-            _fresh_path(str(p), args.force, "--out")
+            _fresh_path(str(p), args.force, "--out", "accelframe generate")
     if args.trace is not None and Path(args.trace).resolve() in {p.resolve() for p in paths}:
         raise ConfigError("accelframe generate", "--trace", args.trace,
                           "a path other than the files --out writes (" + ", ".join(map(str, paths)) + ")")
-    trace_path = _fresh_path(args.trace, args.force, "--trace")
+    trace_path = _fresh_path(args.trace, args.force, "--trace", "accelframe generate")
     adapter = args.adapter or _default_adapter(hooks)
     pipe = Pipeline(adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
                     drafter=args.drafter,
                     drafter_kwargs=parse_assignments(args.drafter_set, "--drafter-set") or None,
                     hooks=hooks, strict=args.strict, max_reuse=args.max_reuse,
-                    drafter_context=args.drafter_context)
+                    drafter_context=args.drafter_context or "own")
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
@@ -415,7 +461,13 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     _check_pixels(args, adapter, decodes=DECODE in getattr(pipe.adapter, "capabilities", (DECODE,)))
     has_vae = callable(getattr(pipe.adapter, "latent_frames", None))
     latent, pixel = frame_counts(pipe.adapter, frames=args.frames, latent_frames=args.latent_frames,
-                                 default_latent=27 if has_vae else 9)  # raises naming the valid counts
+                                 default_latent=27 if has_vae else 9,  # raises naming the valid counts
+                                 owner="accelframe generate")
+    if args.out is not None and Path(args.out).suffix in (".mp4", ".png"):
+        from accelframe.limits import _pixel_size, check_upscale
+
+        check_upscale("accelframe generate", "--upscale", args.upscale, _pixel_size(pipe.adapter), frames=pixel,
+                      device=getattr(pipe.adapter, "device", None))  # before the model runs
     req = pipe.request(prompts, num_frames=latent, seed=args.seed)
     units = len(pipe.adapter.units(req))
     with progress_bar(total=units, desc="generate", unit="unit", quiet=args.json) as bar:
@@ -529,6 +581,11 @@ class _Parser(argparse.ArgumentParser):
         self._configure_now()
         return super().format_usage()
 
+    def error(self, message: str) -> Any:
+        """A usage error as one line, ``PROG: error: MESSAGE (see PROG --help)``, exit status 2 (not
+        argparse's whole usage block first): every command and plugin command parses through here."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser(hooks: Any) -> argparse.ArgumentParser:
     from accelframe import __version__
@@ -624,11 +681,16 @@ def torch_threads(n: int | None) -> Iterator[int]:
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
-    """A warning as one ``accelframe: warning: ...`` line on stderr, above any status line."""
+                  line: str | None = None, *, shown: set[str] | None = None) -> None:
+    """A warning as one ``accelframe: warning: ...`` line on stderr, above any status line; one
+    whose text is in ``shown`` (the warnings this command run printed) is not printed again."""
     from accelframe.progress import write_above
 
     text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    if shown is not None:
+        if text in shown:  # the same warning from each chunk, thread or call: said once per run
+            return
+        shown.add(text)
     if file is not None and file is not sys.stderr:
         file.write(f"accelframe: warning: {text}\n")
     else:
@@ -641,7 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            shown: set[str] = set()  # each distinct warning is printed once per command run
+            warnings.showwarning = functools.partial(_show_warning, shown=shown)
             hooks = create_hooks()
             parser = build_parser(hooks)
             args = parser.parse_args(argv)

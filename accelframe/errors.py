@@ -36,8 +36,8 @@ class ConfigError(AccelframeError, ValueError):
 class LimitError(ConfigError):
     """A request or stream larger than an adapter's declared limits (frames, batch, frame size) or
     than the memory it would need. ``limit`` names the limit (``max_frames``, ``max_batch``,
-    ``max_height``, ``max_width``, ``memory``); ``maximum`` is the largest value of ``field``
-    allowed, when one can be given."""
+    ``max_height``, ``max_width``, ``memory``, ``max_upscaled_side``); ``maximum`` is the largest
+    value of ``field`` allowed, when one can be given."""
 
     def __init__(self, owner: str, field: str, value: Any, allowed: str, *, limit: str,
                  maximum: int | None = None) -> None:
@@ -49,10 +49,19 @@ class UnknownNameError(AccelframeError, KeyError):
     """A policy, adapter, scorer or command name that no loaded plugin registered."""
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        from accelframe.validators import close_matches  # the one "did you mean" rule
+
         self.kind, self.name, self.known = kind, name, sorted(known)
-        listing = ", ".join(self.known) if self.known else "none (is plugin autoloading disabled?)"
         plural = "policies" if kind == "policy" else f"{kind}s"
-        super().__init__(f"unknown {kind} {name!r}; registered {plural}: {listing}")
+        if not self.known:
+            super().__init__(f"unknown {kind} {name!r}; registered {plural}: none (is plugin autoloading "
+                             "disabled?)")
+            return
+        close = close_matches(name, self.known, n=len(self.known))
+        ordered = close + [k for k in self.known if k not in close]
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(f"unknown {kind} {name!r}; {hint}registered {plural} (closest first): "
+                         + ", ".join(ordered))
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]

@@ -14,6 +14,11 @@ The knobs of a factory come from, in order:
 3. the signature; a ``**kwargs`` factory whose return annotation is an attrs class
    (``def make_scope(preset=None, **kwargs) -> Scope``) takes that class's fields too.
 
+What a knob allows comes from its validator's (or converter's) ``allowed`` text, as
+:mod:`accelframe.validators` sets it; a field checked elsewhere (in ``__attrs_post_init__``)
+declares it as ``attrs.field(metadata={"allowed": "..."})``, and a plain parameter of a factory
+function as ``factory.accelframe_allowed = {"name": "..."}``.
+
 A ``**kwargs`` factory that none of these explains has unknown knobs (``None``): its keywords are
 checked only when it is called.
 """
@@ -125,7 +130,8 @@ def _attrs_knobs(cls: type) -> list[Knob]:
                     default = f"<{getattr(f.default.factory, '__name__', 'factory')}()>"
         elif f.default is not attrs.NOTHING:
             default = f.default
-        allowed = describe_validator(f.validator) or _describe_converter(f.converter)
+        allowed = (describe_validator(f.validator) or _describe_converter(f.converter)
+                   or str(f.metadata.get("allowed", "")))
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", repr(f.type))
         out.append(Knob(name=f.alias or f.name.lstrip("_"), default=default, type=kind or "",
                         allowed=allowed))
@@ -166,6 +172,9 @@ def knobs(factory: Any) -> list[Knob] | None:
         return None
     found_list: list[Knob] = []
     var_kw = False
+    declared_allowed = getattr(factory, "accelframe_allowed", None)
+    if not isinstance(declared_allowed, dict):
+        declared_allowed = {}
     for p in sig.parameters.values():
         if p.kind is p.VAR_KEYWORD:
             var_kw = True
@@ -173,7 +182,8 @@ def knobs(factory: Any) -> list[Knob] | None:
             annotation = p.annotation if p.annotation is not p.empty else ""
             found_list.append(Knob(name=p.name, default=REQUIRED if p.default is p.empty else p.default,
                                    type=annotation if isinstance(annotation, str)
-                                   else getattr(annotation, "__name__", repr(annotation))))
+                                   else getattr(annotation, "__name__", repr(annotation)),
+                                   allowed=str(declared_allowed.get(p.name, ""))))
     if var_kw:
         target = _return_class(factory)
         if target is None:

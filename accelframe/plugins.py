@@ -121,9 +121,31 @@ def create_hooks(
         pm.set_blocked(name)
     if autoload:
         hooks.load_entry_points(blocked)
+    plugins = list(plugins)
     for plugin in plugins:
         hooks.register(plugin)
+    if autoload and disabled is None:  # the names came from the environment: say which match nothing
+        _warn_unknown_disabled(blocked, {pm.get_canonical_name(p) for p in plugins})
     return hooks
+
+
+_warned_unknown: set[tuple[str, ...]] = set()  # said once per process (a pipeline makes its own manager)
+
+
+def _warn_unknown_disabled(blocked: set[str], others: set[str]) -> None:
+    """One warning for names in ``ACCELFRAME_DISABLE_PLUGINS`` that no entry point (nor a plugin
+    registered with the manager) has: a misspelt name blocks nothing, silently otherwise."""
+    from accelframe.validators import close_matches
+
+    known = sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    unknown = tuple(sorted(blocked - set(known) - others))
+    if not unknown or unknown in _warned_unknown:
+        return
+    _warned_unknown.add(unknown)
+    hints = [f"did you mean {c[0]!r} for {n!r}?" for n in unknown if (c := close_matches(n, known))]
+    warnings.warn(f"{DISABLE_ENV}: no plugin has the name {', '.join(map(repr, unknown))} (nothing blocked by it)"
+                  + (f" ({' '.join(hints)})" if hints else "")
+                  + f"; known plugins: {', '.join(known) if known else 'none'}", UserWarning, stacklevel=3)
 
 
 class Hooks:

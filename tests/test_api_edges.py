@@ -315,3 +315,53 @@ def test_typed_errors_survive_pickling():
                 e.PolicyError("hook", "p", "boom"), e.DuplicateNameError("policy", "a", "x", "y")):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)
+
+
+# ---- new-user audit: unknown disabled plugins, knobs that say what they allow ---------------------
+
+
+def test_disabling_a_plugin_no_one_has_warns_once_naming_the_known_ones(monkeypatch):
+    import warnings
+
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setenv("ACCELFRAME_DISABLE_PLUGINS", "nope-audit,example")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_hooks()
+    said = [str(w.message) for w in caught if "nope-audit" in str(w.message)]
+    assert len(said) == 1 and "example" in said[0] and "policies" in said[0]
+    assert "'example'" not in said[0].split("known")[0]  # a real plugin's name is not reported as unknown
+    monkeypatch.setenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", "1")  # no entry points loaded: nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_hooks()
+    assert not [w for w in caught if "nope-audit" in str(w.message)]
+
+
+def test_cli_plugins_scope_says_what_preset_and_history_allow(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, out, _ = run_cli(capsys, "plugins", "scope", "--json")
+    assert code == 0
+    knobs = {k["name"]: k for k in json.loads(out)["knobs"]}
+    assert "'skyreels-v2'" in knobs["preset"]["allowed"] and "'magi-1'" in knobs["preset"]["allowed"]
+    assert "None" in knobs["history"]["allowed"] and "int" in knobs["history"]["allowed"]
+
+
+def test_sdvg_knobs_say_what_they_allow():
+    from accelframe import knobs as kn
+    from accelframe_policies.sdvg import make_sdvg
+
+    found = {k.name: k.allowed for k in kn.knobs(make_sdvg)}
+    assert "'min'" in found["aggregation"] and "[0, 1]" in found["quantile"]
+    assert found["tau"] and found["scorer"] and found["scorer_kwargs"]
+
+
+def test_knobs_of_a_plain_factory_can_declare_allowed_text():
+    from accelframe import knobs as kn
+
+    def make(mode: str = "a", n: int = 1):
+        return None
+
+    make.accelframe_allowed = {"mode": "one of 'a', 'b'"}
+    found = {k.name: k.allowed for k in kn.knobs(make)}
+    assert found == {"mode": "one of 'a', 'b'", "n": ""}

@@ -196,7 +196,7 @@ def test_generate_frames_without_a_vae_are_latent_frames(capsys, monkeypatch):
 def test_generate_refuses_a_pixel_count_the_vae_cannot_make_and_two_counts(capsys, monkeypatch):
     monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
     code, _, err = run(capsys, "generate", *SMALL_WAN, "--frames", "10")
-    assert code == 2 and "pixel_frames = 10" in err and "9, 21, 33" in err
+    assert code == 2 and "--frames = 10" in err and "9, 21, 33" in err
     with pytest.raises(SystemExit):
         cli.main(["generate", "--adapter", "analytic", "--frames", "9", "--latent-frames", "3"])
     assert "not allowed with" in capsys.readouterr().err
@@ -211,3 +211,120 @@ def test_stream_frames_are_pixel_frames_and_latent_frames_convert(monkeypatch):
     assert parser.parse_args(["stream", "--frames", "17"]).frames == 17
     args = parser.parse_args(["stream", "--latent-frames", "27"])
     assert (args.frames, args.latent_frames) == (105, 27)
+
+
+# ---- new-user audit: refused nonsense, one-line usage errors, messages ----------------------------
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--drafter-set", "size=world"], ["--drafter-set", "needs --drafter"]),
+    (["--drafter-context", "own"], ["--drafter-context", "needs --drafter"]),
+    (["--drafter-context", "emitted"], ["--drafter-context", "needs --drafter"]),
+])
+def test_drafter_options_without_a_drafter_are_refused(capsys, monkeypatch, argv, words):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, out, err = run(capsys, "generate", "--adapter", "analytic", "--frames", "3", *argv)
+    assert code == 2 and out == ""
+    for w in words:
+        assert w in err
+
+
+def test_drafter_context_default_still_works_with_a_drafter(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, out, err = run(capsys, "generate", "--adapter", "analytic", "--drafter", "analytic",
+                         "--drafter-set", "steps=2", "--frames", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["drafter"] == "analytic"
+
+
+@pytest.mark.parametrize("argv, close", [
+    (["--adapter", "selfforcing"], "self-forcing"),
+    (["--adapter", "analytc"], "analytic"),
+    (["--adapter", "analytic", "--policy", "every-m"], "every-n"),
+])
+def test_unknown_names_list_the_closest_first(capsys, monkeypatch, argv, close):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, _, err = run(capsys, "generate", "--frames", "3", *argv)
+    assert code == 2 and f"did you mean {close!r}?" in err
+    listing = err.split(": ", 2)[-1]
+    assert listing.index(close) < min(listing.index(n) for n in ("magi-1", "analytic", "fixed-batch")
+                                      if n != close and n in listing)
+
+
+def test_unknown_name_error_orders_by_the_shared_rule():
+    from accelframe.errors import UnknownNameError
+    from accelframe.validators import close_matches
+
+    known = ["zeta", "every-n", "alpha", "every-m"]
+    err = UnknownNameError("policy", "evry-n", known)
+    assert err.known == sorted(known)  # the registered names, as before
+    assert "did you mean 'every-n'?" in str(err)
+    first = close_matches("evry-n", known, n=len(known))
+    listed = str(err).rsplit(": ", 1)[1].split(", ")
+    assert listed[:len(first)] == first and set(listed) == set(known)
+    assert "did you mean" not in str(UnknownNameError("policy", "qqq", known))
+
+
+@pytest.mark.parametrize("spec, kwargs", [
+    ("scope:preset=[1,2]", {"preset": [1, 2]}),
+    ("scope:a=[1, 2],b=3", {"a": [1, 2], "b": 3}),
+    ('scope:a={"x": 1, "y": [2, 3]},b="p,q"', {"a": {"x": 1, "y": [2, 3]}, "b": "p,q"}),
+    ("scope:a=1,b=2", {"a": 1, "b": 2}),
+])
+def test_parse_policy_splits_only_on_top_level_commas(spec, kwargs):
+    assert cli.parse_policy(spec) == ("scope", kwargs)
+
+
+def test_policy_list_value_reaches_the_policy(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    code, _, err = run(capsys, "generate", "--adapter", "analytic", "--frames", "3",
+                       "--policy", "scope:preset=[1,2]")
+    assert code == 2 and "preset" in err and "[1, 2]" in err and "KEY=VALUE" not in err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["generate", "--frames", "abc"],
+     "accelframe generate: error: argument --frames: invalid int value: 'abc' (see accelframe generate --help)"),
+    (["generate", "--frames", "9", "--latent-frames", "3"],
+     "accelframe generate: error: argument --latent-frames: not allowed with argument --frames "
+     "(see accelframe generate --help)"),
+    (["bench", "nope"], "accelframe bench: error: argument BENCH: invalid choice: 'nope'"),
+    (["nope"], "accelframe: error: argument COMMAND: invalid choice: 'nope'"),
+])
+def test_usage_errors_are_one_line(capsys, monkeypatch, argv, line):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(line) and "usage:" not in err
+
+
+def test_plugin_command_usage_errors_are_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["stream", "--streams", "two"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("accelframe stream: error: argument --streams") and "accelframe stream --help" in err
+
+
+def test_messages_name_the_command_and_the_flag(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD")
+    (tmp_path / "clip.pt").write_text("")
+    code, _, err = run(capsys, "generate", "--adapter", "analytic", "--frames", "3", "--out",
+                       str(tmp_path / "clip.pt"))
+    assert code == 2 and "accelframe generate" in err and "accelframe.--out" not in err
+    code, _, err = run(capsys, "generate", *SMALL_WAN, "--frames", "10")
+    assert code == 2 and "--frames = 10" in err and "9, 21, 33" in err
+    assert "Adapter.pixel_frames" not in err
+
+
+def test_generate_help_states_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
+    max_reuse = text.split("--max-reuse", 1)[1].split(" --", 1)[0]
+    assert "default" in max_reuse and "no limit" in max_reuse
+    prompt = text.split("--prompt PROMPT", 1)[1].split(" --", 1)[0]
+    assert "default" in prompt and "a red circle moves left on a blue background" in prompt

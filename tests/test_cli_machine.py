@@ -214,3 +214,32 @@ def test_status_line_helpers_are_safe_off_a_status_line(capsys):
     progress.end_status()
     progress.write_above("plain message")
     assert capsys.readouterr().err == "plain message\n"
+
+
+class Repeater:
+    """A plugin command ``accelframe repeat`` that warns the same text from three places, and
+    another text once (as a stream warns per chunk)."""
+
+    @hookimpl
+    def accelframe_register_commands(self, register):
+        def run(args):
+            warnings.warn("the word encoder does not know 'banana'", UserWarning, stacklevel=1)
+            warnings.warn("the word encoder does not know 'banana'", UserWarning, stacklevel=1)
+            for _ in range(2):
+                warnings.warn("the word encoder does not know 'banana'", UserWarning, stacklevel=1)
+            warnings.warn("another warning", UserWarning, stacklevel=1)
+            return 0
+
+        register("repeat", lambda p: None, run, help="test repeater")
+
+
+def test_each_distinct_warning_is_printed_once_per_command_run(monkeypatch, capsys):
+    hooks = create_hooks(autoload=False, plugins=(analytic_plugin, Repeater()))
+    monkeypatch.setattr("accelframe.plugins.create_hooks", lambda: hooks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # what the stream's threads and per-chunk calls amount to
+        for _ in range(2):  # and a second run prints them again
+            assert cli.main(["repeat"]) == 0
+            err = capsys.readouterr().err
+            assert err.splitlines() == ["accelframe: warning: the word encoder does not know 'banana'",
+                                        "accelframe: warning: another warning"]

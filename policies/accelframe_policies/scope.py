@@ -49,6 +49,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # the adapter each preset was measured on: errors about a preset suggest it
 PRESET_ADAPTERS: dict[str, str] = {"skyreels-v2": "skyreels-v2-df", "magi-1": "magi-1"}
+# what `accelframe plugins scope` shows for the two knobs checked outside a validator
+PRESET_ALLOWED = "None or one of " + ", ".join(f"{p!r} (made for --adapter {a})" for p, a in PRESET_ADAPTERS.items())
+HISTORY_ALLOWED = ("None (what the predictor needs) or an int >= the predictor's minimum ("
+                   + "; ".join(f"{k}: {v}" for k, v in MIN_HISTORY.items()) + ")")
 SENSITIVITY: dict[str, tuple[tuple[float, float], ...]] = {
     "skyreels-v2": ((0.12, 0.30), (0.15, 0.36), (0.18, 0.42), (0.21, 0.48), (0.25, 0.55)),
     "magi-1": ((0.02, 0.05), (0.03, 0.08), (0.05, 0.12), (0.08, 0.15)),
@@ -75,7 +79,7 @@ class Scope:
     decay: float = attrs.field(default=0.75, validator=number_in(0.0, 1.0, lo_open=True))
     max_skip: int = attrs.field(default=5, validator=number_in(1, 10_000, integer=True))
     selective: bool = attrs.field(default=False, validator=one_of(True, False))
-    history: int | None = attrs.field(default=None)
+    history: int | None = attrs.field(default=None, metadata={"allowed": HISTORY_ALLOWED})
     probe_frames: str = attrs.field(default="all", validator=one_of("all", "active"))
     eps: float = attrs.field(default=1e-8, validator=number_in(0.0, 1.0, lo_open=True))
     clip: float = attrs.field(default=0.05, validator=number_in(0.0, 1e6))
@@ -206,6 +210,9 @@ def _covers(computed: torch.Tensor, update: tuple[bool, ...]) -> bool:
 def make_scope(preset: str | None = None, **kwargs: Any) -> Scope:
     """The registered factory: ``pipe.use("scope", preset="skyreels-v2", tau_c=0.12, ...)``."""
     return Scope.preset(preset, **kwargs) if preset is not None else Scope(**kwargs)
+
+
+make_scope.accelframe_allowed = {"preset": PRESET_ALLOWED}  # type: ignore[attr-defined]  # accelframe.knobs
 
 
 __all__ = ["MIN_HISTORY", "PRESETS", "PRESET_ADAPTERS", "SENSITIVITY", "Scope", "make_scope"]

@@ -54,6 +54,9 @@ class ScorerError(AccelframeError):
     """A scorer raised, or returned scores that cannot judge a block."""
 
 
+TAU_ALLOWED = "a number (+inf: target only, -inf: drafter only)"
+
+
 def _tau(value: Any) -> float:
     try:
         tau = float(value)
@@ -92,11 +95,16 @@ def check_scores(scores: Any, frames: torch.Tensor, who: str) -> torch.Tensor:
 class SDVG:
     """The reward router; see the module docstring. Build it with ``pipe.use("sdvg", ...)``."""
 
-    tau: float = attrs.field(default=DEFAULT_TAU, converter=_tau)
-    aggregation: str = attrs.field(default="min")
-    quantile: float = attrs.field(default=0.1)
-    scorer: str | Scorer = attrs.field(default=DEFAULT_SCORER)
-    scorer_kwargs: dict[str, Any] = attrs.field(factory=dict)
+    # checked in __attrs_post_init__; the metadata says what is allowed (accelframe plugins sdvg)
+    tau: float = attrs.field(default=DEFAULT_TAU, converter=_tau, metadata={"allowed": TAU_ALLOWED})
+    aggregation: str = attrs.field(default="min", metadata={
+        "allowed": "one of " + ", ".join(map(repr, AGGREGATIONS))})
+    quantile: float = attrs.field(default=0.1, metadata={
+        "allowed": "a number in [0, 1] (the quantile taken when aggregation='quantile')"})
+    scorer: str | Scorer = attrs.field(default=DEFAULT_SCORER, metadata={
+        "allowed": "a registered scorer name or a callable (frames, prompts) -> scores"})
+    scorer_kwargs: dict[str, Any] = attrs.field(factory=dict, metadata={
+        "allowed": "a dict of keyword arguments of the named scorer (empty for a callable)"})
     name: ClassVar[str] = "sdvg"  # the stack name; not a keyword argument
     _score_fn: Scorer | None = attrs.field(default=None, init=False, repr=False)
 
