@@ -316,7 +316,7 @@ def _data(tmp_path: Path, what: str) -> Path:
 def _no_steps():
     from accelframe_adapters.world.training import TrainSettings
 
-    return TrainSettings(steps=0, batch=1, lr=1e-3)  # today's code would train: not a step long
+    return TrainSettings(steps=1, batch=1, lr=1e-3, warmup=1)  # a training is at least a step: one, short
 
 
 NO_STEPS = _no_steps()

@@ -29,6 +29,7 @@ from accelframe.progress import progress_bar
 from accelframe_adapters.wan_vae import pixel_frames
 from accelframe_adapters.world import clips, quality
 from accelframe_adapters.world.models import LATENT_FRAMES
+from accelframe_adapters.world.training import at_least
 
 ADAPTERS = ("self-forcing", "krea-realtime", "skyreels-v2-df")
 
@@ -69,8 +70,8 @@ def run_bench(*, n: int, adapter: str = "self-forcing", seed: int = 0, batch: in
               adapter_kwargs: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
     if adapter not in ADAPTERS:
         raise ConfigError("bench world", "adapter", adapter, "one of " + ", ".join(ADAPTERS))
-    if n < 1:
-        raise ConfigError("bench world", "clips", n, "an int >= 1")
+    for field, value, minimum in (("clips", n, 1), ("batch", batch, 1), ("seed", seed, 0)):
+        at_least("bench world", field, value, minimum)
     extra = dict(adapter_kwargs or {})
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")
     rng = random.Random(seed)

@@ -44,7 +44,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="target, drafter and magi only: continue from these weights (same config) instead of "
                         "from random")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped model's)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None,
                    help=f"weights file to write (default: {WEIGHTS.name}/world-MODEL.safetensors of the package)")
     p.add_argument("--vae", default=None,
@@ -87,7 +86,7 @@ def _settings(defaults, args: argparse.Namespace):
     from accelframe_adapters.world.training import TrainSettings
 
     kw = attrs.asdict(defaults)
-    for name in ("steps", "batch", "seed", "threads", "lr"):
+    for name in ("steps", "batch", "seed", "lr"):
         val = getattr(args, name)
         if val is not None:
             kw[name] = val
@@ -106,7 +105,8 @@ def _train(args: argparse.Namespace) -> int:
         allowed = ("target", "drafter", "magi") if flag == "init" else ("target", "drafter")
         if getattr(args, flag) is not None and args.model not in allowed:
             raise ConfigError(f"accelframe world train {args.model}", "--" + flag.replace("_", "-"),
-                              getattr(args, flag), "only with the target or the drafter")
+                              getattr(args, flag), "only with the " + ", the ".join(allowed[:-1])
+                              + " or the " + allowed[-1])
     if args.model == "vae":
         if args.steps is not None:
             raise ConfigError("accelframe world train vae", "--steps", args.steps,
@@ -177,11 +177,31 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+# the least value of every count and seed the world commands take (--lr: a rate in (0, 1))
+AT_LEAST = {"steps": 1, "local_steps": 1, "short_steps": 0, "batch": 1, "seed": 0, "clips": 1, "prompts": 1}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option of a world command in its range, before any work: a :class:`ConfigError`
+    naming the option (the trainers and the probe check the same values again for callers from Python)."""
+    from accelframe_adapters.world.training import at_least
+
+    owner = f"accelframe world {args.world_command}"
+    for dest, minimum in AT_LEAST.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            at_least(owner, "--" + dest.replace("_", "-"), value, minimum)
+    lr = getattr(args, "lr", None)
+    if lr is not None and not 0 < lr < 1:  # NaN too
+        raise ConfigError(owner, "--lr", lr, "a learning rate in (0, 1)")
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "world_command", None)
     if cmd is None:
         args.world_parser.print_help(sys.stderr)
         return 2
+    check_numbers(args)
     if cmd == "train":
         return _train(args)
     if cmd == "cards":
@@ -195,4 +215,4 @@ def run(args: argparse.Namespace) -> int:
     return _sample(args)
 
 
-__all__ = ["MODELS", "configure", "run"]
+__all__ = ["AT_LEAST", "MODELS", "check_numbers", "configure", "run"]

@@ -63,8 +63,10 @@ def binding(dit: Callable[..., torch.Tensor], vae: Any, encode_text: Callable[[l
             levels: Sequence[float] = LEVELS) -> dict[str, Any]:
     """The probe (module docstring). ``dit(x [B, z, F, h, w], t [B, F], context, causal_block=3)``
     returns the flow, as :class:`~accelframe_adapters.wan_dit.WanDiT` does."""
-    if prompts < 1:
-        raise ConfigError("world probe", "prompts", prompts, "an integer >= 1")
+    from accelframe_adapters.world.training import at_least
+
+    at_least("world probe", "prompts", prompts, 1)
+    at_least("world probe", "seed", seed, 0)
     bad = [s for s in levels if not 0.0 < float(s) <= 1.0]
     if bad:
         raise ConfigError("world probe", "levels", bad, "noise levels in (0, 1]")

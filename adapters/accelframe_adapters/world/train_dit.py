@@ -178,11 +178,17 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
         raise ConfigError("world train", "model", which, "'target' or 'drafter'")
     settings = settings or DEFAULTS[which]
     short_steps = SHORT_STEPS[which] if short_steps is None else short_steps
-    if short_steps < 0:
-        raise ConfigError("world train", "short_steps", short_steps, "an int >= 0")
+    training.at_least("world train", "short_steps", short_steps, 0)
+    training.at_least("world train", "clips", clips_n, 1)
     path = training.check_out(out, force)
     training.check_data(data)
     cfg = CONFIGS[which]()
+    # the network (and --init's weights in it) before the data: a bad --init is refused before any clip
+    # is encoded (the steps draw only from their own generator: the order leaves the run's bits alone)
+    torch.manual_seed(settings.seed)
+    dit = WanDiT(cfg)
+    init_record = None if init is None else training.load_init(
+        dit, attrs.asdict(cfg), init, owner="world train", what=f"the world {which} DiT")
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.text_dim, cfg.text_len)
     ds = training.encoded_clips(data, force, clips_n, vae,
@@ -192,10 +198,6 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     states = enc(ds["prompts"])  # [N, L, text_dim]
     empty = enc([""])  # [1, L, text_dim]
 
-    torch.manual_seed(settings.seed)
-    dit = WanDiT(cfg)
-    init_record = None if init is None else training.load_init(
-        dit, attrs.asdict(cfg), init, owner="world train", what=f"the world {which} DiT")
     dit.train()
     g = torch.Generator().manual_seed(settings.seed)
 

@@ -73,9 +73,16 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     """Train the world MAGI model and write it (with its config and record) to ``out``; ``init``
     continues from the weights of an earlier run of the same config (its record is kept)."""
     settings = settings or DEFAULTS
+    training.at_least("world train magi", "clips", clips_n, 1)
     path = training.check_out(out, force)
     training.check_data(data)
     cfg = magi_model.config()
+    # the network (and --init's weights in it) before the data: a bad --init is refused before any clip
+    # is encoded (the steps draw only from their own generator: the order leaves the run's bits alone)
+    torch.manual_seed(settings.seed)
+    dit = MagiDiT(cfg)
+    init_record = None if init is None else training.load_init(
+        dit, attrs.asdict(cfg), init, owner="world train magi", what="the world MAGI DiT")
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.caption_channels, cfg.caption_max_length)
     ds = training.encoded_clips(data, force, clips_n, vae,
@@ -87,10 +94,6 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
         states = enc(ds["prompts"])  # [N, L, Cc]
     chunks = frames // cfg.chunk_width
 
-    torch.manual_seed(settings.seed)
-    dit = MagiDiT(cfg)
-    init_record = None if init is None else training.load_init(
-        dit, attrs.asdict(cfg), init, owner="world train magi", what="the world MAGI DiT")
     dit.train()
     g = torch.Generator().manual_seed(settings.seed)
     full_mask = torch.ones(settings.batch, cfg.caption_max_length, dtype=torch.bool)

@@ -23,23 +23,29 @@ from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
 
 
+def at_least(owner: str, field: str, value: object, minimum: int) -> int:
+    """``value`` when it is an int (not a bool) of at least ``minimum``; else a :class:`ConfigError`
+    naming ``field``. The one check of every count and seed the world's commands take."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(owner, field, value, f"an int >= {minimum}")
+    return value
+
+
 @attrs.frozen(kw_only=True)
 class TrainSettings:
+    """A trainer's settings; the CPU threads are the command's (the global ``--threads``)."""
+
     steps: int
     batch: int
     lr: float
     seed: int = 0
     warmup: int = 100
     log_every: int = 25
-    threads: int | None = None  # None: torch's default
 
     def __attrs_post_init__(self) -> None:
-        if self.steps < 0:
-            raise ConfigError("TrainSettings", "steps", self.steps, "an int >= 0")
-        for name in ("batch", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError("TrainSettings", name, getattr(self, name), "an int >= 1")
-        if not 0 < self.lr < 1:
+        for name, minimum in (("steps", 1), ("batch", 1), ("log_every", 1), ("seed", 0), ("warmup", 0)):
+            at_least("TrainSettings", name, getattr(self, name), minimum)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
             raise ConfigError("TrainSettings", "lr", self.lr, "a learning rate in (0, 1)")
 
 
@@ -151,8 +157,6 @@ def run_loop(name: str, settings: TrainSettings, params: list[torch.nn.Parameter
     """Run ``settings.steps`` optimiser steps; ``step_fn(step)`` computes the losses (the first
     key is the one minimised, already backpropagated); ``after_step()`` runs after each update
     (a projection onto a constraint, a weight average). Returns the log."""
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
     log: dict[str, Any] = {"step": [], "time_s": []}
     running: dict[str, float] = {}
@@ -209,9 +213,14 @@ def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any]
 def load_init(module: torch.nn.Module, config: dict[str, Any], init: str | Path, *, owner: str,
               what: str) -> dict[str, Any]:
     """Load the weights of an earlier run into ``module`` (to continue training it); its config must
-    equal ``config``. Returns the record a continued run keeps: the file's name and its training."""
+    equal ``config``. Returns the record a continued run keeps: the file's name and its training.
+    Trainers call it before any clip is encoded, so a bad ``--init`` costs nothing."""
+    from accelframe.errors import CheckpointError
     from accelframe_adapters import checkpoints as ck
 
+    if not Path(init).is_file():
+        raise CheckpointError(str(init), "no such file" if not Path(init).exists() else
+                              "is a folder, not a weights file written by a world trainer")
     meta = read_metadata(init)
     if meta.get("config") != json.loads(json.dumps(config)):
         raise ConfigError(owner, "init", str(init), f"weights of {what}'s config ({config})")
@@ -264,5 +273,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "batches", "check_data", "check_out", "config_from_metadata", "encoded_clips",
+__all__ = ["TrainSettings", "at_least", "batches", "check_data", "check_out", "config_from_metadata", "encoded_clips",
            "load_init", "log_path", "lr_at", "machine", "read_data", "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
