@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from accelframe.errors import ConfigError
 from accelframe_adapters.world.models import FILES, WEIGHTS
 from accelframe_adapters.world.plot import line_plot
 from accelframe_adapters.world.training import log_path, read_metadata
@@ -158,6 +159,52 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
     return written
 
 
+# what a card quotes from each kind of --quality file: keys, and "a.b" for a key of an object
+BENCH_WORLD = ("target_quality", "drafter_quality", "noise_quality", "truth_quality", "vae_quality",
+               "prompt_adherence", "drafter_adherence", "config.clips", "config.adapter", "config.threads",
+               *(f"{m}.{k}" for m in ("target", "drafter")
+                 for k in ("presence", "shape", "motion", "smoothness", "sharpness", "background")),
+               *(f"timing.{m}_{k}" for m in ("target", "drafter") for k in ("clip_s", "calls_per_s")))
+BENCH_MAGI = ("config.prompts", "config.latent_frames", "config.threads", "methods")
+QUALITY_FILES = "the JSON output of 'accelframe bench world --json' or 'accelframe bench step --adapter magi-1 --json'"
+
+
+def read_bench(path: str | Path) -> dict[str, Any]:
+    """A ``--quality`` file: the output of ``accelframe bench world --json`` or of ``accelframe bench
+    step --adapter magi-1 --json``, with every value a card quotes; anything else is a
+    :class:`ConfigError` naming the file and what is wrong, before any card is written."""
+    p = Path(path)
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError("accelframe world cards", "--quality", str(p), f"{QUALITY_FILES} ({p.name} {why})")
+
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise refuse(f"cannot be read: {err.strerror or err}") from err
+    except ValueError as err:
+        raise refuse(f"is not valid JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise refuse(f"holds a JSON {type(doc).__name__}, not an object")
+    magi = isinstance(doc.get("config"), dict) and doc["config"].get("adapter") == "magi-1"
+    if not magi and "target_quality" not in doc:
+        raise refuse("has neither 'target_quality' (bench world) nor config.adapter 'magi-1' (bench step)")
+    absent = []
+    for key in BENCH_MAGI if magi else BENCH_WORLD:
+        node: Any = doc
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            absent.append(key)
+    if magi and not absent and not any(isinstance(m, dict) and m.get("name") == "original"
+                                       and all(k in m for k in ("quality", "adherence", "time_s"))
+                                       for m in doc["methods"] if isinstance(doc["methods"], list)):
+        absent.append("methods[name='original'].quality/adherence/time_s")
+    if absent:
+        raise refuse(f"lacks {', '.join(absent)}")
+    return doc
+
+
 def write_cards(folder: str | Path | None = None, quality: str | Path | list | None = None, *,
                 force: bool = False) -> list[Path]:
     """Every card of ``folder``; ``quality``: JSON outputs of ``accelframe bench world`` and / or
@@ -168,8 +215,13 @@ def write_cards(folder: str | Path | None = None, quality: str | Path | list | N
 
     folder = Path(folder) if folder else WEIGHTS
     files = [] if quality is None else [quality] if isinstance(quality, (str, Path)) else list(quality)
-    benches = [json.loads(Path(q).read_text()) for q in files]
+    benches = [read_bench(q) for q in files]
     names = [name for name in FILES if (folder / FILES[name]).exists()]
+    if not names:
+        where = "does not exist" if not folder.exists() else "is not a folder" if not folder.is_dir() else \
+            "holds none of them"
+        raise ConfigError("accelframe world cards", "--dir", str(folder),
+                          f"a folder holding the world's weights ({', '.join(FILES.values())}); this one {where}")
     for name in names:
         _, curve, card = _card_outputs(name, folder)
         for p in (curve, card):
@@ -180,4 +232,4 @@ def write_cards(folder: str | Path | None = None, quality: str | Path | list | N
     return out
 
 
-__all__ = ["write_card", "write_cards"]
+__all__ = ["read_bench", "write_card", "write_cards"]
