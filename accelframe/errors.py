@@ -6,7 +6,15 @@ and what is allowed, and are raised before any model call.
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Sequence
+
+
+def close_matches(word: Any, options: Sequence[Any], n: int = 1) -> list[str]:
+    """The string ``options`` closest to ``word``, best first (difflib, cutoff 0.6): the one rule
+    behind every "did you mean" (a choice, a keyword, a registered name)."""
+    words = [o for o in options if isinstance(o, str)]
+    return difflib.get_close_matches(str(word), words, n=n, cutoff=0.6) if words else []
 
 
 class AccelframeError(Exception):
@@ -49,8 +57,6 @@ class UnknownNameError(AccelframeError, KeyError):
     """A policy, adapter, scorer or command name that no loaded plugin registered."""
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
-        from accelframe.validators import close_matches  # the one "did you mean" rule
-
         self.kind, self.name, self.known = kind, name, sorted(known)
         plural = "policies" if kind == "policy" else f"{kind}s"
         if not self.known:

@@ -6,11 +6,10 @@ Policy authors use them on their own config classes so that a bad keyword argume
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Callable, Sequence
 
-from accelframe.errors import ConfigError
+from accelframe.errors import ConfigError, close_matches
 
 Validator = Callable[[Any, Any, Any], None]
 
@@ -57,13 +56,6 @@ def is_choice(value: Any, choices: Sequence[Any]) -> bool:
             except Exception:  # a tensor or an object whose == cannot answer
                 continue
     return False
-
-
-def close_matches(word: Any, options: Sequence[Any], n: int = 1) -> list[str]:
-    """The string ``options`` closest to ``word``, best first (difflib, cutoff 0.6): the one rule
-    behind every "did you mean" (a choice, a keyword, a registered name)."""
-    words = [o for o in options if isinstance(o, str)]
-    return difflib.get_close_matches(str(word), words, n=n, cutoff=0.6) if words else []
 
 
 def one_of(*choices: Any) -> Validator:
