@@ -177,13 +177,21 @@ def _arrivals(inst: Any, attribute: Any, value: Any) -> None:
         raise ConfigError("StreamSource", attribute.name, value, "finite, non-decreasing arrival times")
 
 
+def _prompt(inst: Any, attribute: Any, value: Any) -> None:
+    if not (isinstance(value, str) and value.strip()):  # as a Request's prompts
+        raise ConfigError("StreamSource", attribute.name, value, "a non-empty string")
+
+
+_prompt.allowed = "a non-empty string"  # type: ignore[attr-defined]
+
+
 @attrs.frozen(kw_only=True, eq=False)
 class StreamSource:
     """One input stream (see the module docstring). ``frames`` ``[F, 3, H, W]`` in [0, 1] for
     video-to-video, or None and ``num_frames`` (pixel frames) for text-to-video."""
 
     id: str = attrs.field(validator=v.instance_of(str, "a string"))
-    prompt: str = attrs.field(validator=v.instance_of(str, "a string"))
+    prompt: str = attrs.field(validator=_prompt)
     frames: torch.Tensor | None = attrs.field(default=None, repr=False)
     num_frames: int | None = None
     fps: float = attrs.field(default=16.0, validator=v.number_in(0.0, 1e6, lo_open=True))

@@ -365,3 +365,12 @@ def test_knobs_of_a_plain_factory_can_declare_allowed_text():
     make.accelframe_allowed = {"mode": "one of 'a', 'b'"}
     found = {k.name: k.allowed for k in kn.knobs(make)}
     assert found == {"mode": "one of 'a', 'b'", "n": ""}
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", None, 3])
+def test_stream_source_prompt_is_a_non_empty_string_as_a_requests(prompt):
+    from accelframe.streaming import StreamSource
+
+    with pytest.raises(ConfigError) as exc:
+        StreamSource(id="s", prompt=prompt, num_frames=3, fps=8)
+    assert exc.value.field == "prompt"
