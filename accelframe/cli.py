@@ -219,13 +219,14 @@ KNOB_KINDS = ("adapter", "policy", "scorer")
 def _cmd_plugin_knobs(name: str, as_json: bool, hooks: Any) -> int:
     """``accelframe plugins NAME``: what NAME is and the keyword arguments it takes."""
     from accelframe import knobs as kn
+    from accelframe.errors import did_you_mean
 
     reg = hooks.registry()
     entries = [e for kind in KNOB_KINDS for e in reg.of_kind(kind) if e.name == name]
     if not entries:
         names = sorted({e.name for kind in KNOB_KINDS for e in reg.of_kind(kind)})
         raise ConfigError("accelframe plugins", "NAME", name, "a registered adapter, policy or scorer, "
-                          + kn.unknown_keyword_allowed(name, names).replace("valid keywords", "one of"))
+                          + did_you_mean(name, names, "one of"))
     docs = []
     for e in entries:
         found = kn.knobs(e.factory)
@@ -414,8 +415,6 @@ def idle_step_policies(pipe: Any, result: Any) -> list[str]:
 
 
 def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
-    import torch
-
     from accelframe.pipeline import Pipeline
     from accelframe.progress import progress_bar
 

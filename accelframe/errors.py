@@ -7,7 +7,7 @@ and what is allowed, and are raised before any model call.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 
 def close_matches(word: Any, options: Sequence[Any], n: int = 1) -> list[str]:
@@ -15,6 +15,22 @@ def close_matches(word: Any, options: Sequence[Any], n: int = 1) -> list[str]:
     behind every "did you mean" (a choice, a keyword, a registered name)."""
     words = [o for o in options if isinstance(o, str)]
     return difflib.get_close_matches(str(word), words, n=n, cutoff=0.6) if words else []
+
+
+def closest_first(word: Any, options: Iterable[str]) -> list[str]:
+    """``options`` with the ones closest to ``word`` first (:func:`close_matches`), the rest in
+    their order."""
+    options = list(dict.fromkeys(options))
+    close = close_matches(word, options, n=max(len(options), 1))
+    return close + [o for o in options if o not in close]
+
+
+def did_you_mean(word: Any, options: Sequence[str], label: str) -> str:
+    """How a message lists the valid names for ``word``: ``did you mean 'x'? LABEL (closest
+    first): a, b, c`` (without the question when nothing is close)."""
+    close = close_matches(word, options)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}{label} (closest first): " + ", ".join(closest_first(word, options))
 
 
 class AccelframeError(Exception):
@@ -63,11 +79,7 @@ class UnknownNameError(AccelframeError, KeyError):
             super().__init__(f"unknown {kind} {name!r}; registered {plural}: none (is plugin autoloading "
                              "disabled?)")
             return
-        close = close_matches(name, self.known, n=len(self.known))
-        ordered = close + [k for k in self.known if k not in close]
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        super().__init__(f"unknown {kind} {name!r}; {hint}registered {plural} (closest first): "
-                         + ", ".join(ordered))
+        super().__init__(f"unknown {kind} {name!r}; " + did_you_mean(name, self.known, f"registered {plural}"))
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]

@@ -30,11 +30,11 @@ import functools
 import inspect
 import math
 import typing
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import attrs
 
-from accelframe.validators import close_matches
+from accelframe.errors import did_you_mean
 
 REQUIRED = "(required)"
 
@@ -65,21 +65,11 @@ class Knob:
                 "required": self.required, "type": self.type, "allowed": self.allowed}
 
 
-def closest_first(word: Any, options: Iterable[str]) -> list[str]:
-    """``options`` with the ones closest to ``word`` first (difflib), the rest in their order."""
-    options = list(dict.fromkeys(options))
-    close = close_matches(word, options, n=max(len(options), 1))
-    return close + [o for o in options if o not in close]
-
-
 def unknown_keyword_allowed(key: Any, valid: Sequence[str]) -> str:
     """The ``allowed`` text of a ConfigError for an unknown keyword: the valid ones, closest first."""
     if not valid:
         return "no keyword arguments (this takes none)"
-    ordered = closest_first(key, valid)
-    close = close_matches(key, valid)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return hint + "valid keywords (closest first): " + ", ".join(ordered)
+    return did_you_mean(key, valid, "valid keywords")
 
 
 def describe_validator(validator: Any) -> str:
@@ -227,7 +217,7 @@ def summary(factory: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-__all__ = ["Knob", "MISSING", "REQUIRED", "check_keywords", "closest_first", "describe_validator", "keywords",
+__all__ = ["Knob", "MISSING", "REQUIRED", "check_keywords", "describe_validator", "keywords",
            "knobs", "summary", "unknown_keyword_allowed"]
 
 

@@ -23,7 +23,6 @@ A :class:`VirtualClock` makes runs deterministic for tests; :class:`RealClock` w
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from typing import Any, Callable, Sequence
