@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from accelframe.errors import AccelframeError, ConfigError
+from accelframe.registry import lazy
 
 # Start-up imports no torch, numpy or av (``accelframe --help`` and ``accelframe plugins`` stay
 # fast): commands import what they need, and a command's options are added when it runs.
@@ -506,38 +507,6 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     return 0
 
 
-# ---- bench ----------------------------------------------------------------------------------
-
-
-def _configure_overhead(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--units", type=int, default=20, help="units per run (default: 20)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per unit (default: 4)")
-    p.add_argument("--repeats", type=int, default=150,
-                   help="interleaved repeats; more give a steadier minimum (default: 150)")
-    p.add_argument("--no-trace", action="store_true", help="measure with the trace off")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _cmd_overhead(args: argparse.Namespace, hooks: Any) -> int:
-    from accelframe.bench import overhead
-    from accelframe.progress import progress_bar
-
-    for field, val in (("--units", args.units), ("--steps", args.steps), ("--repeats", args.repeats)):
-        if val < 1:
-            raise ConfigError("accelframe bench overhead", field, val, "an int >= 1")
-    with progress_bar(total=args.repeats, desc="bench overhead", unit="run", quiet=args.json) as bar:
-        doc = overhead(units=args.units, steps=args.steps, repeats=args.repeats,
-                       trace=not args.no_trace, progress=lambda r: bar.update(1))
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"engine overhead: {doc['overhead_us_per_call']:.2f} us per model call with a "
-              f"pass-through step policy ({doc['overhead_fraction'] * 100:.2f}% of a 1 ms call); "
-              f"{doc['overhead_us_per_call_no_policy']:.2f} us with no policy; direct call "
-              f"{doc['direct_us_per_call']:.1f} us")
-    return 0
-
-
 # ---- parser ---------------------------------------------------------------------------------
 
 Runner = Callable[[argparse.Namespace, Any], int]
@@ -617,9 +586,9 @@ def build_parser(hooks: Any) -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (accelerated and baseline in one run)", configure=_nothing)
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench.set_defaults(run=lambda a, h: _missing(bench))
-    p = bench_sub.add_parser("overhead", help="engine cost per model call against direct calls",
-                             configure=_configure_overhead)
-    p.set_defaults(run=_cmd_overhead)
+    p = sub.add_parser("stream", help="run live streams (a world clip, a video file or text) through "
+                       "StreamDiffusionV2 and write mp4s", configure=lazy("accelframe.streaming.cli:configure"))
+    p.set_defaults(run=lambda a, h: lazy("accelframe.streaming.cli:run")(a))
 
     # subcommands from plugins: their options are added (their modules imported) when they run
     groups = {None: sub, "bench": bench_sub}
@@ -632,8 +601,23 @@ def build_parser(hooks: Any) -> argparse.ArgumentParser:
             raise ConfigError(f"command {entry.name!r} of plugin {entry.plugin!r}", "name",
                               entry.name, "a name no other command uses")
         p = target.add_parser(entry.name, help=entry.description, configure=entry.configure or _nothing)
-        p.set_defaults(run=lambda a, h, fn=entry.factory: fn(a))
+        p.set_defaults(run=lambda a, h, fn=entry.factory: run_command(fn, a, h))
     return parser
+
+
+def run_command(run: Callable[..., Any], args: argparse.Namespace, hooks: Any) -> int:
+    """Run a registered command: ``run(args, hooks)`` with the CLI's plugin manager, so that every
+    command sees every loaded plugin; a ``run(args)`` of one parameter (the older contract) gets
+    ``args`` only."""
+    import inspect
+
+    try:
+        params = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):  # a builtin or a C callable: assume the full contract
+        return run(args, hooks)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_hooks = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    return run(args, hooks) if takes_hooks else run(args)
 
 
 def _missing(parser: argparse.ArgumentParser) -> int:

@@ -140,7 +140,7 @@ def check_upscale(owner: str, field: str, factor: Any, size: Sequence[int], *, f
     ``size`` (height, width) whose upscaled side exceeds :data:`MAX_UPSCALED_SIDE` or whose frames
     would not fit the memory budget; a :class:`LimitError` naming ``field`` and the largest factor
     allowed. Used by ``accelframe generate --upscale``, :func:`accelframe.media.write_video`,
-    :class:`~accelframe.stream_sinks.Mp4Sink` and ``accelframe stream --upscale``."""
+    :class:`~accelframe.streaming.sinks.Mp4Sink` and ``accelframe stream --upscale``."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ConfigError(owner, field, factor, "an int >= 1")
     h, w = (int(v) for v in size)

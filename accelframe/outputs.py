@@ -15,7 +15,7 @@ the pipeline-parallel launcher):
 - :func:`sigterm_as_interrupt` makes SIGTERM raise :class:`KeyboardInterrupt` while it is active,
   so what runs ``finally`` on Ctrl-C (a stream's sinks flushing the emitted frames) runs on SIGTERM.
 
-The one exception is a stream's incremental mp4 (:class:`accelframe.stream_sinks.Mp4Sink`): it is
+The one exception is a stream's incremental mp4 (:class:`accelframe.streaming.sinks.Mp4Sink`): it is
 written under a temporary name as frames come and finalised and renamed into place on any exit.
 """
 

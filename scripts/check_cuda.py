@@ -19,7 +19,7 @@ from accelframe.pipeline import Pipeline
 from accelframe.plugins import create_hooks
 from accelframe.types import KVWrite
 from accelframe_adapters import plugin
-from accelframe_adapters.wan_dit import KVCache, WanDiT, WanDiTConfig
+from accelframe_adapters.wan.dit import KVCache, WanDiT, WanDiTConfig
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ import torch
 
 from accelframe import hookimpl
 from accelframe_adapters.world import clips
-from accelframe_policies.bench_step import _hooks, _pipe, setup
+from accelframe_bench.step import _hooks, _pipe, setup
 from accelframe_policies.history import entry
 from accelframe_policies.taylor import extrapolate
 

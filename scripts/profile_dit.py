@@ -12,7 +12,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from accelframe.types import KVWrite
-from accelframe_adapters.wan_dit import KVCache, WanDiT, WanDiTConfig
+from accelframe_adapters.wan.dit import KVCache, WanDiT, WanDiTConfig
 
 
 def main() -> int:

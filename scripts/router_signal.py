@@ -20,9 +20,9 @@ import statistics
 
 import torch
 
-from accelframe_adapters.wan_vae import pixel_frames
+from accelframe_adapters.wan.vae import pixel_frames
 from accelframe_adapters.world import clips
-from accelframe_policies.bench_block import LATENT_FRAMES, Method, Models
+from accelframe_bench.block import LATENT_FRAMES, Method, Models
 from accelframe_policies.sdvg import aggregate
 
 

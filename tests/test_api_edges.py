@@ -121,8 +121,8 @@ def test_pipeline_arguments_are_checked(field, value):
 def test_wan_and_magi_device_is_checked_before_loading(device):
     if isinstance(device, str) and device.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    from accelframe_adapters.magi import MagiAdapter
-    from accelframe_adapters.self_forcing import SelfForcingAdapter
+    from accelframe_adapters.magi.adapter import MagiAdapter
+    from accelframe_adapters.wan.self_forcing import SelfForcingAdapter
 
     for adapter in (SelfForcingAdapter, MagiAdapter):
         with pytest.raises(ConfigError) as exc:
@@ -143,7 +143,7 @@ def test_cuda_index_past_the_devices_present(monkeypatch):
 
 @pytest.mark.parametrize("fps", [math.inf, -math.inf, math.nan, 0, "30"])
 def test_mp4_sink_fps_must_be_finite_and_positive(tmp_path, fps):
-    from accelframe.stream_sinks import Mp4Sink
+    from accelframe.streaming.sinks import Mp4Sink
 
     with pytest.raises(ConfigError) as exc:
         Mp4Sink(tmp_path / "out.mp4", fps=fps)
@@ -152,7 +152,7 @@ def test_mp4_sink_fps_must_be_finite_and_positive(tmp_path, fps):
 
 def test_video_source_without_a_video_stream(tmp_path):
     pytest.importorskip("av")
-    from accelframe.stream_source import VideoFrames
+    from accelframe.streaming.source import VideoFrames
 
     path = tmp_path / "sound.wav"  # a file PyAV opens that holds audio only
     with wave.open(str(path), "wb") as w:
@@ -176,7 +176,7 @@ def test_video_source_without_a_video_stream(tmp_path):
     ('{"prompt": 7}', "prompt"),
 ])
 def test_pipeline_parallel_bad_config(tmp_path, text, field):
-    from accelframe_adapters import pipeline_parallel as pp
+    from accelframe_adapters.parallel import launch as pp
 
     path = tmp_path / "config.json"
     path.write_text(text)
@@ -186,7 +186,7 @@ def test_pipeline_parallel_bad_config(tmp_path, text, field):
 
 
 def test_pipeline_parallel_missing_config_file(tmp_path):
-    from accelframe_adapters import pipeline_parallel as pp
+    from accelframe_adapters.parallel import launch as pp
 
     with pytest.raises(ConfigError) as exc:
         pp.config_from_args(pp.parser().parse_args(["--config", str(tmp_path / "none.json")]))
@@ -235,7 +235,7 @@ def test_unknown_adapter_keyword_lists_valid_ones():
 
 def test_wan_adapter_keywords_include_model_and_family_fields():
     from accelframe.pipeline import call_factory
-    from accelframe_adapters.self_forcing import SelfForcingAdapter
+    from accelframe_adapters.wan.self_forcing import SelfForcingAdapter
 
     with pytest.raises(ConfigError) as exc:  # refused before the adapter loads anything
         call_factory(SelfForcingAdapter, "adapter 'self-forcing'", {"devise": "cpu"})

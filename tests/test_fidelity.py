@@ -43,7 +43,7 @@ def test_the_reference_keeps_sigma_max_as_the_float32_of_0_999():
 
 @pytest.mark.parametrize("shift", [1.0, 8.0, 5.0, 3.0])
 def test_skyreels_integer_timesteps_equal_the_references_for_1_to_100_steps(shift):
-    from accelframe_adapters.unipc import model_timesteps, sigmas
+    from accelframe_adapters.wan.unipc import model_timesteps, sigmas
 
     bad = {n: (model_timesteps(sigmas(n, shift)), reference_timesteps(n, shift)) for n in range(1, 101)
            if model_timesteps(sigmas(n, shift)) != reference_timesteps(n, shift)}
@@ -55,7 +55,7 @@ def test_the_skyreels_model_receives_the_references_timesteps():
     from accelframe.pipeline import Pipeline
     from accelframe.testing.fixtures import make_hooks
     from accelframe_adapters import plugin as adapters_plugin
-    from accelframe_adapters.skyreels_df import SkyReelsDFAdapter
+    from accelframe_adapters.wan.skyreels_df import SkyReelsDFAdapter
 
     a = SkyReelsDFAdapter(num_inference_steps=30, shift=1.0, guidance_scale=1.0, size="tiny", height=32,
                           width=32, base_num_frames=1)

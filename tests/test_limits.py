@@ -15,7 +15,7 @@ from accelframe.adapter import Limits, limits_of
 from accelframe.errors import ConfigError, LimitError
 from accelframe.limits import memory_budget
 from accelframe.pipeline import Pipeline
-from accelframe.stream_source import FrameMap, StreamSource, VirtualClock
+from accelframe.streaming.source import FrameMap, StreamSource, VirtualClock
 from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
 
@@ -124,7 +124,7 @@ def test_adapters_without_declared_limits_get_a_default_from_their_shapes():
 
 def test_wan_adapters_declare_their_rope_positions_and_kv_size():
     from accelframe_adapters import plugin as adapters_plugin
-    from accelframe_adapters.self_forcing import SelfForcingAdapter
+    from accelframe_adapters.wan.self_forcing import SelfForcingAdapter
 
     ad = SelfForcingAdapter(**SMALL_WAN)
     pipe = Pipeline(ad, hooks=make_hooks(adapters_plugin))
@@ -142,7 +142,7 @@ def test_wan_adapters_declare_their_rope_positions_and_kv_size():
 
 def test_magi_declares_its_kv_size_and_is_refused_over_budget(monkeypatch):
     from accelframe_adapters import plugin as adapters_plugin
-    from accelframe_adapters.magi import MagiAdapter
+    from accelframe_adapters.magi.adapter import MagiAdapter
 
     pipe = Pipeline("magi-1", hooks=make_hooks(adapters_plugin),
                     adapter_kwargs={"size": "tiny", "height": 32, "width": 32, "num_steps": 8, "window_size": 2})
@@ -272,7 +272,7 @@ def _count_decoded(monkeypatch) -> list[int]:
 
 def test_a_video_source_is_decoded_and_resized_chunk_by_chunk(tmp_path, monkeypatch):
     pytest.importorskip("av")
-    from accelframe_policies.stream_cli import read_video
+    from accelframe.streaming.cli import read_video
 
     path = tmp_path / "in.mp4"
     n = 24
@@ -303,7 +303,7 @@ def test_a_video_source_is_decoded_and_resized_chunk_by_chunk(tmp_path, monkeypa
 
 def test_read_video_limit_and_bad_files(tmp_path):
     pytest.importorskip("av")
-    from accelframe_policies.stream_cli import read_video
+    from accelframe.streaming.cli import read_video
 
     path = tmp_path / "in.mp4"
     _write_video(path, 10, 32, 32)

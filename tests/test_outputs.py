@@ -200,7 +200,7 @@ def test_interrupted_generate_of_a_pt_leaves_nothing(tmp_path, plugins, monkeypa
 
 
 def test_interrupted_bench_write_leaves_no_results(tmp_path, monkeypatch):
-    from accelframe_policies import bench_io
+    from accelframe_bench import reports as bench_io
 
     def markdown(doc):
         raise KeyboardInterrupt
@@ -212,7 +212,7 @@ def test_interrupted_bench_write_leaves_no_results(tmp_path, monkeypatch):
 
 
 def test_interrupted_weights_save_leaves_neither_file(tmp_path, monkeypatch):
-    from accelframe_adapters.world import training
+    from accelframe_adapters.world.training import common as training
 
     real = Path.write_text
 
@@ -292,7 +292,7 @@ def test_generate_refuses_pixels_from_a_latent_only_adapter_before_the_model_run
 
 
 def test_stream_refuses_an_unwritable_out_before_loading_the_model(tmp_path, plugins, monkeypatch, capsys):
-    from accelframe_policies import stream_cli
+    from accelframe.streaming import cli as stream_cli
 
     monkeypatch.setattr(stream_cli, "build_pipeline", lambda **kw: (_ for _ in ()).throw(AssertionError("ran")))
     (tmp_path / "file").write_text("")
@@ -323,7 +323,8 @@ def test_world_train_refuses_to_replace_the_loss_log_beside_out(tmp_path, plugin
 
 
 def test_world_train_refuses_to_replace_an_unrelated_data_file(tmp_path, monkeypatch):
-    from accelframe_adapters.world import models, train_dit
+    from accelframe_adapters.world import models
+    from accelframe_adapters.world.training import train_dit
 
     def never(*a, **kw):
         raise AssertionError("the unrelated file would be replaced by a new cache")
@@ -362,7 +363,7 @@ def test_world_cards_keep_an_edited_card_unless_force(tmp_path, plugins, capsys)
 
 
 def test_pipeline_parallel_out_is_not_overwritten(tmp_path, monkeypatch, capsys):
-    from accelframe_adapters import pipeline_parallel as pp
+    from accelframe_adapters.parallel import launch as pp
 
     def never(*a, **kw):
         raise AssertionError("ran before checking --out")
@@ -397,8 +398,8 @@ def test_stream_keeps_overwrite_as_an_alias(plugins):
 
 
 def test_magi_checkpoint_folder_is_not_replaced_without_force_and_never_half_written(tmp_path, monkeypatch):
-    from accelframe_adapters import magi_checkpoints as mc
-    from accelframe_adapters.magi_dit import MagiDiT, MagiDiTConfig
+    from accelframe_adapters.magi import checkpoints as mc
+    from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig
 
     net = MagiDiT(MagiDiTConfig.tiny()).eval()
     folder = mc.save_magi_checkpoint(net, tmp_path, shards=2)
@@ -420,8 +421,8 @@ def test_magi_checkpoint_folder_is_not_replaced_without_force_and_never_half_wri
 
 
 def test_magi_checkpoint_weight_folder_that_is_a_file_is_refused_before_writing(tmp_path):
-    from accelframe_adapters import magi_checkpoints as mc
-    from accelframe_adapters.magi_dit import MagiDiT, MagiDiTConfig
+    from accelframe_adapters.magi import checkpoints as mc
+    from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig
 
     (tmp_path / "inference_weight").write_text("not a folder")
     with pytest.raises(ConfigError, match="folder"):
@@ -435,7 +436,7 @@ def test_magi_checkpoint_weight_folder_that_is_a_file_is_refused_before_writing(
 @pytest.mark.parametrize("pattern", ["o-{strem}.mp4", "o-{0}.mp4", "o-{stream.x}.mp4", "o-{{stream}}.mp4"])
 def test_mp4_sink_refuses_braces_other_than_a_literal_stream(tmp_path, pattern):
     pytest.importorskip("av")
-    from accelframe.stream_sinks import Mp4Sink
+    from accelframe.streaming.sinks import Mp4Sink
 
     with pytest.raises(ConfigError) as exc:
         Mp4Sink(tmp_path / pattern, 16)
@@ -444,7 +445,7 @@ def test_mp4_sink_refuses_braces_other_than_a_literal_stream(tmp_path, pattern):
 
 def test_mp4_sink_pattern_fills_in_the_stream_id(tmp_path):
     pytest.importorskip("av")
-    from accelframe.stream_sinks import Mp4Sink
+    from accelframe.streaming.sinks import Mp4Sink
 
     sink = Mp4Sink(tmp_path / "o-{stream}-{stream}.mp4", 16)
     assert sink.path_for("s1").name == "o-s1-s1.mp4"
@@ -454,7 +455,7 @@ def test_upscale_beyond_the_frame_limit_is_refused_before_allocating(tmp_path):
     pytest.importorskip("av")
     from accelframe.errors import LimitError
     from accelframe.media import write_video
-    from accelframe.stream_sinks import Mp4Sink
+    from accelframe.streaming.sinks import Mp4Sink
 
     frames = torch.rand(2, 3, 8, 8)
     with pytest.raises(LimitError) as exc:

@@ -36,7 +36,7 @@ def plugin_names(hooks) -> set[str]:
 
 @pytest.fixture
 def autoload(monkeypatch):
-    """Turn entry-point autoloading back on (tests/conftest.py switches it off)."""
+    """Turn entry-point autoloading back on (conftest.py switches it off)."""
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
     monkeypatch.delenv(DISABLE_ENV, raising=False)
 

@@ -58,7 +58,7 @@ def test_bench_stream_refuses_bad_input_and_existing_results(capsys, tmp_path):
 
 
 def test_bench_stream_report_from_a_document(tmp_path):
-    from accelframe_policies.bench_stream import markdown, targets, write_outputs
+    from accelframe_bench.stream import markdown, targets, write_outputs
 
     def row(sweep: str, fps: float, miss: float, ttff: float, block: int = 3) -> dict:
         return {"sweep": sweep, "streams": 1, "offered_fps": fps, "block_frames": block, "stream_batch": False,
@@ -108,7 +108,7 @@ def _never(*a, **kw):
 @pytest.mark.parametrize("pattern", ["o-{strem}.mp4", "o-{0}.mp4", "o-{stream.x}.mp4", "o-{}.mp4",
                                      "o-{stream}-}.mp4"])
 def test_stream_out_with_a_brace_other_than_stream_is_refused_up_front(capsys, tmp_path, monkeypatch, pattern):
-    from accelframe_policies import stream_cli
+    from accelframe.streaming import cli as stream_cli
 
     monkeypatch.setattr(stream_cli, "build_pipeline", _never)
     code = main(["stream", "--source", "none", "--streams", "2", "--frames", "9",
@@ -119,7 +119,7 @@ def test_stream_out_with_a_brace_other_than_stream_is_refused_up_front(capsys, t
 
 
 def test_stream_out_help_says_what_several_streams_write(capsys):
-    from accelframe.stream_sinks import stream_pattern
+    from accelframe.streaming.sinks import stream_pattern
 
     with pytest.raises(SystemExit):
         main(["stream", "--help"])
@@ -131,7 +131,7 @@ def test_stream_out_help_says_what_several_streams_write(capsys):
 
 
 def test_stream_empty_prompt_is_refused(capsys, tmp_path, monkeypatch):
-    from accelframe_policies import stream_cli
+    from accelframe.streaming import cli as stream_cli
 
     monkeypatch.setattr(stream_cli, "build_pipeline", _never)
     for prompt in ("", "   "):

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.pipeline import Pipeline
-from accelframe.stream_sinks import CallbackSink, Mp4Sink
-from accelframe.stream_source import (
+from accelframe.streaming.sinks import CallbackSink, Mp4Sink
+from accelframe.streaming.source import (
     CorruptFrameError,
     CorruptFrameWarning,
     FrameMap,

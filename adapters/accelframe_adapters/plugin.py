@@ -19,13 +19,13 @@ def _lazy(module: str, cls: str) -> Callable[..., Any]:
 
 
 FAMILIES: dict[str, tuple[Callable[..., object], str]] = {
-    "self-forcing": (_lazy("self_forcing", "SelfForcingAdapter"),
+    "self-forcing": (_lazy("wan.self_forcing", "SelfForcingAdapter"),
                      "Self-Forcing: few-step blocks of 3 latent frames on the Wan 2.1 DiT with a KV cache"),
-    "krea-realtime": (_lazy("krea", "KreaAdapter"),
+    "krea-realtime": (_lazy("wan.krea", "KreaAdapter"),
                       "Krea Realtime: Self-Forcing's network with a KV cache rebuilt per block"),
-    "skyreels-v2-df": (_lazy("skyreels_df", "SkyReelsDFAdapter"),
+    "skyreels-v2-df": (_lazy("wan.skyreels_df", "SkyReelsDFAdapter"),
                        "SkyReels-V2 diffusion forcing: per-frame noise levels, step matrix, UniPC"),
-    "magi-1": (_lazy("magi", "MagiAdapter"),
+    "magi-1": (_lazy("magi.adapter", "MagiAdapter"),
                "MAGI-1: chunks of 6 latent frames denoised in a staged window of 4, packed KV cache"),
 }
 
@@ -38,24 +38,9 @@ def accelframe_register_adapters(register: Callable[..., None]) -> None:
 
 @hookimpl
 def accelframe_register_commands(register: Callable[..., None]) -> None:
-    def configure(parser: Any) -> None:
-        importlib.import_module("accelframe_adapters.bench_wan").configure(parser)
-
-    def run(args: Any) -> int:
-        return importlib.import_module("accelframe_adapters.bench_wan").run(args)
-
-    register("wan", configure, run, help="time the Wan-family adapters and their KV-cache memory",
-             group="bench")
-    register("world", _lazy_command("world.bench", "configure"), _lazy_command("world.bench", "run"),
-             help="quality of the world's target, drafter and decoded noise on held-out prompts", group="bench")
-    register("world", _lazy_command("world.cli", "configure"), _lazy_command("world.cli", "run"),
+    register("world", lazy("accelframe_adapters.world.training.cli:configure"),
+             lazy("accelframe_adapters.world.training.cli:run"),
              help="the embedded tiny world: train its models, write model cards, render clips")
-
-
-def _lazy_command(module: str, fn: str) -> Callable[..., Any]:
-    def call(args: Any) -> Any:
-        return getattr(importlib.import_module(f"accelframe_adapters.{module}"), fn)(args)
-    return call
 
 
 @hookimpl

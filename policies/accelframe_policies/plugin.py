@@ -1,6 +1,6 @@
 """Registers the built-in policies through the entry-point group ``accelframe``.
 
-Every factory and command is named as ``"module:attribute"`` and imported on first use
+Every factory is named as ``"module:attribute"`` and imported on first use
 (``accelframe.registry.lazy``), so that registering, ``accelframe plugins`` and
 ``accelframe --help`` import no torch.
 """
@@ -43,17 +43,3 @@ def accelframe_register_policies(register: Callable[..., None]) -> None:
     register("random-routing", _p("random_routing:RandomRouting"), kind="block",
              description="accept drafted blocks at random with a given rate (SDVG's ablation baseline)")
 
-
-@hookimpl
-def accelframe_register_commands(register: Callable[..., None]) -> None:
-    register("step", _p("bench_step:configure"), _p("bench_step:run"), group="bench",
-             help="step policies against the original on the tiny world (SCOPE's Table 1 and 2 protocol)")
-    register("block", _p("bench_block:configure"), _p("bench_block:run"), group="bench",
-             help="SDVG against the target and the drafter on the tiny world (the paper's Table 1 and 2 protocol)")
-    register("stream", _p("bench_stream:configure"), _p("bench_stream:run"), group="bench",
-             help="StreamDiffusionV2 on the tiny world: first frame, fps, jitter, deadline misses against load, "
-                  "streams and ranks")
-    register("stream", _p("stream_cli:configure"), _p("stream_cli:run"),
-             help="run live streams (a world clip, a video file or text) through StreamDiffusionV2 and write mp4s")
-    register("calibrate", _p("calibrate:configure"), _p("calibrate:run"),
-             help="fit TeaCache's rescale polynomial for an adapter from recorded full runs")

@@ -1,6 +1,6 @@
 """The embedded world's MAGI-1 model: its config, loop defaults and shipped weights.
 
-A :class:`~accelframe_adapters.magi_dit.MagiDiT` in a small size, trained on the world's clips
+A :class:`~accelframe_adapters.magi.dit.MagiDiT` in a small size, trained on the world's clips
 (``world/train_magi.py``) to denoise chunks of 6 latent frames in MAGI-1's time convention, with the
 world's causal Wan VAE and frozen word encoder (the same data and quality measure as the Wan-family
 world models).
@@ -15,7 +15,7 @@ import torch
 
 from accelframe.errors import CheckpointError
 from accelframe_adapters import checkpoints as ck
-from accelframe_adapters.magi_dit import MagiDiT, MagiDiTConfig
+from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig
 from accelframe_adapters.world.models import WEIGHTS, TEXT_DIM, TEXT_LEN, Z_DIM, load_text, load_vae, weights_path
 
 FILE = "world-magi.safetensors"
@@ -38,7 +38,7 @@ def path() -> Path:
 
 def load(*, device: torch.device | str = "cpu") -> tuple[MagiDiT, Any, Any]:
     """(the trained MAGI DiT, the world VAE, the world word encoder)."""
-    from accelframe_adapters.world.training import config_from_metadata
+    from accelframe_adapters.world.training.common import config_from_metadata
 
     p = path()
     if not p.exists():

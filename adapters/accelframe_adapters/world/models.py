@@ -14,9 +14,9 @@ import torch
 
 from accelframe.errors import CheckpointError
 from accelframe_adapters import checkpoints as ck
-from accelframe_adapters.wan_dit import WanDiT, WanDiTConfig
-from accelframe_adapters.text import WordEncoder
-from accelframe_adapters.wan_vae import WanVAE, WanVAEConfig
+from accelframe_adapters.wan.dit import WanDiT, WanDiTConfig
+from accelframe_adapters.wan.text import WordEncoder
+from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
 FILES = {
@@ -88,7 +88,7 @@ def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
 
 def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanDiT:
     """The shipped ``target`` or ``drafter`` DiT; its config is read from the file's metadata."""
-    from accelframe_adapters.world.training import config_from_metadata
+    from accelframe_adapters.world.training.common import config_from_metadata
 
     path = weights_path(name)
     cfg = config_from_metadata(WanDiTConfig, path)
@@ -102,7 +102,7 @@ def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtyp
 def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | None = None):
     """The world reward as a scorer ``(frames [B, T, 3, H, W] in [0, 1], prompts) -> [B, T]``."""
     from accelframe_adapters.world.reward import FrameReward, RewardConfig, WorldScorer
-    from accelframe_adapters.world.training import config_from_metadata
+    from accelframe_adapters.world.training.common import config_from_metadata
 
     path = weights or str(weights_path("reward"))
     cfg = config_from_metadata(RewardConfig, path, default=RewardConfig())

@@ -1,0 +1,259 @@
+"""``accelframe stream``: run live streams through StreamDiffusionV2's policies and write them.
+
+Sources (``--source``): ``world`` (a clip of the embedded tiny world rendered from the prompt, played
+at ``--fps``, looped when ``--frames`` asks for more than one clip), a video file (read with PyAV,
+resized to the model's frame size), or ``none`` (text-to-video: ``--frames`` output frames paced at
+``--fps``). ``--streams N`` runs N user streams side by side (prompts and seeds differ per stream).
+
+The pipeline: the ``self-forcing`` adapter with the world's models by default, and the policies
+``slo-batch`` (chunk length and batch size), ``rolling-kv`` (sinks, refresh, RoPE reset) and, for
+video-to-video, ``motion-noise``; ``--stream-batch`` runs the denoising steps of consecutive chunks
+as one batched forward. The terminal shows live fps and time to first frame; the output goes to
+``--out`` (an mp4 per stream) and ``--json`` prints the per-stream metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accelframe import progress
+from accelframe.errors import ConfigError
+from accelframe.streaming.sinks import check_pattern
+
+ADAPTER = "self-forcing"
+WORLD_T_RESET = 24  # the world's models saw 27 latent frames: positions stay below that
+
+
+def hooks() -> Any:
+    from accelframe.plugins import create_hooks
+    from accelframe_adapters import plugin as adapters
+    from accelframe_policies import plugin as policies
+
+    return create_hooks(autoload=False, disabled=(), plugins=(adapters, policies))
+
+
+def world_prompts(n: int, seed: int) -> list[str]:
+    from accelframe_adapters.world import clips
+
+    return [s.prompt for s in clips.sample_scenes(n, 9_000 + seed, split="eval")]
+
+
+def world_clip(prompt: str, seed: int, frames: int) -> Any:
+    """The world's rendering of ``prompt``: a tensor, or a looped clip when longer than one clip."""
+    from accelframe.streaming.source import LoopedFrames
+    from accelframe_adapters.world import clips
+
+    scene = clips.parse_prompt(prompt)
+    if scene is None:
+        raise ConfigError("accelframe stream", "--prompt", prompt,
+                          "a world prompt such as 'a red circle moves left on a blue background' for --source world")
+    clip = clips.render(scene, seed, frames=min(frames, clips.PIXEL_FRAMES))  # [F, 3, 64, 64]
+    return clip if frames <= clip.shape[0] else LoopedFrames(clip, frames)
+
+
+def read_video(path: str, size: tuple[int, int], limit: int | None) -> Any:
+    """The frames of a video file, ``[F, 3, H, W]`` in [0, 1] resized to ``size`` (area filter), decoded
+    chunk by chunk as the stream consumes them (:class:`~accelframe.streaming.source.VideoFrames`)."""
+    from accelframe.streaming.source import VideoFrames
+
+    if not Path(path).is_file():
+        raise ConfigError("accelframe stream", "--source", path, "'world', 'none' or an existing video file")
+    try:
+        return VideoFrames(path, size, limit)
+    except ConfigError as exc:
+        raise ConfigError("accelframe stream", "--source", path, exc.allowed) from None
+
+
+def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = None,
+                   max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
+                   window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
+                   block_frames: int = 3, trace: bool = False) -> Any:
+    """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
+    ``block_frames`` latent frames per unit)."""
+    from accelframe.pipeline import Pipeline
+
+    kwargs = {"size": size, "num_frame_per_block": block_frames}
+    pipe = Pipeline(adapter if adapter is not None else ADAPTER, hooks=hooks_ or hooks(), trace=trace,
+                    adapter_kwargs=None if adapter is not None else kwargs)
+    pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
+    if rolling:
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset)
+    if motion:
+        pipe.use("motion-noise")
+    return pipe
+
+
+def make_sources(args: argparse.Namespace, pipe: Any) -> list[Any]:
+    from accelframe.streaming.source import StreamSource
+
+    prompts = [args.prompt] * args.streams if args.prompt else world_prompts(args.streams, args.seed)
+    out = []
+    for i, prompt in enumerate(prompts):
+        seed = args.seed + i
+        common = dict(id=f"s{i}", prompt=prompt, fps=args.fps, deadline_s=args.deadline, seed=seed,
+                      stall_timeout_s=args.stall_timeout)
+        if args.source == "none":
+            out.append(StreamSource(num_frames=args.frames, **common))
+        elif args.source == "world":
+            out.append(StreamSource(frames=world_clip(prompt, seed, args.frames), **common))
+        else:
+            out.append(StreamSource(frames=read_video(args.source, pipe.adapter.pixel_size, args.frames), **common))
+    return out
+
+
+class LiveLine:
+    """One terminal line per stream run: frames out, live output fps and time to first frame."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet or not sys.stderr.isatty()
+        self.frames = 0
+        self.first_emit: float | None = None
+
+    def __call__(self, record: dict[str, Any], now: float, ttff: float | None) -> None:
+        n = sum(record.get("emitted", {}).values())
+        self.frames += n
+        if n and self.first_emit is None:
+            self.first_emit = now
+        if self.quiet:
+            return
+        span = now - (self.first_emit or now)
+        fps = f"{(self.frames - n) / span:5.1f}" if span > 0 else "  -  "
+        first = f"{ttff:.2f} s" if ttff is not None else "-"
+        # the shared status line: a warning printed meanwhile goes above it, never inside it
+        progress.status(f"{self.frames:6d} frames out | {fps} fps | first frame after {first}")
+
+    def done(self) -> None:
+        progress.end_status()
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="world", help="'world' (a rendered world clip), 'none' (text-to-video) "
+                                                     "or a video file (default: world)")
+    p.add_argument("--prompt", default=None, help="the prompt (default: held-out world prompts, one per stream)")
+    p.add_argument("--streams", type=int, default=1, help="user streams run side by side (default: 1)")
+    from accelframe.cli import add_frame_options
+    from accelframe_adapters.wan.vae import pixel_frames
+
+    add_frame_options(p, default=105, to_pixel=pixel_frames,  # the stream runs a Wan-family adapter
+                      pixel_help="input (or, for 'none', output) pixel frames per stream (default: 105, "
+                                 "one world clip)",
+                      latent_help="the same counted in latent frames: N latent frames are 1 + 4 (N - 1) "
+                                  "pixel frames (27 -> 105)")
+    p.add_argument("--fps", type=float, default=16.0, help="frames per second the source delivers (default: 16)")
+    p.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline in seconds from arrival "
+                                                              "to output (default: 1.0)")
+    p.add_argument("--stall-timeout", type=float, default=2.0,
+                   help="end a stream whose source is silent this long, in seconds (default: 2)")
+    p.add_argument("--size", default="world", help="model size of the adapter (default: world)")
+    p.add_argument("--block-frames", type=int, default=3,
+                   help="latent frames per unit (default: 3, the block the world's models were trained on; "
+                        "1 is the low-latency mode: a first frame after one pixel frame, smoother motion lost)")
+    p.add_argument("--stream-batch", action="store_true",
+                   help="run the denoising steps of consecutive chunks as one batched forward")
+    p.add_argument("--max-streams", type=int, default=8, help="most streams in one batch (default: 8)")
+    p.add_argument("--max-chunk-units", type=int, default=4, help="longest chunk, in units (default: 4)")
+    p.add_argument("--no-rolling", action="store_true", help="keep every frame in the KV cache (no rolling-kv)")
+    p.add_argument("--no-motion-noise", action="store_true", help="noise every chunk to --sigma instead")
+    p.add_argument("--sigma", type=float, default=0.7, help="noise level without motion-noise (default: 0.7)")
+    p.add_argument("--on-corrupt", default="hold", choices=("hold", "error"),
+                   help="a corrupt input frame: hold the last good one (default) or fail")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
+    p.add_argument("--out", default="stream.mp4", metavar="PATH",
+                   help="output mp4 (default: stream.mp4); with several streams each gets its own file: "
+                        "-ID before the suffix (stream-s0.mp4, stream-s1.mp4, ...), or where {stream} "
+                        "stands in PATH, the one placeholder allowed")
+    p.add_argument("--upscale", type=int, default=4, help="enlarge frames in the mp4 by this factor (default: 4)")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace output files that exist (--overwrite: the same)")
+    p.add_argument("--json", action="store_true", help="print the per-stream metrics as JSON")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Typed errors for bad input, before any model is loaded."""
+    for name, lo in (("streams", 1), ("frames", 1), ("max_streams", 1), ("max_chunk_units", 1), ("upscale", 1),
+                     ("block_frames", 1)):
+        value = getattr(args, name)
+        if not isinstance(value, int) or value < lo:
+            raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, f"an int >= {lo}")
+    for name in ("fps", "deadline", "stall_timeout"):
+        value = getattr(args, name)
+        if not value > 0 or value == float("inf"):
+            raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, "a positive number")
+    if not 0 < args.sigma <= 1:
+        raise ConfigError("accelframe stream", "--sigma", args.sigma, "a noise level in (0, 1]")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ConfigError("accelframe stream", "--prompt", args.prompt,
+                          "a non-empty prompt, or no --prompt for the held-out world prompts")
+    check_pattern("accelframe stream", "--out", args.out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelframe.outputs import check_output, sigterm_as_interrupt
+    from accelframe.limits import check_upscale
+    from accelframe.streaming.sinks import Mp4Sink, stream_pattern
+    from accelframe.streaming.source import RealClock
+
+    check_args(args)
+    sink = Mp4Sink(stream_pattern(args.out, args.streams), args.fps, force=args.force,
+                   upscale_factor=args.upscale)
+    for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
+        check_output(sink.path_for(f"s{i}"), owner="accelframe stream", field="--out", force=args.force,
+                     suffixes=(".mp4",))
+    pipe = build_pipeline(size=args.size, max_streams=args.max_streams, block_frames=args.block_frames,
+                          max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
+                          motion=args.source != "none" and not args.no_motion_noise)
+    sources = make_sources(args, pipe)
+    sink.check([s.id for s in sources])
+    # the largest chunk the sink upscales at once: the longest chunk of units, in pixel frames
+    chunk = args.max_chunk_units * args.block_frames * 4
+    check_upscale("accelframe stream", "--upscale", args.upscale, tuple(pipe.adapter.pixel_size),
+                  frames=min(chunk, args.frames))
+    clock = RealClock()
+    live = LiveLine(args.json)
+    first: dict[str, float] = {}
+
+    def on_frames(stream: str, frames: torch.Tensor) -> None:
+        first.setdefault(stream, clock.now())
+
+    def on_batch(record: dict[str, Any]) -> None:
+        ttff = min(first.values()) if first else None
+        live(record, clock.now(), ttff)
+
+    interrupted = False
+    try:
+        with sigterm_as_interrupt():  # SIGTERM as Ctrl-C: the sink flushes what was emitted
+            result = pipe.stream(sources, clock=clock, default_sigma=args.sigma, sinks=[sink],
+                                 on_frames=on_frames, stream_batch=args.stream_batch, keep_frames=False,
+                                 on_corrupt=args.on_corrupt, on_batch=on_batch)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        live.done()
+        for sid, path in sink.paths.items() if interrupted else ():
+            if path.exists():
+                print(f"accelframe stream: interrupted; kept {sink.frames[sid]} frames of {sid} in {path}",
+                      file=sys.stderr)
+    doc = result.to_json()
+    summary = {"streams": doc["streams"], "outputs": {k: str(v) for k, v in sink.paths.items()},
+               "batches": len(doc["batches"]), "stream_batch": args.stream_batch}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    for sid, m in doc["streams"].items():
+        fps = "-" if m["fps"] is None else f"{m['fps']:.1f}"
+        ttff = "-" if m["ttff_s"] is None else f"{m['ttff_s']:.2f} s"
+        print(f"{sid}: {m['frames']} frames, {fps} fps, first frame after {ttff}, jitter {m['jitter_ms']:.0f} ms, "
+              f"{100 * m['deadline_miss_rate']:.1f} % deadlines missed, {m['corrupt_frames']} corrupt; "
+              f"{m['ended']} -> {sink.paths.get(sid, '(nothing written)')}")
+    return 0
+
+
+__all__ = ["build_pipeline", "configure", "hooks", "make_sources", "read_video", "run", "world_clip",
+           "world_prompts"]

@@ -1,0 +1,551 @@
+"""The stream loop: input frames arrive over time; batch policies decide what runs when.
+
+Each stream has its own adapter states (target, drafter; KV, encode and decode caches) and a
+:class:`~accelframe.streaming.source.StreamSource`. The loop asks ``accelframe_batch_plan`` which
+streams run how many frames, asks ``accelframe_kv_manage`` and ``accelframe_noise_level`` before
+each chunk, runs the chunk (video-to-video when the source has frames: encode with the adapter's
+streaming encoder, noise to the policy's level, denoise; text-to-video otherwise), emits its frames
+in order to the callbacks and sinks, and reports the measured latency to
+``accelframe_batch_observe``. The hooks count latent frames; sources, deadlines and the reported
+metrics count pixel frames (see :class:`~accelframe.streaming.source.FrameMap`).
+
+Two ways to run a batch:
+
+- **sequential** (default): each entry's chunk runs through the pipeline's engine, one after the
+  other, with every step and block policy of the pipeline (SCOPE, SDVG) applying;
+- **stream batch** (``stream_batch=True``): :mod:`accelframe.streaming.batch` keeps each stream's
+  chunks in flight at staggered steps and runs one batched forward per micro-step over the rows of
+  every stream in the batch. The model calls are the adapter's ``denoise_rows``, so step and block
+  policies do not apply there (a pipeline with them is refused).
+
+A :class:`VirtualClock` makes runs deterministic for tests; :class:`RealClock` waits for real.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import attrs
+import torch
+
+from accelframe import adapter as caps
+from accelframe import fallback
+from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.limits import check_fixed, check_streams
+from accelframe.plugins import EXACT, HookRaised
+from accelframe.streaming.batch import Row, micro_step, new_row
+from accelframe.streaming.source import (
+    CorruptFrameError,
+    CorruptFrameWarning,
+    FrameGuard,
+    FrameMap,
+    RealClock,
+    StreamSource,
+    VirtualClock,
+)
+from accelframe.trace import Stats, Trace
+from accelframe.types import (
+    BatchContext,
+    BatchPlan,
+    GenerationInfo,
+    KVAction,
+    KVContext,
+    NoiseContext,
+    Request,
+    StreamStatus,
+    finite_sigma,
+)
+
+
+@attrs.define(eq=False)
+class StreamOutput:
+    """What one stream emitted: pixel frames in order (``chunks``, unless the loop was told not to
+    keep them) and, per emitted pixel frame, when it arrived and when it was emitted."""
+
+    id: str
+    chunks: list[torch.Tensor] = attrs.field(factory=list)  # each [F_chunk, 3, H, W]
+    emit_s: list[float] = attrs.field(factory=list)
+    arrival_s: list[float] = attrs.field(factory=list)
+
+    @property
+    def frames(self) -> torch.Tensor | None:
+        return torch.cat(self.chunks, dim=0) if self.chunks else None
+
+    def summary(self, deadline_s: float | None) -> dict[str, Any]:
+        """Time to first frame, output fps, jitter, deadline misses (pixel frames).
+
+        ``fps``: frames emitted over the time from the first frame's arrival to the last emission.
+        ``jitter_ms``: the standard deviation of the per-frame latency (emission minus arrival)."""
+        lat = [e - a for e, a in zip(self.emit_s, self.arrival_s)]
+        misses = sum(x > deadline_s + 1e-9 for x in lat) if deadline_s is not None else 0
+        span = (self.emit_s[-1] - self.arrival_s[0]) if lat else 0.0
+        return {
+            "frames": len(lat),
+            "ttff_s": lat[0] if lat else None,
+            "fps": len(lat) / span if lat and span > 0 else None,
+            "jitter_ms": 1000.0 * statistics.pstdev(lat) if len(lat) > 1 else 0.0 if lat else None,
+            "mean_latency_s": sum(lat) / len(lat) if lat else None,
+            "max_latency_s": max(lat) if lat else None,
+            "deadline_miss_rate": misses / len(lat) if lat and deadline_s is not None else 0.0,
+        }
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class StreamRun:
+    """The result of a streaming run."""
+
+    outputs: dict[str, StreamOutput]
+    batches: list[dict[str, Any]]
+    trace: Trace
+    stats: Stats
+    sources: tuple[StreamSource, ...]
+    corrupt: dict[str, list[int]] = attrs.field(factory=dict)
+    ended: dict[str, str] = attrs.field(factory=dict)  # stream -> "complete" or "stalled after N frames"
+
+    def to_json(self) -> dict[str, Any]:
+        streams = {}
+        for s in self.sources:
+            streams[s.id] = {**self.outputs[s.id].summary(s.deadline_s),
+                             "corrupt_frames": len(self.corrupt.get(s.id, [])),
+                             "ended": self.ended.get(s.id, "")}
+        return {"streams": streams, "batches": self.batches, "stats": self.stats.to_dict(),
+                "trace": self.trace.events}
+
+
+SINK_METHODS = ("write", "close")
+
+
+class StreamLoop:
+    """Runs streams through a pipeline; see the module docstring.
+
+    ``on_frames(stream, frames)`` and every sink's ``write(stream, frames)`` get each emitted chunk
+    ``[F, 3, H, W]``; sinks are closed (flushed) when the run ends, also after an error.
+    ``keep_frames=False`` keeps no output frames in the result (long soaks). ``on_corrupt``:
+    ``"hold"`` (a corrupt input frame is replaced by the last good one, warned and counted) or
+    ``"error"`` (:class:`~accelframe.streaming.source.CorruptFrameError`). ``drain_when_idle`` (stream
+    batch only): when the plan waits and chunks are in flight, advance them instead of idling, so
+    at a light load a chunk leaves as soon as its steps are done rather than n arrivals later."""
+
+    def __init__(self, pipe: Any, sources: Sequence[StreamSource], *, clock: Any = None,
+                 default_sigma: float = 0.7,
+                 on_frames: Callable[[str, torch.Tensor], None] | None = None,
+                 sinks: Sequence[Any] = (), stream_batch: bool = False, keep_frames: bool = True,
+                 on_corrupt: str = "hold",
+                 on_batch: Callable[[dict[str, Any]], None] | None = None,
+                 drain_when_idle: bool = True) -> None:
+        self.pipe = pipe
+        self.adapter = pipe.adapter
+        self.sources = tuple(sources)
+        self._by_id = {s.id: s for s in self.sources}
+        # a stream's noise depends on its source only (seed, units), never on the streams beside it:
+        # every stream draws as the stream of index 0 of the engine's generators
+        self._index = {s.id: 0 for s in self.sources}
+        self.clock = clock if clock is not None else RealClock()
+        self.default_sigma = default_sigma
+        self.strict = pipe.strict
+        self.on_frames = on_frames
+        self.on_batch = on_batch
+        self.sinks = tuple(sinks)
+        self.stream_batch = stream_batch
+        self.drain_when_idle = drain_when_idle
+        self.keep_frames = keep_frames
+        self.on_corrupt = on_corrupt
+        self.fmap = FrameMap.of(self.adapter)
+        self.trace = Trace(enabled=pipe.trace)
+        self.stats = Stats(adapters={"target": pipe.adapter_name, "drafter": pipe.drafter_name})
+        self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs warned about
+        self._validate()
+
+    def _pixel_size(self) -> tuple[int, int]:
+        size = getattr(self.adapter, "pixel_size", None)
+        return tuple(size) if size is not None else tuple(self.adapter.latent_shape[1:])
+
+    def _validate(self) -> None:
+        unit = self.adapter.unit_frames
+        ids = [s.id for s in self.sources]
+        if not ids:
+            raise ConfigError("StreamLoop", "sources", [], "at least one StreamSource")
+        if len(set(ids)) != len(ids):
+            raise ConfigError("StreamLoop", "sources", ids, "streams with distinct ids")
+        if not finite_sigma(self.default_sigma):
+            raise ConfigError("StreamLoop", "default_sigma", self.default_sigma, "a number in (0, 1]")
+        if self.on_corrupt not in ("hold", "error"):
+            raise ConfigError("StreamLoop", "on_corrupt", self.on_corrupt, "'hold' or 'error'")
+        for sink in self.sinks:
+            missing = [m for m in SINK_METHODS if not callable(getattr(sink, m, None))]
+            if missing:
+                raise ConfigError("StreamLoop", "sinks", type(sink).__name__,
+                                  f"objects with write(stream, frames) and close(); this one lacks {missing}")
+        if self.stream_batch:
+            if not callable(getattr(self.adapter, "denoise_rows", None)):
+                raise IncompatibleError(f"stream_batch=True needs an adapter with denoise_rows (a block loop "
+                                        f"such as self-forcing); {self.pipe.adapter_name!r} has none")
+            if self.pipe.drafter is not None:
+                raise IncompatibleError("stream_batch=True runs the target's rows only; a drafter pipeline "
+                                        "streams sequentially (stream_batch=False)")
+            others = [p.name for p in self.pipe.stack if p.kind in ("step", "block")]
+            if others:
+                raise IncompatibleError(f"stream_batch=True batches whole denoising steps outside the engine, "
+                                        f"so step and block policies cannot apply; remove {others} or stream "
+                                        "sequentially")
+        for s in self.sources:
+            # the exact fallback runs one unit at a time: that much must be runnable
+            self.adapter.validate(Request(prompts=(s.prompt,), num_frames=unit, seed=s.seed))
+            if s.frames is not None:
+                if caps.ENCODE not in self.adapter.capabilities:
+                    raise IncompatibleError(f"stream {s.id!r} has input frames but adapter "
+                                            f"{self.pipe.adapter_name!r} cannot encode")
+                h, w = self._pixel_size()
+                if tuple(s.frames.shape[2:]) != (h, w):
+                    raise ConfigError(f"StreamSource {s.id!r}", "frames", tuple(s.frames.shape),
+                                      f"frames of {h}x{w} pixels")
+        # the adapter's declared limits and the memory the streams need, before anything runs
+        kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in self.pipe.stack)
+        check_streams(self.sources, self.pipe.adapter_name, self.adapter, self.fmap,
+                      keep_frames=self.keep_frames, kv_managed=kv_managed)
+
+    # ---- failures -------------------------------------------------------------------------------
+
+    def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None,
+                *, fallback_used: bool = True) -> None:
+        fallback.record_failure(self, hook, plugin, problem, exc, fallback_used=fallback_used)
+
+    def _ask(self, name: str, call: Callable[[Any], tuple[Any, str]], ctx: Any,
+             check: Callable[[Any], str | None], exact: Callable[[], Any]) -> tuple[Any, str]:
+        try:
+            answer, by = call(ctx)
+        except HookRaised as err:
+            self._failed(name, err.plugin, repr(err.error), err.error)
+            return exact(), EXACT
+        problem = check(answer)
+        if problem is not None:
+            self._failed(name, by, problem)
+            return exact(), EXACT
+        return answer, by
+
+    # ---- stream status ------------------------------------------------------------------------
+
+    def _total(self, s: StreamSource, now: float) -> int | None:
+        """Latent frames the stream will have, once the runtime can know it."""
+        return self.fmap.latents_total(s.delivered) if now >= s.end_known_s() else None
+
+    def _received(self, s: StreamSource, now: float) -> int:
+        pix = s.received(now)
+        total = self._total(s, now)
+        if total is not None and pix >= s.delivered:
+            return total  # the padded tail counts as arrived once the source has ended
+        n = self.fmap.latents_complete(pix)
+        return n if total is None else min(n, total)
+
+    def _status(self, now: float) -> tuple[StreamStatus, ...]:
+        out = []
+        for s in self.sources:
+            st = self._state[s.id]
+            received, total, c = self._received(s, now), self._total(s, now), st["consumed"]
+            first_px = min(self.fmap.pixels(c), s.delivered - 1)
+            nxt = s.arrival_s(first_px) + s.deadline_s if (
+                s.deadline_s is not None and (total is None or c < total)) else None
+            ready_px = min(self.fmap.pixels(c + 1), s.delivered) - 1
+            oldest = s.arrival_s(ready_px) if received > c else None
+            out.append(StreamStatus(stream=s.id, received=received, consumed=c,
+                                    emitted=st["emitted"], total=total, fps=s.fps / self.fmap.ratio,
+                                    oldest_pending_s=oldest, next_deadline_s=nxt))
+        return tuple(out)
+
+    def _finished(self, s: StreamSource, now: float) -> bool:
+        total = self._total(s, now)
+        st = self._state[s.id]
+        return total is not None and st["consumed"] >= total and not st["rows"]
+
+    def _check_plan(self, plan: Any, ctx: BatchContext, finished_input: bool) -> str | None:
+        if not isinstance(plan, BatchPlan):
+            return f"returned {plan!r}, not a BatchPlan"
+        pending = {s.stream: s for s in ctx.streams}
+        seen = set()
+        for e in plan.entries:
+            if e.stream not in pending:
+                return f"plans unknown stream {e.stream!r}"
+            if e.stream in seen:
+                return f"plans stream {e.stream!r} twice in one batch"
+            seen.add(e.stream)
+            if e.frames > pending[e.stream].pending:
+                return (f"plans {e.frames} frames of stream {e.stream!r}, which has only "
+                        f"{pending[e.stream].pending} pending")
+            if e.frames % ctx.unit_frames:
+                return f"plans {e.frames} frames, not a multiple of the unit {ctx.unit_frames}"
+            problem = self._unrunnable(e.stream, e.frames)
+            if problem is not None:
+                return problem
+        if not plan.entries and finished_input and any(s.pending for s in ctx.streams):
+            return "waits although every input frame has arrived"
+        return None
+
+    def _unrunnable(self, stream: str, n: int) -> str | None:
+        """Why the adapter cannot run the next ``n`` frames of ``stream`` as one chunk, or None
+        (a staircase window too small for that many units, for example)."""
+        src, st = self._by_id[stream], self._state[stream]
+        req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=st["consumed"],
+                      rope_offset=self._rope(st))
+        try:
+            self.adapter.validate(req)
+            check_fixed(self.pipe.adapter_name, self.adapter, req)  # frame positions, declared limits
+        except ConfigError as exc:
+            return (f"plans a chunk of {n} frames of stream {stream!r} that adapter "
+                    f"{self.pipe.adapter_name!r} cannot run: {exc}")
+        return None
+
+    def _rope(self, st: dict[str, Any]) -> int:
+        get = getattr(self.adapter, "rope_offset", None)
+        return int(get(st["state"])) if st["state"] is not None and callable(get) else 0
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    def run(self) -> StreamRun:
+        pipe, hooks = self.pipe, self.pipe.hooks
+        self._state = {s.id: {"consumed": 0, "emitted": 0, "state": None, "drafter": None,
+                              "enc": None, "guard": FrameGuard(s.id, self.on_corrupt), "prev": None,
+                              "rows": [], "done": []} for s in self.sources}
+        outputs = {s.id: StreamOutput(id=s.id) for s in self.sources}
+        self._outputs_chunks = {k: o.chunks for k, o in outputs.items()}
+        batches: list[dict[str, Any]] = []
+        pipe._reset_policies()
+        gens, infos = {}, {}
+        for s in self.sources:
+            pipe._generation += 1
+            gens[s.id] = pipe._generation
+            infos[s.id] = GenerationInfo(
+                generation=pipe._generation, adapter=pipe.adapter_name, drafter=pipe.drafter_name,
+                registry=pipe.registry,
+                request=Request(prompts=(s.prompt,), num_frames=max(self.fmap.latents_total(s.total), 1),
+                                seed=s.seed))
+            for err in hooks.generation_start(infos[s.id]):
+                self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                             fallback_used=False)
+        try:
+            self._loop(outputs, batches, gens)
+        finally:
+            self.stats.finish()
+            for s in self.sources:  # also when the run failed part-way: what was counted so far
+                for err in hooks.generation_end(infos[s.id], self.stats.to_dict()):
+                    self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                                 fallback_used=False)
+            for sink in self.sinks:  # flush what was emitted, also after an error
+                sink.close()
+        ended = {s.id: (f"stalled: the source went silent after {s.delivered} of {s.total} frames"
+                        if s.stalled else "complete") for s in self.sources}
+        return StreamRun(outputs=outputs, batches=batches, trace=self.trace, stats=self.stats,
+                         sources=self.sources, ended=ended,
+                         corrupt={s.id: list(self._state[s.id]["guard"].corrupt) for s in self.sources})
+
+    def _next_event(self, now: float) -> float | None:
+        times = []
+        for s in self.sources:
+            got = s.received(now)
+            if got < s.delivered:
+                times.append(s.arrival_s(got))
+            if s.end_known_s() > now:
+                times.append(s.end_known_s())
+        return min(times) if times else None
+
+    def _loop(self, outputs: dict[str, StreamOutput], batches: list[dict[str, Any]],
+              gens: dict[str, int]) -> None:
+        hooks, unit = self.pipe.hooks, self.adapter.unit_frames
+        last_latency = None
+        while not all(self._finished(s, self.clock.now()) for s in self.sources):
+            now = self.clock.now()
+            status = self._status(now)
+            ctx = BatchContext(now_s=now, streams=status, unit_frames=unit,
+                               last_latency_s=last_latency)
+            finished_input = all(st.total is not None and st.received == st.total for st in status)
+            plan, by = self._ask("accelframe_batch_plan", hooks.batch_plan, ctx,
+                                 lambda p: self._check_plan(p, ctx, finished_input),
+                                 lambda: fallback.batch_of_one(ctx))
+            flush = [s.id for s in self.sources if self._state[s.id]["rows"] and self._total(s, now) is not None
+                     and self._state[s.id]["consumed"] >= self._total(s, now)]
+            if not plan.entries and not flush and self.stream_batch and self.drain_when_idle:
+                flush = [s.id for s in self.sources if self._state[s.id]["rows"]]  # idle: advance in flight
+            if not plan.entries and not flush:
+                nxt = self._next_event(now)
+                if nxt is None:  # nothing more can arrive: the plan is refused as a stall above
+                    raise AssertionError("a batch plan waits with no frame left to arrive")
+                self.clock.wait_until(nxt)
+                continue
+            t0 = time.perf_counter()
+            emitted: list[tuple[str, int, int]] = []  # (stream, first pixel, pixel count)
+            if self.stream_batch:
+                emitted += self._stream_batch(plan, flush, gens)
+            else:
+                for entry in plan.entries:
+                    emitted.append(self._chunk(self._by_id[entry.stream], entry.frames, gens[entry.stream]))
+            real = time.perf_counter() - t0
+            latency = self.clock.spent(real)  # on the clock's time base
+            self.stats.time_s["batch"] += real
+            record = {"t_s": now, "entries": [[e.stream, e.frames] for e in plan.entries],
+                      "by": by, "latency_s": latency, "reason": plan.reason,
+                      "emitted": {s: n for s, _, n in emitted if n}}
+            if self.stream_batch:
+                record["rows"] = sum(len(self._state[s.id]["rows"]) for s in self.sources)
+            batches.append(record)
+            self.trace.add("batch", **record)
+            if self.on_batch is not None:
+                self.on_batch(record)
+            for err in hooks.batch_observe(ctx, plan, latency):
+                self._failed(err.hook, err.plugin, repr(err.error), err.error,
+                             fallback_used=False)
+            last_latency = latency
+            emit_t = self.clock.now()
+            for stream, first, n in emitted:
+                src, out = self._by_id[stream], outputs[stream]
+                out.emit_s += [emit_t] * n
+                out.arrival_s += [src.arrival_s(k) for k in range(first, first + n)]
+
+    # ---- one chunk ------------------------------------------------------------------------------
+
+    def _kv_manage(self, src: StreamSource, st: dict[str, Any], a: int) -> None:
+        if st["state"] is None:
+            return
+        hooks, unit = self.pipe.hooks, a // self.adapter.unit_frames
+        cached, sinks, window = self.adapter.kv_frames(st["state"])
+        emb = getattr(self.adapter, "kv_embeddings", None)
+        kctx = KVContext(stream=src.id, unit=unit, cached_frames=cached, sinks=sinks, window=window,
+                         next_frame=a, rope_offset=self._rope(st),
+                         embeddings=emb(st["state"]) if callable(emb) and hooks.implemented(
+                             "accelframe_kv_manage") else {})
+
+        def check_kv(act: Any) -> str | None:
+            if act is None:
+                return None
+            if not isinstance(act, KVAction):
+                return f"returned {act!r}, not a KVAction"
+            stray = set(act.evict) - set(cached)
+            return f"evicts frames {sorted(stray)} that are not cached" if stray else None
+        action, by = self._ask("accelframe_kv_manage", hooks.kv_manage, kctx, check_kv, lambda: None)
+        if action is not None:
+            self.adapter.kv_apply(st["state"], action.evict, action.sinks, action.rope_reset)
+            if st["drafter"] is not None and self.pipe.drafter is not None:
+                self.pipe.drafter.kv_apply(st["drafter"], action.evict, action.sinks, action.rope_reset)
+            self.trace.add("kv", stream=src.id, unit=unit, evict=list(action.evict),
+                           sinks=None if action.sinks is None else list(action.sinks),
+                           rope_reset=action.rope_reset, by=by)
+
+    def _inputs(self, src: StreamSource, st: dict[str, Any], a: int, b: int) -> dict[str, Any]:
+        """Request fields of latent frames ``[a, b)``: for video-to-video, the encoded input noised
+        to the policy's level."""
+        if src.frames is None:
+            return {}
+        p0, p1 = self.fmap.pixels(a), self.fmap.pixels(b)
+        idx = [min(p, src.delivered - 1) for p in range(p0, p1)]  # past the end: pad with the last frame
+        real = [p for p in range(p0, p1) if p < src.delivered]
+        pixels = src.frames[idx].float()  # [P, 3, H, W]
+        if real:
+            pixels[:len(real)] = st["guard"].clean(pixels[:len(real)], p0)
+            pixels[len(real):] = pixels[len(real) - 1]
+        t0 = time.perf_counter()
+        enc = getattr(self.adapter, "encode_chunk", None)
+        if callable(enc):
+            if st["enc"] is None:
+                st["enc"] = self.adapter.new_encode_cache()
+            latents = enc(pixels[None], st["enc"])  # [1, F, C, H, W]
+        else:
+            latents = self.adapter.encode(pixels[None])
+        self.stats.time_s["encode"] = self.stats.time_s.get("encode", 0.0) + time.perf_counter() - t0
+        nctx = NoiseContext(stream=src.id, unit=a // self.adapter.unit_frames, frames=pixels,
+                            default_sigma=self.default_sigma, previous=st["prev"], latents=latents[0])
+        st["prev"] = pixels[-1]
+        sigma, by = self._ask(
+            "accelframe_noise_level", self.pipe.hooks.noise_level, nctx,
+            lambda s: None if finite_sigma(s) else f"returned {s!r}, not a noise level in (0, 1]",
+            lambda: self.default_sigma)
+        self.trace.add("noise", stream=src.id, unit=nctx.unit, sigma=float(sigma), by=by)
+        return {"start_sigma": float(sigma), "init_latents": latents}
+
+    def _chunk(self, src: StreamSource, n: int, generation: int) -> tuple[str, int, int]:
+        """Run ``n`` latent frames of ``src`` from its next frame on through the engine and emit them."""
+        st = self._state[src.id]
+        a = st["consumed"]
+        self._kv_manage(src, st, a)
+        kwargs = self._inputs(src, st, a, a + n)
+        req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=a,
+                      rope_offset=self._rope(st), **kwargs)
+        self.adapter.validate(req)
+        engine = self.pipe.engine(generation=generation, stream=self._index[src.id])
+        engine.trace = self.trace  # one trace for the whole run
+        res = engine.run(req, target_state=st["state"], drafter_state=st["drafter"], lifecycle=False)
+        st["state"], st["drafter"] = engine.target_state, engine.drafter_state
+        st["consumed"] += n
+        self._merge(engine.stats)
+        return self._emit(src, st, a, a + n, None if res.frames is None else res.frames[0])
+
+    def _emit(self, src: StreamSource, st: dict[str, Any], a: int, b: int,
+              frames: torch.Tensor | None) -> tuple[str, int, int]:
+        """Hand latent frames ``[a, b)`` (decoded: ``frames [P, 3, H, W]``) to the callbacks and
+        sinks, without the padding past the source's end. Returns (stream, first pixel, count)."""
+        st["emitted"] = b
+        p0, p1 = self.fmap.pixels(a), min(self.fmap.pixels(b), src.delivered)
+        n = max(p1 - p0, 0)
+        if frames is not None and n:
+            frames = frames[:n]
+            if self.keep_frames:
+                self._outputs_chunks[src.id].append(frames)
+            if self.on_frames is not None:
+                self.on_frames(src.id, frames)
+            for sink in self.sinks:
+                sink.write(src.id, frames)
+        return src.id, p0, n
+
+    # ---- stream batch -----------------------------------------------------------------------
+
+    def _stream_batch(self, plan: BatchPlan, flush: list[str], gens: dict[str, int]) -> list[tuple[str, int, int]]:
+        """One micro-step: new chunks enter, every in-flight row of the batch's streams advances one
+        step in batched forwards, finished chunks are committed, decoded and emitted in order."""
+        ad = self.adapter
+        names = [e.stream for e in plan.entries] + [s for s in flush if s not in
+                                                    {e.stream for e in plan.entries}]
+        for e in plan.entries:
+            src, st = self._by_id[e.stream], self._state[e.stream]
+            a = st["consumed"]
+            self._kv_manage(src, st, a)
+            kwargs = self._inputs(src, st, a, a + e.frames)
+            req = Request(prompts=(src.prompt,), num_frames=e.frames, seed=src.seed, first_frame=a,
+                          rope_offset=self._rope(st), **kwargs)
+            ad.validate(req)
+            if st["state"] is None:
+                st["state"] = ad.init_state(req, ad.encode_prompt([src.prompt]))
+            st["rows"].append(new_row(ad, src.id, self._index[src.id], req))
+            st["consumed"] += e.frames
+        rows: list[Row] = [r for s in names for r in self._state[s]["rows"]]
+        micro_step(ad, rows, {s: self._state[s]["state"] for s in names}, self.stats)
+        emitted = []
+        for s in names:
+            st, src = self._state[s], self._by_id[s]
+            while st["rows"] and st["rows"][0].done:  # in order: only the oldest chunks leave
+                r = st["rows"].pop(0)
+                t0 = time.perf_counter()
+                ad.commit(r.x, (r.a, r.b), st["state"])
+                self.stats.time_s["commit"] += time.perf_counter() - t0
+                self.stats.calls["target"]["commit"] += 1
+                t0 = time.perf_counter()
+                pixels = ad.decode(r.x, st["state"])  # [1, P, 3, H, W]
+                self.stats.time_s["decode"] += time.perf_counter() - t0
+                self.stats.units += 1
+                self.stats.frames += r.b - r.a
+                emitted.append(self._emit(src, st, r.a, r.b, pixels[0]))
+        return emitted
+
+    def _merge(self, s: Stats) -> None:
+        for model, counts in s.calls.items():
+            for k, val in counts.items():
+                self.stats.calls[model][k] += val
+        for k, val in s.time_s.items():
+            self.stats.time_s[k] = self.stats.time_s.get(k, 0.0) + val
+        for k, val in s.fallbacks.items():
+            self.stats.fallbacks[k] = self.stats.fallbacks.get(k, 0) + val
+        for k, val in s.blocks.items():
+            self.stats.blocks[k] = self.stats.blocks.get(k, 0) + val
+        self.stats.units += s.units
+        self.stats.frames += s.frames
+
+
+__all__ = ["StreamLoop", "StreamOutput", "StreamRun"]

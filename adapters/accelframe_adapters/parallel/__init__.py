@@ -1,0 +1,2 @@
+"""Pipeline parallelism over torch.distributed ranks: partition, schedule, stages, links, runtime
+and the launcher (``python -m accelframe_adapters.parallel``)."""

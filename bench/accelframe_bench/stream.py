@@ -1,0 +1,285 @@
+"""``accelframe bench stream``: StreamDiffusionV2 on the tiny world, in one process, on the real clock.
+
+Every run streams rendered world clips (video-to-video) through the ``self-forcing`` adapter with
+the world's models and the policies ``slo-batch``, ``rolling-kv`` and ``motion-noise``, waiting
+for frames as a live source would deliver them. Measured per run, in pixel frames: time to first
+frame (``ttff_s``: arrival of frame 0 to its output), output ``fps`` (frames over the time from
+the first arrival to the last output), ``jitter_ms`` (standard deviation of per-frame latency) and
+``deadline_miss_rate`` (frames later than ``--deadline`` after their arrival), and for runs of at
+most one clip the world's quality measure of the output (``world_quality``). The table sweeps:
+
+- **offered load**: one stream at ``--loads`` fps (sequential chunks through the engine);
+- **low latency**: one stream at ``--fps`` with units of one latent frame (``--block-frames 1`` of
+  ``accelframe stream``): the first output needs one input frame instead of a 3-frame unit's nine;
+- **streams**: 1 and 2 user streams at ``--fps``, sequential against stream batch (the denoising
+  steps of consecutive chunks of every stream as one batched forward);
+- **ranks**: the pipeline-parallel runtime with 1 and 2 processes of one thread each, throughput
+  ratio (see ``docs/pipeline-parallel.md``), unless ``--ranks 1``;
+- **soak** (``--soak-seconds``): one stream at ``--fps`` for that long (a looped world clip), with
+  the process's resident memory sampled at every batch and the deadline misses counted.
+
+The headline keys of ``--json`` (``ttff_s``, ``fps``, ``jitter_ms``, ``deadline_miss_rate``) are
+the one-stream run at ``--fps``. Written to ``--out``: results.json, results.md, load.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from accelframe.errors import ConfigError
+
+OUTPUTS = ("results.json", "results.md", "load.png")
+TTFF_GOAL = 0.5
+MISS_GOAL = 0.01
+RANK_GOAL = 1.6
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux /proc; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Bench:
+    """Loads the world's model once and runs streams on it."""
+
+    def __init__(self, *, deadline: float, seed: int) -> None:
+        from accelframe.streaming import cli as stream_cli
+
+        self.cli = stream_cli
+        self.hooks = stream_cli.hooks()
+        self.adapters: dict[int, Any] = {}
+        self.adapter = self.adapter_for(3)
+        self.deadline, self.seed = deadline, seed
+        from accelframe_adapters.world.clips import PIXEL_FRAMES
+
+        self.clip_frames = PIXEL_FRAMES
+
+    def adapter_for(self, block: int) -> Any:
+        """The world's self-forcing adapter with ``block`` latent frames per unit (loaded once)."""
+        if block not in self.adapters:
+            from accelframe.pipeline import Pipeline
+
+            self.adapters[block] = Pipeline(self.cli.ADAPTER, hooks=self.hooks, adapter_kwargs={
+                "size": "world", "num_frame_per_block": block}).adapter
+        return self.adapters[block]
+
+    def sources(self, n: int, fps: float, frames: int) -> list[Any]:
+        from accelframe.streaming.source import StreamSource
+
+        prompts = self.cli.world_prompts(n, self.seed)
+        return [StreamSource(id=f"s{i}", prompt=p, frames=self.cli.world_clip(p, self.seed + i, frames), fps=fps,
+                             deadline_s=self.deadline, seed=self.seed + i) for i, p in enumerate(prompts)]
+
+    def run(self, *, streams: int, fps: float, frames: int, stream_batch: bool = False, block: int = 3,
+            on_batch: Any = None) -> dict[str, Any]:
+        from accelframe.streaming.source import RealClock
+
+        pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=self.adapter_for(block))
+        measure = frames <= self.clip_frames  # world quality needs one unlooped clip
+        sources = self.sources(streams, fps, frames)
+        t0 = time.perf_counter()
+        res = pipe.stream(sources, clock=RealClock(), stream_batch=stream_batch, keep_frames=measure,
+                          on_batch=on_batch)
+        wall = time.perf_counter() - t0
+        slo = next(p.policy for p in pipe.stack if p.name == "slo-batch")
+        pipe.close()
+        doc = res.to_json()
+        per = list(doc["streams"].values())
+        chunks = sorted({e[1] for b in doc["batches"] for e in b["entries"]})
+        return {
+            "streams": streams, "offered_fps": fps, "frames_per_stream": frames, "stream_batch": stream_batch,
+            "block_frames": block,
+            "ttff_s": max(m["ttff_s"] for m in per),
+            "fps": sum(m["fps"] for m in per) / len(per),
+            "jitter_ms": max(m["jitter_ms"] for m in per),
+            "deadline_miss_rate": sum(m["deadline_miss_rate"] * m["frames"] for m in per)
+            / sum(m["frames"] for m in per),
+            "mean_latency_s": sum(m["mean_latency_s"] for m in per) / len(per),
+            "wall_s": wall, "batches": len(doc["batches"]), "chunk_frames": chunks,
+            "unsustainable": slo.unsustainable_plans > 0,
+            "latency_model": list(slo.model.coefficients()) if slo.model.ready else None,
+            **(self.quality(res, sources, block) if measure else {"world_quality": None, "adherence": None}),
+        }
+
+    def quality(self, res: Any, sources: list[Any], block: int) -> dict[str, float]:
+        """The world's quality measure of each stream's output, averaged over the streams."""
+        from accelframe_adapters.world import clips
+        from accelframe_adapters.world import quality as wq
+
+        got = [wq.measure(res.outputs[s.id].frames, clips.parse_prompt(s.prompt), block=block) for s in sources]
+        summary = wq.summarise(got)
+        return {"world_quality": summary["quality"], "adherence": summary["adherence"]}
+
+    def soak(self, *, seconds: float, fps: float, quiet: bool) -> dict[str, Any]:
+        """One stream for ``seconds`` of input; the process's resident memory sampled every batch."""
+        from accelframe.progress import progress_bar
+
+        frames = int(seconds * fps)
+        samples: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        with progress_bar(total=frames, desc="soak", unit="frame", quiet=quiet) as bar:
+            def on_batch(record: dict[str, Any]) -> None:
+                n = sum(record.get("emitted", {}).values())
+                bar.update(n)
+                samples.append({"t_s": time.perf_counter() - t0, "rss_mb": _rss_mb()})
+            result = self.run(streams=1, fps=fps, frames=frames, on_batch=on_batch)
+        rss = [s["rss_mb"] for s in samples]
+        tenth = max(len(rss) // 10, 1)
+        early, late = sum(rss[tenth:2 * tenth]) / tenth, sum(rss[-tenth:]) / tenth
+        return {**result, "seconds": seconds, "rss_mb_early": early, "rss_mb_late": late,
+                "rss_growth_mb": late - early, "rss_samples": samples[:: max(len(samples) // 60, 1)]}
+
+
+def ranks_ratio(quick: bool) -> dict[str, Any]:
+    """1 against 2 pipeline-parallel ranks of one thread each (the pipeline-parallel runtime)."""
+    from accelframe_adapters.parallel import launch as pp
+
+    return pp.compare_ranks(quick=quick)
+
+
+def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
+              ranks: bool, soak_seconds: float, quiet: bool) -> dict[str, Any]:
+    from accelframe.progress import progress_bar
+
+    bench = Bench(deadline=deadline, seed=seed)
+    for block in (3, 1):  # warm-up (not reported)
+        bench.run(streams=1, fps=fps, frames=bench.adapter_for(block).pixel_frames(6), block=block)
+    plan = [("load", 1, f, False, 3) for f in loads] + [("low latency", 1, fps, False, 1)] + \
+        [("streams", n, fps, sb, 3) for n in ((1, 2) if not quick else (2,)) for sb in (False, True)]
+    rows: list[dict[str, Any]] = []
+    with progress_bar(total=len(plan), desc="bench stream", unit="run", quiet=quiet) as bar:
+        for kind, n, f, sb, block in plan:
+            rows.append({"sweep": kind, **bench.run(streams=n, fps=f, frames=frames, stream_batch=sb, block=block)})
+            bar.update(1)
+    head = next(r for r in rows if r["sweep"] == "load" and r["offered_fps"] == fps) if fps in loads else \
+        bench.run(streams=1, fps=fps, frames=frames)
+    doc: dict[str, Any] = {
+        "ttff_s": head["ttff_s"], "fps": head["fps"], "jitter_ms": head["jitter_ms"],
+        "deadline_miss_rate": head["deadline_miss_rate"],
+        "setup": {"adapter": "self-forcing", "size": "world", "policies": ["slo-batch", "rolling-kv", "motion-noise"],
+                  "deadline_s": deadline, "frames_per_stream": frames, "fps": fps, "seed": seed,
+                  "threads": __import__("torch").get_num_threads(), "quick": quick},
+        "runs": rows,
+    }
+    if ranks:
+        doc["ranks"] = ranks_ratio(quick)
+    if soak_seconds > 0:
+        doc["soak"] = bench.soak(seconds=soak_seconds, fps=fps, quiet=quiet)
+    doc["targets"] = targets(doc)
+    return doc
+
+
+def targets(doc: dict[str, Any]) -> dict[str, Any]:
+    low = next((r["ttff_s"] for r in doc["runs"] if r["sweep"] == "low latency"), None)
+    out: dict[str, Any] = {"ttff_under_0_5_s": {
+        "measured": doc["ttff_s"], "measured_low_latency": low,
+        "met": doc["ttff_s"] < TTFF_GOAL, "met_low_latency": low is not None and low < TTFF_GOAL}}
+    soak = doc.get("soak")
+    if soak:
+        out["soak_99_percent_deadlines"] = {"measured_miss_rate": soak["deadline_miss_rate"],
+                                            "seconds": soak["seconds"],
+                                            "met": soak["deadline_miss_rate"] <= MISS_GOAL and soak["seconds"] >= 300,
+                                            "rss_growth_mb": soak["rss_growth_mb"]}
+    if "ranks" in doc and doc["ranks"].get("ratio") is not None:
+        out["two_ranks_1_6x"] = {"measured": doc["ranks"]["ratio"], "met": doc["ranks"]["ratio"] >= RANK_GOAL}
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = ["# accelframe bench stream", "",
+             f"world target, self-forcing, policies slo-batch + rolling-kv + motion-noise, deadline "
+             f"{doc['setup']['deadline_s']} s, {doc['setup']['frames_per_stream']} frames per stream, "
+             f"{doc['setup']['threads']} threads", "",
+             "| sweep | streams | offered fps | block | stream batch | ttff s | fps | jitter ms | deadline miss "
+             "| chunks | world quality |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        lines.append(f"| {r['sweep']} | {r['streams']} | {r['offered_fps']:g} | {r['block_frames']} "
+                     f"| {'yes' if r['stream_batch'] else 'no'} "
+                     f"| {r['ttff_s']:.3f} | {r['fps']:.2f} | {r['jitter_ms']:.0f} "
+                     f"| {100 * r['deadline_miss_rate']:.1f} % "
+                     f"| {r['chunk_frames']}{' (unsustainable)' if r['unsustainable'] else ''} "
+                     f"| {'-' if r.get('world_quality') is None else format(r['world_quality'], '.3f')} |")
+    if "ranks" in doc:
+        rk = doc["ranks"]
+        lines += ["", f"ranks: 1 rank {rk.get('throughput_1')}, 2 ranks {rk.get('throughput_2')} latent frames/s, "
+                      f"ratio {rk.get('ratio')}"]
+    if "soak" in doc:
+        s = doc["soak"]
+        lines += ["", f"soak: {s['seconds']:g} s at {s['offered_fps']:g} fps, {100 * s['deadline_miss_rate']:.2f} % "
+                      f"deadlines missed, resident memory {s['rss_mb_early']:.0f} -> {s['rss_mb_late']:.0f} MiB"]
+    def verdict(key: str, v: dict[str, Any]) -> str:
+        text = f"{key} {'met' if v['met'] else 'not met'}"
+        if "met_low_latency" in v:
+            text += f" ({'met' if v['met_low_latency'] else 'not met'} with 1-frame units)"
+        return text
+
+    lines += ["", "targets: " + ", ".join(verdict(k, v) for k, v in doc["targets"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(doc: dict[str, Any], out: Path) -> None:
+    from accelframe_bench import charts
+    from accelframe_bench.reports import write_tables
+
+    write_tables(doc, out, markdown)
+    loads = [r for r in doc["runs"] if r["sweep"] == "load"]
+    if loads:
+        charts.scatter(out / "load.png",
+                       [(r["offered_fps"], r["fps"], f"{100 * r['deadline_miss_rate']:.0f}% missed") for r in loads],
+                       xlabel="offered fps (one stream)", ylabel="output fps")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="one load, 2 streams, short clips: under a minute")
+    p.add_argument("--loads", default="8,16,24,32", metavar="LIST",
+                   help="offered fps of the load sweep (default: 8,16,24,32)")
+    p.add_argument("--fps", type=float, default=16.0, help="offered fps of the stream and soak runs (default: 16)")
+    p.add_argument("--frames", type=int, default=105, help="pixel frames per stream (default: 105)")
+    p.add_argument("--deadline", type=float, default=1.5, help="per-frame deadline in seconds (default: 1.5)")
+    p.add_argument("--ranks", type=int, default=2, choices=(1, 2), help="2: also compare 1 and 2 pipeline ranks; 1: skip that comparison (default: 2)")
+    p.add_argument("--soak-seconds", type=float, default=0.0, help="also soak one stream this long (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
+    p.add_argument("--out", default="bench-stream", metavar="DIR", help="output folder (default: bench-stream)")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)  # the old name
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelframe_bench.reports import fresh_out, report
+
+    try:
+        loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError("bench stream", "--loads", args.loads, "comma-separated numbers, e.g. 8,16") from None
+    if not loads or any(not f > 0 for f in loads):
+        raise ConfigError("bench stream", "--loads", args.loads, "positive frame rates")
+    for name in ("fps", "deadline"):
+        if not getattr(args, name) > 0:
+            raise ConfigError("bench stream", "--" + name, getattr(args, name), "a positive number")
+    if args.frames < 9:
+        raise ConfigError("bench stream", "--frames", args.frames, "at least 9 (one unit of the world's VAE)")
+    if args.soak_seconds < 0:
+        raise ConfigError("bench stream", "--soak-seconds", args.soak_seconds, "0 or more seconds")
+    out = Path(args.out)
+    fresh_out("bench stream", out, OUTPUTS, args.force)
+    if args.quick:
+        loads, frames = [args.fps], min(args.frames, 57)
+    else:
+        frames = args.frames
+    doc = run_bench(loads=loads, fps=args.fps, frames=frames, deadline=args.deadline, seed=args.seed,
+                    quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json)
+    return report(doc, out, write_outputs, markdown, args.json)
+
+
+__all__ = ["Bench", "configure", "markdown", "run", "run_bench", "targets", "write_outputs"]
