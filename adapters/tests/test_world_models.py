@@ -31,7 +31,7 @@ def test_shipped_weights_are_small_safetensors_with_cards():
     for name, file in models.FILES.items():
         path = models.WEIGHTS / file
         total += path.stat().st_size
-        meta = training.read_metadata(path)
+        meta = models.read_metadata(path)
         assert "config" in meta and "command" in meta["training"], name
         assert path.with_suffix(".log.json").exists()
         assert path.with_name(file.replace(".safetensors", ".md")).exists(), f"no model card for {name}"
@@ -139,7 +139,7 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
     rec = train_dit.train("drafter", out, vae=models.weights_path("vae"), text=models.weights_path("text"),
                           clips_n=2, settings=settings, short_steps=1, quiet=True)  # one short, one full step
     assert rec["settings"]["steps"] == 2 and rec["short_steps"] == 1
-    meta = training.read_metadata(out)
+    meta = models.read_metadata(out)
     dit = WanDiT(WanDiTConfig(**meta["config"]))
     assert dit.cfg.spatial_grid == models.SPATIAL_GRID
     ck.fit(dit, ck.read_tensors(out), str(out), what="drafter")

@@ -16,7 +16,8 @@ import torch
 from accelframe.errors import CheckpointError
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig
-from accelframe_adapters.world.models import WEIGHTS, TEXT_DIM, TEXT_LEN, Z_DIM, load_text, load_vae, weights_path
+from accelframe_adapters.world.models import (WEIGHTS, TEXT_DIM, TEXT_LEN, Z_DIM, config_from_metadata, load_text,
+                                              load_vae, weights_path)
 
 FILE = "world-magi.safetensors"
 CHUNK = 6  # latent frames per chunk, MAGI-1's
@@ -38,8 +39,6 @@ def path() -> Path:
 
 def load(*, device: torch.device | str = "cpu") -> tuple[MagiDiT, Any, Any]:
     """(the trained MAGI DiT, the world VAE, the world word encoder)."""
-    from accelframe_adapters.world.training.common import config_from_metadata
-
     p = path()
     if not p.exists():
         raise CheckpointError(str(p), "is missing: the world's MAGI model was not shipped with this install")

@@ -1,4 +1,5 @@
-"""The embedded world's models: their configs and where their shipped weights are.
+"""The embedded world's models: their configs, where their shipped weights are, and how a trained
+file's config is read back (what the adapters load at run time; the trainers write these files).
 
 All of them are the real architectures in tiny sizes: the Wan 2.1 causal VAE, the Wan 2.1 DiT for the
 target and the drafter (one set of weights serves the Self-Forcing / Krea block loops and the
@@ -9,6 +10,7 @@ encoder, and a prompt-conditioned frame reward (:mod:`accelframe_adapters.world.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,6 +74,38 @@ def weights_path(name: str) -> Path:
     return p
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``config`` / ``training`` JSON a trainer stored in a safetensors file (empty when absent)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(str(path), f"not a readable safetensors file ({err})") from err
+    out = {k: ck.parse_json(v, path, f"the {k!r} metadata")
+           for k, v in meta.items() if k in ("config", "training")}
+    for k, val in out.items():
+        if not isinstance(val, dict):
+            raise CheckpointError(str(path), f"the {k!r} metadata is a {type(val).__name__}, not a JSON object")
+    return out
+
+
+def config_from_metadata(cls: type, path: str | Path, default: Any = None) -> Any:
+    """The config class ``cls`` built from a trained file's ``config`` metadata (``default`` when it
+    has none, an error when ``default`` is None); fields the class does not take raise naming the file."""
+    fields = read_metadata(path).get("config")
+    if fields is None:
+        if default is None:
+            raise CheckpointError(str(path), "has no 'config' in its safetensors metadata (not a file "
+                                             "written by a world trainer)")
+        return default
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as err:  # ConfigError is a ValueError
+        raise CheckpointError(str(path), f"its 'config' metadata is not a valid {cls.__name__} ({err})") from err
+
+
 def load_vae(path: str | Path) -> WanVAE:
     """The world VAE from ``path``, in eval mode; a damaged or foreign file raises naming it."""
     vae = WanVAE(vae_config())
@@ -88,8 +122,6 @@ def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
 
 def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanDiT:
     """The shipped ``target`` or ``drafter`` DiT; its config is read from the file's metadata."""
-    from accelframe_adapters.world.training.common import config_from_metadata
-
     path = weights_path(name)
     cfg = config_from_metadata(WanDiTConfig, path)
     with torch.device("meta"):
@@ -102,7 +134,6 @@ def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtyp
 def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | None = None):
     """The world reward as a scorer ``(frames [B, T, 3, H, W] in [0, 1], prompts) -> [B, T]``."""
     from accelframe_adapters.world.reward import FrameReward, RewardConfig, WorldScorer
-    from accelframe_adapters.world.training.common import config_from_metadata
 
     path = weights or str(weights_path("reward"))
     cfg = config_from_metadata(RewardConfig, path, default=RewardConfig())
@@ -113,5 +144,5 @@ def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | 
 
 
 __all__ = ["CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "SPATIAL_GRID", "TEXT_DIM", "TEXT_LEN", "WEIGHTS", "Z_DIM",
-           "drafter_config", "load_dit", "load_scorer", "load_text", "load_vae", "target_config", "vae_config",
-           "weights_path"]
+           "config_from_metadata", "drafter_config", "load_dit", "load_scorer", "load_text", "load_vae",
+           "read_metadata", "target_config", "vae_config", "weights_path"]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from accelframe.errors import ConfigError
-from accelframe_adapters.world.models import FILES, WEIGHTS
+from accelframe_adapters.world.models import FILES, WEIGHTS, read_metadata
 from accelframe_adapters.world.training.plot import line_plot
-from accelframe_adapters.world.training.common import log_path, read_metadata
+from accelframe_adapters.world.training.common import log_path
 
 ABOUT = {
     "vae": ("The Wan 2.1 causal video VAE (`accelframe_adapters.wan.vae.WanVAE`, original key names) in a "

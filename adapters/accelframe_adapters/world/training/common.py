@@ -21,6 +21,8 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
+# what a loader reads back is runtime, beside the loaders; trainers and cards use it from there
+from accelframe_adapters.world.models import read_metadata
 
 
 def at_least(owner: str, field: str, value: object, minimum: int) -> int:
@@ -228,44 +230,6 @@ def load_init(module: torch.nn.Module, config: dict[str, Any], init: str | Path,
     return {"file": Path(init).name, "training": meta.get("training", {})}
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``config`` / ``training`` JSON a trainer stored in a safetensors file (empty when absent)."""
-    from safetensors import safe_open
-
-    from accelframe.errors import CheckpointError
-
-    from accelframe_adapters import checkpoints as ck
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types
-        raise CheckpointError(str(path), f"not a readable safetensors file ({err})") from err
-    out = {k: ck.parse_json(v, path, f"the {k!r} metadata")
-           for k, v in meta.items() if k in ("config", "training")}
-    for k, val in out.items():
-        if not isinstance(val, dict):
-            raise CheckpointError(str(path), f"the {k!r} metadata is a {type(val).__name__}, not a JSON object")
-    return out
-
-
-def config_from_metadata(cls: type, path: str | Path, default: Any = None) -> Any:
-    """The config class ``cls`` built from a trained file's ``config`` metadata (``default`` when it
-    has none, an error when ``default`` is None); fields the class does not take raise naming the file."""
-    from accelframe.errors import CheckpointError
-
-    fields = read_metadata(path).get("config")
-    if fields is None:
-        if default is None:
-            raise CheckpointError(str(path), "has no 'config' in its safetensors metadata (not a file "
-                                             "written by a world trainer)")
-        return default
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError) as err:  # ConfigError is a ValueError
-        raise CheckpointError(str(path), f"its 'config' metadata is not a valid {cls.__name__} ({err})") from err
-
-
 def batches(seed: int) -> Iterator[int]:
     """Per-step seeds of a training run (one integer stream, so a run is reproducible from ``seed``)."""
     g = torch.Generator().manual_seed(seed)
@@ -273,5 +237,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "at_least", "batches", "check_data", "check_out", "config_from_metadata", "encoded_clips",
-           "load_init", "log_path", "lr_at", "machine", "read_data", "read_metadata", "refuse_data", "run_loop", "save", "save_data"]
+__all__ = ["TrainSettings", "at_least", "batches", "check_data", "check_out", "encoded_clips",
+           "load_init", "log_path", "lr_at", "machine", "read_data", "refuse_data", "run_loop", "save", "save_data"]
