@@ -69,14 +69,6 @@ class Method:
 # ------------------------------------------------------------------------------------------------
 
 
-def _hooks() -> Any:
-    from accelframe.plugins import create_hooks
-    from accelframe_adapters import plugin as adapters
-    from accelframe_policies import plugin as policies
-
-    return create_hooks(autoload=False, disabled=(), plugins=(adapters, policies))
-
-
 @attrs.define
 class Models:
     """The models every pipeline of the bench shares: loaded once."""
@@ -87,10 +79,13 @@ class Models:
     scorer: Callable[..., torch.Tensor]
 
     @classmethod
-    def load(cls) -> Models:
+    def load(cls, hooks: Any = None) -> Models:
+        """The world's target, drafter and reward scorer on ``hooks`` (default:
+        :func:`accelframe_bench.hooks.default_hooks`)."""
         from accelframe.pipeline import Pipeline
+        from accelframe_bench.hooks import or_default
 
-        hooks = _hooks()
+        hooks = or_default(hooks)
         reg = hooks.registry()
         target = Pipeline(ADAPTER, hooks=hooks, adapter_kwargs={"size": "world"}).adapter
         drafter = Pipeline(ADAPTER, hooks=hooks, adapter_kwargs={"size": "world-drafter"}).adapter
@@ -185,12 +180,14 @@ def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any) -> None:
 
 
 def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] | None = None,
-              calibration_prompts: int | None = None, quiet: bool = False) -> dict[str, Any]:
+              calibration_prompts: int | None = None, quiet: bool = False, hooks: Any = None) -> dict[str, Any]:
+    """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
+    :func:`accelframe_bench.hooks.default_hooks`)."""
     from accelframe_adapters.world import clips, quality
 
     if n < 1:
         raise ConfigError("bench block", "prompts", n, "an int >= 1")
-    models = Models.load()
+    models = Models.load(hooks)
     rng = random.Random(seed)
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")
     seeds = [rng.randrange(2**31) for _ in scenes]
@@ -387,7 +384,7 @@ def _taus(text: str | None) -> list[float] | None:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe_bench.reports import fresh_out, report
 
     out = Path(args.out)
@@ -397,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     taus = _taus(args.taus)
     n = 2 if args.quick else args.prompts
     doc = run_bench(n=n, seed=args.seed, quick=args.quick, taus=taus,
-                    calibration_prompts=args.calibration_prompts, quiet=args.json)
+                    calibration_prompts=args.calibration_prompts, quiet=args.json, hooks=hooks)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -88,7 +88,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
+    """``hooks``: the CLI's plugin manager. Without one the pipeline builds its own with every
+    entry point (not :func:`accelframe_bench.hooks.default_hooks`): ``--adapter`` may name any
+    installed adapter, not only this repository's."""
     from accelframe.cli import parse_assignments
     from accelframe.pipeline import Pipeline
 
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from accelframe.outputs import check_output, write_text
 
     check_output(args.out, owner="calibrate", field="--out", force=args.force)
-    pipe = Pipeline(args.adapter, adapter_kwargs=parse_assignments(args.set, "--set"), trace=False)
+    pipe = Pipeline(args.adapter, hooks=hooks, adapter_kwargs=parse_assignments(args.set, "--set"), trace=False)
     prompts = args.prompt
     if not prompts:
         from accelframe_adapters.world import clips

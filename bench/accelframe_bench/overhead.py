@@ -145,6 +145,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
+    """``hooks`` (the CLI's manager) is not used: the engine's own cost is measured on managers
+    with no plugins, since a loaded plugin's model-call wrapper would be counted as overhead."""
     from accelframe.progress import progress_bar
 
     for field, val in (("--units", args.units), ("--steps", args.steps), ("--repeats", args.repeats)):

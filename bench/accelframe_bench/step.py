@@ -149,14 +149,6 @@ def methods(adapter: str, quick: bool = False) -> list[Method]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _hooks() -> Any:
-    from accelframe.plugins import create_hooks
-    from accelframe_adapters import plugin as adapters
-    from accelframe_policies import plugin as policies
-
-    return create_hooks(autoload=False, disabled=(), plugins=(adapters, policies))
-
-
 def _pipe(hooks: Any, adapter: str, kwargs: dict[str, Any], method: Method | None,
           coefficients: list[float] | None = None) -> Any:
     from accelframe.pipeline import Pipeline
@@ -230,8 +222,11 @@ def _decode(pipe: Any, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
 
 
 def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only: list[str] | None = None,
-              lengths: tuple[int, ...] | None = None, quiet: bool = False) -> dict[str, Any]:
+              lengths: tuple[int, ...] | None = None, quiet: bool = False, hooks: Any = None) -> dict[str, Any]:
+    """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
+    :func:`accelframe_bench.hooks.default_hooks`)."""
     from accelframe_adapters.world import clips, quality
+    from accelframe_bench.hooks import or_default
 
     s = setup(adapter)
     if n < 1:
@@ -246,7 +241,7 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
         all_methods = [m for m in all_methods if m.name in only or m.group == "scope"]
     if lengths is None:
         lengths = s.quick_lengths if quick else s.lengths
-    hooks = _hooks()
+    hooks = or_default(hooks)
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")
     rng = random.Random(seed)
     seeds = [rng.randrange(2**31) for _ in scenes]
@@ -404,7 +399,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
     out = Path(args.out or f"bench-step-{args.adapter}")
     from accelframe_bench.reports import fresh_out, report
 
@@ -412,7 +407,8 @@ def run(args: argparse.Namespace) -> int:
                                   "memory.png"), args.force)
     n = 1 if args.quick else args.prompts
     only = [o.strip() for o in args.only.split(",")] if args.only else None
-    doc = run_bench(adapter=args.adapter, n=n, seed=args.seed, quick=args.quick, only=only, quiet=args.json)
+    doc = run_bench(adapter=args.adapter, n=n, seed=args.seed, quick=args.quick, only=only, quiet=args.json,
+                    hooks=hooks)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

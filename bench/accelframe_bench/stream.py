@@ -51,11 +51,12 @@ def _rss_mb() -> float:
 class Bench:
     """Loads the world's model once and runs streams on it."""
 
-    def __init__(self, *, deadline: float, seed: int) -> None:
+    def __init__(self, *, deadline: float, seed: int, hooks: Any = None) -> None:
         from accelframe.streaming import cli as stream_cli
+        from accelframe_bench.hooks import or_default
 
         self.cli = stream_cli
-        self.hooks = stream_cli.hooks()
+        self.hooks = or_default(hooks)  # every stream's pipeline runs on it (build_pipeline(hooks_=))
         self.adapters: dict[int, Any] = {}
         self.adapter = self.adapter_for(3)
         self.deadline, self.seed = deadline, seed
@@ -147,10 +148,12 @@ def ranks_ratio(quick: bool) -> dict[str, Any]:
 
 
 def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
-              ranks: bool, soak_seconds: float, quiet: bool) -> dict[str, Any]:
+              ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None) -> dict[str, Any]:
+    """The sweep's document. ``hooks``: the plugin manager the streams run on (default:
+    :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs in processes of its own."""
     from accelframe.progress import progress_bar
 
-    bench = Bench(deadline=deadline, seed=seed)
+    bench = Bench(deadline=deadline, seed=seed, hooks=hooks)
     for block in (3, 1):  # warm-up (not reported)
         bench.run(streams=1, fps=fps, frames=bench.adapter_for(block).pixel_frames(6), block=block)
     plan = [("load", 1, f, False, 3) for f in loads] + [("low latency", 1, fps, False, 1)] + \
@@ -255,7 +258,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe_bench.reports import fresh_out, report
 
     try:
@@ -278,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         frames = args.frames
     doc = run_bench(loads=loads, fps=args.fps, frames=frames, deadline=args.deadline, seed=args.seed,
-                    quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json)
+                    quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json,
+                    hooks=hooks)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

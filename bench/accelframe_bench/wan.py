@@ -19,7 +19,7 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.pipeline import Pipeline
-from accelframe.plugins import create_hooks, hookimpl
+from accelframe.plugins import hookimpl
 from accelframe.types import Request
 
 FAMILIES = ("self-forcing", "krea-realtime", "skyreels-v2-df")
@@ -48,19 +48,27 @@ class CallTimer:
         return out
 
 
-def _pipe(name: str, kw: dict[str, Any], *extra: Any) -> Pipeline:
-    from accelframe_adapters import plugin
+def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int, *,
+                 hooks: Any = None) -> dict[str, Any]:
+    """Wall time per model call and per frame of ``name`` on ``hooks`` (default:
+    :func:`accelframe_bench.hooks.default_hooks`)."""
+    from accelframe_bench.hooks import or_default
 
-    hooks = create_hooks(autoload=False, disabled=(), plugins=(plugin, *extra))
-    return Pipeline(name, hooks=hooks, adapter_kwargs=kw)
-
-
-def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int) -> dict[str, Any]:
     kw = dict(common)
     if name == "skyreels-v2-df":
         kw.update(num_inference_steps=4, ar_step=1, guidance_scale=1.0)  # few steps, one pass per call
+    hooks = or_default(hooks)
     timer = CallTimer(kw.get("device", "cpu"))
-    pipe = _pipe(name, kw, timer)
+    # a model-call wrapper sees every call on its manager: registered for this family only, so
+    # the families measured after it (and the CLI's other pipelines) are not timed by it
+    hooks.register(timer)
+    try:
+        return _timed_family(Pipeline(name, hooks=hooks, adapter_kwargs=kw), timer, frames, repeats)
+    finally:
+        hooks.unregister(timer)
+
+
+def _timed_family(pipe: Pipeline, timer: CallTimer, frames: int, repeats: int) -> dict[str, Any]:
     prompt = "a red circle moves left on a blue background"
     pipe.generate(prompt, num_frames=frames)  # warm-up
     best: dict[str, Any] | None = None
@@ -91,15 +99,21 @@ def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int) -
     return best
 
 
-def _kv_bytes(name: str, kw: dict[str, Any], frames: int) -> tuple[int, int]:
-    pipe = _pipe(name, kw)
+def _kv_bytes(hooks: Any, name: str, kw: dict[str, Any], frames: int) -> tuple[int, int]:
+    pipe = Pipeline(name, hooks=hooks, adapter_kwargs=kw)
     eng = pipe.engine()
     eng.run(Request(prompts=("a red circle",), num_frames=frames, decode=False))
     kv = eng.target_state.kv
     return kv.nbytes(), len(kv)
 
 
-def kv_memory(common: dict[str, Any], frames: int, factor: int, window: int, sinks: int) -> dict[str, Any]:
+def kv_memory(common: dict[str, Any], frames: int, factor: int, window: int, sinks: int, *,
+              hooks: Any = None) -> dict[str, Any]:
+    """KV-cache bytes after ``frames`` and ``frames * factor`` latent frames, per cache setting, on
+    ``hooks`` (default: :func:`accelframe_bench.hooks.default_hooks`)."""
+    from accelframe_bench.hooks import or_default
+
+    hooks = or_default(hooks)
     out = {}
     configs = {
         "self-forcing (global)": ("self-forcing", {}),
@@ -108,15 +122,16 @@ def kv_memory(common: dict[str, Any], frames: int, factor: int, window: int, sin
         "krea-realtime (kv_cache_num_frames=3)": ("krea-realtime", {"num_denoising_steps": 2}),
     }
     for label, (name, extra) in configs.items():
-        short, n_short = _kv_bytes(name, {**common, **extra}, frames)
-        long, n_long = _kv_bytes(name, {**common, **extra}, frames * factor)
+        short, n_short = _kv_bytes(hooks, name, {**common, **extra}, frames)
+        long, n_long = _kv_bytes(hooks, name, {**common, **extra}, frames * factor)
         out[label] = {"frames": [frames, frames * factor], "kv_bytes": [short, long],
                       "kv_frames": [n_short, n_long], "growth": long / short}
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe.validators import check_device
+    from accelframe_bench.hooks import or_default
 
     frames = args.latent_frames
     if frames < 3 or frames % 3:
@@ -131,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
     # "frames" counts latent frames (the key predates --latent-frames)
     result: dict[str, Any] = {"config": {**common, "size": args.size, "frames": frames,
                                          "repeats": args.repeats, "torch": torch.__version__}}
-    result["families"] = {name: _family_cost(name, common, frames, args.repeats) for name in FAMILIES}
-    result["kv_memory"] = kv_memory(common, frames, args.long_factor, args.window, args.sinks)
+    hooks = or_default(hooks)  # built after the checks: a refused option builds nothing
+    result["families"] = {name: _family_cost(name, common, frames, args.repeats, hooks=hooks) for name in FAMILIES}
+    result["kv_memory"] = kv_memory(common, frames, args.long_factor, args.window, args.sinks, hooks=hooks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

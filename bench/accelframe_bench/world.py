@@ -34,12 +34,9 @@ from accelframe_adapters.world.training.common import at_least
 ADAPTERS = ("self-forcing", "krea-realtime", "skyreels-v2-df")
 
 
-def _pipe(adapter: str, size: str, extra: dict[str, Any]) -> Any:
+def _pipe(hooks: Any, adapter: str, size: str, extra: dict[str, Any]) -> Any:
     from accelframe.pipeline import Pipeline
-    from accelframe.plugins import create_hooks
-    from accelframe_adapters import plugin
 
-    hooks = create_hooks(autoload=False, disabled=(), plugins=(plugin,))
     return Pipeline(adapter, hooks=hooks, adapter_kwargs={"size": size, **extra}, trace=False)
 
 
@@ -67,7 +64,12 @@ def _measure(frames: list[torch.Tensor], scenes: list[clips.Scene]) -> list[qual
 
 
 def run_bench(*, n: int, adapter: str = "self-forcing", seed: int = 0, batch: int = 8,
-              adapter_kwargs: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
+              adapter_kwargs: dict[str, Any] | None = None, quiet: bool = False,
+              hooks: Any = None) -> dict[str, Any]:
+    """The quality document. ``hooks``: the plugin manager both pipelines run on (default:
+    :func:`accelframe_bench.hooks.default_hooks`)."""
+    from accelframe_bench.hooks import or_default
+
     if adapter not in ADAPTERS:
         raise ConfigError("bench world", "adapter", adapter, "one of " + ", ".join(ADAPTERS))
     for field, value, minimum in (("clips", n, 1), ("batch", batch, 1), ("seed", seed, 0)):
@@ -76,8 +78,9 @@ def run_bench(*, n: int, adapter: str = "self-forcing", seed: int = 0, batch: in
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")
     rng = random.Random(seed)
     seeds = [rng.randrange(2**31) for _ in scenes]
-    target = _pipe(adapter, "world", extra)
-    drafter = _pipe(adapter, "world-drafter", extra)
+    hooks = or_default(hooks)
+    target = _pipe(hooks, adapter, "world", extra)
+    drafter = _pipe(hooks, adapter, "world-drafter", extra)
     vae = target.adapter.vae
     total = 2 * n + 2
     with progress_bar(total=total, desc="bench world", unit="clip", quiet=quiet) as bar:
@@ -139,12 +142,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe.cli import parse_assignments
 
     n = 6 if args.quick else args.clips
     doc = run_bench(n=n, adapter=args.adapter, seed=args.seed, batch=args.batch,
-                    adapter_kwargs=parse_assignments(args.set, "--set"), quiet=args.json)
+                    adapter_kwargs=parse_assignments(args.set, "--set"), quiet=args.json, hooks=hooks)
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0

@@ -64,8 +64,8 @@ def test_bench_wan_refuses_a_bad_device_before_any_work(monkeypatch, device):
 
 def test_bench_wan_counts_latent_frames_and_frames_still_does_with_a_warning(monkeypatch):
     seen = []
-    monkeypatch.setattr(bench_wan, "_family_cost", lambda name, common, frames, repeats: seen.append(frames) or {})
-    monkeypatch.setattr(bench_wan, "kv_memory", lambda common, frames, *a: seen.append(frames) or {})
+    monkeypatch.setattr(bench_wan, "_family_cost", lambda name, common, frames, repeats, **k: seen.append(frames) or {})
+    monkeypatch.setattr(bench_wan, "kv_memory", lambda common, frames, *a, **k: seen.append(frames) or {})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         args = _parse(bench_wan, ["--latent-frames", "6", "--json"])
@@ -84,8 +84,8 @@ def test_bench_wan_counts_latent_frames_and_frames_still_does_with_a_warning(mon
 def test_bench_wan_json_keeps_its_frames_key(monkeypatch, capsys):
     import json
 
-    monkeypatch.setattr(bench_wan, "_family_cost", lambda *a: {"ms_per_model_call": 1.0})
-    monkeypatch.setattr(bench_wan, "kv_memory", lambda *a: {})
+    monkeypatch.setattr(bench_wan, "_family_cost", lambda *a, **k: {"ms_per_model_call": 1.0})
+    monkeypatch.setattr(bench_wan, "kv_memory", lambda *a, **k: {})
     assert bench_wan.run(_parse(bench_wan, ["--latent-frames", "6", "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["config"]["frames"] == 6
 
