@@ -1,8 +1,8 @@
 """Write generated frames to disk: PNG images, frame strips and H.264 mp4 videos.
 
 Frames are a float tensor ``[T, 3, H, W]`` with values in ``[0, 1]`` (what the pipeline returns
-after decoding). PNG files are written with the standard library only (``zlib`` + ``struct``);
-mp4 files need PyAV (``pip install av``), which is imported only when an mp4 is written.
+after decoding). PNG images and mp4 videos are both encoded by PyAV (``av``, a dependency of the
+core: FFmpeg's encoders, so no image library is needed), imported only when a file is written.
 
 Every file is written whole or not at all (:func:`accelframe.outputs.atomic_path`: a temporary name
 in the same folder, renamed into place when complete). The functions here never check whether a path
@@ -12,8 +12,6 @@ already exists: callers decide about overwriting (:func:`accelframe.outputs.chec
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,6 @@ __all__ = ["check_fps", "frame_strip", "open_mp4", "pad_even", "to_uint8", "upsc
            "write_video"]
 
 VIDEO_SUFFIXES = (".mp4", ".png")
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _check_frames(owner: str, frames: Any) -> torch.Tensor:
@@ -65,12 +61,6 @@ def upscale(frames: torch.Tensor, factor: int) -> torch.Tensor:
     return frames.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    """One PNG chunk: big-endian length, type, data, CRC-32 over type and data."""
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
 def _image_to_hwc_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """Return ``image`` as a contiguous uint8 array ``[H, W, 3]``."""
     if isinstance(image, torch.Tensor):
@@ -87,19 +77,23 @@ def _image_to_hwc_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def write_png(path: str | Path, image: torch.Tensor | np.ndarray) -> Path:
-    """Write one RGB image as an 8-bit PNG using only the standard library.
+    """Write one RGB image as an 8-bit PNG (lossless: it reads back to the same pixels).
 
-    ``image`` is a ``[3, H, W]`` float tensor in ``[0, 1]`` or a ``[H, W, 3]`` uint8 array.
-    Every row uses filter type 0 (none). Returns the path written.
+    ``image`` is a ``[3, H, W]`` float tensor in ``[0, 1]`` or a ``[H, W, 3]`` uint8 array. It is
+    encoded by PyAV's ``png`` codec in memory and written whole or not at all. Raises
+    :class:`ConfigError` for another image, or when PyAV is not installed. Returns the path written.
     """
     pixels = _image_to_hwc_uint8(image)
+    try:
+        import av
+    except ImportError:
+        raise ConfigError("write_png", "path", str(path), "PyAV installed (pip install av) to write .png") from None
     height, width, _ = pixels.shape
-    # IHDR: width, height, bit depth 8, colour type 2 (RGB), compression 0, filter 0, interlace 0.
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * 3)], axis=1)
-    data = (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
-    return write_bytes(path, data)
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "rgb24"
+    packets = codec.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24"))
+    packets += codec.encode(None)  # end of input: an encoder may hold a packet back until told
+    return write_bytes(path, b"".join(bytes(p) for p in packets))
 
 
 def frame_strip(frames: torch.Tensor, count: int = 8, gap: int = 2,

@@ -1,4 +1,4 @@
-"""Tests of accelframe.media: PNG encoding, frame strips, upscaling and mp4 writing."""
+"""Tests of accelframe.media: PNG encoding (read back by PyAV), frame strips, upscaling and mp4 writing."""
 
 import struct
 import sys
@@ -29,15 +29,20 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes, int]]:
 
 
 def _decode_png(data: bytes) -> np.ndarray:
-    """Decode an 8-bit RGB, filter-0 PNG to [H, W, 3] uint8."""
+    """Decode an 8-bit RGB PNG to [H, W, 3] uint8 with PyAV (another decoder than a hand-written
+    one: what any viewer reads back)."""
+    import io
+
+    import av
+
     chunks = _chunks(data)
-    assert [c[0] for c in chunks][0] == b"IHDR" and chunks[-1][0] == b"IEND"
-    width, height, depth, colour, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, colour, comp, filt, interlace) == (8, 2, 0, 0, 0)
-    raw = zlib.decompress(b"".join(body for kind, body, _ in chunks if kind == b"IDAT"))
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * 3)
-    assert (rows[:, 0] == 0).all()
-    return rows[:, 1:].reshape(height, width, 3)
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    depth, colour = struct.unpack(">BB", chunks[0][1][8:10])
+    assert (depth, colour) == (8, 2)  # 8-bit RGB
+    with av.open(io.BytesIO(data), format="png_pipe") as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 1
+    return frames[0].to_ndarray(format="rgb24")
 
 
 def _frames(t=9, h=16, w=16, seed=0):
@@ -66,11 +71,27 @@ def test_png_round_trip_tensor_and_array(tmp_path):
 def test_png_crcs_and_ihdr(tmp_path):
     write_png(tmp_path / "c.png", _frames(1, 6, 11)[0])
     chunks = _chunks((tmp_path / "c.png").read_bytes())
-    assert [c[0] for c in chunks] == [b"IHDR", b"IDAT", b"IEND"]
+    kinds = [c[0] for c in chunks]
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
     for kind, body, crc in chunks:
         assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
     assert struct.unpack(">II", chunks[0][1][:8]) == (11, 6)
     assert chunks[-1][1] == b""
+
+
+def test_png_round_trips_every_byte_value_exactly(tmp_path):
+    values = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3)
+    array = ((values * 7 + values // 3) % 256).astype(np.uint8)  # every value, no smooth gradient
+    write_png(tmp_path / "all.png", array)
+    np.testing.assert_array_equal(_decode_png((tmp_path / "all.png").read_bytes()), array)
+    assert [p.name for p in tmp_path.iterdir()] == ["all.png"]  # no temporary left beside it
+
+
+def test_png_without_av_names_the_fix_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` raise ImportError
+    with pytest.raises(ConfigError, match="pip install av") as err:
+        write_png(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
+    assert err.value.field == "path" and list(tmp_path.iterdir()) == []
 
 
 def test_png_rejects_bad_images(tmp_path):
