@@ -367,7 +367,7 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     written = write_tables(doc, out, markdown)
     pts = [(m["speedup"], m["psnr"] if m["psnr"] is not None else math.inf, m["name"])
            for m in doc["methods"] if m["name"] != "original"]
-    written.append(charts.scatter(out / "pareto.png", pts, xlabel="speedup", ylabel="PSNR DB"))
+    written.append(charts.scatter(out / "pareto.png", pts, xlabel="speedup", ylabel="PSNR (dB)"))
     scope = next(m for m in doc["methods"] if m["group"] == "scope")
     written.append(charts.timeline(out / "timeline.png", [(f"{doc['config']['adapter']} {scope['name']}",
                                                           scope["timeline"] or [])]))
@@ -375,11 +375,11 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     written.append(charts.grouped_bars(
         out / "length.png", [f"{r['latent_frames']} F" for r in rows],
         [[r["original_s"] for r in rows], [r["scope_s"] for r in rows]], ["original", "SCOPE"],
-        ylabel="denoising s", notes=[f"{r['speedup']:.2f}x" for r in rows]))
+        ylabel="denoising time (s)", notes=[f"{r['speedup']:.2f}x" for r in rows]))
     ms = [m for m in doc["methods"] if m["name"] != "original"]
     written.append(charts.grouped_bars(
         out / "memory.png", [str(i + 1) for i in range(len(ms))], [[m["memory_mb"] for m in ms]],
-        ["added memory MB: methods numbered as in results.md"], ylabel="MB", width=max(640, 40 * len(ms))))
+        ["added memory: methods numbered as in results.md"], ylabel="MB", width=max(640, 40 * len(ms))))
     return written
 
 

@@ -40,6 +40,10 @@ def test_a_tiny_run_and_its_report(tmp_path):
     written = write_outputs(doc, tmp_path)
     assert {p.name for p in written} == {"results.json", "results.md", "pareto.png", "timeline.png",
                                          "length.png", "memory.png"}
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "pareto.png").shape[:2] == (440, 720)  # the charts are PNGs that read back
+    assert imread(tmp_path / "timeline.png").shape[1] == 900
     assert "| SCOPE skyreels-v2 |" in markdown(doc)
 
 

@@ -1,6 +1,10 @@
-"""A dependency-free line plot (for loss curves in model cards): axes, ticks with numbers drawn in
-:mod:`accelframe_bench.charts`' 3 x 5 pixel font, one or more series on a log or linear y axis, written as
-PNG by :func:`accelframe.media.write_png`."""
+"""The loss curves of the world's model cards: one or more series against the step, on a log or
+linear y axis, drawn with matplotlib.
+
+The figure has its own Agg canvas (never pyplot's global state) and is written whole or not at all
+(:func:`accelframe.outputs.atomic_path`). matplotlib is imported when a curve is drawn, so importing
+the adapters does not import it.
+"""
 
 from __future__ import annotations
 
@@ -8,54 +12,47 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+from accelframe.outputs import atomic_path
 
-from accelframe_bench.charts import line as _line
-from accelframe_bench.charts import text
-from accelframe.media import write_png
-
-COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
-
-
-def _label(v: float) -> str:
-    if v >= 1000:
-        return f"{v / 1000:g}k"
-    return f"{v:.3g}"
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+DPI = 100
 
 
 def line_plot(path: str | Path, x: Sequence[float], series: Sequence[Sequence[float]], *, log_y: bool = True,
               width: int = 480, height: int = 280) -> Path:
-    """Plot ``series`` (each the length of ``x``) against ``x``; colours in the order of :data:`COLOURS`."""
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    left, right, top, bottom = 56, width - 12, 10, height - 30
-    ys = [v for s in series for v in s if math.isfinite(v) and (v > 0 or not log_y)]
-    f = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    lo, hi = f(min(ys)), f(max(ys))
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    x_lo, x_hi = min(x), max(x)
-    px = lambda v: left + (v - x_lo) / max(x_hi - x_lo, 1e-9) * (right - left)  # noqa: E731
-    py = lambda v: bottom - (f(v) - lo) / (hi - lo) * (bottom - top)  # noqa: E731
-    img[top:bottom + 1, left] = 0
-    img[bottom, left:right + 1] = 0
-    # y ticks: powers of ten (and 2x, 5x) inside the range for log axes, 5 even steps otherwise
-    ticks = ([m * 10**e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)
-              if lo <= math.log10(m * 10**e) <= hi]
-             if log_y else list(np.linspace(10**lo if log_y else lo, hi, 5)))
-    for t in ticks:
-        y = int(py(t))
-        img[y, left - 4:left] = 0
-        img[y, left + 1:right:6] = 200
-        text(img, 4, y - 5, _label(t))
-    for t in np.linspace(x_lo, x_hi, 5):
-        xx = int(px(t))
-        img[bottom:bottom + 4, xx] = 0
-        text(img, max(xx - 12, 0), bottom + 8, _label(float(round(t))))
-    for s, colour in zip(series, COLOURS):
-        pts = [(px(a), py(b)) for a, b in zip(x, s) if math.isfinite(b) and (b > 0 or not log_y)]
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            _line(img, x0, y0, x1, y1, colour)
-    return write_png(path, img)
+    """Plot ``series`` (each the length of ``x``) against ``x``, ``width`` x ``height`` pixels;
+    colours in the order of :data:`COLOURS`. Non-finite values (and, on a log axis, values <= 0)
+    are left out. Returns the path written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for values, colour in zip(series, COLOURS):
+        kept = [(a, b) for a, b in zip(x, values) if math.isfinite(b) and (b > 0 or not log_y)]
+        ax.plot([a for a, _ in kept], [b for _, b in kept], color=colour, linewidth=1.2)
+    if log_y:
+        from matplotlib.ticker import LogFormatter
+
+        class Plain(LogFormatter):
+            """The ticks matplotlib would label, as plain numbers (0.09, not 9e-02)."""
+
+            def __call__(self, x: float, pos: int | None = None) -> str:
+                return f"{x:g}" if super().__call__(x, pos) else ""
+
+        ax.set_yscale("log")
+        # a loss often spans less than a decade: the minor ticks (2..9 x 10^k) are labelled too
+        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            set_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", color="0.92")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # no "Software" text: the bytes depend on the curve, not on the installed version
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    return path
 
 
 __all__ = ["COLOURS", "line_plot"]
