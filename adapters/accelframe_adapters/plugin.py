@@ -3,6 +3,10 @@
 Each family module defines its adapter class; this table names it. Factories and commands are
 imported lazily (``accelframe.registry.lazy``; the CLI configures a command's options only when it
 runs) so that registering, listing plugins and ``accelframe --help`` import no torch.
+
+The embedded world hands its presets (``size="world"``, ``"world-drafter"``) to this registration,
+which registers them in :mod:`accelframe_adapters.presets`: the adapters find them there and never
+import the world.
 """
 
 from __future__ import annotations
@@ -12,6 +16,13 @@ from typing import Any, Callable
 
 from accelframe import hookimpl
 from accelframe.registry import lazy
+from accelframe_adapters import presets
+from accelframe_adapters.world import presets as world_presets
+
+# At import, not in a hook: an adapter built directly (``SelfForcingAdapter(size="world")``) finds
+# them too (``accelframe_adapters/__init__`` imports this module). Each is built on first use.
+for _family, _name, _factory in world_presets.PRESETS:
+    presets.register_preset(_family, _name, _factory)
 
 
 def _lazy(module: str, cls: str) -> Callable[..., Any]:

@@ -50,13 +50,14 @@ from accelframe import adapter as caps
 from accelframe import validators as v
 from accelframe.errors import ConfigError
 from accelframe.types import Iteration, KVWrite, Request, Role, UnitSpan
+from accelframe_adapters import presets
 from accelframe_adapters.magi import schedule as ms
 from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig, MagiKVCache
 from accelframe_adapters.wan.text import UnknownWordsWarning, WordEncoder
 
 MAX_SIDE = 4096  # the largest frame side (pixels) the adapter may be configured for
 
-SIZES = ("world", "tiny", "4.5B", "24B")
+SIZES = ("world", "tiny", "4.5B", "24B")  # "world": a preset the embedded world registers
 
 
 def _scales(inst: Any, attribute: Any, value: tuple[float, ...]) -> None:
@@ -129,15 +130,23 @@ class MagiModelConfig:
         if self.size in ("4.5B", "24B") and self.checkpoint is None:
             raise ConfigError("MagiModelConfig", "checkpoint", None,
                               f"a MAGI-1 {self.size} model folder: released sizes load their weights")
-        if self.world:
-            for name in ("height", "width"):
-                if getattr(self, name) != 64:
+        p = self.preset
+        if p is not None:
+            h, w = p.frame_size
+            for name, want in (("height", h), ("width", w)):
+                if getattr(self, name) != want:
                     raise ConfigError("MagiModelConfig", name, getattr(self, name),
-                                      "64: the world's MAGI model was trained on 64 x 64 clips")
+                                      f"{want}: the world's MAGI model was trained on {h} x {w} clips")
 
     @property
     def world(self) -> bool:
-        return self.size == "world" and self.checkpoint is None
+        """Whether the model is a registered preset's trained one (the embedded world's)."""
+        return presets.is_preset("magi", self.size) and self.checkpoint is None
+
+    @property
+    def preset(self) -> presets.Preset | None:
+        """The registered preset the model comes from (None: a checkpoint or random weights)."""
+        return presets.preset("magi", self.size) if self.world else None
 
 
 @attrs.define(eq=False)
@@ -163,10 +172,9 @@ class MagiAdapter:
         model_fields = {f.name for f in attrs.fields(MagiModelConfig)}
         self.model_config = MagiModelConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in model_fields})
         mc = self.model_config
-        if mc.world:
-            from accelframe_adapters.world import magi_model
-
-            kwargs = {**magi_model.LOOP_DEFAULTS, **kwargs}
+        self.preset = mc.preset
+        if self.preset is not None:  # the loop knobs measured best with its model (the user's values win)
+            kwargs = {**self.preset.defaults.get(self.name, {}), **kwargs}
         self.config = MagiConfig(**kwargs)
         self.device = torch.device(mc.device)
         self.dtype = torch.float32
@@ -190,13 +198,9 @@ class MagiAdapter:
         if self.vae is not None:
             caps_.add(caps.DECODE)
         self.capabilities = frozenset(caps_)
-        # no RoPE table to outgrow (learned bands); the world's model was trained on LATENT_FRAMES.
+        # no RoPE table to outgrow (learned bands); a preset's model was trained on its latent_frames.
         # Memory: latents, the packed K/V of every layer (every chunk stays cached), pixels
-        max_frames = None
-        if mc.world:
-            from accelframe_adapters.world.magi_model import LATENT_FRAMES
-
-            max_frames = LATENT_FRAMES
+        max_frames = None if self.preset is None else self.preset.latent_frames
         tokens = (self.latent_shape[1] // c.patch_size) * (self.latent_shape[2] // c.patch_size)
         weights = next(self.dit.parameters()).dtype
         self.limits = caps.Limits(
@@ -209,10 +213,8 @@ class MagiAdapter:
 
     def _load(self) -> tuple[MagiDiT, Any, Any]:
         mc = self.model_config
-        if mc.world:
-            from accelframe_adapters.world import magi_model
-
-            dit, vae, text = magi_model.load(device=self.device)
+        if self.preset is not None:
+            dit, vae, text = self.preset.load(device=self.device)
             return dit, vae, text
         if mc.checkpoint is not None:
             from accelframe_adapters.magi.checkpoints import load_magi_checkpoint
@@ -264,14 +266,13 @@ class MagiAdapter:
                 unknown = self.text.unknown_words(prompt)
                 if unknown:
                     warnings.warn(UnknownWordsWarning(prompt, unknown, self.text.vocab), stacklevel=3)
-        if self.model_config.world:
-            from accelframe_adapters.world.magi_model import LATENT_FRAMES
-
-            if request.first_frame + request.num_frames > LATENT_FRAMES:
+        if self.preset is not None:
+            trained = self.preset.latent_frames
+            if request.first_frame + request.num_frames > trained:
                 raise ConfigError("Request", "num_frames", request.num_frames,
-                                  f"at most {LATENT_FRAMES - request.first_frame} latent frames from frame "
+                                  f"at most {trained - request.first_frame} latent frames from frame "
                                   f"{request.first_frame}: the world's MAGI model was trained on "
-                                  f"{LATENT_FRAMES} latent frames ({self.pixel_frames(LATENT_FRAMES)} pixel frames)")
+                                  f"{trained} latent frames ({self.pixel_frames(trained)} pixel frames)")
 
     def units(self, request: Request) -> list[UnitSpan]:
         w, a = self.config.chunk_width, request.first_frame
@@ -473,12 +474,16 @@ class MagiAdapter:
         return ((video.permute(0, 2, 1, 3, 4) + 1.0) / 2.0).clamp(0.0, 1.0)  # [B, T, 3, H, W] in [0, 1]
 
     def measure_quality(self, frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
-        """World quality of decoded clips (the world model only; else None)."""
-        if not self.model_config.world:
+        """Quality of decoded clips by the preset's measure (the world's; else None)."""
+        if self.preset is None or self.preset.measure_quality is None:
             return None
-        from accelframe_adapters.world.quality import measure_prompts
+        return self.preset.measure_quality(frames, prompts, block=self.unit_frames)
 
-        return measure_prompts(frames, prompts, block=self.unit_frames)
+    def describe_quality(self, record: dict[str, Any]) -> str | None:
+        """One line for a person about a record of :meth:`measure_quality` (None: nothing to say)."""
+        if self.preset is None or self.preset.describe_quality is None:
+            return None
+        return self.preset.describe_quality(record)
 
     # ---- KV -------------------------------------------------------------------------------------
 

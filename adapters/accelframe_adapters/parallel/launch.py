@@ -46,11 +46,13 @@ log = logging.getLogger("accelframe.pipeline_parallel")
 
 def num_layers(size: str) -> int:
     """DiT blocks of a model size (without loading it)."""
+    from accelframe_adapters import presets
     from accelframe_adapters.wan.dit import WanDiTConfig
-    from accelframe_adapters.world import models
 
-    return {"world": models.target_config, "world-drafter": models.drafter_config, "tiny": WanDiTConfig.tiny,
-            "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size]().num_layers
+    p = presets.preset("wan", size)  # "world", "world-drafter": the presets the world registers
+    if p is not None:
+        return p.dit_config().num_layers
+    return {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size]().num_layers
 
 
 def _opt_tuple(x: Any) -> Any:

@@ -24,12 +24,13 @@ from accelframe import validators as v
 from accelframe.errors import CheckpointError, ConfigError
 from accelframe.types import Iteration, Request
 from accelframe_adapters import checkpoints as ck
+from accelframe_adapters import presets
 from accelframe_adapters.wan.text import UMT5Encoder, UnknownWordsWarning, WordEncoder
 from accelframe_adapters.wan.dit import CrossCache, KVCache, WanDiT, WanDiTConfig
 from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig, load_wan_vae
 
+# "world" / "world-drafter" name presets the embedded world registers (accelframe_adapters.presets)
 SIZES = ("world", "world-drafter", "tiny", "1.3B", "14B")
-WORLD_SIZES = ("world", "world-drafter")  # the embedded world's trained target and drafter
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_SIDE = 4096  # the largest frame side (pixels) a Wan adapter may be configured for
 
@@ -57,15 +58,24 @@ class WanModelConfig:
             if value % 16:
                 raise ConfigError(type(self).__name__, name, value,
                                   "a multiple of 16 pixels (8x VAE compression times the 2x2 patch)")
-            if self.world and self.checkpoint is None and value != 64:
-                raise ConfigError(type(self).__name__, name, value,
-                                  f"64: the embedded world's models (size {self.size!r}) were trained on "
-                                  "64 x 64 clips (pass size='tiny' for random weights of any size)")
+            p = self.preset
+            if p is not None:
+                h, w = p.frame_size
+                if value != (h if name == "height" else w):
+                    raise ConfigError(type(self).__name__, name, value,
+                                      f"{h if name == 'height' else w}: the embedded world's models (size "
+                                      f"{self.size!r}) were trained on {h} x {w} clips (pass size='tiny' "
+                                      "for random weights of any size)")
 
     @property
     def world(self) -> bool:
-        """Whether the DiT is one of the embedded world's trained models."""
-        return self.size in WORLD_SIZES and self.checkpoint is None
+        """Whether the DiT is one of the registered presets' trained models (the embedded world's)."""
+        return presets.is_preset("wan", self.size) and self.checkpoint is None
+
+    @property
+    def preset(self) -> presets.Preset | None:
+        """The registered preset the DiT comes from (None: a checkpoint or random weights)."""
+        return presets.preset("wan", self.size) if self.world else None
 
 
 def detect_format(path: str, sd: dict[str, torch.Tensor], raw_top: set[str] | None = None) -> str:
@@ -104,7 +114,7 @@ def read_dit_file(path: str, accepts: tuple[str, ...], expected: str) -> tuple[s
 
 def check_size(path: str, cfg: WanDiTConfig, size: str, family: str) -> None:
     """A checkpoint of another size than asked raises (random-init sizes are named in ``size``)."""
-    if size in ("tiny", *WORLD_SIZES):
+    if size == "tiny" or presets.is_preset("wan", size):
         return  # a small size with a checkpoint means: take the size from the file
     want = WanDiTConfig.wan_1_3b() if size == "1.3B" else WanDiTConfig.wan_14b()
     if (cfg.dim, cfg.num_layers) != (want.dim, want.num_layers):
@@ -146,9 +156,6 @@ class WanAdapter:
     name = "wan"
     config_class: type = object
 
-    # knobs a family takes by default with the embedded world's models (the user's values win)
-    world_defaults: dict[str, Any] = {}
-
     @classmethod
     def accelframe_knobs(cls) -> tuple[type, ...]:
         """The keyword arguments it takes: the model's and the family's (accelframe.knobs)."""
@@ -157,8 +164,9 @@ class WanAdapter:
     def __init__(self, **kwargs: Any) -> None:
         model_fields = {f.name for f in attrs.fields(WanModelConfig)}
         self.model_config = WanModelConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in model_fields})
-        if self.model_config.world:
-            kwargs = {**self.world_defaults, **kwargs}
+        self.preset = self.model_config.preset
+        if self.preset is not None:  # the knobs measured best with its models (the user's values win)
+            kwargs = {**self.preset.defaults.get(self.name, {}), **kwargs}
         self.config = self.config_class(**kwargs)
         mc = self.model_config
         self.device = torch.device(mc.device)
@@ -208,18 +216,14 @@ class WanAdapter:
     def dit_overrides(self) -> dict[str, Any]:
         return {}
 
-    def _world_file(self, name: str) -> str:
-        from accelframe_adapters.world.models import weights_path
-
-        return str(weights_path(name))
+    def _preset_file(self, name: str) -> str:
+        assert self.preset is not None and self.preset.weights_file is not None
+        return self.preset.weights_file(name)
 
     def _load_dit(self) -> WanDiT:
         path = self.model_config.checkpoint
-        if self.model_config.world:
-            from accelframe_adapters.world.models import load_dit
-
-            return load_dit("target" if self.model_config.size == "world" else "drafter",
-                            device=self.device, dtype=self.model_dtype)
+        if self.preset is not None:
+            return self.preset.load(device=self.device, dtype=self.model_dtype)
         if path is None:
             return self._random_dit()
         sd = self.read_checkpoint(path)  # original key names, no prefix
@@ -264,10 +268,10 @@ class WanAdapter:
     def _load_vae(self) -> WanVAE:
         path = self.model_config.vae
         z = self.dit.cfg.in_dim
-        if path is None and self.model_config.world:
-            path = self._world_file("vae")
+        if path is None and self.preset is not None:
+            path = self._preset_file("vae")
         if path is None:
-            small = self.model_config.size in ("tiny", *WORLD_SIZES)
+            small = self.model_config.size == "tiny" or presets.is_preset("wan", self.model_config.size)
             cfg = WanVAEConfig.tiny() if z != 16 or small else WanVAEConfig()
             cfg = attrs.evolve(cfg, z_dim=z)
             device = torch.device("cpu") if small else self.device
@@ -281,8 +285,8 @@ class WanAdapter:
 
     def _load_text(self):
         spec, c = self.model_config.text_encoder, self.dit.cfg
-        if spec == "word" and self.model_config.world:
-            spec = self._world_file("text")
+        if spec == "word" and self.preset is not None:
+            spec = self._preset_file("text")
         if spec == "word" or spec.endswith(".safetensors"):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.model_config.init_seed + 2)
@@ -320,10 +324,8 @@ class WanAdapter:
         """Frame positions (the RoPE table, or the world's trained clips, for a family whose positions
         grow with the video), frame size, and bytes per frame: latents, K/V of every layer, pixels."""
         c = self.dit.cfg
-        if self.model_config.world:
-            from accelframe_adapters.world.models import LATENT_FRAMES
-
-            positions = self.world_frame_limit(LATENT_FRAMES)
+        if self.preset is not None:
+            positions = self.world_frame_limit(self.preset.latent_frames)
         else:
             positions = self.world_frame_limit(c.rope_max_len)
         kv = 0 if self.new_kv() is None else frame_bytes((2, c.num_layers, self.tokens_per_frame, c.dim),
@@ -345,17 +347,16 @@ class WanAdapter:
                 unknown = self.text.unknown_words(prompt)
                 if unknown:
                     warnings.warn(UnknownWordsWarning(prompt, unknown, self.text.vocab), stacklevel=3)
-        if self.model_config.world:
-            from accelframe_adapters.world.models import LATENT_FRAMES
-
+        if self.preset is not None:
+            trained = self.preset.latent_frames
             end = request.first_frame + request.num_frames - request.rope_offset  # RoPE positions
-            if end > self.world_frame_limit(LATENT_FRAMES):
-                room = self.world_frame_limit(LATENT_FRAMES) - request.first_frame + request.rope_offset
+            if end > self.world_frame_limit(trained):
+                room = self.world_frame_limit(trained) - request.first_frame + request.rope_offset
                 raise ConfigError("Request", "num_frames", request.num_frames,
                                   f"at most {room} "
                                   f"latent frames from frame {request.first_frame}: the embedded world's models were "
-                                  f"trained on clips of {LATENT_FRAMES} latent frames "
-                                  f"({self.pixel_frames(LATENT_FRAMES)} pixel frames)")
+                                  f"trained on clips of {trained} latent frames "
+                                  f"({self.pixel_frames(trained)} pixel frames)")
         if request.init_latents is not None:
             want = (request.batch, request.num_frames, *self.latent_shape)
             if tuple(request.init_latents.shape) != want:
@@ -460,11 +461,15 @@ class WanAdapter:
     def measure_quality(self, frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
         """World quality of decoded clips ``[B, T, 3, H, W]`` (the world's models only; else None):
         one dict per prompt, ``quality`` None when the prompt names no complete scene of the world."""
-        if not self.model_config.world:
+        if self.preset is None or self.preset.measure_quality is None:
             return None
-        from accelframe_adapters.world.quality import measure_prompts
+        return self.preset.measure_quality(frames, prompts)
 
-        return measure_prompts(frames, prompts)
+    def describe_quality(self, record: dict[str, Any]) -> str | None:
+        """One line for a person about a record of :meth:`measure_quality` (None: nothing to say)."""
+        if self.preset is None or self.preset.describe_quality is None:
+            return None
+        return self.preset.describe_quality(record)
 
     # ---- KV management --------------------------------------------------------------------------
 
@@ -507,5 +512,5 @@ class WanAdapter:
             kv.rope_offset = nxt - len(kv.frames)
 
 
-__all__ = ["WORLD_SIZES", "WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format",
+__all__ = ["SIZES", "WanAdapter", "WanModelConfig", "WanState", "check_size", "detect_format",
            "read_dit_file"]

@@ -126,9 +126,6 @@ class SelfForcingAdapter(BlockLoopAdapter):
 
     name = "self-forcing"
     config_class = SelfForcingConfig
-    # the world's DiTs are not distilled: light guidance was measured best on held-out prompts
-    # (adherence 0.56 at 1.5 against 0.38 without and 0.44 at 2.0; docs/world.md)
-    world_defaults = {"guidance_scale": 1.5}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -158,18 +158,15 @@ class SkyReelsDFAdapter(WanAdapter):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         c = self.config
-        if self.model_config.world and c.base_latents > 27:
+        trained = None if self.preset is None else self.preset.latent_frames
+        if trained is not None and c.base_latents > trained:
             raise ConfigError("SkyReelsDFConfig", "base_num_frames", c.base_num_frames,
-                              "at most 105 pixel frames (27 latent frames) with the embedded world's models: "
-                              "the clips they were trained on")
+                              f"at most {self.pixel_frames(trained)} pixel frames ({trained} latent frames) "
+                              "with the embedded world's models: the clips they were trained on")
         self.levels = unipc_sigmas(c.num_inference_steps, c.shift)  # N + 1 levels, last 0
         # the model sees the reference's int timesteps
         self._t_of = {s: float(t) for s, t in zip(self.levels, unipc_model_timesteps(self.levels))}
         self._t_of[1.0], self._t_of[0.0] = NOT_STARTED_T, 0.0
-
-    # the world DiT was trained block-causal in blocks of 3 on 105-frame clips; 30 steps and
-    # guidance as the reference (see docs/world.md for the measured choice)
-    world_defaults = {"causal_block_size": 3, "base_num_frames": 105, "guidance_scale": 3.0}
 
     @property
     def unit_frames(self) -> int:

@@ -234,6 +234,17 @@ def measure_prompts(frames: torch.Tensor, prompts: Sequence[str], *, block: int 
     return out
 
 
+def describe(q: dict) -> str | None:
+    """One line for a person about a :func:`measure_prompts` record (what ``accelframe generate``
+    prints); None when its prompt names no complete scene."""
+    if q.get("quality") is None:
+        return None
+    return (f"world quality {q['quality']:.3f} (presence {q['presence']:.2f}, shape {q['shape']:.2f}, "
+            f"motion {q['motion']:.2f}, smoothness {q['smoothness']:.2f}, sharpness "
+            f"{q['sharpness']:.2f}, background {q['background']:.2f}); measured "
+            f"{q['measured_shape']} moving {q['measured_direction']}: {q['prompt']!r}")
+
+
 def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     """Means of every part over clips, and the adherence rates."""
     n = max(len(results), 1)
@@ -245,5 +256,5 @@ def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     return out
 
 
-__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "measure", "measure_prompts", "nearest_colour",
-           "segment", "summarise"]
+__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "describe", "measure", "measure_prompts",
+           "nearest_colour", "segment", "summarise"]
