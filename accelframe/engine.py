@@ -18,7 +18,7 @@ import attrs
 import torch
 
 from accelframe import fallback
-from accelframe.adapter import Adapter
+from accelframe.adapter import Adapter, adapter_device, adapter_dtype
 from accelframe.errors import IncompatibleError
 from accelframe.plugins import EXACT, HookRaised, Hooks
 from accelframe.rng import unit_generator
@@ -182,9 +182,8 @@ class Engine:
         if state is None:
             state = adapter.init_state(request, adapter.encode_prompt(request.prompts))
         c, h, w = adapter.latent_shape
-        device, dtype = getattr(adapter, "device", "cpu"), getattr(adapter, "dtype", torch.float32)
-        x = torch.zeros(request.batch, request.num_frames, c, h, w, device=device,
-                        dtype=dtype)  # [B, F, C, H, W]
+        x = torch.zeros(request.batch, request.num_frames, c, h, w, device=adapter_device(adapter),
+                        dtype=adapter_dtype(adapter))  # [B, F, C, H, W]
         decide, observe = self.hooks.step_impls(role)
         # the exact fallback's answer is known (recompute): asking it is left to the engine
         decide = [impl for impl in decide if impl[2] != EXACT] or None
@@ -193,7 +192,7 @@ class Engine:
                       counts=self.stats.calls[role.value], key=role.value)
         m.site = CallSite(generation=self.generation, model=role, adapter=name,
                           probe=lambda xs, it: self._probe(m, xs, it),
-                          unit_frames=int(getattr(adapter, "unit_frames", 1)))
+                          unit_frames=int(adapter.unit_frames))
         return m
 
     # ---- block level ----------------------------------------------------------------------------

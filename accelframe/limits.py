@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from accelframe.adapter import Limits, limits_of
+from accelframe.adapter import Limits, adapter_device, limits_of, pixel_frames, pixel_size
 from accelframe.errors import ConfigError, LimitError
 from accelframe.types import Request
 
@@ -110,18 +110,6 @@ def _largest(fits: Callable[[int], bool], hi: int) -> int:
     return lo
 
 
-def _pixels(adapter: Any, latents: int) -> int:
-    px = getattr(adapter, "pixel_frames", None)
-    if latents <= 0:
-        return 0
-    return int(px(latents)) if callable(px) else latents
-
-
-def _pixel_size(adapter: Any) -> tuple[int, int]:
-    size = getattr(adapter, "pixel_size", None)
-    return tuple(size) if size is not None else tuple(adapter.latent_shape[1:])
-
-
 def _hint(where: str) -> str:
     return where if where.startswith(ENV) else f"{where}; set {ENV} to change it"
 
@@ -177,7 +165,7 @@ def check_fixed(name: str, adapter: Any, request: Request, lim: Limits | None = 
         raise LimitError("Request", "prompts", request.batch,
                          f"at most {lim.max_batch} prompts per request ({who} limit max_batch)",
                          limit="max_batch", maximum=lim.max_batch)
-    h, w = _pixel_size(adapter)
+    h, w = pixel_size(adapter)
     for field, value, most in (("height", h, lim.max_height), ("width", w, lim.max_width)):
         if most is not None and value > most:
             raise LimitError(who, field, value, f"frames of at most {most} pixels ({who} limit max_{field})",
@@ -200,12 +188,12 @@ def check_request(models: Sequence[tuple[str, Any]], request: Request, *, memory
         check_fixed(name, ad, request, lim)
     if not memory or not limits:
         return
-    budget, where = memory_budget(getattr(models[0][1], "device", None))
+    budget, where = memory_budget(adapter_device(models[0][1]))
     if budget is None:
         return
 
     def need(frames: int, batch: int = request.batch) -> int:
-        return sum(lim.request_bytes(batch=batch, frames=frames, pixel_frames=_pixels(ad, frames)
+        return sum(lim.request_bytes(batch=batch, frames=frames, pixel_frames=pixel_frames(ad, frames)
                                      if request.decode else 0,
                                      context_frames=request.first_frame + frames)
                    for _, ad, lim in limits)
@@ -245,7 +233,7 @@ def check_streams(sources: Sequence[Any], name: str, adapter: Any, fmap: Any, *,
                                  f"at most {most} pixel frames: adapter {name!r} addresses {lim.max_frames} "
                                  "latent frame positions (limit max_frames) and no KV policy (such as "
                                  "rolling-kv) resets them", limit="max_frames", maximum=most)
-    budget, where = memory_budget(getattr(adapter, "device", None))
+    budget, where = memory_budget(adapter_device(adapter))
     if budget is None:
         return
     pixel_bytes = lim.pixel_frame_bytes if keep_frames else 0

@@ -5,15 +5,18 @@
     result = pipe.generate(["a red circle moves left"], num_frames=9, seed=0)
 
 ``use`` takes a registered policy name with keyword arguments (validated by the policy's
-factory) or any object with hook implementations. Two optional policy methods are called here, not
-through hooks: ``bind(registry=, pipeline=)`` when the policy is added (to look up registered names,
-such as a scorer, before anything runs) and ``check_request(request)`` when a request is validated
-(to refuse one it cannot serve with a typed error). Policies are asked in the order they were
-added. Everything that can be checked is checked before the first model call: names, keyword
-arguments, the adapter's capabilities against what each policy requires, a drafter against its
-target. A pipeline is reusable: every generation starts with fresh policy state. Pipelines may
-share one plugin manager and run in parallel threads; one pipeline runs one generation at a time
-(a concurrent second one raises :class:`~accelframe.errors.PipelineBusyError`).
+factory) or any object with hook implementations. What a policy declares besides its hooks
+(:class:`accelframe.policy.Policy`: ``name``, ``applies_to``, ``requires``, ``made_for``,
+``bind``, ``check_request``, ``reset``) is read through :mod:`accelframe.policy`: ``bind`` when the
+policy is added (to look up registered names, such as a scorer, before anything runs),
+``check_request`` when a request is validated, ``reset`` before every generation and streaming
+run. Policies are asked in the order they were added. Everything that can be checked is checked
+before the first model call: names, keyword arguments, what each policy declares and the adapter's
+capabilities against what it requires, each adapter's declared capabilities against the members
+they need (:func:`accelframe.adapter.check_features`), a drafter against its target. A pipeline
+is reusable: every generation starts with fresh policy state (``reset``). Pipelines may share one
+plugin manager and run in parallel threads; one pipeline runs one generation at a time (a
+concurrent second one raises :class:`~accelframe.errors.PipelineBusyError`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import attrs
 
 from accelframe import adapter as caps
+from accelframe import policy as pol
 from accelframe.adapter import Adapter
 from accelframe.engine import Engine, Result
 from accelframe.errors import ConfigError, IncompatibleError, PipelineBusyError
@@ -32,17 +36,6 @@ from accelframe.plugins import Hooks, create_hooks
 from accelframe.types import AppliesTo, Request
 
 DRAFTER_CONTEXTS = ("own", "emitted")
-
-_KIND_BY_HOOK = {
-    "accelframe_step_decide": "step",
-    "accelframe_step_observe": "step",
-    "accelframe_block_verdict": "block",
-    "accelframe_block_observe": "block",
-    "accelframe_batch_plan": "batch",
-    "accelframe_kv_manage": "batch",
-    "accelframe_noise_level": "batch",
-    "accelframe_batch_observe": "batch",
-}
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -54,16 +47,6 @@ class StackedPolicy:
     policy: Any
     applies_to: AppliesTo
     plugin: str = ""  # its name in the plugin manager, unique when pipelines share a manager
-
-
-def _policy_kind(obj: Any) -> str:
-    kinds = {k for hook, k in _KIND_BY_HOOK.items() if callable(getattr(obj, hook, None))}
-    if len(kinds) == 1:
-        return kinds.pop()
-    if not kinds:
-        raise ConfigError("Pipeline.use", "policy", obj,
-                          "a registered policy name or an object implementing accelframe hooks")
-    return "mixed"
 
 
 def call_factory(factory: Any, name: str, kwargs: dict[str, Any]) -> Any:
@@ -146,15 +129,19 @@ class Pipeline:
     def _adapter(self, spec: str | Adapter, kwargs: dict[str, Any] | None) -> tuple[Adapter, str]:
         if isinstance(spec, str):
             entry = self.registry.get("adapter", spec)
-            return call_factory(entry.factory, f"adapter {spec!r}", dict(kwargs or {})), spec
-        if kwargs:
-            raise ConfigError("Pipeline", "adapter_kwargs", kwargs,
-                              "empty when the adapter is given as an object")
-        if not isinstance(spec, Adapter):
-            raise ConfigError("Pipeline", "adapter", spec,
-                              "a registered adapter name or an object implementing "
-                              "accelframe.adapter.Adapter")
-        return spec, getattr(spec, "name", type(spec).__name__)
+            built, name = call_factory(entry.factory, f"adapter {spec!r}", dict(kwargs or {})), spec
+        else:
+            if kwargs:
+                raise ConfigError("Pipeline", "adapter_kwargs", kwargs,
+                                  "empty when the adapter is given as an object")
+            if not isinstance(spec, Adapter):
+                raise ConfigError("Pipeline", "adapter", spec,
+                                  "a registered adapter name or an object implementing "
+                                  "accelframe.adapter.Adapter")
+            built, name = spec, caps.adapter_name(spec)
+        # a declared capability has its methods (decode -> decode(), ...), before any policy relies on it
+        caps.check_features(built, name)
+        return built, name
 
     def _check_drafter(self) -> None:
         t, d = self.adapter, self.drafter
@@ -162,7 +149,7 @@ class Pipeline:
         problems = []
         for who, a in (("target", t), ("drafter", d)):
             if caps.BLOCK_UNITS not in a.capabilities:
-                problems.append(f"the {who} {getattr(a, 'name', a)!r} does not denoise one unit "
+                problems.append(f"the {who} {caps.adapter_name(a)!r} does not denoise one unit "
                                 "at a time (no 'block_units' capability)")
         if tuple(t.latent_shape) != tuple(d.latent_shape):
             problems.append(f"latent shapes differ: target {tuple(t.latent_shape)}, drafter "
@@ -170,7 +157,7 @@ class Pipeline:
         if t.unit_frames != d.unit_frames:
             problems.append(f"unit sizes differ: target {t.unit_frames} frames, drafter "
                             f"{d.unit_frames}")
-        t_vae, d_vae = getattr(t, "vae_key", None), getattr(d, "vae_key", None)
+        t_vae, d_vae = caps.vae_key(t), caps.vae_key(d)
         if t_vae is not None and d_vae is not None and t_vae != d_vae:
             problems.append(f"VAEs differ (the target's decodes the drafts): target {t_vae}, "
                             f"drafter {d_vae}")
@@ -184,18 +171,18 @@ class Pipeline:
         if isinstance(policy, str):
             entry = self.registry.get("policy", policy)
             obj = call_factory(entry.factory, f"policy {policy!r}", kwargs)
-            kind, base = entry.policy_kind or _policy_kind(obj), policy
+            kind, base = entry.policy_kind or pol.kind_of(obj), policy
         else:
             if kwargs:
                 raise ConfigError("Pipeline.use", next(iter(kwargs)), next(iter(kwargs.values())),
                                   "no keyword arguments when the policy is given as an object")
-            obj, kind = policy, _policy_kind(policy)
-            base = getattr(policy, "name", None) or type(policy).__name__
-        applies = AppliesTo(getattr(obj, "applies_to", AppliesTo.BOTH))
+            obj, kind = policy, pol.kind_of(policy)
+            base = pol.policy_name(policy)
+        applies = pol.applies_to(obj, base)
         self._check_policy(base, kind, obj, applies)
-        bind = getattr(obj, "bind", None)
-        if callable(bind):  # a policy that looks up registered names (a scorer) does it now
-            bind(registry=self.registry, pipeline=self)
+        pol.check(obj, base)  # the rest it declares besides its hooks, before any of it is called
+        # a policy that looks up registered names (a scorer) does it now
+        pol.bind(obj, base, registry=self.registry, pipeline=self)
         name, k = base, 2
         taken = {p.name for p in self.stack}
         while name in taken:
@@ -233,11 +220,7 @@ class Pipeline:
         if kind == "step" and applies is AppliesTo.DRAFTER and self.drafter is None:
             raise IncompatibleError(f"step policy {name!r} applies to the drafter only, and the "
                                     "pipeline has no drafter")
-        needed = frozenset(getattr(obj, "requires", ()) or ())
-        unknown = needed - caps.CAPABILITIES
-        if unknown:
-            raise ConfigError(name, "requires", sorted(unknown),
-                              "capabilities among " + ", ".join(sorted(caps.CAPABILITIES)))
+        needed = pol.requirements(obj, name)
         models = [(self.adapter_name, self.adapter)]
         if self.drafter is not None and applies is not AppliesTo.TARGET:
             models.append((self.drafter_name, self.drafter))
@@ -246,9 +229,9 @@ class Pipeline:
         for mname, a in models:
             missing = needed - a.capabilities
             if missing:
-                made_for = getattr(obj, "made_for", None)  # the adapter a preset was made for
+                made_for = pol.made_for(obj, name)  # the adapter a preset was made for
                 hint = (f"; its settings were made for adapter {made_for!r} (--adapter {made_for})"
-                        if isinstance(made_for, str) and made_for != mname else "")
+                        if made_for is not None and made_for != mname else "")
                 raise IncompatibleError(
                     f"policy {name!r} needs {', '.join(sorted(missing))} from adapter {mname!r}, "
                     f"which offers only {', '.join(sorted(a.capabilities)) or 'nothing'}{hint}")
@@ -283,16 +266,12 @@ class Pipeline:
             if t_units != d_units:
                 raise IncompatibleError(f"drafter units {d_units} differ from target units {t_units}")
         for p in self.stack:  # what a policy needs of a request (SDVG: decoded frames to score)
-            check = getattr(p.policy, "check_request", None)
-            if callable(check):
-                check(req)
+            pol.check_request(p.policy, req, p.name)
         return req
 
     def _reset_policies(self) -> None:
         for p in self.stack:
-            reset = getattr(p.policy, "reset", None)
-            if callable(reset):
-                reset()
+            pol.reset(p.policy, p.name)
 
     @contextlib.contextmanager
     def _exclusive(self, what: str) -> Iterator[None]:

@@ -1,9 +1,9 @@
 """every-n: recompute every n-th model call of a unit, reuse the last computed velocity between.
 
 The template for third-party step policies: a validated attrs config that is also the plugin
-object, per-generation state dropped in ``accelframe_generation_end``, a decision in
-``accelframe_step_decide`` and bookkeeping in ``accelframe_step_observe``, and one module-level
-registration hook that the entry point exposes.
+object, per-generation state dropped in ``reset()`` (which the pipeline calls before every
+generation and streaming run), a decision in ``accelframe_step_decide`` and bookkeeping in
+``accelframe_step_observe``, and one module-level registration hook that the entry point exposes.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ class EveryN:
     # generation so that concurrent streams of one pipeline never share state
     _last: dict[tuple[int, Any], tuple[int, torch.Tensor]] = attrs.field(factory=dict, init=False)
 
-    @hookimpl
-    def accelframe_generation_end(self, info: Any) -> None:
-        for key in [k for k in self._last if k[0] == info.generation]:
-            del self._last[key]
+    def reset(self) -> None:
+        """Drop per-generation state; the pipeline calls it before every generate and stream."""
+        self._last.clear()
 
     @hookimpl
     def accelframe_step_decide(self, ctx: StepContext) -> StepDecision:
