@@ -18,12 +18,13 @@ _TYPES = (
     "Request", "Role", "StepContext", "StepDecision", "UnitSpan", "Verdict",
 )
 _LAZY = {"Result": "accelframe.engine", "Pipeline": "accelframe.pipeline", "create_hooks": "accelframe.plugins",
-         "hookimpl": "accelframe.plugins", **dict.fromkeys(_TYPES, "accelframe.types")}
+         "hookimpl": "accelframe.hookspecs", **dict.fromkeys(_TYPES, "accelframe.types")}
 
 if TYPE_CHECKING:
     from accelframe.engine import Result
     from accelframe.pipeline import Pipeline
-    from accelframe.plugins import create_hooks, hookimpl
+    from accelframe.hookspecs import hookimpl
+    from accelframe.plugins import create_hooks
     from accelframe.types import (
         AppliesTo,
         BatchContext,

@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from accelframe.errors import PolicyError, PolicyFallbackWarning
-from accelframe.plugins import hookimpl
+from accelframe.hookspecs import hookimpl
 from accelframe.types import (
     BatchContext,
     BatchEntry,

@@ -1,8 +1,9 @@
 """Every hook accelframe calls, grouped by phase. Each docstring is the reference.
 
-Implement a hook with ``@accelframe.hookimpl`` on a function of a plugin module or a method of a
-policy object. Hooks are called with keyword arguments; an implementation may take fewer
-arguments than its specification, so specifications can grow without breaking plugins.
+Implement a hook with ``@accelframe.hookimpl`` (the marker defined here, beside ``hookspec``)
+on a function of a plugin module or a method of a policy object. Hooks are called with keyword
+arguments; an implementation may take fewer arguments than its specification, so specifications
+can grow without breaking plugins.
 
 Decision hooks are ``firstresult``: the first implementation that returns something other than
 None decides, and an exact fallback plugin answers last. Policies added to a pipeline with
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 
 PROJECT = "accelframe"
 hookspec = pluggy.HookspecMarker(PROJECT)
+# the marker plugins use; re-exported as ``accelframe.hookimpl`` and ``accelframe.plugins.hookimpl``.
+# It lives here, not in plugins.py, so that the core's own plugins (fallback.py) need not import
+# the plugin manager that registers them
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # ------------------------------------------------------------------------------------------------
 # registration: called once per plugin manager, right after plugins are loaded
@@ -97,7 +102,9 @@ def accelframe_register_commands(register: Callable[..., None]) -> None:
 
 @hookspec
 def accelframe_generation_start(info: GenerationInfo) -> None:
-    """A generation is about to run: reset per-generation policy state here.
+    """A generation is about to run: observe it (timing, logging, set-up keyed by
+    ``info.generation``). A policy resets its per-generation state in its ``reset()`` method
+    (:class:`accelframe.policy.Policy`), which the pipeline calls before every run; not here.
 
     ``info`` names the request, the adapter and drafter, and gives the registry (to look up
     scorers). Fires after validation and before the first model call. Returns nothing.
@@ -106,7 +113,8 @@ def accelframe_generation_start(info: GenerationInfo) -> None:
 
 @hookspec
 def accelframe_generation_end(info: GenerationInfo, stats: dict[str, Any]) -> None:
-    """A generation finished; ``stats`` is the JSON-serialisable statistics of its result.
+    """A generation finished; ``stats`` is the JSON-serialisable statistics of its result. For
+    observers (reports, logs); per-generation policy state is dropped by ``reset()``.
 
     Fires after the last unit is emitted, also when the generation failed part-way (then
     ``stats`` is what was counted so far). Returns nothing.

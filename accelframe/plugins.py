@@ -9,7 +9,9 @@ and error and the others still load.
 Decision hooks are ``firstresult``. The facade walks their implementations itself, in a fixed
 order (the pipeline's policy stack in the order policies were added, then module-level plugins in
 pluggy's order, then the exact fallback), so that it can name the plugin that answered or failed;
-pluggy's own ``firstresult`` cannot tell.
+pluggy's own ``firstresult`` cannot tell. Its methods are typed with the contexts and answers of
+:mod:`accelframe.types`, as the hook specifications are; an answer is what a plugin returned, so
+callers still check it (the engine and the stream loop answer nonsense with the exact path).
 """
 
 from __future__ import annotations
@@ -18,15 +20,33 @@ import os
 import threading
 import warnings
 from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 
 import attrs
 import pluggy
 
 from accelframe import hookspecs
+from accelframe import policy as pol
 from accelframe.errors import PluginError, PluginLoadWarning
+from accelframe.hookspecs import hookimpl as hookimpl  # re-exported: ``from accelframe.plugins import hookimpl``
 from accelframe.registry import Registry
-from accelframe.types import AppliesTo, ModelRole
+from accelframe.types import (
+    BatchContext,
+    BatchPlan,
+    BlockContext,
+    BlockVerdict,
+    GenerationInfo,
+    KVAction,
+    KVContext,
+    ModelCall,
+    ModelRole,
+    NoiseContext,
+    StepContext,
+    StepDecision,
+)
+
+if TYPE_CHECKING:  # the plugin manager starts without torch (accelframe --help)
+    import torch
 
 ENTRY_POINT_GROUP = "accelframe"
 AUTOLOAD_ENV = "ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD"
@@ -34,8 +54,6 @@ DISABLE_ENV = "ACCELFRAME_DISABLE_PLUGINS"
 EXACT = "accelframe.exact"
 RUNNER = "accelframe.runner"
 CORE_PLUGINS = (EXACT, RUNNER)
-
-hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 
 _REGISTRATION = {
     "accelframe_register_adapters": "adapter_callback",
@@ -97,7 +115,7 @@ def create_hooks(
     *,
     autoload: bool | None = None,
     disabled: Iterable[str] | None = None,
-    plugins: Iterable[Any] = (),
+    plugins: Iterable[object] = (),
 ) -> Hooks:
     """A new plugin manager behind its facade.
 
@@ -163,7 +181,7 @@ class Hooks:
         self._dists: dict[str, tuple[str, str]] = _of._dists if _of is not None else {}
         # this view's own: its policy stack and the call lists prepared for it
         self._stack: tuple[str, ...] = tuple(stack)
-        self._prepared: dict[Any, list[_Impl]] = {}
+        self._prepared: dict[Hashable, list[_Impl]] = {}
         self._prepared_version = self._shared.version
 
     def with_stack(self, names: Iterable[str]) -> Hooks:
@@ -187,7 +205,7 @@ class Hooks:
 
     # ---- plugins --------------------------------------------------------------------------------
 
-    def register(self, plugin: Any, name: str | None = None, kind: str = "registered",
+    def register(self, plugin: object, name: str | None = None, kind: str = "registered",
                  label: str | None = None) -> str:
         """Register a plugin; a hook it misspells or implements with the wrong signature raises
         :class:`~accelframe.errors.PluginError` naming the plugin, and nothing is left registered.
@@ -225,7 +243,7 @@ class Hooks:
         self._changed()
         return pname
 
-    def register_policy(self, policy: Any, label: str) -> str:
+    def register_policy(self, policy: object, label: str) -> str:
         """Register a pipeline's policy under ``label``, or ``label@2``, ``label@3``, ... when
         another pipeline on this manager took the name; returns the plugin name. Traces and
         warnings show ``label``. Choosing the name and registering are one step, so pipelines
@@ -236,7 +254,7 @@ class Hooks:
                 name, k = f"{label}@{k}", k + 1
             return self.register(policy, name=name, kind="policy", label=label)
 
-    def unregister(self, plugin: Any) -> None:
+    def unregister(self, plugin: object) -> None:
         name = self.pm.get_name(plugin)
         self.pm.unregister(plugin)
         self._kinds.pop(name or "", None)
@@ -304,19 +322,19 @@ class Hooks:
         """True when some plugin of the current stack (or module level) implements the hook."""
         return bool(self._impls(hook_name))
 
-    def generation_start(self, info: Any) -> list[HookRaised]:
+    def generation_start(self, info: GenerationInfo) -> list[HookRaised]:
         """Tell the current stack (and module-level plugins) a generation starts; returns the
         errors raised (not re-raised)."""
         return self.each("accelframe_generation_start",
                           self._impls("accelframe_generation_start"), {"info": info})
 
-    def generation_end(self, info: Any, stats: dict[str, Any]) -> list[HookRaised]:
+    def generation_end(self, info: GenerationInfo, stats: dict[str, Any]) -> list[HookRaised]:
         return self.each("accelframe_generation_end", self._impls("accelframe_generation_end"),
                           {"info": info, "stats": stats})
 
     # ---- prepared call lists for the per-call hooks ---------------------------------------------
 
-    def _fresh(self) -> dict[Any, list[_Impl]]:
+    def _fresh(self) -> dict[Hashable, list[_Impl]]:
         """This view's prepared call lists, emptied when plugins changed since they were made."""
         if self._prepared_version != self._shared.version:
             self._prepared = {}
@@ -339,8 +357,8 @@ class Hooks:
         out: list[_Impl] = []
         for impl in impls:
             if model is not None:
-                applies = getattr(impl.plugin, "applies_to", AppliesTo.BOTH)
-                if not AppliesTo(applies).covers(model):
+                applies = pol.applies_to(impl.plugin, self._labels.get(impl.plugin_name, impl.plugin_name))
+                if not applies.covers(model):
                     continue
             out.append((impl.function, tuple(impl.argnames),
                         self._labels.get(impl.plugin_name, impl.plugin_name)))
@@ -352,8 +370,8 @@ class Hooks:
         return (self._impls("accelframe_step_decide", model),
                 self._impls("accelframe_step_observe", model))
 
-    def step_observe(self, impls: list[_Impl], ctx: Any, decision: Any,
-                     velocity: Any) -> list[HookRaised]:
+    def step_observe(self, impls: list[_Impl], ctx: StepContext, decision: StepDecision,
+                     velocity: torch.Tensor) -> list[HookRaised]:
         """:meth:`each` for ``accelframe_step_observe``, without building a dict (hot path)."""
         errors = []
         for fn, argnames, plugin in impls:
@@ -367,9 +385,12 @@ class Hooks:
                 errors.append(HookRaised("accelframe_step_observe", plugin, exc))
         return errors
 
-    def first_ctx(self, hook_name: str, impls: list[_Impl], ctx: Any) -> tuple[Any, str]:
+    def first_ctx(self, hook_name: str, impls: list[_Impl], ctx: object) -> tuple[Any, str]:
         """Call ``impls`` in order until one answers: (answer, plugin), or (None, the fallback's
-        name) when none does. Decision hooks take ``ctx`` alone. Raises :class:`HookRaised`."""
+        name) when none does. Decision hooks take ``ctx`` alone. Raises :class:`HookRaised`.
+        The engine's step decisions come through here (``accelframe_step_decide`` with the lists
+        of :meth:`step_impls`: a :class:`StepContext` in, a :class:`StepDecision` or None out); the
+        typed methods below wrap it for the other decision hooks."""
         for fn, argnames, plugin in impls:
             try:
                 result = fn(ctx) if argnames else fn()
@@ -391,25 +412,25 @@ class Hooks:
 
     # ---- block level ----------------------------------------------------------------------------
 
-    def block_verdict(self, ctx: Any) -> tuple[Any, str]:
+    def block_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict | None, str]:
         return self.first_ctx("accelframe_block_verdict", self._impls("accelframe_block_verdict"), ctx)
 
-    def block_observe(self, ctx: Any, verdict: Any) -> list[HookRaised]:
+    def block_observe(self, ctx: BlockContext, verdict: BlockVerdict) -> list[HookRaised]:
         return self.each("accelframe_block_observe", self._impls("accelframe_block_observe"),
                           {"ctx": ctx, "verdict": verdict})
 
     # ---- batch / stream level -------------------------------------------------------------------
 
-    def batch_plan(self, ctx: Any) -> tuple[Any, str]:
+    def batch_plan(self, ctx: BatchContext) -> tuple[BatchPlan | None, str]:
         return self.first_ctx("accelframe_batch_plan", self._impls("accelframe_batch_plan"), ctx)
 
-    def kv_manage(self, ctx: Any) -> tuple[Any, str]:
+    def kv_manage(self, ctx: KVContext) -> tuple[KVAction | None, str]:
         return self.first_ctx("accelframe_kv_manage", self._impls("accelframe_kv_manage"), ctx)
 
-    def noise_level(self, ctx: Any) -> tuple[Any, str]:
+    def noise_level(self, ctx: NoiseContext) -> tuple[float | None, str]:
         return self.first_ctx("accelframe_noise_level", self._impls("accelframe_noise_level"), ctx)
 
-    def batch_observe(self, ctx: Any, plan: Any, latency_s: float) -> list[HookRaised]:
+    def batch_observe(self, ctx: BatchContext, plan: BatchPlan, latency_s: float) -> list[HookRaised]:
         return self.each("accelframe_batch_observe", self._impls("accelframe_batch_observe"),
                           {"ctx": ctx, "plan": plan, "latency_s": latency_s})
 
@@ -426,7 +447,7 @@ class Hooks:
             self._prepared[key] = found
         return bool(found)
 
-    def model_call(self, call: Any) -> Any:
+    def model_call(self, call: ModelCall) -> torch.Tensor:
         """Run a model call through the wrapper hooks (the core's runner is innermost)."""
         return self.pm.hook.accelframe_model_call(call=call)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from accelframe.plugins import hookimpl
+from accelframe import hookimpl
 from accelframe.registry import lazy
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from accelframe.plugins import hookimpl
+from accelframe import hookimpl
 from accelframe.types import (
     AppliesTo,
     BatchContext,
