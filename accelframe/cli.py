@@ -496,12 +496,12 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         print(f"{adapter}: {pixel} frames ({latent} latent) in {stats['wall_s']:.3f} s; target calls "
               f"computed {c['computed']}, cached {c['cached']}, predicted {c['predicted']}, "
               f"commit {c['commit']}" + (f"; wrote {', '.join(map(str, paths))}" if paths else ""))
+        # the adapter words its own records (their fields are its measure's, not the core's)
+        describe = getattr(pipe.adapter, "describe_quality", None)
         for q in quality or []:
-            if q.get("quality") is not None:
-                print(f"world quality {q['quality']:.3f} (presence {q['presence']:.2f}, shape {q['shape']:.2f}, "
-                      f"motion {q['motion']:.2f}, smoothness {q['smoothness']:.2f}, sharpness "
-                      f"{q['sharpness']:.2f}, background {q['background']:.2f}); measured "
-                      f"{q['measured_shape']} moving {q['measured_direction']}: {q['prompt']!r}")
+            line = describe(q) if describe is not None else None
+            if line is not None:
+                print(line)
     for note in notes:  # on stderr, after the result
         print(f"accelframe: note: {note}", file=sys.stderr)
     return 0

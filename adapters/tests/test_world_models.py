@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 
@@ -46,8 +47,9 @@ def test_world_models_generate_a_block_and_measure_it(size):
     assert res.frames.shape == (1, 9, 3, 64, 64)
     (q,) = pipe.adapter.measure_quality(res.frames, [PROMPT])
     assert 0.0 <= q["quality"] <= 1.0 and q["prompt"] == PROMPT
+    assert pipe.adapter.describe_quality(q).startswith(f"world quality {q['quality']:.3f} (presence ")
     (none,) = pipe.adapter.measure_quality(res.frames, ["a red circle"])
-    assert none["quality"] is None
+    assert none["quality"] is None and pipe.adapter.describe_quality(none) is None
 
 
 def test_world_target_is_bigger_than_the_drafter():
@@ -125,6 +127,11 @@ def test_generate_cli_writes_mp4_strip_and_quality(tmp_path, capsys, monkeypatch
     assert out.exists() and out.with_suffix(".png").exists()
     assert cli.main(["generate", "--prompt", PROMPT, "--frames", "9", "--out", str(out)]) == 2  # never overwrites
     assert "does not exist yet" in capsys.readouterr().err
+    assert cli.main(["generate", "--prompt", PROMPT, "--latent-frames", "3"]) == 0  # the adapter words its quality
+    line = capsys.readouterr().out.splitlines()[-1]
+    names = ("presence", "shape", "motion", "smoothness", "sharpness", "background")
+    parts = ", ".join(rf"{k} [01]\.\d\d" for k in names)
+    assert re.fullmatch(rf"world quality [01]\.\d{{3}} \({parts}\); measured \S+ moving \S+: {PROMPT!r}", line), line
     assert cli.main(["generate", "--latent-frames", "3", "--set", "height=48"]) == 2
     assert "64" in capsys.readouterr().err
 
