@@ -107,7 +107,7 @@ class Engine:
         strict: bool = False,
         generation: int = 0,
         stream: int = 0,
-        trace: bool = True,
+        trace: bool | Trace = True,
         registry: Any = None,
         max_reuse: int | None = None,
         on_unit: Callable[[UnitSpan, torch.Tensor | None, str], None] | None = None,
@@ -120,7 +120,9 @@ class Engine:
         self.strict = strict
         self.generation = generation
         self.stream = stream
-        self.trace = Trace(enabled=trace)
+        # a Trace object is recorded into (a stream's one trace over its chunks); a bool says
+        # whether this engine keeps a trace of its own
+        self.trace = trace if isinstance(trace, Trace) else Trace(enabled=trace)
         self.stats = Stats(adapters={ModelRole.TARGET.value: target_name,
                                      ModelRole.DRAFTER.value: drafter_name})
         self.registry = registry
@@ -162,7 +164,7 @@ class Engine:
                 for it in self.target.plan(request):
                     self._iteration(target, it, request)
                     for span in it.finishes:
-                        self._emit(target, span, request, "target")
+                        self.emit(target, span, decode=request.decode, source="target")
             else:
                 self._run_drafted(target, drafter, request)
         finally:
@@ -255,7 +257,7 @@ class Engine:
                 self.target.restore(target.state, snap)
             for it in t_its:
                 self._iteration(target, it, request)
-            self._emit(target, span, request, "target")
+            self.emit(target, span, decode=request.decode, source="target")
             if d_snap is not None:
                 self._recommit_drafter(drafter, target, span, d_its, d_snap, request)
         for err in self.hooks.block_observe(ctx, verdict):
@@ -298,7 +300,7 @@ class Engine:
         s, e = it.frames
         xs = m.x[:, s - m.offset:e - m.offset]  # [B, F_it, C, H, W], a view
         if it.role is Role.COMMIT:
-            self._commit(m, it, xs)
+            self.commit(m, xs, it.frames, unit=it.unit, step=it.step)
             return
         decide, observe = m.impls
         t0 = perf()
@@ -406,20 +408,24 @@ class Engine:
             return run()
         return out
 
-    def _commit(self, m: ModelSlot, it: Iteration, xs: torch.Tensor) -> None:
+    def commit(self, m: ModelSlot, xs: torch.Tensor, frames: tuple[int, int], *, unit: int,
+               step: int) -> None:
+        """Commit the clean latents ``xs`` of ``frames`` into ``m``'s state: one model call,
+        wrapped by ``accelframe_model_call``, timed, counted and traced. A plan's commit
+        iterations come here, and so do the stream batch's finished chunks."""
         t0 = perf()
 
         def run() -> None:
-            m.adapter.commit(xs, it.frames, m.state)
+            m.adapter.commit(xs, frames, m.state)
         if self._wrapped:
             self.hooks.model_call(ModelCall(
                 generation=self.generation, model=m.role, adapter=m.name, kind="commit",
-                unit=it.unit, step=it.step, frames=it.frames, run=run))
+                unit=unit, step=step, frames=frames, run=run))
         else:
             run()
         self.stats.time_s["commit"] += perf() - t0
         self.stats.calls[m.role.value]["commit"] += 1
-        self.trace.add("commit", model=m.role.value, unit=it.unit, frames=list(it.frames))
+        self.trace.add("commit", model=m.role.value, unit=unit, frames=list(frames))
 
     def _probe(self, m: ModelSlot, xs: torch.Tensor, it: Iteration) -> torch.Tensor:
         t0 = perf()
@@ -446,14 +452,18 @@ class Engine:
         else:
             m.x[:, a:b] = noise
 
-    def _emit(self, m: ModelSlot, span: UnitSpan, request: Request, source: str) -> None:
+    def emit(self, m: ModelSlot, span: UnitSpan, *, decode: bool, source: str) -> torch.Tensor | None:
+        """Emit the finished unit ``span`` of ``m``'s latents: decode it (when ``decode``; timed),
+        count and trace it, and hand it to ``on_unit``. Returns its pixels ``[B, P, 3, H, W]``
+        (None when not decoded). The stream batch's finished chunks come here too."""
         pixels = None
-        if request.decode:
+        if decode:
             t0 = perf()
-            latents = m.x[:, span.start - m.offset:span.end - m.offset]
+            latents = m.x[:, span.start - m.offset:span.end - m.offset]  # [B, F_unit, C, H, W]
             pixels = m.adapter.decode(latents, m.state)
             self.stats.time_s["decode"] += perf() - t0
         self._record_emit(span, pixels, source)
+        return pixels
 
     def _record_emit(self, span: UnitSpan, pixels: torch.Tensor | None, source: str) -> None:
         if pixels is not None:

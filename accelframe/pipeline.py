@@ -33,6 +33,7 @@ from accelframe.adapter import Adapter
 from accelframe.engine import Engine, Result
 from accelframe.errors import ConfigError, IncompatibleError, PipelineBusyError
 from accelframe.plugins import Hooks, create_hooks
+from accelframe.trace import Trace
 from accelframe.types import AppliesTo, Request
 
 DRAFTER_CONTEXTS = ("own", "emitted")
@@ -269,9 +270,16 @@ class Pipeline:
             pol.check_request(p.policy, req, p.name)
         return req
 
-    def _reset_policies(self) -> None:
+    def reset_policies(self) -> None:
+        """Give every policy of the stack fresh per-run state (before a generation or a stream)."""
         for p in self.stack:
             pol.reset(p.policy, p.name)
+
+    def new_generation(self) -> int:
+        """The next generation number of this pipeline (hooks see it in ``GenerationInfo``; a
+        streaming run takes one per stream)."""
+        self._generation += 1
+        return self._generation
 
     @contextlib.contextmanager
     def _exclusive(self, what: str) -> Iterator[None]:
@@ -291,12 +299,15 @@ class Pipeline:
         finally:
             self._running.release()
 
-    def engine(self, **kwargs: Any) -> Engine:
-        """A fresh engine for one generation (the streaming runtime makes one per chunk)."""
+    def engine(self, *, trace: Trace | None = None, **kwargs: Any) -> Engine:
+        """A fresh engine for one generation (the streaming runtime makes one per chunk).
+
+        ``trace``: a trace the engine records into (a stream's one trace over all its chunks);
+        None gives the engine its own, kept when the pipeline's ``trace`` is on."""
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
-                      trace=self.trace, registry=self.registry, max_reuse=self.max_reuse,
-                      drafter_context=self.drafter_context, **kwargs)
+                      trace=self.trace if trace is None else trace, registry=self.registry,
+                      max_reuse=self.max_reuse, drafter_context=self.drafter_context, **kwargs)
 
     def generate(self, prompts: Request | str | Sequence[str] | None = None, *,
                  on_unit: Callable[..., None] | None = None, **kwargs: Any) -> Result:
@@ -306,9 +317,8 @@ class Pipeline:
         streaming previews)."""
         req = self.request(prompts, **kwargs)
         with self._exclusive("generate"):
-            self._reset_policies()
-            self._generation += 1
-            return self.engine(generation=self._generation, on_unit=on_unit).run(req)
+            self.reset_policies()
+            return self.engine(generation=self.new_generation(), on_unit=on_unit).run(req)
 
     def stream(self, sources: Sequence[Any], **kwargs: Any) -> Any:
         """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""

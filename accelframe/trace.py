@@ -96,6 +96,22 @@ class Stats:
     def finish(self) -> None:
         self.wall_s = time.perf_counter() - self._t0
 
+    def merge(self, other: Stats) -> None:
+        """Add ``other``'s counters and stage times to these (a streaming run sums its chunks'
+        engines). ``wall_s`` and ``adapters`` stay: the run's own clock and models."""
+        for model, counts in other.calls.items():
+            mine = self.calls.setdefault(model, _model_counts())
+            for k, val in counts.items():
+                mine[k] = mine.get(k, 0) + val
+        for k, val in other.time_s.items():
+            self.time_s[k] = self.time_s.get(k, 0.0) + val
+        for k, n in other.fallbacks.items():
+            self.fallbacks[k] = self.fallbacks.get(k, 0) + n
+        for k, n in other.blocks.items():
+            self.blocks[k] = self.blocks.get(k, 0) + n
+        self.units += other.units
+        self.frames += other.frames
+
     def model_calls(self, model: ModelRole = ModelRole.TARGET) -> int:
         """Model forwards of one model: computed denoising calls plus commit passes."""
         c = self.calls[model.value]

@@ -116,7 +116,7 @@ def test_rolling_window_holds_at_every_chunk_on_the_analytic_adapter(window, sin
     class Watch:
         @staticmethod
         def write(stream, fr):
-            seen.append(p.adapter.kv_frames(loop._state[stream]["state"]))
+            seen.append(p.adapter.kv_frames(loop.target_state(stream)))
 
         @staticmethod
         def close():

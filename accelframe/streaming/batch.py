@@ -27,7 +27,8 @@ import attrs
 import torch
 
 from accelframe.rng import unit_generator
-from accelframe.types import Iteration, Request, Role
+from accelframe.trace import Stats
+from accelframe.types import Iteration, Mode, ModelRole, Request, Role
 
 
 @attrs.define(eq=False)
@@ -62,7 +63,7 @@ def new_row(adapter: Any, stream: str, stream_index: int, request: Request) -> R
     return Row(stream=stream, a=a, b=b, x=x, steps=steps, generator=g)
 
 
-def micro_step(adapter: Any, rows: list[Row], states: dict[str, Any], stats: Any) -> None:
+def micro_step(adapter: Any, rows: list[Row], states: dict[str, Any], stats: Stats) -> None:
     """Advance every unfinished row one step with batched forwards (one per chunk length)."""
     live = [r for r in rows if not r.done]
     by_len: dict[int, list[Row]] = {}
@@ -75,8 +76,8 @@ def micro_step(adapter: Any, rows: list[Row], states: dict[str, Any], stats: Any
         v = adapter.denoise_rows(xs, [it.sigma[0] for it in its], [r.a for r in group],
                                  [states[r.stream] for r in group])  # [R, F, C, H, W]
         stats.time_s["model"] += perf() - t0
-        stats.calls["target"]["computed"] += len(group)
-        stats.calls["target"]["frames_computed"] += sum(r.b - r.a for r in group)
+        for r in group:  # one computed call per row, as the engine counts a call
+            stats.count_call(ModelRole.TARGET, Mode.RECOMPUTE, r.b - r.a)
         t0 = perf()
         for i, (r, it) in enumerate(zip(group, its)):
             r.x = adapter.advance(r.x, v[i:i + 1], it, r.generator, states[r.stream])

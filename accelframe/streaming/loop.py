@@ -32,6 +32,7 @@ import torch
 
 from accelframe import adapter as caps
 from accelframe import fallback
+from accelframe.engine import ModelSlot
 from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
@@ -52,11 +53,17 @@ from accelframe.types import (
     GenerationInfo,
     KVAction,
     KVContext,
+    ModelRole,
     NoiseContext,
     Request,
     StreamStatus,
+    UnitSpan,
     finite_sigma,
 )
+
+# a stream's noise depends on its source only (seed, units), never on the streams beside it: every
+# stream draws as the stream of index 0 of the engine's generators
+NOISE_STREAM = 0
 
 
 @attrs.define(eq=False)
@@ -117,6 +124,23 @@ class StreamRun:
 SINK_METHODS = ("write", "close")
 
 
+@attrs.define(eq=False, kw_only=True)
+class _StreamState:
+    """What the loop keeps of one stream from chunk to chunk (latent frame counts)."""
+
+    source: StreamSource
+    output: StreamOutput
+    guard: FrameGuard  # replaces or refuses corrupt input frames
+    generation: int  # its generation number (GenerationInfo), one per stream
+    consumed: int = 0  # latent frames handed to the model
+    emitted: int = 0  # latent frames emitted
+    target: Any = None  # the target adapter's state (KV, caches); None before the first chunk
+    drafter: Any = None  # the drafter's, in a drafted pipeline
+    encode: Any = None  # the adapter's streaming encode cache (video-to-video)
+    previous: torch.Tensor | None = None  # the last input pixel frame of the previous chunk, [3, H, W]
+    rows: list[Row] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
+
+
 class StreamLoop:
     """Runs streams through a pipeline; see the module docstring.
 
@@ -139,9 +163,7 @@ class StreamLoop:
         self.adapter = pipe.adapter
         self.sources = tuple(sources)
         self._by_id = {s.id: s for s in self.sources}
-        # a stream's noise depends on its source only (seed, units), never on the streams beside it:
-        # every stream draws as the stream of index 0 of the engine's generators
-        self._index = {s.id: 0 for s in self.sources}
+        self._state: dict[str, _StreamState] = {}  # by stream id, made when the run starts
         self.clock = clock if clock is not None else RealClock()
         self.default_sigma = default_sigma
         self.strict = pipe.strict
@@ -206,6 +228,12 @@ class StreamLoop:
         check_streams(self.sources, self.pipe.adapter_name, self.adapter, self.fmap,
                       keep_frames=self.keep_frames, kv_managed=kv_managed)
 
+    def target_state(self, stream: str) -> Any:
+        """The target adapter's state of ``stream`` now (its KV cache), None before its first
+        chunk: for a sink or callback that inspects the cache as frames leave."""
+        st = self._state.get(stream)
+        return None if st is None else st.target
+
     # ---- failures -------------------------------------------------------------------------------
 
     def _failed(self, hook: str, plugin: str, problem: str, exc: BaseException | None = None,
@@ -243,21 +271,21 @@ class StreamLoop:
         out = []
         for s in self.sources:
             st = self._state[s.id]
-            received, total, c = self._received(s, now), self._total(s, now), st["consumed"]
+            received, total, c = self._received(s, now), self._total(s, now), st.consumed
             first_px = min(self.fmap.pixels(c), s.delivered - 1)
             nxt = s.arrival_s(first_px) + s.deadline_s if (
                 s.deadline_s is not None and (total is None or c < total)) else None
             ready_px = min(self.fmap.pixels(c + 1), s.delivered) - 1
             oldest = s.arrival_s(ready_px) if received > c else None
             out.append(StreamStatus(stream=s.id, received=received, consumed=c,
-                                    emitted=st["emitted"], total=total, fps=s.fps / self.fmap.ratio,
+                                    emitted=st.emitted, total=total, fps=s.fps / self.fmap.ratio,
                                     oldest_pending_s=oldest, next_deadline_s=nxt))
         return tuple(out)
 
     def _finished(self, s: StreamSource, now: float) -> bool:
         total = self._total(s, now)
         st = self._state[s.id]
-        return total is not None and st["consumed"] >= total and not st["rows"]
+        return total is not None and st.consumed >= total and not st.rows
 
     def _check_plan(self, plan: Any, ctx: BatchContext, finished_input: bool) -> str | None:
         if not isinstance(plan, BatchPlan):
@@ -286,7 +314,7 @@ class StreamLoop:
         """Why the adapter cannot run the next ``n`` frames of ``stream`` as one chunk, or None
         (a staircase window too small for that many units, for example)."""
         src, st = self._by_id[stream], self._state[stream]
-        req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=st["consumed"],
+        req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=st.consumed,
                       rope_offset=self._rope(st))
         try:
             self.adapter.validate(req)
@@ -296,35 +324,32 @@ class StreamLoop:
                     f"{self.pipe.adapter_name!r} cannot run: {exc}")
         return None
 
-    def _rope(self, st: dict[str, Any]) -> int:
+    def _rope(self, st: _StreamState) -> int:
         get = getattr(self.adapter, "rope_offset", None)
-        return int(get(st["state"])) if st["state"] is not None and callable(get) else 0
+        return int(get(st.target)) if st.target is not None and callable(get) else 0
 
     # ---- the run ----------------------------------------------------------------------------
 
     def run(self) -> StreamRun:
         pipe, hooks = self.pipe, self.pipe.hooks
-        self._state = {s.id: {"consumed": 0, "emitted": 0, "state": None, "drafter": None,
-                              "enc": None, "guard": FrameGuard(s.id, self.on_corrupt), "prev": None,
-                              "rows": [], "done": []} for s in self.sources}
-        outputs = {s.id: StreamOutput(id=s.id) for s in self.sources}
-        self._outputs_chunks = {k: o.chunks for k, o in outputs.items()}
         batches: list[dict[str, Any]] = []
-        pipe._reset_policies()
-        gens, infos = {}, {}
+        pipe.reset_policies()
+        self._state, infos = {}, {}
         for s in self.sources:
-            pipe._generation += 1
-            gens[s.id] = pipe._generation
+            generation = pipe.new_generation()
+            self._state[s.id] = _StreamState(source=s, output=StreamOutput(id=s.id), generation=generation,
+                                             guard=FrameGuard(s.id, self.on_corrupt))
             infos[s.id] = GenerationInfo(
-                generation=pipe._generation, adapter=pipe.adapter_name, drafter=pipe.drafter_name,
+                generation=generation, adapter=pipe.adapter_name, drafter=pipe.drafter_name,
                 registry=pipe.registry,
                 request=Request(prompts=(s.prompt,), num_frames=max(self.fmap.latents_total(s.total), 1),
                                 seed=s.seed))
             for err in hooks.generation_start(infos[s.id]):
                 self._failed(err.hook, err.plugin, repr(err.error), err.error,
                              fallback_used=False)
+        outputs = {k: st.output for k, st in self._state.items()}
         try:
-            self._loop(outputs, batches, gens)
+            self._loop(batches)
         finally:
             self.stats.finish()
             for s in self.sources:  # also when the run failed part-way: what was counted so far
@@ -337,7 +362,7 @@ class StreamLoop:
                         if s.stalled else "complete") for s in self.sources}
         return StreamRun(outputs=outputs, batches=batches, trace=self.trace, stats=self.stats,
                          sources=self.sources, ended=ended,
-                         corrupt={s.id: list(self._state[s.id]["guard"].corrupt) for s in self.sources})
+                         corrupt={s.id: list(self._state[s.id].guard.corrupt) for s in self.sources})
 
     def _next_event(self, now: float) -> float | None:
         times = []
@@ -349,8 +374,7 @@ class StreamLoop:
                 times.append(s.end_known_s())
         return min(times) if times else None
 
-    def _loop(self, outputs: dict[str, StreamOutput], batches: list[dict[str, Any]],
-              gens: dict[str, int]) -> None:
+    def _loop(self, batches: list[dict[str, Any]]) -> None:
         hooks, unit = self.pipe.hooks, self.adapter.unit_frames
         last_latency = None
         while not all(self._finished(s, self.clock.now()) for s in self.sources):
@@ -362,10 +386,10 @@ class StreamLoop:
             plan, by = self._ask("accelframe_batch_plan", hooks.batch_plan, ctx,
                                  lambda p: self._check_plan(p, ctx, finished_input),
                                  lambda: fallback.batch_of_one(ctx))
-            flush = [s.id for s in self.sources if self._state[s.id]["rows"] and self._total(s, now) is not None
-                     and self._state[s.id]["consumed"] >= self._total(s, now)]
+            flush = [s.id for s in self.sources if self._state[s.id].rows and self._total(s, now) is not None
+                     and self._state[s.id].consumed >= self._total(s, now)]
             if not plan.entries and not flush and self.stream_batch and self.drain_when_idle:
-                flush = [s.id for s in self.sources if self._state[s.id]["rows"]]  # idle: advance in flight
+                flush = [s.id for s in self.sources if self._state[s.id].rows]  # idle: advance in flight
             if not plan.entries and not flush:
                 nxt = self._next_event(now)
                 if nxt is None:  # nothing more can arrive: the plan is refused as a stall above
@@ -375,10 +399,10 @@ class StreamLoop:
             t0 = time.perf_counter()
             emitted: list[tuple[str, int, int]] = []  # (stream, first pixel, pixel count)
             if self.stream_batch:
-                emitted += self._stream_batch(plan, flush, gens)
+                emitted += self._stream_batch(plan, flush)
             else:
                 for entry in plan.entries:
-                    emitted.append(self._chunk(self._by_id[entry.stream], entry.frames, gens[entry.stream]))
+                    emitted.append(self._chunk(self._state[entry.stream], entry.frames))
             real = time.perf_counter() - t0
             latency = self.clock.spent(real)  # on the clock's time base
             self.stats.time_s["batch"] += real
@@ -386,7 +410,7 @@ class StreamLoop:
                       "by": by, "latency_s": latency, "reason": plan.reason,
                       "emitted": {s: n for s, _, n in emitted if n}}
             if self.stream_batch:
-                record["rows"] = sum(len(self._state[s.id]["rows"]) for s in self.sources)
+                record["rows"] = sum(len(self._state[s.id].rows) for s in self.sources)
             batches.append(record)
             self.trace.add("batch", **record)
             if self.on_batch is not None:
@@ -397,21 +421,21 @@ class StreamLoop:
             last_latency = latency
             emit_t = self.clock.now()
             for stream, first, n in emitted:
-                src, out = self._by_id[stream], outputs[stream]
+                src, out = self._by_id[stream], self._state[stream].output
                 out.emit_s += [emit_t] * n
                 out.arrival_s += [src.arrival_s(k) for k in range(first, first + n)]
 
     # ---- one chunk ------------------------------------------------------------------------------
 
-    def _kv_manage(self, src: StreamSource, st: dict[str, Any], a: int) -> None:
-        if st["state"] is None:
+    def _kv_manage(self, st: _StreamState, a: int) -> None:
+        if st.target is None:
             return
-        hooks, unit = self.pipe.hooks, a // self.adapter.unit_frames
-        cached, sinks, window = self.adapter.kv_frames(st["state"])
+        src, hooks, unit = st.source, self.pipe.hooks, a // self.adapter.unit_frames
+        cached, sinks, window = self.adapter.kv_frames(st.target)
         emb = getattr(self.adapter, "kv_embeddings", None)
         kctx = KVContext(stream=src.id, unit=unit, cached_frames=cached, sinks=sinks, window=window,
                          next_frame=a, rope_offset=self._rope(st),
-                         embeddings=emb(st["state"]) if callable(emb) and hooks.implemented(
+                         embeddings=emb(st.target) if callable(emb) and hooks.implemented(
                              "accelframe_kv_manage") else {})
 
         def check_kv(act: Any) -> str | None:
@@ -423,16 +447,17 @@ class StreamLoop:
             return f"evicts frames {sorted(stray)} that are not cached" if stray else None
         action, by = self._ask("accelframe_kv_manage", hooks.kv_manage, kctx, check_kv, lambda: None)
         if action is not None:
-            self.adapter.kv_apply(st["state"], action.evict, action.sinks, action.rope_reset)
-            if st["drafter"] is not None and self.pipe.drafter is not None:
-                self.pipe.drafter.kv_apply(st["drafter"], action.evict, action.sinks, action.rope_reset)
+            self.adapter.kv_apply(st.target, action.evict, action.sinks, action.rope_reset)
+            if st.drafter is not None and self.pipe.drafter is not None:
+                self.pipe.drafter.kv_apply(st.drafter, action.evict, action.sinks, action.rope_reset)
             self.trace.add("kv", stream=src.id, unit=unit, evict=list(action.evict),
                            sinks=None if action.sinks is None else list(action.sinks),
                            rope_reset=action.rope_reset, by=by)
 
-    def _inputs(self, src: StreamSource, st: dict[str, Any], a: int, b: int) -> dict[str, Any]:
+    def _inputs(self, st: _StreamState, a: int, b: int) -> dict[str, Any]:
         """Request fields of latent frames ``[a, b)``: for video-to-video, the encoded input noised
         to the policy's level."""
+        src = st.source
         if src.frames is None:
             return {}
         p0, p1 = self.fmap.pixels(a), self.fmap.pixels(b)
@@ -440,20 +465,20 @@ class StreamLoop:
         real = [p for p in range(p0, p1) if p < src.delivered]
         pixels = src.frames[idx].float()  # [P, 3, H, W]
         if real:
-            pixels[:len(real)] = st["guard"].clean(pixels[:len(real)], p0)
+            pixels[:len(real)] = st.guard.clean(pixels[:len(real)], p0)
             pixels[len(real):] = pixels[len(real) - 1]
         t0 = time.perf_counter()
         enc = getattr(self.adapter, "encode_chunk", None)
         if callable(enc):
-            if st["enc"] is None:
-                st["enc"] = self.adapter.new_encode_cache()
-            latents = enc(pixels[None], st["enc"])  # [1, F, C, H, W]
+            if st.encode is None:
+                st.encode = self.adapter.new_encode_cache()
+            latents = enc(pixels[None], st.encode)  # [1, F, C, H, W]
         else:
             latents = self.adapter.encode(pixels[None])
         self.stats.time_s["encode"] = self.stats.time_s.get("encode", 0.0) + time.perf_counter() - t0
         nctx = NoiseContext(stream=src.id, unit=a // self.adapter.unit_frames, frames=pixels,
-                            default_sigma=self.default_sigma, previous=st["prev"], latents=latents[0])
-        st["prev"] = pixels[-1]
+                            default_sigma=self.default_sigma, previous=st.previous, latents=latents[0])
+        st.previous = pixels[-1]
         sigma, by = self._ask(
             "accelframe_noise_level", self.pipe.hooks.noise_level, nctx,
             lambda s: None if finite_sigma(s) else f"returned {s!r}, not a noise level in (0, 1]",
@@ -461,34 +486,43 @@ class StreamLoop:
         self.trace.add("noise", stream=src.id, unit=nctx.unit, sigma=float(sigma), by=by)
         return {"start_sigma": float(sigma), "init_latents": latents}
 
-    def _chunk(self, src: StreamSource, n: int, generation: int) -> tuple[str, int, int]:
-        """Run ``n`` latent frames of ``src`` from its next frame on through the engine and emit them."""
-        st = self._state[src.id]
-        a = st["consumed"]
-        self._kv_manage(src, st, a)
-        kwargs = self._inputs(src, st, a, a + n)
+    def _request(self, st: _StreamState, n: int) -> Request:
+        """The next ``n`` latent frames of the stream as a validated request (after its KV hook)."""
+        src, a = st.source, st.consumed
+        self._kv_manage(st, a)
+        kwargs = self._inputs(st, a, a + n)
         req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=a,
                       rope_offset=self._rope(st), **kwargs)
         self.adapter.validate(req)
-        engine = self.pipe.engine(generation=generation, stream=self._index[src.id])
-        engine.trace = self.trace  # one trace for the whole run
-        res = engine.run(req, target_state=st["state"], drafter_state=st["drafter"], lifecycle=False)
-        st["state"], st["drafter"] = engine.target_state, engine.drafter_state
-        st["consumed"] += n
-        self._merge(engine.stats)
-        return self._emit(src, st, a, a + n, None if res.frames is None else res.frames[0])
+        return req
 
-    def _emit(self, src: StreamSource, st: dict[str, Any], a: int, b: int,
+    def _engine(self, st: _StreamState) -> Any:
+        """An engine of the pipeline for one chunk of the stream, recording into the run's trace."""
+        return self.pipe.engine(generation=st.generation, stream=NOISE_STREAM, trace=self.trace)
+
+    def _chunk(self, st: _StreamState, n: int) -> tuple[str, int, int]:
+        """Run ``n`` latent frames of the stream from its next frame on through the engine and emit them."""
+        a = st.consumed
+        req = self._request(st, n)
+        engine = self._engine(st)
+        res = engine.run(req, target_state=st.target, drafter_state=st.drafter, lifecycle=False)
+        st.target, st.drafter = engine.target_state, engine.drafter_state
+        st.consumed += n
+        self.stats.merge(engine.stats)
+        return self._emit(st, a, a + n, None if res.frames is None else res.frames[0])
+
+    def _emit(self, st: _StreamState, a: int, b: int,
               frames: torch.Tensor | None) -> tuple[str, int, int]:
         """Hand latent frames ``[a, b)`` (decoded: ``frames [P, 3, H, W]``) to the callbacks and
         sinks, without the padding past the source's end. Returns (stream, first pixel, count)."""
-        st["emitted"] = b
+        src = st.source
+        st.emitted = b
         p0, p1 = self.fmap.pixels(a), min(self.fmap.pixels(b), src.delivered)
         n = max(p1 - p0, 0)
         if frames is not None and n:
             frames = frames[:n]
             if self.keep_frames:
-                self._outputs_chunks[src.id].append(frames)
+                st.output.chunks.append(frames)
             if self.on_frames is not None:
                 self.on_frames(src.id, frames)
             for sink in self.sinks:
@@ -497,55 +531,39 @@ class StreamLoop:
 
     # ---- stream batch -----------------------------------------------------------------------
 
-    def _stream_batch(self, plan: BatchPlan, flush: list[str], gens: dict[str, int]) -> list[tuple[str, int, int]]:
+    def _stream_batch(self, plan: BatchPlan, flush: list[str]) -> list[tuple[str, int, int]]:
         """One micro-step: new chunks enter, every in-flight row of the batch's streams advances one
         step in batched forwards, finished chunks are committed, decoded and emitted in order."""
         ad = self.adapter
         names = [e.stream for e in plan.entries] + [s for s in flush if s not in
                                                     {e.stream for e in plan.entries}]
         for e in plan.entries:
-            src, st = self._by_id[e.stream], self._state[e.stream]
-            a = st["consumed"]
-            self._kv_manage(src, st, a)
-            kwargs = self._inputs(src, st, a, a + e.frames)
-            req = Request(prompts=(src.prompt,), num_frames=e.frames, seed=src.seed, first_frame=a,
-                          rope_offset=self._rope(st), **kwargs)
-            ad.validate(req)
-            if st["state"] is None:
-                st["state"] = ad.init_state(req, ad.encode_prompt([src.prompt]))
-            st["rows"].append(new_row(ad, src.id, self._index[src.id], req))
-            st["consumed"] += e.frames
-        rows: list[Row] = [r for s in names for r in self._state[s]["rows"]]
-        micro_step(ad, rows, {s: self._state[s]["state"] for s in names}, self.stats)
+            st = self._state[e.stream]
+            req = self._request(st, e.frames)
+            if st.target is None:
+                st.target = ad.init_state(req, ad.encode_prompt([st.source.prompt]))
+            st.rows.append(new_row(ad, e.stream, NOISE_STREAM, req))
+            st.consumed += e.frames
+        rows: list[Row] = [r for s in names for r in self._state[s].rows]
+        micro_step(ad, rows, {s: self._state[s].target for s in names}, self.stats)
         emitted = []
         for s in names:
-            st, src = self._state[s], self._by_id[s]
-            while st["rows"] and st["rows"][0].done:  # in order: only the oldest chunks leave
-                r = st["rows"].pop(0)
-                t0 = time.perf_counter()
-                ad.commit(r.x, (r.a, r.b), st["state"])
-                self.stats.time_s["commit"] += time.perf_counter() - t0
-                self.stats.calls["target"]["commit"] += 1
-                t0 = time.perf_counter()
-                pixels = ad.decode(r.x, st["state"])  # [1, P, 3, H, W]
-                self.stats.time_s["decode"] += time.perf_counter() - t0
-                self.stats.units += 1
-                self.stats.frames += r.b - r.a
-                emitted.append(self._emit(src, st, r.a, r.b, pixels[0]))
+            st = self._state[s]
+            if not (st.rows and st.rows[0].done):
+                continue
+            # the engine's commit and emit: one model call wrapped, timed, counted and traced as in
+            # sequential generation, then the decode
+            engine = self._engine(st)
+            while st.rows and st.rows[0].done:  # in order: only the oldest chunks leave
+                r = st.rows.pop(0)
+                m = ModelSlot(role=ModelRole.TARGET, name=self.pipe.adapter_name, adapter=ad, state=st.target,
+                              x=r.x, offset=r.a)
+                span = UnitSpan(unit=r.a // ad.unit_frames, start=r.a, end=r.b)
+                engine.commit(m, r.x, span.frames, unit=span.unit, step=len(r.steps))
+                pixels = engine.emit(m, span, decode=True, source="target")  # [1, P, 3, H, W]
+                emitted.append(self._emit(st, r.a, r.b, pixels[0]))
+            self.stats.merge(engine.stats)
         return emitted
-
-    def _merge(self, s: Stats) -> None:
-        for model, counts in s.calls.items():
-            for k, val in counts.items():
-                self.stats.calls[model][k] += val
-        for k, val in s.time_s.items():
-            self.stats.time_s[k] = self.stats.time_s.get(k, 0.0) + val
-        for k, val in s.fallbacks.items():
-            self.stats.fallbacks[k] = self.stats.fallbacks.get(k, 0) + val
-        for k, val in s.blocks.items():
-            self.stats.blocks[k] = self.stats.blocks.get(k, 0) + val
-        self.stats.units += s.units
-        self.stats.frames += s.frames
 
 
 __all__ = ["StreamLoop", "StreamOutput", "StreamRun"]
