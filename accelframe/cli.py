@@ -268,7 +268,7 @@ def _cmd_plugins(args: argparse.Namespace, hooks: Any) -> int:
             kind: [{"name": e.name, "plugin": e.plugin, "description": e.description,
                     **({"policy_kind": e.policy_kind} if e.policy_kind else {}),
                     **({"group": e.group} if e.group else {})} for e in reg.of_kind(kind)]
-            for kind in ("adapter", "policy", "scorer", "command")
+            for kind in ("adapter", "policy", "scorer", "command", "source")
         },
         "failed": [{"name": f.name, "value": f.value, "error": f.error} for f in hooks.failures],
     }
@@ -588,7 +588,7 @@ def build_parser(hooks: Any) -> argparse.ArgumentParser:
     bench.set_defaults(run=lambda a, h: _missing(bench))
     p = sub.add_parser("stream", help="run live streams (a world clip, a video file or text) through "
                        "StreamDiffusionV2 and write mp4s", configure=lazy("accelframe.streaming.cli:configure"))
-    p.set_defaults(run=lambda a, h: lazy("accelframe.streaming.cli:run")(a))
+    p.set_defaults(run=lambda a, h: lazy("accelframe.streaming.cli:run")(a, h))
 
     # subcommands from plugins: their options are added (their modules imported) when they run
     groups = {None: sub, "bench": bench_sub}

@@ -95,6 +95,20 @@ def accelframe_register_commands(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def accelframe_register_sources(register: Callable[..., None]) -> None:
+    """Register stream sources: input video that ``accelframe stream --source NAME`` renders.
+
+    Call ``register(name, factory, description="")``; ``factory(**kwargs)`` returns an object with
+    ``clip(prompt, seed, frames)`` (the stream's input: ``frames`` pixel frames ``[F, 3, H, W]`` in
+    [0, 1], a tensor or a :class:`~accelframe.streaming.source.LoopedFrames`; a prompt it cannot
+    render raises :class:`~accelframe.errors.ConfigError` on field ``"prompt"``) and
+    ``prompts(n, seed)`` (``n`` prompts for streams started without one). Duplicate names raise
+    :class:`~accelframe.errors.DuplicateNameError`. Fires when the registry is built. Returns
+    nothing.
+    """
+
+
 # ------------------------------------------------------------------------------------------------
 # lifecycle
 # ------------------------------------------------------------------------------------------------

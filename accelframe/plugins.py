@@ -60,6 +60,7 @@ _REGISTRATION = {
     "accelframe_register_policies": "policy_callback",
     "accelframe_register_scorers": "scorer_callback",
     "accelframe_register_commands": "command_callback",
+    "accelframe_register_sources": "source_callback",
 }
 
 

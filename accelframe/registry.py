@@ -1,4 +1,5 @@
-"""Named adapters, policies, scorers and CLI commands, as the registration hooks declared them."""
+"""Named adapters, policies, scorers, CLI commands and stream sources, as the registration hooks
+declared them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ POLICY_KINDS = ("step", "block", "batch")
 class Entry:
     """One registered name: what it is, which plugin registered it, and how to build it."""
 
-    kind: str  # "adapter", "policy", "scorer", "command"
+    kind: str  # "adapter", "policy", "scorer", "command", "source"
     name: str
     plugin: str
     factory: Callable[..., Any] = attrs.field(eq=False, repr=False)
@@ -85,6 +86,12 @@ class Registry:
         ) -> None:
             self.add(Entry(kind="command", name=name, plugin=plugin, factory=run,
                            configure=configure, description=help, group=group))
+        return register
+
+    def source_callback(self, plugin: str) -> Callable[..., None]:
+        def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
+            self.add(Entry(kind="source", name=name, plugin=plugin, factory=factory,
+                           description=description))
         return register
 
 

@@ -1,9 +1,12 @@
 """``accelframe stream``: run live streams through StreamDiffusionV2's policies and write them.
 
-Sources (``--source``): ``world`` (a clip of the embedded tiny world rendered from the prompt, played
-at ``--fps``, looped when ``--frames`` asks for more than one clip), a video file (read with PyAV,
-resized to the model's frame size), or ``none`` (text-to-video: ``--frames`` output frames paced at
-``--fps``). ``--streams N`` runs N user streams side by side (prompts and seeds differ per stream).
+Sources (``--source``): a registered stream source (``accelframe_register_sources``; the adapters
+distribution registers ``world``, a clip of the embedded tiny world rendered from the prompt, played at
+``--fps``, looped when ``--frames`` asks for more than one clip), a video file (read with PyAV, resized
+to the model's frame size), or ``none`` (text-to-video: ``--frames`` output frames paced at ``--fps``).
+``--streams N`` runs N user streams side by side (prompts and seeds differ per stream); without
+``--prompt`` they take the source's own prompts (the ``world`` source's for ``none`` and video files).
+The command runs on the CLI's plugin manager, so a third-party source, adapter or policy is seen here.
 
 The pipeline: the ``self-forcing`` adapter with the world's models by default, and the policies
 ``slo-batch`` (chunk length and batch size), ``rolling-kv`` (sinks, refresh, RoPE reset) and, for
@@ -28,33 +31,53 @@ from accelframe.streaming.sinks import check_pattern
 
 ADAPTER = "self-forcing"
 WORLD_T_RESET = 24  # the world's models saw 27 latent frames: positions stay below that
+DEFAULT_SOURCE = "world"  # --source's default, and whose prompts streams take without --prompt
+NO_SOURCE = "none"  # text-to-video
+PIXEL_FRAMES = 105  # --frames' default: one world clip (27 latent frames of the Wan VAE)
 
 
-def hooks() -> Any:
+def _registry(hooks_: Any) -> Any:
     from accelframe.plugins import create_hooks
-    from accelframe_adapters import plugin as adapters
-    from accelframe_policies import plugin as policies
 
-    return create_hooks(autoload=False, disabled=(), plugins=(adapters, policies))
+    return (hooks_ if hooks_ is not None else create_hooks()).registry()
 
 
-def world_prompts(n: int, seed: int) -> list[str]:
-    from accelframe_adapters.world import clips
+def source_choices(registry: Any) -> str:
+    """What ``--source`` takes, for error messages: the registered sources, 'none' or a video file."""
+    return ", ".join(repr(n) for n in [*registry.names("source"), NO_SOURCE]) + " or an existing video file"
 
-    return [s.prompt for s in clips.sample_scenes(n, 9_000 + seed, split="eval")]
+
+def check_source(source: str, registry: Any) -> None:
+    """A ConfigError unless ``source`` is 'none', a registered source or an existing file (before any
+    model is loaded)."""
+    if source != NO_SOURCE and source not in registry.names("source") and not Path(source).is_file():
+        raise ConfigError("accelframe stream", "--source", source, source_choices(registry))
 
 
-def world_clip(prompt: str, seed: int, frames: int) -> Any:
-    """The world's rendering of ``prompt``: a tensor, or a looped clip when longer than one clip."""
-    from accelframe.streaming.source import LoopedFrames
-    from accelframe_adapters.world import clips
+def stream_source(name: str, registry: Any) -> Any:
+    """The registered stream source ``name`` (``accelframe_register_sources``), built."""
+    return registry.get("source", name).factory()
 
-    scene = clips.parse_prompt(prompt)
-    if scene is None:
-        raise ConfigError("accelframe stream", "--prompt", prompt,
-                          "a world prompt such as 'a red circle moves left on a blue background' for --source world")
-    clip = clips.render(scene, seed, frames=min(frames, clips.PIXEL_FRAMES))  # [F, 3, 64, 64]
-    return clip if frames <= clip.shape[0] else LoopedFrames(clip, frames)
+
+def source_clip(source: Any, name: str, prompt: str, seed: int, frames: int) -> Any:
+    """``source``'s input for one stream (its ``clip``); a prompt it cannot render is a ConfigError
+    naming ``--prompt``."""
+    try:
+        return source.clip(prompt, seed, frames)
+    except ConfigError as exc:
+        if exc.field != "prompt":
+            raise
+        raise ConfigError("accelframe stream", "--prompt", prompt, f"{exc.allowed} for --source {name}") from None
+
+
+def world_prompts(n: int, seed: int, hooks_: Any = None) -> list[str]:
+    """``n`` prompts of the ``world`` source (registered by the adapters distribution)."""
+    return stream_source(DEFAULT_SOURCE, _registry(hooks_)).prompts(n, seed)
+
+
+def world_clip(prompt: str, seed: int, frames: int, hooks_: Any = None) -> Any:
+    """The ``world`` source's rendering of ``prompt``: a tensor, or a looped clip when longer than one clip."""
+    return source_clip(stream_source(DEFAULT_SOURCE, _registry(hooks_)), DEFAULT_SOURCE, prompt, seed, frames)
 
 
 def read_video(path: str, size: tuple[int, int], limit: int | None) -> Any:
@@ -63,7 +86,7 @@ def read_video(path: str, size: tuple[int, int], limit: int | None) -> Any:
     from accelframe.streaming.source import VideoFrames
 
     if not Path(path).is_file():
-        raise ConfigError("accelframe stream", "--source", path, "'world', 'none' or an existing video file")
+        raise ConfigError("accelframe stream", "--source", path, "an existing video file")
     try:
         return VideoFrames(path, size, limit)
     except ConfigError as exc:
@@ -75,11 +98,14 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
                    block_frames: int = 3, trace: bool = False) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
-    ``block_frames`` latent frames per unit)."""
+    ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
+    CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager)."""
     from accelframe.pipeline import Pipeline
+    from accelframe.plugins import create_hooks
 
     kwargs = {"size": size, "num_frame_per_block": block_frames}
-    pipe = Pipeline(adapter if adapter is not None else ADAPTER, hooks=hooks_ or hooks(), trace=trace,
+    pipe = Pipeline(adapter if adapter is not None else ADAPTER,
+                    hooks=hooks_ if hooks_ is not None else create_hooks(), trace=trace,
                     adapter_kwargs=None if adapter is not None else kwargs)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
@@ -89,19 +115,36 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
     return pipe
 
 
+def default_prompts(source: Any, registry: Any, n: int, seed: int) -> list[str]:
+    """Prompts of ``n`` streams started without ``--prompt``: the source's own, else (text-to-video,
+    a video file) the default source's."""
+    if source is None or not callable(getattr(source, "prompts", None)):
+        if DEFAULT_SOURCE not in registry.names("source"):
+            raise ConfigError("accelframe stream", "--prompt", None,
+                              f"a prompt: no registered source {DEFAULT_SOURCE!r} gives default prompts")
+        source = stream_source(DEFAULT_SOURCE, registry)
+    return list(source.prompts(n, seed))
+
+
 def make_sources(args: argparse.Namespace, pipe: Any) -> list[Any]:
+    """The streams of ``args``; a registered source is looked up on the pipeline's plugin manager."""
     from accelframe.streaming.source import StreamSource
 
-    prompts = [args.prompt] * args.streams if args.prompt else world_prompts(args.streams, args.seed)
+    registry = pipe.registry
+    source = None
+    if args.source != NO_SOURCE and args.source in registry.names("source"):
+        source = stream_source(args.source, registry)
+    prompts = [args.prompt] * args.streams if args.prompt else default_prompts(source, registry, args.streams,
+                                                                                args.seed)
     out = []
     for i, prompt in enumerate(prompts):
         seed = args.seed + i
         common = dict(id=f"s{i}", prompt=prompt, fps=args.fps, deadline_s=args.deadline, seed=seed,
                       stall_timeout_s=args.stall_timeout)
-        if args.source == "none":
+        if args.source == NO_SOURCE:
             out.append(StreamSource(num_frames=args.frames, **common))
-        elif args.source == "world":
-            out.append(StreamSource(frames=world_clip(prompt, seed, args.frames), **common))
+        elif source is not None:
+            out.append(StreamSource(frames=source_clip(source, args.source, prompt, seed, args.frames), **common))
         else:
             out.append(StreamSource(frames=read_video(args.source, pipe.adapter.pixel_size, args.frames), **common))
     return out
@@ -133,14 +176,14 @@ class LiveLine:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="world", help="'world' (a rendered world clip), 'none' (text-to-video) "
-                                                     "or a video file (default: world)")
+    p.add_argument("--source", default=DEFAULT_SOURCE, help="'world' (a rendered world clip), 'none' "
+                                                            "(text-to-video) or a video file (default: world)")
     p.add_argument("--prompt", default=None, help="the prompt (default: held-out world prompts, one per stream)")
     p.add_argument("--streams", type=int, default=1, help="user streams run side by side (default: 1)")
     from accelframe.cli import add_frame_options
-    from accelframe_adapters.wan.vae import pixel_frames
 
-    add_frame_options(p, default=105, to_pixel=pixel_frames,  # the stream runs a Wan-family adapter
+    # --latent-frames is converted by the adapter's own frame mapping once it is built (see run)
+    add_frame_options(p, default=PIXEL_FRAMES,
                       pixel_help="input (or, for 'none', output) pixel frames per stream (default: 105, "
                                  "one world clip)",
                       latent_help="the same counted in latent frames: N latent frames are 1 + 4 (N - 1) "
@@ -181,6 +224,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not isinstance(value, int) or value < lo:
             raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, f"an int >= {lo}")
+    if args.latent_frames is not None and args.latent_frames < 1:
+        raise ConfigError("accelframe stream", "--latent-frames", args.latent_frames, "an int >= 1")
     for name in ("fps", "deadline", "stall_timeout"):
         value = getattr(args, name)
         if not value > 0 or value == float("inf"):
@@ -193,25 +238,33 @@ def check_args(args: argparse.Namespace) -> None:
     check_pattern("accelframe stream", "--out", args.out)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
+    """``accelframe stream`` on ``hooks``, the CLI's plugin manager (default: the autoloading one)."""
+    from accelframe.cli import frame_counts
     from accelframe.outputs import check_output, sigterm_as_interrupt
     from accelframe.limits import check_upscale
+    from accelframe.plugins import create_hooks
     from accelframe.streaming.sinks import Mp4Sink, stream_pattern
-    from accelframe.streaming.source import RealClock
+    from accelframe.streaming.source import FrameMap, RealClock
 
     check_args(args)
+    hooks = hooks if hooks is not None else create_hooks()
+    check_source(args.source, hooks.registry())
     sink = Mp4Sink(stream_pattern(args.out, args.streams), args.fps, force=args.force,
                    upscale_factor=args.upscale)
     for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
         check_output(sink.path_for(f"s{i}"), owner="accelframe stream", field="--out", force=args.force,
                      suffixes=(".mp4",))
-    pipe = build_pipeline(size=args.size, max_streams=args.max_streams, block_frames=args.block_frames,
+    pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams, block_frames=args.block_frames,
                           max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
-                          motion=args.source != "none" and not args.no_motion_noise)
+                          motion=args.source != NO_SOURCE and not args.no_motion_noise)
+    if args.latent_frames is not None:  # the adapter's VAE says how many pixel frames that many latents make
+        _, args.frames = frame_counts(pipe.adapter, frames=None, latent_frames=args.latent_frames,
+                                      default_latent=args.latent_frames, owner="accelframe stream")
     sources = make_sources(args, pipe)
     sink.check([s.id for s in sources])
     # the largest chunk the sink upscales at once: the longest chunk of units, in pixel frames
-    chunk = args.max_chunk_units * args.block_frames * 4
+    chunk = args.max_chunk_units * args.block_frames * FrameMap.of(pipe.adapter).ratio
     check_upscale("accelframe stream", "--upscale", args.upscale, tuple(pipe.adapter.pixel_size),
                   frames=min(chunk, args.frames))
     clock = RealClock()
@@ -255,5 +308,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["build_pipeline", "configure", "hooks", "make_sources", "read_video", "run", "world_clip",
-           "world_prompts"]
+__all__ = ["build_pipeline", "check_source", "configure", "default_prompts", "make_sources", "read_video", "run",
+           "source_choices", "source_clip", "stream_source", "world_clip", "world_prompts"]

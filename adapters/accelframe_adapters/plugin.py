@@ -61,3 +61,9 @@ def accelframe_register_scorers(register: Callable[..., None]) -> None:
 
     register("world-reward", world_reward,
              description="the embedded world's frame reward (ImageReward's shape, trained on the world)")
+
+
+@hookimpl
+def accelframe_register_sources(register: Callable[..., None]) -> None:
+    register("world", lazy("accelframe_adapters.world.source:WorldSource"),
+             description="a clip of the embedded tiny world rendered from the stream's prompt")
