@@ -168,7 +168,11 @@ def _warn_unknown_disabled(blocked: set[str], others: set[str]) -> None:
 
 
 class Hooks:
-    """Typed facade over one pluggy manager: one method per hook, plus registration helpers."""
+    """Typed facade over one pluggy manager: one method per hook, plus registration helpers.
+
+    A facade is a view with its own policy stack (:meth:`with_stack`): a pipeline holds its view,
+    so nothing is switched on a shared manager before a run. Only the plugin names are shared; a
+    policy whose label another pipeline took registers as ``label@2`` (:meth:`register_policy`)."""
 
     def __init__(self, pm: pluggy.PluginManager, *, stack: Iterable[str] = (),
                  _of: Hooks | None = None) -> None:
