@@ -5,8 +5,9 @@ The engine never touches a network directly; it walks ``plan(request)`` and call
 capability promises (:data:`FEATURES`: ``decode`` -> :class:`Decoder`, ``encode`` ->
 :class:`Encoder`, ``snapshot`` -> :class:`Snapshots`, ``kv_window`` -> :class:`KVWindow`), checked
 when a pipeline is built (:func:`check_features`), and those used when present (:class:`PixelFrames`,
-:class:`ChunkEncoder`, :class:`RowDenoiser`, ...). The core reads optional members only through the
-accessors at the end of this module, never with a bare ``getattr``.
+:class:`ChunkEncoder`, :class:`RowDenoiser`, ...). Read optional members through the accessors at
+the end of this module (``feature(adapter, Decoder)``, ``adapter_device(adapter)``), not with a bare
+``getattr``: the defaults live there, once.
 ``accelframe.testing.AnalyticAdapter`` is a complete, cheap implementation to read first.
 """
 
@@ -277,6 +278,15 @@ class QualityMeter(Protocol):
 
     def measure_quality(self, frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
         """One dict per prompt for clips ``[B, T, 3, H, W]``, or None when it has no measure."""
+
+
+@runtime_checkable
+class QualityDescriber(Protocol):
+    """Words for a :class:`QualityMeter` record: the record's fields are the adapter's measure's,
+    so the adapter, not the core, says what they mean (``accelframe generate`` prints the line)."""
+
+    def describe_quality(self, record: dict[str, Any]) -> str | None:
+        """One line for a person about one record of ``measure_quality`` (None: nothing to say)."""
 
 
 # ---- accessors: how the core reads optional members ---------------------------------------------

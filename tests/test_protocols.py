@@ -170,7 +170,7 @@ def test_accessors_give_the_documented_defaults():
     assert caps.vae_key(bare) is None and caps.pixel_size(bare) == (8, 6)
     assert caps.pixel_frames(bare, 5) == 5 and caps.pixel_frames(bare, 0) == 0
     assert caps.capabilities(bare) == frozenset() and caps.adapter_name(bare) == "Bare"
-    assert caps.feature(bare, caps.Decoder) is None
+    assert caps.feature(bare, caps.Decoder) is None and caps.feature(bare, caps.QualityDescriber) is None
     a = AnalyticAdapter()
     assert caps.vae_key(a) == a.vae_key and caps.pixel_size(a) == (a.config.height, a.config.width)
 
