@@ -267,7 +267,8 @@ def run_rank(cfg: PPConfig, env: dict[str, str] | None = None) -> RankResult:
 
 
 def launch(cfg: PPConfig, ranks: int = 2, *, deadline_s: float | None = None) -> RankResult:
-    """Spawn ``ranks`` processes of this module on a free local port (what torchrun does on one
+    """Spawn ``ranks`` launcher processes (``python -m accelframe_adapters.parallel``, which runs
+    :func:`main`) on a free local port (what torchrun does on one
     machine) and return the last rank's result, its log holding every rank's under ``"per_rank"``.
     A rank that fails raises :class:`RankFailedError` here, naming it; a rank that dies the same."""
     cfg.check(ranks)
@@ -280,7 +281,7 @@ def launch(cfg: PPConfig, ranks: int = 2, *, deadline_s: float | None = None) ->
             env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(r),
                    "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                    "OMP_NUM_THREADS": str(cfg.threads)}
-            cmd = [sys.executable, "-m", "accelframe_adapters.parallel.launch",
+            cmd = [sys.executable, "-m", "accelframe_adapters.parallel",  # its __main__ runs main()
                    "--config", str(d / "config.json"), "--json"]
             cmd += ["--out", str(d / "out.pt")] if r == ranks - 1 else []
             with open(d / f"{r}.out", "w") as out, open(d / f"{r}.err", "w") as err:
