@@ -131,7 +131,8 @@ def test_generate_cli_writes_mp4_strip_and_quality(tmp_path, capsys, monkeypatch
     line = capsys.readouterr().out.splitlines()[-1]
     names = ("presence", "shape", "motion", "smoothness", "sharpness", "background")
     parts = ", ".join(rf"{k} [01]\.\d\d" for k in names)
-    assert re.fullmatch(rf"world quality [01]\.\d{{3}} \({parts}\); measured \S+ moving \S+: {PROMPT!r}", line), line
+    pattern = rf"world quality [01]\.\d{{3}} \({parts}\); measured \S+ moving \S+: {PROMPT!r}"
+    assert re.fullmatch(pattern, line), line
     assert cli.main(["generate", "--latent-frames", "3", "--set", "height=48"]) == 2
     assert "64" in capsys.readouterr().err
 

@@ -52,7 +52,8 @@ def num_layers(size: str) -> int:
     p = presets.preset("wan", size)  # "world", "world-drafter": the presets the world registers
     if p is not None:
         return p.dit_config().num_layers
-    return {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size]().num_layers
+    random = {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}
+    return random[size]().num_layers
 
 
 def _opt_tuple(x: Any) -> Any:
@@ -268,8 +269,8 @@ def run_rank(cfg: PPConfig, env: dict[str, str] | None = None) -> RankResult:
 
 def launch(cfg: PPConfig, ranks: int = 2, *, deadline_s: float | None = None) -> RankResult:
     """Spawn ``ranks`` launcher processes (``python -m accelframe_adapters.parallel``, which runs
-    :func:`main`) on a free local port (what torchrun does on one
-    machine) and return the last rank's result, its log holding every rank's under ``"per_rank"``.
+    :func:`main`) on a free local port (what torchrun does on one machine) and return the last
+    rank's result, its log holding every rank's under ``"per_rank"``.
     A rank that fails raises :class:`RankFailedError` here, naming it; a rank that dies the same."""
     cfg.check(ranks)
     port = free_port()

@@ -1,9 +1,9 @@
 """The embedded world's MAGI-1 model: its config, loop defaults and shipped weights.
 
 A :class:`~accelframe_adapters.magi.dit.MagiDiT` in a small size, trained on the world's clips
-(``world/train_magi.py``) to denoise chunks of 6 latent frames in MAGI-1's time convention, with the
-world's causal Wan VAE and frozen word encoder (the same data and quality measure as the Wan-family
-world models).
+(``world/training/train_magi.py``) to denoise chunks of 6 latent frames in MAGI-1's time
+convention, with the world's causal Wan VAE and frozen word encoder (the same data and quality
+measure as the Wan-family world models).
 """
 
 from __future__ import annotations
