@@ -124,7 +124,8 @@ class Adapter(Protocol):
     and ``advance`` gets that CPU generator for re-noising and must do the same; ``limits``
     (:func:`limits_of`), a :class:`Limits`, and the pipeline refuses a request beyond them, or beyond
     the memory they estimate, before any model call; ``pixel_size`` (:func:`pixel_size`), the
-    (height, width) of decoded frames. Optional methods are the feature protocols below.
+    (height, width) of decoded frames; ``fps`` (:func:`adapter_fps`, default 16), the rate its
+    videos are written at. Optional methods are the feature protocols below.
     """
 
     name: str
@@ -371,3 +372,19 @@ def pixel_frames(adapter: Any, latents: int) -> int:
     if latents <= 0:
         return 0
     return int(px.pixel_frames(latents)) if px is not None else latents
+
+
+def latent_frames(adapter: Any, pixels: int) -> int:
+    """Latent frames of ``pixels`` pixel frames (:class:`PixelFrames`, whose ConfigError names the
+    counts its VAE can make; one each without it)."""
+    px = feature(adapter, PixelFrames)
+    return int(px.latent_frames(pixels)) if px is not None else pixels
+
+
+DEFAULT_FPS = 16  # the Wan family's rate, what a video is written at when the adapter names none
+
+
+def adapter_fps(adapter: Any) -> int:
+    """Frames per second its decoded video plays at: its ``fps``, else :data:`DEFAULT_FPS`."""
+    declared = getattr(adapter, "fps", None)
+    return int(declared) if declared is not None else DEFAULT_FPS

@@ -183,13 +183,11 @@ def frame_counts(adapter: Any, *, frames: int | None, latent_frames: int | None,
     An adapter with a video VAE converts (``latent_frames(pixel)`` raises naming the valid counts);
     without one, a pixel frame is a latent frame. With ``owner`` (a command), a pixel count the VAE
     cannot make is a ConfigError of ``owner`` naming ``--frames``, the flag the user typed."""
-    to_latent = getattr(adapter, "latent_frames", None)
-    to_pixel = getattr(adapter, "pixel_frames", None)
-    if not (callable(to_latent) and callable(to_pixel)):
-        to_latent = to_pixel = None
+    from accelframe.adapter import latent_frames as to_latent, pixel_frames as to_pixel
+
     if frames is not None:
         try:
-            latent = to_latent(frames) if to_latent is not None else frames
+            latent = to_latent(adapter, frames)
         except ConfigError as exc:
             if owner is None:
                 raise
@@ -198,7 +196,7 @@ def frame_counts(adapter: Any, *, frames: int | None, latent_frames: int | None,
         latent = latent_frames
     else:
         latent = default_latent
-    pixel = to_pixel(latent) if to_pixel is not None and isinstance(latent, int) and latent >= 1 else latent
+    pixel = to_pixel(adapter, latent) if isinstance(latent, int) and latent >= 1 else latent
     return latent, pixel
 
 
@@ -373,7 +371,9 @@ def _write_generated(args: argparse.Namespace, paths: list[Path], trace_path: Pa
         elif args.out is not None:
             from accelframe.media import write_video
 
-            fps = int(getattr(pipe.adapter, "fps", 16))
+            from accelframe.adapter import adapter_fps
+
+            fps = adapter_fps(pipe.adapter)
             for i, path in enumerate(_outputs(Path(args.out), n)):
                 # an .mp4's strip goes beside its temporary: the .png's temporary (one token, one stem)
                 write_video(tmp[path], result.frames[i], fps, upscale_factor=args.upscale)
@@ -456,18 +456,19 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
-    from accelframe.adapter import DECODE
+    from accelframe.adapter import (DECODE, PixelFrames, QualityDescriber, QualityMeter, adapter_device,
+                                    capabilities, feature, pixel_size)
 
-    _check_pixels(args, adapter, decodes=DECODE in getattr(pipe.adapter, "capabilities", (DECODE,)))
-    has_vae = callable(getattr(pipe.adapter, "latent_frames", None))
+    _check_pixels(args, adapter, decodes=DECODE in capabilities(pipe.adapter))
+    has_vae = feature(pipe.adapter, PixelFrames) is not None
     latent, pixel = frame_counts(pipe.adapter, frames=args.frames, latent_frames=args.latent_frames,
                                  default_latent=27 if has_vae else 9,  # raises naming the valid counts
                                  owner="accelframe generate")
     if args.out is not None and Path(args.out).suffix in (".mp4", ".png"):
-        from accelframe.limits import _pixel_size, check_upscale
+        from accelframe.limits import check_upscale
 
-        check_upscale("accelframe generate", "--upscale", args.upscale, _pixel_size(pipe.adapter), frames=pixel,
-                      device=getattr(pipe.adapter, "device", None))  # before the model runs
+        check_upscale("accelframe generate", "--upscale", args.upscale, pixel_size(pipe.adapter), frames=pixel,
+                      device=adapter_device(pipe.adapter))  # before the model runs
     req = pipe.request(prompts, num_frames=latent, seed=args.seed)
     units = len(pipe.adapter.units(req))
     with progress_bar(total=units, desc="generate", unit="unit", quiet=args.json) as bar:
@@ -475,8 +476,10 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     stats = result.stats.to_dict()
     if result.frames is not None:
         pixel = int(result.frames.shape[1])  # what the video holds
-    measure = getattr(pipe.adapter, "measure_quality", None)
-    quality = measure(result.frames, prompts) if measure is not None and result.frames is not None else None
+    meter = feature(pipe.adapter, QualityMeter)
+    quality = None
+    if meter is not None and result.frames is not None:
+        quality = meter.measure_quality(result.frames, prompts)
     notes = idle_step_policies(pipe, result)
     summary = {
         "adapter": adapter, "drafter": args.drafter, "policies": pipe.policies,
@@ -497,9 +500,9 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
               f"computed {c['computed']}, cached {c['cached']}, predicted {c['predicted']}, "
               f"commit {c['commit']}" + (f"; wrote {', '.join(map(str, paths))}" if paths else ""))
         # the adapter words its own records (their fields are its measure's, not the core's)
-        describe = getattr(pipe.adapter, "describe_quality", None)
+        describer = feature(pipe.adapter, QualityDescriber)
         for q in quality or []:
-            line = describe(q) if describe is not None else None
+            line = describer.describe_quality(q) if describer is not None else None
             if line is not None:
                 print(line)
     for note in notes:  # on stderr, after the result

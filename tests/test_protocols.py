@@ -169,10 +169,16 @@ def test_accessors_give_the_documented_defaults():
     assert caps.adapter_device(bare) == "cpu" and caps.adapter_dtype(bare) is accelframe_dtype()
     assert caps.vae_key(bare) is None and caps.pixel_size(bare) == (8, 6)
     assert caps.pixel_frames(bare, 5) == 5 and caps.pixel_frames(bare, 0) == 0
+    assert caps.latent_frames(bare, 5) == 5 and caps.adapter_fps(bare) == 16
     assert caps.capabilities(bare) == frozenset() and caps.adapter_name(bare) == "Bare"
     assert caps.feature(bare, caps.Decoder) is None and caps.feature(bare, caps.QualityDescriber) is None
     a = AnalyticAdapter()
     assert caps.vae_key(a) == a.vae_key and caps.pixel_size(a) == (a.config.height, a.config.width)
+    # a temporally compressing VAE converts both ways; a declared fps is read as given
+    wan_like = type("WanLike", (), {"fps": 24, "pixel_frames": lambda s, n: 1 + 4 * (n - 1),
+                                    "latent_frames": lambda s, n: 1 + (n - 1) // 4})()
+    assert caps.pixel_frames(wan_like, 3) == 9 and caps.latent_frames(wan_like, 9) == 3
+    assert caps.adapter_fps(wan_like) == 24
 
 
 def accelframe_dtype():

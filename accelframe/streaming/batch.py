@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import torch
 
+from accelframe.adapter import adapter_device, adapter_dtype
 from accelframe.rng import unit_generator
 from accelframe.trace import Stats
 from accelframe.types import Iteration, Mode, ModelRole, Request, Role
@@ -56,7 +57,7 @@ def new_row(adapter: Any, stream: str, stream_index: int, request: Request) -> R
     steps = [it for it in adapter.plan(request) if it.role is Role.DENOISE]
     g = unit_generator(request.seed, unit, stream_index)
     noise = torch.randn((1, b - a, *adapter.latent_shape), generator=g)  # [1, F, C, H, W], on the CPU
-    x = noise.to(getattr(adapter, "device", "cpu"), getattr(adapter, "dtype", torch.float32))
+    x = noise.to(adapter_device(adapter), adapter_dtype(adapter))
     if request.init_latents is not None:  # video-to-video: noise the clean latents to the start level
         s = request.start_sigma
         x = (1.0 - s) * request.init_latents.to(x.dtype) + s * x

@@ -180,10 +180,6 @@ class StreamLoop:
         self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs warned about
         self._validate()
 
-    def _pixel_size(self) -> tuple[int, int]:
-        size = getattr(self.adapter, "pixel_size", None)
-        return tuple(size) if size is not None else tuple(self.adapter.latent_shape[1:])
-
     def _validate(self) -> None:
         unit = self.adapter.unit_frames
         ids = [s.id for s in self.sources]
@@ -201,7 +197,7 @@ class StreamLoop:
                 raise ConfigError("StreamLoop", "sinks", type(sink).__name__,
                                   f"objects with write(stream, frames) and close(); this one lacks {missing}")
         if self.stream_batch:
-            if not callable(getattr(self.adapter, "denoise_rows", None)):
+            if caps.feature(self.adapter, caps.RowDenoiser) is None:
                 raise IncompatibleError(f"stream_batch=True needs an adapter with denoise_rows (a block loop "
                                         f"such as self-forcing); {self.pipe.adapter_name!r} has none")
             if self.pipe.drafter is not None:
@@ -219,7 +215,7 @@ class StreamLoop:
                 if caps.ENCODE not in self.adapter.capabilities:
                     raise IncompatibleError(f"stream {s.id!r} has input frames but adapter "
                                             f"{self.pipe.adapter_name!r} cannot encode")
-                h, w = self._pixel_size()
+                h, w = caps.pixel_size(self.adapter)
                 if tuple(s.frames.shape[2:]) != (h, w):
                     raise ConfigError(f"StreamSource {s.id!r}", "frames", tuple(s.frames.shape),
                                       f"frames of {h}x{w} pixels")
@@ -325,8 +321,8 @@ class StreamLoop:
         return None
 
     def _rope(self, st: _StreamState) -> int:
-        get = getattr(self.adapter, "rope_offset", None)
-        return int(get(st.target)) if st.target is not None and callable(get) else 0
+        rope = caps.feature(self.adapter, caps.RopeOffset)
+        return int(rope.rope_offset(st.target)) if st.target is not None and rope is not None else 0
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -432,10 +428,10 @@ class StreamLoop:
             return
         src, hooks, unit = st.source, self.pipe.hooks, a // self.adapter.unit_frames
         cached, sinks, window = self.adapter.kv_frames(st.target)
-        emb = getattr(self.adapter, "kv_embeddings", None)
+        emb = caps.feature(self.adapter, caps.KVEmbeddings)
         kctx = KVContext(stream=src.id, unit=unit, cached_frames=cached, sinks=sinks, window=window,
                          next_frame=a, rope_offset=self._rope(st),
-                         embeddings=emb(st.target) if callable(emb) and hooks.implemented(
+                         embeddings=emb.kv_embeddings(st.target) if emb is not None and hooks.implemented(
                              "accelframe_kv_manage") else {})
 
         def check_kv(act: Any) -> str | None:
@@ -468,11 +464,11 @@ class StreamLoop:
             pixels[:len(real)] = st.guard.clean(pixels[:len(real)], p0)
             pixels[len(real):] = pixels[len(real) - 1]
         t0 = time.perf_counter()
-        enc = getattr(self.adapter, "encode_chunk", None)
-        if callable(enc):
+        enc = caps.feature(self.adapter, caps.ChunkEncoder)
+        if enc is not None:
             if st.encode is None:
-                st.encode = self.adapter.new_encode_cache()
-            latents = enc(pixels[None], st.encode)  # [1, F, C, H, W]
+                st.encode = enc.new_encode_cache()
+            latents = enc.encode_chunk(pixels[None], st.encode)  # [1, F, C, H, W]
         else:
             latents = self.adapter.encode(pixels[None])
         self.stats.time_s["encode"] = self.stats.time_s.get("encode", 0.0) + time.perf_counter() - t0

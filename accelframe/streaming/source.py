@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import torch
 
+from accelframe import adapter as caps
 from accelframe import validators as v
 from accelframe.errors import AccelframeError, ConfigError
 
@@ -275,11 +276,8 @@ class FrameMap:
 
     @classmethod
     def of(cls, adapter: Any) -> FrameMap:
-        px = getattr(adapter, "pixel_frames", None)
-        if callable(px):
-            first = int(px(1))
-            return cls(unit=adapter.unit_frames, ratio=int(px(2)) - first, first=first)
-        return cls(unit=adapter.unit_frames, ratio=1, first=1)
+        first = caps.pixel_frames(adapter, 1)  # one each without a temporally compressing VAE
+        return cls(unit=adapter.unit_frames, ratio=caps.pixel_frames(adapter, 2) - first, first=first)
 
     def pixels(self, latents: int) -> int:
         """Pixel frames of the first ``latents`` latent frames."""
