@@ -76,9 +76,11 @@ class Bench:
     def sources(self, n: int, fps: float, frames: int) -> list[Any]:
         from accelframe.streaming.source import StreamSource
 
-        prompts = self.cli.world_prompts(n, self.seed)
-        return [StreamSource(id=f"s{i}", prompt=p, frames=self.cli.world_clip(p, self.seed + i, frames), fps=fps,
-                             deadline_s=self.deadline, seed=self.seed + i) for i, p in enumerate(prompts)]
+        # the world's source is looked up on the bench's manager too, not on a fresh autoloading one
+        prompts = self.cli.world_prompts(n, self.seed, hooks_=self.hooks)
+        return [StreamSource(id=f"s{i}", prompt=p, frames=self.cli.world_clip(p, self.seed + i, frames,
+                                                                              hooks_=self.hooks),
+                             fps=fps, deadline_s=self.deadline, seed=self.seed + i) for i, p in enumerate(prompts)]
 
     def run(self, *, streams: int, fps: float, frames: int, stream_batch: bool = False, block: int = 3,
             on_batch: Any = None) -> dict[str, Any]:

@@ -119,3 +119,24 @@ def test_a_policy_and_adapter_only_on_the_given_manager_run_in_a_bench_pipeline(
     assert ThirdPartyStep.asked > 0
     with pytest.raises(UnknownNameError):
         step._pipe(default_hooks(), "tiny-world", {}, method)
+
+
+def test_the_stream_bench_looks_its_world_source_up_on_its_manager():
+    import torch
+
+    hooks = create_hooks(autoload=False, plugins=(ThirdParty(),))
+    seen: list = []
+
+    def prompts(n, seed, hooks_=None):
+        seen.append(hooks_)
+        return ["a prompt"] * n
+
+    def clip(prompt, seed, frames, hooks_=None):
+        seen.append(hooks_)
+        return torch.zeros(frames, 3, 4, 4)
+
+    bench = object.__new__(stream.Bench)  # no world model loaded: only the sources are built
+    bench.cli, bench.hooks = argparse.Namespace(world_prompts=prompts, world_clip=clip), hooks
+    bench.deadline, bench.seed = 1.0, 0
+    assert len(bench.sources(2, 16.0, 3)) == 2
+    assert seen == [hooks] * 3  # not None: a default, autoloading manager would be built
