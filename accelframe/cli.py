@@ -124,7 +124,7 @@ class _LatentToPixel(argparse.Action):
         if values < 1:
             raise ConfigError(parser.prog, option_string, values, "an int >= 1")
         setattr(namespace, self.dest, values)
-        setattr(namespace, "frames", self.to_pixel(values))
+        namespace.frames = self.to_pixel(values)
 
 
 def add_frame_options(p: argparse.ArgumentParser, *, pixel_help: str, latent_help: str, default: int | None = None,

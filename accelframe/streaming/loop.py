@@ -38,13 +38,10 @@ from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
 from accelframe.streaming.batch import Row, micro_step, new_row
 from accelframe.streaming.source import (
-    CorruptFrameError,
-    CorruptFrameWarning,
     FrameGuard,
     FrameMap,
     RealClock,
     StreamSource,
-    VirtualClock,
 )
 from accelframe.trace import Stats, Trace
 from accelframe.types import (

@@ -133,11 +133,11 @@ def calibrate_taus(scores: torch.Tensor, targets: tuple[float, ...], aggregation
 
 def methods(taus: dict[float, float], mean_taus: dict[float, float], operating: float) -> list[Method]:
     out = [Method(name="target-only", kind="target_only"), Method(name="draft-only", kind="draft_only")]
-    for a, tau in taus.items():
+    for tau in taus.values():
         out.append(Method(name=f"SDVG tau={tau:.3f}", kind="sdvg", tau=tau, policy=("sdvg", {"tau": tau})))
     out.append(Method(name=f"SDVG emitted context tau={operating:.3f}", kind="emitted_context", tau=operating,
                       policy=("sdvg", {"tau": operating})))
-    for a, tau in mean_taus.items():
+    for tau in mean_taus.values():
         out.append(Method(name=f"SDVG mean tau={tau:.3f}", kind="mean_aggregation", tau=tau,
                           policy=("sdvg", {"tau": tau, "aggregation": "mean"})))
     return out
