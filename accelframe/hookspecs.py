@@ -87,7 +87,9 @@ def accelframe_register_commands(register: Callable[..., None]) -> None:
     """Register CLI subcommands.
 
     Call ``register(name, configure, run, help="", group=None)``: ``configure(parser)`` adds
-    arguments to an ``argparse`` parser, ``run(args) -> int`` executes and returns the exit code.
+    arguments to an ``argparse`` parser, ``run(args, hooks) -> int`` executes and returns the exit
+    code; ``hooks`` is the CLI's plugin manager (:class:`~accelframe.plugins.Hooks`), so a command
+    sees every plugin the CLI loaded (a ``run(args)`` of one parameter gets ``args`` only).
     ``group="bench"`` adds ``accelframe bench NAME``; no group adds ``accelframe NAME``.
     Duplicate names within a group raise :class:`~accelframe.errors.DuplicateNameError`.
     Fires when the registry is built; the CLI adds the commands when it builds its parser.
