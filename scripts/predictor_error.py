@@ -21,7 +21,8 @@ import torch
 
 from accelframe import hookimpl
 from accelframe_adapters.world import clips
-from accelframe_bench.step import _hooks, _pipe, setup
+from accelframe_bench.hooks import default_hooks
+from accelframe_bench.step import _pipe, setup
 from accelframe_policies.history import entry
 from accelframe_policies.taylor import extrapolate
 
@@ -67,7 +68,7 @@ def main() -> int:
     rows = []
     runs = []
     for i, scene in enumerate(clips.sample_scenes(args.prompts, 3_000, split="train")):
-        pipe = _pipe(_hooks(), args.adapter, s.adapter_kwargs, None)
+        pipe = _pipe(default_hooks(), args.adapter, s.adapter_kwargs, None)
         rec = Recorder()
         pipe.use(rec)
         pipe.generate([scene.prompt], num_frames=s.frames, seed=5 + i, decode=False)
