@@ -1,5 +1,6 @@
 """The floor plan holds: each distribution imports only the siblings its ``pyproject.toml`` declares
-(its tests: those plus its ``test`` extra), and no module of the tree imports itself back through
+(its tests: those plus its ``test`` dependency group; the siblings are on no package index, so they
+are declared there rather than in the ``test`` extra that pip would try to resolve), and no module of the tree imports itself back through
 others (no import circles). Imports are read from the source (anywhere in a file, function-level
 ones included), not executed."""
 
@@ -30,12 +31,12 @@ def _requirement_name(req: str) -> str:
     return re.split(r"[\s<>=!~\[;]", req.strip(), maxsplit=1)[0].lower().replace("-", "_")
 
 
-def _declared(folder: str, extra: str | None = None) -> set[str]:
-    """The sibling import packages a distribution declares (dependencies, plus one extra)."""
-    project = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
-    reqs = list(project.get("dependencies", []))
-    if extra is not None:
-        reqs += project.get("optional-dependencies", {}).get(extra, [])
+def _declared(folder: str, group: str | None = None) -> set[str]:
+    """The sibling import packages a distribution declares (dependencies, plus a dependency group)."""
+    doc = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())
+    reqs = list(doc["project"].get("dependencies", []))
+    if group is not None:
+        reqs += doc.get("dependency-groups", {}).get(group, [])
     return {_requirement_name(r) for r in reqs} & PACKAGES
 
 
@@ -65,7 +66,7 @@ def test_a_distribution_imports_only_the_siblings_it_declares(folder):
         allowed |= _declared(folder, "test")
         bad = {f"{p.relative_to(ROOT)}: {name}" for p in sorted((ROOT / tests).rglob("*.py"))
                for name in _imports(p) & PACKAGES - allowed}
-        assert not bad, f"test imports of siblings not in the test extra of {folder}: {sorted(bad)}"
+        assert not bad, f"test imports of siblings not in the test group of {folder}: {sorted(bad)}"
 
 
 def _modules() -> dict[str, Path]:
