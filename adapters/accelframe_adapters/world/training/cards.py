@@ -26,7 +26,7 @@ ABOUT = {
             "Fresh training-split clips every step: 5-frame windows at random points of 105-frame clips, "
             "cropped to 32 x 32 around the shape. Loss L1 + MSE (shape pixels weighed 5x) with latent noise "
             "(0.1 of the latent spread) and 1e-4 mean(mu^2); the latent mean / spread of 32 clips are folded "
-            "into conv1 / conv2 afterwards (see `world/train_vae.py`)."),
+            "into conv1 / conv2 afterwards (see `world/training/train_vae.py`)."),
     "text": ("The word-level text encoder (`accelframe_adapters.wan.text.WordEncoder`): one row per vocabulary "
              "word plus a position row; frozen random rows (the DiTs and the reward learn their own projections).",
              "None: drawn from the seed."),
@@ -39,12 +39,12 @@ ABOUT = {
                "v = eps - x0 with four noise-level patterns (per block, teacher forcing, per frame, synchronous) "
                "and 10 % empty prompts; the first `short_steps` steps see only the first two blocks; the loss "
                "weights the shape's latent footprint by 1 + `object_weight`; the file holds the exponential "
-               "moving average of the weights (see `world/train_dit.py`)."),
+               "moving average of the weights (see `world/training/train_dit.py`)."),
     "reward": ("The world's frame reward: ImageReward's shape (a ViT over 8 x 8 patches, a text encoder whose "
                "layers cross-attend to the image, an MLP on the first token), scores standardised.",
                "Pairs of a good frame (rendered, or through the world VAE) and a bad one for the same prompt "
                "(blurred, wrong colour / shape / background, background alone, decoded noise, pixel noise); "
-               "ImageReward's ranking loss -log sigmoid(r_good - r_bad) (see `world/train_reward.py`)."),
+               "ImageReward's ranking loss -log sigmoid(r_good - r_bad) (see `world/training/train_reward.py`)."),
 }
 ABOUT["magi"] = (
     "MAGI-1's DiT (`accelframe_adapters.magi.dit.MagiDiT`, MAGI-1's key names) in a tiny size: parallel self- "
@@ -54,7 +54,7 @@ ABOUT["magi"] = (
     "MAGI's time (x_t = t x0 + (1 - t) eps, v = x0 - eps) with per-chunk times (staged and sorted, independent, "
     "or shared), bands of 2 to 5 chunks or full history, 10 % null captions; the loss weights the shape's "
     "latent footprint by 1 + 4; the file holds the exponential moving average of the weights (see "
-    "`world/train_magi.py`).")
+    "`world/training/train_magi.py`).")
 ABOUT["drafter"] = (ABOUT["target"][0].replace("in a tiny size", "in a smaller size than the target"),
                     ABOUT["target"][1])
 
