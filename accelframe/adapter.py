@@ -367,18 +367,19 @@ def pixel_size(adapter: Any) -> tuple[int, int]:
 
 
 def pixel_frames(adapter: Any, latents: int) -> int:
-    """Pixel frames of ``latents`` latent frames (:class:`PixelFrames`; one each without it)."""
-    px = feature(adapter, PixelFrames)
+    """Pixel frames of ``latents`` latent frames: its ``pixel_frames`` (half of :class:`PixelFrames`,
+    enough on its own), else one each."""
+    to_pixels = getattr(adapter, "pixel_frames", None)  # one method of PixelFrames suffices here
     if latents <= 0:
         return 0
-    return int(px.pixel_frames(latents)) if px is not None else latents
+    return int(to_pixels(latents)) if callable(to_pixels) else latents
 
 
 def latent_frames(adapter: Any, pixels: int) -> int:
-    """Latent frames of ``pixels`` pixel frames (:class:`PixelFrames`, whose ConfigError names the
-    counts its VAE can make; one each without it)."""
-    px = feature(adapter, PixelFrames)
-    return int(px.latent_frames(pixels)) if px is not None else pixels
+    """Latent frames of ``pixels`` pixel frames: its ``latent_frames`` (half of :class:`PixelFrames`,
+    whose ConfigError names the counts its VAE can make), else one each."""
+    to_latents = getattr(adapter, "latent_frames", None)  # one method of PixelFrames suffices here
+    return int(to_latents(pixels)) if callable(to_latents) else pixels
 
 
 DEFAULT_FPS = 16  # the Wan family's rate, what a video is written at when the adapter names none

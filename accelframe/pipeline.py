@@ -158,6 +158,13 @@ class Pipeline:
         if t.unit_frames != d.unit_frames:
             problems.append(f"unit sizes differ: target {t.unit_frames} frames, drafter "
                             f"{d.unit_frames}")
+        # the engine snapshots the target before decoding a draft and restores it on a reject, and
+        # with the "emitted" context restores the drafter too
+        needs = [("target", t)] + ([("drafter", d)] if self.drafter_context == "emitted" else [])
+        for who, a in needs:
+            if caps.feature(a, caps.Snapshots) is None:
+                problems.append(f"the {who} {caps.adapter_name(a)!r} cannot snapshot and restore its caches "
+                                "(no snapshot() / restore(): accelframe.adapter.Snapshots)")
         t_vae, d_vae = caps.vae_key(t), caps.vae_key(d)
         if t_vae is not None and d_vae is not None and t_vae != d_vae:
             problems.append(f"VAEs differ (the target's decodes the drafts): target {t_vae}, "
@@ -255,6 +262,10 @@ class Pipeline:
             req = Request(prompts=prompts, **kwargs)
         from accelframe.limits import check_request
 
+        if req.decode and caps.feature(self.adapter, caps.Decoder) is None:
+            raise ConfigError("Pipeline.generate", "decode", True,
+                              f"False: the adapter {self.adapter_name!r} has no decode() "
+                              "(accelframe.adapter.Decoder), so it cannot make pixels")
         self.adapter.validate(req)
         if self.drafter is not None:
             self.drafter.validate(req)

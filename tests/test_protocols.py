@@ -164,6 +164,44 @@ def test_an_adapter_object_without_optional_features_is_accepted():
     assert pipe.generate("x", num_frames=3, decode=False).frames is None
 
 
+def test_a_missing_feature_is_refused_before_any_model_call_where_a_run_needs_it(monkeypatch):
+    """What an adapter need not have, a run that needs it refuses up front: decoding a generation,
+    streaming (which emits pixels), drafting (the target snapshots and restores its caches)."""
+    from accelframe.streaming import StreamSource, VirtualClock
+
+    pipe = Pipeline(LatentOnly(), hooks=make_hooks())
+    monkeypatch.setattr(pipe.adapter, "denoise", lambda *a, **k: pytest.fail("a model call ran"))
+    with pytest.raises(ConfigError) as err:
+        pipe.generate("x", num_frames=3)  # decode=True by default
+    assert (err.value.owner, err.value.field) == ("Pipeline.generate", "decode") and "decode()" in err.value.allowed
+    with pytest.raises(IncompatibleError, match="no decode"):
+        pipe.stream([StreamSource(id="s", prompt="x", num_frames=3, fps=8)], clock=VirtualClock())
+
+    class NoSnapshots(AnalyticAdapter):
+        snapshot = None
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.capabilities = self.capabilities - {caps.SNAPSHOT}
+
+    with pytest.raises(IncompatibleError, match="cannot snapshot and restore"):
+        Pipeline(NoSnapshots(plan="block"), drafter=AnalyticAdapter(plan="block"), hooks=make_hooks())
+    # the drafter needs them only when its context is the emitted units
+    Pipeline(AnalyticAdapter(plan="block"), drafter=NoSnapshots(plan="block"), hooks=make_hooks())
+    with pytest.raises(IncompatibleError, match="drafter 'analytic' cannot snapshot"):
+        Pipeline(AnalyticAdapter(plan="block"), drafter=NoSnapshots(plan="block"), hooks=make_hooks(),
+                 drafter_context="emitted")
+
+
+def test_a_pixel_mapping_needs_only_its_own_half():
+    """``pixel_frames`` alone maps latent to pixel counts (memory estimates, stream frame maps), as
+    before the accessors; ``latent_frames`` alone the other way."""
+    only_pixels = type("P", (), {"pixel_frames": lambda s, n: 1 + 4 * (n - 1)})()
+    only_latents = type("L", (), {"latent_frames": lambda s, n: 1 + (n - 1) // 4})()
+    assert caps.pixel_frames(only_pixels, 3) == 9 and caps.latent_frames(only_pixels, 9) == 9
+    assert caps.latent_frames(only_latents, 9) == 3 and caps.pixel_frames(only_latents, 3) == 3
+
+
 def test_accessors_give_the_documented_defaults():
     bare = type("Bare", (), {"latent_shape": (4, 8, 6), "unit_frames": 1})()
     assert caps.adapter_device(bare) == "cpu" and caps.adapter_dtype(bare) is accelframe_dtype()

@@ -205,6 +205,9 @@ class StreamLoop:
                 raise IncompatibleError(f"stream_batch=True batches whole denoising steps outside the engine, "
                                         f"so step and block policies cannot apply; remove {others} or stream "
                                         "sequentially")
+        if caps.feature(self.adapter, caps.Decoder) is None:  # a stream emits pixels
+            raise IncompatibleError(f"adapter {self.pipe.adapter_name!r} has no decode() "
+                                    "(accelframe.adapter.Decoder): a stream emits decoded frames")
         for s in self.sources:
             # the exact fallback runs one unit at a time: that much must be runnable
             self.adapter.validate(Request(prompts=(s.prompt,), num_frames=unit, seed=s.seed))
@@ -421,8 +424,8 @@ class StreamLoop:
     # ---- one chunk ------------------------------------------------------------------------------
 
     def _kv_manage(self, st: _StreamState, a: int) -> None:
-        if st.target is None:
-            return
+        if st.target is None or caps.feature(self.adapter, caps.KVWindow) is None:
+            return  # an adapter without KV management: nothing to report or apply
         src, hooks, unit = st.source, self.pipe.hooks, a // self.adapter.unit_frames
         cached, sinks, window = self.adapter.kv_frames(st.target)
         emb = caps.feature(self.adapter, caps.KVEmbeddings)
@@ -441,7 +444,7 @@ class StreamLoop:
         action, by = self._ask("accelframe_kv_manage", hooks.kv_manage, kctx, check_kv, lambda: None)
         if action is not None:
             self.adapter.kv_apply(st.target, action.evict, action.sinks, action.rope_reset)
-            if st.drafter is not None and self.pipe.drafter is not None:
+            if st.drafter is not None and caps.feature(self.pipe.drafter, caps.KVWindow) is not None:
                 self.pipe.drafter.kv_apply(st.drafter, action.evict, action.sinks, action.rope_reset)
             self.trace.add("kv", stream=src.id, unit=unit, evict=list(action.evict),
                            sinks=None if action.sinks is None else list(action.sinks),
