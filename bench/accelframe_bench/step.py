@@ -250,39 +250,43 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
     if any(kw.get("coefficients") == CALIBRATED for m in all_methods for _, kw in m.policies):
         cal = _calibrated(hooks, adapter, s.adapter_kwargs, frames, seed)
     pipes = [_pipe(hooks, adapter, s.adapter_kwargs, m, cal and cal["coefficients"]) for m in all_methods]
-    tallies = {"original": _Tally(), **{m.name: _Tally() for m in all_methods}}
-    unit = orig.adapter.unit_frames
-    steps_total = n * (1 + len(all_methods)) + 2 * len(lengths)
-    with progress_bar(total=steps_total, desc=f"bench step {adapter}", unit="run", quiet=quiet) as bar:
-        for p in [orig, *pipes]:  # warm-up: one unit each
-            p.generate([scenes[0].prompt], num_frames=s.warmup_frames or unit, seed=0, decode=False)
-        named = [("original", orig), *((m.name, p) for m, p in zip(all_methods, pipes))]
-        for i, (scene, sd) in enumerate(zip(scenes, seeds)):
-            latents = []
-            for name, pipe in named:
-                res, wall, peak = _generate(pipe, scene.prompt, frames, sd)
-                t = tallies[name]
-                st = res.stats.to_dict()
-                t.wall.append(wall)
-                t.policy_s += st["time_s"]["policy"]  # the probe runs inside the policies' hooks
-                for k in t.calls:
-                    t.calls[k] += st["calls"]["target"][k]
-                events = res.trace.events
-                t.flops += _flops(pipe.adapter, events)
-                t.cuda_peak = max(t.cuda_peak, peak)
-                t.memory = max([t.memory] + [getattr(sp.policy, "memory_bytes", lambda: 0)() for sp in pipe.stack])
-                if i == 0:
-                    t.modes = [e["mode"] for e in events if e["event"] == "step" and e["model"] == "target"]
-                latents.append(res.latents)
-                bar.update(1)
-            pixels = _decode(orig, torch.cat(latents))  # one batched decode: [M, T, 3, H, W]
-            for (name, _), pix in zip(named, pixels):
-                t = tallies[name]
-                t.frames.append(pix)
-                if name != "original":
-                    t.psnr.append(psnr(pix, pixels[0]))
-                    t.ssim.append(ssim(pix, pixels[0]))
-        length_rows = _length_scaling(orig, pipes[0], scenes[0], seeds[0], lengths, bar)
+    try:  # the pipelines' policies leave the manager (a caller's, the CLI's) when the runs end
+        tallies = {"original": _Tally(), **{m.name: _Tally() for m in all_methods}}
+        unit = orig.adapter.unit_frames
+        steps_total = n * (1 + len(all_methods)) + 2 * len(lengths)
+        with progress_bar(total=steps_total, desc=f"bench step {adapter}", unit="run", quiet=quiet) as bar:
+            for p in [orig, *pipes]:  # warm-up: one unit each
+                p.generate([scenes[0].prompt], num_frames=s.warmup_frames or unit, seed=0, decode=False)
+            named = [("original", orig), *((m.name, p) for m, p in zip(all_methods, pipes))]
+            for i, (scene, sd) in enumerate(zip(scenes, seeds)):
+                latents = []
+                for name, pipe in named:
+                    res, wall, peak = _generate(pipe, scene.prompt, frames, sd)
+                    t = tallies[name]
+                    st = res.stats.to_dict()
+                    t.wall.append(wall)
+                    t.policy_s += st["time_s"]["policy"]  # the probe runs inside the policies' hooks
+                    for k in t.calls:
+                        t.calls[k] += st["calls"]["target"][k]
+                    events = res.trace.events
+                    t.flops += _flops(pipe.adapter, events)
+                    t.cuda_peak = max(t.cuda_peak, peak)
+                    t.memory = max([t.memory] + [getattr(sp.policy, "memory_bytes", lambda: 0)() for sp in pipe.stack])
+                    if i == 0:
+                        t.modes = [e["mode"] for e in events if e["event"] == "step" and e["model"] == "target"]
+                    latents.append(res.latents)
+                    bar.update(1)
+                pixels = _decode(orig, torch.cat(latents))  # one batched decode: [M, T, 3, H, W]
+                for (name, _), pix in zip(named, pixels):
+                    t = tallies[name]
+                    t.frames.append(pix)
+                    if name != "original":
+                        t.psnr.append(psnr(pix, pixels[0]))
+                        t.ssim.append(ssim(pix, pixels[0]))
+            length_rows = _length_scaling(orig, pipes[0], scenes[0], seeds[0], lengths, bar)
+    finally:
+        for p in (orig, *pipes):
+            p.close()
     out = []
     base = tallies["original"]
     q_base = quality.summarise([quality.measure(f, sc) for f, sc in zip(base.frames, scenes)])

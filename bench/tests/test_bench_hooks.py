@@ -140,3 +140,34 @@ def test_the_stream_bench_looks_its_world_source_up_on_its_manager():
     bench.deadline, bench.seed = 1.0, 0
     assert len(bench.sources(2, 16.0, 3)) == 2
     assert seen == [hooks] * 3  # not None: a default, autoloading manager would be built
+
+
+def test_the_step_bench_leaves_no_policy_on_the_manager_it_was_given(monkeypatch):
+    """Its pipelines close when the run ends, even a failing one: the caller's manager (the CLI's, or
+    a Python caller's) holds no ``scope@2`` & co. afterwards."""
+    from accelframe_policies import plugin as policies
+
+    class FastSelfForcing:  # the step bench's self-forcing setting, on a fast stand-in
+        @hookimpl
+        def accelframe_register_adapters(self, register):
+            register("self-forcing", lambda **kw: tiny_world())
+
+    hooks = create_hooks(autoload=False, plugins=(policies, FastSelfForcing()))
+    before = set(hooks.pm.get_plugins())
+    built: list = []
+    real_pipe = step._pipe
+
+    def pipe(*args, **kwargs):
+        made = real_pipe(*args, **kwargs)
+        built.append(len(made.stack))
+        return made
+
+    def stop(*args, **kwargs):  # the first run (a warm-up) fails
+        raise Reached
+
+    monkeypatch.setattr(step, "_pipe", pipe)
+    monkeypatch.setattr("accelframe.pipeline.Pipeline.generate", stop)
+    with pytest.raises(Reached):
+        step.run_bench(adapter="self-forcing", n=1, quick=True, only=["TeaCache"], hooks=hooks)
+    assert sum(built) > 0  # the bench did add policies
+    assert set(hooks.pm.get_plugins()) == before
