@@ -113,33 +113,14 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-class _LatentToPixel(argparse.Action):
-    """``--latent-frames N`` for a command that counts pixel frames: stores N and its pixel count."""
-
-    def __init__(self, *args: Any, to_pixel: Callable[[int], int], **kwargs: Any) -> None:
-        self.to_pixel = to_pixel
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
-        if values < 1:
-            raise ConfigError(parser.prog, option_string, values, "an int >= 1")
-        setattr(namespace, self.dest, values)
-        namespace.frames = self.to_pixel(values)
-
-
-def add_frame_options(p: argparse.ArgumentParser, *, pixel_help: str, latent_help: str, default: int | None = None,
-                      to_pixel: Callable[[int], int] | None = None) -> Any:
+def add_frame_options(p: argparse.ArgumentParser, *, pixel_help: str, latent_help: str,
+                      default: int | None = None) -> Any:
     """``--frames N`` (pixel frames: what the video holds) and ``--latent-frames N``, one or the
-    other: every command that makes video counts frames this way. ``to_pixel`` converts at parse
-    time for a command that knows its adapter's VAE; otherwise :func:`frame_counts` converts once
-    the adapter is built. Returns the mutually exclusive group."""
+    other: every command that makes video counts frames this way; :func:`frame_counts` converts
+    once the adapter is built. Returns the mutually exclusive group."""
     count = p.add_mutually_exclusive_group()
     count.add_argument("--frames", type=int, default=default, metavar="N", help=pixel_help)
-    if to_pixel is None:
-        count.add_argument("--latent-frames", type=int, default=None, metavar="N", help=latent_help)
-    else:
-        count.add_argument("--latent-frames", type=int, default=None, metavar="N", help=latent_help,
-                           action=_LatentToPixel, to_pixel=to_pixel)
+    count.add_argument("--latent-frames", type=int, default=None, metavar="N", help=latent_help)
     return count
 
 
@@ -619,6 +600,8 @@ def run_command(run: Callable[..., Any], args: argparse.Namespace, hooks: Any) -
     except (TypeError, ValueError):  # a builtin or a C callable: assume the full contract
         return run(args, hooks)
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.name == "hooks" and p.kind is p.KEYWORD_ONLY for p in params):  # run(args, *, hooks=None)
+        return run(args, hooks=hooks)
     takes_hooks = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
     return run(args, hooks) if takes_hooks else run(args)
 

@@ -85,7 +85,6 @@ class Policy(Protocol):
 
 
 METHODS = ("bind", "check_request", "reset")
-MEMBERS = ("name", "applies_to", "requires", "made_for", *METHODS)
 
 _MISSING = object()
 

@@ -100,6 +100,33 @@ def test_plugins_add_commands(capsys, monkeypatch):
     assert code == 0 and out.strip() == "hello accelframe"
 
 
+def test_every_command_shape_gets_the_clis_manager_where_it_asks_for_it(capsys, monkeypatch):
+    """``run(args, hooks)`` and ``run(args, *, hooks=None)`` get the CLI's plugin manager; the older
+    ``run(args)`` gets ``args`` only."""
+    got = {}
+
+    def positional(args, hooks):
+        got["positional"] = hooks
+
+    def keyword(args, *, hooks=None):
+        got["keyword"] = hooks
+
+    def old(args):
+        got["old"] = args.command
+
+    class Shapes:
+        @hookimpl
+        def accelframe_register_commands(self, register):
+            for name, fn in (("positional", positional), ("keyword", keyword), ("old", old)):
+                register(name, lambda p: None, fn)
+
+    hooks = create_hooks(autoload=False, plugins=(Shapes(),))
+    monkeypatch.setattr("accelframe.plugins.create_hooks", lambda: hooks)
+    for name in ("positional", "keyword", "old"):
+        assert run(capsys, name)[0] == 0
+    assert got == {"positional": hooks, "keyword": hooks, "old": "old"}
+
+
 def test_command_name_clash_is_an_error(capsys, monkeypatch):
     class Clash:
         @hookimpl
