@@ -101,11 +101,13 @@ def accelframe_register_commands(register: Callable[..., None]) -> None:
 def accelframe_register_sources(register: Callable[..., None]) -> None:
     """Register stream sources: input video that ``accelframe stream --source NAME`` renders.
 
-    Call ``register(name, factory, description="")``; ``factory(**kwargs)`` returns an object with
-    ``clip(prompt, seed, frames)`` (the stream's input: ``frames`` pixel frames ``[F, 3, H, W]`` in
-    [0, 1], a tensor or a :class:`~accelframe.streaming.source.LoopedFrames`; a prompt it cannot
-    render raises :class:`~accelframe.errors.ConfigError` on field ``"prompt"``) and
-    ``prompts(n, seed)`` (``n`` prompts for streams started without one). Duplicate names raise
+    Call ``register(name, factory, description="")``; ``factory()`` (called with no arguments)
+    returns an object with ``clip(prompt, seed, frames)`` (the stream's input: ``frames`` pixel
+    frames ``[F, 3, H, W]`` in [0, 1], a tensor or a
+    :class:`~accelframe.streaming.source.LoopedFrames`; a prompt it cannot render raises
+    :class:`~accelframe.errors.ConfigError` on field ``"prompt"``) and, optionally,
+    ``prompts(n, seed)`` (``n`` prompts for streams started without one; without it they take the
+    ``world`` source's). Duplicate names raise
     :class:`~accelframe.errors.DuplicateNameError`. Fires when the registry is built. Returns
     nothing.
     """
@@ -247,6 +249,7 @@ def accelframe_model_call(call: ModelCall) -> torch.Tensor | None:
 
     ``firstresult``: the core's implementation (the innermost, ``trylast``) runs ``call.run()``
     and its output is the hook's result; wrappers see it and pass it on. Fires around every model call:
-    denoising passes and commit passes, of target and drafter. A wrapper must return the output it
-    received.
+    denoising passes and commit passes, of target and drafter (except the stream batch's batched
+    ``denoise_rows`` forwards, which do not go through the engine yet). A wrapper must return the
+    output it received.
     """

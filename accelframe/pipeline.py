@@ -282,13 +282,16 @@ class Pipeline:
         return req
 
     def reset_policies(self) -> None:
-        """Give every policy of the stack fresh per-run state (before a generation or a stream)."""
+        """Give every policy of the stack fresh per-run state (before a generation or a stream).
+        For the run that holds the pipeline (``generate``, or the stream loop inside ``stream``):
+        called from elsewhere while a run goes on, it would reset that run's policies."""
         for p in self.stack:
             pol.reset(p.policy, p.name)
 
     def new_generation(self) -> int:
         """The next generation number of this pipeline (hooks see it in ``GenerationInfo``; a
-        streaming run takes one per stream)."""
+        streaming run takes one per stream). For the run that holds the pipeline, like
+        :meth:`reset_policies`."""
         self._generation += 1
         return self._generation
 
