@@ -1,6 +1,8 @@
 """Named model presets: trained model sets an adapter family runs by its ``size`` knob.
 
-Whoever ships trained models registers them here; the adapters ask by family and name. The embedded
+Whoever ships trained models registers them here; the adapters ask by family and name. A preset
+gives trained models to a size the family already lists (``wan.common.SIZES``,
+``magi.adapter.SIZES``, which the ``size`` knob is validated against); it adds no new size. The embedded
 world hands its presets (``world``, ``world-drafter``) to the adapters' registration
 (:mod:`accelframe_adapters.plugin`), so no adapter imports the world. A preset is registered as a
 factory and built on first use, so registering one imports no torch (``accelframe --help`` stays
