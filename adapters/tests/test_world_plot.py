@@ -32,3 +32,16 @@ def test_the_plot_imports_neither_the_benches_nor_matplotlib():
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_without_matplotlib_the_plot_says_what_to_install(monkeypatch, tmp_path):
+    """matplotlib is the adapters' ``training`` extra: a plain install draws no loss curve, and is
+    told which extra to install, before any file is written."""
+    import pytest
+
+    from accelframe.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    with pytest.raises(ConfigError, match=r"adapters\[training\]"):
+        line_plot(tmp_path / "loss.png", [1, 2], [[0.5, 0.4]])
+    assert not list(tmp_path.iterdir())

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from accelframe.errors import ConfigError
 from accelframe.outputs import atomic_path
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
@@ -23,8 +24,13 @@ def line_plot(path: str | Path, x: Sequence[float], series: Sequence[Sequence[fl
     """Plot ``series`` (each the length of ``x``) against ``x``, ``width`` x ``height`` pixels;
     colours in the order of :data:`COLOURS`. Non-finite values (and, on a log axis, values <= 0)
     are left out. Returns the path written."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # an optional dependency of the adapters: only a model author draws
+        raise ConfigError("line_plot", "path", str(path),
+                          "matplotlib installed to draw loss curves: pip install -c constraints.txt "
+                          "-e './adapters[training]'") from None
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
