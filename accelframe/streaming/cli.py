@@ -36,12 +36,6 @@ NO_SOURCE = "none"  # text-to-video
 PIXEL_FRAMES = 105  # --frames' default: one world clip (27 latent frames of the Wan VAE)
 
 
-def _registry(hooks_: Any) -> Any:
-    from accelframe.plugins import create_hooks
-
-    return (hooks_ if hooks_ is not None else create_hooks()).registry()
-
-
 def source_choices(registry: Any) -> str:
     """What ``--source`` takes, for error messages: the registered sources, 'none' or a video file."""
     return ", ".join(repr(n) for n in [*registry.names("source"), NO_SOURCE]) + " or an existing video file"
@@ -68,16 +62,6 @@ def source_clip(source: Any, name: str, prompt: str, seed: int, frames: int) -> 
         if exc.field != "prompt":
             raise
         raise ConfigError("accelframe stream", "--prompt", prompt, f"{exc.allowed} for --source {name}") from None
-
-
-def world_prompts(n: int, seed: int, hooks_: Any = None) -> list[str]:
-    """``n`` prompts of the ``world`` source (registered by the adapters distribution)."""
-    return stream_source(DEFAULT_SOURCE, _registry(hooks_)).prompts(n, seed)
-
-
-def world_clip(prompt: str, seed: int, frames: int, hooks_: Any = None) -> Any:
-    """The ``world`` source's rendering of ``prompt``: a tensor, or a looped clip when longer than one clip."""
-    return source_clip(stream_source(DEFAULT_SOURCE, _registry(hooks_)), DEFAULT_SOURCE, prompt, seed, frames)
 
 
 def read_video(path: str, size: tuple[int, int], limit: int | None) -> Any:
@@ -309,4 +293,4 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
 
 
 __all__ = ["build_pipeline", "check_source", "configure", "default_prompts", "make_sources", "read_video", "run",
-           "source_choices", "source_clip", "stream_source", "world_clip", "world_prompts"]
+           "source_choices", "source_clip", "stream_source"]

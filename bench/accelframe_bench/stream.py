@@ -48,6 +48,9 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+WORLD_SOURCE = "world"  # the stream source the benched streams play
+
+
 class Bench:
     """Loads the world's model once and runs streams on it."""
 
@@ -76,11 +79,13 @@ class Bench:
     def sources(self, n: int, fps: float, frames: int) -> list[Any]:
         from accelframe.streaming.source import StreamSource
 
-        # the world's source is looked up on the bench's manager too, not on a fresh autoloading one
-        prompts = self.cli.world_prompts(n, self.seed, hooks_=self.hooks)
-        return [StreamSource(id=f"s{i}", prompt=p, frames=self.cli.world_clip(p, self.seed + i, frames,
-                                                                              hooks_=self.hooks),
-                             fps=fps, deadline_s=self.deadline, seed=self.seed + i) for i, p in enumerate(prompts)]
+        # the world's clips, as `accelframe stream --source world` renders them: the source registered
+        # by the adapters, looked up on the bench's manager
+        world = self.cli.stream_source(WORLD_SOURCE, self.hooks.registry())
+        return [StreamSource(id=f"s{i}", prompt=p,
+                             frames=self.cli.source_clip(world, WORLD_SOURCE, p, self.seed + i, frames),
+                             fps=fps, deadline_s=self.deadline, seed=self.seed + i)
+                for i, p in enumerate(world.prompts(n, self.seed))]
 
     def run(self, *, streams: int, fps: float, frames: int, stream_batch: bool = False, block: int = 3,
             on_batch: Any = None) -> dict[str, Any]:

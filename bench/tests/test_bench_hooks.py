@@ -124,22 +124,30 @@ def test_a_policy_and_adapter_only_on_the_given_manager_run_in_a_bench_pipeline(
 def test_the_stream_bench_looks_its_world_source_up_on_its_manager():
     import torch
 
-    hooks = create_hooks(autoload=False, plugins=(ThirdParty(),))
-    seen: list = []
+    asked: list = []
 
-    def prompts(n, seed, hooks_=None):
-        seen.append(hooks_)
-        return ["a prompt"] * n
+    class Grey:
+        def prompts(self, n, seed):
+            asked.append("prompts")
+            return ["a prompt"] * n
 
-    def clip(prompt, seed, frames, hooks_=None):
-        seen.append(hooks_)
-        return torch.zeros(frames, 3, 4, 4)
+        def clip(self, prompt, seed, frames):
+            asked.append("clip")
+            return torch.zeros(frames, 3, 4, 4)
+
+    class GreyWorld:  # a "world" source only this manager knows
+        @hookimpl
+        def accelframe_register_sources(self, register):
+            register("world", Grey)
+
+    from accelframe.streaming import cli as stream_cli
 
     bench = object.__new__(stream.Bench)  # no world model loaded: only the sources are built
-    bench.cli, bench.hooks = argparse.Namespace(world_prompts=prompts, world_clip=clip), hooks
+    bench.cli, bench.hooks = stream_cli, create_hooks(autoload=False, plugins=(GreyWorld(),))
     bench.deadline, bench.seed = 1.0, 0
-    assert len(bench.sources(2, 16.0, 3)) == 2
-    assert seen == [hooks] * 3  # not None: a default, autoloading manager would be built
+    sources = bench.sources(2, 16.0, 3)
+    assert len(sources) == 2 and tuple(sources[0].frames.shape) == (3, 3, 4, 4)
+    assert asked == ["prompts", "clip", "clip"]
 
 
 def test_the_step_bench_leaves_no_policy_on_the_manager_it_was_given(monkeypatch):
