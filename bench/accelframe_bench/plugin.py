@@ -24,6 +24,9 @@ COMMANDS: tuple[tuple[str | None, str, str, str], ...] = (
     ("bench", "stream", "stream",
      "StreamDiffusionV2 on the tiny world: first frame, fps, jitter, deadline misses against load, streams "
      "and ranks"),
+    ("bench", "stack", "stack",
+     "the step, block and stream levels alone, in pairs and all three on the tiny world: speedup, quality, "
+     "composition efficiency"),
     (None, "calibrate", "calibrate", "fit TeaCache's rescale polynomial for an adapter from recorded full runs"),
 )
 

@@ -1,0 +1,374 @@
+"""``accelframe bench stack``: what stacking the step, block and stream levels gives on the tiny world today.
+
+The project's promise is that SCOPE (a step policy), SDVG (a block policy) and StreamDiffusionV2's
+stream batch (a runtime) stack. This bench measures every combination of the three levels on
+held-out prompts of the embedded world, with the ``self-forcing`` adapter, the world target
+(``size="world"``) and the world drafter (``size="world-drafter"``), 27 latent frames (9 blocks),
+batch 1, in one process, every configuration on the same prompt with the same seed, interleaved
+prompt by prompt (as ``bench block`` does) so that machine noise falls on all of them alike:
+
+- ``baseline``: the target alone, sequential (``pipe.generate`` with decoding);
+- ``step``: :data:`STEP_POLICY` on target and drafter (the step bench's best for this loop;
+  ``--step scope`` for SCOPE);
+- ``block``: SDVG at its operating tau, calibrated on training prompts as ``bench block`` does
+  (73 % of drafts accepted) or set with ``--tau``;
+- ``stream``: the stream batch (``pipe.stream(..., stream_batch=True)``), one text-to-video stream of
+  the prompt whose frames have all arrived (a :class:`~accelframe.streaming.source.VirtualClock`,
+  so nothing waits for real time): consecutive chunks in flight at staggered steps, one batched
+  forward per micro-step;
+- every pair, and all three.
+
+A combination the runtime cannot serve today is refused before any model call by the stream loop's
+own validation, and its row says so (``"refused"``: the :class:`~accelframe.errors.IncompatibleError`
+message, every number null): the stream batch runs no step or block policy and no drafter until
+issue 22's single step executor lands, so that gap shows here and so will its closing.
+
+Per row: ``speedup`` (the baseline's mean wall time per video over the row's, decoding included),
+``fps`` (pixel frames over wall time), ``nfe_ratio`` (the baseline's computed target calls over the
+row's, from ``result.stats``), SDVG's ``accept_rate`` (block 0 excluded), the world's ``quality``
+of the decoded clips and its ``quality_retention`` against the baseline, ``psnr`` / ``ssim``
+against the baseline's decoded frames, and ``composition_efficiency`` = the row's speedup / the
+product of the speedups of the single levels it stacks (null for a single level and for a refused
+row): 1.0 means the levels' gains multiply, less that they overlap or get in each other's way.
+
+Written to ``--out``: ``results.json``, ``results.md`` and ``pareto.png`` (speedup against world quality).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.metrics import psnr, ssim
+from accelframe.progress import progress_bar
+
+OWNER = "bench stack"
+LEVELS = ("step", "block", "stream")
+LATENT_FRAMES = 27  # 9 blocks of 3: SDVG's protocol and the world's training length
+# The step level's policy: the best for this loop on the step bench's Pareto front. In
+# ``bench step --adapter self-forcing --prompts 8`` (docs/policies.md) SCOPE's magi-1 preset, like
+# every adaptive policy, skips no call of the 4-step loop (NFE ratio 1.00, the original bit for
+# bit): the probe moves more between the four sigmas than any threshold allows. TaylorSeer every
+# 3 calls (its "slow" row) is the front's point that keeps the picture: 2.00x, 25.1 dB, world
+# quality 0.624 of 0.660. ``--step scope`` runs SCOPE instead (the issue's named stack).
+STEP_POLICIES = {
+    "taylorseer": ("taylorseer", {"interval": 3, "applies_to": "both"}),
+    "scope": ("scope", {"preset": "magi-1", "applies_to": "both"}),
+}
+STEP_POLICY = STEP_POLICIES["taylorseer"]
+OPERATING = 0.73  # SDVG's operating point: the share of drafts accepted on training prompts (its paper's)
+STREAM_FPS = 16.0  # the source's nominal rate; every frame has arrived when the stream starts
+OUTPUTS = ("results.json", "results.md", "pareto.png")
+
+
+def level_sets() -> list[tuple[str, ...]]:
+    """The rows' levels in table order: none (the baseline), each level, every pair, all three."""
+    return [combo for k in range(len(LEVELS) + 1) for combo in combinations(LEVELS, k)]
+
+
+def composition_efficiency(levels: tuple[str, ...], speedup: float | None,
+                           singles: dict[str, float | None]) -> float | None:
+    """``speedup`` / the product of ``singles[level]`` over ``levels``; None for fewer than two
+    levels, a refused row or a level whose own speedup is unknown."""
+    if len(levels) < 2 or speedup is None:
+        return None
+    product = 1.0
+    for lv in levels:
+        s = singles.get(lv)
+        if s is None or s <= 0:
+            return None
+        product *= s
+    return speedup / product
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """One row: the levels it stacks and what they are here."""
+
+    levels: tuple[str, ...]
+    tau: float | None = None
+    step: tuple[str, dict[str, Any]] = STEP_POLICY
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.levels) if self.levels else "baseline"
+
+    @property
+    def stream(self) -> bool:
+        return "stream" in self.levels
+
+    def policies(self) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        if "step" in self.levels:
+            out.append(self.step)
+        if "block" in self.levels:
+            out.append(("sdvg", {"tau": self.tau}))
+        return out
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The row's ``policies``: the stacked policies and, for the stream level, the runtime."""
+        out = [{"name": n, **kw} for n, kw in self.policies()]
+        if self.stream:
+            out.append({"name": "stream-batch", "runtime": "StreamLoop(stream_batch=True)"})
+        return out
+
+
+def configs(tau: float, step: tuple[str, dict[str, Any]] = STEP_POLICY) -> list[Config]:
+    return [Config(levels=ls, tau=tau if "block" in ls else None, step=step) for ls in level_sets()]
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+# ------------------------------------------------------------------------------------------------
+
+
+def build(models: Any, cfg: Config) -> Any:
+    """The pipeline of ``cfg``: the target, the drafter when the block level is on, the policies."""
+    from accelframe.pipeline import Pipeline
+
+    drafted = "block" in cfg.levels
+    pipe = Pipeline(models.target, drafter=models.drafter if drafted else None, hooks=models.hooks, trace=False)
+    for name, kw in cfg.policies():
+        pipe.use(name, **({**kw, "scorer": models.scorer} if name == "sdvg" else kw))
+    return pipe
+
+
+def source(adapter: Any, prompt: str, seed: int, frames: int) -> Any:
+    """One text-to-video stream of ``prompt``: ``frames`` latent frames' worth of pixel frames."""
+    from accelframe.streaming.source import StreamSource
+
+    return StreamSource(id="s", prompt=prompt, num_frames=adapter.pixel_frames(frames), fps=STREAM_FPS, seed=seed)
+
+
+def refusal(pipe: Any, src: Any) -> str | None:
+    """The stream loop's own validation of a stream-batch run of ``pipe``, which runs no model:
+    the :class:`IncompatibleError` message when the runtime refuses the stack, else None."""
+    from accelframe.streaming import StreamLoop
+
+    try:
+        StreamLoop(pipe, [src], stream_batch=True)
+    except IncompatibleError as err:
+        return str(err)
+    return None
+
+
+def _clock(src: Any) -> Any:
+    from accelframe.streaming.source import VirtualClock
+
+    # starts after the last arrival: the whole clip is there, so chunks pile up in the stream batch
+    # as they would behind a live source at full load, and nothing waits for real time
+    return VirtualClock(start=src.arrival_s(src.total - 1) + 1.0)
+
+
+def _run(pipe: Any, cfg: Config, prompt: str, seed: int, frames: int) -> tuple[torch.Tensor, float, Any]:
+    """One video: decoded pixel frames ``[T, 3, H, W]`` in [0, 1], wall seconds, the run's result."""
+    if cfg.stream:
+        src = source(pipe.adapter, prompt, seed, frames)
+        t0 = time.perf_counter()
+        res = pipe.stream([src], clock=_clock(src), stream_batch=True)
+        wall = time.perf_counter() - t0
+        video = res.outputs["s"].frames
+    else:
+        t0 = time.perf_counter()
+        res = pipe.generate([prompt], num_frames=frames, seed=seed)
+        wall = time.perf_counter() - t0
+        video = res.frames[0]
+    return video, wall, res
+
+
+@attrs.define
+class _Tally:
+    wall: list[float] = attrs.field(factory=list)
+    computed: int = 0
+    frames: int = 0
+    routed: int = 0  # drafted blocks SDVG routed (block 0 is not) and those it accepted
+    accepted: int = 0
+    clips: list[Any] = attrs.field(factory=list)
+    psnr: list[float] = attrs.field(factory=list)
+    ssim: list[float] = attrs.field(factory=list)
+
+
+def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer") -> None:
+    if step not in STEP_POLICIES:
+        raise ConfigError(OWNER, "--step", step, "one of " + ", ".join(STEP_POLICIES))
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(OWNER, "--prompts", n, "an int >= 1")
+    if tau is not None and not math.isfinite(tau):
+        raise ConfigError(OWNER, "--tau", tau, "a finite number")
+    if not isinstance(frames, int) or frames < 3 or frames % 3:
+        raise ConfigError(OWNER, "frames", frames, "a positive multiple of 3 latent frames")
+
+
+def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = False,
+              frames: int = LATENT_FRAMES, step: str = "taylorseer", quiet: bool = False,
+              hooks: Any = None) -> dict[str, Any]:
+    """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
+    :func:`accelframe_bench.hooks.default_hooks`)."""
+    from accelframe_adapters.world import clips, quality
+    from accelframe_bench.block import Models, calibrate_taus, draft_scores
+
+    _check(n, tau, frames, step)
+    models = Models.load(hooks)
+    rng = random.Random(seed)
+    scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")  # held out: never calibrated on
+    seeds = [rng.randrange(2**31) for _ in scenes]
+    if tau is None:
+        cal = clips.sample_scenes(2 if quick else 8, 3_000 + seed, split="train")
+        cal_seeds = [rng.randrange(2**31) for _ in cal]
+        tau = calibrate_taus(draft_scores(models, [s.prompt for s in cal], cal_seeds), (OPERATING,))[OPERATING]
+        calibration: dict[str, Any] = {"source": "calibrated", "accept_target": OPERATING,
+                                       "prompts": [s.prompt for s in cal], "seeds": cal_seeds}
+    else:
+        calibration = {"source": "--tau"}
+    cfgs = configs(tau, STEP_POLICIES[step])
+    pipes = {c.name: build(models, c) for c in cfgs}
+    try:
+        refused = {c.name: refusal(pipes[c.name], source(models.target, scenes[0].prompt, seeds[0], frames))
+                   for c in cfgs if c.stream}
+        live = [c for c in cfgs if not refused.get(c.name)]
+        tallies = {c.name: _Tally() for c in live}
+        with progress_bar(total=n * len(live), desc=OWNER, unit="video", quiet=quiet) as bar:
+            for c in live:  # warm-up: one block each (not reported)
+                _run(pipes[c.name], c, scenes[0].prompt, 0, 3)
+            for scene, sd in zip(scenes, seeds):
+                base_video = None
+                for c in live:  # the baseline first: the others are compared with its frames
+                    video, wall, res = _run(pipes[c.name], c, scene.prompt, sd, frames)
+                    t = tallies[c.name]
+                    t.wall.append(wall)
+                    t.computed += res.stats.to_dict()["calls"]["target"]["computed"]
+                    if "block" in c.levels:
+                        t.routed += len(res.sources) - 1
+                        t.accepted += res.sources[1:].count("draft")
+                    t.frames += int(video.shape[0])
+                    t.clips.append(quality.measure(video, scene))
+                    if base_video is None:
+                        base_video = video
+                    else:
+                        t.psnr.append(psnr(video, base_video))
+                        t.ssim.append(ssim(video, base_video))
+                    bar.update(1)
+    finally:
+        for p in pipes.values():  # the policies leave the manager (a caller's, the CLI's)
+            p.close()
+    doc = document(cfgs, tallies, refused, quality)
+    doc["config"] = {"adapter": "self-forcing", "target": "world", "drafter": "world-drafter", "prompts": n,
+                     "seed": seed, "latent_frames": frames, "batch": 1, "quick": quick,
+                     "threads": torch.get_num_threads(), "tau": tau, "calibration": calibration,
+                     "step_policy": {"name": STEP_POLICIES[step][0], **STEP_POLICIES[step][1]},
+                     "prompts_used": [s.prompt for s in scenes], "seeds": seeds}
+    return doc
+
+
+def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, str | None],
+             quality: Any) -> dict[str, Any]:
+    """Rows from the tallies (one per config; a refused config's numbers null) and the baseline."""
+    base = tallies["baseline"]
+    t_base = statistics.fmean(base.wall)
+    q_base = quality.summarise(base.clips)["quality"]
+
+    def row(c: Config) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": c.name, "levels": list(c.levels), "policies": c.describe(),
+                               "refused": refused.get(c.name)}
+        t = tallies.get(c.name)
+        if t is None:
+            return {**out, **{k: None for k in ("time_s", "speedup", "fps", "nfe_ratio", "accept_rate", "quality",
+                                                "quality_retention", "psnr", "ssim")}}
+        wall = statistics.fmean(t.wall)
+        q = quality.summarise(t.clips)["quality"]
+        finite = [v for v in t.psnr if math.isfinite(v)]
+        return {**out, "time_s": wall, "speedup": t_base / wall, "fps": t.frames / sum(t.wall),
+                "nfe_ratio": base.computed / t.computed if t.computed else None,
+                "accept_rate": t.accepted / t.routed if t.routed else None,
+                "quality": q, "quality_retention": q / q_base if q_base else None,
+                # an exact match (infinite PSNR) is left out of the mean; all exact: null, as bench step
+                "psnr": statistics.fmean(finite) if finite else None,
+                "ssim": statistics.fmean(t.ssim) if t.ssim else None}
+
+    rows = [row(c) for c in cfgs]
+    singles = {r["levels"][0]: r["speedup"] for r in rows if len(r["levels"]) == 1}
+    for r in rows:
+        r["composition_efficiency"] = composition_efficiency(tuple(r["levels"]), r["speedup"], singles)
+    baseline = next(r for r in rows if not r["levels"])
+    return {"rows": [r for r in rows if r["levels"]], "baseline": baseline}
+
+
+# ------------------------------------------------------------------------------------------------
+# reporting
+# ------------------------------------------------------------------------------------------------
+
+
+def _f(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    c = doc["config"]
+    lines = [f"# bench stack: step, block and stream levels on the tiny world ({c['prompts']} held-out prompts, "
+             f"{c['latent_frames']} latent frames, {c['threads']} threads, SDVG tau {c['tau']:.3f})", "",
+             "| levels | speedup | fps | NFE ratio | accept rate | world quality | retention | PSNR (dB) | SSIM "
+             "| composition efficiency | refused |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [doc["baseline"], *doc["rows"]]:
+        exact = r["levels"] and r["refused"] is None and r["psnr"] is None  # every clip equal to the baseline's
+        lines.append(f"| {r['name']} | {_f(r['speedup'], '.2f')} | {_f(r['fps'], '.1f')} "
+                     f"| {_f(r['nfe_ratio'], '.2f')} | {_f(r.get('accept_rate'), '.1%')} "
+                     f"| {_f(r['quality'], '.3f')} | {_f(r['quality_retention'], '.1%')} "
+                     f"| {'inf' if exact else _f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
+                     f"| {_f(r['composition_efficiency'], '.2f')} | {r['refused'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
+    from accelframe_bench import charts
+    from accelframe_bench.reports import write_tables
+
+    written = write_tables(doc, out, markdown)
+    pts = [(r["speedup"], r["quality"], r["name"]) for r in [doc["baseline"], *doc["rows"]]
+           if r["speedup"] is not None]  # a refused row has no point
+    written.append(charts.scatter(out / "pareto.png", pts, xlabel="speedup", ylabel="world quality"))
+    return written
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
+    p.add_argument("--quick", action="store_true",
+                   help="2 prompts, SDVG's tau calibrated on 2 training prompts: under 90 s on one thread")
+    p.add_argument("--tau", type=float, default=None,
+                   help="SDVG's threshold instead of the one calibrated to accept 73 %% of drafts on "
+                        "training prompts")
+    p.add_argument("--step", default="taylorseer", choices=tuple(STEP_POLICIES),
+                   help="the step level's policy: taylorseer (interval 3, the step bench's best for this loop) "
+                        "or scope (magi-1 preset) (default: taylorseer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
+    p.add_argument("--out", default="bench-stack", metavar="DIR",
+                   help="folder for results.json, results.md and pareto.png (default: bench-stack)")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace, hooks: Any = None) -> int:
+    from accelframe_bench.reports import fresh_out, report
+
+    n = 2 if args.quick else args.prompts
+    # bad input is named before any folder or model is touched
+    _check(args.prompts, args.tau, LATENT_FRAMES, args.step)
+    out = Path(args.out)
+    fresh_out(OWNER, out, OUTPUTS, args.force)
+    doc = run_bench(n=n, seed=args.seed, tau=args.tau, quick=args.quick, step=args.step, quiet=args.json,
+                    hooks=hooks)
+    return report(doc, out, write_outputs, markdown, args.json)
+
+
+__all__ = ["LEVELS", "STEP_POLICIES", "STEP_POLICY", "Config", "build", "composition_efficiency", "configs",
+           "configure", "document", "level_sets", "markdown", "refusal", "run", "run_bench", "write_outputs"]
