@@ -25,7 +25,7 @@ so a bfloat16 model on a GPU behaves as the reference does.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import attrs
 import torch
@@ -81,8 +81,7 @@ class WanDiTConfig:
                               "a temporal patch of 1 (AR units address single latent frames)")
         if self.spatial_grid is not None and (len(self.spatial_grid) != 2
                                               or any(not isinstance(n, int) or n < 1 for n in self.spatial_grid)):
-            raise ConfigError("WanDiTConfig", "spatial_grid", self.spatial_grid,
-                              "None or two positive ints (h, w)")
+            raise ConfigError("WanDiTConfig", "spatial_grid", self.spatial_grid, "None or two positive ints (h, w)")
 
     @property
     def head_dim(self) -> int:
@@ -142,17 +141,6 @@ class WanDiTConfig:
         return cls(**{**fields, **kw})
 
 
-_MEMO_MAX = 1 << 20  # elements of the largest input WanDiT memoises an embedding for
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """Equal memo keys: tensors of one shape, dtype and device holding equal values, or equal values."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
-    return a == b
-
-
 def spatial_grid(table: torch.Tensor | None) -> tuple[int, int] | None:
     """The (h, w) grid of a ``spatial_embedding`` table ``[h, w, D]`` (None without one)."""
     return None if table is None else (int(table.shape[0]), int(table.shape[1]))
@@ -163,18 +151,11 @@ def spatial_grid(table: torch.Tensor | None) -> tuple[int, int] | None:
 # ------------------------------------------------------------------------------------------------
 
 
-_FREQUENCIES: dict[tuple[int, torch.device], torch.Tensor] = {}  # sinusoidal's w per (dim / 2, device)
-
-
 def sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Wan's timestep embedding: ``[cos(t w), sin(t w)]`` with ``w_k = 10000^(-k / (dim/2))``,
     computed in float64 (t reaches 1000). ``t: [...]`` -> ``[..., dim]`` float32."""
     half = dim // 2
-    key = (half, t.device)
-    w = _FREQUENCIES.get(key)
-    if w is None:  # the same two ops every call, so a memoised table has the very same values
-        w = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)  # [half]
-        _FREQUENCIES[key] = w
+    w = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)  # [half]
     arg = t.to(torch.float64).unsqueeze(-1) * w  # [..., half]
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1).float()
 
@@ -446,9 +427,8 @@ class WanBlock(nn.Module):
 
     def modulated_input(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The self-attention input ``norm1(x) (1 + scale) + shift``; ``x: [B, F, S, D]``,
-        ``e: [B, F, 6, D]`` (or its first two rows). This is what :meth:`WanDiT.probe` returns for
-        block 0."""
-        m = (self.modulation[:, :e.shape[-2]].unsqueeze(0) + e.float()).unsqueeze(2)  # [B, F, 1, 6 or 2, D]
+        ``e: [B, F, 6, D]``. This is what :meth:`WanDiT.probe` returns for block 0."""
+        m = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(2)  # [B, F, 1, 6, D]
         return layer_norm(x, self.eps) * (1 + m[..., 1, :]) + m[..., 0, :]
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, ctx_k: torch.Tensor, ctx_v: torch.Tensor,
@@ -501,31 +481,6 @@ class WanDiT(nn.Module):
         # plain attributes, not buffers: ``module.to(dtype)`` would cast complex tables to real
         self._rope = rope_tables(cfg.head_dim, cfg.rope_max_len)
         self._rope_on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
-        # The last gradient-free time and patch embedding, reused when the next call's inputs are
-        # equal (a probe then the forward of the same call, a guided call's second pass). Exact by
-        # construction: equal inputs, the same weights, the same ops. The weights are "the same" when
-        # their storage and version counter are: the memo holds the storage, so a freed one's address
-        # cannot come back as another's (an optimiser step or a load bumps the version).
-        self._memo: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], Any]] = {}
-
-    def _memoised(self, name: str, inputs: tuple[Any, ...], weights: Iterable[torch.Tensor | None],
-                  compute: Callable[[], Any]) -> Any:
-        """``compute()``, or the value it gave for equal ``inputs`` last time. Only without
-        autograd, on the CPU (comparing accelerator tensors would synchronise every call) and for
-        small inputs (the memo holds a copy of them and the value)."""
-        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
-        if torch.is_grad_enabled() or any(x.device.type != "cpu" or x.numel() > _MEMO_MAX for x in tensors):
-            return compute()
-        ws = [w for w in weights if w is not None]
-        hit = self._memo.get(name)
-        if (hit is not None and len(hit[1]) == len(ws)
-                and all(h.data_ptr() == w.data_ptr() and v == w._version for (h, v), w in zip(hit[1], ws))
-                and len(hit[0]) == len(inputs) and all(_equal(a, b) for a, b in zip(hit[0], inputs))):
-            return hit[2]
-        value = compute()
-        held = tuple((w.detach(), w._version) for w in ws)  # detach(): the storage, kept alive
-        self._memo[name] = (tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs), held, value)
-        return value
 
     def rope_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         """The RoPE tables on ``device`` (copied there once)."""
@@ -544,28 +499,13 @@ class WanDiT(nn.Module):
 
     def time_embed(self, t: torch.Tensor, fps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``t: [B, F]`` -> (head modulation input ``[B, F, D]``, block modulation ``[B, F, 6, D]``)."""
-        weights = [*self.time_embedding.parameters(), *self.time_projection.parameters()]
-        if self.cfg.inject_sample_info:
-            weights += [*self.fps_embedding.parameters(), *self.fps_projection.parameters()]
-        return self._memoised("time", (t, fps), weights, lambda: self._time_embed(t, fps))
-
-    def _time_embed(self, t: torch.Tensor, fps: int | None,
-                    rows: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`time_embed` computing only the first ``rows`` modulation rows (the probe's 2 of 6:
-        shift and scale). A row's products are the full projection's: bit-identical in every case
-        measured (adapters/tests/test_wan_probe.py), though BLAS does not promise it."""
         b, f = t.shape
         e = self.time_embedding(sinusoidal(t, self.cfg.freq_dim).to(self.time_embedding[0].weight.dtype))
-        proj = self.time_projection[1]
-        if rows == 6 or type(proj) is not nn.Linear:  # a replaced layer (an adapter, a quantiser): all of it
-            e0 = self.time_projection(e).unflatten(-1, (6, -1))[..., :rows, :]  # [B, F, rows, D]
-        else:
-            n = rows * self.cfg.dim
-            e0 = F.linear(self.time_projection[0](e), proj.weight[:n], proj.bias[:n]).unflatten(-1, (rows, -1))
+        e0 = self.time_projection(e).unflatten(-1, (6, -1))  # [B, F, 6, D]
         if self.cfg.inject_sample_info:
             which = torch.full((b,), 0 if fps is None else int(fps), dtype=torch.long, device=t.device)
             extra = self.fps_projection(self.fps_embedding(which)).unflatten(-1, (6, -1))  # [B, 6, D]
-            e0 = e0 + extra[:, :rows].unsqueeze(1)
+            e0 = e0 + extra.unsqueeze(1)
         return e.float(), e0.float()
 
 
@@ -573,10 +513,6 @@ class WanDiT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Patchify ``x: [B, C, F, H, W]`` -> tokens ``[B, F, S, D]`` and the token grid."""
-        weights = [*self.patch_embedding.parameters(), getattr(self, "spatial_embedding", None)]
-        return self._memoised("patch", (x,), weights, lambda: self._embed(x))
-
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         y = self.patch_embedding(x)  # [B, D, F, h, w]
         b, d, f, h, w = y.shape
         tokens = y.permute(0, 2, 3, 4, 1)  # [B, F, h, w, D]
@@ -591,13 +527,9 @@ class WanDiT(nn.Module):
 
     def probe(self, x: torch.Tensor, t: torch.Tensor, fps: int | None = None) -> torch.Tensor:
         """Block 0's timestep-modulated input ``[B, F, S, D]``: the cheap signal step policies
-        compare between calls (TeaCache's and SCOPE's indicator).
-
-        It is paid on every call while few calls run the model, so it computes only the two
-        modulation rows it uses, and its patch embedding is memoised: the forward of the same call
-        (same ``x``) reuses it."""
+        compare between calls (TeaCache's and SCOPE's indicator)."""
         tokens, _ = self.embed(x)
-        _, e0 = self._time_embed(t, fps, rows=2)  # [B, F, 2, D]
+        _, e0 = self.time_embed(t, fps)
         return self.blocks[0].modulated_input(tokens, e0)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | CrossCache, *,
