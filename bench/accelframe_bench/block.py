@@ -307,11 +307,9 @@ def interpolate(points: list[tuple[float | None, float]], x: float | None) -> fl
 # ------------------------------------------------------------------------------------------------
 
 
-def _f(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def markdown(doc: dict[str, Any]) -> str:
+    from accelframe_bench.reports import cell
+
     c = doc["config"]
     lines = [f"# bench block: SDVG on the tiny world ({c['prompts']} held-out prompts, {c['latent_frames']} "
              f"latent frames, batch {c['batch']}, {c['threads']} threads)", "",
@@ -322,18 +320,19 @@ def markdown(doc: dict[str, Any]) -> str:
             *doc.get("emitted_context", [])]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {_f(r['tau'], '.3f')} | {r['time_s']:.2f} | {r['speedup']:.2f}x "
-            f"| {_f(r['model_speedup'], '.2f')}x | {_f(r['accept_rate'], '.1%')} | {r['quality']:.3f} "
-            f"| {_f(r['quality_retention'], '.1%')} | {r['adherence']:.2f} | {r['wasted_drafter_calls']:.1f} "
+            f"| {r['name']} | {cell(r['tau'], '.3f')} | {r['time_s']:.2f} | {r['speedup']:.2f}x "
+            f"| {cell(r['model_speedup'], '.2f')}x | {cell(r['accept_rate'], '.1%')} | {r['quality']:.3f} "
+            f"| {cell(r['quality_retention'], '.1%')} | {r['adherence']:.2f} | {r['wasted_drafter_calls']:.1f} "
             f"| {r['wasted_decodes']:.1f} |")
-    t = doc["targets"]
-    lines += ["", f"- best speedup at >= 98 % of target-only quality: {_f(t['best_speedup_at_98pct_quality'], '.2f')}"
+    t, rr = doc["targets"], doc["random_routing"]
+    lines += ["", "- best speedup at >= 98 % of target-only quality: "
+              f"{cell(t['best_speedup_at_98pct_quality'], '.2f')}"
               f" (goal 1.5x: {'met' if t['speedup_1_5x_at_98pct_quality'] else 'not met'})",
               f"- quality above draft-only at every tau: {'yes' if t['above_draft_only_at_every_tau'] else 'no'}",
               f"- reward routing above random routing at the matched accept rate: "
               f"{'yes' if t['reward_beats_random_at_matched_rate'] else 'no'} (random "
-              f"{doc['random_routing']['quality']:.3f} at {_f(doc['random_routing']['accept_rate'], '.1%')}; "
-              f"the tau sweep at that rate {_f(doc['random_routing'].get('reward_quality_at_this_rate'), '.3f')})"]
+              f"{rr['quality']:.3f} at {cell(rr['accept_rate'], '.1%')}; "
+              f"the tau sweep at that rate {cell(rr.get('reward_quality_at_this_rate'), '.3f')})"]
     return "\n".join(lines) + "\n"
 
 

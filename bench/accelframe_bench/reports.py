@@ -23,6 +23,11 @@ def write_tables(doc: dict[str, Any], out: Path, markdown: Callable[[dict[str, A
     return [out / "results.json", out / "results.md"]
 
 
+def cell(value: Any, spec: str) -> str:
+    """A table cell: ``value`` formatted by ``spec``, or ``-`` when there is none."""
+    return "-" if value is None else format(value, spec)
+
+
 def report(doc: dict[str, Any], out: Path, write: Callable[[dict[str, Any], Path], Any],
            markdown: Callable[[dict[str, Any]], str], as_json: bool) -> int:
     """Write the outputs, then print the document as JSON or the table and where it went. The files
@@ -40,4 +45,4 @@ def report(doc: dict[str, Any], out: Path, write: Callable[[dict[str, Any], Path
     return 0
 
 
-__all__ = ["fresh_out", "report", "write_tables"]
+__all__ = ["cell", "fresh_out", "report", "write_tables"]

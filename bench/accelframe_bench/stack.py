@@ -308,11 +308,9 @@ def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, 
 # ------------------------------------------------------------------------------------------------
 
 
-def _f(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def markdown(doc: dict[str, Any]) -> str:
+    from accelframe_bench.reports import cell
+
     c = doc["config"]
     lines = [f"# bench stack: step, block and stream levels on the tiny world ({c['prompts']} held-out prompts, "
              f"{c['latent_frames']} latent frames, {c['threads']} threads, SDVG tau {c['tau']:.3f})", "",
@@ -321,11 +319,11 @@ def markdown(doc: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in [doc["baseline"], *doc["rows"]]:
         exact = r["levels"] and r["refused"] is None and r["psnr"] is None  # every clip equal to the baseline's
-        lines.append(f"| {r['name']} | {_f(r['speedup'], '.2f')} | {_f(r['fps'], '.1f')} "
-                     f"| {_f(r['nfe_ratio'], '.2f')} | {_f(r.get('accept_rate'), '.1%')} "
-                     f"| {_f(r['quality'], '.3f')} | {_f(r['quality_retention'], '.1%')} "
-                     f"| {'inf' if exact else _f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
-                     f"| {_f(r['composition_efficiency'], '.2f')} | {r['refused'] or ''} |")
+        lines.append(f"| {r['name']} | {cell(r['speedup'], '.2f')} | {cell(r['fps'], '.1f')} "
+                     f"| {cell(r['nfe_ratio'], '.2f')} | {cell(r.get('accept_rate'), '.1%')} "
+                     f"| {cell(r['quality'], '.3f')} | {cell(r['quality_retention'], '.1%')} "
+                     f"| {'inf' if exact else cell(r['psnr'], '.2f')} | {cell(r['ssim'], '.4f')} "
+                     f"| {cell(r['composition_efficiency'], '.2f')} | {r['refused'] or ''} |")
     return "\n".join(lines) + "\n"
 
 
