@@ -249,7 +249,7 @@ def accelframe_model_call(call: ModelCall) -> torch.Tensor | None:
 
     ``firstresult``: the core's implementation (the innermost, ``trylast``) runs ``call.run()``
     and its output is the hook's result; wrappers see it and pass it on. Fires around every model call:
-    denoising passes and commit passes, of target and drafter (except the stream batch's batched
-    ``denoise_rows`` forwards, which do not go through the engine yet). A wrapper must return the
-    output it received.
+    denoising passes and commit passes, of target and drafter, in every runtime (a stream batch's
+    batched forward over several rows is one call with ``call.rows`` rows). A wrapper must return
+    the output it received.
     """

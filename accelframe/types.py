@@ -378,7 +378,9 @@ class ModelCall:
     """One model call, as the ``accelframe_model_call`` wrapper hook sees it.
 
     ``kind`` is ``"denoise"`` or ``"commit"``; ``run()`` performs the call and returns its output
-    (the velocity of the computed frames, or None for a commit pass).
+    (the velocity of the computed frames, or None for a commit pass). ``rows`` is how many rows the
+    call runs: a stream batch's batched forward over several rows (of one or more streams) is one
+    call; its ``generation``, ``unit``, ``step`` and ``frames`` are its first row's.
     """
 
     generation: int
@@ -389,6 +391,7 @@ class ModelCall:
     step: int
     frames: tuple[int, int]
     run: Callable[[], torch.Tensor | None] = attrs.field(repr=False)
+    rows: int = 1
 
 
 # ------------------------------------------------------------------------------------------------
