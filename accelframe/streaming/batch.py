@@ -1,89 +1,173 @@
-"""StreamDiffusionV2's stream batch: the denoising steps of consecutive chunks as one forward.
+"""StreamDiffusionV2's stream batch on the step executor: chunks in flight at staggered steps.
 
 With an n-step schedule a stream keeps up to n chunks in flight, each at its own step. Every
-micro-step runs **one** batched model call over all in-flight rows (of every stream in the batch:
-rows may come from several user streams), advances each row one step, and the row that reaches
-σ = 0 is committed into its stream's KV cache (the adapter's commit pass), decoded and emitted.
-A new chunk enters at its first level. So once the pipe is full, every call yields one clean chunk
-per stream.
+micro-step hands one row per in-flight chunk (of every stream in the batch) to the step executor
+(:mod:`accelframe.executor`), which asks the step policies row by row and runs **one** batched
+forward per model over the rows that recompute; each row advances one step. A chunk that reaches
+σ = 0 is committed into its stream's KV cache (the adapter's commit pass), decoded and emitted. A
+new chunk enters at its first level. So once the pipe is full, every call yields one clean chunk per
+stream. A chunk is denoised as one block: a chunk of several units runs the first unit's schedule
+over all its frames, its start noise drawn from the first unit's generator.
 
-The rows attend to their stream's *committed* context, read only (the adapter's
-``denoise_rows``). A chunk therefore starts denoising before the chunks ahead of it are
-committed: its first steps see a context up to n - 1 chunks old. That lag is what the stream batch
-trades for throughput; with one chunk in flight it is sequential generation. (The reference keeps a
-cache per row and writes each row's noisy K/V into it with no commit pass; here the cache holds
-clean committed frames only, as everywhere else in accelframe.)
+The rows attend to their stream's *committed* context, read only (the adapter's ``denoise_rows``).
+A chunk therefore starts denoising before the chunks ahead of it are committed: its first steps see a
+context up to n - 1 chunks old. That lag is what the stream batch trades for throughput; with one
+chunk in flight it is sequential generation. (The reference keeps a cache per row and writes each
+row's noisy K/V into it with no commit pass; here the cache holds clean committed frames only, as
+everywhere else in accelframe.)
 
-Chunks of a stream finish in order: a chunk whose schedule is shorter than the one ahead of it (a
+**With a drafter** (SDVG) a new chunk enters as the drafter's: its rows run in the same batches.
+When the draft is done it is committed into the *drafter's* KV at once (the drafter's context is its
+own drafts), so the drafter never waits for a verdict and drafts the next chunks meanwhile. When a
+drafted chunk is the oldest of its stream, the target's caches are snapshot, the draft is decoded
+with the target's decoder and scored (``accelframe_block_verdict``): on accept it is committed into
+the target's KV and emitted; on reject the caches are restored and the target regenerates the chunk
+from the same start noise, as rows of its own in the next micro-steps (with every chunk before it
+committed, so the regenerated chunk is what sequential generation gives).
+
+Chunks of a stream leave in order: a chunk whose schedule is shorter than the one ahead of it (a
 motion-aware noise level can shorten it) waits, clean, until that one is out.
 """
 
 from __future__ import annotations
 
-from time import perf_counter as perf
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 import torch
 
 from accelframe.adapter import adapter_device, adapter_dtype
-from accelframe.rng import unit_generator
-from accelframe.trace import Stats
-from accelframe.types import Iteration, Mode, ModelRole, Request, Role
+from accelframe.executor import Executor, ModelSlot, Row
+from accelframe.types import BlockContext, Iteration, ModelRole, Request, Role, UnitSpan, Verdict
 
 
 @attrs.define(eq=False)
-class Row:
-    """One chunk in flight: latent frames ``[a, b)`` of a stream, its plan's denoising iterations and
-    the step it is at."""
+class Chunk:
+    """One chunk in flight: latent frames ``span`` of a stream, the model denoising it (its slot:
+    adapter, the stream's state, the chunk's latents), its denoising steps and the step it is at."""
 
-    stream: str
-    a: int
-    b: int
-    x: torch.Tensor  # [1, F, C, H, W]
+    request: Request
+    span: UnitSpan
+    slot: ModelSlot
     steps: list[Iteration]
-    generator: torch.Generator
     k: int = 0
+    committed: bool = False  # a draft committed into the drafter's KV (drafter chunks only)
 
     @property
     def done(self) -> bool:
         return self.k >= len(self.steps)
 
+    @property
+    def drafted(self) -> bool:
+        return self.slot.role is ModelRole.DRAFTER
 
-def new_row(adapter: Any, stream: str, stream_index: int, request: Request) -> Row:
-    """A chunk entering the pipe: its start noise from the unit's generator (the engine's bits)."""
+    def row(self) -> Row:
+        return Row(self.slot, self.steps[self.k], self.request, read_only=True)
+
+
+def chunk_steps(adapter: Any, request: Request) -> list[Iteration]:
+    """The denoising iterations of a chunk ``request`` as one block: its first unit's schedule over
+    all its frames, the whole chunk starting (its noise) at the first step."""
     a, b = request.first_frame, request.first_frame + request.num_frames
-    unit = a // adapter.unit_frames
-    steps = [it for it in adapter.plan(request) if it.role is Role.DENOISE]
-    g = unit_generator(request.seed, unit, stream_index)
-    noise = torch.randn((1, b - a, *adapter.latent_shape), generator=g)  # [1, F, C, H, W], on the CPU
-    x = noise.to(adapter_device(adapter), adapter_dtype(adapter))
-    if request.init_latents is not None:  # video-to-video: noise the clean latents to the start level
-        s = request.start_sigma
-        x = (1.0 - s) * request.init_latents.to(x.dtype) + s * x
-    return Row(stream=stream, a=a, b=b, x=x, steps=steps, generator=g)
+    its = [it for it in adapter.plan(request) if it.role is Role.DENOISE]
+    first = [it for it in its if it.unit == its[0].unit]
+    if len(first) == len(its) and all(it.frames == (a, b) for it in its):
+        return its  # one unit: the plan as it is
+    n, span = b - a, UnitSpan(unit=its[0].unit, start=a, end=b)
+    return [attrs.evolve(it, frames=(a, b), sigma=(it.sigma[0],) * n,
+                         sigma_next=(it.sigma_next[0],) * n, update=(True,) * n,
+                         starts=(span,) if k == 0 else (), finishes=())
+            for k, it in enumerate(first)]
 
 
-def micro_step(adapter: Any, rows: list[Row], states: dict[str, Any], stats: Stats) -> None:
-    """Advance every unfinished row one step with batched forwards (one per chunk length)."""
-    live = [r for r in rows if not r.done]
-    by_len: dict[int, list[Row]] = {}
-    for r in live:
-        by_len.setdefault(r.b - r.a, []).append(r)
-    for group in by_len.values():
-        t0 = perf()
-        xs = torch.cat([r.x for r in group])  # [R, F, C, H, W]
-        its = [r.steps[r.k] for r in group]
-        v = adapter.denoise_rows(xs, [it.sigma[0] for it in its], [r.a for r in group],
-                                 [states[r.stream] for r in group])  # [R, F, C, H, W]
-        stats.time_s["model"] += perf() - t0
-        for r in group:  # one computed call per row, as the engine counts a call
-            stats.count_call(ModelRole.TARGET, Mode.RECOMPUTE, r.b - r.a)
-        t0 = perf()
-        for i, (r, it) in enumerate(zip(group, its)):
-            r.x = adapter.advance(r.x, v[i:i + 1], it, r.generator, states[r.stream])
-            r.k += 1
-        stats.time_s["advance"] += perf() - t0
+class StreamBatch:
+    """The stream batch of one stream loop: enters chunks, runs micro-steps and lets finished
+    chunks out, in order, on the loop's executor."""
+
+    def __init__(self, executor: Executor, *, target: Any, target_name: str,
+                 drafter: Any = None, drafter_name: str | None = None) -> None:
+        self.ex = executor
+        self.target, self.target_name = target, target_name
+        self.drafter, self.drafter_name = drafter, drafter_name
+
+    def chunk(self, role: ModelRole, request: Request, state: Any, generation: int) -> Chunk:
+        """A chunk of ``request`` for the target or the drafter, with the stream's ``state``."""
+        adapter, name = ((self.target, self.target_name) if role is ModelRole.TARGET
+                         else (self.drafter, self.drafter_name or "drafter"))
+        a, b = request.first_frame, request.first_frame + request.num_frames
+        x = torch.zeros(request.batch, b - a, *adapter.latent_shape, device=adapter_device(adapter),
+                        dtype=adapter_dtype(adapter))  # [B, F, C, H, W]; the first step draws the noise
+        slot = self.ex.slot(role, name, adapter, state, x, a, generation)
+        return Chunk(request=request, span=UnitSpan(unit=a // adapter.unit_frames, start=a, end=b),
+                     slot=slot, steps=chunk_steps(adapter, request))
+
+    def enter(self, chunks: list[Chunk], request: Request, target: Any, drafter: Any,
+              generation: int) -> None:
+        """A new chunk of a stream enters: the drafter's when there is one, else the target's."""
+        if self.drafter is not None:
+            chunks.append(self.chunk(ModelRole.DRAFTER, request, drafter, generation))
+        else:
+            chunks.append(self.chunk(ModelRole.TARGET, request, target, generation))
+
+    def micro_step(self, chunks: Sequence[Chunk]) -> None:
+        """Every unfinished chunk advances one step: one row each, one executor micro-step."""
+        live = [c for c in chunks if not c.done]
+        if not live:
+            return
+        self.ex.micro_step([c.row() for c in live])
+        for c in live:
+            c.k += 1
+
+    def finish(self, chunks: list[Chunk], target: Any, drafter: Any, generation: int,
+               prompts: tuple[str, ...]) -> list[tuple[UnitSpan, torch.Tensor, str]]:
+        """Let the finished chunks of one stream out, oldest first: drafts are committed into the
+        drafter's KV as soon as they are done (in order); the oldest chunk, once done, is judged
+        (a draft) or committed and decoded (the target's). Returns the emitted chunks as
+        ``(span, pixels [B, P, 3, H, W], source)``."""
+        for c in chunks:  # the drafter's context is its own drafts: commit them in order, now
+            if not c.drafted or c.committed:
+                continue
+            if not c.done:
+                break
+            self.ex.commit(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
+            c.committed = True
+        out = []
+        while chunks and chunks[0].done:
+            c = chunks[0]
+            if c.drafted:
+                accepted = self._judge(c, chunks, target, generation, prompts)
+                if accepted is None:  # rejected: the target regenerates it in the next micro-steps
+                    break
+                out.append(accepted)
+            else:
+                self.ex.commit(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
+                pixels = self.ex.emit(c.slot, c.span, decode=True, source="target")
+                out.append((c.span, pixels, "target"))
+            chunks.pop(0)
+        return out
+
+    def _judge(self, c: Chunk, chunks: list[Chunk], target: Any, generation: int,
+               prompts: tuple[str, ...]) -> tuple[UnitSpan, torch.Tensor, str] | None:
+        """The verdict on the oldest chunk, a draft: accept (commit into the target's KV, emit) or
+        regenerate (restore the target's caches; the chunk becomes the target's, from its start)."""
+        regen = self.chunk(ModelRole.TARGET, c.request, target, generation)
+        snap = self.target.snapshot(target)
+        draft = c.slot.x  # [B, F, C, H, W]
+        pixels = self.ex.decode(regen.slot, draft)
+        ctx = BlockContext(generation=generation, unit=c.span.unit, frames=c.span.frames,
+                           prompts=prompts, drafter=c.slot.name, target=self.target_name,
+                           draft_latents=draft, draft_frames=pixels)
+        verdict = self.ex.judge(ctx, drafter_calls=len(c.steps), decoded=True)
+        if verdict.verdict is Verdict.ACCEPT:
+            self.ex.commit(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
+            self.ex.record_emit(c.span, pixels, "draft")
+            out = (c.span, pixels, "draft")
+        else:
+            self.target.restore(target, snap)
+            chunks[0] = regen
+            out = None
+        self.ex.block_observe(ctx, verdict)
+        return out
 
 
-__all__ = ["Row", "micro_step", "new_row"]
+__all__ = ["Chunk", "StreamBatch", "chunk_steps"]

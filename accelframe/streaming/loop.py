@@ -14,9 +14,9 @@ Two ways to run a batch:
 - **sequential** (default): each entry's chunk runs through the pipeline's engine, one after the
   other, with every step and block policy of the pipeline (SCOPE, SDVG) applying;
 - **stream batch** (``stream_batch=True``): :mod:`accelframe.streaming.batch` keeps each stream's
-  chunks in flight at staggered steps and runs one batched forward per micro-step over the rows of
-  every stream in the batch. The model calls are the adapter's ``denoise_rows``, so step and block
-  policies do not apply there (a pipeline with them is refused).
+  chunks in flight at staggered steps; every micro-step runs one row per chunk on the step executor
+  (one batched forward per model over the rows of every stream in the batch), with the step policies
+  deciding row by row and, with a drafter, the block policies judging each drafted chunk.
 
 A :class:`VirtualClock` makes runs deterministic for tests; :class:`RealClock` waits for real.
 """
@@ -32,11 +32,11 @@ import torch
 
 from accelframe import adapter as caps
 from accelframe import fallback
-from accelframe.engine import ModelSlot
+from accelframe.executor import Executor
 from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
-from accelframe.streaming.batch import Row, micro_step, new_row
+from accelframe.streaming.batch import Chunk, StreamBatch
 from accelframe.streaming.source import (
     FrameGuard,
     FrameMap,
@@ -50,11 +50,9 @@ from accelframe.types import (
     GenerationInfo,
     KVAction,
     KVContext,
-    ModelRole,
     NoiseContext,
     Request,
     StreamStatus,
-    UnitSpan,
     finite_sigma,
 )
 
@@ -135,7 +133,7 @@ class _StreamState:
     drafter: Any = None  # the drafter's, in a drafted pipeline
     encode: Any = None  # the adapter's streaming encode cache (video-to-video)
     previous: torch.Tensor | None = None  # the last input pixel frame of the previous chunk, [3, H, W]
-    rows: list[Row] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
+    rows: list[Chunk] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
 
 
 class StreamLoop:
@@ -176,6 +174,12 @@ class StreamLoop:
         self.stats = Stats(adapters={"target": pipe.adapter_name, "drafter": pipe.drafter_name})
         self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs warned about
         self._validate()
+        # the stream batch's step executor: it records into the run's trace and statistics
+        self._batch = StreamBatch(
+            Executor(pipe.hooks, trace=self.trace, stats=self.stats, strict=pipe.strict,
+                     max_reuse=pipe.max_reuse, stream=NOISE_STREAM, warned=self.warned),
+            target=self.adapter, target_name=pipe.adapter_name, drafter=pipe.drafter,
+            drafter_name=pipe.drafter_name)
 
     def _validate(self) -> None:
         unit = self.adapter.unit_frames
@@ -197,14 +201,15 @@ class StreamLoop:
             if caps.feature(self.adapter, caps.RowDenoiser) is None:
                 raise IncompatibleError(f"stream_batch=True needs an adapter with denoise_rows (a block loop "
                                         f"such as self-forcing); {self.pipe.adapter_name!r} has none")
-            if self.pipe.drafter is not None:
-                raise IncompatibleError("stream_batch=True runs the target's rows only; a drafter pipeline "
-                                        "streams sequentially (stream_batch=False)")
-            others = [p.name for p in self.pipe.stack if p.kind in ("step", "block")]
-            if others:
-                raise IncompatibleError(f"stream_batch=True batches whole denoising steps outside the engine, "
-                                        f"so step and block policies cannot apply; remove {others} or stream "
-                                        "sequentially")
+            drafter = self.pipe.drafter
+            if drafter is not None and caps.feature(drafter, caps.RowDenoiser) is None:
+                raise IncompatibleError(f"stream_batch=True runs the drafter's rows in the batch: drafter "
+                                        f"{self.pipe.drafter_name!r} has no denoise_rows")
+            if drafter is not None and self.pipe.drafter_context != "own":
+                raise IncompatibleError(
+                    f"stream_batch=True pipelines the drafter: it drafts the next chunks before a verdict, "
+                    f"so its context is its own drafts; drafter_context={self.pipe.drafter_context!r} "
+                    "needs the verdict first (use drafter_context='own' or stream_batch=False)")
         if caps.feature(self.adapter, caps.Decoder) is None:  # a stream emits pixels
             raise IncompatibleError(f"adapter {self.pipe.adapter_name!r} has no decode() "
                                     "(accelframe.adapter.Decoder): a stream emits decoded frames")
@@ -528,37 +533,28 @@ class StreamLoop:
     # ---- stream batch -----------------------------------------------------------------------
 
     def _stream_batch(self, plan: BatchPlan, flush: list[str]) -> list[tuple[str, int, int]]:
-        """One micro-step: new chunks enter, every in-flight row of the batch's streams advances one
-        step in batched forwards, finished chunks are committed, decoded and emitted in order."""
-        ad = self.adapter
+        """One micro-step: new chunks enter, every in-flight chunk of the batch's streams advances one
+        step on the executor, finished chunks leave in order (judged when drafted, committed,
+        decoded and emitted)."""
+        pipe, sb = self.pipe, self._batch
         names = [e.stream for e in plan.entries] + [s for s in flush if s not in
                                                     {e.stream for e in plan.entries}]
         for e in plan.entries:
             st = self._state[e.stream]
             req = self._request(st, e.frames)
             if st.target is None:
-                st.target = ad.init_state(req, ad.encode_prompt([st.source.prompt]))
-            st.rows.append(new_row(ad, e.stream, NOISE_STREAM, req))
+                st.target = self.adapter.init_state(req, self.adapter.encode_prompt([st.source.prompt]))
+            if pipe.drafter is not None and st.drafter is None:
+                st.drafter = pipe.drafter.init_state(req, pipe.drafter.encode_prompt([st.source.prompt]))
+            sb.enter(st.rows, req, st.target, st.drafter, st.generation)
             st.consumed += e.frames
-        rows: list[Row] = [r for s in names for r in self._state[s].rows]
-        micro_step(ad, rows, {s: self._state[s].target for s in names}, self.stats)
+        sb.micro_step([c for s in names for c in self._state[s].rows])
         emitted = []
         for s in names:
             st = self._state[s]
-            if not (st.rows and st.rows[0].done):
-                continue
-            # the engine's commit and emit: one model call wrapped, timed, counted and traced as in
-            # sequential generation, then the decode
-            engine = self._engine(st)
-            while st.rows and st.rows[0].done:  # in order: only the oldest chunks leave
-                r = st.rows.pop(0)
-                m = ModelSlot(role=ModelRole.TARGET, name=self.pipe.adapter_name, adapter=ad, state=st.target,
-                              x=r.x, offset=r.a)
-                span = UnitSpan(unit=r.a // ad.unit_frames, start=r.a, end=r.b)
-                engine.commit(m, r.x, span.frames, unit=span.unit, step=len(r.steps))
-                pixels = engine.emit(m, span, decode=True, source="target")  # [1, P, 3, H, W]
-                emitted.append(self._emit(st, r.a, r.b, pixels[0]))
-            self.stats.merge(engine.stats)
+            for span, pixels, _ in sb.finish(st.rows, st.target, st.drafter, st.generation,
+                                             (st.source.prompt,)):
+                emitted.append(self._emit(st, span.start, span.end, pixels[0]))
         return emitted
 
 

@@ -80,8 +80,6 @@ def test_stream_batch_keeps_chunks_in_flight_and_emits_every_frame_in_order():
         alone = _pipe(adapter_kwargs=kw).stream([s], clock=VirtualClock(), stream_batch=True,
                                                 drain_when_idle=False)
         assert torch.allclose(out.frames, alone.outputs[s.id].frames, atol=1e-4)
-    with pytest.raises(IncompatibleError, match="step and block"):
-        _pipe(adapter_kwargs=kw).use("scope").stream(srcs, stream_batch=True)
 
 
 def test_an_idle_stream_batch_drains_its_chunks_instead_of_waiting_for_arrivals():
