@@ -4,10 +4,8 @@ and SCOPE + SDVG + StreamDiffusionV2 stacked in one pipeline on the tiny world."
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from accelframe.errors import IncompatibleError
 from accelframe.pipeline import Pipeline
 from accelframe.streaming.source import StreamSource, VirtualClock
 from accelframe.testing.fixtures import make_hooks

@@ -166,7 +166,7 @@ class Runner:
             v = self.stage.velocity(ms, hid)
             c = ms.entering
             if c is not None:
-                self.rows[c] = self.stage.new_chunk(c)  # the generator new_row made: replay its start draw
+                self.rows[c] = self.stage.new_chunk(c)  # the generator of its start draw, replayed
             x = self.stage.advance(ms, hid.x, v, self.rows)  # [n, F, C, H, W]
             if m == self.agree_at:
                 self._measure(head, lo, hi, m)

@@ -25,10 +25,22 @@ from typing import Any
 import attrs
 import torch
 
-from accelframe.streaming.batch import Row, new_row
+from accelframe.adapter import adapter_device, adapter_dtype
+from accelframe.rng import unit_generator
+from accelframe.streaming.batch import chunk_steps
 from accelframe.types import KVWrite, Request
 from accelframe_adapters.parallel.schedule import MicroStep
 from accelframe_adapters.wan.dit import CrossCache, KVCache, rope_freqs
+
+
+@attrs.define(eq=False)
+class Row:
+    """A chunk in the pipe: its start noise ``x [1, F, C, H, W]``, its denoising iterations and its
+    generator (drawn as the step executor draws a unit's noise, so the bits agree)."""
+
+    x: torch.Tensor
+    steps: list[Any]
+    generator: torch.Generator
 
 
 @attrs.define(eq=False)
@@ -86,7 +98,7 @@ class Stage:
         self.prompt, self.seed, self.stream_index = prompt, seed, stream_index
         self.frames = adapter.unit_frames
         probe = Request(prompts=(prompt,), num_frames=self.frames, seed=seed)
-        self.iterations = new_row(adapter, "pp", stream_index, probe).steps  # a chunk's denoising calls
+        self.iterations = chunk_steps(adapter, probe)  # a chunk's denoising calls
         self.sigmas = [it.sigma[0] for it in self.iterations]
         self.guidance = float(getattr(adapter.config, "guidance_scale", 1.0))
         self.cond = adapter.encode_prompt([prompt])
@@ -107,10 +119,13 @@ class Stage:
     # ---- rows -------------------------------------------------------------------------------
 
     def new_chunk(self, c: int) -> Row:
-        """Chunk ``c`` entering the pipe: its start noise and generator, the bits of ``new_row``."""
+        """Chunk ``c`` entering the pipe: its start noise and generator, the executor's bits."""
         a = c * self.frames
         req = Request(prompts=(self.prompt,), num_frames=self.frames, seed=self.seed, first_frame=a)
-        return new_row(self.ad, "pp", self.stream_index, req)
+        g = unit_generator(self.seed, c, self.stream_index)
+        noise = torch.randn((1, self.frames, *self.ad.latent_shape), generator=g)  # drawn on the CPU
+        x = noise.to(adapter_device(self.ad), adapter_dtype(self.ad))
+        return Row(x=x, steps=chunk_steps(self.ad, req), generator=g)
 
     # ---- per micro-step conditioning (memoised: the steady state repeats it) -------------------
 
@@ -212,4 +227,4 @@ class Stage:
         return torch.cat(out)
 
 
-__all__ = ["BlockTimer", "Hidden", "SharedContext", "Stage"]
+__all__ = ["BlockTimer", "Hidden", "Row", "SharedContext", "Stage"]
