@@ -4,6 +4,7 @@ and SCOPE + SDVG + StreamDiffusionV2 stacked in one pipeline on the tiny world."
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from accelframe.pipeline import Pipeline
@@ -116,11 +117,13 @@ def test_world_video_to_video_stream_with_rolling_kv_runs_past_the_trained_lengt
     assert len(sigmas) == 15 and all(0.7 - 1e-9 <= s <= 0.8 + 1e-9 for s in sigmas)
 
 
-def test_scope_sdvg_and_streamdiffusionv2_stack_on_the_tiny_world():
+@pytest.mark.parametrize("stream_batch", [False, True])
+def test_scope_sdvg_and_streamdiffusionv2_stack_on_the_tiny_world(stream_batch):
     """DESIGN.md section 6: the stream level plans and manages KV, SDVG routes each block between the
     world drafter and the world target, SCOPE decides the target's calls; the invariants hold:
     every frame out once and in order, block 0 of the stream regenerated, every emitted block the
-    drafter's or the target's, the target's cache bounded with its sinks."""
+    drafter's or the target's, the target's cache bounded with its sinks. Sequentially and in the
+    stream batch (where a chunk of two units is one block)."""
     pipe = Pipeline("self-forcing", drafter="self-forcing", hooks=make_hooks(adapters_plugin, policies_plugin),
                     adapter_kwargs={"size": "world"}, drafter_kwargs={"size": "world-drafter"})
     pipe.use("slo-batch", max_chunk_units=2).use(RollingKV(window=6, sinks=3, t_reset=18)).use("motion-noise")
@@ -129,17 +132,37 @@ def test_scope_sdvg_and_streamdiffusionv2_stack_on_the_tiny_world():
 
     scene = clips.parse_prompt("a green square moves up on a black background")
     src = StreamSource(id="w", prompt=scene.prompt, frames=clips.render(scene, 2, frames=57), fps=16.0, seed=2)
-    run = pipe.stream([src], clock=VirtualClock(batch_cost_s=0.05))
+    run = pipe.stream([src], clock=VirtualClock(batch_cost_s=0.05), stream_batch=stream_batch)
     out = run.outputs["w"]
     assert out.frames.shape[0] == 57 and out.arrival_s == [src.arrival_s(k) for k in range(57)]
     blocks = [e for e in run.trace.events if e["event"] == "block"]
     assert blocks and blocks[0]["unit"] == 0 and blocks[0]["verdict"] == "regenerate"
     assert {e["verdict"] for e in blocks} <= {"accept", "regenerate"}
-    assert len(blocks) == 5  # 57 pixel frames: 15 latent frames, 5 blocks of 3
+    # 57 pixel frames: 15 latent frames, judged once each, in order
+    assert [f for e in blocks for f in range(*e["frames"])] == list(range(15))
+    emits = run.trace.of("emit")
+    assert [f for e in emits for f in range(*e["frames"])] == list(range(15))
+    assert [e["source"] for e in emits] == ["draft" if b["verdict"] == "accept" else "target" for b in blocks]
+    commits = [e for e in run.trace.of("commit") if e["model"] == "target"]  # the target's KV: emitted, in order
+    assert [e["frames"] for e in commits] == [e["frames"] for e in emits]
     steps = [e for e in run.trace.events if e["event"] == "step" and e["model"] == "target"]
     assert steps and {e["mode"] for e in steps} <= {"recompute", "cache", "predict"}
     log = next(p.policy for p in pipe.stack if p.name == "rolling-kv").log
     assert log and all(len(r["kept"]) <= 6 and set(r["sinks"]) <= set(r["kept"]) for r in log)
+
+
+def test_a_chunk_of_two_units_in_the_stream_batch_is_one_block_denoised_once():
+    """A chunk of several units runs its schedule once over all its frames (the stream batch once
+    ran the schedule once per unit over the whole chunk, denoising it twice)."""
+    src = StreamSource(id="s", prompt="a red circle", num_frames=45, fps=200.0, seed=0)  # 12 latent frames
+    pipe = _pipe(adapter_kwargs=dict(SMALL)).use("fixed-batch", chunk_units=2)
+    run = pipe.stream([src], clock=VirtualClock(), stream_batch=True)
+    steps = len(pipe.adapter.schedule(1.0)) - 1
+    calls = [e for e in run.trace.of("step") if e["model"] == "target"]
+    assert run.stats.calls["target"]["computed"] == 2 * steps == len(calls)  # 2 chunks of 6 frames
+    assert sorted((tuple(e["frames"]), e["step"]) for e in calls) == sorted(
+        ((a, a + 6), k) for a in (0, 6) for k in range(steps))
+    assert run.outputs["s"].frames.shape[0] == 45
 
 
 def test_the_stream_batch_keeps_the_rolling_window_and_its_sinks():
