@@ -18,14 +18,18 @@ prompt by prompt (as ``bench block`` does) so that machine noise falls on all of
   forward per micro-step;
 - every pair, and all three.
 
-A combination the runtime cannot serve today is refused before any model call by the stream loop's
-own validation, and its row says so (``"refused"``: the :class:`~accelframe.errors.IncompatibleError`
-message, every number null): the stream batch runs no step or block policy and no drafter until
-issue 22's single step executor lands, so that gap shows here and so will its closing.
+The stream batch runs on the step executor (:mod:`accelframe.executor`), as the engine does: the step
+policy decides row by row, and with SDVG the drafter's chunks run in the batch and are judged in
+order, so every combination runs. A combination the runtime still refused would be refused before
+any model call by the stream loop's own validation, and its row would say so (``"refused"``: the
+:class:`~accelframe.errors.IncompatibleError` message, every number null) rather than run something
+else under its name; none of the rows is refused today.
 
 Per row: ``speedup`` (the baseline's mean wall time per video over the row's, decoding included),
 ``fps`` (pixel frames over wall time), ``nfe_ratio`` (the baseline's computed target calls over the
-row's, from ``result.stats``), SDVG's ``accept_rate`` (block 0 excluded), the world's ``quality``
+row's, from ``result.stats``, counted alike for ``generate`` and the stream loop: the stream batch
+counts one call per row of a batched forward), SDVG's ``accept_rate`` (accepted drafts over the
+blocks after block 0, which SDVG always regenerates, from ``stats.blocks``), the world's ``quality``
 of the decoded clips and its ``quality_retention`` against the baseline, ``psnr`` / ``ssim``
 against the baseline's decoded frames, and ``composition_efficiency`` = the row's speedup / the
 product of the speedups of the single levels it stacks (null for a single level and for a refused
@@ -186,6 +190,17 @@ def _run(pipe: Any, cfg: Config, prompt: str, seed: int, frames: int) -> tuple[t
     return video, wall, res
 
 
+def counts(stats: dict[str, Any], cfg: Config) -> tuple[int, int, int]:
+    """One video's ``(computed target calls, routed drafts, accepted drafts)`` from its run's
+    ``stats.to_dict()``, the same for ``generate`` and the stream loop (both count on the step
+    executor). Routed: the blocks after block 0 (SDVG always regenerates block 0, so it is never
+    among the accepted); zero without the block level."""
+    computed = stats["calls"]["target"]["computed"]
+    if "block" not in cfg.levels:
+        return computed, 0, 0
+    return computed, stats["units"] - 1, stats["blocks"]["accepted"]
+
+
 @attrs.define
 class _Tally:
     wall: list[float] = attrs.field(factory=list)
@@ -246,10 +261,10 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
                     video, wall, res = _run(pipes[c.name], c, scene.prompt, sd, frames)
                     t = tallies[c.name]
                     t.wall.append(wall)
-                    t.computed += res.stats.to_dict()["calls"]["target"]["computed"]
-                    if "block" in c.levels:
-                        t.routed += len(res.sources) - 1
-                        t.accepted += res.sources[1:].count("draft")
+                    computed, routed, accepted = counts(res.stats.to_dict(), c)
+                    t.computed += computed
+                    t.routed += routed
+                    t.accepted += accepted
                     t.frames += int(video.shape[0])
                     t.clips.append(quality.measure(video, scene))
                     if base_video is None:
@@ -369,4 +384,5 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
 
 
 __all__ = ["LEVELS", "STEP_POLICIES", "STEP_POLICY", "Config", "build", "composition_efficiency", "configs",
-           "configure", "document", "level_sets", "markdown", "refusal", "run", "run_bench", "write_outputs"]
+           "configure", "counts", "document", "level_sets", "markdown", "refusal", "run", "run_bench",
+           "write_outputs"]

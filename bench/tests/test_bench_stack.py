@@ -1,5 +1,6 @@
-"""``accelframe bench stack``: its rows, the composition-efficiency arithmetic, the combinations the
-runtime refuses today reported as refused (never run, never faked), bad input refused before any model."""
+"""``accelframe bench stack``: its rows, the composition-efficiency arithmetic, every combination measured
+(the stream batch's included, its calls counted as the sequential rows'), a combination the runtime refuses
+reported as refused (never run, never faked), bad input refused before any model."""
 
 from __future__ import annotations
 
@@ -78,40 +79,105 @@ def test_the_document_on_hand_made_tallies():
                                                               "tau": 0.5}})
 
 
-def test_a_stream_batch_with_a_step_or_block_policy_is_refused_with_the_loops_message():
+def test_the_stream_loop_serves_every_stack_and_refuses_what_it_still_cannot_with_its_message():
     hooks = default_hooks()
     target = Pipeline("self-forcing", hooks=hooks, adapter_kwargs=TINY).adapter
     src = stack.source(target, "a red circle", 0, 3)
-    alone = Pipeline(target, hooks=hooks)
-    assert stack.refusal(alone, src) is None
-    scope = Pipeline(target, hooks=hooks).use(*stack.STEP_POLICY[:1], **stack.STEP_POLICY[1])
-    why = stack.refusal(scope, src)
-    assert why and "step and block policies" in why and stack.STEP_POLICY[0] in why
-    drafted = Pipeline(target, drafter=target, hooks=hooks)
-    assert "drafter" in stack.refusal(drafted, src)
-    for p in (alone, scope, drafted):
+    scorer = hooks.registry().get("scorer", "world-reward").factory()
+    models = Models(hooks=hooks, target=target, drafter=target, scorer=scorer)
+    pipes = [stack.build(models, c) for c in stack.configs(0.0) if c.stream]
+    assert [stack.refusal(p, src) for p in pipes] == [None] * 4
+    # a drafter that waits for each verdict cannot be pipelined: the loop's own message, no model run
+    emitted = Pipeline(target, drafter=target, hooks=hooks, drafter_context="emitted")
+    why = stack.refusal(emitted, src)
+    assert why and "drafter_context='emitted'" in why and "stream_batch=False" in why
+    for p in (*pipes, emitted):
         p.close()
 
 
-def test_a_tiny_run_end_to_end_reports_the_refused_rows(monkeypatch):
-    """The tiny loop for target and drafter (the world's models are for the real run): every row
-    there, the refused ones with the loop's message and no numbers, the others measured."""
+def test_the_calls_and_drafts_are_counted_alike_for_generate_and_the_stream_batch():
+    """SDVG accepting every draft it may: the same target calls, blocks routed and drafts accepted
+    from ``generate`` and from the stream batch, the drafter's calls not among the target's."""
+    hooks = default_hooks()
+    tiny = Pipeline("self-forcing", hooks=hooks, adapter_kwargs=TINY).adapter
+    models = Models(hooks=hooks, target=tiny, drafter=tiny, scorer=hooks.registry().get("scorer", "world-reward")
+                    .factory())
+    block, stream = (c for c in stack.configs(-1e9) if c.name in ("block", "block + stream"))
+    out = []
+    for c in (block, stream):
+        pipe = stack.build(models, c)
+        _, _, res = stack._run(pipe, c, "a red circle", 1, 9)
+        pipe.close()
+        out.append(stack.counts(res.stats.to_dict(), c))
+    # 3 blocks: block 0 regenerated (4 target calls), blocks 1 and 2 drafted and accepted
+    assert out == [(4, 2, 2), (4, 2, 2)]
+    assert stack.counts(res.stats.to_dict(), stack.configs(0.0)[3]) == (4, 0, 0)  # the stream level alone
+
+
+def _tiny_models(monkeypatch):
     hooks = default_hooks()
     tiny = Pipeline("self-forcing", hooks=hooks, adapter_kwargs=TINY).adapter
     models = Models(hooks=hooks, target=tiny, drafter=tiny, scorer=hooks.registry().get("scorer", "world-reward")
                     .factory())
     monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
-    doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True)
+    return models
+
+
+def test_a_tiny_run_end_to_end_measures_every_row_the_stream_combinations_included(monkeypatch):
+    """The tiny loop for target and drafter (the world's models are for the real run), SDVG
+    accepting every draft after block 0: every row measured, none refused, the stream batch's
+    rows counting calls and drafts as the sequential rows do."""
+    _tiny_models(monkeypatch)
+    doc = stack.run_bench(n=1, tau=-1e9, frames=6, quiet=True)
     rows = {r["name"]: r for r in doc["rows"]}
     assert list(rows) == [c.name for c in stack.configs(0.0)][1:]
+    for name, r in rows.items():
+        assert r["refused"] is None, name
+        for k in ("speedup", "fps", "nfe_ratio", "quality", "quality_retention", "time_s"):
+            assert r[k] is not None and r[k] > 0, (name, k)
+        assert (r["composition_efficiency"] is None) == (len(r["levels"]) == 1), name
+    singles = {lv: rows[lv]["speedup"] for lv in stack.LEVELS}
     for name in ("step + stream", "block + stream", "step + block + stream"):
-        assert rows[name]["refused"] and rows[name]["speedup"] is None
-    for name in ("step", "block", "stream", "step + block"):
         r = rows[name]
-        assert r["refused"] is None and r["speedup"] > 0 and r["quality"] is not None and r["nfe_ratio"] > 0
-    assert rows["step + block"]["composition_efficiency"] == pytest.approx(
-        rows["step + block"]["speedup"] / (rows["step"]["speedup"] * rows["block"]["speedup"]))
-    assert doc["config"]["tau"] == 0.0 and doc["baseline"]["speedup"] == 1.0
+        product = 1.0
+        for lv in r["levels"]:
+            product *= singles[lv]
+        assert r["composition_efficiency"] == pytest.approx(r["speedup"] / product)
+    # 8 target calls for the baseline's 2 blocks; SDVG leaves block 0 (4 calls) to the target and
+    # takes block 1's draft; TaylorSeer halves the calls in both runtimes
+    assert rows["stream"]["nfe_ratio"] == 1.0
+    assert rows["block"]["nfe_ratio"] == rows["block + stream"]["nfe_ratio"] == 2.0
+    assert rows["step"]["nfe_ratio"] == rows["step + stream"]["nfe_ratio"] == 2.0
+    assert rows["step + block"]["nfe_ratio"] == rows["step + block + stream"]["nfe_ratio"] == 4.0
+    assert rows["block"]["accept_rate"] == rows["block + stream"]["accept_rate"] == 1.0
+    assert rows["step + stream"]["accept_rate"] is None
+    assert doc["config"]["tau"] == -1e9 and doc["baseline"]["speedup"] == 1.0
+    md = stack.markdown(doc)
+    assert "refused" in md.splitlines()[2] and all(line.endswith("|  |") for line in md.splitlines()[4:] if line)
+
+
+def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeypatch):
+    """A pipeline the loop refuses (a drafter waiting for each verdict): the row carries the loop's
+    message and no numbers, and its pipeline runs no model; the other rows are measured."""
+    _tiny_models(monkeypatch)
+    build, ran = stack.build, []
+
+    def emitted_drafter(models, cfg):
+        pipe = build(models, cfg)
+        if cfg.name == "block + stream":
+            pipe.drafter_context = "emitted"
+            pipe.stream = lambda *a, **k: ran.append(cfg.name)
+        return pipe
+
+    monkeypatch.setattr(stack, "build", emitted_drafter)
+    doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True)
+    rows = {r["name"]: r for r in doc["rows"]}
+    r = rows["block + stream"]
+    assert "drafter_context='emitted'" in r["refused"] and not ran
+    assert all(r[k] is None for k in ("speedup", "fps", "nfe_ratio", "accept_rate", "quality", "quality_retention",
+                                       "psnr", "composition_efficiency"))
+    assert all(rows[n]["refused"] is None and rows[n]["speedup"] > 0 for n in rows if n != "block + stream")
+    assert "drafter_context='emitted'" in stack.markdown(doc)
 
 
 @pytest.mark.parametrize("argv,field", [(["--prompts", "0"], "--prompts"), (["--tau", "nan"], "--tau"),
