@@ -1,0 +1,213 @@
+"""The step executor (DESIGN.md section 11) on the analytic adapter.
+
+- The engine (the executor with one row per micro-step) gives, bit for bit, what the engine before
+  the executor gave: ``fixtures/engine_before_executor.pt``, recorded once by
+  ``fixtures/make_engine_fixture.py`` on the commit before the executor.
+- The stream batch on the executor (an analytic adapter with ``denoise_rows``): every input frame
+  is processed and emitted once, in order; no batch runs frames that have not arrived; the target's
+  KV holds exactly the emitted chunks, in order, with and without a drafter (SDVG).
+- Bad configurations are refused before any model call.
+
+The world adapters' stream batch is tested in ``policies/tests/test_stream_stack.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accelframe.errors import IncompatibleError
+from accelframe.pipeline import Pipeline
+from accelframe.plugins import hookimpl
+from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
+from accelframe.streaming.source import FrameMap
+from accelframe.testing import AnalyticAdapter
+from accelframe.testing.fixtures import make_hooks
+from accelframe.types import Iteration, KVWrite, ModelCall
+from accelframe_policies import plugin as policies_plugin
+
+FIXTURES = Path(__file__).with_name("fixtures")
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+INF = math.inf
+TINY = {"channels": 4, "height": 4, "width": 4}
+
+
+def _generator() -> Any:
+    """The fixture's generator module (it names the cases and their pipelines)."""
+    spec = importlib.util.spec_from_file_location("make_engine_fixture", FIXTURES / "make_engine_fixture.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+GEN = _generator()
+RECORDED = torch.load(FIXTURES / "engine_before_executor.pt")
+
+
+# ---- 1. the engine, bit for bit with the engine before the executor -----------------------------
+
+
+def test_the_fixture_records_every_case_and_stays_small():
+    assert sorted(RECORDED) == sorted(name for name, _ in GEN.cases())
+    assert (FIXTURES / "engine_before_executor.pt").stat().st_size < 300_000
+    # the step policies changed the latents in every plan: the comparison below sees them act
+    for plan in GEN.PLANS:
+        for pol in ("scope", "teacache", "taylorseer"):
+            assert not torch.equal(RECORDED[f"{plan}/{pol}"]["latents"], RECORDED[f"{plan}/none"]["latents"])
+    assert RECORDED["drafter/sdvg-tau0"]["sources"] == ["target", "target", "draft"]
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_the_engine_equals_the_engine_before_the_executor(name):
+    """Latents, decoded frames and emitted sources of every case equal the old engine's, bit for
+    bit: plans block / staircase / window with no policy, SCOPE, TeaCache, TaylorSeer, and a
+    drafter under SDVG (tau = 0, one draft accepted, one regenerated)."""
+    pipe = dict(GEN.cases())[name]
+    res = pipe.generate(list(GEN.PROMPTS), num_frames=GEN.FRAMES, seed=GEN.SEED)
+    want = RECORDED[name]
+    assert list(res.sources) == want["sources"]
+    assert res.latents.dtype == want["latents"].dtype and torch.equal(res.latents, want["latents"])
+    assert torch.equal(res.frames, want["frames"])
+
+
+# ---- an analytic adapter for the stream batch -----------------------------------------------------
+
+
+class RowAnalytic(AnalyticAdapter):
+    """The analytic adapter with ``denoise_rows``: each row is its own ``denoise`` (no K/V write)
+    on its own state, so the stream batch can run on the analytic field."""
+
+    def denoise_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
+                     states: Sequence[Any]) -> torch.Tensor:
+        f = xs.shape[1]
+        out = []
+        for r, (sigma, a, state) in enumerate(zip(sigmas, starts, states)):
+            it = Iteration(index=0, unit=a // self.unit_frames, step=0, frames=(a, a + f),
+                           sigma=(sigma,) * f, sigma_next=(0.0,) * f, update=(True,) * f)
+            out.append(self.denoise(xs[r:r + 1], it, (a, a + f), state, KVWrite.NONE))
+        return torch.cat(out)  # [R, F, C, H, W]
+
+
+@attrs.define(eq=False)
+class Commits:
+    """Records the frames of every commit pass, by (generation, model), in order."""
+
+    frames: dict[tuple[int, str], list[tuple[int, int]]] = attrs.field(factory=dict)
+    calls: int = 0
+
+    @hookimpl(wrapper=True)
+    def accelframe_model_call(self, call: ModelCall) -> Any:
+        self.calls += 1
+        out = yield
+        if call.kind == "commit":
+            self.frames.setdefault((call.generation, call.model.value), []).append(tuple(call.frames))
+        return out
+
+
+def _sources(n: int, fps: float, seed: int, frames: int = 12) -> list[StreamSource]:
+    return [StreamSource(id=f"s{i}", prompt=("a red circle", "a blue square")[i % 2], num_frames=frames,
+                         fps=fps, seed=seed + i) for i in range(n)]
+
+
+def check_stream_run(loop: StreamLoop, run: Any, commits: Commits) -> None:
+    """Invariant 7 and 4 of a finished stream run: every frame processed and emitted once, in
+    order; no batch ran frames not yet arrived; the target committed exactly the emitted chunks,
+    in order, and its KV holds them (they decode to the emitted pixels)."""
+    fmap = FrameMap.of(loop.adapter)
+    consumed = {s.id: 0 for s in run.sources}
+    for b in run.batches:
+        for stream, n in b["entries"]:
+            src = loop._by_id[stream]
+            consumed[stream] += n
+            got = src.received(b["t_s"])
+            limit = fmap.latents_total(src.total) if got >= src.total else fmap.latents_complete(got)
+            assert consumed[stream] <= limit, (b, limit)
+    emits = [tuple(e["frames"]) for e in run.trace.of("emit")]
+    target_commits = [tuple(e["frames"]) for e in run.trace.of("commit") if e["model"] == "target"]
+    assert target_commits == emits  # the target commits each emitted chunk once, as it leaves
+    for s in run.sources:
+        out = run.outputs[s.id]
+        assert out.frames.shape[0] == s.num_frames
+        assert out.arrival_s == [s.arrival_s(k) for k in range(s.num_frames)]
+        total = fmap.latents_total(s.num_frames)
+        assert consumed[s.id] == total
+        gen = loop._state[s.id].generation
+        spans = commits.frames[(gen, "target")]
+        assert [a for a, _ in spans] == sorted(a for a, _ in spans) and spans[0][0] == 0
+        assert all(b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:])) and spans[-1][1] == total
+        kv = loop.target_state(s.id).kv
+        assert sorted(kv) == list(range(total))
+        latents = torch.stack([kv[j] for j in range(total)], dim=1)  # [1, F, C, H, W]
+        fresh = loop.adapter.init_state(None, loop.adapter.encode_prompt([s.prompt]))
+        pixels = loop.adapter.decode(latents, fresh)[0, :s.num_frames]
+        assert torch.allclose(pixels, out.frames, atol=1e-5)
+
+
+def mean_scorer(frames: torch.Tensor, prompts: Any) -> torch.Tensor:
+    return frames.float().mean(dim=(2, 3, 4))  # [B, P, 3, H, W] -> [B, P]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 50), fps=st.sampled_from([8.0, 50.0, 400.0]), streams=st.integers(1, 2),
+       drafter=st.booleans(), tau=st.sampled_from([-INF, -0.1, 0.0, INF]), steps=st.integers(1, 4))
+def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_emits(
+        seed, fps, streams, drafter, tau, steps):
+    """Invariants 7 and 4 on the analytic stream batch (chunks of two streams in flight at
+    staggered steps, with and without an SDVG drafter)."""
+    commits = Commits()
+    pipe = Pipeline(RowAnalytic(steps=steps, **TINY),
+                    drafter=RowAnalytic(steps=2, **TINY) if drafter else None,
+                    hooks=make_hooks(policies_plugin, commits))
+    pipe.use("fixed-batch", max_streams=streams)
+    if drafter:
+        pipe.use("sdvg", tau=tau, scorer=mean_scorer)
+    srcs = _sources(streams, fps, seed)
+    loop = StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True)
+    run = loop.run()
+    check_stream_run(loop, run, commits)
+    if not drafter:
+        assert max(b["rows"] for b in run.batches) <= steps * streams
+    else:
+        blocks = run.trace.of("block")
+        assert len(blocks) == streams * 4 and all(e["unit"] != 0 or e["verdict"] == "regenerate"
+                                                  for e in blocks)
+        if tau == INF:
+            assert {e["source"] for e in run.trace.of("emit")} == {"target"}
+
+
+# ---- 5. bad input, refused before any model call ------------------------------------------------
+
+
+def _refused(pipe: Pipeline, commits: Commits, match: str) -> None:
+    with pytest.raises(IncompatibleError, match=match):
+        pipe.stream(_sources(1, 50.0, 0), clock=VirtualClock(), stream_batch=True)
+    assert commits.calls == 0
+
+
+def test_an_adapter_without_denoise_rows_is_refused_by_the_stream_batch():
+    commits = Commits()
+    _refused(Pipeline(AnalyticAdapter(**TINY), hooks=make_hooks(commits)), commits, "denoise_rows")
+    commits = Commits()
+    _refused(Pipeline(RowAnalytic(**TINY), drafter=AnalyticAdapter(**TINY), hooks=make_hooks(commits)),
+             commits, "drafter .* has no denoise_rows")
+
+
+def test_a_drafter_reading_the_emitted_context_is_refused_by_the_stream_batch():
+    """The stream batch drafts ahead of the verdicts: ``drafter_context="emitted"`` cannot hold."""
+    commits = Commits()
+    pipe = Pipeline(RowAnalytic(**TINY), drafter=RowAnalytic(steps=2, **TINY), drafter_context="emitted",
+                    hooks=make_hooks(policies_plugin, commits))
+    pipe.use("sdvg", tau=0.0, scorer=mean_scorer)
+    _refused(pipe, commits, "drafter_context='emitted'")
+    # sequential streaming takes it
+    run = pipe.stream(_sources(1, 50.0, 0), clock=VirtualClock())
+    assert run.outputs["s0"].frames.shape[0] == 12 and commits.calls > 0
