@@ -151,3 +151,25 @@ def test_stream_huge_upscale_is_a_limit_error_before_the_stream_runs(capsys, tmp
     err = capsys.readouterr().err
     assert code == 2 and "--upscale" in err and "100000" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_stream_unknown_policy_is_refused_before_any_model_loads(capsys, tmp_path):
+    code = main(["stream", "--out", str(tmp_path / "s.mp4"), "--policy", "scoop"])
+    err = capsys.readouterr().err
+    assert code == 2 and "scoop" in err and "scope" in err  # the error names the closest policy
+    assert not list(tmp_path.iterdir())
+
+
+def test_stream_batch_stacks_step_and_block_policies_from_the_command_line(capsys, tmp_path):
+    """SCOPE, SDVG (the world drafter) and the stream batch in one `accelframe stream`: every frame
+    out, the drafter's chunks judged (tau = -inf accepts every one after the first) and counted."""
+    pytest.importorskip("av")
+    out = tmp_path / "s.mp4"
+    code = main(["stream", "--frames", "33", "--fps", "200", "--out", str(out), "--stream-batch",
+                 "--policy", "scope", "--drafter-size", "world-drafter", "--policy", "sdvg:tau=-inf",
+                 "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["streams"]["s0"]["frames"] == 33 and doc["stream_batch"]
+    blocks = doc["blocks"]
+    assert blocks["regenerated"] == 1 and blocks["accepted"] >= 1
+    assert doc["calls"]["drafter"]["computed"] > 0 and doc["calls"]["target"]["commit"] >= 2

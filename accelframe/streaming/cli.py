@@ -10,8 +10,9 @@ The command runs on the CLI's plugin manager, so a third-party source, adapter o
 
 The pipeline: the ``self-forcing`` adapter with the world's models by default, and the policies
 ``slo-batch`` (chunk length and batch size), ``rolling-kv`` (sinks, refresh, RoPE reset) and, for
-video-to-video, ``motion-noise``; ``--stream-batch`` runs the denoising steps of consecutive chunks
-as one batched forward. The terminal shows live fps and time to first frame; the output goes to
+video-to-video, ``motion-noise``; ``--policy`` adds step and block policies after them (SCOPE,
+TeaCache, ``sdvg`` with ``--drafter-size``), ``--stream-batch`` runs the denoising steps of consecutive
+chunks as rows of batched forwards, with the step and block policies deciding row by row. The terminal shows live fps and time to first frame; the output goes to
 ``--out`` (an mp4 per stream) and ``--json`` prints the per-stream metrics.
 """
 
@@ -80,22 +81,29 @@ def read_video(path: str, size: tuple[int, int], limit: int | None) -> Any:
 def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = None,
                    max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
-                   block_frames: int = 3, trace: bool = False) -> Any:
+                   block_frames: int = 3, trace: bool = False, drafter_size: str | None = None,
+                   policies: Any = ()) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
     ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
-    CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager)."""
+    CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager). A
+    ``drafter_size`` adds a self-forcing drafter of that size; ``policies`` (``(name, kwargs)``
+    pairs) are used after the stream policies."""
     from accelframe.pipeline import Pipeline
     from accelframe.plugins import create_hooks
 
     kwargs = {"size": size, "num_frame_per_block": block_frames}
+    drafter = {} if drafter_size is None else {
+        "drafter": ADAPTER, "drafter_kwargs": {"size": drafter_size, "num_frame_per_block": block_frames}}
     pipe = Pipeline(adapter if adapter is not None else ADAPTER,
                     hooks=hooks_ if hooks_ is not None else create_hooks(), trace=trace,
-                    adapter_kwargs=None if adapter is not None else kwargs)
+                    adapter_kwargs=None if adapter is not None else kwargs, **drafter)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
         pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset)
     if motion:
         pipe.use("motion-noise")
+    for name, kw in policies:
+        pipe.use(name, **kw)
     return pipe
 
 
@@ -183,6 +191,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "1 is the low-latency mode: a first frame after one pixel frame, smoother motion lost)")
     p.add_argument("--stream-batch", action="store_true",
                    help="run the denoising steps of consecutive chunks as one batched forward")
+    p.add_argument("--policy", action="append", default=[], metavar="NAME[:K=V,...]",
+                   help="a step or block policy used after the stream policies, repeatable, in order "
+                        "(e.g. scope, teacache:threshold=0.1, sdvg:tau=-1.1 with --drafter-size)")
+    p.add_argument("--drafter-size", default=None, metavar="SIZE",
+                   help="a self-forcing drafter of this size for block policies (the world's: world-drafter)")
     p.add_argument("--max-streams", type=int, default=8, help="most streams in one batch (default: 8)")
     p.add_argument("--max-chunk-units", type=int, default=4, help="longest chunk, in units (default: 4)")
     p.add_argument("--no-rolling", action="store_true", help="keep every frame in the KV cache (no rolling-kv)")
@@ -220,6 +233,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("accelframe stream", "--prompt", args.prompt,
                           "a non-empty prompt, or no --prompt for the held-out world prompts")
     check_pattern("accelframe stream", "--out", args.out)
+    from accelframe.cli import parse_policy
+
+    args.policies = [parse_policy(spec) for spec in args.policy]
 
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
@@ -234,6 +250,8 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     check_args(args)
     hooks = hooks if hooks is not None else create_hooks()
     check_source(args.source, hooks.registry())
+    for name, _ in args.policies:  # before any model is loaded: a typed error naming the policy
+        hooks.registry().get("policy", name)
     sink = Mp4Sink(stream_pattern(args.out, args.streams), args.fps, force=args.force,
                    upscale_factor=args.upscale)
     for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
@@ -241,7 +259,8 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
                      suffixes=(".mp4",))
     pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams, block_frames=args.block_frames,
                           max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
-                          motion=args.source != NO_SOURCE and not args.no_motion_noise)
+                          motion=args.source != NO_SOURCE and not args.no_motion_noise,
+                          drafter_size=args.drafter_size, policies=args.policies)
     if args.latent_frames is not None:  # the adapter's VAE says how many pixel frames that many latents make
         _, args.frames = frame_counts(pipe.adapter, frames=None, latent_frames=args.latent_frames,
                                       default_latent=args.latent_frames, owner="accelframe stream")
@@ -279,7 +298,8 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
                       file=sys.stderr)
     doc = result.to_json()
     summary = {"streams": doc["streams"], "outputs": {k: str(v) for k, v in sink.paths.items()},
-               "batches": len(doc["batches"]), "stream_batch": args.stream_batch}
+               "batches": len(doc["batches"]), "stream_batch": args.stream_batch,
+               "calls": doc["stats"]["calls"], "blocks": doc["stats"]["blocks"]}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
