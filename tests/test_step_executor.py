@@ -158,11 +158,12 @@ def mean_scorer(frames: torch.Tensor, prompts: Any) -> torch.Tensor:
 
 @SETTINGS
 @given(seed=st.integers(0, 50), fps=st.sampled_from([8.0, 50.0, 400.0]), streams=st.integers(1, 2),
-       drafter=st.booleans(), tau=st.sampled_from([-INF, -0.1, 0.0, INF]), steps=st.integers(1, 4))
+       drafter=st.booleans(), tau=st.sampled_from([-INF, -0.1, 0.0, INF]), steps=st.integers(1, 4),
+       step=st.sampled_from([None, "scope", "teacache", "taylorseer"]))
 def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_emits(
-        seed, fps, streams, drafter, tau, steps):
+        seed, fps, streams, drafter, tau, steps, step):
     """Invariants 7 and 4 on the analytic stream batch (chunks of two streams in flight at
-    staggered steps, with and without an SDVG drafter)."""
+    staggered steps, with and without an SDVG drafter and a step policy)."""
     commits = Commits()
     pipe = Pipeline(RowAnalytic(steps=steps, **TINY),
                     drafter=RowAnalytic(steps=2, **TINY) if drafter else None,
@@ -170,10 +171,13 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_em
     pipe.use("fixed-batch", max_streams=streams)
     if drafter:
         pipe.use("sdvg", tau=tau, scorer=mean_scorer)
+    if step is not None:
+        pipe.use(step)
     srcs = _sources(streams, fps, seed)
     loop = StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True)
     run = loop.run()
     check_stream_run(loop, run, commits)
+    assert not run.trace.of("fallback")
     if not drafter:
         assert max(b["rows"] for b in run.batches) <= steps * streams
     else:

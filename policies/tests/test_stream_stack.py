@@ -222,9 +222,14 @@ def check_stream_run(loop: StreamLoop, run: Any, commits: Commits) -> None:
 
 @SETTINGS
 @given(seed=st.integers(0, 20), fps=st.sampled_from([16.0, 200.0]), streams=st.integers(1, 2),
-       drafter=st.booleans(), tau=st.sampled_from([-INF, 0.6, INF]), rolling=st.booleans())
+       drafter=st.booleans(), tau=st.sampled_from([-INF, 0.6, INF]), rolling=st.booleans(),
+       step=st.sampled_from([None, "scope", "teacache", "taylorseer", "first-block-cache", "flowcache"]))
 def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
-        seed, fps, streams, drafter, tau, rolling):
+        seed, fps, streams, drafter, tau, rolling, step):
+    """Invariants 7, 4 and 2 with chunks of one or two streams in flight, a step policy deciding
+    row by row, with or without an SDVG drafter and a rolling KV: every frame out once and in order,
+    the target's KV takes exactly the emitted chunks in order, the rolling window holds with its
+    sinks, and every chunk's first step is computed."""
     commits = Commits()
     pipe = _pipe(commits, drafter=dict(SMALL_DRAFTER) if drafter else None)
     pipe.use("fixed-batch", max_streams=streams)
@@ -232,6 +237,8 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
         pipe.use("sdvg", tau=tau, scorer=mean_scorer)
     if rolling:
         pipe.use(RollingKV(window=4, sinks=2, tau=0.5, t_reset=6))
+    if step is not None:
+        pipe.use(step)
     srcs = _sources(streams, frames=33, fps=fps, seed=seed)  # 9 latent frames: 3 chunks
     kv_seen = []
 
@@ -244,6 +251,9 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
     run = loop.run()
     check_stream_run(loop, run, commits)
     assert all(set(sinks) <= set(cached) for cached, sinks, _ in kv_seen)
+    steps = run.trace.of("step")
+    assert steps and all(e["mode"] == "recompute" for e in steps if e["step"] == 0)
+    assert not run.trace.of("fallback")
     if rolling:
         log = next(p.policy for p in pipe.stack if p.name == "rolling-kv").log
         assert len(log) == 2 * streams  # before every chunk but the first (no cache yet)
