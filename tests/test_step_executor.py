@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import attrs
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -26,12 +25,12 @@ from hypothesis import strategies as st
 
 from accelframe.errors import IncompatibleError
 from accelframe.pipeline import Pipeline
-from accelframe.plugins import hookimpl
 from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
 from accelframe.streaming.source import FrameMap
 from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
-from accelframe.types import Iteration, KVWrite, ModelCall
+from accelframe.testing.invariants import CommitRecorder, check_stream_run
+from accelframe.types import Iteration, KVWrite
 from accelframe_policies import plugin as policies_plugin
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -97,59 +96,23 @@ class RowAnalytic(AnalyticAdapter):
         return torch.cat(out)  # [R, F, C, H, W]
 
 
-@attrs.define(eq=False)
-class Commits:
-    """Records the frames of every commit pass, by (generation, model), in order."""
-
-    frames: dict[tuple[int, str], list[tuple[int, int]]] = attrs.field(factory=dict)
-    calls: int = 0
-
-    @hookimpl(wrapper=True)
-    def accelframe_model_call(self, call: ModelCall) -> Any:
-        self.calls += 1
-        out = yield
-        if call.kind == "commit":
-            self.frames.setdefault((call.generation, call.model.value), []).append(tuple(call.frames))
-        return out
-
-
 def _sources(n: int, fps: float, seed: int, frames: int = 12) -> list[StreamSource]:
     return [StreamSource(id=f"s{i}", prompt=("a red circle", "a blue square")[i % 2], num_frames=frames,
                          fps=fps, seed=seed + i) for i in range(n)]
 
 
-def check_stream_run(loop: StreamLoop, run: Any, commits: Commits) -> None:
-    """Invariant 7 and 4 of a finished stream run: every frame processed and emitted once, in
-    order; no batch ran frames not yet arrived; the target committed exactly the emitted chunks,
-    in order, and its KV holds them (they decode to the emitted pixels)."""
+def check_kv_holds_the_emitted_frames(loop: StreamLoop, run: Any) -> None:
+    """The analytic target's KV holds exactly the emitted chunks: its latents decode to the emitted
+    pixels."""
     fmap = FrameMap.of(loop.adapter)
-    consumed = {s.id: 0 for s in run.sources}
-    for b in run.batches:
-        for stream, n in b["entries"]:
-            src = loop._by_id[stream]
-            consumed[stream] += n
-            got = src.received(b["t_s"])
-            limit = fmap.latents_total(src.total) if got >= src.total else fmap.latents_complete(got)
-            assert consumed[stream] <= limit, (b, limit)
-    emits = [tuple(e["frames"]) for e in run.trace.of("emit")]
-    target_commits = [tuple(e["frames"]) for e in run.trace.of("commit") if e["model"] == "target"]
-    assert target_commits == emits  # the target commits each emitted chunk once, as it leaves
     for s in run.sources:
-        out = run.outputs[s.id]
-        assert out.frames.shape[0] == s.num_frames
-        assert out.arrival_s == [s.arrival_s(k) for k in range(s.num_frames)]
         total = fmap.latents_total(s.num_frames)
-        assert consumed[s.id] == total
-        gen = loop._state[s.id].generation
-        spans = commits.frames[(gen, "target")]
-        assert [a for a, _ in spans] == sorted(a for a, _ in spans) and spans[0][0] == 0
-        assert all(b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:])) and spans[-1][1] == total
         kv = loop.target_state(s.id).kv
         assert sorted(kv) == list(range(total))
         latents = torch.stack([kv[j] for j in range(total)], dim=1)  # [1, F, C, H, W]
         fresh = loop.adapter.init_state(None, loop.adapter.encode_prompt([s.prompt]))
         pixels = loop.adapter.decode(latents, fresh)[0, :s.num_frames]
-        assert torch.allclose(pixels, out.frames, atol=1e-5)
+        assert torch.allclose(pixels, run.outputs[s.id].frames, atol=1e-5)
 
 
 def mean_scorer(frames: torch.Tensor, prompts: Any) -> torch.Tensor:
@@ -164,7 +127,7 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_em
         seed, fps, streams, drafter, tau, steps, step):
     """Invariants 7 and 4 on the analytic stream batch (chunks of two streams in flight at
     staggered steps, with and without an SDVG drafter and a step policy)."""
-    commits = Commits()
+    commits = CommitRecorder()
     pipe = Pipeline(RowAnalytic(steps=steps, **TINY),
                     drafter=RowAnalytic(steps=2, **TINY) if drafter else None,
                     hooks=make_hooks(policies_plugin, commits))
@@ -177,6 +140,7 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_em
     loop = StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True)
     run = loop.run()
     check_stream_run(loop, run, commits)
+    check_kv_holds_the_emitted_frames(loop, run)
     assert not run.trace.of("fallback")
     if not drafter:
         assert max(b["rows"] for b in run.batches) <= steps * streams
@@ -191,23 +155,23 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_em
 # ---- 5. bad input, refused before any model call ------------------------------------------------
 
 
-def _refused(pipe: Pipeline, commits: Commits, match: str) -> None:
+def _refused(pipe: Pipeline, commits: CommitRecorder, match: str) -> None:
     with pytest.raises(IncompatibleError, match=match):
         pipe.stream(_sources(1, 50.0, 0), clock=VirtualClock(), stream_batch=True)
     assert commits.calls == 0
 
 
 def test_an_adapter_without_denoise_rows_is_refused_by_the_stream_batch():
-    commits = Commits()
+    commits = CommitRecorder()
     _refused(Pipeline(AnalyticAdapter(**TINY), hooks=make_hooks(commits)), commits, "denoise_rows")
-    commits = Commits()
+    commits = CommitRecorder()
     _refused(Pipeline(RowAnalytic(**TINY), drafter=AnalyticAdapter(**TINY), hooks=make_hooks(commits)),
              commits, "drafter .* has no denoise_rows")
 
 
 def test_a_drafter_reading_the_emitted_context_is_refused_by_the_stream_batch():
     """The stream batch drafts ahead of the verdicts: ``drafter_context="emitted"`` cannot hold."""
-    commits = Commits()
+    commits = CommitRecorder()
     pipe = Pipeline(RowAnalytic(**TINY), drafter=RowAnalytic(steps=2, **TINY), drafter_context="emitted",
                     hooks=make_hooks(policies_plugin, commits))
     pipe.use("sdvg", tau=0.0, scorer=mean_scorer)
@@ -215,3 +179,22 @@ def test_a_drafter_reading_the_emitted_context_is_refused_by_the_stream_batch():
     # sequential streaming takes it
     run = pipe.stream(_sources(1, 50.0, 0), clock=VirtualClock())
     assert run.outputs["s0"].frames.shape[0] == 12 and commits.calls > 0
+
+
+def test_the_stream_invariant_check_fails_on_a_run_that_breaks_them():
+    """``check_stream_run`` is not vacuous: a run missing a commit, or missing an emitted frame, fails."""
+    commits = CommitRecorder()
+    pipe = Pipeline(RowAnalytic(steps=2, **TINY), hooks=make_hooks(policies_plugin, commits))
+    loop = StreamLoop(pipe, _sources(1, 50.0, 0), clock=VirtualClock(), stream_batch=True)
+    run = loop.run()
+    check_stream_run(loop, run, commits)
+    commit = next(e for e in run.trace.raw if isinstance(e, dict) and e["event"] == "commit")
+    at = run.trace.raw.index(commit)
+    run.trace.raw.remove(commit)
+    with pytest.raises(AssertionError, match="the target committed"):
+        check_stream_run(loop, run, commits)
+    run.trace.raw.insert(at, commit)
+    check_stream_run(loop, run, commits)
+    run.outputs["s0"].chunks.pop()
+    with pytest.raises(AssertionError, match="stream 's0' emitted"):
+        check_stream_run(loop, run, commits)

@@ -29,7 +29,8 @@ from accelframe.plugins import hookimpl
 from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
 from accelframe.streaming.source import FrameMap
 from accelframe.testing.fixtures import make_hooks
-from accelframe.types import BlockContext, BlockVerdict, ModelCall
+from accelframe.testing.invariants import CommitRecorder, check_stream_run
+from accelframe.types import BlockContext, BlockVerdict
 from accelframe_adapters import plugin as adapters_plugin
 from accelframe_policies import plugin as policies_plugin
 from accelframe_policies.rolling_kv import RollingKV
@@ -86,25 +87,6 @@ class Drafts:
         self.latents[(ctx.generation, ctx.unit)] = ctx.draft_latents.detach().clone()  # [B, F, C, H, W]
 
 
-@attrs.define(eq=False)
-class Commits:
-    """Records the frames of every commit pass by (generation, model), in order, the number of
-    model calls and the most rows one forward ran."""
-
-    frames: dict[tuple[int, str], list[tuple[int, int]]] = attrs.field(factory=dict)
-    calls: int = 0
-    rows: int = 0
-
-    @hookimpl(wrapper=True)
-    def accelframe_model_call(self, call: ModelCall) -> Any:
-        self.calls += 1
-        self.rows = max(self.rows, call.rows)
-        out = yield
-        if call.kind == "commit":
-            self.frames.setdefault((call.generation, call.model.value), []).append(tuple(call.frames))
-        return out
-
-
 # ---- SCOPE at exact settings --------------------------------------------------------------------
 
 
@@ -114,7 +96,7 @@ def test_scope_at_exact_settings_in_the_stream_batch_equals_the_stream_batch_alo
     """Invariant 1 on the executor's rows: SCOPE with tau_c = tau_p = 0 recomputes every row, so
     every chunk's frames are the plain stream batch's, bit for bit; its decisions are traced."""
     srcs = _sources(streams, frames=33, v2v=v2v, fps=200.0)  # 9 latent frames: 3 chunks
-    runs, commits = {}, Commits()
+    runs, commits = {}, CommitRecorder()
     for scope in (False, True):
         pipe = _pipe(commits).use("fixed-batch", max_streams=streams)
         if scope:
@@ -196,28 +178,13 @@ def test_sdvg_at_minus_inf_in_the_stream_batch_emits_the_drafters_chunks_after_c
 # ---- every frame once, in order; the target's KV; a rolling window -----------------------------
 
 
-def check_stream_run(loop: StreamLoop, run: Any, commits: Commits) -> None:
-    """Invariants 7 and 4: every frame processed and emitted once, in order; no batch ran frames
-    not yet arrived; the target committed exactly the emitted chunks, in order."""
+def check_chunks_of_one_unit(loop: StreamLoop, run: Any, commits: CommitRecorder) -> None:
+    """Every stream's target commits each chunk of 3 latent frames once, in order."""
     fmap = FrameMap.of(loop.adapter)
-    consumed = {s.id: 0 for s in run.sources}
-    for b in run.batches:
-        for stream, n in b["entries"]:
-            src = loop._by_id[stream]
-            consumed[stream] += n
-            got = src.received(b["t_s"])
-            limit = fmap.latents_total(src.total) if got >= src.total else fmap.latents_complete(got)
-            assert consumed[stream] <= limit, (b, limit)
-    emits = [tuple(e["frames"]) for e in run.trace.of("emit")]
-    assert [tuple(e["frames"]) for e in run.trace.of("commit") if e["model"] == "target"] == emits
     for s in run.sources:
-        out = run.outputs[s.id]
-        assert out.frames.shape[0] == s.num_frames
-        assert out.arrival_s == [s.arrival_s(k) for k in range(s.num_frames)]
         total = fmap.latents_total(s.num_frames)
-        assert consumed[s.id] == total
         spans = commits.frames[(loop._state[s.id].generation, "target")]
-        assert spans == [(a, a + 3) for a in range(0, total, 3)]  # each chunk of 3 once, in order
+        assert spans == [(a, a + 3) for a in range(0, total, 3)]
 
 
 @SETTINGS
@@ -230,7 +197,7 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
     row by row, with or without an SDVG drafter and a rolling KV: every frame out once and in order,
     the target's KV takes exactly the emitted chunks in order, the rolling window holds with its
     sinks, and every chunk's first step is computed."""
-    commits = Commits()
+    commits = CommitRecorder()
     pipe = _pipe(commits, drafter=dict(SMALL_DRAFTER) if drafter else None)
     pipe.use("fixed-batch", max_streams=streams)
     if drafter:
@@ -250,6 +217,7 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
     loop = StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True, on_batch=on_batch)
     run = loop.run()
     check_stream_run(loop, run, commits)
+    check_chunks_of_one_unit(loop, run, commits)
     assert all(set(sinks) <= set(cached) for cached, sinks, _ in kv_seen)
     steps = run.trace.of("step")
     assert steps and all(e["mode"] == "recompute" for e in steps if e["step"] == 0)
@@ -272,7 +240,7 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
 
 
 def test_a_drafter_reading_the_emitted_context_is_refused_before_any_model_call():
-    commits = Commits()
+    commits = CommitRecorder()
     pipe = Pipeline("self-forcing", drafter="self-forcing", drafter_context="emitted",
                     hooks=make_hooks(adapters_plugin, policies_plugin, commits), adapter_kwargs=dict(SMALL),
                     drafter_kwargs=dict(SMALL_DRAFTER)).use("sdvg", tau=0.0, scorer=mean_scorer)
