@@ -321,6 +321,22 @@ def _in_order(needle: list[str], hay: list[str], max_gap: int = 25) -> str | Non
     return needle[best]
 
 
+def test_stream_invariants(installed):
+    from accelframe import Pipeline
+
+    my_plugin = accelframe_example
+    from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
+    from accelframe.testing.invariants import CommitRecorder, check_stream_run
+
+    recorder = CommitRecorder()
+    pipe = Pipeline("analytic", hooks=make_hooks(my_plugin, recorder))
+    loop = StreamLoop(pipe, [StreamSource(id="s", prompt="a red circle", num_frames=12, fps=50.0)],
+                      clock=VirtualClock())
+    check_stream_run(loop, loop.run(), recorder)
+
+    assert recorder.frames and recorder.calls > 0
+
+
 def test_doc_blocks_are_in_sync():
     doc = DOC.read_text(encoding="utf-8")
     this = _lines(Path(__file__).read_text(encoding="utf-8"))
