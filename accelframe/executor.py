@@ -220,6 +220,7 @@ class Executor:
         try:
             decision, by = self.hooks.first_ctx(hook, impls, ctx)
         except HookRaised as err:
+            m.reuse = 0  # the exact recompute answers: it ends the run like any recompute
             self._failed(hook, err.plugin, repr(err.error), err.error)
             return fallback.RECOMPUTE, EXACT
         if decision is None:  # no policy had an opinion: the exact answer
@@ -227,6 +228,7 @@ class Executor:
             return fallback.RECOMPUTE, EXACT
         problem = _check_decision(decision, ctx)
         if problem is not None:
+            m.reuse = 0
             self._failed(hook, by, problem)
             return fallback.RECOMPUTE, EXACT
         if decision.mode is Mode.RECOMPUTE:
@@ -235,6 +237,7 @@ class Executor:
         if ctx.step == 0 or ctx.iteration.starts:
             # a unit starts here: nothing of it was computed yet, a reuse would come from elsewhere
             starting = [u.unit for u in ctx.iteration.starts] or [ctx.unit]
+            m.reuse = 0
             self._failed(hook, by, f"{decision.mode.value} at the first step of unit(s) {starting}")
             return fallback.RECOMPUTE, EXACT
         run = m.reuse

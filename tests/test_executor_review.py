@@ -1,0 +1,56 @@
+"""Review tests of the step executor and the stream batch on it (defects found in review).
+
+- ``max_reuse`` bounds *consecutive* non-recompute calls: a recompute the executor falls back to
+  (a policy that failed or answered a reuse at a unit's first step) ends the run like any other, so
+  the guard never fires right after a recompute.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from accelframe import hookimpl
+from accelframe.pipeline import Pipeline
+from accelframe.testing import AnalyticAdapter
+from accelframe.testing.fixtures import make_hooks
+from accelframe.trace import Trace
+from accelframe.types import StepContext, StepDecision
+
+from tests.test_step_executor import TINY
+
+
+class EagerCache:
+    """Answers CACHE (a zero velocity) at every call, also where a reuse is refused (a unit's first
+    step): the executor falls back to a recompute there."""
+
+    name = "eager-cache"
+
+    @hookimpl
+    def accelframe_step_decide(self, ctx: StepContext) -> StepDecision:
+        return StepDecision.cache(torch.zeros_like(ctx.x))
+
+
+def _runs_before_guards(trace: Trace, model: str = "target") -> list[int]:
+    """For every ``max_reuse`` guard, how many non-recompute calls of ``model`` came right before it."""
+    out, run = [], 0
+    for e in trace.raw:
+        if type(e) is tuple:
+            if e[0] == model:
+                run = 0 if e[5] == "recompute" else run + 1
+        elif e.get("event") == "guard" and e.get("model") == model:
+            out.append(run)
+    return out
+
+
+def test_a_fallback_recompute_ends_the_reuse_run_that_max_reuse_bounds():
+    """Units of four steps, a policy that always answers CACHE, ``max_reuse=1``: per unit the first
+    step falls back to a recompute, the second is cached, the third is forced (the guard), the fourth
+    is cached. The guard fires only after a cached call, never right after a recompute."""
+    pipe = Pipeline(AnalyticAdapter(steps=4, **TINY), hooks=make_hooks(), max_reuse=1)
+    pipe.use(EagerCache())
+    res = pipe.generate(["a red circle"], num_frames=12, seed=0)
+    modes = [e[5] for e in res.trace.raw if type(e) is tuple and e[0] == "target"]
+    assert len(modes) >= 8  # at least two units
+    runs = _runs_before_guards(res.trace)
+    assert runs and all(r >= 1 for r in runs), runs
+    assert modes[:8] == ["recompute", "cache", "recompute", "cache"] * 2
