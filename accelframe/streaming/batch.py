@@ -38,7 +38,16 @@ import torch
 
 from accelframe.adapter import adapter_device, adapter_dtype
 from accelframe.executor import Executor, ModelSlot, Row
-from accelframe.types import BlockContext, Iteration, ModelRole, Request, Role, UnitSpan, Verdict
+from accelframe.types import (
+    BlockContext,
+    BlockVerdict,
+    Iteration,
+    ModelRole,
+    Request,
+    Role,
+    UnitSpan,
+    Verdict,
+)
 
 
 @attrs.define(eq=False)
@@ -52,6 +61,8 @@ class Chunk:
     steps: list[Iteration]
     k: int = 0
     committed: bool = False  # a draft committed into the drafter's KV (drafter chunks only)
+    # a regeneration's rejected draft: the block policies observe its verdict once the chunk is out
+    verdict: tuple[BlockContext, BlockVerdict] | None = None
 
     @property
     def done(self) -> bool:
@@ -143,13 +154,16 @@ class StreamBatch:
                 self.ex.commit(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
                 pixels = self.ex.emit(c.slot, c.span, decode=True, source="target")
                 out.append((c.span, pixels, "target"))
+                if c.verdict is not None:  # a regeneration: the verdict was carried out
+                    self.ex.block_observe(*c.verdict)
             chunks.pop(0)
         return out
 
     def _judge(self, c: Chunk, chunks: list[Chunk], target: Any, generation: int,
                prompts: tuple[str, ...]) -> tuple[UnitSpan, torch.Tensor, str] | None:
         """The verdict on the oldest chunk, a draft: accept (commit into the target's KV, emit) or
-        regenerate (restore the target's caches; the chunk becomes the target's, from its start)."""
+        regenerate (restore the target's caches; the chunk becomes the target's, from its start).
+        The block policies observe the verdict once the unit was emitted (the regeneration's, later)."""
         regen = self.chunk(ModelRole.TARGET, c.request, target, generation)
         snap = self.target.snapshot(target)
         draft = c.slot.x  # [B, F, C, H, W]
@@ -161,13 +175,12 @@ class StreamBatch:
         if verdict.verdict is Verdict.ACCEPT:
             self.ex.commit(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
             self.ex.record_emit(c.span, pixels, "draft")
-            out = (c.span, pixels, "draft")
-        else:
-            self.target.restore(target, snap)
-            chunks[0] = regen
-            out = None
-        self.ex.block_observe(ctx, verdict)
-        return out
+            self.ex.block_observe(ctx, verdict)
+            return c.span, pixels, "draft"
+        self.target.restore(target, snap)
+        regen.verdict = (ctx, verdict)  # observed once the regenerated chunk was emitted
+        chunks[0] = regen
+        return None
 
 
 __all__ = ["Chunk", "StreamBatch", "chunk_steps"]
