@@ -16,7 +16,14 @@ prompt by prompt (as ``bench block`` does) so that machine noise falls on all of
   the prompt whose frames have all arrived (a :class:`~accelframe.streaming.source.VirtualClock`,
   so nothing waits for real time): consecutive chunks in flight at staggered steps, one batched
   forward per micro-step;
-- every pair, and all three.
+- every pair, and all three;
+- ``stream (2 ranks)``: StreamDiffusionV2's pipeline parallelism, the DiT's blocks split over 2
+  ``torch.distributed`` processes (gloo on the CPU, each with the bench's thread count):
+  :func:`accelframe_adapters.parallel.launch.launch` runs each prompt's video (same prompt, seed and
+  latent frames, text-to-video) with ``decode=True``, the last rank decoding every finished chunk
+  with the VAE's streaming decode inside the pipeline (``--ranks N`` sets the count; 0 or 1 leaves
+  these rows out). That runtime runs no step or block policies, so its pairs and the triple with
+  the step or block level are refused rows (:data:`PP_REFUSAL`, every number null).
 
 The stream batch runs on the step executor (:mod:`accelframe.executor`), as the engine does: the step
 policy decides row by row, and with SDVG the drafter's chunks run in the batch and are judged in
@@ -24,6 +31,17 @@ order, so every combination runs. A combination the runtime still refused would 
 any model call by the stream loop's own validation, and its row would say so (``"refused"``: the
 :class:`~accelframe.errors.IncompatibleError` message, every number null) rather than run something
 else under its name; none of the rows is refused today.
+
+Timing the ranks: a launch spawns fresh processes that import torch, load the model and join the
+process group (5 to 10 s of the world's 1 s video here), which would measure process start, not the
+runtime. As :func:`~accelframe_adapters.parallel.launch.compare_ranks` does, the row is timed by the
+runtime's own clock: the last rank's ``wall_s``, from the end of its first micro-step to the end of
+its last (decoding included). It leaves out the prompt's encoding and micro-step 0 (one row through
+both ranks, no decode: about 2 % of a video in one process); ``launch_s`` gives the whole launch as
+seen from the bench, process start included. Its target calls are the rows its schedule runs
+(:func:`~accelframe_adapters.parallel.schedule.micro_step`, one per row as for the stream batch),
+checked against the micro-steps the runtime reports. The other rows run warmed up in this process;
+the ranks are fresh processes every video and get no warm-up.
 
 Per row: ``speedup`` (the baseline's mean wall time per video over the row's, decoding included),
 ``fps`` (pixel frames over wall time), ``nfe_ratio`` (the baseline's computed target calls over the
@@ -73,6 +91,8 @@ STEP_POLICY = STEP_POLICIES["taylorseer"]
 OPERATING = 0.73  # SDVG's operating point: the share of drafts accepted on training prompts (its paper's)
 STREAM_FPS = 16.0  # the source's nominal rate; every frame has arrived when the stream starts
 OUTPUTS = ("results.json", "results.md", "pareto.png")
+RANKS = 2  # the pipeline-parallel rows' ranks by default (issue 22: "the stream level ... as 2 ranks")
+PP_REFUSAL = "the pipeline-parallel runtime runs no step or block policies; issue 22 item 4"
 
 
 def level_sets() -> list[tuple[str, ...]]:
@@ -102,10 +122,16 @@ class Config:
     levels: tuple[str, ...]
     tau: float | None = None
     step: tuple[str, dict[str, Any]] = STEP_POLICY
+    ranks: int = 1  # > 1: the stream level on the pipeline-parallel runtime, over this many processes
 
     @property
     def name(self) -> str:
-        return " + ".join(self.levels) if self.levels else "baseline"
+        name = " + ".join(self.levels) if self.levels else "baseline"
+        return f"{name} ({self.ranks} ranks)" if self.ranks > 1 else name
+
+    @property
+    def parallel(self) -> bool:
+        return self.ranks > 1
 
     @property
     def stream(self) -> bool:
@@ -122,13 +148,24 @@ class Config:
     def describe(self) -> list[dict[str, Any]]:
         """The row's ``policies``: the stacked policies and, for the stream level, the runtime."""
         out = [{"name": n, **kw} for n, kw in self.policies()]
-        if self.stream:
+        if self.parallel:
+            out.append({"name": "pipeline-parallel", "ranks": self.ranks,
+                        "runtime": f"accelframe_adapters.parallel.launch(PPConfig(decode=True), {self.ranks}): "
+                                   f"{self.ranks} processes (gloo), the DiT's blocks split over them; the last "
+                                   "rank decodes each finished chunk (VAE streaming decode) inside the pipeline"})
+        elif self.stream:
             out.append({"name": "stream-batch", "runtime": "StreamLoop(stream_batch=True)"})
         return out
 
 
-def configs(tau: float, step: tuple[str, dict[str, Any]] = STEP_POLICY) -> list[Config]:
-    return [Config(levels=ls, tau=tau if "block" in ls else None, step=step) for ls in level_sets()]
+def configs(tau: float, step: tuple[str, dict[str, Any]] = STEP_POLICY, ranks: int = RANKS) -> list[Config]:
+    """Every row in table order: :func:`level_sets` in one process, then (``ranks`` > 1) the stream
+    level on ``ranks`` pipeline-parallel processes, alone and with the other levels."""
+    out = [Config(levels=ls, tau=tau if "block" in ls else None, step=step) for ls in level_sets()]
+    if ranks > 1:
+        out += [Config(levels=ls, tau=tau if "block" in ls else None, step=step, ranks=ranks)
+                for ls in level_sets() if "stream" in ls]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,6 +203,19 @@ def refusal(pipe: Any, src: Any) -> str | None:
     return None
 
 
+def pp_refusal(cfg: Config, adapter: Any, frames: int) -> str | None:
+    """Why the pipeline-parallel runtime cannot run ``cfg``, before any process starts: it runs no
+    step or block policies (:data:`PP_REFUSAL`), or its own configuration check refuses the run
+    (e.g. fewer chunks than ranks: the :class:`ConfigError` message); else None."""
+    if set(cfg.levels) & {"step", "block"}:
+        return PP_REFUSAL
+    try:
+        pp_config(cfg, adapter, "", 0, frames).check(cfg.ranks)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def _clock(src: Any) -> Any:
     from accelframe.streaming.source import VirtualClock
 
@@ -190,6 +240,45 @@ def _run(pipe: Any, cfg: Config, prompt: str, seed: int, frames: int) -> tuple[t
     return video, wall, res
 
 
+def pp_config(cfg: Config, adapter: Any, prompt: str, seed: int, frames: int) -> Any:
+    """The pipeline-parallel run of one video: ``adapter``'s model size and device, text-to-video,
+    decoding on the last rank, each rank with this process's torch threads."""
+    from accelframe_adapters.parallel.launch import PPConfig
+
+    return PPConfig(frames=frames, prompt=prompt, seed=seed, size=adapter.model_config.size, decode=True,
+                    threads=torch.get_num_threads(), device=str(adapter.device))
+
+
+def pp_calls(chunks: int, steps: int, ranks: int) -> int:
+    """Target calls of the pipeline's schedule: one per row of every micro-step (a chunk's step),
+    as the stream batch counts them; commit passes are not calls, as elsewhere."""
+    from accelframe_adapters.parallel.schedule import micro_step, micro_steps
+
+    return sum(len(micro_step(m, chunks=chunks, steps=steps, ranks=ranks).rows)
+               for m in range(micro_steps(chunks, steps, ranks)))
+
+
+def _run_ranks(adapter: Any, cfg: Config, prompt: str, seed: int,
+               frames: int) -> tuple[torch.Tensor, float, int, float]:
+    """One video on ``cfg.ranks`` processes: decoded pixel frames ``[T, 3, H, W]`` in [0, 1], the
+    last rank's wall seconds (the runtime's clock), target calls and the launch's wall seconds."""
+    from accelframe.streaming.batch import chunk_steps
+    from accelframe.types import Request
+    from accelframe_adapters.parallel import launch as pp
+    from accelframe_adapters.parallel.schedule import micro_steps
+
+    pc = pp_config(cfg, adapter, prompt, seed, frames)
+    t0 = time.perf_counter()
+    res = pp.launch(pc, cfg.ranks)
+    launched = time.perf_counter() - t0
+    lg = res.log
+    steps = len(chunk_steps(adapter, Request(prompts=(prompt,), num_frames=pc.unit_frames, seed=seed)))
+    assert lg["micro_steps"] == micro_steps(lg["chunks"], steps, cfg.ranks), \
+        f"the runtime ran {lg['micro_steps']} micro-steps, its schedule has {steps} steps a chunk"
+    assert res.frames is not None, "decode=True, yet the last rank returned no frames"
+    return res.frames[0], float(lg["wall_s"]), pp_calls(lg["chunks"], steps, cfg.ranks), launched
+
+
 def counts(stats: dict[str, Any], cfg: Config) -> tuple[int, int, int]:
     """One video's ``(computed target calls, routed drafts, accepted drafts)`` from its run's
     ``stats.to_dict()``, the same for ``generate`` and the stream loop (both count on the step
@@ -211,9 +300,10 @@ class _Tally:
     clips: list[Any] = attrs.field(factory=list)
     psnr: list[float] = attrs.field(factory=list)
     ssim: list[float] = attrs.field(factory=list)
+    launch: list[float] = attrs.field(factory=list)  # the ranks' rows: whole launches, process start included
 
 
-def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer") -> None:
+def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer", ranks: int = RANKS) -> None:
     if step not in STEP_POLICIES:
         raise ConfigError(OWNER, "--step", step, "one of " + ", ".join(STEP_POLICIES))
     if not isinstance(n, int) or n < 1:
@@ -222,17 +312,20 @@ def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer") -> 
         raise ConfigError(OWNER, "--tau", tau, "a finite number")
     if not isinstance(frames, int) or frames < 3 or frames % 3:
         raise ConfigError(OWNER, "frames", frames, "a positive multiple of 3 latent frames")
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 0:
+        raise ConfigError(OWNER, "--ranks", ranks, "an int >= 0 (0 or 1: no pipeline-parallel rows)")
 
 
 def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = False,
               frames: int = LATENT_FRAMES, step: str = "taylorseer", quiet: bool = False,
-              hooks: Any = None) -> dict[str, Any]:
+              hooks: Any = None, ranks: int = RANKS) -> dict[str, Any]:
     """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
-    :func:`accelframe_bench.hooks.default_hooks`)."""
+    :func:`accelframe_bench.hooks.default_hooks`); ``ranks`` > 1: the pipeline-parallel rows on
+    that many processes."""
     from accelframe_adapters.world import clips, quality
     from accelframe_bench.block import Models, calibrate_taus, draft_scores
 
-    _check(n, tau, frames, step)
+    _check(n, tau, frames, step, ranks)
     models = Models.load(hooks)
     rng = random.Random(seed)
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")  # held out: never calibrated on
@@ -245,23 +338,30 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
                                        "prompts": [s.prompt for s in cal], "seeds": cal_seeds}
     else:
         calibration = {"source": "--tau"}
-    cfgs = configs(tau, STEP_POLICIES[step])
-    pipes = {c.name: build(models, c) for c in cfgs}
+    cfgs = configs(tau, STEP_POLICIES[step], ranks)
+    pipes = {c.name: build(models, c) for c in cfgs if not c.parallel}
     try:
         refused = {c.name: refusal(pipes[c.name], source(models.target, scenes[0].prompt, seeds[0], frames))
-                   for c in cfgs if c.stream}
+                   for c in cfgs if c.stream and not c.parallel}
+        refused.update({c.name: pp_refusal(c, models.target, frames) for c in cfgs if c.parallel})
         live = [c for c in cfgs if not refused.get(c.name)]
         tallies = {c.name: _Tally() for c in live}
         with progress_bar(total=n * len(live), desc=OWNER, unit="video", quiet=quiet) as bar:
-            for c in live:  # warm-up: one block each (not reported)
-                _run(pipes[c.name], c, scenes[0].prompt, 0, 3)
+            for c in live:  # warm-up: one block each (not reported); the ranks start afresh every video
+                if not c.parallel:
+                    _run(pipes[c.name], c, scenes[0].prompt, 0, 3)
             for scene, sd in zip(scenes, seeds):
                 base_video = None
                 for c in live:  # the baseline first: the others are compared with its frames
-                    video, wall, res = _run(pipes[c.name], c, scene.prompt, sd, frames)
                     t = tallies[c.name]
+                    if c.parallel:
+                        video, wall, computed, launched = _run_ranks(models.target, c, scene.prompt, sd, frames)
+                        routed = accepted = 0
+                        t.launch.append(launched)
+                    else:
+                        video, wall, res = _run(pipes[c.name], c, scene.prompt, sd, frames)
+                        computed, routed, accepted = counts(res.stats.to_dict(), c)
                     t.wall.append(wall)
-                    computed, routed, accepted = counts(res.stats.to_dict(), c)
                     t.computed += computed
                     t.routed += routed
                     t.accepted += accepted
@@ -279,7 +379,9 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
     doc = document(cfgs, tallies, refused, quality)
     doc["config"] = {"adapter": "self-forcing", "target": "world", "drafter": "world-drafter", "prompts": n,
                      "seed": seed, "latent_frames": frames, "batch": 1, "quick": quick,
-                     "threads": torch.get_num_threads(), "tau": tau, "calibration": calibration,
+                     "threads": torch.get_num_threads(), "ranks": ranks if ranks > 1 else None,
+                     "rank_timing": "the last rank's wall_s (runtime clock; launch_s: the whole launch)",
+                     "tau": tau, "calibration": calibration,
                      "step_policy": {"name": STEP_POLICIES[step][0], **STEP_POLICIES[step][1]},
                      "prompts_used": [s.prompt for s in scenes], "seeds": seeds}
     return doc
@@ -293,16 +395,17 @@ def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, 
     q_base = quality.summarise(base.clips)["quality"]
 
     def row(c: Config) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": c.name, "levels": list(c.levels), "policies": c.describe(),
-                               "refused": refused.get(c.name)}
+        out: dict[str, Any] = {"name": c.name, "levels": list(c.levels), "ranks": c.ranks,
+                               "policies": c.describe(), "refused": refused.get(c.name)}
         t = tallies.get(c.name)
         if t is None:
-            return {**out, **{k: None for k in ("time_s", "speedup", "fps", "nfe_ratio", "accept_rate", "quality",
-                                                "quality_retention", "psnr", "ssim")}}
+            return {**out, **{k: None for k in ("time_s", "launch_s", "speedup", "fps", "nfe_ratio", "accept_rate",
+                                                "quality", "quality_retention", "psnr", "ssim")}}
         wall = statistics.fmean(t.wall)
         q = quality.summarise(t.clips)["quality"]
         finite = [v for v in t.psnr if math.isfinite(v)]
-        return {**out, "time_s": wall, "speedup": t_base / wall, "fps": t.frames / sum(t.wall),
+        return {**out, "time_s": wall, "launch_s": statistics.fmean(t.launch) if t.launch else None,
+                "speedup": t_base / wall, "fps": t.frames / sum(t.wall),
                 "nfe_ratio": base.computed / t.computed if t.computed else None,
                 "accept_rate": t.accepted / t.routed if t.routed else None,
                 "quality": q, "quality_retention": q / q_base if q_base else None,
@@ -311,7 +414,8 @@ def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, 
                 "ssim": statistics.fmean(t.ssim) if t.ssim else None}
 
     rows = [row(c) for c in cfgs]
-    singles = {r["levels"][0]: r["speedup"] for r in rows if len(r["levels"]) == 1}
+    # the single levels in one process; a pipeline-parallel row is a single level too (no efficiency)
+    singles = {r["levels"][0]: r["speedup"] for r in rows if len(r["levels"]) == 1 and r["ranks"] == 1}
     for r in rows:
         r["composition_efficiency"] = composition_efficiency(tuple(r["levels"]), r["speedup"], singles)
     baseline = next(r for r in rows if not r["levels"])
@@ -339,6 +443,13 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"| {cell(r['quality'], '.3f')} | {cell(r['quality_retention'], '.1%')} "
                      f"| {'inf' if exact else cell(r['psnr'], '.2f')} | {cell(r['ssim'], '.4f')} "
                      f"| {cell(r['composition_efficiency'], '.2f')} | {r['refused'] or ''} |")
+    timed = [r for r in doc["rows"] if r.get("launch_s") is not None]
+    if timed:
+        lines.append("")
+    for r in timed:
+        lines.append(f"{r['name']}: timed by the last rank's clock ({r['time_s']:.3f} s a video, decoding "
+                     f"included); the whole launch, process start and model load included, took "
+                     f"{r['launch_s']:.2f} s a video.")
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +474,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", default="taylorseer", choices=tuple(STEP_POLICIES),
                    help="the step level's policy: taylorseer (interval 3, the step bench's best for this loop) "
                         "or scope (magi-1 preset) (default: taylorseer)")
+    p.add_argument("--ranks", type=int, default=RANKS, metavar="N",
+                   help="the stream level also on the pipeline-parallel runtime over N local processes (gloo), "
+                        "with the step and block levels reported refused (that runtime runs no policies); "
+                        f"0 or 1: leave these rows out (default: {RANKS})")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stack", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-stack)")
@@ -375,14 +490,21 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
 
     n = 2 if args.quick else args.prompts
     # bad input is named before any folder or model is touched
-    _check(args.prompts, args.tau, LATENT_FRAMES, args.step)
+    _check(args.prompts, args.tau, LATENT_FRAMES, args.step, args.ranks)
+    if args.ranks > 1:
+        from accelframe_adapters.parallel.launch import PPConfig
+
+        try:  # more ranks than the world DiT's blocks (or than chunks): refused, naming the option
+            PPConfig(frames=LATENT_FRAMES).check(args.ranks)
+        except ConfigError as err:
+            raise ConfigError(OWNER, "--ranks", args.ranks, err.allowed) from None
     out = Path(args.out)
     fresh_out(OWNER, out, OUTPUTS, args.force)
     doc = run_bench(n=n, seed=args.seed, tau=args.tau, quick=args.quick, step=args.step, quiet=args.json,
-                    hooks=hooks)
+                    hooks=hooks, ranks=args.ranks)
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["LEVELS", "STEP_POLICIES", "STEP_POLICY", "Config", "build", "composition_efficiency", "configs",
-           "configure", "counts", "document", "level_sets", "markdown", "refusal", "run", "run_bench",
-           "write_outputs"]
+__all__ = ["LEVELS", "PP_REFUSAL", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "build",
+           "composition_efficiency", "configs", "configure", "counts", "document", "level_sets", "markdown",
+           "pp_calls", "pp_config", "pp_refusal", "refusal", "run", "run_bench", "write_outputs"]

@@ -1,18 +1,21 @@
 """``accelframe bench stack``: its rows, the composition-efficiency arithmetic, every combination measured
 (the stream batch's included, its calls counted as the sequential rows'), a combination the runtime refuses
-reported as refused (never run, never faked), bad input refused before any model."""
+reported as refused (never run, never faked), the stream level on 2 pipeline-parallel ranks (its pairs
+with the step and block levels refused), bad input refused before any model."""
 
 from __future__ import annotations
 
 import argparse
 
 import pytest
+import torch
 
 from accelframe.errors import ConfigError
 from accelframe.pipeline import Pipeline
 from accelframe_bench import stack
 from accelframe_bench.block import Models
 from accelframe_bench.hooks import default_hooks
+from accelframe_adapters.parallel import launch as pp
 
 TINY = {"size": "tiny"}  # the self-forcing loop with a tiny DiT: the world's shapes, milliseconds a call
 
@@ -28,12 +31,25 @@ def test_the_rows_are_the_baseline_each_level_every_pair_and_all_three():
                                   ("block", "stream"), ("step", "block", "stream")]
     cfgs = stack.configs(-1.1)
     assert [c.name for c in cfgs][:2] == ["baseline", "step"]
-    assert [c.tau for c in cfgs] == [None, None, -1.1, None, -1.1, None, -1.1, -1.1]
-    triple = cfgs[-1].describe()
+    assert [c.tau for c in cfgs] == [None, None, -1.1, None, -1.1, None, -1.1, -1.1, None, None, -1.1, -1.1]
+    triple = cfgs[7].describe()
     assert [p["name"] for p in triple] == ["taylorseer", "sdvg", "stream-batch"]
     scope = stack.configs(-1.1, stack.STEP_POLICIES["scope"])[1].describe()
     assert scope == [{"name": "scope", "preset": "magi-1", "applies_to": "both"}]
+    # then the stream level on 2 pipeline-parallel ranks, alone and with the others
+    assert [c.name for c in cfgs[8:]] == ["stream (2 ranks)", "step + stream (2 ranks)",
+                                          "block + stream (2 ranks)", "step + block + stream (2 ranks)"]
+    pp_row = cfgs[8].describe()
+    assert [p["name"] for p in pp_row] == ["pipeline-parallel"] and pp_row[0]["ranks"] == 2
+    assert "decode" in pp_row[0]["runtime"] and "last rank" in pp_row[0]["runtime"]
+    assert [c.name for c in stack.configs(0.0, ranks=3)][8] == "stream (3 ranks)"
+    assert len(stack.configs(0.0, ranks=1)) == len(stack.configs(0.0, ranks=0)) == 8
 
+
+def test_the_pipelines_target_calls_are_the_rows_of_its_schedule():
+    # every chunk runs each of its steps once, whatever the lag: 9 chunks of 4 steps
+    assert stack.pp_calls(9, 4, 2) == stack.pp_calls(9, 4, 1) == stack.pp_calls(9, 4, 3) == 36
+    assert stack.pp_calls(2, 4, 2) == 8
 
 def test_composition_efficiency_is_the_speedup_over_the_product_of_its_levels():
     singles = {"step": 1.5, "block": 2.0, "stream": 1.25}
@@ -60,9 +76,20 @@ def test_the_document_on_hand_made_tallies():
     t["block"].routed, t["block"].accepted = 8, 6
     refused = {"step + stream": "no step policies", "block + stream": "no drafter",
                "step + block + stream": "no drafter", "stream": None}
+    # the stream level on 2 ranks, slower than in one process: not the single level's speedup
+    t["stream (2 ranks)"] = stack._Tally(wall=[1.0], computed=36, frames=105, clips=[0.7], launch=[6.0])
+    refused["step + stream (2 ranks)"] = stack.PP_REFUSAL
+    t["block + stream"] = stack._Tally(wall=[0.5], computed=4, frames=105, clips=[0.5])
+    refused["block + stream"] = None
     doc = stack.document(cfgs, t, refused, _Q)
     rows = {r["name"]: r for r in doc["rows"]}
     assert doc["baseline"]["speedup"] == 1.0 and doc["baseline"]["composition_efficiency"] is None
+    pp_row = rows["stream (2 ranks)"]
+    assert pp_row["speedup"] == 2.0 and pp_row["launch_s"] == 6.0 and pp_row["ranks"] == 2
+    assert pp_row["composition_efficiency"] is None and rows["stream"]["launch_s"] is None
+    # a pair with the stream level composes against the stream level in one process (1.25x), not on 2 ranks
+    assert rows["stream"]["speedup"] == 1.25
+    assert rows["block + stream"]["composition_efficiency"] == pytest.approx(4.0 / (4.0 * 1.25))
     assert rows["step"]["speedup"] == 2.0 and rows["step"]["nfe_ratio"] == 2.0 and rows["step"]["fps"] == 105.0
     assert rows["block"]["quality_retention"] == pytest.approx(0.75)
     assert rows["block"]["accept_rate"] == 0.75 and rows["step"]["accept_rate"] is None
@@ -75,8 +102,8 @@ def test_the_document_on_hand_made_tallies():
             assert r["refused"] == why
             assert all(r[k] is None for k in ("speedup", "fps", "nfe_ratio", "accept_rate", "quality",
                                                "quality_retention", "psnr", "composition_efficiency"))
-    assert "no drafter" in stack.markdown({**doc, "config": {"prompts": 1, "latent_frames": 27, "threads": 1,
-                                                              "tau": 0.5}})
+    md = stack.markdown({**doc, "config": {"prompts": 1, "latent_frames": 27, "threads": 1, "tau": 0.5}})
+    assert "no drafter" in md and stack.PP_REFUSAL in md and "6.00 s a video" in md
 
 
 def test_the_stream_loop_serves_every_stack_and_refuses_what_it_still_cannot_with_its_message():
@@ -85,7 +112,7 @@ def test_the_stream_loop_serves_every_stack_and_refuses_what_it_still_cannot_wit
     src = stack.source(target, "a red circle", 0, 3)
     scorer = hooks.registry().get("scorer", "world-reward").factory()
     models = Models(hooks=hooks, target=target, drafter=target, scorer=scorer)
-    pipes = [stack.build(models, c) for c in stack.configs(0.0) if c.stream]
+    pipes = [stack.build(models, c) for c in stack.configs(0.0, ranks=0) if c.stream]
     assert [stack.refusal(p, src) for p in pipes] == [None] * 4
     # a drafter that waits for each verdict cannot be pipelined: the loop's own message, no model run
     emitted = Pipeline(target, drafter=target, hooks=hooks, drafter_context="emitted")
@@ -125,12 +152,44 @@ def _tiny_models(monkeypatch):
 
 def test_a_tiny_run_end_to_end_measures_every_row_the_stream_combinations_included(monkeypatch):
     """The tiny loop for target and drafter (the world's models are for the real run), SDVG
-    accepting every draft after block 0: every row measured, none refused, the stream batch's
-    rows counting calls and drafts as the sequential rows do."""
+    accepting every draft after block 0: every row of one process measured, none refused, the
+    stream batch's rows counting calls and drafts as the sequential rows do; the stream level on 2
+    real ranks (child processes) measured on the same prompt, seed and frames, decoding on the last
+    rank, its pairs with the step and block levels refused with the reason."""
     _tiny_models(monkeypatch)
+    launched = []
+
+    def launch(cfg, ranks, **kw):
+        res = real_launch(cfg, ranks, **kw)
+        launched.append((cfg, ranks, res))
+        return res
+
+    real_launch = pp.launch
+    monkeypatch.setattr(pp, "launch", launch)
     doc = stack.run_bench(n=1, tau=-1e9, frames=6, quiet=True)
     rows = {r["name"]: r for r in doc["rows"]}
     assert list(rows) == [c.name for c in stack.configs(0.0)][1:]
+    # the 2 ranks: one launch (no warm-up), of the bench's prompt, seed and frames, decoding
+    [(cfg, ranks, res)] = launched
+    assert ranks == 2 and cfg.decode and cfg.size == "tiny" and cfg.frames == 6
+    assert (cfg.prompt, cfg.seed) == (doc["config"]["prompts_used"][0], doc["config"]["seeds"][0])
+    ref = pp.run_reference(cfg, lag=2)  # what 2 ranks compute, in this process
+    assert torch.equal(res.frames, ref.frames) and res.frames.shape[1] == 21  # 6 latent frames: 21 pixel frames
+    r = rows.pop("stream (2 ranks)")
+    assert r["refused"] is None and r["levels"] == ["stream"] and r["ranks"] == 2
+    assert r["nfe_ratio"] == 1.0  # 2 chunks of 4 steps: the baseline's 8 calls
+    assert r["time_s"] == pytest.approx(res.log["wall_s"]) and r["launch_s"] > r["time_s"] > 0
+    assert r["speedup"] == pytest.approx(doc["baseline"]["time_s"] / r["time_s"])
+    assert r["fps"] == pytest.approx(21 / r["time_s"])
+    assert r["quality"] > 0 and r["quality_retention"] > 0 and r["composition_efficiency"] is None
+    assert r["psnr"] is not None and r["psnr"] > 0 and 0 < r["ssim"] <= 1  # a lag-2 context: not the baseline's
+    for name in ("step + stream (2 ranks)", "block + stream (2 ranks)", "step + block + stream (2 ranks)"):
+        r = rows.pop(name)
+        assert r["refused"] == stack.PP_REFUSAL, name
+        assert all(r[k] is None for k in ("time_s", "launch_s", "speedup", "fps", "nfe_ratio", "accept_rate",
+                                           "quality", "quality_retention", "psnr", "ssim",
+                                           "composition_efficiency")), name
+    assert doc["config"]["ranks"] == 2
     for name, r in rows.items():
         assert r["refused"] is None, name
         for k in ("speedup", "fps", "nfe_ratio", "quality", "quality_retention", "time_s"):
@@ -152,8 +211,11 @@ def test_a_tiny_run_end_to_end_measures_every_row_the_stream_combinations_includ
     assert rows["block"]["accept_rate"] == rows["block + stream"]["accept_rate"] == 1.0
     assert rows["step + stream"]["accept_rate"] is None
     assert doc["config"]["tau"] == -1e9 and doc["baseline"]["speedup"] == 1.0
-    md = stack.markdown(doc)
-    assert "refused" in md.splitlines()[2] and all(line.endswith("|  |") for line in md.splitlines()[4:] if line)
+    lines = stack.markdown(doc).splitlines()
+    assert "refused" in lines[2]
+    table = [line for line in lines[4:] if line.startswith("|")]
+    assert [line.endswith(f"| {stack.PP_REFUSAL} |") for line in table] == [False] * 9 + [True] * 3
+    assert "stream (2 ranks): timed by the last rank's clock" in lines[-1]
 
 
 def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeypatch):
@@ -170,8 +232,10 @@ def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeyp
         return pipe
 
     monkeypatch.setattr(stack, "build", emitted_drafter)
-    doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True)
+    monkeypatch.setattr(pp, "launch", lambda *a, **k: pytest.fail("ranks launched"))
+    doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True, ranks=0)  # no pipeline-parallel rows
     rows = {r["name"]: r for r in doc["rows"]}
+    assert list(rows) == [c.name for c in stack.configs(0.0, ranks=0)][1:] and doc["config"]["ranks"] is None
     r = rows["block + stream"]
     assert "drafter_context='emitted'" in r["refused"] and not ran
     assert all(r[k] is None for k in ("speedup", "fps", "nfe_ratio", "accept_rate", "quality", "quality_retention",
@@ -180,8 +244,40 @@ def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeyp
     assert "drafter_context='emitted'" in stack.markdown(doc)
 
 
+def test_the_ranks_rows_the_runtime_cannot_run_are_refused_with_its_message_before_any_process(monkeypatch):
+    """One chunk cannot fill 2 ranks: the runtime's own check refuses the row, no process starts."""
+    _tiny_models(monkeypatch)
+    monkeypatch.setattr(pp, "launch", lambda *a, **k: pytest.fail("ranks launched"))
+    doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert "at least 6 latent frames" in rows["stream (2 ranks)"]["refused"]
+    assert rows["stream (2 ranks)"]["speedup"] is None
+    assert rows["step + stream (2 ranks)"]["refused"] == stack.PP_REFUSAL
+
+
+@pytest.mark.parametrize("argv,ranks", [([], 2), (["--ranks", "0"], 0), (["--ranks", "1"], 1),
+                                        (["--quick", "--ranks", "3"], 3)])
+def test_the_cli_passes_ranks_on_and_0_or_1_leaves_the_rows_out(argv, ranks, tmp_path, monkeypatch):
+    seen = {}
+
+    def run_bench(**kw):
+        seen.update(kw)
+        return {"rows": []}
+
+    monkeypatch.setattr(stack, "run_bench", run_bench)
+    monkeypatch.setattr("accelframe_bench.reports.report", lambda *a, **k: 0)
+    assert stack.run(_args([*argv, "--out", str(tmp_path / "out")])) == 0
+    assert seen["ranks"] == ranks
+    assert len(stack.configs(0.0, ranks=ranks)) == (12 if ranks > 1 else 8)
+    p = argparse.ArgumentParser()
+    stack.configure(p)
+    text = " ".join(p.format_help().split())
+    assert "--ranks N" in text and "0 or 1: leave these rows out (default: 2)" in text
+
+
 @pytest.mark.parametrize("argv,field", [(["--prompts", "0"], "--prompts"), (["--tau", "nan"], "--tau"),
-                                        (["--tau", "inf"], "--tau")])
+                                        (["--tau", "inf"], "--tau"), (["--ranks", "-1"], "--ranks"),
+                                        (["--ranks", "5"], "--ranks")])
 def test_bad_input_is_refused_before_any_model_runs(argv, field, tmp_path, monkeypatch):
     def reached(*a, **k):
         raise AssertionError("the models were loaded")
