@@ -31,6 +31,7 @@ import torch
 
 from accelframe import fallback
 from accelframe.adapter import Adapter
+from accelframe.errors import IncompatibleError
 from accelframe.plugins import EXACT, HookRaised, Hooks
 from accelframe.rng import unit_generator
 from accelframe.trace import Stats, Trace
@@ -184,7 +185,8 @@ class Executor:
             else:
                 counts[_MODE_COUNT[mode]] += 1
             self.trace.step(m.key, it.unit, it.step, it.index, it.frames, _MODE_NAME[mode],
-                            (interval or it.frames) if mode is Mode.RECOMPUTE else None, by)
+                            (interval or it.frames) if mode is Mode.RECOMPUTE else None, by,
+                            m.site.generation)
         st["policy"] += pol
         st["model"] += t2 - t1
         st["advance"] += adv
@@ -201,6 +203,9 @@ class Executor:
             it = row.it
             frames = decision.interval or it.frames
             if row.read_only and hasattr(row.slot.adapter, "denoise_rows"):
+                if xs.shape[0] != 1:
+                    raise IncompatibleError(f"a read-only row holds one video (denoise_rows: one block per "
+                                            f"row); this one holds a batch of {xs.shape[0]}")
                 batch.setdefault((id(row.slot.adapter), frames[1] - frames[0]), []).append(i)
                 continue
             out[i] = self._call(row.slot, it, xs, frames)

@@ -17,7 +17,7 @@ _MODE_KEY = {Mode.RECOMPUTE: "computed", Mode.CACHE: "cached", Mode.PREDICT: "pr
 STAGES = ("policy", "probe", "model", "advance", "commit", "decode", "block", "batch")
 
 
-_STEP_FIELDS = ("model", "unit", "step", "iter", "frames", "mode", "interval", "by")
+_STEP_FIELDS = ("model", "unit", "step", "iter", "frames", "mode", "interval", "by", "generation")
 
 
 @attrs.define
@@ -36,11 +36,12 @@ class Trace:
             self.raw.append(fields)
 
     def step(self, model: str, unit: int, step: int, index: int, frames: tuple[int, int],
-             mode: str, interval: tuple[int, int] | None, by: str) -> None:
-        """Record one denoising call (the engine's hot path: a tuple, no dict). ``interval`` is
-        the computed frames of a recompute, None for a cached or predicted call."""
+             mode: str, interval: tuple[int, int] | None, by: str, generation: int = 0) -> None:
+        """Record one denoising call (the executor's hot path: a tuple, no dict). ``interval`` is
+        the computed frames of a recompute, None for a cached or predicted call; ``generation``
+        tells the streams of a stream batch apart."""
         if self.enabled:
-            self.raw.append((model, unit, step, index, frames, mode, interval, by))
+            self.raw.append((model, unit, step, index, frames, mode, interval, by, generation))
 
     @property
     def events(self) -> list[dict[str, Any]]:

@@ -198,3 +198,33 @@ def test_the_stream_invariant_check_fails_on_a_run_that_breaks_them():
     run.outputs["s0"].chunks.pop()
     with pytest.raises(AssertionError, match="stream 's0' emitted"):
         check_stream_run(loop, run, commits)
+
+
+def test_step_events_of_a_stream_batch_name_their_stream():
+    """Rows of two streams at the same unit and step are told apart by their generation."""
+    pipe = Pipeline(RowAnalytic(steps=2, **TINY), hooks=make_hooks(policies_plugin))
+    pipe.use("fixed-batch", max_streams=2)
+    loop = StreamLoop(pipe, _sources(2, 50.0, 0), clock=VirtualClock(), stream_batch=True)
+    run = loop.run()
+    gens = {loop._state[s.id].generation for s in run.sources}
+    steps = run.trace.of("step")
+    assert len(gens) == 2 and {e["generation"] for e in steps} == gens
+    for g in gens:  # per stream: every (unit, step) once
+        keys = [(e["unit"], e["step"]) for e in steps if e["generation"] == g]
+        assert len(keys) == len(set(keys)) == 4 * 2
+
+
+def test_a_read_only_row_of_a_batch_of_videos_is_refused():
+    """``denoise_rows`` takes one block per row: a read-only row holding two videos cannot go in."""
+    from accelframe.executor import Executor, Row
+    from accelframe.trace import Stats, Trace
+    from accelframe.types import ModelRole, Request
+
+    ad = RowAnalytic(steps=2, **TINY)
+    ex = Executor(make_hooks(), trace=Trace(), stats=Stats())
+    req = Request(prompts=("a", "b"), num_frames=3, seed=0)
+    state = ad.init_state(req, ad.encode_prompt(list(req.prompts)))
+    slot = ex.slot(ModelRole.TARGET, "analytic", ad, state, torch.zeros(2, 3, *ad.latent_shape), 0, 0)
+    it = next(iter(ad.plan(req)))
+    with pytest.raises(IncompatibleError, match="batch of 2"):
+        ex.micro_step([Row(slot, it, req, read_only=True)])
