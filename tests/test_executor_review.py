@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import attrs
+import pytest
 import torch
 
 from accelframe import hookimpl
@@ -48,6 +49,7 @@ def _runs_before_guards(trace: Trace, model: str = "target") -> list[int]:
     return out
 
 
+@pytest.mark.filterwarnings("ignore::accelframe.errors.PolicyFallbackWarning")  # the fallback is the point
 def test_a_fallback_recompute_ends_the_reuse_run_that_max_reuse_bounds():
     """Units of four steps, a policy that always answers CACHE, ``max_reuse=1``: per unit the first
     step falls back to a recompute, the second is cached, the third is forced (the guard), the fourth
