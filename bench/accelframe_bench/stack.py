@@ -22,7 +22,8 @@ prompt by prompt (as ``bench block`` does) so that machine noise falls on all of
   :func:`accelframe_adapters.parallel.launch.launch` runs each prompt's video (same prompt, seed and
   latent frames, text-to-video) with ``decode=True``, the last rank decoding every finished chunk
   with the VAE's streaming decode inside the pipeline (``--ranks N`` sets the count; 0 or 1 leaves
-  these rows out). That runtime runs no step or block policies, so its pairs and the triple with
+  these rows out; ``--quick`` leaves them out unless ``--ranks`` is given: a launch costs 5 to 10 s,
+  which would take it past 90 s). That runtime runs no step or block policies, so its pairs and the triple with
   the step or block level are refused rows (:data:`PP_REFUSAL`, every number null).
 
 The stream batch runs on the step executor (:mod:`accelframe.executor`), as the engine does: the step
@@ -467,17 +468,19 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts (default: 8)")
     p.add_argument("--quick", action="store_true",
-                   help="2 prompts, SDVG's tau calibrated on 2 training prompts: under 90 s on one thread")
+                   help="2 prompts, SDVG's tau calibrated on 2 training prompts, no pipeline-parallel rows unless "
+                        "--ranks is given: under 90 s on one thread")
     p.add_argument("--tau", type=float, default=None,
                    help="SDVG's threshold instead of the one calibrated to accept 73 %% of drafts on "
                         "training prompts")
     p.add_argument("--step", default="taylorseer", choices=tuple(STEP_POLICIES),
                    help="the step level's policy: taylorseer (interval 3, the step bench's best for this loop) "
                         "or scope (magi-1 preset) (default: taylorseer)")
-    p.add_argument("--ranks", type=int, default=RANKS, metavar="N",
+    p.add_argument("--ranks", type=int, default=None, metavar="N",
                    help="the stream level also on the pipeline-parallel runtime over N local processes (gloo), "
                         "with the step and block levels reported refused (that runtime runs no policies); "
-                        f"0 or 1: leave these rows out (default: {RANKS})")
+                        f"0 or 1: leave these rows out (default: {RANKS}; with --quick 0, as the launches would "
+                        "take it past 90 s)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stack", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-stack)")
@@ -489,19 +492,20 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe_bench.reports import fresh_out, report
 
     n = 2 if args.quick else args.prompts
+    ranks = args.ranks if args.ranks is not None else (0 if args.quick else RANKS)
     # bad input is named before any folder or model is touched
-    _check(args.prompts, args.tau, LATENT_FRAMES, args.step, args.ranks)
-    if args.ranks > 1:
+    _check(args.prompts, args.tau, LATENT_FRAMES, args.step, ranks)
+    if ranks > 1:
         from accelframe_adapters.parallel.launch import PPConfig
 
         try:  # more ranks than the world DiT's blocks (or than chunks): refused, naming the option
-            PPConfig(frames=LATENT_FRAMES).check(args.ranks)
+            PPConfig(frames=LATENT_FRAMES).check(ranks)
         except ConfigError as err:
-            raise ConfigError(OWNER, "--ranks", args.ranks, err.allowed) from None
+            raise ConfigError(OWNER, "--ranks", ranks, err.allowed) from None
     out = Path(args.out)
     fresh_out(OWNER, out, OUTPUTS, args.force)
     doc = run_bench(n=n, seed=args.seed, tau=args.tau, quick=args.quick, step=args.step, quiet=args.json,
-                    hooks=hooks, ranks=args.ranks)
+                    hooks=hooks, ranks=ranks)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -255,9 +255,10 @@ def test_the_ranks_rows_the_runtime_cannot_run_are_refused_with_its_message_befo
     assert rows["step + stream (2 ranks)"]["refused"] == stack.PP_REFUSAL
 
 
-@pytest.mark.parametrize("argv,ranks", [([], 2), (["--ranks", "0"], 0), (["--ranks", "1"], 1),
-                                        (["--quick", "--ranks", "3"], 3)])
+@pytest.mark.parametrize("argv,ranks", [([], 2), (["--ranks", "0"], 0), (["--ranks", "1"], 1), (["--quick"], 0),
+                                        (["--quick", "--ranks", "3"], 3), (["--quick", "--ranks", "2"], 2)])
 def test_the_cli_passes_ranks_on_and_0_or_1_leaves_the_rows_out(argv, ranks, tmp_path, monkeypatch):
+    """``--ranks`` defaults to 2, and to 0 under ``--quick`` (its launches would take it past 90 s)."""
     seen = {}
 
     def run_bench(**kw):
@@ -272,7 +273,7 @@ def test_the_cli_passes_ranks_on_and_0_or_1_leaves_the_rows_out(argv, ranks, tmp
     p = argparse.ArgumentParser()
     stack.configure(p)
     text = " ".join(p.format_help().split())
-    assert "--ranks N" in text and "0 or 1: leave these rows out (default: 2)" in text
+    assert "--ranks N" in text and "0 or 1: leave these rows out (default: 2; with --quick 0" in text
 
 
 @pytest.mark.parametrize("argv,field", [(["--prompts", "0"], "--prompts"), (["--tau", "nan"], "--tau"),
