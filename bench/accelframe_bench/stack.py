@@ -22,19 +22,19 @@ prompt by prompt (as ``bench block`` does) so that machine noise falls on all of
   :func:`accelframe_adapters.parallel.launch.launch` runs each prompt's video (same prompt, seed and
   latent frames, text-to-video) with ``decode=True``, the last rank decoding every finished chunk
   with the VAE's streaming decode inside the pipeline (``--ranks N`` sets the count; 0 or 1 leaves
-  these rows out; ``--quick`` leaves them out unless ``--ranks`` is given: a launch costs 5 to 10 s,
-  which would take it past 90 s). That runtime runs no step or block policies, so its pairs and the triple with
-  the step or block level are refused rows (:data:`PP_REFUSAL`, every number null).
+  these rows out; ``--quick`` leaves them out unless ``--ranks`` is given: a launch costs 4 to 10 s,
+  which would take it past 90 s). That runtime runs no step or block policies, so its pairs and the
+  triple with the step or block level are refused rows (:data:`PP_REFUSAL`, every number null).
 
 The stream batch runs on the step executor (:mod:`accelframe.executor`), as the engine does: the step
 policy decides row by row, and with SDVG the drafter's chunks run in the batch and are judged in
 order, so every combination runs. A combination the runtime still refused would be refused before
 any model call by the stream loop's own validation, and its row would say so (``"refused"``: the
 :class:`~accelframe.errors.IncompatibleError` message, every number null) rather than run something
-else under its name; none of the rows is refused today.
+else under its name; none of the one-process rows is refused today.
 
 Timing the ranks: a launch spawns fresh processes that import torch, load the model and join the
-process group (5 to 10 s of the world's 1 s video here), which would measure process start, not the
+process group (4 to 10 s for the world's 1 s video here), which would measure process start, not the
 runtime. As :func:`~accelframe_adapters.parallel.launch.compare_ranks` does, the row is timed by the
 runtime's own clock: the last rank's ``wall_s``, from the end of its first micro-step to the end of
 its last (decoding included). It leaves out the prompt's encoding and micro-step 0 (one row through
