@@ -74,6 +74,7 @@ import torch
 from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.metrics import psnr, ssim
 from accelframe.progress import progress_bar
+from accelframe_bench.costs import CostTable, Counts, counts_of, price
 
 OWNER = "bench stack"
 LEVELS = ("step", "block", "stream")
@@ -167,6 +168,69 @@ def configs(tau: float, step: tuple[str, dict[str, Any]] = STEP_POLICY, ranks: i
         out += [Config(levels=ls, tau=tau if "block" in ls else None, step=step, ranks=ranks)
                 for ls in level_sets() if "stream" in ls]
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# projection at real scale (issue 23 item 6): the run's counted work priced with a cost table
+# ------------------------------------------------------------------------------------------------
+
+DEFAULT_PROJECT = "krea-14B@832x480"  # the SDVG paper's pair: the 14B Krea target, the 1.3B drafter
+NO_PROJECTION = "none"
+
+
+def cost_table(name: str | None, owner: str = OWNER) -> CostTable | None:
+    """The cost table of ``name`` (:func:`accelframe_bench.costs.table`); None for ``"none"`` or
+    None. An unknown name is a :class:`ConfigError` of ``owner``'s ``--project``, before any model."""
+    from accelframe_bench import costs
+
+    if name is None or name.strip().lower() == NO_PROJECTION:
+        return None
+    names = getattr(costs, "CONFIGS", None)
+    allowed = "one of " + ", ".join([*(names or ()), NO_PROJECTION])
+    if names is not None and name not in names:
+        raise ConfigError(owner, "--project", name, allowed)
+    table = getattr(costs, "table", None)
+    if table is None:
+        raise ConfigError(owner, "--project", name, f"{NO_PROJECTION!r}: no cost tables are defined yet")
+    try:
+        return table(name)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(owner, "--project", name, allowed) from err
+
+
+def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter: bool = False,
+         decoded: bool = True) -> Counts:
+    """One run's work from its ``stats.to_dict()``, for pricing: :func:`~accelframe_bench.costs.counts_of`
+    with a unit of ``adapter`` (``unit_frames`` latent frames; the pixel frames of a unit after the
+    first, through the VAE's frame map), corrected where the runs differ from its rules:
+
+    - a block policy scores the blocks after block 0 only (SDVG's verdict regenerates block 0
+      before its scorer runs; the engine still decodes block 0's draft, a wasted decode), and a
+      policy with no scorer (``random-routing``: ``scored=False``) scores none;
+    - ``as_drafter``: the run's only model is the drafter, run as a pipeline's target (draft-only),
+      so its calls and commits are priced as the drafter's;
+    - ``decoded=False``: a run timed without decoding (the step bench) has no decode to price."""
+    from accelframe.adapter import pixel_frames
+
+    unit = int(adapter.unit_frames)
+    unit_px = pixel_frames(adapter, 2 * unit) - pixel_frames(adapter, unit)  # a unit after the first
+    c = counts_of(stats, unit_latent_frames=unit, unit_pixel_frames=unit_px)
+    judged = c.scored_pixel_frames // unit_px  # counts_of's: every judged block, block 0 included
+    c = attrs.evolve(c, scored_pixel_frames=max(judged - 1, 0) * unit_px if scored else 0)
+    if as_drafter:
+        c = attrs.evolve(c, target_calls=0, target_commits=0, drafter_calls=c.drafter_calls + c.target_calls,
+                         drafter_commits=c.drafter_commits + c.target_commits)
+    if not decoded:
+        c = attrs.evolve(c, decoded_latent_frames=0, scored_pixel_frames=0)
+    return c
+
+
+def projected_speedup(base: Counts | None, counts: Counts | None, table: CostTable | None) -> float | None:
+    """The baseline's price over ``counts``' under ``table``; None without a table or counts."""
+    if table is None or base is None or counts is None:
+        return None
+    cost = price(counts, table)
+    return price(base, table) / cost if cost > 0 else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,6 +366,7 @@ class _Tally:
     psnr: list[float] = attrs.field(factory=list)
     ssim: list[float] = attrs.field(factory=list)
     launch: list[float] = attrs.field(factory=list)  # the ranks' rows: whole launches, process start included
+    work: Counts | None = None  # summed over the videos, for pricing; None for the ranks' rows (not counted)
 
 
 def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer", ranks: int = RANKS) -> None:
@@ -319,10 +384,10 @@ def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer", ran
 
 def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = False,
               frames: int = LATENT_FRAMES, step: str = "taylorseer", quiet: bool = False,
-              hooks: Any = None, ranks: int = RANKS) -> dict[str, Any]:
+              hooks: Any = None, ranks: int = RANKS, table: CostTable | None = None) -> dict[str, Any]:
     """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
     :func:`accelframe_bench.hooks.default_hooks`); ``ranks`` > 1: the pipeline-parallel rows on
-    that many processes."""
+    that many processes; ``table``: the cost table the rows' work is priced with (None: no projection)."""
     from accelframe_adapters.world import clips, quality
     from accelframe_bench.block import Models, calibrate_taus, draft_scores
 
@@ -361,7 +426,10 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
                         t.launch.append(launched)
                     else:
                         video, wall, res = _run(pipes[c.name], c, scene.prompt, sd, frames)
-                        computed, routed, accepted = counts(res.stats.to_dict(), c)
+                        st = res.stats.to_dict()
+                        computed, routed, accepted = counts(st, c)
+                        w = work(st, pipes[c.name].adapter)
+                        t.work = w if t.work is None else t.work + w
                     t.wall.append(wall)
                     t.computed += computed
                     t.routed += routed
@@ -377,7 +445,7 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
     finally:
         for p in pipes.values():  # the policies leave the manager (a caller's, the CLI's)
             p.close()
-    doc = document(cfgs, tallies, refused, quality)
+    doc = document(cfgs, tallies, refused, quality, table)
     doc["config"] = {"adapter": "self-forcing", "target": "world", "drafter": "world-drafter", "prompts": n,
                      "seed": seed, "latent_frames": frames, "batch": 1, "quick": quick,
                      "threads": torch.get_num_threads(), "ranks": ranks if ranks > 1 else None,
@@ -389,8 +457,9 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
 
 
 def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, str | None],
-             quality: Any) -> dict[str, Any]:
-    """Rows from the tallies (one per config; a refused config's numbers null) and the baseline."""
+             quality: Any, table: CostTable | None = None) -> dict[str, Any]:
+    """Rows from the tallies (one per config; a refused config's numbers null) and the baseline;
+    with ``table``, each row's work priced with it against the baseline's (``projected_speedup``)."""
     base = tallies["baseline"]
     t_base = statistics.fmean(base.wall)
     q_base = quality.summarise(base.clips)["quality"]
@@ -401,7 +470,8 @@ def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, 
         t = tallies.get(c.name)
         if t is None:
             return {**out, **{k: None for k in ("time_s", "launch_s", "speedup", "fps", "nfe_ratio", "accept_rate",
-                                                "quality", "quality_retention", "psnr", "ssim")}}
+                                                "quality", "quality_retention", "psnr", "ssim", "work",
+                                                "projected_speedup", "projected_at")}}
         wall = statistics.fmean(t.wall)
         q = quality.summarise(t.clips)["quality"]
         finite = [v for v in t.psnr if math.isfinite(v)]
@@ -412,15 +482,22 @@ def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, 
                 "quality": q, "quality_retention": q / q_base if q_base else None,
                 # an exact match (infinite PSNR) is left out of the mean; all exact: null, as bench step
                 "psnr": statistics.fmean(finite) if finite else None,
-                "ssim": statistics.fmean(t.ssim) if t.ssim else None}
+                "ssim": statistics.fmean(t.ssim) if t.ssim else None,
+                "work": attrs.asdict(t.work) if t.work is not None else None,  # summed over the videos
+                "projected_speedup": (ps := projected_speedup(base.work, t.work, table)),
+                "projected_at": table.config if ps is not None else None}
 
     rows = [row(c) for c in cfgs]
     # the single levels in one process; a pipeline-parallel row is a single level too (no efficiency)
     singles = {r["levels"][0]: r["speedup"] for r in rows if len(r["levels"]) == 1 and r["ranks"] == 1}
+    projected = {r["levels"][0]: r["projected_speedup"] for r in rows if len(r["levels"]) == 1 and r["ranks"] == 1}
     for r in rows:
         r["composition_efficiency"] = composition_efficiency(tuple(r["levels"]), r["speedup"], singles)
+        r["composition_efficiency_projected"] = composition_efficiency(tuple(r["levels"]), r["projected_speedup"],
+                                                                       projected)
     baseline = next(r for r in rows if not r["levels"])
-    return {"rows": [r for r in rows if r["levels"]], "baseline": baseline}
+    return {"rows": [r for r in rows if r["levels"]], "baseline": baseline,
+            "projection": table.to_dict() if table is not None else None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,19 +508,27 @@ def document(cfgs: list[Config], tallies: dict[str, _Tally], refused: dict[str, 
 def markdown(doc: dict[str, Any]) -> str:
     from accelframe_bench.reports import cell
 
-    c = doc["config"]
+    c, proj = doc["config"], doc.get("projection")
+    at = f" | projected at {proj['config']} | projected composition efficiency" if proj else ""
     lines = [f"# bench stack: step, block and stream levels on the tiny world ({c['prompts']} held-out prompts, "
              f"{c['latent_frames']} latent frames, {c['threads']} threads, SDVG tau {c['tau']:.3f})", "",
-             "| levels | speedup | fps | NFE ratio | accept rate | world quality | retention | PSNR (dB) | SSIM "
-             "| composition efficiency | refused |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| levels | speedup{at} | fps | NFE ratio | accept rate | world quality | retention | PSNR (dB) "
+             "| SSIM | composition efficiency | refused |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if proj else "")]
     for r in [doc["baseline"], *doc["rows"]]:
         exact = r["levels"] and r["refused"] is None and r["psnr"] is None  # every clip equal to the baseline's
-        lines.append(f"| {r['name']} | {cell(r['speedup'], '.2f')} | {cell(r['fps'], '.1f')} "
+        projected = (f" | {cell(r.get('projected_speedup'), '.2f')} "
+                     f"| {cell(r.get('composition_efficiency_projected'), '.2f')}") if proj else ""
+        lines.append(f"| {r['name']} | {cell(r['speedup'], '.2f')}{projected} | {cell(r['fps'], '.1f')} "
                      f"| {cell(r['nfe_ratio'], '.2f')} | {cell(r.get('accept_rate'), '.1%')} "
                      f"| {cell(r['quality'], '.3f')} | {cell(r['quality_retention'], '.1%')} "
                      f"| {'inf' if exact else cell(r['psnr'], '.2f')} | {cell(r['ssim'], '.4f')} "
                      f"| {cell(r['composition_efficiency'], '.2f')} | {r['refused'] or ''} |")
+    if proj:
+        lines += ["", f"Projected at {proj['config']}: each row's counted work (model calls, commits, decoded "
+                  "latent frames, scored pixel frames, summed over its videos) priced with that configuration's "
+                  f"cost table, the baseline's price over the row's; the table's source: {proj['source']}. The "
+                  "ranks' rows are not projected."]
     timed = [r for r in doc["rows"] if r.get("launch_s") is not None]
     if timed:
         lines.append("")
@@ -481,6 +566,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "with the step and block levels reported refused (that runtime runs no policies); "
                         f"0 or 1: leave these rows out (default: {RANKS}; with --quick 0, as the launches would "
                         "take it past 90 s)")
+    p.add_argument("--project", default=DEFAULT_PROJECT, metavar="NAME",
+                   help="price each row's counted work with the cost table of this configuration and report the "
+                        f"speedup projected there; 'none': no projection (default: {DEFAULT_PROJECT}, the SDVG "
+                        "paper's 14B target with its 1.3B drafter)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stack", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-stack)")
@@ -502,13 +591,15 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
             PPConfig(frames=LATENT_FRAMES).check(ranks)
         except ConfigError as err:
             raise ConfigError(OWNER, "--ranks", ranks, err.allowed) from None
+    table = cost_table(getattr(args, "project", DEFAULT_PROJECT))
     out = Path(args.out)
     fresh_out(OWNER, out, OUTPUTS, args.force)
     doc = run_bench(n=n, seed=args.seed, tau=args.tau, quick=args.quick, step=args.step, quiet=args.json,
-                    hooks=hooks, ranks=ranks)
+                    hooks=hooks, ranks=ranks, table=table)
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["LEVELS", "PP_REFUSAL", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "build",
-           "composition_efficiency", "configs", "configure", "counts", "document", "level_sets", "markdown",
-           "pp_calls", "pp_config", "pp_refusal", "refusal", "run", "run_bench", "write_outputs"]
+__all__ = ["DEFAULT_PROJECT", "LEVELS", "NO_PROJECTION", "PP_REFUSAL", "RANKS", "STEP_POLICIES", "STEP_POLICY",
+           "Config", "build", "composition_efficiency", "configs", "configure", "cost_table", "counts", "document",
+           "level_sets", "markdown", "pp_calls", "pp_config", "pp_refusal", "projected_speedup", "refusal", "run",
+           "run_bench", "work", "write_outputs"]

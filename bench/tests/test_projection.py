@@ -1,0 +1,155 @@
+"""The benches' projection at real scale (issue 23 item 6): a run's counted work, as the runs really do it
+(SDVG decodes block 0's draft but never scores it; random routing scores nothing; draft-only's model
+is the drafter), priced with a hand-built cost table; the stack bench's ``projected_speedup`` equal to
+the ratio computed by hand; ``--project none`` leaves the projection null; an unknown name refused
+before any model loads."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from accelframe.errors import ConfigError
+from accelframe.pipeline import Pipeline
+from accelframe_bench import costs, stack
+from accelframe_bench.block import Models
+from accelframe_bench.costs import CostTable, Counts, price
+from accelframe_bench.hooks import default_hooks
+
+TINY = {"size": "tiny"}  # the self-forcing loop with a tiny DiT: the world's shapes, milliseconds a call
+# round numbers, so that a price can be computed by hand
+TABLE = CostTable(config="hand@test", target_call_s=1.0, drafter_call_s=0.125, target_commit_s=0.5,
+                  drafter_commit_s=0.0625, decode_per_latent_frame_s=0.25, score_per_pixel_frame_s=0.015625,
+                  source="built by hand in the test")
+
+
+@pytest.fixture(scope="module")
+def models():
+    hooks = default_hooks()
+    tiny = Pipeline("self-forcing", hooks=hooks, adapter_kwargs=TINY).adapter
+    return Models(hooks=hooks, target=tiny, drafter=tiny,
+                  scorer=hooks.registry().get("scorer", "world-reward").factory())
+
+
+def _cfg(name: str, tau: float = -1e9) -> stack.Config:
+    return next(c for c in stack.configs(tau, ranks=0) if c.name == name)
+
+
+def _work(models, name: str, frames: int = 9, tau: float = -1e9, **kw) -> tuple[Counts, dict]:
+    c = _cfg(name, tau)
+    pipe = stack.build(models, c)
+    _, _, res = stack._run(pipe, c, "a red circle", 1, frames)
+    pipe.close()
+    st = res.stats.to_dict()
+    return stack.work(st, pipe.adapter, **kw), st
+
+
+def test_the_work_of_sdvg_counts_block_0s_wasted_decode_but_no_score_for_it(models):
+    """3 blocks of 3 latent frames, SDVG accepting every draft it may: the drafter drafts all 3 blocks
+    (4 calls each), the target regenerates block 0 (4 calls); both commit every block; the engine
+    decodes the 3 emitted blocks and block 0's rejected draft; the scorer judges blocks 1 and 2 only
+    (12 pixel frames each: 33 pixel frames are 9 + 12 + 12)."""
+    want = Counts(target_calls=4, drafter_calls=12, target_commits=3, drafter_commits=3,
+                  decoded_latent_frames=12, scored_pixel_frames=24)
+    for name in ("block", "block + stream"):  # the stream loop's stats count alike
+        got, st = _work(models, name)
+        assert got == want, name
+        assert st["frames"] == 9 and st["blocks"]["decodes_wasted"] == 1, name
+    # rejecting every draft: 3 wasted decodes, blocks 1 and 2 scored and regenerated
+    got, _ = _work(models, "block", tau=1e9)
+    assert got == Counts(target_calls=12, drafter_calls=12, target_commits=3, drafter_commits=3,
+                         decoded_latent_frames=18, scored_pixel_frames=24)
+    base, _ = _work(models, "baseline")
+    assert base == Counts(target_calls=12, target_commits=3, decoded_latent_frames=9)
+    # a policy without a scorer, the drafter alone, and a run timed without decoding
+    assert _work(models, "block", scored=False)[0].scored_pixel_frames == 0
+    assert _work(models, "baseline", as_drafter=True)[0] == Counts(drafter_calls=12, drafter_commits=3,
+                                                                   decoded_latent_frames=9)
+    assert _work(models, "block", decoded=False)[0] == Counts(target_calls=4, drafter_calls=12, target_commits=3,
+                                                              drafter_commits=3)
+
+
+def test_the_projected_speedup_is_the_ratio_of_the_hand_priced_work(models):
+    base = Counts(target_calls=12, target_commits=3, decoded_latent_frames=9)
+    row = Counts(target_calls=4, drafter_calls=12, target_commits=3, drafter_commits=3, decoded_latent_frames=12,
+                 scored_pixel_frames=24)
+    # 12 + 1.5 + 2.25 = 15.75 s against 4 + 1.5 + 1.5 + 0.1875 + 3 + 0.375 = 10.5625 s
+    assert price(base, TABLE) == 15.75 and price(row, TABLE) == 10.5625
+    assert stack.projected_speedup(base, row, TABLE) == pytest.approx(15.75 / 10.5625)
+    assert stack.projected_speedup(base, row, None) is None and stack.projected_speedup(base, None, TABLE) is None
+
+
+def test_a_tiny_stack_run_reports_the_projection_at_the_tables_configuration(models, monkeypatch):
+    """Two blocks a video (6 latent frames), SDVG accepting block 1's draft: each row's projected
+    speedup is the baseline's hand-priced work over the row's; the document carries the table."""
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    doc = stack.run_bench(n=1, tau=-1e9, frames=6, quiet=True, ranks=0, table=TABLE)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert doc["projection"] == TABLE.to_dict() and doc["projection"]["source"] == "built by hand in the test"
+    base_s = 8 * 1.0 + 2 * 0.5 + 6 * 0.25  # 2 blocks of 4 target calls, 2 commits, 6 latent frames decoded
+    # block 0 by the target after its draft, block 1's draft taken (12 pixel frames scored)
+    block_s = 4 * 1.0 + 8 * 0.125 + 2 * 0.5 + 2 * 0.0625 + 9 * 0.25 + 12 * 0.015625
+    assert doc["baseline"]["projected_speedup"] == 1.0
+    for name in ("block", "block + stream"):
+        assert rows[name]["projected_speedup"] == pytest.approx(base_s / block_s), name
+        assert rows[name]["projected_at"] == "hand@test"
+    assert rows["stream"]["projected_speedup"] == pytest.approx(1.0)  # the same calls, one row each
+    for name, r in rows.items():  # every row: its own summed work over the baseline's, priced
+        assert r["projected_speedup"] == pytest.approx(
+            price(Counts(**doc["baseline"]["work"]), TABLE) / price(Counts(**r["work"]), TABLE)), name
+    singles = {lv: rows[lv]["projected_speedup"] for lv in stack.LEVELS}
+    r = rows["step + block"]
+    assert r["composition_efficiency_projected"] == pytest.approx(
+        r["projected_speedup"] / (singles["step"] * singles["block"]))
+    assert rows["step"]["composition_efficiency_projected"] is None
+    md = stack.markdown(doc)
+    assert "| projected at hand@test |" in md and "built by hand in the test" in md
+    # refused and 2-rank rows carry no projection
+    doc2 = stack.document(stack.configs(0.0), {"baseline": stack._Tally(wall=[1.0], clips=[0.5], work=Counts(
+        target_calls=8)), "stream (2 ranks)": stack._Tally(wall=[0.5], clips=[0.5])},
+        {"step": "refused here"}, _Q, TABLE)
+    by = {r["name"]: r for r in doc2["rows"]}
+    for name in ("step", "stream (2 ranks)"):
+        assert by[name]["projected_speedup"] is None and by[name]["projected_at"] is None, name
+
+
+class _Q:
+    @staticmethod
+    def summarise(clips):
+        return {"quality": sum(clips) / len(clips)}
+
+
+def test_project_none_leaves_the_projection_null(models, monkeypatch, tmp_path):
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    assert stack.cost_table("none") is None and stack.cost_table(None) is None
+    seen = {}
+    monkeypatch.setattr(stack, "run_bench", lambda **kw: seen.update(kw) or {"rows": []})
+    monkeypatch.setattr("accelframe_bench.reports.report", lambda *a, **k: 0)
+    assert stack.run(_args(["--project", "none", "--out", str(tmp_path / "o")])) == 0
+    assert seen["table"] is None
+    monkeypatch.undo()
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    doc = stack.run_bench(n=1, tau=-1e9, frames=3, quiet=True, ranks=0)
+    assert doc["projection"] is None
+    for r in [doc["baseline"], *doc["rows"]]:
+        assert r["projected_speedup"] is None and r["projected_at"] is None
+        assert r["composition_efficiency_projected"] is None
+    assert "projected" not in stack.markdown(doc)
+
+
+def _args(argv):
+    p = argparse.ArgumentParser()
+    stack.configure(p)
+    return p.parse_args(argv)
+
+
+@pytest.mark.skipif(not hasattr(costs, "table"), reason="costs.table() (the papers' cost tables) has not landed")
+def test_an_unknown_configuration_is_refused_before_any_model_loads(monkeypatch, tmp_path):
+    monkeypatch.setattr(Models, "load", classmethod(lambda *a, **k: pytest.fail("the models were loaded")))
+    with pytest.raises(ConfigError) as err:
+        stack.run(_args(["--project", "gpt-5@8K", "--out", str(tmp_path / "out")]))
+    assert err.value.field == "--project" and err.value.owner == "bench stack"
+    assert "krea-14B@832x480" in str(err.value.allowed)
+    assert not (tmp_path / "out").exists()
+    assert stack.cost_table("krea-14B@832x480").config == "krea-14B@832x480"
