@@ -54,6 +54,15 @@ against the baseline's decoded frames, and ``composition_efficiency`` = the row'
 product of the speedups of the single levels it stacks (null for a single level and for a refused
 row): 1.0 means the levels' gains multiply, less that they overlap or get in each other's way.
 
+Projected at real scale (issue 23 item 6): each row's work, counted from its runs' statistics and
+summed over its videos (``work``: computed calls and commit passes per model, decoded latent frames,
+scored pixel frames; see :func:`work`), is priced with the cost table of ``--project`` (default
+:data:`DEFAULT_PROJECT`; ``none``: no projection) by :func:`accelframe_bench.costs.price`;
+``projected_speedup`` is the baseline's price over the row's, ``projected_at`` the configuration,
+``composition_efficiency_projected`` the measured one's arithmetic on projected speedups, and the
+document's ``projection`` the table (its source included). The ranks' rows and refused rows are not
+projected (null).
+
 Written to ``--out``: ``results.json``, ``results.md`` and ``pareto.png`` (speedup against world quality).
 """
 
