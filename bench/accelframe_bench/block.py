@@ -24,6 +24,14 @@ transformer time alone, commits included), accept rate with block 0 excluded, th
 and adherence of the decoded clips, ``quality_retention`` = quality / target-only quality, and the
 wasted drafter calls and decodes.
 
+Projected at real scale (issue 23 item 6), as ``bench stack`` does: each method's work, counted from
+its runs' statistics and summed over the prompts (``work``, :func:`accelframe_bench.stack.work`: the
+draft-only pipeline's model priced as the drafter, random routing scoring nothing, SDVG scoring the
+blocks after block 0), priced with the cost table of ``--project`` (default
+:data:`~accelframe_bench.stack.DEFAULT_PROJECT`, the paper's 14B target with its 1.3B drafter;
+``none``: no projection): ``projected_speedup`` is target-only's price over the method's,
+``projected_at`` the configuration, and the document's ``projection`` the table.
+
 Written to ``--out``: ``results.json``, ``results.md`` and ``pareto.png`` (speedup against world
 quality, the paper's Figure 2).
 """
@@ -42,6 +50,7 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
+from accelframe_bench.costs import CostTable, Counts
 
 ADAPTER = "self-forcing"
 LATENT_FRAMES = 27  # 9 blocks of 3 latent frames: the paper's protocol and the world's training length
@@ -123,7 +132,8 @@ def draft_scores(models: Models, prompts: list[str], seeds: list[int]) -> torch.
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def calibrate_taus(scores: torch.Tensor, targets: tuple[float, ...], aggregation: str = "min") -> dict[float, float]:
+def calibrate_taus(scores: torch.Tensor, targets: tuple[float, ...],
+                   aggregation: str = "min") -> dict[float, float]:
     """tau per wanted accept rate: the (1 - rate) quantile of the block scores ``aggregate(scores)``."""
     from accelframe_policies.sdvg import aggregate
 
@@ -159,9 +169,18 @@ class _Tally:
     wasted_calls: int = 0
     wasted_decodes: int = 0
     clips: list[Any] = attrs.field(factory=list)
+    work: Counts = attrs.field(factory=Counts)  # summed over the prompts, for pricing
 
 
-def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any) -> None:
+def work_of(stats: dict[str, Any], adapter: Any, kind: str) -> Counts:
+    """One run's work for pricing (:func:`accelframe_bench.stack.work`): draft-only's one model is the
+    drafter, random routing has no scorer."""
+    from accelframe_bench.stack import work
+
+    return work(stats, adapter, scored=kind != "random_routing", as_drafter=kind == "draft_only")
+
+
+def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any, kind: str) -> None:
     from accelframe_adapters.world import quality
 
     t0 = time.perf_counter()
@@ -173,6 +192,7 @@ def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any) -> None:
     t.block_s += st["time_s"]["block"]
     t.wasted_calls += st["blocks"].get("drafter_calls_wasted", 0)
     t.wasted_decodes += st["blocks"].get("decodes_wasted", 0)
+    t.work += work_of(st, pipe.adapter, kind)
     if pipe.drafter is not None:  # block 0 is not routed
         t.routed += len(res.sources) - 1
         t.accepted += res.sources[1:].count("draft")
@@ -180,9 +200,11 @@ def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any) -> None:
 
 
 def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] | None = None,
-              calibration_prompts: int | None = None, quiet: bool = False, hooks: Any = None) -> dict[str, Any]:
+              calibration_prompts: int | None = None, quiet: bool = False, hooks: Any = None,
+              table: CostTable | None = None) -> dict[str, Any]:
     """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
-    :func:`accelframe_bench.hooks.default_hooks`)."""
+    :func:`accelframe_bench.hooks.default_hooks`); ``table``: the cost table each method's work is
+    priced with (None: no projection)."""
     from accelframe_adapters.world import clips, quality
 
     if n < 1:
@@ -221,7 +243,7 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
         order = [operating, *(m for m in ms if m is not operating)]
         for scene, sd in zip(scenes, seeds):
             for m in order:
-                _run_one(pipes[m.name], scene.prompt, sd, tallies[m.name], scene)
+                _run_one(pipes[m.name], scene.prompt, sd, tallies[m.name], scene, m.kind)
                 bar.update(1)
         op = tallies[operating.name]
         matched = op.accepted / op.routed if op.routed else 0.0
@@ -231,15 +253,18 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
         tallies[rand.name] = _Tally()
         ms.append(rand)
         for scene, sd in zip(scenes, seeds):
-            _run_one(pipes[rand.name], scene.prompt, sd, tallies[rand.name], scene)
+            _run_one(pipes[rand.name], scene.prompt, sd, tallies[rand.name], scene, rand.kind)
             bar.update(1)
     for p in pipes.values():
         p.close()
-    return _document(ms, tallies, operating, calibration, scenes, seeds, n, seed, quick, quality)
+    return _document(ms, tallies, operating, calibration, scenes, seeds, n, seed, quick, quality, table)
 
 
 def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, calibration: dict[str, Any],
-              scenes: list[Any], seeds: list[int], n: int, seed: int, quick: bool, quality: Any) -> dict[str, Any]:
+              scenes: list[Any], seeds: list[int], n: int, seed: int, quick: bool, quality: Any,
+              table: CostTable | None = None) -> dict[str, Any]:
+    from accelframe_bench.stack import projected_speedup
+
     base = tallies["target-only"]
     q_base = quality.summarise(base.clips)["quality"]
     t_base = statistics.fmean(base.wall)
@@ -258,6 +283,9 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
             "time_split_s": {"model": t.model_s / n, "decode": t.decode_s / n, "score": t.block_s / n},
             "wasted_drafter_calls": t.wasted_calls / n, "wasted_decodes": t.wasted_decodes / n,
             "clip_quality": [c.quality for c in t.clips],
+            "work": attrs.asdict(t.work),  # summed over the prompts
+            "projected_speedup": (ps := projected_speedup(base.work, t.work, table)),
+            "projected_at": table.config if ps is not None else None,
         }
 
     rows = {m.name: row(m) for m in ms}
@@ -270,6 +298,7 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
     # the coin's realised rate is not exactly the one asked for: read the sweep at that rate
     at_rate = interpolate([(p["accept_rate"], p["quality"]) for p in points], rand["accept_rate"])
     return {
+        "projection": table.to_dict() if table is not None else None,
         "config": {"adapter": ADAPTER, "target": "world", "drafter": "world-drafter", "prompts": n, "seed": seed,
                    "latent_frames": LATENT_FRAMES, "batch": 1, "quick": quick, "threads": torch.get_num_threads(),
                    "scorer": "world-reward", "prompts_used": [s.prompt for s in scenes], "seeds": seeds,
@@ -310,18 +339,20 @@ def interpolate(points: list[tuple[float | None, float]], x: float | None) -> fl
 def markdown(doc: dict[str, Any]) -> str:
     from accelframe_bench.reports import cell
 
-    c = doc["config"]
+    c, proj = doc["config"], doc.get("projection")
+    at = f" projected at {proj['config']} |" if proj else ""
     lines = [f"# bench block: SDVG on the tiny world ({c['prompts']} held-out prompts, {c['latent_frames']} "
              f"latent frames, batch {c['batch']}, {c['threads']} threads)", "",
-             "| method | tau | time / video (s) | speedup | model speedup | accept rate | world quality "
+             f"| method | tau | time / video (s) | speedup |{at} model speedup | accept rate | world quality "
              "| retention | adherence | wasted drafter calls | wasted decodes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if proj else "")]
     rows = [doc["target_only"], doc["draft_only"], *doc["points"], doc["random_routing"], *doc["mean_aggregation"],
             *doc.get("emitted_context", [])]
     for r in rows:
         lines.append(
             f"| {r['name']} | {cell(r['tau'], '.3f')} | {r['time_s']:.2f} | {r['speedup']:.2f}x "
-            f"| {cell(r['model_speedup'], '.2f')}x | {cell(r['accept_rate'], '.1%')} | {r['quality']:.3f} "
+            + (f"| {cell(r.get('projected_speedup'), '.2f')}x " if proj else "")
+            + f"| {cell(r['model_speedup'], '.2f')}x | {cell(r['accept_rate'], '.1%')} | {r['quality']:.3f} "
             f"| {cell(r['quality_retention'], '.1%')} | {r['adherence']:.2f} | {r['wasted_drafter_calls']:.1f} "
             f"| {r['wasted_decodes']:.1f} |")
     t, rr = doc["targets"], doc["random_routing"]
@@ -333,6 +364,10 @@ def markdown(doc: dict[str, Any]) -> str:
               f"{'yes' if t['reward_beats_random_at_matched_rate'] else 'no'} (random "
               f"{rr['quality']:.3f} at {cell(rr['accept_rate'], '.1%')}; "
               f"the tau sweep at that rate {cell(rr.get('reward_quality_at_this_rate'), '.3f')})"]
+    if proj:
+        lines.append(f"- projected at {proj['config']}: each method's counted work (model calls, commits, decoded "
+                     "latent frames, scored pixel frames) priced with that configuration's cost table, "
+                     f"target-only's price over the method's; the table's source: {proj['source']}")
     return "\n".join(lines) + "\n"
 
 
@@ -360,9 +395,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="2 prompts, one calibrated tau, one mean-aggregation row: under a minute on 2 CPU cores")
     p.add_argument("--taus", default=None, metavar="LIST",
-                   help="comma-separated thresholds instead of the calibrated ones (the first is the operating point)")
+                   help="comma-separated thresholds instead of the calibrated ones (the first is the operating "
+                        "point)")
     p.add_argument("--calibration-prompts", type=int, default=None, metavar="N",
                    help="training prompts the taus are calibrated on (default: 8; --quick: 1)")
+    p.add_argument("--project", default=None, metavar="NAME",
+                   help="price each method's counted work with the cost table of this configuration and report "
+                        "the speedup projected there; 'none': no projection (default: krea-14B@832x480, the "
+                        "SDVG paper's 14B target with its 1.3B drafter)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-block", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-block)")
@@ -385,17 +425,20 @@ def _taus(text: str | None) -> list[float] | None:
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe_bench.reports import fresh_out, report
+    from accelframe_bench.stack import DEFAULT_PROJECT, cost_table
 
-    out = Path(args.out)
-    fresh_out("bench block", out, OUTPUTS, args.force)
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise ConfigError("bench block", "--calibration-prompts", args.calibration_prompts, "an int >= 1")
     taus = _taus(args.taus)
+    project = getattr(args, "project", None)
+    table = cost_table(DEFAULT_PROJECT if project is None else project, "bench block")
+    out = Path(args.out)
+    fresh_out("bench block", out, OUTPUTS, args.force)
     n = 2 if args.quick else args.prompts
     doc = run_bench(n=n, seed=args.seed, quick=args.quick, taus=taus,
-                    calibration_prompts=args.calibration_prompts, quiet=args.json, hooks=hooks)
+                    calibration_prompts=args.calibration_prompts, quiet=args.json, hooks=hooks, table=table)
     return report(doc, out, write_outputs, markdown, args.json)
 
 
 __all__ = ["ACCEPT_TARGETS", "Method", "Models", "calibrate_taus", "configure", "draft_scores", "interpolate",
-           "markdown", "methods", "run", "run_bench", "write_outputs"]
+           "markdown", "methods", "run", "run_bench", "work_of", "write_outputs"]

@@ -153,3 +153,29 @@ def test_an_unknown_configuration_is_refused_before_any_model_loads(monkeypatch,
     assert "krea-14B@832x480" in str(err.value.allowed)
     assert not (tmp_path / "out").exists()
     assert stack.cost_table("krea-14B@832x480").config == "krea-14B@832x480"
+
+
+def test_a_tiny_block_bench_prices_draft_only_as_the_drafter_and_random_routing_unscored(models, monkeypatch):
+    """9 blocks a video, SDVG accepting every draft after block 0: the projected speedups are the
+    hand-priced ratios; draft-only's calls are the drafter's, random routing scores nothing."""
+    from accelframe_bench import block
+
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    doc = block.run_bench(n=1, quick=True, taus=[-1e9], quiet=True, table=TABLE)
+    assert doc["projection"] == TABLE.to_dict()
+    base_s = 36 * 1.0 + 9 * 0.5 + 27 * 0.25  # 9 blocks of 4 target calls, 9 commits, 27 latent frames
+    draft_s = 36 * 0.125 + 9 * 0.0625 + 27 * 0.25
+    # block 0: the target after its wasted draft (decoded, not scored); blocks 1-8: drafts, scored
+    sdvg_s = 4 * 1.0 + 36 * 0.125 + 9 * 0.5 + 9 * 0.0625 + 30 * 0.25 + 8 * 12 * 0.015625
+    assert doc["target_only"]["projected_speedup"] == 1.0
+    assert doc["draft_only"]["projected_speedup"] == pytest.approx(base_s / draft_s)
+    [sdvg] = doc["points"]
+    assert sdvg["projected_speedup"] == pytest.approx(base_s / sdvg_s) and sdvg["projected_at"] == "hand@test"
+    rr = doc["random_routing"]
+    assert rr["work"]["scored_pixel_frames"] == 0 and rr["work"]["drafter_calls"] == 36
+    assert rr["projected_speedup"] == pytest.approx(base_s / price(Counts(**rr["work"]), TABLE))
+    md = block.markdown(doc)
+    assert "| projected at hand@test |" in md and "built by hand in the test" in md
+    none = block.run_bench(n=1, quick=True, taus=[-1e9], quiet=True)
+    assert none["projection"] is None and none["points"][0]["projected_speedup"] is None
+    assert "projected" not in block.markdown(none)
