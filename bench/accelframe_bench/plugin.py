@@ -27,6 +27,9 @@ COMMANDS: tuple[tuple[str | None, str, str, str], ...] = (
     ("bench", "stack", "stack",
      "the step, block and stream levels alone, in pairs and all three on the tiny world: speedup, quality, "
      "composition efficiency"),
+    ("bench", "costs", "costs",
+     "seconds per component (target, drafter, commit, decode, score) at the papers' configurations, projected "
+     "from FLOPs"),
     (None, "calibrate", "calibrate", "fit TeaCache's rescale polynomial for an adapter from recorded full runs"),
 )
 
