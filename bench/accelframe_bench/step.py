@@ -15,7 +15,14 @@ prompt so that machine noise falls on all of them alike. Per method:
 - ``policy_share``: the fraction of the method's denoising time spent in its policies' hooks (the
   adapter's probe, which they call, included);
 - ``memory_mb``: the most velocity history its policies held (SCOPE's added memory; on a GPU also
-  the peak allocated memory of the run, ``cuda_peak_mb``).
+  the peak allocated memory of the run, ``cuda_peak_mb``);
+- ``projected_speedup`` (issue 23 item 6): the original's work over the method's, counted from the
+  runs' statistics (computed model calls and commit passes; no decode, as the speedup has none) and
+  priced with the cost table of ``--project`` (:func:`accelframe_bench.costs.price`), labelled
+  ``projected_at``: by default the adapter's real configuration (:data:`PROJECTS`: SkyReels-V2 14B
+  at 540P, Self-Forcing 1.3B at 832x480, MAGI-1 4.5B); ``none``: no projection. A cached or
+  predicted call costs nothing there, and a call is priced whole: selective computation (fewer
+  frames a call, the ``frames_ratio``) and the policies' own time (``policy_share``) are not priced.
 
 Written to ``--out``: ``results.json``, ``results.md`` (the table), ``pareto.png`` (speedup
 against PSNR), ``timeline.png`` (SCOPE's decisions per model call, like the paper's Figure 6),
@@ -40,8 +47,13 @@ import torch
 from accelframe.errors import ConfigError
 from accelframe.metrics import psnr, ssim
 from accelframe.progress import progress_bar
+from accelframe_bench.costs import CostTable, Counts
 
 ADAPTERS = ("skyreels-v2-df", "self-forcing", "magi-1")
+# the configuration a family's rows are projected at by default: the papers' model of that loop
+# (the self-forcing loop is Self-Forcing's own 1.3B; Krea's 14B is the block bench's target)
+PROJECTS = {"skyreels-v2-df": "skyreels-v2-14B@540P", "self-forcing": "self-forcing-1.3B@832x480",
+            "magi-1": "magi-1-4.5B"}
 # a method's TeaCache coefficients to be fitted by ``accelframe calibrate`` on training prompts
 CALIBRATED = "calibrated"
 
@@ -184,6 +196,7 @@ class _Tally:
     memory: int = 0
     cuda_peak: int = 0
     modes: list[str] = attrs.field(factory=list)
+    work: Counts = attrs.field(factory=Counts)  # summed over the prompts, for pricing
 
 
 def _flops(adapter: Any, events: list[dict[str, Any]]) -> float:
@@ -222,11 +235,14 @@ def _decode(pipe: Any, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
 
 
 def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only: list[str] | None = None,
-              lengths: tuple[int, ...] | None = None, quiet: bool = False, hooks: Any = None) -> dict[str, Any]:
+              lengths: tuple[int, ...] | None = None, quiet: bool = False, hooks: Any = None,
+              table: CostTable | None = None) -> dict[str, Any]:
     """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
-    :func:`accelframe_bench.hooks.default_hooks`)."""
+    :func:`accelframe_bench.hooks.default_hooks`); ``table``: the cost table each method's work is
+    priced with (None: no projection)."""
     from accelframe_adapters.world import clips, quality
     from accelframe_bench.hooks import or_default
+    from accelframe_bench.stack import projected_speedup, work
 
     s = setup(adapter)
     if n < 1:
@@ -268,10 +284,12 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
                     t.policy_s += st["time_s"]["policy"]  # the probe runs inside the policies' hooks
                     for k in t.calls:
                         t.calls[k] += st["calls"]["target"][k]
+                    t.work += work(st, pipe.adapter, decoded=False)  # timed without decoding
                     events = res.trace.events
                     t.flops += _flops(pipe.adapter, events)
                     t.cuda_peak = max(t.cuda_peak, peak)
-                    t.memory = max([t.memory] + [getattr(sp.policy, "memory_bytes", lambda: 0)() for sp in pipe.stack])
+                    t.memory = max([t.memory] + [getattr(sp.policy, "memory_bytes", lambda: 0)()
+                                                 for sp in pipe.stack])
                     if i == 0:
                         t.modes = [e["mode"] for e in events if e["event"] == "step" and e["model"] == "target"]
                     latents.append(res.latents)
@@ -311,6 +329,9 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
             "calls": t.calls, "policy_share": t.policy_s / sum(t.wall),
             "memory_mb": t.memory / 2**20, "cuda_peak_mb": t.cuda_peak / 2**20 if t.cuda_peak else None,
             "timeline": t.modes if (m is not None and m.group == "scope") else None,
+            "work": attrs.asdict(t.work),  # summed over the prompts
+            "projected_speedup": (ps := projected_speedup(base.work, t.work, table)),
+            "projected_at": table.config if ps is not None else None,
         })
     return {
         "config": {"adapter": adapter, "adapter_kwargs": s.adapter_kwargs, "prompts": n, "seed": seed,
@@ -319,10 +340,12 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
                    "teacache_calibration": cal},
         "methods": out,
         "length": length_rows,
+        "projection": table.to_dict() if table is not None else None,
     }
 
 
-def _length_scaling(orig: Any, scope: Any, scene: Any, seed: int, lengths: tuple[int, ...], bar: Any) -> list[dict]:
+def _length_scaling(orig: Any, scope: Any, scene: Any, seed: int, lengths: tuple[int, ...],
+                    bar: Any) -> list[dict]:
     rows = []
     for f in lengths:
         _, t0, _ = _generate(orig, scene.prompt, f, seed)
@@ -345,22 +368,30 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    c = doc["config"]
+    c, proj = doc["config"], doc.get("projection")
+    at = f" projected at {proj['config']} |" if proj else ""
     lines = [f"# bench step: {c['adapter']} ({c['prompts']} held-out prompts, {c['latent_frames']} latent frames)",
              "", f"adapter settings: `{json.dumps(c['adapter_kwargs'])}`; {c['threads']} threads", "",
-             "| method | time (s) | speedup | NFE ratio | frames ratio | FLOPs (G) | FLOPs speedup | PSNR (dB) "
-             "| SSIM | world quality | adherence | policy share | memory (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| method | time (s) | speedup |{at} NFE ratio | frames ratio | FLOPs (G) | FLOPs speedup "
+             "| PSNR (dB) | SSIM | world quality | adherence | policy share | memory (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if proj else "")]
     for m in doc["methods"]:
         orig = m["name"] == "original"
+        projected = f" {_fmt(m.get('projected_speedup'))}x |" if proj else ""
         lines.append(
-            f"| {m['name']} | {m['time_s']:.2f} | {m['speedup']:.2f}x | {m['nfe_ratio']:.2f} | {m['frames_ratio']:.2f} "
+            f"| {m['name']} | {m['time_s']:.2f} | {m['speedup']:.2f}x |{projected} {m['nfe_ratio']:.2f} "
+            f"| {m['frames_ratio']:.2f} "
             f"| {m['flops'] / 1e9:.1f} | {_fmt(m['flops_speedup'])}x | {'-' if orig else _fmt(m['psnr'], 'psnr')} "
             f"| {'-' if orig else _fmt(m['ssim'], '.4f')} | {m['quality']:.3f} | {m['adherence']:.2f} "
             f"| {m['policy_share']:.3f} | {m['memory_mb']:.2f} |")
     lines += ["", "| latent frames | original (s) | SCOPE (s) | speedup |", "|---|---|---|---|"]
     for r in doc["length"]:
-        lines.append(f"| {r['latent_frames']} | {r['original_s']:.2f} | {r['scope_s']:.2f} | {r['speedup']:.2f}x |")
+        lines.append(f"| {r['latent_frames']} | {r['original_s']:.2f} | {r['scope_s']:.2f} "
+                     f"| {r['speedup']:.2f}x |")
+    if proj:
+        lines += ["", f"Projected at {proj['config']}: each method's computed model calls and commit passes "
+                  "priced with that configuration's cost table (a call whole, a cached or predicted call free, no "
+                  f"decode), the original's price over the method's; the table's source: {proj['source']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +426,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="1 prompt, 9 latent frames, one setting per technique: under a minute on 2 CPU cores")
     p.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated method names to run (SCOPE's own rows always run)")
+    p.add_argument("--project", default=None, metavar="NAME",
+                   help="price each method's counted calls with the cost table of this configuration and report "
+                        "the speedup projected there; 'none': no projection (default: the adapter's: "
+                        + ", ".join(f"{a} at {c}" for a, c in PROJECTS.items()) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for results.json, results.md and the plots (default: bench-step-ADAPTER)")
@@ -404,16 +439,21 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
-    out = Path(args.out or f"bench-step-{args.adapter}")
     from accelframe_bench.reports import fresh_out, report
+    from accelframe_bench.stack import cost_table
+
+    project = getattr(args, "project", None)
+    table = cost_table(PROJECTS.get(args.adapter) if project is None else project, "bench step")
+    out = Path(args.out or f"bench-step-{args.adapter}")
 
     fresh_out("bench step", out, ("results.json", "results.md", "pareto.png", "timeline.png", "length.png",
                                   "memory.png"), args.force)
     n = 1 if args.quick else args.prompts
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     doc = run_bench(adapter=args.adapter, n=n, seed=args.seed, quick=args.quick, only=only, quiet=args.json,
-                    hooks=hooks)
+                    hooks=hooks, table=table)
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["ADAPTERS", "Method", "configure", "markdown", "methods", "run", "run_bench", "setup", "write_outputs"]
+__all__ = ["ADAPTERS", "PROJECTS", "Method", "configure", "markdown", "methods", "run", "run_bench", "setup",
+           "write_outputs"]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from accelframe.errors import ConfigError
+from accelframe_bench.costs import CostTable
 from accelframe_bench.step import markdown, methods, run_bench, write_outputs
 
 
@@ -24,8 +25,15 @@ def test_methods_cover_the_papers_table():
         methods("magi-9")
 
 
+# round numbers; the decode and score costs must not be priced (the step bench times no decode)
+TABLE = CostTable(config="hand@test", target_call_s=1.0, drafter_call_s=0.5, target_commit_s=0.25,
+                  drafter_commit_s=0.125, decode_per_latent_frame_s=100.0, score_per_pixel_frame_s=100.0,
+                  source="built by hand in the test")
+
+
 def test_a_tiny_run_and_its_report(tmp_path):
-    doc = run_bench(adapter="skyreels-v2-df", n=1, quick=True, only=["TeaCache"], lengths=(3,), quiet=True)
+    doc = run_bench(adapter="skyreels-v2-df", n=1, quick=True, only=["TeaCache"], lengths=(3,), quiet=True,
+                    table=TABLE)
     by = {m["name"]: m for m in doc["methods"]}
     assert set(by) == {"original", "SCOPE skyreels-v2", "TeaCache"}
     orig, scope = by["original"], by["SCOPE skyreels-v2"]
@@ -45,6 +53,18 @@ def test_a_tiny_run_and_its_report(tmp_path):
     assert imread(tmp_path / "pareto.png").shape[:2] == (440, 720)  # the charts are PNGs that read back
     assert imread(tmp_path / "timeline.png").shape[1] == 900
     assert "| SCOPE skyreels-v2 |" in markdown(doc)
+    # projected: the computed calls and commits priced by hand, nothing decoded or scored
+    assert doc["projection"] == TABLE.to_dict() and orig["projected_speedup"] == 1.0
+    for m in (orig, scope, by["TeaCache"]):
+        w = m["work"]
+        assert w["decoded_latent_frames"] == w["scored_pixel_frames"] == w["drafter_calls"] == 0
+        assert w["target_calls"] == m["calls"]["computed"]
+        assert m["projected_speedup"] == pytest.approx(
+            (orig["work"]["target_calls"] + 0.25 * orig["work"]["target_commits"])
+            / (w["target_calls"] + 0.25 * w["target_commits"]))
+        assert m["projected_at"] == "hand@test"
+    assert scope["projected_speedup"] > 1.0
+    assert "| projected at hand@test |" in markdown(doc) and "built by hand in the test" in markdown(doc)
 
 
 def test_the_command_keeps_earlier_results(tmp_path, monkeypatch, capsys):

@@ -179,3 +179,24 @@ def test_a_tiny_block_bench_prices_draft_only_as_the_drafter_and_random_routing_
     none = block.run_bench(n=1, quick=True, taus=[-1e9], quiet=True)
     assert none["projection"] is None and none["points"][0]["projected_speedup"] is None
     assert "projected" not in block.markdown(none)
+
+
+@pytest.mark.parametrize("adapter,argv,want", [
+    ("skyreels-v2-df", [], "skyreels-v2-14B@540P"), ("magi-1", [], "magi-1-4.5B"),
+    ("self-forcing", [], "self-forcing-1.3B@832x480"),
+    ("magi-1", ["--project", "krea-14B@832x480"], "krea-14B@832x480"),
+    ("self-forcing", ["--project", "none"], None)])
+def test_the_step_bench_projects_each_family_at_its_own_configuration(adapter, argv, want, tmp_path, monkeypatch):
+    """The adapter picks the configuration (``--project`` overrides it, ``none`` turns it off)."""
+    from accelframe_bench import step
+
+    if want is not None and not hasattr(costs, "table"):
+        pytest.skip("costs.table() (the papers' cost tables) has not landed")
+    seen = {}
+    monkeypatch.setattr(step, "run_bench", lambda **kw: seen.update(kw) or {"methods": []})
+    monkeypatch.setattr("accelframe_bench.reports.report", lambda *a, **k: 0)
+    p = argparse.ArgumentParser()
+    step.configure(p)
+    assert step.run(p.parse_args(["--adapter", adapter, *argv, "--out", str(tmp_path / "o")])) == 0
+    assert (seen["table"].config if seen["table"] else None) == want
+    assert set(step.PROJECTS) == set(step.ADAPTERS)
