@@ -224,7 +224,8 @@ def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter
     unit = int(adapter.unit_frames)
     unit_px = pixel_frames(adapter, 2 * unit) - pixel_frames(adapter, unit)  # a unit after the first
     c = counts_of(stats, unit_latent_frames=unit, unit_pixel_frames=unit_px)
-    judged = c.scored_pixel_frames // unit_px  # counts_of's: every judged block, block 0 included
+    blocks = stats.get("blocks", {})
+    judged = int(blocks.get("accepted", 0)) + int(blocks.get("regenerated", 0))  # block 0 included
     c = attrs.evolve(c, scored_pixel_frames=max(judged - 1, 0) * unit_px if scored else 0)
     if as_drafter:
         c = attrs.evolve(c, target_calls=0, target_commits=0, drafter_calls=c.drafter_calls + c.target_calls,
