@@ -25,10 +25,10 @@ and adherence of the decoded clips, ``quality_retention`` = quality / target-onl
 wasted drafter calls and decodes.
 
 Projected at real scale (issue 23 item 6), as ``bench stack`` does: each method's work, counted from
-its runs' statistics and summed over the prompts (``work``, :func:`accelframe_bench.stack.work`: the
+its runs' statistics and summed over the prompts (``work``, :func:`accelframe_bench.costs.work`: the
 draft-only pipeline's model priced as the drafter, random routing scoring nothing, SDVG scoring the
 blocks after block 0), priced with the cost table of ``--project`` (default
-:data:`~accelframe_bench.stack.DEFAULT_PROJECT`, the paper's 14B target with its 1.3B drafter;
+:data:`~accelframe_bench.costs.DEFAULT_PROJECT`, the paper's 14B target with its 1.3B drafter;
 ``none``: no projection): ``projected_speedup`` is target-only's price over the method's,
 ``projected_at`` the configuration, and the document's ``projection`` the table.
 
@@ -173,9 +173,9 @@ class _Tally:
 
 
 def work_of(stats: dict[str, Any], adapter: Any, kind: str) -> Counts:
-    """One run's work for pricing (:func:`accelframe_bench.stack.work`): draft-only's one model is the
+    """One run's work for pricing (:func:`accelframe_bench.costs.work`): draft-only's one model is the
     drafter, random routing has no scorer."""
-    from accelframe_bench.stack import work
+    from accelframe_bench.costs import work
 
     return work(stats, adapter, scored=kind != "random_routing", as_drafter=kind == "draft_only")
 
@@ -263,7 +263,7 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
 def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, calibration: dict[str, Any],
               scenes: list[Any], seeds: list[int], n: int, seed: int, quick: bool, quality: Any,
               table: CostTable | None = None) -> dict[str, Any]:
-    from accelframe_bench.stack import projected_speedup
+    from accelframe_bench.costs import projected_speedup
 
     base = tallies["target-only"]
     q_base = quality.summarise(base.clips)["quality"]
@@ -425,7 +425,7 @@ def _taus(text: str | None) -> list[float] | None:
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe_bench.reports import fresh_out, report
-    from accelframe_bench.stack import DEFAULT_PROJECT, cost_table
+    from accelframe_bench.costs import DEFAULT_PROJECT, cost_table
 
     if args.calibration_prompts is not None and args.calibration_prompts < 1:
         raise ConfigError("bench block", "--calibration-prompts", args.calibration_prompts, "an int >= 1")

@@ -371,6 +371,62 @@ def table(name: str) -> CostTable:
 
 
 # ------------------------------------------------------------------------------------------------
+# pricing a bench's runs
+# ------------------------------------------------------------------------------------------------
+
+DEFAULT_PROJECT = "krea-14B@832x480"  # the SDVG paper's pair: the 14B Krea target, the 1.3B drafter
+NO_PROJECTION = "none"
+
+
+def cost_table(name: str | None, owner: str) -> CostTable | None:
+    """The cost table of ``name`` for a bench's ``--project``; None for ``"none"`` or None. An
+    unknown name is a :class:`ConfigError` of ``owner``'s ``--project``, before any model."""
+    from accelframe.errors import ConfigError
+
+    if name is None or name.strip().lower() == NO_PROJECTION:
+        return None
+    if name not in CONFIGS:
+        raise ConfigError(owner, "--project", name, "one of " + ", ".join([*CONFIGS, NO_PROJECTION]))
+    return table(name)
+
+
+def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter: bool = False,
+         decoded: bool = True) -> Counts:
+    """One run's work from its ``stats.to_dict()``, for pricing: :func:`~accelframe_bench.costs.counts_of`
+    with a unit of ``adapter`` (``unit_frames`` latent frames; the pixel frames of a unit after the
+    first, through the VAE's frame map), corrected where the runs differ from its rules:
+
+    - a block policy scores the blocks after block 0 only (SDVG's verdict regenerates block 0
+      before its scorer runs; the engine still decodes block 0's draft, a wasted decode), and a
+      policy with no scorer (``random-routing``: ``scored=False``) scores none;
+    - ``as_drafter``: the run's only model is the drafter, run as a pipeline's target (draft-only),
+      so its calls and commits are priced as the drafter's;
+    - ``decoded=False``: a run timed without decoding (the step bench) has no decode to price."""
+    from accelframe.adapter import pixel_frames
+
+    unit = int(adapter.unit_frames)
+    unit_px = pixel_frames(adapter, 2 * unit) - pixel_frames(adapter, unit)  # a unit after the first
+    c = counts_of(stats, unit_latent_frames=unit, unit_pixel_frames=unit_px)
+    blocks = stats.get("blocks", {})
+    judged = int(blocks.get("accepted", 0)) + int(blocks.get("regenerated", 0))  # block 0 included
+    c = attrs.evolve(c, scored_pixel_frames=max(judged - 1, 0) * unit_px if scored else 0)
+    if as_drafter:
+        c = attrs.evolve(c, target_calls=0, target_commits=0, drafter_calls=c.drafter_calls + c.target_calls,
+                         drafter_commits=c.drafter_commits + c.target_commits)
+    if not decoded:
+        c = attrs.evolve(c, decoded_latent_frames=0, scored_pixel_frames=0)
+    return c
+
+
+def projected_speedup(base: Counts | None, counts: Counts | None, table: CostTable | None) -> float | None:
+    """The baseline's price over ``counts``' under ``table``; None without a table or counts."""
+    if table is None or base is None or counts is None:
+        return None
+    cost = price(counts, table)
+    return price(base, table) / cost if cost > 0 else None
+
+
+# ------------------------------------------------------------------------------------------------
 # the command: accelframe bench costs
 # ------------------------------------------------------------------------------------------------
 
@@ -411,6 +467,6 @@ def run(args: Any, hooks: Any = None) -> int:
     return 0
 
 
-__all__ = ["CONFIGS", "CostTable", "Counts", "ScaleFlops", "counts_of", "image_reward_flops", "magi_pass_flops",
+__all__ = ["CONFIGS", "DEFAULT_PROJECT", "NO_PROJECTION", "CostTable", "Counts", "cost_table", "projected_speedup", "work", "ScaleFlops", "counts_of", "image_reward_flops", "magi_pass_flops",
            "price", "table", "throughput", "vae_decode_flops", "vit_l16_flops", "bert_cross_flops",
            "cross_checks"]

@@ -83,7 +83,14 @@ import torch
 from accelframe.errors import ConfigError, IncompatibleError
 from accelframe.metrics import psnr, ssim
 from accelframe.progress import progress_bar
-from accelframe_bench.costs import CostTable, Counts, counts_of, price
+from accelframe_bench.costs import (
+    DEFAULT_PROJECT,
+    CostTable,
+    Counts,
+    cost_table,
+    projected_speedup,
+    work,
+)
 
 OWNER = "bench stack"
 LEVELS = ("step", "block", "stream")
@@ -182,66 +189,6 @@ def configs(tau: float, step: tuple[str, dict[str, Any]] = STEP_POLICY, ranks: i
 # ------------------------------------------------------------------------------------------------
 # projection at real scale (issue 23 item 6): the run's counted work priced with a cost table
 # ------------------------------------------------------------------------------------------------
-
-DEFAULT_PROJECT = "krea-14B@832x480"  # the SDVG paper's pair: the 14B Krea target, the 1.3B drafter
-NO_PROJECTION = "none"
-
-
-def cost_table(name: str | None, owner: str = OWNER) -> CostTable | None:
-    """The cost table of ``name`` (:func:`accelframe_bench.costs.table`); None for ``"none"`` or
-    None. An unknown name is a :class:`ConfigError` of ``owner``'s ``--project``, before any model."""
-    from accelframe_bench import costs
-
-    if name is None or name.strip().lower() == NO_PROJECTION:
-        return None
-    names = getattr(costs, "CONFIGS", None)
-    allowed = "one of " + ", ".join([*(names or ()), NO_PROJECTION])
-    if names is not None and name not in names:
-        raise ConfigError(owner, "--project", name, allowed)
-    table = getattr(costs, "table", None)
-    if table is None:
-        raise ConfigError(owner, "--project", name, f"{NO_PROJECTION!r}: no cost tables are defined yet")
-    try:
-        return table(name)
-    except (KeyError, ValueError) as err:
-        raise ConfigError(owner, "--project", name, allowed) from err
-
-
-def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter: bool = False,
-         decoded: bool = True) -> Counts:
-    """One run's work from its ``stats.to_dict()``, for pricing: :func:`~accelframe_bench.costs.counts_of`
-    with a unit of ``adapter`` (``unit_frames`` latent frames; the pixel frames of a unit after the
-    first, through the VAE's frame map), corrected where the runs differ from its rules:
-
-    - a block policy scores the blocks after block 0 only (SDVG's verdict regenerates block 0
-      before its scorer runs; the engine still decodes block 0's draft, a wasted decode), and a
-      policy with no scorer (``random-routing``: ``scored=False``) scores none;
-    - ``as_drafter``: the run's only model is the drafter, run as a pipeline's target (draft-only),
-      so its calls and commits are priced as the drafter's;
-    - ``decoded=False``: a run timed without decoding (the step bench) has no decode to price."""
-    from accelframe.adapter import pixel_frames
-
-    unit = int(adapter.unit_frames)
-    unit_px = pixel_frames(adapter, 2 * unit) - pixel_frames(adapter, unit)  # a unit after the first
-    c = counts_of(stats, unit_latent_frames=unit, unit_pixel_frames=unit_px)
-    blocks = stats.get("blocks", {})
-    judged = int(blocks.get("accepted", 0)) + int(blocks.get("regenerated", 0))  # block 0 included
-    c = attrs.evolve(c, scored_pixel_frames=max(judged - 1, 0) * unit_px if scored else 0)
-    if as_drafter:
-        c = attrs.evolve(c, target_calls=0, target_commits=0, drafter_calls=c.drafter_calls + c.target_calls,
-                         drafter_commits=c.drafter_commits + c.target_commits)
-    if not decoded:
-        c = attrs.evolve(c, decoded_latent_frames=0, scored_pixel_frames=0)
-    return c
-
-
-def projected_speedup(base: Counts | None, counts: Counts | None, table: CostTable | None) -> float | None:
-    """The baseline's price over ``counts``' under ``table``; None without a table or counts."""
-    if table is None or base is None or counts is None:
-        return None
-    cost = price(counts, table)
-    return price(base, table) / cost if cost > 0 else None
-
 
 # ------------------------------------------------------------------------------------------------
 # running
@@ -601,7 +548,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
             PPConfig(frames=LATENT_FRAMES).check(ranks)
         except ConfigError as err:
             raise ConfigError(OWNER, "--ranks", ranks, err.allowed) from None
-    table = cost_table(getattr(args, "project", DEFAULT_PROJECT))
+    table = cost_table(getattr(args, "project", DEFAULT_PROJECT), OWNER)
     out = Path(args.out)
     fresh_out(OWNER, out, OUTPUTS, args.force)
     doc = run_bench(n=n, seed=args.seed, tau=args.tau, quick=args.quick, step=args.step, quiet=args.json,
@@ -609,7 +556,6 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["DEFAULT_PROJECT", "LEVELS", "NO_PROJECTION", "PP_REFUSAL", "RANKS", "STEP_POLICIES", "STEP_POLICY",
-           "Config", "build", "composition_efficiency", "configs", "configure", "cost_table", "counts", "document",
-           "level_sets", "markdown", "pp_calls", "pp_config", "pp_refusal", "projected_speedup", "refusal", "run",
-           "run_bench", "work", "write_outputs"]
+__all__ = ["LEVELS", "PP_REFUSAL", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "build",
+           "composition_efficiency", "configs", "configure", "counts", "document", "level_sets", "markdown",
+           "pp_calls", "pp_config", "pp_refusal", "refusal", "run", "run_bench", "write_outputs"]

@@ -242,7 +242,7 @@ def run_bench(*, adapter: str, n: int, seed: int = 0, quick: bool = False, only:
     priced with (None: no projection)."""
     from accelframe_adapters.world import clips, quality
     from accelframe_bench.hooks import or_default
-    from accelframe_bench.stack import projected_speedup, work
+    from accelframe_bench.costs import projected_speedup, work
 
     s = setup(adapter)
     if n < 1:
@@ -440,7 +440,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
     from accelframe_bench.reports import fresh_out, report
-    from accelframe_bench.stack import cost_table
+    from accelframe_bench.costs import cost_table
 
     project = getattr(args, "project", None)
     table = cost_table(PROJECTS.get(args.adapter) if project is None else project, "bench step")

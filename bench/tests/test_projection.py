@@ -42,7 +42,7 @@ def _work(models, name: str, frames: int = 9, tau: float = -1e9, **kw) -> tuple[
     _, _, res = stack._run(pipe, c, "a red circle", 1, frames)
     pipe.close()
     st = res.stats.to_dict()
-    return stack.work(st, pipe.adapter, **kw), st
+    return costs.work(st, pipe.adapter, **kw), st
 
 
 def test_the_work_of_sdvg_counts_block_0s_wasted_decode_but_no_score_for_it(models):
@@ -76,8 +76,8 @@ def test_the_projected_speedup_is_the_ratio_of_the_hand_priced_work(models):
                  scored_pixel_frames=24)
     # 12 + 1.5 + 2.25 = 15.75 s against 4 + 1.5 + 1.5 + 0.1875 + 3 + 0.375 = 10.5625 s
     assert price(base, TABLE) == 15.75 and price(row, TABLE) == 10.5625
-    assert stack.projected_speedup(base, row, TABLE) == pytest.approx(15.75 / 10.5625)
-    assert stack.projected_speedup(base, row, None) is None and stack.projected_speedup(base, None, TABLE) is None
+    assert costs.projected_speedup(base, row, TABLE) == pytest.approx(15.75 / 10.5625)
+    assert costs.projected_speedup(base, row, None) is None and costs.projected_speedup(base, None, TABLE) is None
 
 
 def test_a_tiny_stack_run_reports_the_projection_at_the_tables_configuration(models, monkeypatch):
@@ -122,7 +122,7 @@ class _Q:
 
 def test_project_none_leaves_the_projection_null(models, monkeypatch, tmp_path):
     monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
-    assert stack.cost_table("none") is None and stack.cost_table(None) is None
+    assert costs.cost_table("none", "bench stack") is None and costs.cost_table(None, "bench stack") is None
     seen = {}
     monkeypatch.setattr(stack, "run_bench", lambda **kw: seen.update(kw) or {"rows": []})
     monkeypatch.setattr("accelframe_bench.reports.report", lambda *a, **k: 0)
@@ -152,7 +152,7 @@ def test_an_unknown_configuration_is_refused_before_any_model_loads(monkeypatch,
     assert err.value.field == "--project" and err.value.owner == "bench stack"
     assert "krea-14B@832x480" in str(err.value.allowed)
     assert not (tmp_path / "out").exists()
-    assert stack.cost_table("krea-14B@832x480").config == "krea-14B@832x480"
+    assert costs.cost_table("krea-14B@832x480", "bench stack").config == "krea-14B@832x480"
 
 
 def test_a_tiny_block_bench_prices_draft_only_as_the_drafter_and_random_routing_unscored(models, monkeypatch):
