@@ -193,7 +193,9 @@ def _wan_tokens(height: int, width: int) -> int:
     return (height // 16) * (width // 16)
 
 
-def _score_and_decode(latent_h: int, latent_w: int) -> tuple[float, float]:
+def _decode_and_score(latent_h: int, latent_w: int) -> tuple[float, float]:
+    """FLOPs of the Wan VAE's decode per latent frame at ``latent_h x latent_w``, and of ImageReward per
+    pixel frame, in that order."""
     return vae_decode_flops(latent_h, latent_w) / 3, image_reward_flops()
 
 
@@ -223,7 +225,7 @@ def _self_forcing_1_3b() -> ScaleFlops:
     tok = _wan_tokens(480, 832)
     kv = round(_self_forcing_kv_frames() * tok)
     call = WanDiTConfig.wan_1_3b().flops(3 * tok, kv)
-    decode, score = _score_and_decode(60, 104)
+    decode, score = _decode_and_score(60, 104)
     return ScaleFlops(
         target_call=call, drafter_call=call, target_commit=call, drafter_commit=call,
         decode_per_latent_frame=decode, score_per_pixel_frame=score,
@@ -247,7 +249,7 @@ def _krea_14b() -> ScaleFlops:
     krea_kv = (3 + (PROTOCOL_BLOCKS - 1) * 6) / PROTOCOL_BLOCKS
     sf_kv = _self_forcing_kv_frames()
     draft = small.flops(3 * tok, round(sf_kv * tok))
-    decode, score = _score_and_decode(60, 104)
+    decode, score = _decode_and_score(60, 104)
     return ScaleFlops(
         target_call=big.flops(3 * tok, round(krea_kv * tok)), drafter_call=draft,
         target_commit=big.flops(3 * tok, 3 * tok), drafter_commit=draft,
@@ -271,7 +273,7 @@ def _skyreels_14b() -> ScaleFlops:
     tok = _wan_tokens(544, 960)
     window = 25  # base_num_frames = 97 pixel frames
     n = window * tok
-    decode, score = _score_and_decode(68, 120)
+    decode, score = _decode_and_score(68, 120)
     return ScaleFlops(
         target_call=2 * WanDiTConfig.wan_14b().flops(n, n), drafter_call=2 * WanDiTConfig.wan_1_3b().flops(n, n),
         target_commit=0.0, drafter_commit=0.0,
@@ -297,7 +299,7 @@ def _magi_4_5b() -> ScaleFlops:
     ctx = magi_pass_flops(cfg, tok, w, window)
     alone = magi_pass_flops(cfg, tok, w, (1,) * 4)
     commit = magi_pass_flops(cfg, tok, w, (1,))
-    decode, score = _score_and_decode(90, 90)
+    decode, score = _decode_and_score(90, 90)
     return ScaleFlops(
         target_call=2 * ctx + alone, drafter_call=ctx + magi_pass_flops(cfg, tok, w, (1,)),
         target_commit=commit, drafter_commit=commit,
@@ -467,6 +469,6 @@ def run(args: Any, hooks: Any = None) -> int:
     return 0
 
 
-__all__ = ["CONFIGS", "DEFAULT_PROJECT", "NO_PROJECTION", "CostTable", "Counts", "cost_table", "projected_speedup", "work", "ScaleFlops", "counts_of", "image_reward_flops", "magi_pass_flops",
-           "price", "table", "throughput", "vae_decode_flops", "vit_l16_flops", "bert_cross_flops",
-           "cross_checks"]
+__all__ = ["CONFIGS", "DEFAULT_PROJECT", "NO_PROJECTION", "CostTable", "Counts", "ScaleFlops", "bert_cross_flops",
+           "cost_table", "counts_of", "cross_checks", "image_reward_flops", "magi_pass_flops", "price",
+           "projected_speedup", "table", "throughput", "vae_decode_flops", "vit_l16_flops", "work"]
