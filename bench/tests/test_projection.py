@@ -200,3 +200,21 @@ def test_the_step_bench_projects_each_family_at_its_own_configuration(adapter, a
     assert step.run(p.parse_args(["--adapter", adapter, *argv, "--out", str(tmp_path / "o")])) == 0
     assert (seen["table"].config if seen["table"] else None) == want
     assert set(step.PROJECTS) == set(step.ADAPTERS)
+
+
+@pytest.mark.parametrize("bench", ["block", "step"])
+def test_block_and_step_refuse_an_unknown_configuration_before_any_run(bench, monkeypatch, tmp_path):
+    """``--project`` names a table or ``none``: anything else is the bench's ConfigError before a model
+    loads or ``--out`` is made."""
+    import importlib
+
+    mod = importlib.import_module(f"accelframe_bench.{bench}")
+    monkeypatch.setattr(mod, "run_bench", lambda **kw: pytest.fail("the bench ran"))
+    monkeypatch.setattr(Models, "load", classmethod(lambda *a, **k: pytest.fail("the models were loaded")))
+    p = argparse.ArgumentParser()
+    mod.configure(p)
+    with pytest.raises(ConfigError) as err:
+        mod.run(p.parse_args(["--project", "gpt-5@8K", "--out", str(tmp_path / "out")]))
+    assert err.value.field == "--project" and err.value.owner == f"bench {bench}"
+    assert "none" in str(err.value.allowed) and "krea-14B@832x480" in str(err.value.allowed)
+    assert not (tmp_path / "out").exists()
