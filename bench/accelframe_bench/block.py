@@ -50,7 +50,7 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
-from accelframe_bench.costs import CostTable, Counts
+from accelframe_bench.costs import DEFAULT_PROJECT, CostTable, Counts
 
 ADAPTER = "self-forcing"
 LATENT_FRAMES = 27  # 9 blocks of 3 latent frames: the paper's protocol and the world's training length
@@ -401,7 +401,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="training prompts the taus are calibrated on (default: 8; --quick: 1)")
     p.add_argument("--project", default=None, metavar="NAME",
                    help="price each method's counted work with the cost table of this configuration and report "
-                        "the speedup projected there; 'none': no projection (default: krea-14B@832x480, the "
+                        f"the speedup projected there; 'none': no projection (default: {DEFAULT_PROJECT}, the "
                         "SDVG paper's 14B target with its 1.3B drafter)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-block", metavar="DIR",
