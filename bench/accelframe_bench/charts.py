@@ -1,5 +1,5 @@
 """The benchmarks' PNG charts, drawn with matplotlib: a labelled scatter (a speed / quality plane),
-grouped bars and a decision timeline.
+grouped bars, a line over time and a decision timeline.
 
 Each chart is its own ``Figure`` on the Agg canvas (never pyplot, whose global state would be
 shared by every caller in the process), ``width`` x ``height`` pixels, written whole or not at all
@@ -65,6 +65,24 @@ def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xla
     return save(fig, path)
 
 
+def line(path: str | Path, points: Sequence[tuple[float, float]], *, xlabel: str, ylabel: str,
+         band: tuple[float, float] | None = None, width: int = 720, height: int = 400) -> Path:
+    """A line through ``(x, y)`` points (a measure over time); ``band = (reference, fraction)`` shades
+    ``reference * (1 +- fraction)`` (a tolerance around the first value)."""
+    fig = figure(width, height)
+    ax = fig.add_subplot()
+    if band is not None:
+        ref, frac = band
+        ax.axhspan(ref * (1 - frac), ref * (1 + frac), color=COLOURS[2], alpha=0.12,
+                   label=f"within {100 * frac:g} % of {ref:.3f}")
+        ax.legend(loc="lower left", fontsize=8, frameon=False)
+    ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=COLOURS[0], markersize=4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, color="0.9")
+    return save(fig, path)
+
+
 def grouped_bars(path: str | Path, groups: Sequence[str], series: Sequence[Sequence[float]],
                  names: Sequence[str], *, ylabel: str, notes: Sequence[str] | None = None,
                  width: int = 640, height: int = 360) -> Path:
@@ -115,4 +133,4 @@ def timeline(path: str | Path, panels: Sequence[tuple[str, Sequence[str]]], *, w
     return save(fig, path)
 
 
-__all__ = ["COLOURS", "MODE_COLOURS", "figure", "grouped_bars", "save", "scatter", "timeline"]
+__all__ = ["COLOURS", "MODE_COLOURS", "figure", "grouped_bars", "line", "save", "scatter", "timeline"]

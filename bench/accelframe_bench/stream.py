@@ -16,10 +16,14 @@ most one clip the world's quality measure of the output (``world_quality``). The
 - **ranks**: the pipeline-parallel runtime with 1 and 2 processes of one thread each, throughput
   ratio (see ``docs/pipeline-parallel.md``), unless ``--ranks 1``;
 - **soak** (``--soak-seconds``): one stream at ``--fps`` for that long (a looped world clip), with
-  the process's resident memory sampled at every batch and the deadline misses counted.
+  the process's resident memory sampled at every batch and the deadline misses counted;
+- **drift** (``--drift-seconds``): one text-to-video stream at ``--fps`` for that long (``rolling-kv``
+  with sinks and RoPE reset, no ``motion-noise``), the world quality of every 10-second window
+  measured as it completes (the frames are then dropped): the last window within 10 % of the first.
 
 The headline keys of ``--json`` (``ttff_s``, ``fps``, ``jitter_ms``, ``deadline_miss_rate``) are
-the one-stream run at ``--fps``. Written to ``--out``: results.json, results.md, load.png.
+the one-stream run at ``--fps``. Written to ``--out``: results.json, results.md, load.png (and
+drift.png with ``--drift-seconds``).
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ from typing import Any
 
 from accelframe.errors import ConfigError
 
-OUTPUTS = ("results.json", "results.md", "load.png")
+OUTPUTS = ("results.json", "results.md", "load.png", "drift.png")
 TTFF_GOAL = 0.5
 MISS_GOAL = 0.01
 RANK_GOAL = 1.6
+DRIFT_WINDOW_S = 10.0  # seconds of stream per quality window
+DRIFT_GOAL = 0.10  # the last window's quality within this fraction of the first's
+UNIT_PIXELS = 12  # pixel frames of one 3-latent unit after the first (1 + 4 (f - 1) .. 4 f per latent frame)
 
 
 def _rss_mb() -> float:
@@ -146,6 +153,62 @@ class Bench:
         return {**result, "seconds": seconds, "rss_mb_early": early, "rss_mb_late": late,
                 "rss_growth_mb": late - early, "rss_samples": samples[:: max(len(samples) // 60, 1)]}
 
+    def drift(self, *, seconds: float, fps: float, quiet: bool,
+              window_s: float = DRIFT_WINDOW_S) -> dict[str, Any]:
+        """One text-to-video stream of ``seconds`` at ``fps`` (the world's first prompt of ``seed``), its
+        world quality per ``window_s`` window, scored as each window completes; no frames are kept.
+
+        A window starting inside a 3-latent unit is scored from its first unit boundary on (at most 8
+        frames dropped), so the quality measure's block-boundary term compares the stream's real
+        boundaries in every window; frames past the last whole window are not scored."""
+        import torch
+
+        from accelframe.progress import progress_bar
+        from accelframe.streaming.source import RealClock, StreamSource
+
+        adapter = self.adapter_for(3)
+        world = self.cli.stream_source(WORLD_SOURCE, self.hooks.registry())
+        prompt = list(world.prompts(1, self.seed))[0]
+        total, win = int(round(seconds * fps)), max(int(round(window_s * fps)), 2)
+        pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=adapter, motion=False)  # t2v: no motion-noise
+        src = StreamSource(id="drift", prompt=prompt, num_frames=total, fps=fps, deadline_s=self.deadline,
+                           seed=self.seed)
+        pending: list[torch.Tensor] = []  # emitted chunks of the window being filled, each [F, 3, H, W]
+        held = [0]  # pixel frames in pending
+        windows: list[dict[str, Any]] = []
+
+        def score(frames: torch.Tensor) -> None:  # frames [win, 3, H, W], the window's pixel frames
+            k = len(windows)
+            skip = -(k * win) % UNIT_PIXELS  # frames before the window's first unit boundary
+            rec = adapter.measure_quality(frames[skip:][None], [prompt])[0]  # frames[None]: [1, T, 3, H, W]
+            windows.append({"t_s": k * window_s, "quality": rec["quality"], "scored_frames": win - skip,
+                            **{p: rec.get(p) for p in ("presence", "shape", "motion", "smoothness", "sharpness",
+                                                       "background", "measured_direction")}})
+
+        def on_frames(stream: str, frames: torch.Tensor) -> None:  # frames [F, 3, H, W]
+            pending.append(frames.detach().float().cpu())
+            held[0] += frames.shape[0]
+            bar.update(frames.shape[0])
+            while held[0] >= win:
+                cat = torch.cat(pending)  # [held, 3, H, W]
+                score(cat[:win])
+                rest = cat[win:].clone()
+                pending[:] = [rest] if rest.shape[0] else []
+                held[0] = rest.shape[0]
+
+        t0 = time.perf_counter()
+        with progress_bar(total=total, desc="drift", unit="frame", quiet=quiet) as bar:
+            res = pipe.stream([src], clock=RealClock(), keep_frames=False, on_frames=on_frames)
+        pipe.close()
+        m = res.to_json()["streams"]["drift"]
+        q = [w["quality"] for w in windows]
+        first, last = (q[0], q[-1]) if q else (None, None)
+        ratio = last / first if q and first else None
+        return {"window_s": window_s, "quality": q, "first": first, "last": last, "last_over_first": ratio,
+                "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
+                "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
+                "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
+
 
 def ranks_ratio(quick: bool) -> dict[str, Any]:
     """1 against 2 pipeline-parallel ranks of one thread each (the pipeline-parallel runtime)."""
@@ -155,9 +218,11 @@ def ranks_ratio(quick: bool) -> dict[str, Any]:
 
 
 def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
-              ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None) -> dict[str, Any]:
+              ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None, drift_seconds: float = 0.0,
+              drift_window_s: float = DRIFT_WINDOW_S) -> dict[str, Any]:
     """The sweep's document. ``hooks``: the plugin manager the streams run on (default:
-    :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs in processes of its own."""
+    :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs in processes of its own.
+    ``drift_window_s``: the drift run's window (tests shorten it)."""
     from accelframe.progress import progress_bar
 
     bench = Bench(deadline=deadline, seed=seed, hooks=hooks)
@@ -168,14 +233,16 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
     rows: list[dict[str, Any]] = []
     with progress_bar(total=len(plan), desc="bench stream", unit="run", quiet=quiet) as bar:
         for kind, n, f, sb, block in plan:
-            rows.append({"sweep": kind, **bench.run(streams=n, fps=f, frames=frames, stream_batch=sb, block=block)})
+            rows.append({"sweep": kind,
+                         **bench.run(streams=n, fps=f, frames=frames, stream_batch=sb, block=block)})
             bar.update(1)
     head = next(r for r in rows if r["sweep"] == "load" and r["offered_fps"] == fps) if fps in loads else \
         bench.run(streams=1, fps=fps, frames=frames)
     doc: dict[str, Any] = {
         "ttff_s": head["ttff_s"], "fps": head["fps"], "jitter_ms": head["jitter_ms"],
         "deadline_miss_rate": head["deadline_miss_rate"],
-        "setup": {"adapter": "self-forcing", "size": "world", "policies": ["slo-batch", "rolling-kv", "motion-noise"],
+        "setup": {"adapter": "self-forcing", "size": "world",
+                  "policies": ["slo-batch", "rolling-kv", "motion-noise"],
                   "deadline_s": deadline, "frames_per_stream": frames, "fps": fps, "seed": seed,
                   "threads": __import__("torch").get_num_threads(), "quick": quick},
         "runs": rows,
@@ -184,6 +251,8 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
         doc["ranks"] = ranks_ratio(quick)
     if soak_seconds > 0:
         doc["soak"] = bench.soak(seconds=soak_seconds, fps=fps, quiet=quiet)
+    if drift_seconds > 0:
+        doc["drift"] = bench.drift(seconds=drift_seconds, fps=fps, quiet=quiet, window_s=drift_window_s)
     doc["targets"] = targets(doc)
     return doc
 
@@ -197,8 +266,14 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
     if soak:
         out["soak_99_percent_deadlines"] = {"measured_miss_rate": soak["deadline_miss_rate"],
                                             "seconds": soak["seconds"],
-                                            "met": soak["deadline_miss_rate"] <= MISS_GOAL and soak["seconds"] >= 300,
+                                            "met": soak["deadline_miss_rate"] <= MISS_GOAL
+                                            and soak["seconds"] >= 300,
                                             "rss_growth_mb": soak["rss_growth_mb"]}
+    drift = doc.get("drift")
+    if drift:
+        out["drift_within_10_percent"] = {"measured_last_over_first": drift["last_over_first"],
+                                          "seconds": drift["seconds"],
+                                          "met": drift["within_10pct"] and drift["seconds"] >= 300}
     if "ranks" in doc and doc["ranks"].get("ratio") is not None:
         out["two_ranks_1_6x"] = {"measured": doc["ranks"]["ratio"], "met": doc["ranks"]["ratio"] >= RANK_GOAL}
     return out
@@ -225,8 +300,18 @@ def markdown(doc: dict[str, Any]) -> str:
                       f"ratio {rk.get('ratio')}"]
     if "soak" in doc:
         s = doc["soak"]
-        lines += ["", f"soak: {s['seconds']:g} s at {s['offered_fps']:g} fps, {100 * s['deadline_miss_rate']:.2f} % "
+        lines += ["", f"soak: {s['seconds']:g} s at {s['offered_fps']:g} fps, "
+                      f"{100 * s['deadline_miss_rate']:.2f} % "
                       f"deadlines missed, resident memory {s['rss_mb_early']:.0f} -> {s['rss_mb_late']:.0f} MiB"]
+    if "drift" in doc:
+        d = doc["drift"]
+        ratio = "-" if d["last_over_first"] is None else f"{d['last_over_first']:.3f}"
+        lines += ["", f"drift: text-to-video, {d['seconds']:g} s at {d['fps']:g} fps, world quality per "
+                      f"{d['window_s']:g}-second window (prompt {d['prompt']!r}): last / first {ratio} "
+                      f"({'within' if d['within_10pct'] else 'not within'} 10 %)", "",
+                  "| window start s | world quality |", "|---|---|"]
+        lines += [f"| {w['t_s']:g} | {'-' if w['quality'] is None else format(w['quality'], '.3f')} |"
+                  for w in d["windows"]]
     def verdict(key: str, v: dict[str, Any]) -> str:
         text = f"{key} {'met' if v['met'] else 'not met'}"
         if "met_low_latency" in v:
@@ -245,8 +330,15 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
     loads = [r for r in doc["runs"] if r["sweep"] == "load"]
     if loads:
         charts.scatter(out / "load.png",
-                       [(r["offered_fps"], r["fps"], f"{100 * r['deadline_miss_rate']:.0f}% missed") for r in loads],
+                       [(r["offered_fps"], r["fps"], f"{100 * r['deadline_miss_rate']:.0f}% missed")
+                        for r in loads],
                        xlabel="offered fps (one stream)", ylabel="output fps")
+    drift = doc.get("drift")
+    if drift and drift["windows"]:
+        charts.line(out / "drift.png", [(w["t_s"], w["quality"]) for w in drift["windows"]
+                                        if w["quality"] is not None],
+                    xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
+                    ylabel="world quality", band=(drift["first"], DRIFT_GOAL) if drift["first"] else None)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -256,8 +348,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=16.0, help="offered fps of the stream and soak runs (default: 16)")
     p.add_argument("--frames", type=int, default=105, help="pixel frames per stream (default: 105)")
     p.add_argument("--deadline", type=float, default=1.5, help="per-frame deadline in seconds (default: 1.5)")
-    p.add_argument("--ranks", type=int, default=2, choices=(1, 2), help="2: also compare 1 and 2 pipeline ranks; 1: skip that comparison (default: 2)")
+    p.add_argument("--ranks", type=int, default=2, choices=(1, 2),
+                   help="2: also compare 1 and 2 pipeline ranks; 1: skip that comparison (default: 2)")
     p.add_argument("--soak-seconds", type=float, default=0.0, help="also soak one stream this long (default: 0)")
+    p.add_argument("--drift-seconds", type=float, default=0.0, metavar="S",
+                   help="also stream text to video this long and measure the world quality of every 10-second "
+                        "window (drift.png; --quick leaves it off; default: 0, off)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stream", metavar="DIR", help="output folder (default: bench-stream)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
@@ -281,6 +377,11 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         raise ConfigError("bench stream", "--frames", args.frames, "at least 9 (one unit of the world's VAE)")
     if args.soak_seconds < 0:
         raise ConfigError("bench stream", "--soak-seconds", args.soak_seconds, "0 or more seconds")
+    drift = getattr(args, "drift_seconds", 0.0)
+    if not (drift == 0 or 2 * DRIFT_WINDOW_S <= drift < float("inf")):
+        raise ConfigError("bench stream", "--drift-seconds", drift,
+                          f"0 (off) or at least {2 * DRIFT_WINDOW_S:g} seconds "
+                          f"(two {DRIFT_WINDOW_S:g}-second windows)")
     out = Path(args.out)
     fresh_out("bench stream", out, OUTPUTS, args.force)
     if args.quick:
@@ -289,7 +390,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         frames = args.frames
     doc = run_bench(loads=loads, fps=args.fps, frames=frames, deadline=args.deadline, seed=args.seed,
                     quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json,
-                    hooks=hooks)
+                    hooks=hooks, drift_seconds=0.0 if args.quick else drift)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -1,0 +1,108 @@
+"""``accelframe bench stream --drift-seconds``: a short text-to-video stream scored window by window
+(each window measured as it completes, then dropped), its report and chart, and bad input refused
+before any model loads."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from accelframe.cli import main
+from accelframe_bench import stream as bench_stream
+
+
+@pytest.fixture(autouse=True)
+def _plugins(monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+def test_a_short_drift_run_scores_every_whole_window_as_it_completes():
+    bench = bench_stream.Bench(deadline=1.5, seed=0)
+    adapter = bench.adapter_for(3)
+    seen: list[tuple[int, ...]] = []
+    measure = adapter.measure_quality
+
+    def spy(frames, prompts):
+        seen.append(tuple(frames.shape))
+        return measure(frames, prompts)
+
+    adapter.measure_quality = spy
+    try:
+        # 40 pixel frames at 64 fps, windows of 16: two whole windows, the last 8 frames not scored
+        d = bench.drift(seconds=40 / 64, fps=64.0, quiet=True, window_s=0.25)
+    finally:
+        del adapter.measure_quality
+    assert d["frames"] == 40 and len(d["quality"]) == len(d["windows"]) == 2
+    assert all(math.isfinite(q) and 0.0 <= q <= 1.0 for q in d["quality"])
+    assert d["first"] == d["quality"][0] and d["last"] == d["quality"][-1]
+    assert d["last_over_first"] == pytest.approx(d["last"] / d["first"])
+    assert d["within_10pct"] == (abs(d["last_over_first"] - 1.0) <= bench_stream.DRIFT_GOAL)
+    # the second window (frames 16..31) is scored from the unit boundary at frame 24 on
+    assert [w["scored_frames"] for w in d["windows"]] == [16, 8]
+    assert [w["t_s"] for w in d["windows"]] == [0.0, 0.25]
+    # one clip per window, never more frames than a window holds
+    assert [s[:2] for s in seen] == [(1, 16), (1, 8)]
+    assert isinstance(d["prompt"], str) and d["prompt"]
+
+
+def _doc(quality: list[float]) -> dict:
+    windows = [{"t_s": 10.0 * i, "quality": q, "scored_frames": 160} for i, q in enumerate(quality)]
+    ratio = quality[-1] / quality[0]
+    return {"ttff_s": 0.3, "fps": 16.0, "jitter_ms": 5.0, "deadline_miss_rate": 0.0,
+            "setup": {"deadline_s": 1.5, "frames_per_stream": 105, "threads": 1},
+            "runs": [], "drift": {"window_s": 10.0, "quality": quality, "first": quality[0], "last": quality[-1],
+                                  "last_over_first": ratio, "within_10pct": abs(ratio - 1) <= 0.1,
+                                  "prompt": "a small red square moves quickly left on a blue background",
+                                  "seconds": 10.0 * len(quality), "fps": 16.0, "frames": 160 * len(quality),
+                                  "windows": windows, "deadline_miss_rate": 0.0}}
+
+
+def test_drift_report_table_target_and_chart(tmp_path):
+    doc = _doc([0.70, 0.66, 0.50])
+    doc["targets"] = bench_stream.targets(doc)
+    t = doc["targets"]["drift_within_10_percent"]
+    assert t["met"] is False and t["measured_last_over_first"] == pytest.approx(0.5 / 0.7)
+    md = bench_stream.markdown(doc)
+    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 |" in md
+    bench_stream.write_outputs(doc, tmp_path)
+    png = tmp_path / "drift.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # within 10 % but shorter than 5 minutes: the issue's target is not met
+    short = _doc([0.70, 0.68])
+    assert bench_stream.targets(short)["drift_within_10_percent"]["met"] is False
+    assert short["drift"]["within_10pct"] is True
+
+
+@pytest.mark.parametrize("value", ["-1", "5", "nan", "inf"])
+def test_bad_drift_seconds_is_refused_before_any_model_loads(capsys, tmp_path, monkeypatch, value):
+    def boom(*a, **k):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr("accelframe.pipeline.Pipeline", boom)
+    monkeypatch.setattr(bench_stream, "run_bench", boom)
+    out = tmp_path / "out"
+    assert main(["bench", "stream", "--drift-seconds", value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--drift-seconds" in err and value in err
+    assert not out.exists()
+
+
+def test_quick_leaves_drift_off_and_the_default_is_off(tmp_path, monkeypatch):
+    got: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(**kw):
+        got.append(kw["drift_seconds"])
+        raise Stop
+
+    monkeypatch.setattr(bench_stream, "run_bench", fake)
+    p = argparse.ArgumentParser()
+    bench_stream.configure(p)
+    for argv in (["--quick", "--drift-seconds", "30"], [], ["--drift-seconds", "30"]):
+        with pytest.raises(Stop):
+            bench_stream.run(p.parse_args([*argv, "--out", str(tmp_path / str(len(got)))]))
+    assert got == [0.0, 0.0, 30.0]
