@@ -65,18 +65,21 @@ def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xla
     return save(fig, path)
 
 
-def line(path: str | Path, points: Sequence[tuple[float, float]], *, xlabel: str, ylabel: str,
-         band: tuple[float, float] | None = None, width: int = 720, height: int = 400) -> Path:
-    """A line through ``(x, y)`` points (a measure over time); ``band = (reference, fraction)`` shades
-    ``reference * (1 +- fraction)`` (a tolerance around the first value)."""
+def line(path: str | Path, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, xlabel: str,
+         ylabel: str, band: tuple[float, float] | None = None, width: int = 720, height: int = 400) -> Path:
+    """One line per ``(name, [(x, y), ...])`` series (a measure over time), named in the legend;
+    ``band = (reference, fraction)`` shades ``reference * (1 +- fraction)`` (a tolerance around a
+    first value)."""
     fig = figure(width, height)
     ax = fig.add_subplot()
     if band is not None:
         ref, frac = band
         ax.axhspan(ref * (1 - frac), ref * (1 + frac), color=COLOURS[2], alpha=0.12,
                    label=f"within {100 * frac:g} % of {ref:.3f}")
-        ax.legend(loc="lower left", fontsize=8, frameon=False)
-    ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=COLOURS[0], markersize=4)
+    for k, (name, points) in enumerate(series):
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=COLOURS[k % len(COLOURS)],
+                markersize=4, label=name)
+    ax.legend(loc="best", fontsize=8, frameon=False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, color="0.9")

@@ -160,15 +160,19 @@ class Bench:
 
         A window starting inside a 3-latent unit is scored from its first unit boundary on (at most 8
         frames dropped), so the quality measure's block-boundary term compares the stream's real
-        boundaries in every window; frames past the last whole window are not scored."""
+        boundaries in every window; frames past the last whole window are not scored. ``reference``:
+        the same windows of the world's own rendering of the prompt (seed ``seed``), what a faithful
+        stream would score (the world's shapes keep moving, so they leave the frame)."""
         import torch
 
         from accelframe.progress import progress_bar
         from accelframe.streaming.source import RealClock, StreamSource
+        from accelframe_adapters.world import clips
 
         adapter = self.adapter_for(3)
         world = self.cli.stream_source(WORLD_SOURCE, self.hooks.registry())
         prompt = list(world.prompts(1, self.seed))[0]
+        scene = clips.parse_prompt(prompt)
         total, win = int(round(seconds * fps)), max(int(round(window_s * fps)), 2)
         pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=adapter, motion=False)  # t2v: no motion-noise
         src = StreamSource(id="drift", prompt=prompt, num_frames=total, fps=fps, deadline_s=self.deadline,
@@ -181,7 +185,11 @@ class Bench:
             k = len(windows)
             skip = -(k * win) % UNIT_PIXELS  # frames before the window's first unit boundary
             rec = adapter.measure_quality(frames[skip:][None], [prompt])[0]  # frames[None]: [1, T, 3, H, W]
-            windows.append({"t_s": k * window_s, "quality": rec["quality"], "scored_frames": win - skip,
+            rendered = clips.render(scene, self.seed, frames=total, span=(k * win + skip, (k + 1) * win),
+                                    height=frames.shape[2], width=frames.shape[3])  # [T, 3, H, W]
+            ref = adapter.measure_quality(rendered[None], [prompt])[0]["quality"]
+            windows.append({"t_s": k * window_s, "quality": rec["quality"], "reference": ref,
+                            "scored_frames": win - skip,
                             **{p: rec.get(p) for p in ("presence", "shape", "motion", "smoothness", "sharpness",
                                                        "background", "measured_direction")}})
 
@@ -204,7 +212,9 @@ class Bench:
         q = [w["quality"] for w in windows]
         first, last = (q[0], q[-1]) if q else (None, None)
         ratio = last / first if q and first else None
+        ref = [w["reference"] for w in windows]
         return {"window_s": window_s, "quality": q, "first": first, "last": last, "last_over_first": ratio,
+                "reference": ref, "reference_last_over_first": ref[-1] / ref[0] if ref and ref[0] else None,
                 "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
                 "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
@@ -280,6 +290,8 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    from accelframe_bench.reports import cell
+
     lines = ["# accelframe bench stream", "",
              f"world target, self-forcing, policies slo-batch + rolling-kv + motion-noise, deadline "
              f"{doc['setup']['deadline_s']} s, {doc['setup']['frames_per_stream']} frames per stream, "
@@ -309,8 +321,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"drift: text-to-video, {d['seconds']:g} s at {d['fps']:g} fps, world quality per "
                       f"{d['window_s']:g}-second window (prompt {d['prompt']!r}): last / first {ratio} "
                       f"({'within' if d['within_10pct'] else 'not within'} 10 %)", "",
-                  "| window start s | world quality |", "|---|---|"]
-        lines += [f"| {w['t_s']:g} | {'-' if w['quality'] is None else format(w['quality'], '.3f')} |"
+                  "| window start s | world quality | rendered prompt |", "|---|---|---|"]
+        lines += [f"| {w['t_s']:g} | {cell(w['quality'], '.3f')} | {cell(w.get('reference'), '.3f')} |"
                   for w in d["windows"]]
     def verdict(key: str, v: dict[str, Any]) -> str:
         text = f"{key} {'met' if v['met'] else 'not met'}"
@@ -335,8 +347,9 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
                        xlabel="offered fps (one stream)", ylabel="output fps")
     drift = doc.get("drift")
     if drift and drift["windows"]:
-        charts.line(out / "drift.png", [(w["t_s"], w["quality"]) for w in drift["windows"]
-                                        if w["quality"] is not None],
+        named = [("stream", "quality"), ("the world's rendering of the prompt", "reference")]
+        charts.line(out / "drift.png", [(name, [(w["t_s"], w[key]) for w in drift["windows"]
+                                                if w.get(key) is not None]) for name, key in named],
                     xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
                     ylabel="world quality", band=(drift["first"], DRIFT_GOAL) if drift["first"] else None)
 

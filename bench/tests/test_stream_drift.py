@@ -43,12 +43,16 @@ def test_a_short_drift_run_scores_every_whole_window_as_it_completes():
     assert [w["scored_frames"] for w in d["windows"]] == [16, 8]
     assert [w["t_s"] for w in d["windows"]] == [0.0, 0.25]
     # one clip per window, never more frames than a window holds
-    assert [s[:2] for s in seen] == [(1, 16), (1, 8)]
+    assert [s[:2] for s in seen][::2] == [(1, 16), (1, 8)]
     assert isinstance(d["prompt"], str) and d["prompt"]
+    # the world's rendering of the prompt, scored on the same windows: near 1 while the shape is in view
+    assert len(d["reference"]) == 2 and all(r > 0.9 for r in d["reference"])
+    assert len(seen) == 4 and seen[1][:2] == (1, 16) and seen[3][:2] == (1, 8)
 
 
 def _doc(quality: list[float]) -> dict:
-    windows = [{"t_s": 10.0 * i, "quality": q, "scored_frames": 160} for i, q in enumerate(quality)]
+    windows = [{"t_s": 10.0 * i, "quality": q, "reference": 0.98, "scored_frames": 160}
+               for i, q in enumerate(quality)]
     ratio = quality[-1] / quality[0]
     return {"ttff_s": 0.3, "fps": 16.0, "jitter_ms": 5.0, "deadline_miss_rate": 0.0,
             "setup": {"deadline_s": 1.5, "frames_per_stream": 105, "threads": 1},
@@ -65,7 +69,7 @@ def test_drift_report_table_target_and_chart(tmp_path):
     t = doc["targets"]["drift_within_10_percent"]
     assert t["met"] is False and t["measured_last_over_first"] == pytest.approx(0.5 / 0.7)
     md = bench_stream.markdown(doc)
-    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 |" in md
+    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 | 0.980 |" in md
     bench_stream.write_outputs(doc, tmp_path)
     png = tmp_path / "drift.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
