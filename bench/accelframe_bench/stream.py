@@ -217,6 +217,7 @@ class Bench:
                 "reference": ref, "reference_last_over_first": ref[-1] / ref[0] if ref and ref[0] else None,
                 "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
                 "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
+                "policies": ["slo-batch", "rolling-kv"],  # text-to-video: no motion-noise
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
 
 
@@ -318,7 +319,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if "drift" in doc:
         d = doc["drift"]
         ratio = "-" if d["last_over_first"] is None else f"{d['last_over_first']:.3f}"
-        lines += ["", f"drift: text-to-video, {d['seconds']:g} s at {d['fps']:g} fps, world quality per "
+        lines += ["", f"drift: text-to-video ({' + '.join(d.get('policies', []))}), {d['seconds']:g} s at "
+                      f"{d['fps']:g} fps, world quality per "
                       f"{d['window_s']:g}-second window (prompt {d['prompt']!r}): last / first {ratio} "
                       f"({'within' if d['within_10pct'] else 'not within'} 10 %)", "",
                   "| window start s | world quality | rendered prompt |", "|---|---|---|"]
