@@ -33,7 +33,7 @@ from accelframe import fallback
 from accelframe.adapter import Adapter
 from accelframe.errors import IncompatibleError
 from accelframe.plugins import EXACT, HookRaised, Hooks
-from accelframe.rng import unit_generator
+from accelframe.rng import start_noise, unit_generator
 from accelframe.trace import Stats, Trace
 from accelframe.types import (
     BlockContext,
@@ -332,11 +332,10 @@ class Executor:
 
     def _start_unit(self, m: ModelSlot, span: UnitSpan, request: Request) -> None:
         """Draw the unit's initial noise from its own generator (same bits for every model)."""
-        g = self._gen(m, span.unit, request)
         a, b = span.start - m.offset, span.end - m.offset
-        shape = (request.batch, b - a, *m.adapter.latent_shape)
-        # drawn on the CPU, then moved: the same seed gives the same start noise on any device
-        noise = torch.randn(shape, generator=g).to(m.x.device, m.x.dtype)  # [B, F_unit, C, H, W]
+        noise, m.gens[span.unit] = start_noise(request.seed, span.unit, self.stream,
+                                               (request.batch, b - a, *m.adapter.latent_shape),
+                                               m.x.device, m.x.dtype)  # [B, F_unit, C, H, W]
         if request.init_latents is not None:  # video-to-video: noise the given latents
             sigma = request.start_sigma
             first = span.start - request.first_frame
@@ -363,11 +362,11 @@ class Executor:
         self.stats.calls[m.role.value]["commit"] += 1
         self.trace.add("commit", model=m.role.value, unit=unit, frames=list(frames))
 
-    def decode(self, m: ModelSlot, latents: torch.Tensor, state: Any = None) -> torch.Tensor:
-        """Decode ``latents [B, F, C, H, W]`` with ``m``'s adapter and the decode cache of
-        ``state`` (default ``m``'s), timed. Returns pixels ``[B, P, 3, H, W]``."""
+    def decode(self, m: ModelSlot, latents: torch.Tensor) -> torch.Tensor:
+        """Decode ``latents [B, F, C, H, W]`` with ``m``'s adapter and decode cache, timed.
+        Returns pixels ``[B, P, 3, H, W]``."""
         t0 = perf()
-        pixels = m.adapter.decode(latents, m.state if state is None else state)
+        pixels = m.adapter.decode(latents, m.state)
         self.stats.time_s["decode"] += perf() - t0
         return pixels
 

@@ -6,6 +6,8 @@ lets a block policy regenerate "from the same initial noise".
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 _MASK = (1 << 64) - 1
@@ -27,3 +29,12 @@ def unit_seed(seed: int, unit: int, stream: int = 0) -> int:
 def unit_generator(seed: int, unit: int, stream: int = 0, device: str | torch.device = "cpu") -> torch.Generator:
     """A fresh generator for one unit; every call with the same arguments gives the same stream."""
     return torch.Generator(device=device).manual_seed(unit_seed(seed, unit, stream))
+
+
+def start_noise(seed: int, unit: int, stream: int, shape: tuple[int, ...], device: Any = "cpu",
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Generator]:
+    """A unit's start noise of ``shape`` and the generator it was drawn from (which then re-noises
+    the unit's steps). Drawn on the CPU, then moved: the same seed gives the same start noise on any
+    device."""
+    g = unit_generator(seed, unit, stream)
+    return torch.randn(shape, generator=g).to(device, dtype), g

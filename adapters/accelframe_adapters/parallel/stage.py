@@ -26,7 +26,7 @@ import attrs
 import torch
 
 from accelframe.adapter import adapter_device, adapter_dtype
-from accelframe.rng import unit_generator
+from accelframe.rng import start_noise
 from accelframe.streaming.batch import chunk_steps
 from accelframe.types import KVWrite, Request
 from accelframe_adapters.parallel.schedule import MicroStep
@@ -122,9 +122,8 @@ class Stage:
         """Chunk ``c`` entering the pipe: its start noise and generator, the executor's bits."""
         a = c * self.frames
         req = Request(prompts=(self.prompt,), num_frames=self.frames, seed=self.seed, first_frame=a)
-        g = unit_generator(self.seed, c, self.stream_index)
-        noise = torch.randn((1, self.frames, *self.ad.latent_shape), generator=g)  # drawn on the CPU
-        x = noise.to(adapter_device(self.ad), adapter_dtype(self.ad))
+        x, g = start_noise(self.seed, c, self.stream_index, (1, self.frames, *self.ad.latent_shape),
+                           adapter_device(self.ad), adapter_dtype(self.ad))  # [1, F, C, H, W]
         return Row(x=x, steps=chunk_steps(self.ad, req), generator=g)
 
     # ---- per micro-step conditioning (memoised: the steady state repeats it) -------------------
