@@ -129,7 +129,14 @@ class Executor:
     def micro_step(self, rows: Sequence[Row]) -> None:
         """Run every row's call: decide, one forward per model over the recomputing rows, observe,
         advance; commit rows commit. The hot path of every runtime."""
-        st = self.stats.time_s
+        step = self.begin(rows)
+        if step is not None:
+            self.end(step, self.launch(step)())
+
+    def begin(self, rows: Sequence[Row]) -> list[Any] | None:
+        """A micro-step's first half: start noise where a unit starts, commit rows, and every other
+        row's decision. Returns the rows to forward (None when there are none), for :meth:`launch`
+        and :meth:`end`."""
         todo = []  # (row, xs, decision, by, ctx)
         pol = 0.0
         for row in rows:
@@ -151,12 +158,14 @@ class Executor:
             decision, by = self._decide(ctx, decide, m)
             pol += perf() - t0
             todo.append((row, xs, decision, by, ctx))
-        if not todo:
-            return
-        t1 = perf()
-        velocities = self._forward(todo)
-        t2 = perf()
-        adv = 0.0
+        self.stats.time_s["policy"] += pol
+        return todo or None
+
+    def end(self, todo: list[Any], velocities: list[torch.Tensor]) -> None:
+        """A micro-step's second half: every row's policies observe the velocity used, the row
+        advances, and the call is counted and traced."""
+        st = self.stats.time_s
+        pol = adv = 0.0
         for (row, xs, decision, by, ctx), velocity in zip(todo, velocities):
             m, it = row.slot, row.it
             observe = m.impls[1]
@@ -188,12 +197,15 @@ class Executor:
                             (interval or it.frames) if mode is Mode.RECOMPUTE else None, by,
                             m.site.generation)
         st["policy"] += pol
-        st["model"] += t2 - t1
         st["advance"] += adv
 
-    def _forward(self, todo: list[Any]) -> list[torch.Tensor]:
-        """The velocity of every row: the decision's for cached and predicted rows; one forward
-        per row, or one batched forward per (model, frame count) over ``read_only`` rows."""
+    def launch(self, todo: list[Any]) -> Callable[[], list[torch.Tensor]]:
+        """Start the forwards of :meth:`begin`'s rows; returns the call that gives every row's
+        velocity. The velocities of cached and predicted rows are the decisions'; recomputing rows
+        run one forward per row, or one batched forward per (model, frame count) over
+        ``read_only`` rows. An adapter with ``submit_rows`` (a pipeline-parallel ring) only starts
+        a batched forward here; the returned call waits for it."""
+        t1 = perf()
         out: list[Any] = [None] * len(todo)
         batch: dict[tuple[int, int], list[int]] = {}
         for i, (row, xs, decision, _, _) in enumerate(todo):
@@ -209,14 +221,21 @@ class Executor:
                 batch.setdefault((id(row.slot.adapter), frames[1] - frames[0]), []).append(i)
                 continue
             out[i] = self._call(row.slot, it, xs, frames)
-        for idx in batch.values():
-            for i, v in zip(idx, self._call_rows([todo[i] for i in idx])):
-                out[i] = v
-        for i, (row, _xs, decision, _, _) in enumerate(todo):
-            if decision.mode is Mode.RECOMPUTE and decision.velocity is not None:
-                # a partial recompute: the fill outside the interval
-                out[i] = _filled(out[i], decision.velocity, decision.interval, row.it.frames[0])
-        return out
+        started = [(idx, self._call_rows([todo[i] for i in idx])) for idx in batch.values()]
+        self.stats.time_s["model"] += perf() - t1
+
+        def velocities() -> list[torch.Tensor]:
+            t2 = perf()
+            for idx, got in started:
+                for i, v in zip(idx, got()):
+                    out[i] = v
+            for i, (row, _xs, decision, _, _) in enumerate(todo):
+                if decision.mode is Mode.RECOMPUTE and decision.velocity is not None:
+                    # a partial recompute: the fill outside the interval
+                    out[i] = _filled(out[i], decision.velocity, decision.interval, row.it.frames[0])
+            self.stats.time_s["model"] += perf() - t2
+            return out
+        return velocities
 
     def _decide(self, ctx: StepContext, impls: list[Any], m: ModelSlot) -> tuple[StepDecision, str]:
         """Ask the step policies; ``m.reuse`` is the run of reuses that ``max_reuse`` bounds (a
@@ -271,10 +290,11 @@ class Executor:
                 return out
         return self._wrap(m, it, frames, xs.shape, run)
 
-    def _call_rows(self, group: list[Any]) -> list[torch.Tensor]:
+    def _call_rows(self, group: list[Any]) -> Callable[[], list[torch.Tensor]]:
         """One batched forward over read-only rows of one model with equally long compute
-        intervals (the adapter's ``denoise_rows``); each row's velocity, zeros outside its
-        interval."""
+        intervals (the adapter's ``denoise_rows``, or ``submit_rows`` when it has one: started
+        now, waited for by the returned call, which gives each row's velocity, zeros outside its
+        interval)."""
         subs, sigmas, starts, states = [], [], [], []
         for row, xs, decision, _, _ in group:
             s = row.it.frames[0]
@@ -285,21 +305,34 @@ class Executor:
             states.append(row.slot.state)
         m0, it0 = group[0][0].slot, group[0][0].it
         xcat = torch.cat(subs)  # [R, F_interval, C, H, W]
-        v = self._wrap(m0, it0, group[0][2].interval or it0.frames, xcat.shape,
-                       lambda: m0.adapter.denoise_rows(xcat, sigmas, starts, states),
-                       rows=len(group))
-        out = []
-        for i, (row, xs, decision, _, _) in enumerate(group):
-            vi = v[i:i + 1]
-            if decision.interval is None or decision.interval == row.it.frames:
-                out.append(vi)
-                continue
-            s = row.it.frames[0]
-            a, b = decision.interval
-            full = torch.zeros_like(xs)
-            full[:, a - s:b - s] = vi
-            out.append(full)
-        return out
+        submit = getattr(m0.adapter, "submit_rows", None)
+        if submit is not None:  # a ring: the forward runs on other ranks meanwhile
+            if self._wrapped:
+                raise IncompatibleError("a model-call wrapper (accelframe_model_call) needs the forward's "
+                                        "output where it is called; a pipeline-parallel ring returns it later")
+            pending = submit(xcat, sigmas, starts, states)
+            wait = pending.result
+        else:
+            v = self._wrap(m0, it0, group[0][2].interval or it0.frames, xcat.shape,
+                           lambda: m0.adapter.denoise_rows(xcat, sigmas, starts, states),
+                           rows=len(group))
+            wait = lambda: v  # noqa: E731
+
+        def rows() -> list[torch.Tensor]:
+            v = wait()  # [R, F_interval, C, H, W]
+            out = []
+            for i, (row, xs, decision, _, _) in enumerate(group):
+                vi = v[i:i + 1]
+                if decision.interval is None or decision.interval == row.it.frames:
+                    out.append(vi)
+                    continue
+                s = row.it.frames[0]
+                a, b = decision.interval
+                full = torch.zeros_like(xs)
+                full[:, a - s:b - s] = vi
+                out.append(full)
+            return out
+        return rows
 
     def _wrap(self, m: ModelSlot, it: Iteration, frames: tuple[int, int], shape: Any,
               run: Callable[[], torch.Tensor], rows: int = 1) -> torch.Tensor:

@@ -564,10 +564,7 @@ class WanDiT(nn.Module):
             tokens = blk(tokens, e0, cross.k[i], cross.v[i], rope, mask, cache, i, kv_write)
         if cache is not None and kv_write is not KVWrite.NONE:
             cache.finish(range(frame_offset, frame_offset + f), kv_write)
-        out = self.head(tokens, e)  # [B, F, S, pt * ph * pw * C_out]
-        pt, ph, pw = self.cfg.patch_size
-        out = out.view(b, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F, pt, h, ph, w, pw]
-        return out.reshape(b, -1, f * pt, h * ph, w * pw)  # [B, C_out, F, H, W]
+        return unpatchify(self, self.head(tokens, e), (f, h, w))  # [B, C_out, F, H, W]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -620,6 +617,59 @@ class RowsContext:
         raise AssertionError("a stream-batch forward writes no K/V")
 
 
+@attrs.define(eq=False)
+class RowsPass:
+    """What every block of one batched rows pass needs besides the tokens: the time embeddings
+    ``e [R, F, D]`` (the head's) and ``e0 [R, F, 6, D]`` (the blocks'), the RoPE rotations, the
+    read-only context of the rows' caches and its padding mask. Any rank can build it from the
+    rows' timesteps, RoPE starts and caches (what the pipeline-parallel ring does)."""
+
+    e: torch.Tensor
+    e0: torch.Tensor
+    rope: torch.Tensor
+    view: RowsContext
+    mask: torch.Tensor | None
+    grid: tuple[int, int, int]  # tokens (F, h, w)
+
+    def blocks(self, dit: WanDiT, tokens: torch.Tensor, cross: CrossCache, lo: int = 0,
+               hi: int | None = None) -> torch.Tensor:
+        """Blocks ``[lo, hi)`` over ``tokens [R, F, S, D]`` (read only)."""
+        for i in range(lo, len(dit.blocks) if hi is None else hi):
+            tokens = dit.blocks[i](tokens, self.e0, cross.k[i], cross.v[i], self.rope, self.mask, self.view, i,
+                                   KVWrite.NONE)
+        return tokens
+
+    def head(self, dit: WanDiT, tokens: torch.Tensor) -> torch.Tensor:
+        """The head over the last block's tokens -> the flow ``[R, C_out, F, H, W]``."""
+        return unpatchify(dit, dit.head(tokens, self.e), self.grid)
+
+
+def rows_pass(dit: WanDiT, grid: tuple[int, int, int], t: torch.Tensor, rope_starts: list[int],
+              caches: list[KVCache | None], device: torch.device, fps: int | None = None) -> RowsPass:
+    """The :class:`RowsPass` of rows with token grid ``grid`` (F, h, w), timesteps ``t [R, F]``,
+    these RoPE starts and caches."""
+    f, h, w = grid
+    ropes = []
+    for start in rope_starts:
+        assert 0 <= start and start + f <= dit.cfg.rope_max_len, f"RoPE positions from {start} out of range"
+        pos = torch.arange(start, start + f, device=device)  # [F]
+        ropes.append(rope_freqs(dit.rope_on(device), pos, h, w))  # [N, 1, Dh / 2]
+    rope = ropes[0] if len(set(rope_starts)) == 1 else torch.stack(ropes)  # [N, 1, Dh/2] or [R, N, 1, Dh/2]
+    view = RowsContext(caches=list(caches), tokens=f * h * w)
+    mask = None if view.mask is None else view.mask.to(device)
+    e, e0 = dit.time_embed(t, fps)  # [R, F, D], [R, F, 6, D]
+    return RowsPass(e=e, e0=e0, rope=rope, view=view, mask=mask, grid=grid)
+
+
+def unpatchify(dit: WanDiT, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """The head's tokens ``[B, F, S, pt * ph * pw * C_out]`` as latents ``[B, C_out, F, H, W]``."""
+    b = out.shape[0]
+    f, h, w = grid
+    pt, ph, pw = dit.cfg.patch_size
+    out = out.view(b, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F, pt, h, ph, w, pw]
+    return out.reshape(b, -1, f * pt, h * ph, w * pw)
+
+
 def forward_rows(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, cross: CrossCache,
                  rope_starts: list[int], caches: list[KVCache | None], fps: int | None = None) -> torch.Tensor:
     """One batched call over rows that each have their own RoPE start and KV cache (read only).
@@ -627,23 +677,9 @@ def forward_rows(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, cross: CrossCach
     ``x: [R, C, F, H, W]``, ``t: [R, F]``, ``cross``: K/V of R prompts. Row ``r`` is the forward
     ``dit(x[r:r+1], t[r:r+1], ..., rope_start=rope_starts[r], cache=caches[r])`` with no writes; a
     batch of one row is exactly that call. Returns ``[R, C_out, F, H, W]``."""
-    r_, _, f, _, _ = x.shape
-    tokens, (f, h, w) = dit.embed(x)  # [R, F, S, D]
-    ropes = []
-    for start in rope_starts:
-        assert 0 <= start and start + f <= dit.cfg.rope_max_len, f"RoPE positions from {start} out of range"
-        pos = torch.arange(start, start + f, device=x.device)  # [F]
-        ropes.append(rope_freqs(dit.rope_on(x.device), pos, h, w))  # [N, 1, Dh / 2]
-    rope = ropes[0] if len(set(rope_starts)) == 1 else torch.stack(ropes)  # [N, 1, Dh/2] or [R, N, 1, Dh/2]
-    view = RowsContext(caches=list(caches), tokens=f * h * w)
-    mask = None if view.mask is None else view.mask.to(x.device)
-    e, e0 = dit.time_embed(t, fps)  # [R, F, D], [R, F, 6, D]
-    for i, blk in enumerate(dit.blocks):
-        tokens = blk(tokens, e0, cross.k[i], cross.v[i], rope, mask, view, i, KVWrite.NONE)
-    out = dit.head(tokens, e)  # [R, F, S, pt * ph * pw * C_out]
-    pt, ph, pw = dit.cfg.patch_size
-    out = out.view(r_, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return out.reshape(r_, -1, f * pt, h * ph, w * pw)  # [R, C_out, F, H, W]
+    tokens, grid = dit.embed(x)  # [R, F, S, D]
+    p = rows_pass(dit, grid, t, rope_starts, caches, x.device, fps)
+    return p.head(dit, p.blocks(dit, tokens, cross))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -710,5 +746,6 @@ def diffusers_config(cfg: WanDiTConfig, *, skyreels: bool = True) -> dict:
     return out
 
 
-__all__ = ["CrossCache", "KVCache", "RowsContext", "WanDiT", "WanDiTConfig", "block_causal_mask",
-           "diffusers_config", "forward_rows", "from_diffusers_key", "to_diffusers_key"]
+__all__ = ["CrossCache", "KVCache", "RowsContext", "RowsPass", "WanDiT", "WanDiTConfig", "block_causal_mask",
+           "diffusers_config", "forward_rows", "from_diffusers_key", "rows_pass", "to_diffusers_key",
+           "unpatchify"]
