@@ -258,6 +258,19 @@ class RowDenoiser(Protocol):
 
 
 @runtime_checkable
+class StageRing(Protocol):
+    """Pipeline parallelism: the DiT's blocks split over torch.distributed ranks in a ring
+    (``pipe.stream(..., ranks=R)``). ``stage_ring`` joins the process group (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT from the environment, as torchrun sets them) and returns the ring:
+    ``driver`` (rank 0), ``adapter`` (rank 0's side: this adapter with ``submit_rows`` and its
+    commits, KV changes and new states sent down the ring), ``serve()`` (the other ranks: run
+    what rank 0 sends until it ends) and ``close()``."""
+
+    def stage_ring(self, ranks: int, *, partition: Sequence[int] | None, timeout_s: float) -> Any:
+        """Join the ring of ``ranks`` ranks, blocks split by ``partition`` (None: evenly)."""
+
+
+@runtime_checkable
 class RopeOffset(Protocol):
     """Where the RoPE positions of a state start (what a rolling cache's reset moves)."""
 

@@ -27,10 +27,19 @@ committed, so the regenerated chunk is what sequential generation gives).
 
 Chunks of a stream leave in order: a chunk whose schedule is shorter than the one ahead of it (a
 motion-aware noise level can shorten it) waits, clean, until that one is out.
+
+**Lanes** (``lanes = R``, the pipeline-parallel schedule, StreamDiffusionV2 section 4.2): a chunk
+enters the lane of the micro-step it enters at (micro-step ``m`` is lane ``m mod R``) and steps only
+in its lane's micro-steps; a micro-step's forward is *launched* and its rows advance ``R - 1``
+micro-steps later, after the next lanes' forwards were launched. On a ring of ``R`` ranks (an
+adapter with ``submit_rows``) the forwards of ``R`` lanes are in flight on the ranks at once; in one
+process the same schedule gives the same numbers (the ring's reference). ``lanes = 1`` is the
+stream batch above.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Sequence
 
 import attrs
@@ -61,6 +70,8 @@ class Chunk:
     steps: list[Iteration]
     k: int = 0
     committed: bool = False  # a draft committed into the drafter's KV (drafter chunks only)
+    lane: int = 0  # the micro-steps it steps in: those of its lane (lanes > 1)
+    busy: bool = False  # a step launched and not yet ended
     # a regeneration's rejected draft: the block policies observe its verdict once the chunk is out
     verdict: tuple[BlockContext, BlockVerdict] | None = None
 
@@ -96,10 +107,13 @@ class StreamBatch:
     chunks out, in order, on the loop's executor."""
 
     def __init__(self, executor: Executor, *, target: Any, target_name: str,
-                 drafter: Any = None, drafter_name: str | None = None) -> None:
+                 drafter: Any = None, drafter_name: str | None = None, lanes: int = 1) -> None:
         self.ex = executor
         self.target, self.target_name = target, target_name
         self.drafter, self.drafter_name = drafter, drafter_name
+        self.lanes = lanes
+        self.tick = 0  # micro-steps run; micro-step m is lane m mod lanes
+        self.pending: deque[tuple[list[Chunk], list[Any] | None, Any]] = deque()  # launched, not ended
 
     def chunk(self, role: ModelRole, request: Request, state: Any, generation: int) -> Chunk:
         """A chunk of ``request`` for the target or the drafter, with the stream's ``state``."""
@@ -116,18 +130,35 @@ class StreamBatch:
               generation: int) -> None:
         """A new chunk of a stream enters: the drafter's when there is one, else the target's."""
         if self.drafter is not None:
-            chunks.append(self.chunk(ModelRole.DRAFTER, request, drafter, generation))
+            c = self.chunk(ModelRole.DRAFTER, request, drafter, generation)
         else:
-            chunks.append(self.chunk(ModelRole.TARGET, request, target, generation))
+            c = self.chunk(ModelRole.TARGET, request, target, generation)
+        c.lane = self.tick % self.lanes  # it steps in the micro-step about to run
+        chunks.append(c)
 
     def micro_step(self, chunks: Sequence[Chunk]) -> None:
-        """Every unfinished chunk advances one step: one row each, one executor micro-step."""
-        live = [c for c in chunks if not c.done]
-        if not live:
-            return
-        self.ex.micro_step([c.row() for c in live])
+        """Every unfinished chunk of this micro-step's lane advances one step: one row each, one
+        executor micro-step (with lanes, launched now and ended ``lanes - 1`` micro-steps later)."""
+        lane = self.tick % self.lanes
+        self.tick += 1
+        live = [c for c in chunks if not c.done and not c.busy and c.lane == lane]
+        if live:
+            for c in live:
+                c.busy = True
+            todo = self.ex.begin([c.row() for c in live])
+            self.pending.append((live, todo, None if todo is None else self.ex.launch(todo)))
+        elif self.pending:  # an idle lane: the oldest step in flight ends (a drain makes progress)
+            self._end()
+        while len(self.pending) > self.lanes - 1:
+            self._end()
+
+    def _end(self) -> None:
+        live, todo, velocities = self.pending.popleft()
+        if todo is not None:
+            self.ex.end(todo, velocities())
         for c in live:
             c.k += 1
+            c.busy = False
 
     def finish(self, chunks: list[Chunk], target: Any, drafter: Any, generation: int,
                prompts: tuple[str, ...]) -> list[tuple[UnitSpan, torch.Tensor, str]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,13 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                    max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
                    block_frames: int = 3, trace: bool = False, drafter_size: str | None = None,
-                   policies: Any = ()) -> Any:
+                   policies: Any = (), sink_refresh: bool = True) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
     ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
     CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager). A
     ``drafter_size`` adds a self-forcing drafter of that size; ``policies`` (``(name, kwargs)``
-    pairs) are used after the stream policies."""
+    pairs) are used after the stream policies. ``sink_refresh=False``: rolling-kv keeps its first
+    sinks (``tau=-1``), what a ring of ranks needs (each rank holds its blocks' K/V only)."""
     from accelframe.pipeline import Pipeline
     from accelframe.plugins import create_hooks
 
@@ -99,7 +101,8 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                     adapter_kwargs=None if adapter is not None else kwargs, **drafter)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
-        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset)
+        refresh = {} if sink_refresh else {"tau": -1.0}
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset, **refresh)
     if motion:
         pipe.use("motion-noise")
     for name, kw in policies:
@@ -191,6 +194,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "1 is the low-latency mode: a first frame after one pixel frame, smoother motion lost)")
     p.add_argument("--stream-batch", action="store_true",
                    help="run the denoising steps of consecutive chunks as one batched forward")
+    p.add_argument("--ranks", type=int, default=1, metavar="R",
+                   help="pipeline parallelism: the DiT's blocks over R processes in a ring (with --stream-batch; "
+                        "this process is rank 0 and starts the others, or run under torchrun --nproc-per-node R; "
+                        "rolling-kv then keeps its first sinks: no sink refresh; default: 1)")
+    p.add_argument("--partition", default=None, metavar="B0,B1,...",
+                   help="with --ranks: rank r runs DiT blocks [B_r, B_r+1) (default: even; rank 0 also decodes, "
+                        "so it may take fewer)")
     p.add_argument("--policy", action="append", default=[], metavar="NAME[:K=V,...]",
                    help="a step or block policy used after the stream policies, repeatable, in order "
                         "(e.g. scope, teacache:threshold=0.1, sdvg:tau=-1.1 with --drafter-size)")
@@ -217,7 +227,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Typed errors for bad input, before any model is loaded."""
     for name, lo in (("streams", 1), ("frames", 1), ("max_streams", 1), ("max_chunk_units", 1), ("upscale", 1),
-                     ("block_frames", 1)):
+                     ("block_frames", 1), ("ranks", 1)):
         value = getattr(args, name)
         if not isinstance(value, int) or value < lo:
             raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, f"an int >= {lo}")
@@ -233,6 +243,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("accelframe stream", "--prompt", args.prompt,
                           "a non-empty prompt, or no --prompt for the held-out world prompts")
     check_pattern("accelframe stream", "--out", args.out)
+    if args.ranks > 1 and not args.stream_batch:
+        raise ConfigError("accelframe stream", "--ranks", args.ranks,
+                          "1 without --stream-batch (the ring runs the stream batch's lanes)")
+    args.bounds = None
+    if args.partition is not None:
+        try:
+            args.bounds = tuple(int(x) for x in args.partition.split(","))
+        except ValueError:
+            raise ConfigError("accelframe stream", "--partition", args.partition,
+                              "comma-separated ints, e.g. 0,2,4 for two ranks of a 4-block DiT") from None
     from accelframe.cli import parse_policy
 
     args.policies = [parse_policy(spec) for spec in args.policy]
@@ -260,7 +280,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams, block_frames=args.block_frames,
                           max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
                           motion=args.source != NO_SOURCE and not args.no_motion_noise,
-                          drafter_size=args.drafter_size, policies=args.policies)
+                          drafter_size=args.drafter_size, policies=args.policies, sink_refresh=args.ranks == 1)
     if args.latent_frames is not None:  # the adapter's VAE says how many pixel frames that many latents make
         _, args.frames = frame_counts(pipe.adapter, frames=None, latent_frames=args.latent_frames,
                                       default_latent=args.latent_frames, owner="accelframe stream")
@@ -281,24 +301,35 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         ttff = min(first.values()) if first else None
         live(record, clock.now(), ttff)
 
+    from accelframe.streaming.ranks import launched, reap, spawn_peers
+
+    peers = []
+    if args.ranks > 1 and not launched():  # this process is rank 0; its peers run this same command
+        peers = spawn_peers(["-m", "accelframe", *sys.argv[1:]], args.ranks)
     interrupted = False
     try:
         with sigterm_as_interrupt():  # SIGTERM as Ctrl-C: the sink flushes what was emitted
             result = pipe.stream(sources, clock=clock, default_sigma=args.sigma, sinks=[sink],
                                  on_frames=on_frames, stream_batch=args.stream_batch, keep_frames=False,
-                                 on_corrupt=args.on_corrupt, on_batch=on_batch)
+                                 on_corrupt=args.on_corrupt, on_batch=on_batch, ranks=args.ranks,
+                                 partition=args.bounds)
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
-        live.done()
+        if peers:
+            reap(peers)
+        if args.ranks == 1 or os.environ.get("RANK", "0") == "0":
+            live.done()
         for sid, path in sink.paths.items() if interrupted else ():
             if path.exists():
                 print(f"accelframe stream: interrupted; kept {sink.frames[sid]} frames of {sid} in {path}",
                       file=sys.stderr)
+    if result is None:  # a rank > 0 of a ring: rank 0 reports
+        return 0
     doc = result.to_json()
     summary = {"streams": doc["streams"], "outputs": {k: str(v) for k, v in sink.paths.items()},
-               "batches": len(doc["batches"]), "stream_batch": args.stream_batch,
+               "batches": len(doc["batches"]), "stream_batch": args.stream_batch, "ranks": args.ranks,
                "calls": doc["stats"]["calls"], "blocks": doc["stats"]["blocks"]}
     if args.json:
         print(json.dumps(summary, indent=1))

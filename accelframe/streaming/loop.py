@@ -18,6 +18,17 @@ Two ways to run a batch:
   (one batched forward per model over the rows of every stream in the batch), with the step policies
   deciding row by row and, with a drafter, the block policies judging each drafted chunk.
 
+**Pipeline parallelism** (``ranks=R``, with the stream batch): the DiT's blocks are split over
+``R`` torch.distributed ranks in a ring (StreamDiffusionV2 section 4.2), launched with ``torchrun
+--nproc-per-node R`` (or ``accelframe stream --ranks R``): every rank runs the same program, builds
+the same pipeline and calls ``pipe.stream(..., ranks=R)``. Rank 0 runs this loop (sources, batch,
+KV and noise hooks, step decisions, commits' and rows' first blocks, decoding, emission); the
+other ranks hold the stream's K/V of their blocks and run what rank 0 sends them, and their
+``pipe.stream`` returns None once rank 0 ends. The stream batch runs ``R`` lanes
+(:mod:`accelframe.streaming.batch`), so ``R`` micro-steps' forwards are in flight at once; with
+``lanes=R`` and one rank the same schedule runs in one process (the ring's reference). The adapter
+provides the ring (:class:`accelframe.adapter.StageRing`).
+
 A :class:`VirtualClock` makes runs deterministic for tests; :class:`RealClock` waits for real.
 """
 
@@ -153,7 +164,8 @@ class StreamLoop:
                  sinks: Sequence[Any] = (), stream_batch: bool = False, keep_frames: bool = True,
                  on_corrupt: str = "hold",
                  on_batch: Callable[[dict[str, Any]], None] | None = None,
-                 drain_when_idle: bool = True) -> None:
+                 drain_when_idle: bool = True, ranks: int = 1, lanes: int | None = None,
+                 partition: Sequence[int] | None = None, rank_timeout_s: float = 60.0) -> None:
         self.pipe = pipe
         self.adapter = pipe.adapter
         self.sources = tuple(sources)
@@ -169,6 +181,11 @@ class StreamLoop:
         self.drain_when_idle = drain_when_idle
         self.keep_frames = keep_frames
         self.on_corrupt = on_corrupt
+        self.ranks = ranks
+        self.lanes = ranks if lanes is None else lanes
+        self.partition = None if partition is None else tuple(partition)
+        self.rank_timeout_s = rank_timeout_s
+        self.ring: Any = None  # the ring while a run on ranks is under way
         self.fmap = FrameMap.of(self.adapter)
         self.trace = Trace(enabled=pipe.trace)
         self.stats = Stats(adapters={"target": pipe.adapter_name, "drafter": pipe.drafter_name})
@@ -179,7 +196,41 @@ class StreamLoop:
             Executor(pipe.hooks, trace=self.trace, stats=self.stats, strict=pipe.strict,
                      max_reuse=pipe.max_reuse, stream=NOISE_STREAM, warned=self.warned),
             target=self.adapter, target_name=pipe.adapter_name, drafter=pipe.drafter,
-            drafter_name=pipe.drafter_name)
+            drafter_name=pipe.drafter_name, lanes=self.lanes)
+
+    def _validate_ranks(self) -> None:
+        """``ranks`` and ``lanes``: a ConfigError or IncompatibleError naming what the ring lacks."""
+        for name, value in (("ranks", self.ranks), ("lanes", self.lanes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError("StreamLoop", name, value, "an int >= 1")
+        if not (isinstance(self.rank_timeout_s, (int, float)) and 0 < self.rank_timeout_s < 86400):
+            raise ConfigError("StreamLoop", "rank_timeout_s", self.rank_timeout_s, "seconds in (0, 86400)")
+        if self.ranks == 1 and self.lanes == 1:
+            return
+        runtime = f"the pipeline-parallel stream batch (ranks={self.ranks}, lanes={self.lanes})"
+        if self.ranks > 1 and self.lanes != self.ranks:
+            raise ConfigError("StreamLoop", "lanes", self.lanes,
+                              f"{self.ranks} (= ranks: one lane's forward in flight per rank)")
+        if not self.stream_batch:
+            raise IncompatibleError(f"{runtime} is a stream batch: pass stream_batch=True")
+        if self.pipe.drafter is not None:
+            raise IncompatibleError(f"{runtime} cannot serve the drafter {self.pipe.drafter_name!r}: SDVG's "
+                                    "verdicts restore the target's caches on every rank (not built); run the "
+                                    "drafter with ranks=1, lanes=1")
+        if self.pipe.hooks.wraps_model_calls:
+            raise IncompatibleError(f"{runtime} cannot serve a model-call wrapper (accelframe_model_call): "
+                                    "a forward's output arrives lanes - 1 micro-steps after it is launched")
+        if self.ranks == 1:
+            return
+        if caps.feature(self.adapter, caps.StageRing) is None:
+            raise IncompatibleError(f"{runtime} needs an adapter that splits its DiT over ranks "
+                                    f"(accelframe.adapter.StageRing); {self.pipe.adapter_name!r} has none")
+        for p in self.pipe.stack:
+            if getattr(p.policy, "uses_kv_embeddings", False):
+                raise IncompatibleError(
+                    f"{runtime} cannot serve policy {p.name!r} as configured: it compares every layer's "
+                    "cached K/V (kv_embeddings), and each rank holds only its blocks' (rolling-kv: tau=-1 "
+                    "keeps the sinks without that comparison)")
 
     def _validate(self) -> None:
         unit = self.adapter.unit_frames
@@ -210,6 +261,7 @@ class StreamLoop:
                     f"stream_batch=True pipelines the drafter: it drafts the next chunks before a verdict, "
                     f"so its context is its own drafts; drafter_context={self.pipe.drafter_context!r} "
                     "needs the verdict first (use drafter_context='own' or stream_batch=False)")
+        self._validate_ranks()
         if caps.feature(self.adapter, caps.Decoder) is None:  # a stream emits pixels
             raise IncompatibleError(f"adapter {self.pipe.adapter_name!r} has no decode() "
                                     "(accelframe.adapter.Decoder): a stream emits decoded frames")
@@ -331,7 +383,24 @@ class StreamLoop:
 
     # ---- the run ----------------------------------------------------------------------------
 
-    def run(self) -> StreamRun:
+    def run(self) -> StreamRun | None:
+        """The run's result; on a ring's other ranks (``ranks > 1``, rank > 0): None, once rank 0 ends."""
+        if self.ranks == 1:
+            return self._run()
+        self.ring = self.adapter.stage_ring(self.ranks, partition=self.partition, timeout_s=self.rank_timeout_s)
+        if not self.ring.driver:
+            self.ring.serve()  # until rank 0 ends the stream (or fails)
+            return None
+        target = self.adapter
+        self.adapter = self._batch.target = self.ring.adapter  # rank 0's side of the ring
+        try:
+            return self._run()
+        finally:
+            self.adapter = self._batch.target = target
+            self.ring.close()
+            self.ring = None
+
+    def _run(self) -> StreamRun:
         pipe, hooks = self.pipe, self.pipe.hooks
         batches: list[dict[str, Any]] = []
         pipe.reset_policies()

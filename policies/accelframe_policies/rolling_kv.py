@@ -64,6 +64,12 @@ class RollingKV:
                               f"fewer than window = {self.window} frames (the window holds the sinks "
                               "and at least one recent frame)")
 
+    @property
+    def uses_kv_embeddings(self) -> bool:
+        """Whether the sink refresh compares every layer's cached K/V (``tau > -1``): a ring of
+        ranks, each holding its blocks' K/V only, refuses it."""
+        return self.tau > -1.0
+
     def reset(self) -> None:
         self._last_next.clear()
         self.log.clear()

@@ -585,7 +585,8 @@ class RowsContext:
     mask: torch.Tensor | None = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.lengths = [0 if c is None or c.k[0] is None else int(c.k[0].shape[1]) for c in self.caches]
+        # from the frames, not a layer's K: a pipeline rank holds the K/V of its blocks only
+        self.lengths = [0 if c is None else len(c.frames) * c.tokens_per_frame for c in self.caches]
         longest = max(self.lengths)
         self.mask = None
         if len(set(self.lengths)) > 1:

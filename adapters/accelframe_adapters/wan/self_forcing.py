@@ -189,11 +189,8 @@ class SelfForcingAdapter(BlockLoopAdapter):
         ``sigmas[r]`` whose first frame is ``starts[r]``, attending to ``states[r]``'s committed
         context (read only: nothing is written). Rows may come from different streams. Returns the
         velocities ``[R, F, C, H, W]``; one row equals :meth:`denoise` with no K/V write."""
-        r, f = xs.shape[:2]
-        t = torch.tensor([[self._t_of.get(s, 1000.0 * s)] * f for s in sigmas], dtype=torch.float32,
-                         device=self.device)  # [R, F]
+        t, ropes = self.rows_timing(sigmas, starts, states, xs.shape[1])
         caches = [st.kv for st in states]
-        ropes = [s - (0 if st.kv is None else st.kv.rope_offset) for s, st in zip(starts, states)]
         xm = self.to_model(xs)  # [R, C, F, H, W]
         out = forward_rows(self.dit, xm, t, _cat_cross([st.cross for st in states]), ropes, caches)
         if self.config.guidance_scale > 1.0:
@@ -201,6 +198,20 @@ class SelfForcingAdapter(BlockLoopAdapter):
             out_u = forward_rows(self.dit, xm, t, uncond, ropes, caches)
             out = out_u + self.config.guidance_scale * (out - out_u)
         return self.from_model(out)  # [R, F, C, H, W]
+
+    def rows_timing(self, sigmas: Sequence[float], starts: Sequence[int], states: Sequence[WanState],
+                    frames: int) -> tuple[torch.Tensor, list[int]]:
+        """Rows' timesteps ``[R, F]`` and RoPE starts (each row's first frame less its cache's RoPE
+        offset): what every stage of a rows pass computes alike."""
+        t = torch.tensor([[self._t_of.get(s, 1000.0 * s)] * frames for s in sigmas], dtype=torch.float32,
+                         device=self.device)  # [R, F]
+        return t, [s - (0 if st.kv is None else st.kv.rope_offset) for s, st in zip(starts, states)]
+
+    def stage_ring(self, ranks: int, *, partition: Sequence[int] | None = None, timeout_s: float = 60.0) -> Any:
+        """Join a pipeline-parallel ring of ``ranks`` ranks (:mod:`accelframe_adapters.parallel.ring`)."""
+        from accelframe_adapters.parallel.ring import join
+
+        return join(self, ranks, partition=partition, timeout_s=timeout_s)
 
     @torch.no_grad()
     def commit(self, x0: torch.Tensor, frames: tuple[int, int], state: WanState) -> None:

@@ -1,0 +1,364 @@
+"""The stream loop's pipeline-parallel ring: the self-forcing DiT's blocks split over ranks
+(StreamDiffusionV2 section 4.2) behind ``pipe.stream(..., ranks=R)``.
+
+Rank 0 runs the stream loop (:mod:`accelframe.streaming.loop`) with :class:`Driver` as its adapter:
+the real adapter, except that every pass through the DiT runs rank 0's blocks ``[0, b_1)`` here
+and goes on down the ring as a message, in the order rank 0 issues them:
+
+- ``INIT``: a new stream's state (every rank builds its own from the prompt: the cross-attention
+  K/V are computed, not shipped);
+- ``KV``: the stream's KV changes (eviction, sinks, RoPE reset), applied on every rank;
+- ``COMMIT``: a clean chunk's tokens after the previous ranks' blocks; every rank writes its blocks'
+  K/V (the window applies on every rank alike);
+- ``ROWS``: a rows pass (the stream batch's recomputing rows only: a row that a step policy served
+  from its cache costs no message): tokens after the previous ranks' blocks, with the rows'
+  timesteps, RoPE starts and streams; the last rank runs the head and the guidance combine and
+  sends the velocities back to rank 0;
+- ``END``: the stream is over; every rank leaves :meth:`Worker.serve`.
+
+Each rank sees the same sequence of K/V writes and reads as one process running the same schedule
+(messages on a channel keep their order), so R ranks give one process's numbers with ``lanes=R``.
+Rank 0's ``submit_rows`` returns at once with a :class:`Pending` result: the stream batch launches
+the next lanes' forwards while this one runs on the other ranks, and waits for it ``R - 1``
+micro-steps later. Decoding stays on rank 0 (the stream loop emits there), overlapped with the
+other ranks' blocks; give rank 0 fewer blocks with ``partition``.
+
+A rank that dies or stops answering is named by :class:`~accelframe_adapters.parallel.comm.RankFailedError`
+(``comm``'s deadlines); rank 0's stream loop then ends with that error, its sinks flushed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections import deque
+from typing import Any, Sequence
+
+import torch
+
+from accelframe.errors import ConfigError
+from accelframe.types import KVWrite, Request
+from accelframe_adapters.parallel import partition as part
+from accelframe_adapters.parallel.comm import DistLink, RankFailedError
+from accelframe_adapters.wan.dit import CrossCache, rows_pass
+
+INIT, KV, COMMIT, ROWS, END = 1, 2, 3, 4, 5
+OPS = {INIT: "a new stream", KV: "a KV change", COMMIT: "a commit", ROWS: "a rows pass", END: "the end"}
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+
+
+# ------------------------------------------------------------------------------------------------
+# messages: a fixed header, then the body (JSON metadata and tensors)
+# ------------------------------------------------------------------------------------------------
+
+
+class Messages:
+    """Ops over a :class:`DistLink`: a header ``[op, n]`` (int64), ``n`` bytes of JSON metadata
+    naming the tensors' shapes and dtypes, then the tensors packed in one message (if any)."""
+
+    def __init__(self, link: Any, device: torch.device) -> None:
+        self.link, self.device = link, device
+
+    def send(self, dst: int, op: int, meta: dict[str, Any], tensors: Sequence[torch.Tensor] = (),
+             channel: str = "forward") -> None:
+        meta = {**meta, "tensors": [[list(t.shape), str(t.dtype)] for t in tensors]}
+        blob = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8, device=self.device)
+        what = OPS.get(op, "a message")
+        self.link.send([torch.tensor([op, blob.numel()], dtype=torch.int64, device=self.device)], dst, what,
+                       channel)
+        self.link.send([blob], dst, what, channel)
+        if tensors:
+            self.link.send(list(tensors), dst, what, channel)
+
+    def recv(self, src: int, channel: str = "forward") -> tuple[int, dict[str, Any], list[torch.Tensor]]:
+        (head,) = self.link.wait(self.link.recv([(2, torch.int64)], src, "the next op", channel))
+        op, n = (int(x) for x in head.tolist())
+        what = OPS.get(op, f"op {op}")
+        (blob,) = self.link.wait(self.link.recv([(n, torch.uint8)], src, what, channel))
+        meta = json.loads(bytes(blob.cpu().tolist()).decode())
+        shapes = meta["tensors"]
+        if not shapes:
+            return op, meta, []
+        got = self.link.wait(self.link.recv([(_numel(s), _DTYPES[d]) for s, d in shapes], src, what, channel))
+        return op, meta, [t.view(s) for t, (s, _) in zip(got, shapes)]
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+# ------------------------------------------------------------------------------------------------
+# the stages every rank runs on its blocks
+# ------------------------------------------------------------------------------------------------
+
+
+def _cat_cross(caches: Sequence[CrossCache]) -> CrossCache:
+    if len(caches) == 1:
+        return caches[0]
+    n = len(caches[0].k)
+    return CrossCache(k=[torch.cat([c.k[i] for c in caches]) for i in range(n)],
+                      v=[torch.cat([c.v[i] for c in caches]) for i in range(n)])
+
+
+def commit_blocks(ad: Any, tokens: torch.Tensor, frames: tuple[int, int], state: Any, grid: tuple[int, int, int],
+                  lo: int, hi: int) -> torch.Tensor:
+    """Blocks ``[lo, hi)`` of the commit pass of clean ``tokens [B, F, S, D]`` (frames ``frames``):
+    each writes its K/V into ``state``'s cache (what the adapter's ``commit`` does on all blocks)."""
+    t = torch.full(tuple(tokens.shape[:2]), float(ad.config.context_noise), device=tokens.device)  # [B, F]
+    kv = state.kv
+    p = rows_pass(ad.dit, grid, t, [frames[0] - kv.rope_offset], [None], tokens.device)
+    for i in range(lo, hi):
+        tokens = ad.dit.blocks[i](tokens, p.e0, state.cross.k[i], state.cross.v[i], p.rope, None, kv, i,
+                                  KVWrite.COMMIT)
+    kv.finish(range(*frames), KVWrite.COMMIT)
+    state.family["next_frame"] = frames[1]
+    return tokens
+
+
+def rows_blocks(ad: Any, passes: Sequence[torch.Tensor], sigmas: Sequence[float], starts: Sequence[int],
+                states: Sequence[Any], grid: tuple[int, int, int], lo: int,
+                hi: int) -> tuple[Any, list[torch.Tensor]]:
+    """Blocks ``[lo, hi)`` of a rows pass over ``passes`` (the prompt's tokens, then the negative
+    prompt's with guidance: each ``[R, F, S, D]``), read only."""
+    t, ropes = ad.rows_timing(sigmas, starts, states, grid[0])
+    p = rows_pass(ad.dit, grid, t, ropes, [st.kv for st in states], passes[0].device)
+    crosses = [_cat_cross([st.cross for st in states])]
+    if len(passes) > 1:
+        crosses.append(_cat_cross([st.family["uncond"] for st in states]))
+    return p, [p.blocks(ad.dit, x, c, lo, hi) for x, c in zip(passes, crosses)]
+
+
+def rows_out(ad: Any, p: Any, passes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The last rank: the head, the guidance combine -> velocities ``[R, F, C, H, W]``."""
+    out = p.head(ad.dit, passes[0])
+    if len(passes) > 1:
+        out_u = p.head(ad.dit, passes[1])
+        out = out_u + ad.config.guidance_scale * (out - out_u)
+    return ad.from_model(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# rank 0
+# ------------------------------------------------------------------------------------------------
+
+
+class Pending:
+    """A rows pass in flight: :meth:`result` waits for its velocities (and those of every earlier
+    pass: returns come back in order)."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.value: torch.Tensor | None = None
+
+    def result(self) -> torch.Tensor:
+        while self.value is None:
+            self.driver._take_return()
+        return self.value
+
+
+class Driver:
+    """Rank 0's adapter: the wrapped adapter's methods, with its DiT passes, new states and KV
+    changes going down the ring (see the module docstring). A snapshot, a full-cache rebuild or a
+    per-layer K/V summary would need every rank's blocks: those are not offered."""
+
+    _HIDDEN = frozenset({"snapshot", "restore", "kv_embeddings", "denoise_batch"})
+
+    def __init__(self, inner: Any, ring: Ring) -> None:
+        self._inner, self._ring = inner, ring
+        self._streams = 0
+        self._waiting: deque[Pending] = deque()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in Driver._HIDDEN:
+            raise AttributeError(f"{name}: not on a pipeline-parallel ring (each rank holds its blocks' K/V)")
+        return getattr(self._inner, name)
+
+    def init_state(self, request: Request, cond: Any) -> Any:
+        state = self._inner.init_state(request, cond)
+        state.family["ring_stream"] = sid = self._streams
+        self._streams += 1
+        self._ring.down(INIT, {"stream": sid, "prompt": request.prompts[0], "frames": request.num_frames,
+                               "seed": request.seed})
+        return state
+
+    def kv_apply(self, state: Any, evict: tuple[int, ...], sinks: tuple[int, ...] | None,
+                 rope_reset: bool) -> None:
+        self._inner.kv_apply(state, evict, sinks, rope_reset)
+        self._ring.down(KV, {"stream": state.family["ring_stream"], "evict": list(evict),
+                             "sinks": None if sinks is None else list(sinks), "rope_reset": bool(rope_reset)})
+
+    def denoise(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        from accelframe.errors import IncompatibleError
+
+        raise IncompatibleError("a pipeline-parallel ring runs the stream batch's rows (denoise_rows); "
+                                "one-block denoise calls (sequential generation) run with ranks=1")
+
+    @torch.no_grad()
+    def commit(self, x0: torch.Tensor, frames: tuple[int, int], state: Any) -> None:
+        ad, (lo, hi) = self._inner, self._ring.blocks
+        tokens, grid = ad.dit.embed(ad.to_model(x0))  # [B, F, S, D]
+        tokens = commit_blocks(ad, tokens, frames, state, grid, lo, hi)
+        self._ring.down(COMMIT, {"stream": state.family["ring_stream"], "frames": list(frames),
+                                 "grid": list(grid)}, [tokens])
+
+    @torch.no_grad()
+    def submit_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
+                    states: Sequence[Any]) -> Pending:
+        """Start a rows pass (``denoise_rows``' arguments): rank 0's blocks now, the rest on the ring."""
+        ad, (lo, hi) = self._inner, self._ring.blocks
+        tokens, grid = ad.dit.embed(ad.to_model(xs))  # [R, F, S, D]
+        passes = [tokens] * (2 if ad.config.guidance_scale > 1.0 else 1)
+        _, passes = rows_blocks(ad, passes, sigmas, starts, states, grid, lo, hi)
+        self._ring.down(ROWS, {"streams": [st.family["ring_stream"] for st in states],
+                               "sigmas": [float(s) for s in sigmas], "starts": [int(s) for s in starts],
+                               "grid": list(grid)}, passes)
+        pending = Pending(self)
+        self._waiting.append(pending)
+        return pending
+
+    def denoise_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
+                     states: Sequence[Any]) -> torch.Tensor:
+        return self.submit_rows(xs, sigmas, starts, states).result()
+
+    def _take_return(self) -> None:
+        op, _, (v,) = self._ring.msgs.recv(self._ring.world - 1, "return")
+        assert op == ROWS, f"rank 0 expected a rows pass's velocities, got op {op}"
+        self._waiting.popleft().value = v
+
+
+# ------------------------------------------------------------------------------------------------
+# the other ranks
+# ------------------------------------------------------------------------------------------------
+
+
+class Worker:
+    """A rank > 0: its own state per stream (its blocks' K/V), and the loop that runs what comes."""
+
+    def __init__(self, ad: Any, ring: Ring) -> None:
+        self.ad, self.ring = ad, ring
+        self.states: dict[int, Any] = {}
+        self.ops = 0  # ops handled (what a test that kills a rank mid-stream counts)
+
+    @torch.no_grad()
+    def serve(self) -> None:
+        ring = self.ring
+        while True:
+            op, meta, tensors = ring.msgs.recv(ring.rank - 1)
+            self.ops += 1
+            if self.handle(op, meta, tensors):
+                return
+
+    def handle(self, op: int, meta: dict[str, Any], tensors: list[torch.Tensor]) -> bool:
+        """Run one op on this rank's blocks and pass it on; True at the end."""
+        ad, ring, (lo, hi) = self.ad, self.ring, self.ring.blocks
+        meta = {k: v for k, v in meta.items() if k != "tensors"}
+        if op == INIT:
+            req = Request(prompts=(meta["prompt"],), num_frames=meta["frames"], seed=meta["seed"])
+            self.states[meta["stream"]] = ad.init_state(req, ad.encode_prompt([meta["prompt"]]))
+        elif op == KV:
+            sinks = None if meta["sinks"] is None else tuple(meta["sinks"])
+            ad.kv_apply(self.states[meta["stream"]], tuple(meta["evict"]), sinks, meta["rope_reset"])
+        elif op == COMMIT:
+            tensors = [commit_blocks(ad, tensors[0], tuple(meta["frames"]), self.states[meta["stream"]],
+                                     tuple(meta["grid"]), lo, hi)]
+            if ring.last:
+                return False  # the last rank's commit ends here: nothing reads its output
+        elif op == ROWS:
+            states = [self.states[s] for s in meta["streams"]]
+            p, tensors = rows_blocks(ad, tensors, meta["sigmas"], meta["starts"], states, tuple(meta["grid"]),
+                                     lo, hi)
+            if ring.last:
+                ring.msgs.send(0, ROWS, {}, [rows_out(ad, p, tensors).float()], "return")
+                return False
+        elif op != END:
+            raise AssertionError(f"rank {ring.rank}: unknown op {op}")
+        if not ring.last:
+            ring.msgs.send(ring.rank + 1, op, meta, tensors)
+        return op == END
+
+
+# ------------------------------------------------------------------------------------------------
+# joining
+# ------------------------------------------------------------------------------------------------
+
+
+class Ring:
+    """This process's place in the ring: its rank, its blocks ``[lo, hi)``, its messages."""
+
+    def __init__(self, adapter: Any, rank: int, world: int, bounds: tuple[int, ...], link: Any) -> None:
+        self.rank, self.world, self.bounds = rank, world, bounds
+        self.blocks = (bounds[rank], bounds[rank + 1])
+        self.driver, self.last = rank == 0, rank == world - 1
+        self.link = link
+        self.msgs = Messages(link, adapter.device)
+        self.adapter = Driver(adapter, self) if self.driver else None
+        self.worker = None if self.driver else Worker(adapter, self)
+        self._closed = False
+
+    def down(self, op: int, meta: dict[str, Any], tensors: Sequence[torch.Tensor] = ()) -> None:
+        self.msgs.send(1, op, meta, tensors)
+
+    def serve(self) -> None:
+        try:
+            self.worker.serve()
+            self.link.flush()
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        """Rank 0: the end (every rank leaves its loop), then leave the process group."""
+        if self._closed:
+            return
+        try:
+            self.down(END, {})
+            self.link.flush()
+        except RankFailedError:
+            pass  # a rank already failed: the stream's error names it
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, timeout_s: float = 60.0,
+         env: dict[str, str] | None = None) -> Ring:
+    """Join the ring of ``ranks`` processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from
+    ``env``, default the environment: torchrun's); gloo on the CPU, nccl on a GPU."""
+    import torch.distributed as dist
+
+    env = dict(os.environ if env is None else env)
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world != ranks or "RANK" not in env or "MASTER_PORT" not in env:
+        raise ConfigError("StreamLoop", "ranks", ranks,
+                          f"a process of a {ranks}-rank launch (torchrun --nproc-per-node {ranks} ..., or "
+                          f"accelframe stream --ranks {ranks}); this one has WORLD_SIZE={env.get('WORLD_SIZE')} "
+                          f"RANK={env.get('RANK')} MASTER_PORT={env.get('MASTER_PORT')}")
+    layers = adapter.dit.cfg.num_layers
+    if ranks > layers:
+        raise ConfigError("StreamLoop", "ranks", ranks, f"1 to {layers}: the DiT has {layers} blocks")
+    bounds = tuple(partition) if partition is not None else part.even_partition(layers, ranks)
+    part.check_partition(bounds, layers, ranks)
+    rank = int(env["RANK"])
+    device = torch.device(adapter.device)
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=ranks,
+                                init_method=f"tcp://{env.get('MASTER_ADDR', '127.0.0.1')}:{env['MASTER_PORT']}",
+                                timeout=datetime.timedelta(seconds=max(timeout_s, 120.0)))
+    except RuntimeError as exc:
+        raise RankFailedError(None, seen_by=rank, during="joining the process group",
+                              cause=str(exc).splitlines()[0][:300]) from exc
+    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s))
+
+
+__all__ = ["Driver", "Messages", "Pending", "Ring", "Worker", "join"]
