@@ -217,11 +217,11 @@ class StreamLoop:
             raise IncompatibleError(f"{runtime} cannot serve the drafter {self.pipe.drafter_name!r}: SDVG's "
                                     "verdicts restore the target's caches on every rank (not built); run the "
                                     "drafter with ranks=1, lanes=1")
-        if self.pipe.hooks.wraps_model_calls:
-            raise IncompatibleError(f"{runtime} cannot serve a model-call wrapper (accelframe_model_call): "
-                                    "a forward's output arrives lanes - 1 micro-steps after it is launched")
         if self.ranks == 1:
             return
+        if self.pipe.hooks.wraps_model_calls:
+            raise IncompatibleError(f"{runtime} cannot serve a model-call wrapper (accelframe_model_call): "
+                                    "a forward's output arrives from the last rank micro-steps after it starts")
         if caps.feature(self.adapter, caps.StageRing) is None:
             raise IncompatibleError(f"{runtime} needs an adapter that splits its DiT over ranks "
                                     f"(accelframe.adapter.StageRing); {self.pipe.adapter_name!r} has none")
