@@ -266,8 +266,10 @@ class StageRing(Protocol):
     commits, KV changes and new states sent down the ring), ``serve()`` (the other ranks: run
     what rank 0 sends until it ends) and ``close()``."""
 
-    def stage_ring(self, ranks: int, *, partition: Sequence[int] | None, timeout_s: float) -> Any:
-        """Join the ring of ``ranks`` ranks, blocks split by ``partition`` (None: evenly)."""
+    def stage_ring(self, ranks: int, *, partition: Sequence[int] | None, timeout_s: float,
+                   decode_rank: int | None) -> Any:
+        """Join the ring of ``ranks`` ranks, blocks split by ``partition`` (None: evenly), streams
+        decoded on ``decode_rank`` (None: spread over the ranks)."""
 
 
 @runtime_checkable

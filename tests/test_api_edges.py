@@ -166,31 +166,17 @@ def test_video_source_without_a_video_stream(tmp_path):
 
 
 @pytest.mark.parametrize("text, field", [
-    ("{not json", "--config"),
-    ("[24, 1]", "--config"),
+    ("{not json", "DESCRIPTION"),
+    ("[24, 1]", "DESCRIPTION"),
     ('{"framez": 24}', "framez"),
-    ('{"steps": 5}', "steps"),
-    ('{"partition": ["a", "b"]}', "partition"),
-    ('{"decode": "yes"}', "decode"),
-    ('{"device": "banana"}', "device"),
-    ('{"prompt": 7}', "prompt"),
+    ('{"streams": [{"frame": 45}]}', "streams[].frame"),
 ])
-def test_pipeline_parallel_bad_config(tmp_path, text, field):
-    from accelframe_adapters.parallel import launch as pp
+def test_a_bad_ring_description_is_a_config_error_naming_it(text, field):
+    from accelframe_adapters.parallel import trial
 
-    path = tmp_path / "config.json"
-    path.write_text(text)
     with pytest.raises(ConfigError) as exc:
-        pp.config_from_args(pp.parser().parse_args(["--config", str(path)]))
+        trial.parse(text)
     assert exc.value.field == field
-
-
-def test_pipeline_parallel_missing_config_file(tmp_path):
-    from accelframe_adapters.parallel import launch as pp
-
-    with pytest.raises(ConfigError) as exc:
-        pp.config_from_args(pp.parser().parse_args(["--config", str(tmp_path / "none.json")]))
-    assert exc.value.field == "--config"
 
 
 @pytest.mark.parametrize("name, drafter", [("slo-batch", False), ("rolling-kv", False), ("motion-noise", False),

@@ -362,19 +362,14 @@ def test_world_cards_keep_an_edited_card_unless_force(tmp_path, plugins, capsys)
     assert card.read_text().startswith("# world-text")
 
 
-def test_pipeline_parallel_out_is_not_overwritten(tmp_path, monkeypatch, capsys):
-    from accelframe_adapters.parallel import launch as pp
+def test_the_ring_trial_does_not_overwrite_its_out(tmp_path, monkeypatch, capsys):
+    from accelframe_adapters.parallel import trial
 
-    def never(*a, **kw):
-        raise AssertionError("ran before checking --out")
-
-    monkeypatch.setattr(pp, "run_rank", never)
+    monkeypatch.setattr(trial, "run", lambda cfg: pytest.fail("ran before checking OUT"))
     target = tmp_path / "out.pt"
     target.write_text("precious")
-    assert pp.main(["--frames", "6", "--out", str(target)]) == 2
+    assert trial.main(["{}", str(target)]) == 2
     assert "--force" in capsys.readouterr().err and target.read_text() == "precious"
-    (tmp_path / "file").write_text("")
-    assert pp.main(["--frames", "6", "--out", str(tmp_path / "file" / "o.pt")]) == 2
 
 
 @pytest.mark.parametrize("argv", [

@@ -145,6 +145,8 @@ class _StreamState:
     encode: Any = None  # the adapter's streaming encode cache (video-to-video)
     previous: torch.Tensor | None = None  # the last input pixel frame of the previous chunk, [3, H, W]
     rows: list[Chunk] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
+    # finished chunks not yet emitted, in order: (micro-step, span, pixels or a remote decode's handle)
+    out: list[tuple[int, Any, Any]] = attrs.field(factory=list)
 
 
 class StreamLoop:
@@ -165,7 +167,8 @@ class StreamLoop:
                  on_corrupt: str = "hold",
                  on_batch: Callable[[dict[str, Any]], None] | None = None,
                  drain_when_idle: bool = True, ranks: int = 1, lanes: int | None = None,
-                 partition: Sequence[int] | None = None, rank_timeout_s: float = 60.0) -> None:
+                 partition: Sequence[int] | None = None, rank_timeout_s: float = 60.0,
+                 decode_rank: int | None = None) -> None:
         self.pipe = pipe
         self.adapter = pipe.adapter
         self.sources = tuple(sources)
@@ -185,6 +188,7 @@ class StreamLoop:
         self.lanes = ranks if lanes is None else lanes
         self.partition = None if partition is None else tuple(partition)
         self.rank_timeout_s = rank_timeout_s
+        self.decode_rank = decode_rank
         self.ring: Any = None  # the ring while a run on ranks is under way
         self.fmap = FrameMap.of(self.adapter)
         self.trace = Trace(enabled=pipe.trace)
@@ -205,6 +209,10 @@ class StreamLoop:
                 raise ConfigError("StreamLoop", name, value, "an int >= 1")
         if not (isinstance(self.rank_timeout_s, (int, float)) and 0 < self.rank_timeout_s < 86400):
             raise ConfigError("StreamLoop", "rank_timeout_s", self.rank_timeout_s, "seconds in (0, 86400)")
+        if self.decode_rank is not None and (isinstance(self.decode_rank, bool) or not isinstance(self.decode_rank, int)
+                                             or not 0 <= self.decode_rank < self.ranks):
+            raise ConfigError("StreamLoop", "decode_rank", self.decode_rank,
+                              f"None (streams spread over the ranks) or a rank in [0, {self.ranks})")
         if self.ranks == 1 and self.lanes == 1:
             return
         runtime = f"the pipeline-parallel stream batch (ranks={self.ranks}, lanes={self.lanes})"
@@ -338,7 +346,7 @@ class StreamLoop:
     def _finished(self, s: StreamSource, now: float) -> bool:
         total = self._total(s, now)
         st = self._state[s.id]
-        return total is not None and st.consumed >= total and not st.rows
+        return total is not None and st.consumed >= total and not st.rows and not st.out
 
     def _check_plan(self, plan: Any, ctx: BatchContext, finished_input: bool) -> str | None:
         if not isinstance(plan, BatchPlan):
@@ -387,7 +395,8 @@ class StreamLoop:
         """The run's result; on a ring's other ranks (``ranks > 1``, rank > 0): None, once rank 0 ends."""
         if self.ranks == 1:
             return self._run()
-        self.ring = self.adapter.stage_ring(self.ranks, partition=self.partition, timeout_s=self.rank_timeout_s)
+        self.ring = self.adapter.stage_ring(self.ranks, partition=self.partition, timeout_s=self.rank_timeout_s,
+                                            decode_rank=self.decode_rank)
         if not self.ring.driver:
             self.ring.serve()  # until rank 0 ends the stream (or fails)
             return None
@@ -456,8 +465,8 @@ class StreamLoop:
             plan, by = self._ask("accelframe_batch_plan", hooks.batch_plan, ctx,
                                  lambda p: self._check_plan(p, ctx, finished_input),
                                  lambda: fallback.batch_of_one(ctx))
-            flush = [s.id for s in self.sources if self._state[s.id].rows and self._total(s, now) is not None
-                     and self._state[s.id].consumed >= self._total(s, now)]
+            flush = [s.id for s in self.sources if (self._state[s.id].rows or self._state[s.id].out)
+                     and self._total(s, now) is not None and self._state[s.id].consumed >= self._total(s, now)]
             if not plan.entries and not flush and self.stream_batch and self.drain_when_idle:
                 flush = [s.id for s in self.sources if self._state[s.id].rows]  # idle: advance in flight
             if not plan.entries and not flush:
@@ -618,13 +627,29 @@ class StreamLoop:
             sb.enter(st.rows, req, st.target, st.drafter, st.generation)
             st.consumed += e.frames
         sb.micro_step([c for s in names for c in self._state[s].rows])
-        emitted = []
+        now, emitted = sb.tick - 1, []  # the micro-step just run
+        for s in names:
+            emitted += self._emit_ready(self._state[s], now - 1)  # decoded on a peer rank meanwhile
         for s in names:
             st = self._state[s]
             for span, pixels, _ in sb.finish(st.rows, st.target, st.drafter, st.generation,
                                              (st.source.prompt,)):
-                emitted.append(self._emit(st, span.start, span.end, pixels[0]))
+                st.out.append((now, span, pixels))
+            emitted += self._emit_ready(st, now - 1 if st.rows else now)  # the stream's last: wait
         return emitted
 
+    def _emit_ready(self, st: _StreamState, before: int) -> list[tuple[str, int, int]]:
+        """Emit the stream's finished chunks in order: decoded here, or on a peer rank (a ring's
+        decode: its pixels are waited for once the chunk is from a micro-step before ``before``)."""
+        emitted = []
+        while st.out:
+            tick, span, pixels = st.out[0]
+            if not isinstance(pixels, torch.Tensor):
+                if tick > before:
+                    break
+                pixels = pixels.result()  # [B, P, 3, H, W]
+            st.out.pop(0)
+            emitted.append(self._emit(st, span.start, span.end, pixels[0]))
+        return emitted
 
 __all__ = ["StreamLoop", "StreamOutput", "StreamRun"]

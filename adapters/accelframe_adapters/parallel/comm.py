@@ -1,5 +1,5 @@
 """Messages between pipeline ranks: asynchronous point-to-point sends and receives that name a dead
-peer instead of hanging, the message header, and the loopback the single-process reference uses.
+peer instead of hanging.
 
 Every receive is posted before the compute it overlaps with and waited on with a deadline; gloo
 reports a peer whose process ended as a closed connection at once, and a silent peer at the
@@ -10,7 +10,6 @@ the process group's store says so, the rank that failed first upstream).
 from __future__ import annotations
 
 import datetime
-import math
 import re
 import socket
 from collections import deque
@@ -40,48 +39,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-# ------------------------------------------------------------------------------------------------
-# the header every ring message starts with
-# ------------------------------------------------------------------------------------------------
-
-
-@attrs.define(kw_only=True)
-class Header:
-    """Micro-step index, the rebalance decision and the per-rank measurements, as float64 ``[K]``
-    (K = 2 + (R + 1) + L + R). Measurements travel the ring from rank 0 to the last rank and back;
-    rank 0 writes the decision (``switch_at`` >= 0: switch to ``bounds`` from that micro-step)."""
-
-    m: int
-    ranks: int
-    layers: int
-    switch_at: int = -1
-    bounds: tuple[int, ...] = ()
-    block_times: list[float] = attrs.field(factory=list)  # nan: not measured (yet)
-    overheads: list[float] = attrs.field(factory=list)
-
-    def __attrs_post_init__(self) -> None:
-        self.block_times = list(self.block_times) or [math.nan] * self.layers
-        self.overheads = list(self.overheads) or [math.nan] * self.ranks
-
-    @staticmethod
-    def size(ranks: int, layers: int) -> int:
-        return 2 + (ranks + 1) + layers + ranks
-
-    def to_tensor(self, device: torch.device) -> torch.Tensor:
-        bounds = list(self.bounds) or [math.nan] * (self.ranks + 1)
-        vals = [float(self.m), float(self.switch_at), *map(float, bounds), *self.block_times, *self.overheads]
-        return torch.tensor(vals, dtype=torch.float64, device=device)
-
-    @classmethod
-    def from_tensor(cls, t: torch.Tensor, ranks: int, layers: int) -> Header:
-        vals = t.double().cpu().tolist()
-        b = vals[2:3 + ranks]
-        bt = vals[3 + ranks:3 + ranks + layers]
-        return cls(m=int(vals[0]), ranks=ranks, layers=layers, switch_at=int(vals[1]),
-                   bounds=() if math.isnan(b[0]) else tuple(int(x) for x in b),
-                   block_times=bt, overheads=vals[3 + ranks + layers:])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,16 +86,17 @@ def unpack(buf: torch.Tensor, specs: Sequence[Spec]) -> list[torch.Tensor]:
     return [buf[off:off + numel * dtype.itemsize].view(dtype) for off, (numel, dtype) in zip(offs, specs)]
 
 
-CHANNELS = ("forward", "return", "kv")
+CHANNELS = ("forward", "return", "kv", "pixels")
 
 
 class DistLink:
-    """Point-to-point messages over torch.distributed, on three channels, each a process group of
-    its own: ``forward`` (rank r to r + 1), ``return`` (the last rank to rank 0) and ``kv`` (block
-    K/V moves). Each channel carries its messages in one order on both ends. NCCL runs a pair's
-    operations on one stream in issue order, so with two ranks a receive of returns posted ahead of
-    a forward send on a shared group would deadlock; gloo would not mind. A message's tensors
-    travel as one packed buffer: one operation per message."""
+    """Point-to-point messages over torch.distributed, on four channels, each a process group of
+    its own: ``forward`` (rank r to r + 1), ``return`` (the last rank to rank 0), ``kv`` (block
+    K/V moves) and ``pixels`` (a decoding rank to rank 0). Each channel carries its messages in one
+    order on both ends. NCCL runs a pair's operations on one stream in issue order, so with two
+    ranks a receive of returns posted ahead of a forward send on a shared group would deadlock;
+    gloo would not mind. A message's tensors travel as one packed buffer: one operation per
+    message."""
 
     def __init__(self, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
         import torch.distributed as dist
@@ -146,7 +104,8 @@ class DistLink:
         self.dist, self.rank, self.world, self.device = dist, rank, world, device
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.groups = {"forward": None, "return": dist.new_group(list(range(world))),
-                       "kv": dist.new_group(list(range(world)))}  # None: the default group
+                       "kv": dist.new_group(list(range(world))),
+                       "pixels": dist.new_group(list(range(world)))}  # None: the default group
         self._sends: dict[str, deque[tuple[Any, torch.Tensor, int, str]]] = {c: deque() for c in CHANNELS}
 
     def send(self, tensors: Sequence[torch.Tensor], dst: int, what: str, channel: str = "forward") -> None:
@@ -205,25 +164,4 @@ class DistLink:
         raise RankFailedError(culprit, seen_by=self.rank, during=during, cause=cause) from exc
 
 
-class LoopLink:
-    """The single-process reference's link: rank 0 sends the ring's return message to itself."""
-
-    def __init__(self) -> None:
-        self._box: dict[str, list[torch.Tensor]] = {}
-
-    def send(self, tensors: Sequence[torch.Tensor], dst: int, what: str, channel: str = "forward") -> None:
-        assert dst == 0 and what not in self._box, f"loopback message {what} sent twice"
-        self._box[what] = list(tensors)
-
-    def recv(self, specs: Sequence[Spec], src: int, what: str, channel: str = "forward") -> Pending:
-        return Pending(peer=src, what=what, buffers=[], works=[])
-
-    def wait(self, pending: Pending) -> list[torch.Tensor]:
-        return self._box.pop(pending.what)
-
-    def flush(self, channel: str | None = None) -> None:
-        pass
-
-
-__all__ = ["CHANNELS", "DistLink", "FAILED_KEY", "Header", "LoopLink", "Pending", "RankFailedError", "free_port",
-           "pack", "unpack"]
+__all__ = ["CHANNELS", "DistLink", "FAILED_KEY", "Pending", "RankFailedError", "free_port", "pack", "unpack"]

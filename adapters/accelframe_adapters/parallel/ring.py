@@ -14,14 +14,19 @@ and goes on down the ring as a message, in the order rank 0 issues them:
   from its cache costs no message): tokens after the previous ranks' blocks, with the rows'
   timesteps, RoPE starts and streams; the last rank runs the head and the guidance combine and
   sends the velocities back to rank 0;
+- ``DECODE``: a finished chunk's clean latents, for the rank that decodes its stream (it keeps
+  the stream's decode cache and sends the pixels back to rank 0);
 - ``END``: the stream is over; every rank leaves :meth:`Worker.serve`.
 
 Each rank sees the same sequence of K/V writes and reads as one process running the same schedule
 (messages on a channel keep their order), so R ranks give one process's numbers with ``lanes=R``.
 Rank 0's ``submit_rows`` returns at once with a :class:`Pending` result: the stream batch launches
 the next lanes' forwards while this one runs on the other ranks, and waits for it ``R - 1``
-micro-steps later. Decoding stays on rank 0 (the stream loop emits there), overlapped with the
-other ranks' blocks; give rank 0 fewer blocks with ``partition``.
+micro-steps later. Decoding is spread over the ranks by stream (``decode_rank`` None: stream
+``k`` on rank ``k mod R``; an int: every stream on that rank), overlapped with the blocks: a chunk
+decoded on another rank is emitted by rank 0 one micro-step later, when its pixels are back (its
+stream's frames stay in order). Rank 0 also runs the loop, the policies and the embeddings: give
+it fewer blocks with ``partition``.
 
 A rank that dies or stops answering is named by :class:`~accelframe_adapters.parallel.comm.RankFailedError`
 (``comm``'s deadlines); rank 0's stream loop then ends with that error, its sinks flushed.
@@ -32,10 +37,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections import deque
 from typing import Any, Sequence
 
 import torch
+
+from collections import deque
 
 from accelframe.errors import ConfigError
 from accelframe.types import KVWrite, Request
@@ -43,8 +49,9 @@ from accelframe_adapters.parallel import partition as part
 from accelframe_adapters.parallel.comm import DistLink, RankFailedError
 from accelframe_adapters.wan.dit import CrossCache, rows_pass
 
-INIT, KV, COMMIT, ROWS, END = 1, 2, 3, 4, 5
-OPS = {INIT: "a new stream", KV: "a KV change", COMMIT: "a commit", ROWS: "a rows pass", END: "the end"}
+INIT, KV, COMMIT, ROWS, END, DECODE = 1, 2, 3, 4, 5, 6
+OPS = {INIT: "a new stream", KV: "a KV change", COMMIT: "a commit", ROWS: "a rows pass", END: "the end",
+       DECODE: "a decode"}
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 
@@ -147,16 +154,33 @@ def rows_out(ad: Any, p: Any, passes: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class Pending:
-    """A rows pass in flight: :meth:`result` waits for its velocities (and those of every earlier
-    pass: returns come back in order)."""
+    """A rows pass in flight: the receive of its velocities ``shape`` (posted when the pass starts,
+    so the last rank's send completes at once); :meth:`result` waits for it."""
 
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
+    def __init__(self, link: Any, posted: Any, shape: tuple[int, ...]) -> None:
+        self.link, self.posted, self.shape = link, posted, shape
         self.value: torch.Tensor | None = None
 
     def result(self) -> torch.Tensor:
+        if self.value is None:
+            (v,) = self.link.wait(self.posted)
+            self.value = v.view(self.shape)
+        return self.value
+
+
+class RemotePixels:
+    """A chunk decoded on rank ``rank``: :meth:`result` waits for its pixels ``[B, P, 3, H, W]``
+    (and those of the chunks that rank decoded before: they come back in order)."""
+
+    def __init__(self, driver: Driver, rank: int) -> None:
+        self.driver, self.rank = driver, rank
+        self.value: torch.Tensor | None = None
+        driver._decodes.setdefault(rank, deque()).append(self)
+
+    def result(self) -> torch.Tensor:
         while self.value is None:
-            self.driver._take_return()
+            _, _, (pixels,) = self.driver._ring.msgs.recv(self.rank, "pixels")
+            self.driver._decodes[self.rank].popleft().value = pixels
         return self.value
 
 
@@ -170,7 +194,8 @@ class Driver:
     def __init__(self, inner: Any, ring: Ring) -> None:
         self._inner, self._ring = inner, ring
         self._streams = 0
-        self._waiting: deque[Pending] = deque()
+        self._passes = 0  # rows passes started
+        self._decodes: dict[int, deque[RemotePixels]] = {}  # per decoding rank, in the order sent
 
     def __getattr__(self, name: str) -> Any:
         if name in Driver._HIDDEN:
@@ -180,10 +205,21 @@ class Driver:
     def init_state(self, request: Request, cond: Any) -> Any:
         state = self._inner.init_state(request, cond)
         state.family["ring_stream"] = sid = self._streams
+        ring = self._ring
+        state.family["ring_decoder"] = dec = sid % ring.world if ring.decode_rank is None else ring.decode_rank
         self._streams += 1
         self._ring.down(INIT, {"stream": sid, "prompt": request.prompts[0], "frames": request.num_frames,
-                               "seed": request.seed})
+                               "seed": request.seed, "decoder": dec})
         return state
+
+    def decode(self, latents: torch.Tensor, state: Any) -> Any:
+        """Pixels ``[B, P, 3, H, W]`` when the stream decodes on rank 0, else a :class:`RemotePixels`."""
+        rank = state.family["ring_decoder"]
+        if rank == 0:
+            return self._inner.decode(latents, state)
+        self._ring.down(DECODE, {"stream": state.family["ring_stream"], "decoder": rank},
+                        [latents.float().contiguous()])
+        return RemotePixels(self, rank)
 
     def kv_apply(self, state: Any, evict: tuple[int, ...], sinks: tuple[int, ...] | None,
                  rope_reset: bool) -> None:
@@ -216,18 +252,15 @@ class Driver:
         self._ring.down(ROWS, {"streams": [st.family["ring_stream"] for st in states],
                                "sigmas": [float(s) for s in sigmas], "starts": [int(s) for s in starts],
                                "grid": list(grid)}, passes)
-        pending = Pending(self)
-        self._waiting.append(pending)
-        return pending
+        shape = (xs.shape[0], *xs.shape[1:])  # [R, F, C, H, W]: the velocities, float32
+        posted = self._ring.link.recv([(_numel(shape), torch.float32)], self._ring.world - 1,
+                                      f"the velocities of rows pass {self._passes}", "return")
+        self._passes += 1
+        return Pending(self._ring.link, posted, shape)
 
     def denoise_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
                      states: Sequence[Any]) -> torch.Tensor:
         return self.submit_rows(xs, sigmas, starts, states).result()
-
-    def _take_return(self) -> None:
-        op, _, (v,) = self._ring.msgs.recv(self._ring.world - 1, "return")
-        assert op == ROWS, f"rank 0 expected a rows pass's velocities, got op {op}"
-        self._waiting.popleft().value = v
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,8 +305,13 @@ class Worker:
             p, tensors = rows_blocks(ad, tensors, meta["sigmas"], meta["starts"], states, tuple(meta["grid"]),
                                      lo, hi)
             if ring.last:
-                ring.msgs.send(0, ROWS, {}, [rows_out(ad, p, tensors).float()], "return")
+                ring.link.send([rows_out(ad, p, tensors).float()], 0, "velocities", "return")
                 return False
+        elif op == DECODE:
+            if meta["decoder"] == ring.rank:
+                pixels = ad.decode(tensors[0], self.states[meta["stream"]])  # [B, P, 3, H, W]
+                ring.msgs.send(0, DECODE, {}, [pixels.float().contiguous()], "pixels")
+                return False  # the ranks after this one have nothing to do with it
         elif op != END:
             raise AssertionError(f"rank {ring.rank}: unknown op {op}")
         if not ring.last:
@@ -289,8 +327,9 @@ class Worker:
 class Ring:
     """This process's place in the ring: its rank, its blocks ``[lo, hi)``, its messages."""
 
-    def __init__(self, adapter: Any, rank: int, world: int, bounds: tuple[int, ...], link: Any) -> None:
-        self.rank, self.world, self.bounds = rank, world, bounds
+    def __init__(self, adapter: Any, rank: int, world: int, bounds: tuple[int, ...], link: Any,
+                 decode_rank: int | None = None) -> None:
+        self.rank, self.world, self.bounds, self.decode_rank = rank, world, bounds, decode_rank
         self.blocks = (bounds[rank], bounds[rank + 1])
         self.driver, self.last = rank == 0, rank == world - 1
         self.link = link
@@ -332,7 +371,7 @@ class Ring:
 
 
 def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, timeout_s: float = 60.0,
-         env: dict[str, str] | None = None) -> Ring:
+         decode_rank: int | None = None, env: dict[str, str] | None = None) -> Ring:
     """Join the ring of ``ranks`` processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from
     ``env``, default the environment: torchrun's); gloo on the CPU, nccl on a GPU."""
     import torch.distributed as dist
@@ -349,6 +388,10 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
         raise ConfigError("StreamLoop", "ranks", ranks, f"1 to {layers}: the DiT has {layers} blocks")
     bounds = tuple(partition) if partition is not None else part.even_partition(layers, ranks)
     part.check_partition(bounds, layers, ranks)
+    if decode_rank is not None and (isinstance(decode_rank, bool) or not isinstance(decode_rank, int)
+                                    or not 0 <= decode_rank < ranks):
+        raise ConfigError("StreamLoop", "decode_rank", decode_rank,
+                          f"None (streams spread over the ranks) or a rank in [0, {ranks})")
     rank = int(env["RANK"])
     device = torch.device(adapter.device)
     try:
@@ -358,7 +401,7 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
     except RuntimeError as exc:
         raise RankFailedError(None, seen_by=rank, during="joining the process group",
                               cause=str(exc).splitlines()[0][:300]) from exc
-    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s))
+    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank)
 
 
-__all__ = ["Driver", "Messages", "Pending", "Ring", "Worker", "join"]
+__all__ = ["Driver", "Messages", "Pending", "RemotePixels", "Ring", "Worker", "join"]
