@@ -67,6 +67,9 @@ from accelframe.types import (
     finite_sigma,
 )
 
+# a chunk decoded on a peer rank is emitted when its pixels are back, at the latest this many times
+# ``lanes`` micro-steps after it finished (then rank 0 waits for them): slack for a burst of decodes
+EMIT_LAG = 4
 # a stream's noise depends on its source only (seed, units), never on the streams beside it: every
 # stream draws as the stream of index 0 of the engine's generators
 NOISE_STREAM = 0
@@ -629,23 +632,24 @@ class StreamLoop:
         sb.micro_step([c for s in names for c in self._state[s].rows])
         now, emitted = sb.tick - 1, []  # the micro-step just run
         for s in names:
-            emitted += self._emit_ready(self._state[s], now - 1)  # decoded on a peer rank meanwhile
-        for s in names:
             st = self._state[s]
             for span, pixels, _ in sb.finish(st.rows, st.target, st.drafter, st.generation,
                                              (st.source.prompt,)):
                 st.out.append((now, span, pixels))
-            emitted += self._emit_ready(st, now - 1 if st.rows else now)  # the stream's last: wait
+        for s in names:  # after this micro-step's own decodes: a peer rank decoded meanwhile
+            st = self._state[s]
+            emitted += self._emit_ready(st, now - EMIT_LAG * self.lanes if st.rows else now)  # the last: wait
         return emitted
 
     def _emit_ready(self, st: _StreamState, before: int) -> list[tuple[str, int, int]]:
         """Emit the stream's finished chunks in order: decoded here, or on a peer rank (a ring's
-        decode: its pixels are waited for once the chunk is from a micro-step before ``before``)."""
+        decode: emitted once its pixels are here, waited for once the chunk is from a micro-step
+        before ``before``)."""
         emitted = []
         while st.out:
             tick, span, pixels = st.out[0]
             if not isinstance(pixels, torch.Tensor):
-                if tick > before:
+                if tick > before and not pixels.ready():
                     break
                 pixels = pixels.result()  # [B, P, 3, H, W]
             st.out.pop(0)

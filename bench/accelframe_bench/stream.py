@@ -13,8 +13,10 @@ most one clip the world's quality measure of the output (``world_quality``). The
   ``accelframe stream``): the first output needs one input frame instead of a 3-frame unit's nine;
 - **streams**: 1 and 2 user streams at ``--fps``, sequential against stream batch (the denoising
   steps of consecutive chunks of every stream as one batched forward);
-- **ranks**: the pipeline-parallel runtime with 1 and 2 processes of one thread each, throughput
-  ratio (see ``docs/pipeline-parallel.md``), unless ``--ranks 1``;
+- **ranks**: the stream loop on 2 pipeline-parallel ranks (``pipe.stream(..., ranks=2)``, processes
+  of one thread each, decoding included and spread over the ranks) against the same streams in one
+  process of one thread, interleaved; the ratio of their wall times (see
+  ``docs/pipeline-parallel.md``), unless ``--ranks 1``;
 - **soak** (``--soak-seconds``): one stream at ``--fps`` for that long (a looped world clip), with
   the process's resident memory sampled at every batch and the deadline misses counted;
 - **drift** (``--drift-seconds``): one text-to-video stream at ``--fps`` for that long (``rolling-kv``
@@ -40,7 +42,7 @@ from accelframe.errors import ConfigError
 OUTPUTS = ("results.json", "results.md", "load.png", "drift.png")
 TTFF_GOAL = 0.5
 MISS_GOAL = 0.01
-RANK_GOAL = 1.6
+RANK_GOAL = 1.8  # issue 22: 2 ranks of one core, decoding included
 DRIFT_WINDOW_S = 10.0  # seconds of stream per quality window
 DRIFT_GOAL = 0.10  # the last window's quality within this fraction of the first's
 UNIT_PIXELS = 12  # pixel frames of one 3-latent unit after the first (1 + 4 (f - 1) .. 4 f per latent frame)
@@ -221,11 +223,67 @@ class Bench:
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
 
 
-def ranks_ratio(quick: bool) -> dict[str, Any]:
-    """1 against 2 pipeline-parallel ranks of one thread each (the pipeline-parallel runtime)."""
-    from accelframe_adapters.parallel import launch as pp
+# the ranks comparison: the world's streams are short (27 latent frames, the positions its models
+# were trained on), so a pipeline of 2 lanes (8 chunks of a stream in flight) would be mostly fill
+# and drain; streams that start one after another keep it full, on a virtual clock (the same
+# batches in both runs, nothing waits for real time)
+RANK_STREAMS = 8
+RANK_FRAMES = 105  # pixel frames per stream: the world's 27 latent frames
+RANK_FPS = 1000.0  # a chunk's frames arrive within a batch of the virtual clock
+RANK_BATCH_S = 0.01  # virtual seconds per batch
+RANK_STAGGER_S = 0.06  # a stream starts every 6 batches
 
-    return pp.compare_ranks(quick=quick)
+
+def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int | None = None,
+                partition: list[int] | None = None) -> dict[str, Any]:
+    """The stream loop on ``ranks`` processes against one process, the same streams (``RANK_STREAMS``
+    text-to-video streams starting one after another, slo-batch, the stream batch), each run timed
+    by its own ``pipe.stream`` wall clock, decoding included. Per repeat: one process, the ranks, one
+    process again (the machine's load moves both; ``throughput_1`` is their mean); the headline is
+    the median repeat by ratio. ``equal``: the ranks' frames against one process running the same
+    ``lanes=ranks`` schedule, within 1e-5. Quick: one repeat, else three."""
+    import tempfile
+
+    import torch
+
+    from accelframe_adapters.parallel import trial
+
+    cfg: dict[str, Any] = {  # streams of the world's 27 latent frames, one starting every RANK_STAGGER_S
+        "streams": [{"id": f"s{i}", "seed": i, "frames": RANK_FRAMES, "fps": RANK_FPS, "start_s": RANK_STAGGER_S * i}
+                    for i in range(RANK_STREAMS)],
+        "clock": {"batch_cost_s": RANK_BATCH_S}, "policies": [["slo-batch", {"max_streams": RANK_STREAMS}]]}
+    if partition is not None:
+        cfg["partition"] = list(partition)
+    pipe = trial.pipeline(cfg, hooks=hooks)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            trial.run({**cfg, "lanes": 1}, pipe=pipe)  # warm-up (not reported)
+            ref = trial.run({**cfg, "lanes": ranks}, pipe=pipe)
+            rows = []
+            with tempfile.TemporaryDirectory(prefix="accelframe-ranks-") as tmp:
+                for k in range(repeats or (1 if quick else 3)):
+                    one = trial.run({**cfg, "lanes": 1}, pipe=pipe)
+                    many, _ = trial.launch(cfg, ranks, Path(tmp) / f"rank0-{k}.pt")
+                    again = trial.run({**cfg, "lanes": 1}, pipe=pipe)
+                    if many["error"] is not None:
+                        raise RuntimeError(f"the {ranks}-rank run failed: {many['error']}")
+                    t1 = (one["wall_s"] + again["wall_s"]) / 2
+                    rows.append({"wall_1_s": t1, "wall_ranks_s": many["wall_s"], "ratio": t1 / many["wall_s"],
+                                 "max_diff": max(float((many["frames"][k2] - f).abs().max())
+                                                 for k2, f in ref["frames"].items())})
+    finally:
+        torch.set_num_threads(old)
+    mid = sorted(rows, key=lambda r: r["ratio"])[len(rows) // 2]
+    frames = RANK_STREAMS * RANK_FRAMES
+    return {"throughput_1": frames / mid["wall_1_s"], "throughput_2": frames / mid["wall_ranks_s"],
+            "ratio": mid["ratio"], "runs": rows, "equal": all(r["max_diff"] <= 1e-5 for r in rows),
+            "max_diff": max(r["max_diff"] for r in rows), "ranks": ranks, "streams": RANK_STREAMS,
+            "frames_per_stream": RANK_FRAMES, "unit": "pixel frames per second, decoding included",
+            "partition": partition, "decode": "spread: stream k on rank k mod R", "threads_per_rank": 1,
+            "load_avg_1min_before": load}
 
 
 def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
@@ -259,7 +317,7 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
         "runs": rows,
     }
     if ranks:
-        doc["ranks"] = ranks_ratio(quick)
+        doc["ranks"] = ranks_ratio(quick, hooks=hooks)
     if soak_seconds > 0:
         doc["soak"] = bench.soak(seconds=soak_seconds, fps=fps, quiet=quiet)
     if drift_seconds > 0:
@@ -286,7 +344,8 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
                                           "seconds": drift["seconds"],
                                           "met": drift["within_10pct"] and drift["seconds"] >= 300}
     if "ranks" in doc and doc["ranks"].get("ratio") is not None:
-        out["two_ranks_1_6x"] = {"measured": doc["ranks"]["ratio"], "met": doc["ranks"]["ratio"] >= RANK_GOAL}
+        out["two_ranks_1_8x_with_decode"] = {"measured": doc["ranks"]["ratio"],
+                                             "met": doc["ranks"]["ratio"] >= RANK_GOAL}
     return out
 
 
@@ -309,8 +368,9 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"| {'-' if r.get('world_quality') is None else format(r['world_quality'], '.3f')} |")
     if "ranks" in doc:
         rk = doc["ranks"]
-        lines += ["", f"ranks: 1 rank {rk.get('throughput_1')}, 2 ranks {rk.get('throughput_2')} latent frames/s, "
-                      f"ratio {rk.get('ratio')}"]
+        lines += ["", f"ranks: 1 process {cell(rk.get('throughput_1'), '.1f')}, 2 ranks "
+                      f"{cell(rk.get('throughput_2'), '.1f')} pixel frames/s (decoding included), "
+                      f"ratio {cell(rk.get('ratio'), '.2f')}"]
     if "soak" in doc:
         s = doc["soak"]
         lines += ["", f"soak: {s['seconds']:g} s at {s['offered_fps']:g} fps, "

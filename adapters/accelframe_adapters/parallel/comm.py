@@ -87,6 +87,9 @@ def unpack(buf: torch.Tensor, specs: Sequence[Spec]) -> list[torch.Tensor]:
 
 
 CHANNELS = ("forward", "return", "kv", "pixels")
+# sends in flight per channel: a ring rank is several ops ahead of the next (a decode there takes
+# as long as many rows passes), each op two or three messages
+MAX_IN_FLIGHT = 64
 
 
 class DistLink:
@@ -116,7 +119,7 @@ class DistLink:
         except RuntimeError as exc:
             self._failed(dst, f"sending {what}", exc)
         queue.append((work, buf, dst, what))  # the buffer lives until its send is done
-        while len(queue) > 8:  # bound what is in flight
+        while len(queue) > MAX_IN_FLIGHT:  # bound what is in flight
             self._wait_send(queue.popleft())
 
     def recv(self, specs: Sequence[Spec], src: int, what: str, channel: str = "forward") -> Pending:
@@ -134,6 +137,10 @@ class DistLink:
             except RuntimeError as exc:
                 self._failed(pending.peer, f"waiting for {pending.what}", exc)
         return pending.buffers
+
+    def ready(self, pending: Pending) -> bool:
+        """Whether a posted receive has arrived (a failed one counts: :meth:`wait` raises for it)."""
+        return all(work.is_completed() for work in pending.works)
 
     def flush(self, channel: str | None = None) -> None:
         """Wait until every posted send (of ``channel`` only, if given) is done."""

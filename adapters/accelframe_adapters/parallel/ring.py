@@ -41,8 +41,6 @@ from typing import Any, Sequence
 
 import torch
 
-from collections import deque
-
 from accelframe.errors import ConfigError
 from accelframe.types import KVWrite, Request
 from accelframe_adapters.parallel import partition as part
@@ -168,19 +166,72 @@ class Pending:
         return self.value
 
 
-class RemotePixels:
-    """A chunk decoded on rank ``rank``: :meth:`result` waits for its pixels ``[B, P, 3, H, W]``
-    (and those of the chunks that rank decoded before: they come back in order)."""
+class Decoder:
+    """This rank's decode thread: a stream's chunks decode here in order while the rank's main
+    thread runs its blocks (torch releases the GIL inside its ops, so on the CPU the operating
+    system runs the two on whichever core is free; on a GPU it would be a stream of its own)."""
 
-    def __init__(self, driver: Driver, rank: int) -> None:
-        self.driver, self.rank = driver, rank
-        self.value: torch.Tensor | None = None
-        driver._decodes.setdefault(rank, deque()).append(self)
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accelframe-decode")
+        self.futures: list[Any] = []
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        def run() -> Any:
+            with torch.no_grad():
+                return fn(*args)
+        self.check()
+        fut = self.pool.submit(run)
+        self.futures.append(fut)
+        return fut
+
+    def check(self) -> None:
+        """Raise the first error of a finished decode (a rank > 0 has no caller waiting for it)."""
+        while self.futures and self.futures[0].done():
+            self.futures.pop(0).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for fut in self.futures:
+            fut.result()
+        self.futures.clear()
+
+
+class LocalPixels:
+    """A chunk decoding on rank 0's decode thread: :meth:`ready` and :meth:`result` as
+    :class:`RemotePixels`."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def ready(self) -> bool:
+        return self.future.done()
 
     def result(self) -> torch.Tensor:
-        while self.value is None:
-            _, _, (pixels,) = self.driver._ring.msgs.recv(self.rank, "pixels")
-            self.driver._decodes[self.rank].popleft().value = pixels
+        return self.future.result()
+
+
+class RemotePixels:
+    """A chunk decoded on rank ``rank``: the receive of its pixels ``shape`` ``[B, P, 3, H, W]``
+    is posted at once (they come back in order per rank); :meth:`ready` says whether they are
+    here, :meth:`result` waits for them."""
+
+    def __init__(self, driver: Driver, rank: int, shape: tuple[int, ...]) -> None:
+        self.driver, self.rank, self.shape = driver, rank, shape
+        link = driver._ring.link
+        self.posted = link.recv([(_numel(shape), torch.float32)], rank, "decoded pixels", "pixels")
+        self.value: torch.Tensor | None = None
+
+    def ready(self) -> bool:
+        self.driver._send_decodes()  # no rows pass came after it: it has to leave now
+        return self.value is not None or self.driver._ring.link.ready(self.posted)
+
+    def result(self) -> torch.Tensor:
+        self.driver._send_decodes()
+        if self.value is None:
+            (v,) = self.driver._ring.link.wait(self.posted)
+            self.value = v.view(self.shape)
         return self.value
 
 
@@ -192,10 +243,13 @@ class Driver:
     _HIDDEN = frozenset({"snapshot", "restore", "kv_embeddings", "denoise_batch"})
 
     def __init__(self, inner: Any, ring: Ring) -> None:
+        from accelframe.streaming.source import FrameMap
+
         self._inner, self._ring = inner, ring
+        self._frames = FrameMap.of(inner)
         self._streams = 0
         self._passes = 0  # rows passes started
-        self._decodes: dict[int, deque[RemotePixels]] = {}  # per decoding rank, in the order sent
+        self._later: list[tuple[dict[str, Any], torch.Tensor]] = []  # decodes to send after the next pass
 
     def __getattr__(self, name: str) -> Any:
         if name in Driver._HIDDEN:
@@ -213,13 +267,24 @@ class Driver:
         return state
 
     def decode(self, latents: torch.Tensor, state: Any) -> Any:
-        """Pixels ``[B, P, 3, H, W]`` when the stream decodes on rank 0, else a :class:`RemotePixels`."""
+        """The chunk's pixels ``[B, P, 3, H, W]`` to come: a :class:`LocalPixels` (rank 0's decode
+        thread) or a :class:`RemotePixels` (the stream's decoding rank)."""
         rank = state.family["ring_decoder"]
         if rank == 0:
-            return self._inner.decode(latents, state)
-        self._ring.down(DECODE, {"stream": state.family["ring_stream"], "decoder": rank},
-                        [latents.float().contiguous()])
-        return RemotePixels(self, rank)
+            return LocalPixels(self._ring.decoder.submit(self._inner.decode, latents.clone(), state))
+        # sent after the next rows pass: the decoding rank runs that pass (on the critical path:
+        # rank 0 waits for its velocities) before this decode (whose pixels may wait)
+        meta = {"stream": state.family["ring_stream"], "decoder": rank}
+        self._later.append((meta, latents.float().contiguous()))
+        a = state.family.get("ring_decoded", 0)  # latent frames of the stream decoded so far
+        b = state.family["ring_decoded"] = a + latents.shape[1]
+        pixels = self._frames.pixels(b) - self._frames.pixels(a)  # the causal VAE: 1 + 4 (F - 1) first
+        return RemotePixels(self, rank, (latents.shape[0], pixels, 3, *self._inner.pixel_size))
+
+    def _send_decodes(self) -> None:
+        for meta, x in self._later:
+            self._ring.down(DECODE, meta, [x])
+        self._later.clear()
 
     def kv_apply(self, state: Any, evict: tuple[int, ...], sinks: tuple[int, ...] | None,
                  rope_reset: bool) -> None:
@@ -252,6 +317,7 @@ class Driver:
         self._ring.down(ROWS, {"streams": [st.family["ring_stream"] for st in states],
                                "sigmas": [float(s) for s in sigmas], "starts": [int(s) for s in starts],
                                "grid": list(grid)}, passes)
+        self._send_decodes()
         shape = (xs.shape[0], *xs.shape[1:])  # [R, F, C, H, W]: the velocities, float32
         posted = self._ring.link.recv([(_numel(shape), torch.float32)], self._ring.world - 1,
                                       f"the velocities of rows pass {self._passes}", "return")
@@ -285,6 +351,10 @@ class Worker:
             if self.handle(op, meta, tensors):
                 return
 
+    def _decode(self, latents: torch.Tensor, state: Any) -> None:
+        pixels = self.ad.decode(latents, state)  # [B, P, 3, H, W]
+        self.ring.link.send([pixels.float().contiguous()], 0, "decoded pixels", "pixels")
+
     def handle(self, op: int, meta: dict[str, Any], tensors: list[torch.Tensor]) -> bool:
         """Run one op on this rank's blocks and pass it on; True at the end."""
         ad, ring, (lo, hi) = self.ad, self.ring, self.ring.blocks
@@ -308,9 +378,8 @@ class Worker:
                 ring.link.send([rows_out(ad, p, tensors).float()], 0, "velocities", "return")
                 return False
         elif op == DECODE:
-            if meta["decoder"] == ring.rank:
-                pixels = ad.decode(tensors[0], self.states[meta["stream"]])  # [B, P, 3, H, W]
-                ring.msgs.send(0, DECODE, {}, [pixels.float().contiguous()], "pixels")
+            if meta["decoder"] == ring.rank:  # on the decode thread, in order; the pixels go to rank 0
+                ring.decoder.submit(self._decode, tensors[0].clone(), self.states[meta["stream"]])
                 return False  # the ranks after this one have nothing to do with it
         elif op != END:
             raise AssertionError(f"rank {ring.rank}: unknown op {op}")
@@ -336,6 +405,7 @@ class Ring:
         self.msgs = Messages(link, adapter.device)
         self.adapter = Driver(adapter, self) if self.driver else None
         self.worker = None if self.driver else Worker(adapter, self)
+        self.decoder = Decoder()
         self._closed = False
 
     def down(self, op: int, meta: dict[str, Any], tensors: Sequence[torch.Tensor] = ()) -> None:
@@ -344,6 +414,7 @@ class Ring:
     def serve(self) -> None:
         try:
             self.worker.serve()
+            self.decoder.close()  # its last pixels sent
             self.link.flush()
         finally:
             self._leave()
@@ -353,6 +424,7 @@ class Ring:
         if self._closed:
             return
         try:
+            self.decoder.close()
             self.down(END, {})
             self.link.flush()
         except RankFailedError:
@@ -404,4 +476,4 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
     return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank)
 
 
-__all__ = ["Driver", "Messages", "Pending", "RemotePixels", "Ring", "Worker", "join"]
+__all__ = ["Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring", "Worker", "join"]

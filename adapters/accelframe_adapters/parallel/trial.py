@@ -7,8 +7,8 @@ The description (every key optional):
 
 - ``size``: the self-forcing model (default ``world``); ``policies``: ``[name, kwargs]`` pairs used
   in order (JSON values only: a scorer or a callable cannot travel);
-- ``streams``: ``{"id", "prompt", "seed", "frames" (pixel frames), "fps", "v2v"}`` each (``v2v``:
-  random input frames from that seed, video-to-video);
+- ``streams``: ``{"id", "prompt", "seed", "frames" (pixel frames), "fps", "start_s", "v2v"}`` each
+  (``v2v``: random input frames from that seed, video-to-video);
 - ``clock``: ``{"batch_cost_s": s}`` (a :class:`~accelframe.streaming.source.VirtualClock` that
   advances that much per batch) or ``{"after_arrival": true}`` (every frame has arrived: chunks
   pile up as behind a live source at full load);
@@ -36,7 +36,7 @@ import torch
 DEFAULT_PROMPT = "a red circle moves right on a blue background"
 KEYS = ("size", "policies", "streams", "clock", "ranks", "lanes", "partition", "decode_rank", "timeout_s",
         "die_after", "hang_after")
-STREAM_KEYS = ("id", "prompt", "seed", "frames", "fps", "v2v")
+STREAM_KEYS = ("id", "prompt", "seed", "frames", "fps", "start_s", "v2v")
 
 
 def parse(text: str, source: str = "DESCRIPTION") -> dict[str, Any]:
@@ -102,7 +102,7 @@ def sources(cfg: dict[str, Any], side: int) -> list[Any]:
             pixels = torch.rand(s.get("frames", 45), 3, side, side, generator=g)  # [P, 3, H, W]
         out.append(StreamSource(id=s.get("id", f"s{i}"), prompt=s.get("prompt", DEFAULT_PROMPT),
                                 num_frames=s.get("frames", 45), frames=pixels, fps=s.get("fps", 50.0),
-                                seed=s.get("seed", i)))
+                                start_s=s.get("start_s", 0.0), seed=s.get("seed", i)))
     return out
 
 
