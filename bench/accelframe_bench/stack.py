@@ -17,14 +17,15 @@ prompt by prompt (as ``bench block`` does) so that machine noise falls on all of
   so nothing waits for real time): consecutive chunks in flight at staggered steps, one batched
   forward per micro-step;
 - every pair, and all three;
-- ``stream (2 ranks)``: StreamDiffusionV2's pipeline parallelism, the DiT's blocks split over 2
-  ``torch.distributed`` processes (gloo on the CPU, each with the bench's thread count):
-  :func:`accelframe_adapters.parallel.launch.launch` runs each prompt's video (same prompt, seed and
-  latent frames, text-to-video) with ``decode=True``, the last rank decoding every finished chunk
-  with the VAE's streaming decode inside the pipeline (``--ranks N`` sets the count; 0 or 1 leaves
-  these rows out; ``--quick`` leaves them out unless ``--ranks`` is given: a launch costs 4 to 10 s,
-  which would take it past 90 s). That runtime runs no step or block policies, so its pairs and the
-  triple with the step or block level are refused rows (:data:`PP_REFUSAL`, every number null).
+- ``stream (2 ranks)``: StreamDiffusionV2's pipeline parallelism, the stream loop with the DiT's
+  blocks split over 2 ``torch.distributed`` processes (``pipe.stream(..., stream_batch=True,
+  ranks=2)``, gloo on the CPU, each with the bench's thread count), run by
+  :func:`accelframe_adapters.parallel.trial.launch` for each prompt's video (same prompt, seed and
+  latent frames, text-to-video), decoding on the ranks' decode threads; with the step level its
+  policy decides on rank 0, as in one process (``--ranks N`` sets the count; 0 or 1 leaves these
+  rows out; ``--quick`` leaves them out unless ``--ranks`` is given: a launch costs 4 to 10 s,
+  which would take it past 90 s). The ring serves no drafter, so the rows with the block level are
+  refused by the stream loop's own validation (the row carries its message, every number null).
 
 The stream batch runs on the step executor (:mod:`accelframe.executor`), as the engine does: the step
 policy decides row by row, and with SDVG the drafter's chunks run in the batch and are judged in
@@ -35,14 +36,10 @@ else under its name; none of the one-process rows is refused today.
 
 Timing the ranks: a launch spawns fresh processes that import torch, load the model and join the
 process group (4 to 10 s for the world's 1 s video here), which would measure process start, not the
-runtime. As :func:`~accelframe_adapters.parallel.launch.compare_ranks` does, the row is timed by the
-runtime's own clock: the last rank's ``wall_s``, from the end of its first micro-step to the end of
-its last (decoding included). It leaves out the prompt's encoding and micro-step 0 (one row through
-both ranks, no decode: about 2 % of a video in one process); ``launch_s`` gives the whole launch as
-seen from the bench, process start included. Its target calls are the rows its schedule runs
-(:func:`~accelframe_adapters.parallel.schedule.micro_step`, one per row as for the stream batch),
-checked against the micro-steps the runtime reports. The other rows run warmed up in this process;
-the ranks are fresh processes every video and get no warm-up.
+runtime. The row is timed as one process is: rank 0's ``pipe.stream`` wall time (decoding
+included); ``launch_s`` gives the whole launch as seen from the bench, process start included.
+Its target calls are rank 0's statistics, counted as in one process. The other rows run warmed
+up in this process; the ranks are fresh processes every video and get no warm-up.
 
 Per row: ``speedup`` (the baseline's mean wall time per video over the row's, decoding included),
 ``fps`` (pixel frames over wall time), ``nfe_ratio`` (the baseline's computed target calls over the
@@ -110,7 +107,6 @@ OPERATING = 0.73  # SDVG's operating point: the share of drafts accepted on trai
 STREAM_FPS = 16.0  # the source's nominal rate; every frame has arrived when the stream starts
 OUTPUTS = ("results.json", "results.md", "pareto.png")
 RANKS = 2  # the pipeline-parallel rows' ranks by default (issue 22: "the stream level ... as 2 ranks")
-PP_REFUSAL = "the pipeline-parallel runtime runs no step or block policies; issue 22 item 4"
 
 
 def level_sets() -> list[tuple[str, ...]]:
@@ -168,9 +164,9 @@ class Config:
         out = [{"name": n, **kw} for n, kw in self.policies()]
         if self.parallel:
             out.append({"name": "pipeline-parallel", "ranks": self.ranks,
-                        "runtime": f"accelframe_adapters.parallel.launch(PPConfig(decode=True), {self.ranks}): "
-                                   f"{self.ranks} processes (gloo), the DiT's blocks split over them; the last "
-                                   "rank decodes each finished chunk (VAE streaming decode) inside the pipeline"})
+                        "runtime": f"pipe.stream(..., stream_batch=True, ranks={self.ranks}): {self.ranks} "
+                                   "processes (gloo), the DiT's blocks split over them, the step policies deciding "
+                                   "on rank 0, decoding on the ranks' decode threads"})
         elif self.stream:
             out.append({"name": "stream-batch", "runtime": "StreamLoop(stream_batch=True)"})
         return out
@@ -225,15 +221,14 @@ def refusal(pipe: Any, src: Any) -> str | None:
     return None
 
 
-def pp_refusal(cfg: Config, adapter: Any, frames: int) -> str | None:
-    """Why the pipeline-parallel runtime cannot run ``cfg``, before any process starts: it runs no
-    step or block policies (:data:`PP_REFUSAL`), or its own configuration check refuses the run
-    (e.g. fewer chunks than ranks: the :class:`ConfigError` message); else None."""
-    if set(cfg.levels) & {"step", "block"}:
-        return PP_REFUSAL
+def pp_refusal(pipe: Any, cfg: Config, src: Any) -> str | None:
+    """The stream loop's own validation of ``pipe`` on ``cfg.ranks`` ranks, which runs no model
+    and starts no process: the refusal's message (a drafter: the ring serves none), else None."""
+    from accelframe.streaming import StreamLoop
+
     try:
-        pp_config(cfg, adapter, "", 0, frames).check(cfg.ranks)
-    except ConfigError as err:
+        StreamLoop(pipe, [src], stream_batch=True, ranks=cfg.ranks)
+    except (IncompatibleError, ConfigError) as err:
         return str(err)
     return None
 
@@ -262,43 +257,28 @@ def _run(pipe: Any, cfg: Config, prompt: str, seed: int, frames: int) -> tuple[t
     return video, wall, res
 
 
-def pp_config(cfg: Config, adapter: Any, prompt: str, seed: int, frames: int) -> Any:
-    """The pipeline-parallel run of one video: ``adapter``'s model size and device, text-to-video,
-    decoding on the last rank, each rank with this process's torch threads."""
-    from accelframe_adapters.parallel.launch import PPConfig
-
-    return PPConfig(frames=frames, prompt=prompt, seed=seed, size=adapter.model_config.size, decode=True,
-                    threads=torch.get_num_threads(), device=str(adapter.device))
-
-
-def pp_calls(chunks: int, steps: int, ranks: int) -> int:
-    """Target calls of the pipeline's schedule: one per row of every micro-step (a chunk's step),
-    as the stream batch counts them; commit passes are not calls, as elsewhere."""
-    from accelframe_adapters.parallel.schedule import micro_step, micro_steps
-
-    return sum(len(micro_step(m, chunks=chunks, steps=steps, ranks=ranks).rows)
-               for m in range(micro_steps(chunks, steps, ranks)))
-
-
 def _run_ranks(adapter: Any, cfg: Config, prompt: str, seed: int,
                frames: int) -> tuple[torch.Tensor, float, int, float]:
-    """One video on ``cfg.ranks`` processes: decoded pixel frames ``[T, 3, H, W]`` in [0, 1], the
-    last rank's wall seconds (the runtime's clock), target calls and the launch's wall seconds."""
-    from accelframe.streaming.batch import chunk_steps
-    from accelframe.types import Request
-    from accelframe_adapters.parallel import launch as pp
-    from accelframe_adapters.parallel.schedule import micro_steps
+    """One video on ``cfg.ranks`` processes: decoded pixel frames ``[T, 3, H, W]`` in [0, 1], rank
+    0's ``pipe.stream`` wall seconds, target calls and the launch's wall seconds."""
+    import tempfile
 
-    pc = pp_config(cfg, adapter, prompt, seed, frames)
+    from accelframe_adapters.parallel import trial
+
+    desc = {"size": adapter.model_config.size,
+            "streams": [{"id": "s", "prompt": prompt, "seed": seed, "frames": adapter.pixel_frames(frames),
+                         "fps": STREAM_FPS}],
+            "clock": {"after_arrival": True},  # every frame has arrived, as for the one-process rows
+            "policies": [[name, kw] for name, kw in cfg.policies()]}
     t0 = time.perf_counter()
-    res = pp.launch(pc, cfg.ranks)
+    with tempfile.TemporaryDirectory(prefix="accelframe-stack-") as tmp:
+        doc, _ = trial.launch(desc, cfg.ranks, Path(tmp) / "rank0.pt",
+                              env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
     launched = time.perf_counter() - t0
-    lg = res.log
-    steps = len(chunk_steps(adapter, Request(prompts=(prompt,), num_frames=pc.unit_frames, seed=seed)))
-    assert lg["micro_steps"] == micro_steps(lg["chunks"], steps, cfg.ranks), \
-        f"the runtime ran {lg['micro_steps']} micro-steps, its schedule has {steps} steps a chunk"
-    assert res.frames is not None, "decode=True, yet the last rank returned no frames"
-    return res.frames[0], float(lg["wall_s"]), pp_calls(lg["chunks"], steps, cfg.ranks), launched
+    if doc["error"] is not None:
+        raise RuntimeError(f"{cfg.name}: the {cfg.ranks}-rank run failed: {doc['error']}")
+    computed = doc["stats"]["calls"]["target"]["computed"]
+    return doc["frames"]["s"], float(doc["wall_s"]), computed, launched
 
 
 def counts(stats: dict[str, Any], cfg: Config) -> tuple[int, int, int]:
@@ -362,11 +342,11 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
     else:
         calibration = {"source": "--tau"}
     cfgs = configs(tau, STEP_POLICIES[step], ranks)
-    pipes = {c.name: build(models, c) for c in cfgs if not c.parallel}
+    pipes = {c.name: build(models, c) for c in cfgs}
     try:
-        refused = {c.name: refusal(pipes[c.name], source(models.target, scenes[0].prompt, seeds[0], frames))
-                   for c in cfgs if c.stream and not c.parallel}
-        refused.update({c.name: pp_refusal(c, models.target, frames) for c in cfgs if c.parallel})
+        src0 = source(models.target, scenes[0].prompt, seeds[0], frames)
+        refused = {c.name: refusal(pipes[c.name], src0) for c in cfgs if c.stream and not c.parallel}
+        refused.update({c.name: pp_refusal(pipes[c.name], c, src0) for c in cfgs if c.parallel})
         live = [c for c in cfgs if not refused.get(c.name)]
         tallies = {c.name: _Tally() for c in live}
         with progress_bar(total=n * len(live), desc=OWNER, unit="video", quiet=quiet) as bar:
@@ -406,7 +386,7 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
     doc["config"] = {"adapter": "self-forcing", "target": "world", "drafter": "world-drafter", "prompts": n,
                      "seed": seed, "latent_frames": frames, "batch": 1, "quick": quick,
                      "threads": torch.get_num_threads(), "ranks": ranks if ranks > 1 else None,
-                     "rank_timing": "the last rank's wall_s (runtime clock; launch_s: the whole launch)",
+                     "rank_timing": "rank 0's pipe.stream wall seconds (launch_s: the whole launch)",
                      "tau": tau, "calibration": calibration,
                      "step_policy": {"name": STEP_POLICIES[step][0], **STEP_POLICIES[step][1]},
                      "prompts_used": [s.prompt for s in scenes], "seeds": seeds}
@@ -490,7 +470,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if timed:
         lines.append("")
     for r in timed:
-        lines.append(f"{r['name']}: timed by the last rank's clock ({r['time_s']:.3f} s a video, decoding "
+        lines.append(f"{r['name']}: timed by rank 0's pipe.stream clock ({r['time_s']:.3f} s a video, decoding "
                      f"included); the whole launch, process start and model load included, took "
                      f"{r['launch_s']:.2f} s a video.")
     return "\n".join(lines) + "\n"
@@ -519,8 +499,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the step level's policy: taylorseer (interval 3, the step bench's best for this loop) "
                         "or scope (magi-1 preset) (default: taylorseer)")
     p.add_argument("--ranks", type=int, default=None, metavar="N",
-                   help="the stream level also on the pipeline-parallel runtime over N local processes (gloo), "
-                        "with the step and block levels reported refused (that runtime runs no policies); "
+                   help="the stream level also on N pipeline-parallel ranks (local processes, gloo), alone and "
+                        "with the step level (the block level is reported refused: the ring serves no drafter); "
                         f"0 or 1: leave these rows out (default: {RANKS}; with --quick 0, as the launches would "
                         "take it past 90 s)")
     p.add_argument("--project", default=DEFAULT_PROJECT, metavar="NAME",
@@ -542,12 +522,11 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     # bad input is named before any folder or model is touched
     _check(args.prompts, args.tau, LATENT_FRAMES, args.step, ranks)
     if ranks > 1:
-        from accelframe_adapters.parallel.launch import PPConfig
+        from accelframe_adapters import presets
 
-        try:  # more ranks than the world DiT's blocks (or than chunks): refused, naming the option
-            PPConfig(frames=LATENT_FRAMES).check(ranks)
-        except ConfigError as err:
-            raise ConfigError(OWNER, "--ranks", ranks, err.allowed) from None
+        layers = presets.preset("wan", "world").dit_config().num_layers
+        if ranks > layers:  # every rank runs at least one of the world DiT's blocks
+            raise ConfigError(OWNER, "--ranks", ranks, f"0 to {layers}: the world DiT has {layers} blocks")
     table = cost_table(getattr(args, "project", DEFAULT_PROJECT), OWNER)
     out = Path(args.out)
     fresh_out(OWNER, out, OUTPUTS, args.force)
@@ -556,6 +535,6 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["LEVELS", "PP_REFUSAL", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "build",
+__all__ = ["LEVELS", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "build",
            "composition_efficiency", "configs", "configure", "counts", "document", "level_sets", "markdown",
-           "pp_calls", "pp_config", "pp_refusal", "refusal", "run", "run_bench", "write_outputs"]
+           "pp_refusal", "refusal", "run", "run_bench", "write_outputs"]

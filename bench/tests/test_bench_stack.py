@@ -1,7 +1,8 @@
 """``accelframe bench stack``: its rows, the composition-efficiency arithmetic, every combination measured
 (the stream batch's included, its calls counted as the sequential rows'), a combination the runtime refuses
-reported as refused (never run, never faked), the stream level on 2 pipeline-parallel ranks (its pairs
-with the step and block levels refused), bad input refused before any model."""
+reported as refused (never run, never faked), the stream level on 2 pipeline-parallel ranks (alone and
+with the step level; with the block level refused: the ring serves no drafter), bad input refused before
+any model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from accelframe.pipeline import Pipeline
 from accelframe_bench import stack
 from accelframe_bench.block import Models
 from accelframe_bench.hooks import default_hooks
-from accelframe_adapters.parallel import launch as pp
+from accelframe_adapters.parallel import trial
 
 TINY = {"size": "tiny"}  # the self-forcing loop with a tiny DiT: the world's shapes, milliseconds a call
 
@@ -41,15 +42,10 @@ def test_the_rows_are_the_baseline_each_level_every_pair_and_all_three():
                                           "block + stream (2 ranks)", "step + block + stream (2 ranks)"]
     pp_row = cfgs[8].describe()
     assert [p["name"] for p in pp_row] == ["pipeline-parallel"] and pp_row[0]["ranks"] == 2
-    assert "decode" in pp_row[0]["runtime"] and "last rank" in pp_row[0]["runtime"]
+    assert "decode" in pp_row[0]["runtime"] and "ranks=2" in pp_row[0]["runtime"]
     assert [c.name for c in stack.configs(0.0, ranks=3)][8] == "stream (3 ranks)"
     assert len(stack.configs(0.0, ranks=1)) == len(stack.configs(0.0, ranks=0)) == 8
 
-
-def test_the_pipelines_target_calls_are_the_rows_of_its_schedule():
-    # every chunk runs each of its steps once, whatever the lag: 9 chunks of 4 steps
-    assert stack.pp_calls(9, 4, 2) == stack.pp_calls(9, 4, 1) == stack.pp_calls(9, 4, 3) == 36
-    assert stack.pp_calls(2, 4, 2) == 8
 
 def test_composition_efficiency_is_the_speedup_over_the_product_of_its_levels():
     singles = {"step": 1.5, "block": 2.0, "stream": 1.25}
@@ -78,7 +74,7 @@ def test_the_document_on_hand_made_tallies():
                "step + block + stream": "no drafter", "stream": None}
     # the stream level on 2 ranks, slower than in one process: not the single level's speedup
     t["stream (2 ranks)"] = stack._Tally(wall=[1.0], computed=36, frames=105, clips=[0.7], launch=[6.0])
-    refused["step + stream (2 ranks)"] = stack.PP_REFUSAL
+    refused["block + stream (2 ranks)"] = "serves no drafter"
     t["block + stream"] = stack._Tally(wall=[0.5], computed=4, frames=105, clips=[0.5])
     refused["block + stream"] = None
     doc = stack.document(cfgs, t, refused, _Q)
@@ -103,7 +99,7 @@ def test_the_document_on_hand_made_tallies():
             assert all(r[k] is None for k in ("speedup", "fps", "nfe_ratio", "accept_rate", "quality",
                                                "quality_retention", "psnr", "composition_efficiency"))
     md = stack.markdown({**doc, "config": {"prompts": 1, "latent_frames": 27, "threads": 1, "tau": 0.5}})
-    assert "no drafter" in md and stack.PP_REFUSAL in md and "6.00 s a video" in md
+    assert "no drafter" in md and "serves no drafter" in md and "6.00 s a video" in md
 
 
 def test_the_stream_loop_serves_every_stack_and_refuses_what_it_still_cannot_with_its_message():
@@ -154,38 +150,43 @@ def test_a_tiny_run_end_to_end_measures_every_row_the_stream_combinations_includ
     """The tiny loop for target and drafter (the world's models are for the real run), SDVG
     accepting every draft after block 0: every row of one process measured, none refused, the
     stream batch's rows counting calls and drafts as the sequential rows do; the stream level on 2
-    real ranks (child processes) measured on the same prompt, seed and frames, decoding on the last
-    rank, its pairs with the step and block levels refused with the reason."""
+    real ranks (child processes, the stream loop's ring) measured on the same prompt, seed and
+    frames, alone and with the step policy; with the block level refused with the loop's reason."""
     _tiny_models(monkeypatch)
     launched = []
 
-    def launch(cfg, ranks, **kw):
-        res = real_launch(cfg, ranks, **kw)
-        launched.append((cfg, ranks, res))
+    def launch(desc, ranks, out, **kw):
+        res = real_launch(desc, ranks, out, **kw)
+        launched.append((desc, ranks, res[0]))
         return res
 
-    real_launch = pp.launch
-    monkeypatch.setattr(pp, "launch", launch)
+    real_launch = trial.launch
+    monkeypatch.setattr(trial, "launch", launch)
     doc = stack.run_bench(n=1, tau=-1e9, frames=6, quiet=True)
     rows = {r["name"]: r for r in doc["rows"]}
     assert list(rows) == [c.name for c in stack.configs(0.0)][1:]
-    # the 2 ranks: one launch (no warm-up), of the bench's prompt, seed and frames, decoding
-    [(cfg, ranks, res)] = launched
-    assert ranks == 2 and cfg.decode and cfg.size == "tiny" and cfg.frames == 6
-    assert (cfg.prompt, cfg.seed) == (doc["config"]["prompts_used"][0], doc["config"]["seeds"][0])
-    ref = pp.run_reference(cfg, lag=2)  # what 2 ranks compute, in this process
-    assert torch.equal(res.frames, ref.frames) and res.frames.shape[1] == 21  # 6 latent frames: 21 pixel frames
+    # the 2 ranks: one launch per row run (no warm-up), of the bench's prompt, seed and frames
+    [(desc, ranks, got), (desc_step, _, got_step)] = launched
+    [src] = desc["streams"]
+    assert ranks == 2 and desc["size"] == "tiny" and src["frames"] == 21  # 6 latent frames: 21 pixel frames
+    assert (src["prompt"], src["seed"]) == (doc["config"]["prompts_used"][0], doc["config"]["seeds"][0])
+    assert desc["policies"] == [] and [p[0] for p in desc_step["policies"]] == ["taylorseer"]
+    # what 2 ranks compute: one process running the same 2-lane schedule
+    ref = trial.run({**desc, "ranks": 1, "lanes": 2}, pipe=trial.pipeline(desc, hooks=default_hooks()))
+    assert (got["frames"]["s"] - ref["frames"]["s"]).abs().max() <= 1e-5
     r = rows.pop("stream (2 ranks)")
     assert r["refused"] is None and r["levels"] == ["stream"] and r["ranks"] == 2
     assert r["nfe_ratio"] == 1.0  # 2 chunks of 4 steps: the baseline's 8 calls
-    assert r["time_s"] == pytest.approx(res.log["wall_s"]) and r["launch_s"] > r["time_s"] > 0
+    assert r["time_s"] == pytest.approx(got["wall_s"]) and r["launch_s"] > r["time_s"] > 0
     assert r["speedup"] == pytest.approx(doc["baseline"]["time_s"] / r["time_s"])
     assert r["fps"] == pytest.approx(21 / r["time_s"])
     assert r["quality"] > 0 and r["quality_retention"] > 0 and r["composition_efficiency"] is None
     assert r["psnr"] is not None and r["psnr"] > 0 and 0 < r["ssim"] <= 1  # a lag-2 context: not the baseline's
-    for name in ("step + stream (2 ranks)", "block + stream (2 ranks)", "step + block + stream (2 ranks)"):
+    r = rows.pop("step + stream (2 ranks)")
+    assert r["refused"] is None and r["nfe_ratio"] == 2.0  # TaylorSeer halves the calls on the ring too
+    for name in ("block + stream (2 ranks)", "step + block + stream (2 ranks)"):
         r = rows.pop(name)
-        assert r["refused"] == stack.PP_REFUSAL, name
+        assert "drafter" in r["refused"] and "ranks=2" in r["refused"], name
         assert all(r[k] is None for k in ("time_s", "launch_s", "speedup", "fps", "nfe_ratio", "accept_rate",
                                            "quality", "quality_retention", "psnr", "ssim",
                                            "composition_efficiency")), name
@@ -214,8 +215,9 @@ def test_a_tiny_run_end_to_end_measures_every_row_the_stream_combinations_includ
     lines = stack.markdown(doc).splitlines()
     assert "refused" in lines[2]
     table = [line for line in lines[4:] if line.startswith("|")]
-    assert [line.endswith(f"| {stack.PP_REFUSAL} |") for line in table] == [False] * 9 + [True] * 3
-    assert "stream (2 ranks): timed by the last rank's clock" in lines[-1]
+    assert ["serves the drafter" in line or "cannot serve the drafter" in line for line in table] == \
+        [False] * 10 + [True] * 2
+    assert "stream (2 ranks): timed by rank 0's pipe.stream clock" in "\n".join(lines[-3:])
 
 
 def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeypatch):
@@ -232,7 +234,7 @@ def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeyp
         return pipe
 
     monkeypatch.setattr(stack, "build", emitted_drafter)
-    monkeypatch.setattr(pp, "launch", lambda *a, **k: pytest.fail("ranks launched"))
+    monkeypatch.setattr(trial, "launch", lambda *a, **k: pytest.fail("ranks launched"))
     doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True, ranks=0)  # no pipeline-parallel rows
     rows = {r["name"]: r for r in doc["rows"]}
     assert list(rows) == [c.name for c in stack.configs(0.0, ranks=0)][1:] and doc["config"]["ranks"] is None
@@ -244,15 +246,19 @@ def test_a_row_the_stream_loop_refuses_is_reported_refused_and_never_run(monkeyp
     assert "drafter_context='emitted'" in stack.markdown(doc)
 
 
-def test_the_ranks_rows_the_runtime_cannot_run_are_refused_with_its_message_before_any_process(monkeypatch):
-    """One chunk cannot fill 2 ranks: the runtime's own check refuses the row, no process starts."""
-    _tiny_models(monkeypatch)
-    monkeypatch.setattr(pp, "launch", lambda *a, **k: pytest.fail("ranks launched"))
-    doc = stack.run_bench(n=1, tau=0.0, frames=3, quiet=True)
-    rows = {r["name"]: r for r in doc["rows"]}
-    assert "at least 6 latent frames" in rows["stream (2 ranks)"]["refused"]
-    assert rows["stream (2 ranks)"]["speedup"] is None
-    assert rows["step + stream (2 ranks)"]["refused"] == stack.PP_REFUSAL
+def test_the_ranks_rows_with_a_drafter_are_refused_with_the_loops_message_before_any_process(monkeypatch):
+    """The ring serves no drafter: the stream loop's own validation refuses the rows with the block
+    level (no model runs, no process starts); the others pass it."""
+    models = _tiny_models(monkeypatch)
+    monkeypatch.setattr(trial, "launch", lambda *a, **k: pytest.fail("ranks launched"))
+    src = stack.source(models.target, "a red circle", 0, 3)
+    for c in stack.configs(0.0):
+        if c.parallel:
+            pipe = stack.build(models, c)
+            why = stack.pp_refusal(pipe, c, src)
+            pipe.close()
+            assert (why is not None) == ("block" in c.levels), (c.name, why)
+            assert why is None or ("drafter" in why and "ranks=2" in why)
 
 
 @pytest.mark.parametrize("argv,ranks", [([], 2), (["--ranks", "0"], 0), (["--ranks", "1"], 1), (["--quick"], 0),
