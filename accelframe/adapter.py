@@ -267,9 +267,10 @@ class StageRing(Protocol):
     what rank 0 sends until it ends) and ``close()``."""
 
     def stage_ring(self, ranks: int, *, partition: Sequence[int] | None, timeout_s: float,
-                   decode_rank: int | None) -> Any:
+                   decode_rank: int | None, rebalance: Any) -> Any:
         """Join the ring of ``ranks`` ranks, blocks split by ``partition`` (None: evenly), streams
-        decoded on ``decode_rank`` (None: spread over the ranks)."""
+        decoded on ``decode_rank`` (None: spread over the ranks), the partition rebalanced once
+        from measured times (``rebalance``: True, False or the ring's settings)."""
 
 
 @runtime_checkable

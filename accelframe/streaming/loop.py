@@ -171,7 +171,7 @@ class StreamLoop:
                  on_batch: Callable[[dict[str, Any]], None] | None = None,
                  drain_when_idle: bool = True, ranks: int = 1, lanes: int | None = None,
                  partition: Sequence[int] | None = None, rank_timeout_s: float = 60.0,
-                 decode_rank: int | None = None) -> None:
+                 decode_rank: int | None = None, rebalance: Any = True) -> None:
         self.pipe = pipe
         self.adapter = pipe.adapter
         self.sources = tuple(sources)
@@ -192,6 +192,7 @@ class StreamLoop:
         self.partition = None if partition is None else tuple(partition)
         self.rank_timeout_s = rank_timeout_s
         self.decode_rank = decode_rank
+        self.rebalance = rebalance
         self.ring: Any = None  # the ring while a run on ranks is under way
         self.fmap = FrameMap.of(self.adapter)
         self.trace = Trace(enabled=pipe.trace)
@@ -399,7 +400,7 @@ class StreamLoop:
         if self.ranks == 1:
             return self._run()
         self.ring = self.adapter.stage_ring(self.ranks, partition=self.partition, timeout_s=self.rank_timeout_s,
-                                            decode_rank=self.decode_rank)
+                                            decode_rank=self.decode_rank, rebalance=self.rebalance)
         if not self.ring.driver:
             self.ring.serve()  # until rank 0 ends the stream (or fails)
             return None
@@ -409,6 +410,8 @@ class StreamLoop:
             return self._run()
         finally:
             self.adapter = self._batch.target = target
+            if self.ring.log:  # the rebalance's measurements and decision
+                self.trace.add("rebalance", **self.ring.log)
             self.ring.close()
             self.ring = None
 

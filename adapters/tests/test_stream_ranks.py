@@ -187,3 +187,36 @@ def test_the_stream_command_starts_its_peer_ranks_and_writes_the_video(tmp_path)
     doc = json.loads(got.stdout)
     assert doc["ranks"] == 2 and doc["streams"]["s0"]["frames"] == 21
     assert out.exists() and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("start,moved", [([0, 1, 4], "back"), ([0, 3, 4], "forward")])
+def test_a_rebalance_moves_blocks_and_their_kv_and_changes_no_number(start, moved, tmp_path):
+    """Forced times (every block 1 s, no overhead) make the balancer move to (0, 2, 4): block 1 from
+    rank 1 back to rank 0, or block 2 forward to rank 1, with both streams' K/V; the frames stay
+    what one process with two lanes gives."""
+    cfg = {"streams": streams(2), "policies": [ROLL]}
+    ref = reference(cfg, lanes=2)
+    got = launch({**cfg, "partition": start, "rebalance": {"at": 6, "measure": 3, "block_times": [1.0] * 4,
+                                                           "overheads": [0.0, 0.0]}}, tmp_path, ranks=2)
+    assert_close(got, ref)
+    rb = got["rebalance"]
+    assert rb["moved"] and rb["partition_before"] == start and rb["proposed"] == [0, 2, 4]
+    assert [m["blocks"] for m in rb["measured"]] == [start[1], 4 - start[1]]
+    assert all(m["stage_s"] > 0 and m["busy_s"] >= m["stage_s"] * 0.5 for m in rb["measured"])
+
+
+def test_the_rebalance_measures_the_ranks_and_keeps_a_partition_it_cannot_better(tmp_path):
+    cfg = {"streams": streams(2), "policies": [ROLL], "partition": [0, 2, 4],
+           "rebalance": {"at": 6, "measure": 3, "block_times": [1.0] * 4, "overheads": [0.0, 0.0]}}
+    got = launch(cfg, tmp_path, ranks=2)
+    assert got["error"] is None and got["rebalance"]["moved"] is False
+    assert got["rebalance"]["stage_times_s"] == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("rebalance", [{"at": 2, "measure": 3}, {"when": 3}, {"overheads": [1.0]}, "yes"])
+def test_a_bad_rebalance_is_a_config_error(rebalance):
+    from accelframe_adapters.parallel.ring import check_rebalance
+
+    with pytest.raises(ConfigError) as exc:
+        check_rebalance(rebalance, 4, 2)
+    assert exc.value.field == "rebalance"

@@ -16,7 +16,18 @@ and goes on down the ring as a message, in the order rank 0 issues them:
   sends the velocities back to rank 0;
 - ``DECODE``: a finished chunk's clean latents, for the rank that decodes its stream (it keeps
   the stream's decode cache and sends the pixels back to rank 0);
+- ``REPARTITION``: new block bounds (the rebalance below); every rank sends the K/V of the blocks
+  it gives up to their new owner and takes those of the blocks it gains, at that point of the order;
 - ``END``: the stream is over; every rank leaves :meth:`Worker.serve`.
+
+**Rebalance** (paper section 4.2, once per run): over the ``measure`` rows passes before pass
+``at`` every rank times its blocks (commits and rows passes) and its main thread's busy time; the
+others send theirs to rank 0 when they run pass ``at``. When rank 0 starts pass ``at + R`` it
+takes their times (a block's time: its rank's block time over its block count, the DiT's blocks
+being alike; a rank's overhead: its busy time less its blocks'), computes
+:func:`~accelframe_adapters.parallel.partition.balance` and, if
+:func:`~accelframe_adapters.parallel.partition.worth_moving`, sends ``REPARTITION`` before that
+pass. The numbers do not change: the same blocks run in the same order, only elsewhere.
 
 Each rank sees the same sequence of K/V writes and reads as one process running the same schedule
 (messages on a channel keep their order), so R ranks give one process's numbers with ``lanes=R``.
@@ -37,6 +48,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 from typing import Any, Sequence
 
 import torch
@@ -47,9 +59,10 @@ from accelframe_adapters.parallel import partition as part
 from accelframe_adapters.parallel.comm import DistLink, RankFailedError
 from accelframe_adapters.wan.dit import CrossCache, rows_pass
 
-INIT, KV, COMMIT, ROWS, END, DECODE = 1, 2, 3, 4, 5, 6
+INIT, KV, COMMIT, ROWS, END, DECODE, REPARTITION, MOVE, TIMES = 1, 2, 3, 4, 5, 6, 7, 8, 9
 OPS = {INIT: "a new stream", KV: "a KV change", COMMIT: "a commit", ROWS: "a rows pass", END: "the end",
-       DECODE: "a decode"}
+       DECODE: "a decode", REPARTITION: "a new partition", MOVE: "a block's K/V", TIMES: "measured times"}
+REBALANCE = {"at": 16, "measure": 6, "min_gain": 0.05, "block_times": None, "overheads": None}
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 
@@ -155,13 +168,15 @@ class Pending:
     """A rows pass in flight: the receive of its velocities ``shape`` (posted when the pass starts,
     so the last rank's send completes at once); :meth:`result` waits for it."""
 
-    def __init__(self, link: Any, posted: Any, shape: tuple[int, ...]) -> None:
-        self.link, self.posted, self.shape = link, posted, shape
+    def __init__(self, link: Any, posted: Any, shape: tuple[int, ...], waited: Any) -> None:
+        self.link, self.posted, self.shape, self.waited = link, posted, shape, waited
         self.value: torch.Tensor | None = None
 
     def result(self) -> torch.Tensor:
         if self.value is None:
+            t0 = time.perf_counter()
             (v,) = self.link.wait(self.posted)
+            self.waited(time.perf_counter() - t0)
             self.value = v.view(self.shape)
         return self.value
 
@@ -230,7 +245,9 @@ class RemotePixels:
     def result(self) -> torch.Tensor:
         self.driver._send_decodes()
         if self.value is None:
+            t0 = time.perf_counter()
             (v,) = self.driver._ring.link.wait(self.posted)
+            self.driver._ring.wait_time(time.perf_counter() - t0)
             self.value = v.view(self.shape)
         return self.value
 
@@ -250,6 +267,9 @@ class Driver:
         self._streams = 0
         self._passes = 0  # rows passes started
         self._later: list[tuple[dict[str, Any], torch.Tensor]] = []  # decodes to send after the next pass
+        self._states: dict[int, Any] = {}  # the streams' states by ring id (their K/V may move)
+        self._mark = 0.0  # rank 0's clock at the start of the measured window
+        self._measured: list[dict[str, float]] | None = None  # rank 0's times, then every rank's
 
     def __getattr__(self, name: str) -> Any:
         if name in Driver._HIDDEN:
@@ -259,6 +279,7 @@ class Driver:
     def init_state(self, request: Request, cond: Any) -> Any:
         state = self._inner.init_state(request, cond)
         state.family["ring_stream"] = sid = self._streams
+        self._states[sid] = state
         ring = self._ring
         state.family["ring_decoder"] = dec = sid % ring.world if ring.decode_rank is None else ring.decode_rank
         self._streams += 1
@@ -302,7 +323,10 @@ class Driver:
     def commit(self, x0: torch.Tensor, frames: tuple[int, int], state: Any) -> None:
         ad, (lo, hi) = self._inner, self._ring.blocks
         tokens, grid = ad.dit.embed(ad.to_model(x0))  # [B, F, S, D]
+        t0 = time.perf_counter()
         tokens = commit_blocks(ad, tokens, frames, state, grid, lo, hi)
+        if self._in_window():
+            self._ring.stage_s += time.perf_counter() - t0
         self._ring.down(COMMIT, {"stream": state.family["ring_stream"], "frames": list(frames),
                                  "grid": list(grid)}, [tokens])
 
@@ -310,10 +334,14 @@ class Driver:
     def submit_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
                     states: Sequence[Any]) -> Pending:
         """Start a rows pass (``denoise_rows``' arguments): rank 0's blocks now, the rest on the ring."""
+        self._rebalance()
         ad, (lo, hi) = self._inner, self._ring.blocks
         tokens, grid = ad.dit.embed(ad.to_model(xs))  # [R, F, S, D]
         passes = [tokens] * (2 if ad.config.guidance_scale > 1.0 else 1)
+        t0 = time.perf_counter()
         _, passes = rows_blocks(ad, passes, sigmas, starts, states, grid, lo, hi)
+        if self._ring.measuring(self._passes):
+            self._ring.stage_s += time.perf_counter() - t0
         self._ring.down(ROWS, {"streams": [st.family["ring_stream"] for st in states],
                                "sigmas": [float(s) for s in sigmas], "starts": [int(s) for s in starts],
                                "grid": list(grid)}, passes)
@@ -322,11 +350,35 @@ class Driver:
         posted = self._ring.link.recv([(_numel(shape), torch.float32)], self._ring.world - 1,
                                       f"the velocities of rows pass {self._passes}", "return")
         self._passes += 1
-        return Pending(self._ring.link, posted, shape)
+        return Pending(self._ring.link, posted, shape, self._ring.wait_time)
 
     def denoise_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
                      states: Sequence[Any]) -> torch.Tensor:
         return self.submit_rows(xs, sigmas, starts, states).result()
+
+    def _in_window(self) -> bool:
+        rb = self._ring.rebalance
+        return rb is not None and rb["at"] - rb["measure"] <= self._passes - 1 < rb["at"]
+
+    def _rebalance(self) -> None:
+        """Before rows pass ``k``: start or end the measured window; at ``at + R`` decide."""
+        ring, rb, k = self._ring, self._ring.rebalance, self._passes
+        if rb is None:
+            return
+        now = time.perf_counter()
+        if k == rb["at"] - rb["measure"]:
+            self._mark, ring.waited, ring.stage_s = now, 0.0, 0.0
+        elif k == rb["at"]:  # rank 0's busy time: the window's wall time less its waits
+            ring.busy_s = (now - self._mark) - ring.waited
+            self._measured = [ring.times()]
+        elif k == rb["at"] + ring.world and self._measured is not None:
+            for r in range(1, ring.world):
+                got = ring.msgs.recv(r, "kv")[1]
+                self._measured.append({key: v for key, v in got.items() if key != "tensors"})
+            new = ring.decide(self._measured)
+            if new is not None:
+                ring.down(REPARTITION, {"bounds": list(new)})
+                ring.move(new, self._states)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,14 +393,28 @@ class Worker:
         self.ad, self.ring = ad, ring
         self.states: dict[int, Any] = {}
         self.ops = 0  # ops handled (what a test that kills a rank mid-stream counts)
+        self.rows = 0  # rows passes handled
+        self.in_window = False  # the last rows pass was measured: so are the commits after it
 
     @torch.no_grad()
     def serve(self) -> None:
-        ring = self.ring
+        ring, rb = self.ring, self.ring.rebalance
         while True:
             op, meta, tensors = ring.msgs.recv(ring.rank - 1)
             self.ops += 1
-            if self.handle(op, meta, tensors):
+            if op == ROWS:  # the measured window: its rows passes and what comes between them
+                if rb is not None and self.rows == rb["at"] - rb["measure"]:
+                    ring.stage_s = ring.busy_s = 0.0
+                self.in_window = ring.measuring(self.rows)
+            t0 = time.perf_counter()
+            done = self.handle(op, meta, tensors)
+            if self.in_window:
+                ring.busy_s += time.perf_counter() - t0
+            if op == ROWS:
+                if rb is not None and self.rows == rb["at"] - 1:
+                    ring.msgs.send(0, TIMES, ring.times(), (), "kv")  # what rank 0 balances with
+                self.rows += 1
+            if done:
                 return
 
     def _decode(self, latents: torch.Tensor, state: Any) -> None:
@@ -366,14 +432,20 @@ class Worker:
             sinks = None if meta["sinks"] is None else tuple(meta["sinks"])
             ad.kv_apply(self.states[meta["stream"]], tuple(meta["evict"]), sinks, meta["rope_reset"])
         elif op == COMMIT:
+            t0 = time.perf_counter()
             tensors = [commit_blocks(ad, tensors[0], tuple(meta["frames"]), self.states[meta["stream"]],
                                      tuple(meta["grid"]), lo, hi)]
+            if self.in_window:
+                ring.stage_s += time.perf_counter() - t0
             if ring.last:
                 return False  # the last rank's commit ends here: nothing reads its output
         elif op == ROWS:
             states = [self.states[s] for s in meta["streams"]]
+            t0 = time.perf_counter()
             p, tensors = rows_blocks(ad, tensors, meta["sigmas"], meta["starts"], states, tuple(meta["grid"]),
                                      lo, hi)
+            if self.in_window:
+                ring.stage_s += time.perf_counter() - t0
             if ring.last:
                 ring.link.send([rows_out(ad, p, tensors).float()], 0, "velocities", "return")
                 return False
@@ -381,6 +453,11 @@ class Worker:
             if meta["decoder"] == ring.rank:  # on the decode thread, in order; the pixels go to rank 0
                 ring.decoder.submit(self._decode, tensors[0].clone(), self.states[meta["stream"]])
                 return False  # the ranks after this one have nothing to do with it
+        elif op == REPARTITION:
+            if not ring.last:
+                ring.msgs.send(ring.rank + 1, op, meta, tensors)  # the next rank may wait for this one's K/V
+            ring.move(tuple(meta["bounds"]), self.states)
+            return False
         elif op != END:
             raise AssertionError(f"rank {ring.rank}: unknown op {op}")
         if not ring.last:
@@ -397,8 +474,12 @@ class Ring:
     """This process's place in the ring: its rank, its blocks ``[lo, hi)``, its messages."""
 
     def __init__(self, adapter: Any, rank: int, world: int, bounds: tuple[int, ...], link: Any,
-                 decode_rank: int | None = None) -> None:
+                 decode_rank: int | None = None, rebalance: dict[str, Any] | None = None) -> None:
         self.rank, self.world, self.bounds, self.decode_rank = rank, world, bounds, decode_rank
+        self.rebalance = rebalance  # None: the partition stays
+        self.stage_s = self.busy_s = 0.0  # measured: this rank's blocks, its main thread
+        self.log: dict[str, Any] = {}  # rank 0: the rebalance's decision
+        self.waited = 0.0  # rank 0: seconds waiting for velocities and pixels
         self.blocks = (bounds[rank], bounds[rank + 1])
         self.driver, self.last = rank == 0, rank == world - 1
         self.link = link
@@ -410,6 +491,56 @@ class Ring:
 
     def down(self, op: int, meta: dict[str, Any], tensors: Sequence[torch.Tensor] = ()) -> None:
         self.msgs.send(1, op, meta, tensors)
+
+    # ---- the rebalance ------------------------------------------------------------------------
+
+    def wait_time(self, seconds: float) -> None:
+        self.waited += seconds
+
+    def measuring(self, rows_pass: int) -> bool:
+        """Whether rows pass ``rows_pass`` is in the measured window."""
+        rb = self.rebalance
+        return rb is not None and rb["at"] - rb["measure"] <= rows_pass < rb["at"]
+
+    def times(self) -> dict[str, float]:
+        n = self.rebalance["measure"]
+        return {"stage_s": self.stage_s / n, "busy_s": self.busy_s / n, "blocks": self.blocks[1] - self.blocks[0]}
+
+    def decide(self, measured: list[dict[str, float]]) -> tuple[int, ...] | None:
+        """Rank 0: the partition the measured times ask for, or None to keep this one."""
+        rb, layers = self.rebalance, self.bounds[-1]
+        blocks: list[float] = []
+        for m in measured:
+            blocks += [m["stage_s"] / max(m["blocks"], 1)] * int(m["blocks"])
+        over = [max(m["busy_s"] - m["stage_s"], 0.0) for m in measured]
+        blocks = list(rb["block_times"] or blocks)[:layers]
+        over = list(rb["overheads"] or over)
+        new = part.balance(blocks, over, self.world, current=self.bounds)
+        move = part.worth_moving(self.bounds, new, blocks, over, rb["min_gain"])
+        self.log = {"measured": measured, "block_times_s": blocks, "overheads_s": over,
+                    "partition_before": list(self.bounds), "proposed": list(new), "moved": move,
+                    "stage_times_s": part.stage_times(self.bounds, blocks, over),
+                    "stage_times_after_s": part.stage_times(new if move else self.bounds, blocks, over)}
+        return tuple(new) if move else None
+
+    def move(self, new: tuple[int, ...], states: dict[int, Any]) -> None:
+        """Switch to ``new`` bounds: the K/V of each block this rank gives up to its new owner, those
+        of the blocks it gains from their old owner (every stream's, at this point of the order)."""
+        moved = part.moved_blocks(self.bounds, new)
+        for layer, a, b in moved:
+            if a == self.rank:
+                has = [sid for sid in sorted(states) if states[sid].kv.k[layer] is not None]
+                kv = [t for sid in has for t in (states[sid].kv.k[layer], states[sid].kv.v[layer])]
+                self.msgs.send(b, MOVE, {"layer": layer, "streams": has}, kv, "kv")
+                for sid in has:
+                    states[sid].kv.k[layer] = states[sid].kv.v[layer] = None
+        for layer, a, b in moved:
+            if b == self.rank:
+                _, meta, kv = self.msgs.recv(a, "kv")
+                assert meta["layer"] == layer, f"rank {self.rank}: K/V of block {layer} expected, not {meta['layer']}"
+                for i, sid in enumerate(meta["streams"]):
+                    states[sid].kv.k[layer], states[sid].kv.v[layer] = kv[2 * i].clone(), kv[2 * i + 1].clone()
+        self.bounds, self.blocks = new, (new[self.rank], new[self.rank + 1])
 
     def serve(self) -> None:
         try:
@@ -442,8 +573,31 @@ class Ring:
             dist.destroy_process_group()
 
 
+def check_rebalance(rebalance: Any, layers: int, ranks: int) -> dict[str, Any] | None:
+    """``rebalance`` as the ring's settings: True (the defaults, :data:`REBALANCE`), False (the
+    partition stays) or a dict of some of its keys (``block_times`` / ``overheads`` replace the
+    measured times: the tests force moves with them); a ConfigError names a bad one."""
+    if rebalance is False or ranks == 1:
+        return None
+    if rebalance is True:
+        return dict(REBALANCE)
+    if not isinstance(rebalance, dict) or set(rebalance) - set(REBALANCE):
+        raise ConfigError("StreamLoop", "rebalance", rebalance,
+                          f"True, False or a dict with keys among {sorted(REBALANCE)}")
+    rb = {**REBALANCE, **rebalance}
+    ok = (isinstance(rb["at"], int) and isinstance(rb["measure"], int) and 1 <= rb["measure"] <= rb["at"]
+          and 0.0 <= rb["min_gain"] < 1.0
+          and (rb["block_times"] is None or len(rb["block_times"]) == layers)
+          and (rb["overheads"] is None or len(rb["overheads"]) == ranks))
+    if not ok:
+        raise ConfigError("StreamLoop", "rebalance", rebalance,
+                          f"at >= measure >= 1 rows passes, min_gain in [0, 1), block_times {layers} numbers, "
+                          f"overheads {ranks} numbers")
+    return rb
+
+
 def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, timeout_s: float = 60.0,
-         decode_rank: int | None = None, env: dict[str, str] | None = None) -> Ring:
+         decode_rank: int | None = None, rebalance: Any = True, env: dict[str, str] | None = None) -> Ring:
     """Join the ring of ``ranks`` processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from
     ``env``, default the environment: torchrun's); gloo on the CPU, nccl on a GPU."""
     import torch.distributed as dist
@@ -473,7 +627,8 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
     except RuntimeError as exc:
         raise RankFailedError(None, seen_by=rank, during="joining the process group",
                               cause=str(exc).splitlines()[0][:300]) from exc
-    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank)
+    rb = check_rebalance(rebalance, layers, ranks)
+    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank, rb)
 
 
-__all__ = ["Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring", "Worker", "join"]
+__all__ = ["REBALANCE", "Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring", "Worker", "join"]

@@ -12,7 +12,7 @@ The description (every key optional):
 - ``clock``: ``{"batch_cost_s": s}`` (a :class:`~accelframe.streaming.source.VirtualClock` that
   advances that much per batch) or ``{"after_arrival": true}`` (every frame has arrived: chunks
   pile up as behind a live source at full load);
-- ``ranks``, ``lanes``, ``partition``, ``decode_rank``, ``timeout_s``: the stream loop's;
+- ``ranks``, ``lanes``, ``partition``, ``decode_rank``, ``rebalance``, ``timeout_s``: the stream loop's;
 - testing: ``die_after`` / ``hang_after``: a rank > 0 kills itself / stops answering after handling
   that many ops.
 
@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 DEFAULT_PROMPT = "a red circle moves right on a blue background"
-KEYS = ("size", "policies", "streams", "clock", "ranks", "lanes", "partition", "decode_rank", "timeout_s",
-        "die_after", "hang_after")
+KEYS = ("size", "policies", "streams", "clock", "ranks", "lanes", "partition", "decode_rank", "rebalance",
+        "timeout_s", "die_after", "hang_after")
 STREAM_KEYS = ("id", "prompt", "seed", "frames", "fps", "start_s", "v2v")
 
 
@@ -146,8 +146,8 @@ def run(cfg: dict[str, Any], pipe: Any = None) -> dict[str, Any] | None:
     try:
         res = pipe.stream(srcs, clock=clock(cfg, srcs), stream_batch=True, ranks=cfg.get("ranks", 1),
                           lanes=cfg.get("lanes"), partition=cfg.get("partition"),
-                          decode_rank=cfg.get("decode_rank"), rank_timeout_s=cfg.get("timeout_s", 60.0),
-                          sinks=[sink])
+                          decode_rank=cfg.get("decode_rank"), rebalance=cfg.get("rebalance", True),
+                          rank_timeout_s=cfg.get("timeout_s", 60.0), sinks=[sink])
     except Exception as exc:  # noqa: BLE001 - reported: the caller reads what rank 0 saw
         if int(os.environ.get("RANK", "0")) != 0:
             raise
@@ -161,6 +161,7 @@ def run(cfg: dict[str, Any], pipe: Any = None) -> dict[str, Any] | None:
         doc["frames"] = {k: o.frames for k, o in res.outputs.items()}
         doc["stats"] = res.stats.to_dict()
         doc["kv"] = list(res.trace.of("kv"))
+        doc["rebalance"] = next(iter(res.trace.of("rebalance")), None)
         doc["batches"] = len(res.batches)
     return doc
 
