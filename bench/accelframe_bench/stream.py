@@ -249,8 +249,8 @@ def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int 
     from accelframe_adapters.parallel import trial
 
     cfg: dict[str, Any] = {  # streams of the world's 27 latent frames, one starting every RANK_STAGGER_S
-        "streams": [{"id": f"s{i}", "seed": i, "frames": RANK_FRAMES, "fps": RANK_FPS, "start_s": RANK_STAGGER_S * i}
-                    for i in range(RANK_STREAMS)],
+        "streams": [{"id": f"s{i}", "seed": i, "frames": RANK_FRAMES, "fps": RANK_FPS,
+                     "start_s": RANK_STAGGER_S * i} for i in range(RANK_STREAMS)],
         "clock": {"batch_cost_s": RANK_BATCH_S}, "policies": [["slo-batch", {"max_streams": RANK_STREAMS}]]}
     if partition is not None:
         cfg["partition"] = list(partition)
@@ -271,7 +271,12 @@ def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int 
                     if many["error"] is not None:
                         raise RuntimeError(f"the {ranks}-rank run failed: {many['error']}")
                     t1 = (one["wall_s"] + again["wall_s"]) / 2
+                    rb = many.get("rebalance") or {}
                     rows.append({"wall_1_s": t1, "wall_ranks_s": many["wall_s"], "ratio": t1 / many["wall_s"],
+                                 "partition_before": rb.get("partition_before"),
+                                 "partition_after": rb.get("proposed") if rb.get("moved")
+                                 else rb.get("partition_before"),
+                                 "stage_times_s": rb.get("stage_times_s"), "overheads_s": rb.get("overheads_s"),
                                  "max_diff": max(float((many["frames"][k2] - f).abs().max())
                                                  for k2, f in ref["frames"].items())})
     finally:
