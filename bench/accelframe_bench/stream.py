@@ -237,7 +237,8 @@ RANK_STAGGER_S = 0.06  # a stream starts every 6 batches
 def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int | None = None,
                 partition: list[int] | None = None) -> dict[str, Any]:
     """The stream loop on ``ranks`` processes against one process, the same streams (``RANK_STREAMS``
-    text-to-video streams starting one after another, slo-batch, the stream batch), each run timed
+    text-to-video streams starting one after another, fixed-batch (every stream with frames in each
+    batch: a throughput run, no SLO), the stream batch), each run timed
     by its own ``pipe.stream`` wall clock, decoding included. Per repeat: one process, the ranks, one
     process again (the machine's load moves both; ``throughput_1`` is their mean); the headline is
     the median repeat by ratio. ``equal``: the ranks' frames against one process running the same
@@ -251,7 +252,7 @@ def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int 
     cfg: dict[str, Any] = {  # streams of the world's 27 latent frames, one starting every RANK_STAGGER_S
         "streams": [{"id": f"s{i}", "seed": i, "frames": RANK_FRAMES, "fps": RANK_FPS,
                      "start_s": RANK_STAGGER_S * i} for i in range(RANK_STREAMS)],
-        "clock": {"batch_cost_s": RANK_BATCH_S}, "policies": [["slo-batch", {"max_streams": RANK_STREAMS}]]}
+        "clock": {"batch_cost_s": RANK_BATCH_S}, "policies": [["fixed-batch", {"max_streams": RANK_STREAMS}]]}
     if partition is not None:
         cfg["partition"] = list(partition)
     pipe = trial.pipeline(cfg, hooks=hooks)
