@@ -144,8 +144,8 @@ class _LatentFramesForNow(_LatentFrames):
 
 
 def add_latent_frame_options(p: argparse.ArgumentParser, *, latent_help: str, default: int | None = None) -> Any:
-    """``--latent-frames N`` for a command that counts latent frames (a benchmark, calibration,
-    the pipeline-parallel launcher), stored as ``latent_frames``; ``--frames N`` still means the
+    """``--latent-frames N`` for a command that counts latent frames (a benchmark, calibration),
+    stored as ``latent_frames``; ``--frames N`` still means the
     same there, with a FutureWarning (it will count pixel frames, as in :func:`add_frame_options`).
     Returns the mutually exclusive group."""
     count = p.add_mutually_exclusive_group()

@@ -1,7 +1,7 @@
 """Where every command writes: output paths checked before work, files written whole or not at all.
 
 One rule for every output of every command (``generate``, ``stream``, the benchmarks, ``world``,
-the pipeline-parallel launcher):
+``python -m accelframe_adapters.parallel``):
 
 - :func:`check_output` / :func:`check_folder` run before any model is loaded or called: the
   parent folder is created (as ``accelframe stream`` always did) or the path is refused with a

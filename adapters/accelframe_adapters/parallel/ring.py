@@ -57,7 +57,7 @@ from accelframe.errors import ConfigError
 from accelframe.types import KVWrite, Request
 from accelframe_adapters.parallel import partition as part
 from accelframe_adapters.parallel.comm import DistLink, RankFailedError
-from accelframe_adapters.wan.dit import CrossCache, rows_pass
+from accelframe_adapters.wan.dit import cat_cross, rows_pass
 
 INIT, KV, COMMIT, ROWS, END, DECODE, REPARTITION, MOVE, TIMES = 1, 2, 3, 4, 5, 6, 7, 8, 9
 OPS = {INIT: "a new stream", KV: "a KV change", COMMIT: "a commit", ROWS: "a rows pass", END: "the end",
@@ -114,14 +114,6 @@ def _numel(shape: Sequence[int]) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _cat_cross(caches: Sequence[CrossCache]) -> CrossCache:
-    if len(caches) == 1:
-        return caches[0]
-    n = len(caches[0].k)
-    return CrossCache(k=[torch.cat([c.k[i] for c in caches]) for i in range(n)],
-                      v=[torch.cat([c.v[i] for c in caches]) for i in range(n)])
-
-
 def commit_blocks(ad: Any, tokens: torch.Tensor, frames: tuple[int, int], state: Any, grid: tuple[int, int, int],
                   lo: int, hi: int) -> torch.Tensor:
     """Blocks ``[lo, hi)`` of the commit pass of clean ``tokens [B, F, S, D]`` (frames ``frames``):
@@ -144,9 +136,9 @@ def rows_blocks(ad: Any, passes: Sequence[torch.Tensor], sigmas: Sequence[float]
     prompt's with guidance: each ``[R, F, S, D]``), read only."""
     t, ropes = ad.rows_timing(sigmas, starts, states, grid[0])
     p = rows_pass(ad.dit, grid, t, ropes, [st.kv for st in states], passes[0].device)
-    crosses = [_cat_cross([st.cross for st in states])]
+    crosses = [cat_cross([st.cross for st in states])]
     if len(passes) > 1:
-        crosses.append(_cat_cross([st.family["uncond"] for st in states]))
+        crosses.append(cat_cross([st.family["uncond"] for st in states]))
     return p, [p.blocks(ad.dit, x, c, lo, hi) for x, c in zip(passes, crosses)]
 
 
@@ -537,7 +529,7 @@ class Ring:
         for layer, a, b in moved:
             if b == self.rank:
                 _, meta, kv = self.msgs.recv(a, "kv")
-                assert meta["layer"] == layer, f"rank {self.rank}: K/V of block {layer} expected, not {meta['layer']}"
+                assert meta["layer"] == layer, f"rank {self.rank}: K/V of block {layer}, not {meta['layer']}"
                 for i, sid in enumerate(meta["streams"]):
                     states[sid].kv.k[layer], states[sid].kv.v[layer] = kv[2 * i].clone(), kv[2 * i + 1].clone()
         self.bounds, self.blocks = new, (new[self.rank], new[self.rank + 1])
@@ -631,4 +623,5 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
     return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank, rb)
 
 
-__all__ = ["REBALANCE", "Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring", "Worker", "join"]
+__all__ = ["REBALANCE", "Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring", "Worker",
+           "check_rebalance", "join"]

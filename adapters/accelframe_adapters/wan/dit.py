@@ -25,7 +25,7 @@ so a bfloat16 model on a GPU behaves as the reference does.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import attrs
 import torch
@@ -349,6 +349,15 @@ class CrossCache:
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
+
+
+def cat_cross(caches: Sequence[CrossCache]) -> CrossCache:
+    """The cross-attention K/V of several rows' prompts as one batch."""
+    if len(caches) == 1:
+        return caches[0]
+    n = len(caches[0].k)
+    return CrossCache(k=[torch.cat([c.k[i] for c in caches]) for i in range(n)],
+                      v=[torch.cat([c.v[i] for c in caches]) for i in range(n)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -748,5 +757,5 @@ def diffusers_config(cfg: WanDiTConfig, *, skyreels: bool = True) -> dict:
 
 
 __all__ = ["CrossCache", "KVCache", "RowsContext", "RowsPass", "WanDiT", "WanDiTConfig", "block_causal_mask",
-           "diffusers_config", "forward_rows", "from_diffusers_key", "rows_pass", "to_diffusers_key",
+           "cat_cross", "diffusers_config", "forward_rows", "from_diffusers_key", "rows_pass", "to_diffusers_key",
            "unpatchify"]

@@ -33,7 +33,7 @@ from accelframe.types import Iteration, KVWrite, Request, UnitSpan
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.wan.flow import few_step_schedule, renoise
 from accelframe_adapters.wan.common import WanAdapter, WanState, read_dit_file
-from accelframe_adapters.wan.dit import CrossCache, KVCache, forward_rows
+from accelframe_adapters.wan.dit import CrossCache, KVCache, cat_cross, forward_rows
 
 
 def _step_list(inst: Any, attribute: Any, value: tuple[float, ...]) -> None:
@@ -192,9 +192,9 @@ class SelfForcingAdapter(BlockLoopAdapter):
         t, ropes = self.rows_timing(sigmas, starts, states, xs.shape[1])
         caches = [st.kv for st in states]
         xm = self.to_model(xs)  # [R, C, F, H, W]
-        out = forward_rows(self.dit, xm, t, _cat_cross([st.cross for st in states]), ropes, caches)
+        out = forward_rows(self.dit, xm, t, cat_cross([st.cross for st in states]), ropes, caches)
         if self.config.guidance_scale > 1.0:
-            uncond = _cat_cross([st.family["uncond"] for st in states])
+            uncond = cat_cross([st.family["uncond"] for st in states])
             out_u = forward_rows(self.dit, xm, t, uncond, ropes, caches)
             out = out_u + self.config.guidance_scale * (out - out_u)
         return self.from_model(out)  # [R, F, C, H, W]
@@ -221,15 +221,6 @@ class SelfForcingAdapter(BlockLoopAdapter):
         self.dit(self.to_model(x0), t, state.cross, frame_offset=frames[0], cache=state.kv,
                  kv_write=KVWrite.COMMIT)
         state.family["next_frame"] = frames[1]
-
-
-def _cat_cross(caches: Sequence[CrossCache]) -> CrossCache:
-    """The cross-attention K/V of several rows' prompts as one batch."""
-    if len(caches) == 1:
-        return caches[0]
-    n = len(caches[0].k)
-    return CrossCache(k=[torch.cat([c.k[i] for c in caches]) for i in range(n)],
-                      v=[torch.cat([c.v[i] for c in caches]) for i in range(n)])
 
 
 __all__ = ["BlockLoopAdapter", "SelfForcingAdapter", "SelfForcingConfig"]
