@@ -267,10 +267,12 @@ class StageRing(Protocol):
     what rank 0 sends until it ends) and ``close()``."""
 
     def stage_ring(self, ranks: int, *, partition: Sequence[int] | None, timeout_s: float,
-                   decode_rank: int | None, rebalance: Any) -> Any:
+                   decode_rank: int | None, rebalance: Any, kv_embeddings: bool) -> Any:
         """Join the ring of ``ranks`` ranks, blocks split by ``partition`` (None: evenly), streams
         decoded on ``decode_rank`` (None: spread over the ranks), the partition rebalanced once
-        from measured times (``rebalance``: True, False or the ring's settings)."""
+        from measured times (``rebalance``: True, False or the ring's settings); with
+        ``kv_embeddings`` rank 0's side offers ``kv_embeddings`` (every block's K/V summarised on the
+        rank that holds it)."""
 
 
 @runtime_checkable

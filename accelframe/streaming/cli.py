@@ -83,13 +83,12 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                    max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
                    block_frames: int = 3, trace: bool = False, drafter_size: str | None = None,
-                   policies: Any = (), sink_refresh: bool = True) -> Any:
+                   policies: Any = ()) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
     ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
     CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager). A
     ``drafter_size`` adds a self-forcing drafter of that size; ``policies`` (``(name, kwargs)``
-    pairs) are used after the stream policies. ``sink_refresh=False``: rolling-kv keeps its first
-    sinks (``tau=-1``), what a ring of ranks needs (each rank holds its blocks' K/V only)."""
+    pairs) are used after the stream policies."""
     from accelframe.pipeline import Pipeline
     from accelframe.plugins import create_hooks
 
@@ -101,8 +100,7 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                     adapter_kwargs=None if adapter is not None else kwargs, **drafter)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
-        refresh = {} if sink_refresh else {"tau": -1.0}
-        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset, **refresh)
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset)
     if motion:
         pipe.use("motion-noise")
     for name, kw in policies:
@@ -197,7 +195,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=1, metavar="R",
                    help="pipeline parallelism: the DiT's blocks over R processes in a ring (with --stream-batch; "
                         "this process is rank 0 and starts the others, or run under torchrun --nproc-per-node R; "
-                        "rolling-kv then keeps its first sinks: no sink refresh; default: 1)")
+                        "default: 1)")
     p.add_argument("--partition", default=None, metavar="B0,B1,...",
                    help="with --ranks: rank r runs DiT blocks [B_r, B_r+1) (default: even; rank 0 also decodes, "
                         "so it may take fewer)")
@@ -280,7 +278,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams, block_frames=args.block_frames,
                           max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
                           motion=args.source != NO_SOURCE and not args.no_motion_noise,
-                          drafter_size=args.drafter_size, policies=args.policies, sink_refresh=args.ranks == 1)
+                          drafter_size=args.drafter_size, policies=args.policies)
     if args.latent_frames is not None:  # the adapter's VAE says how many pixel frames that many latents make
         _, args.frames = frame_counts(pipe.adapter, frames=None, latent_frames=args.latent_frames,
                                       default_latent=args.latent_frames, owner="accelframe stream")

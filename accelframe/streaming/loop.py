@@ -213,8 +213,8 @@ class StreamLoop:
                 raise ConfigError("StreamLoop", name, value, "an int >= 1")
         if not (isinstance(self.rank_timeout_s, (int, float)) and 0 < self.rank_timeout_s < 86400):
             raise ConfigError("StreamLoop", "rank_timeout_s", self.rank_timeout_s, "seconds in (0, 86400)")
-        if self.decode_rank is not None and (isinstance(self.decode_rank, bool) or not isinstance(self.decode_rank, int)
-                                             or not 0 <= self.decode_rank < self.ranks):
+        dr = self.decode_rank
+        if dr is not None and (isinstance(dr, bool) or not isinstance(dr, int) or not 0 <= dr < self.ranks):
             raise ConfigError("StreamLoop", "decode_rank", self.decode_rank,
                               f"None (streams spread over the ranks) or a rank in [0, {self.ranks})")
         if self.ranks == 1 and self.lanes == 1:
@@ -237,12 +237,6 @@ class StreamLoop:
         if caps.feature(self.adapter, caps.StageRing) is None:
             raise IncompatibleError(f"{runtime} needs an adapter that splits its DiT over ranks "
                                     f"(accelframe.adapter.StageRing); {self.pipe.adapter_name!r} has none")
-        for p in self.pipe.stack:
-            if getattr(p.policy, "uses_kv_embeddings", False):
-                raise IncompatibleError(
-                    f"{runtime} cannot serve policy {p.name!r} as configured: it compares every layer's "
-                    "cached K/V (kv_embeddings), and each rank holds only its blocks' (rolling-kv: tau=-1 "
-                    "keeps the sinks without that comparison)")
 
     def _validate(self) -> None:
         unit = self.adapter.unit_frames
@@ -400,7 +394,9 @@ class StreamLoop:
         if self.ranks == 1:
             return self._run()
         self.ring = self.adapter.stage_ring(self.ranks, partition=self.partition, timeout_s=self.rank_timeout_s,
-                                            decode_rank=self.decode_rank, rebalance=self.rebalance)
+                                            decode_rank=self.decode_rank, rebalance=self.rebalance,
+                                            kv_embeddings=any(getattr(p.policy, "uses_kv_embeddings", False)
+                                                              for p in self.pipe.stack))
         if not self.ring.driver:
             self.ring.serve()  # until rank 0 ends the stream (or fails)
             return None

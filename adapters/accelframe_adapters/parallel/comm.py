@@ -86,20 +86,20 @@ def unpack(buf: torch.Tensor, specs: Sequence[Spec]) -> list[torch.Tensor]:
     return [buf[off:off + numel * dtype.itemsize].view(dtype) for off, (numel, dtype) in zip(offs, specs)]
 
 
-CHANNELS = ("forward", "return", "kv", "pixels")
+CHANNELS = ("forward", "return", "kv", "pixels", "emb")
 # sends in flight per channel: a ring rank is several ops ahead of the next (a decode there takes
 # as long as many rows passes), each op two or three messages
 MAX_IN_FLIGHT = 64
 
 
 class DistLink:
-    """Point-to-point messages over torch.distributed, on four channels, each a process group of
-    its own: ``forward`` (rank r to r + 1), ``return`` (the last rank to rank 0), ``kv`` (block
-    K/V moves) and ``pixels`` (a decoding rank to rank 0). Each channel carries its messages in one
-    order on both ends. NCCL runs a pair's operations on one stream in issue order, so with two
-    ranks a receive of returns posted ahead of a forward send on a shared group would deadlock;
-    gloo would not mind. A message's tensors travel as one packed buffer: one operation per
-    message."""
+    """Point-to-point messages over torch.distributed, on five channels, each a process group of
+    its own: ``forward`` (rank r to r + 1), ``return`` (the last rank to rank 0), ``kv`` (block K/V
+    moves and measured times), ``pixels`` (a decoding rank to rank 0) and ``emb`` (K/V summaries
+    to rank 0). Each channel carries its messages in one order on both ends. NCCL runs a pair's
+    operations on one stream in issue order, so with two ranks a receive of returns posted ahead
+    of a forward send on a shared group would deadlock; gloo would not mind. A message's tensors
+    travel as one packed buffer: one operation per message."""
 
     def __init__(self, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
         import torch.distributed as dist
@@ -108,7 +108,8 @@ class DistLink:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.groups = {"forward": None, "return": dist.new_group(list(range(world))),
                        "kv": dist.new_group(list(range(world))),
-                       "pixels": dist.new_group(list(range(world)))}  # None: the default group
+                       "pixels": dist.new_group(list(range(world))),
+                       "emb": dist.new_group(list(range(world)))}  # None: the default group
         self._sends: dict[str, deque[tuple[Any, torch.Tensor, int, str]]] = {c: deque() for c in CHANNELS}
 
     def send(self, tensors: Sequence[torch.Tensor], dst: int, what: str, channel: str = "forward") -> None:

@@ -129,6 +129,18 @@ def commit_blocks(ad: Any, tokens: torch.Tensor, frames: tuple[int, int], state:
     return tokens
 
 
+def frame_embeddings(kv: Any, frames: int, lo: int, hi: int) -> torch.Tensor:
+    """The newest ``frames`` cached frames' token-mean K and V in blocks ``[lo, hi)``: ``[F, 2 (hi - lo),
+    B H Dh]``, K's blocks then V's (the adapter's ``kv_embeddings``, one rank's share of it)."""
+    parts = []
+    s = kv.tokens_per_frame
+    for t in (*kv.k[lo:hi], *kv.v[lo:hi]):  # each [B, Fc * S, H, Dh]
+        b, _, h, d = t.shape
+        new = t[:, -frames * s:]
+        parts.append(new.reshape(b, frames, s, h * d).float().mean(dim=2).permute(1, 0, 2).reshape(frames, -1))
+    return torch.stack(parts, dim=1)
+
+
 def rows_blocks(ad: Any, passes: Sequence[torch.Tensor], sigmas: Sequence[float], starts: Sequence[int],
                 states: Sequence[Any], grid: tuple[int, int, int], lo: int,
                 hi: int) -> tuple[Any, list[torch.Tensor]]:
@@ -260,10 +272,16 @@ class Driver:
         self._passes = 0  # rows passes started
         self._later: list[tuple[dict[str, Any], torch.Tensor]] = []  # decodes to send after the next pass
         self._states: dict[int, Any] = {}  # the streams' states by ring id (their K/V may move)
+        # with embeddings: per stream, commits sent, and per frame its K/V summary per block
+        self._commits: dict[int, int] = {}
+        self._got: dict[tuple[int, int], int] = {}  # (rank, stream) -> commits whose summary came
+        self._emb: dict[int, dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._mark = 0.0  # rank 0's clock at the start of the measured window
         self._measured: list[dict[str, float]] | None = None  # rank 0's times, then every rank's
 
     def __getattr__(self, name: str) -> Any:
+        if name == "kv_embeddings" and self._ring.embeddings:  # offered only when a policy asks for it
+            return self._kv_embeddings
         if name in Driver._HIDDEN:
             raise AttributeError(f"{name}: not on a pipeline-parallel ring (each rank holds its blocks' K/V)")
         return getattr(self._inner, name)
@@ -319,6 +337,10 @@ class Driver:
         tokens = commit_blocks(ad, tokens, frames, state, grid, lo, hi)
         if self._in_window():
             self._ring.stage_s += time.perf_counter() - t0
+        if self._ring.embeddings:
+            sid = state.family["ring_stream"]
+            self._keep_embeddings(sid, frames, lo, hi, frame_embeddings(state.kv, frames[1] - frames[0], lo, hi))
+            self._commits[sid] = self._commits.get(sid, 0) + 1
         self._ring.down(COMMIT, {"stream": state.family["ring_stream"], "frames": list(frames),
                                  "grid": list(grid)}, [tokens])
 
@@ -347,6 +369,33 @@ class Driver:
     def denoise_rows(self, xs: torch.Tensor, sigmas: Sequence[float], starts: Sequence[int],
                      states: Sequence[Any]) -> torch.Tensor:
         return self.submit_rows(xs, sigmas, starts, states).result()
+
+    def _keep_embeddings(self, sid: int, frames: Sequence[int], lo: int, hi: int, emb: torch.Tensor) -> None:
+        per = self._emb.setdefault(sid, {})
+        n = hi - lo
+        for j, f in enumerate(range(frames[0], frames[1])):
+            blocks = per.setdefault(f, {})
+            for i, layer in enumerate(range(lo, hi)):
+                blocks[layer] = (emb[j, i], emb[j, n + i])
+
+    def _kv_embeddings(self, state: Any) -> dict[int, torch.Tensor]:
+        """Per cached frame, its token-mean K and V in every block, ``[2 L, B H Dh]`` (the adapter's
+        ``kv_embeddings``): rank 0's blocks from here, the others' from their ranks, waited for up to
+        the stream's last commit."""
+        sid, ring = state.family["ring_stream"], self._ring
+        for r in range(1, ring.world):
+            while self._got.get((r, sid), 0) < self._commits.get(sid, 0):
+                _, meta, (emb,) = ring.msgs.recv(r, "emb")
+                self._got[(r, meta["stream"])] = self._got.get((r, meta["stream"]), 0) + 1
+                self._keep_embeddings(meta["stream"], meta["frames"], *meta["blocks"], emb)
+        kv, per = state.kv, self._emb.get(sid, {})
+        if kv is None or not kv.frames:
+            return {}
+        for f in [f for f in per if f not in kv.frames]:
+            del per[f]  # evicted: never asked again
+        layers = range(kv.num_layers)
+        return {f: torch.stack([per[f][layer][0] for layer in layers] + [per[f][layer][1] for layer in layers])
+                for f in kv.frames}
 
     def _in_window(self) -> bool:
         rb = self._ring.rebalance
@@ -429,6 +478,11 @@ class Worker:
                                      tuple(meta["grid"]), lo, hi)]
             if self.in_window:
                 ring.stage_s += time.perf_counter() - t0
+            if ring.embeddings:  # rank 0 compares every layer's K/V (rolling-kv's sink refresh)
+                f = meta["frames"][1] - meta["frames"][0]
+                emb = frame_embeddings(self.states[meta["stream"]].kv, f, lo, hi)
+                ring.msgs.send(0, COMMIT, {"stream": meta["stream"], "frames": meta["frames"], "blocks": [lo, hi]},
+                               [emb], "emb")
             if ring.last:
                 return False  # the last rank's commit ends here: nothing reads its output
         elif op == ROWS:
@@ -466,8 +520,10 @@ class Ring:
     """This process's place in the ring: its rank, its blocks ``[lo, hi)``, its messages."""
 
     def __init__(self, adapter: Any, rank: int, world: int, bounds: tuple[int, ...], link: Any,
-                 decode_rank: int | None = None, rebalance: dict[str, Any] | None = None) -> None:
+                 decode_rank: int | None = None, rebalance: dict[str, Any] | None = None,
+                 embeddings: bool = False) -> None:
         self.rank, self.world, self.bounds, self.decode_rank = rank, world, bounds, decode_rank
+        self.embeddings = embeddings  # every commit's K/V summary goes to rank 0 (kv_embeddings)
         self.rebalance = rebalance  # None: the partition stays
         self.stage_s = self.busy_s = 0.0  # measured: this rank's blocks, its main thread
         self.log: dict[str, Any] = {}  # rank 0: the rebalance's decision
@@ -589,7 +645,8 @@ def check_rebalance(rebalance: Any, layers: int, ranks: int) -> dict[str, Any] |
 
 
 def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, timeout_s: float = 60.0,
-         decode_rank: int | None = None, rebalance: Any = True, env: dict[str, str] | None = None) -> Ring:
+         decode_rank: int | None = None, rebalance: Any = True, kv_embeddings: bool = False,
+         env: dict[str, str] | None = None) -> Ring:
     """Join the ring of ``ranks`` processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from
     ``env``, default the environment: torchrun's); gloo on the CPU, nccl on a GPU."""
     import torch.distributed as dist
@@ -620,8 +677,9 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
         raise RankFailedError(None, seen_by=rank, during="joining the process group",
                               cause=str(exc).splitlines()[0][:300]) from exc
     rb = check_rebalance(rebalance, layers, ranks)
-    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank, rb)
+    return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank, rb,
+                kv_embeddings)
 
 
-__all__ = ["REBALANCE", "Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring", "Worker",
-           "check_rebalance", "join"]
+__all__ = ["REBALANCE", "Decoder", "Driver", "LocalPixels", "Messages", "Pending", "RemotePixels", "Ring",
+           "Worker", "check_rebalance", "frame_embeddings", "join"]

@@ -208,12 +208,12 @@ class SelfForcingAdapter(BlockLoopAdapter):
         return t, [s - (0 if st.kv is None else st.kv.rope_offset) for s, st in zip(starts, states)]
 
     def stage_ring(self, ranks: int, *, partition: Sequence[int] | None = None, timeout_s: float = 60.0,
-                   decode_rank: int | None = None, rebalance: Any = True) -> Any:
+                   decode_rank: int | None = None, rebalance: Any = True, kv_embeddings: bool = False) -> Any:
         """Join a pipeline-parallel ring of ``ranks`` ranks (:mod:`accelframe_adapters.parallel.ring`)."""
         from accelframe_adapters.parallel.ring import join
 
         return join(self, ranks, partition=partition, timeout_s=timeout_s, decode_rank=decode_rank,
-                    rebalance=rebalance)
+                    rebalance=rebalance, kv_embeddings=kv_embeddings)
 
     @torch.no_grad()
     def commit(self, x0: torch.Tensor, frames: tuple[int, int], state: WanState) -> None:
