@@ -67,7 +67,7 @@ class RollingKV:
     @property
     def uses_kv_embeddings(self) -> bool:
         """Whether the sink refresh compares every layer's cached K/V (``tau > -1``): a ring of
-        ranks, each holding its blocks' K/V only, refuses it."""
+        ranks, each holding its blocks' K/V only, then sends rank 0 their summaries."""
         return self.tau > -1.0
 
     def reset(self) -> None:
