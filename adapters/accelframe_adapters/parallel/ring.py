@@ -258,10 +258,11 @@ class RemotePixels:
 
 class Driver:
     """Rank 0's adapter: the wrapped adapter's methods, with its DiT passes, new states and KV
-    changes going down the ring (see the module docstring). A snapshot, a full-cache rebuild or a
-    per-layer K/V summary would need every rank's blocks: those are not offered."""
+    changes going down the ring (see the module docstring). A snapshot would need every rank's
+    blocks: it is not offered; the per-block K/V summary (``kv_embeddings``) only when the ring
+    collects it (``embeddings``)."""
 
-    _HIDDEN = frozenset({"snapshot", "restore", "kv_embeddings", "denoise_batch"})
+    _HIDDEN = frozenset({"snapshot", "restore", "kv_embeddings"})
 
     def __init__(self, inner: Any, ring: Ring) -> None:
         from accelframe.streaming.source import FrameMap
