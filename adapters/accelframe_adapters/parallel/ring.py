@@ -649,7 +649,8 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
          decode_rank: int | None = None, rebalance: Any = True, kv_embeddings: bool = False,
          env: dict[str, str] | None = None) -> Ring:
     """Join the ring of ``ranks`` processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from
-    ``env``, default the environment: torchrun's); gloo on the CPU, nccl on a GPU."""
+    ``env``, default the environment: torchrun's); gloo on the CPU, nccl on a GPU. The settings
+    are checked before joining (``decode_rank`` by the stream loop, which calls this)."""
     import torch.distributed as dist
 
     env = dict(os.environ if env is None else env)
@@ -664,10 +665,7 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
         raise ConfigError("StreamLoop", "ranks", ranks, f"1 to {layers}: the DiT has {layers} blocks")
     bounds = tuple(partition) if partition is not None else part.even_partition(layers, ranks)
     part.check_partition(bounds, layers, ranks)
-    if decode_rank is not None and (isinstance(decode_rank, bool) or not isinstance(decode_rank, int)
-                                    or not 0 <= decode_rank < ranks):
-        raise ConfigError("StreamLoop", "decode_rank", decode_rank,
-                          f"None (streams spread over the ranks) or a rank in [0, {ranks})")
+    rb = check_rebalance(rebalance, layers, ranks)  # before joining: a bad value must not leave peers waiting
     rank = int(env["RANK"])
     device = torch.device(adapter.device)
     try:
@@ -677,7 +675,6 @@ def join(adapter: Any, ranks: int, *, partition: Sequence[int] | None = None, ti
     except RuntimeError as exc:
         raise RankFailedError(None, seen_by=rank, during="joining the process group",
                               cause=str(exc).splitlines()[0][:300]) from exc
-    rb = check_rebalance(rebalance, layers, ranks)
     return Ring(adapter, rank, ranks, bounds, DistLink(rank, ranks, device, timeout_s), decode_rank, rb,
                 kv_embeddings)
 
