@@ -1,6 +1,7 @@
 """``accelframe world``: train the embedded world's models and write their model cards.
 
     accelframe world train vae        # then text, target, drafter, reward (each needs the VAE and text)
+    accelframe world distill          # the one-step drafter, from the drafter, on its own rollouts
     accelframe world cards            # model cards (markdown + loss-curve png) from the weights' records
     accelframe world sample --prompt "a red circle moves left on a blue background" --out clip.png
     accelframe world probe --model target   # does the DiT read the shape's colour from the prompt?
@@ -54,6 +55,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace existing outputs: the weights file, its .log.json and a --data file that is not "
                         "this run's cache")
+    p.add_argument("--json", action="store_true", help="print the training record as JSON")
+
+    p = sub.add_parser("distill", help="distil the target into a one-step drafter, on the drafter's own rollouts",
+                       description="Self-Forcing-style distillation (see docs/world.md): the student drafts every "
+                                   "block in one call on its own earlier drafts; the target, on the same drafts and "
+                                   "from the same noise, gives the block it would draw; the student regresses onto it.")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped drafter's)")
+    p.add_argument("--batch", type=int, default=None, help="rollouts per step (default: the shipped drafter's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped drafter's)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped drafter's)")
+    p.add_argument("--init", default=None,
+                   help="student's starting weights: a drafter-config DiT (default: the installed world-drafter)")
+    p.add_argument("--teacher", default=None, help="the teacher DiT (default: the installed world-target)")
+    p.add_argument("--teacher-mode", choices=("euler", "loop"), default="euler",
+                   help="the teacher's updates between its steps: euler (deterministic, default) or loop (re-noise "
+                        "with fresh noise, as the self-forcing loop)")
+    p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
+    p.add_argument("--out", default=None,
+                   help=f"weights file to write (default: {WEIGHTS.name}/{FILES['drafter']} of the package)")
+    p.add_argument("--force", action="store_true", help="replace the weights file and its .log.json if they exist")
     p.add_argument("--json", action="store_true", help="print the training record as JSON")
 
     p = sub.add_parser("cards", help="write the model cards (markdown and loss curves) next to the weights")
@@ -150,6 +171,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from accelframe_adapters.world import models
+    from accelframe_adapters.world.training import distill
+
+    out = Path(args.out) if args.out else models.WEIGHTS / models.FILES["drafter"]
+    rec = distill.distill(out, teacher=args.teacher, init=args.init, text=args.text, mode=args.teacher_mode,
+                          settings=_settings(distill.DEFAULTS, args), force=args.force, quiet=args.json)
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        print(f"wrote {out} ({rec.get('wall_s', 0)} s)")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from accelframe.media import write_video
     from accelframe_adapters.world import clips
@@ -209,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
     check_numbers(args)
     if cmd == "train":
         return _train(args)
+    if cmd == "distill":
+        return _distill(args)
     if cmd == "cards":
         from accelframe_adapters.world.training.cards import write_cards
 

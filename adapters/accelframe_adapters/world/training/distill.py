@@ -1,0 +1,218 @@
+"""Distil the world target into a one-step drafter, trained on its own rollouts (Self-Forcing's way).
+
+Why: a drafter trained like the target (diffusion forcing, ``train_dit.py``) needs the target's
+four steps and guidance to draw anything, so it cannot be much cheaper, and it never sees its own
+drafts as context: it fails most on motion (docs/world.md). Self-Forcing trains its generator on
+autoregressive rollouts of its own blocks; this trainer does the same, with the world target as
+teacher.
+
+One training step, for a batch of training-split prompts:
+
+1. **Rollout** (the student, as the ``self-forcing`` loop runs it with ``denoising_step_list =
+   (1000,)`` and no guidance): for each block ``b`` in order, ``x0_b = eps_b - sigma v(eps_b)``
+   given the student's KV cache, which holds its *own* earlier blocks (committed clean, no
+   gradient). The gradient flows through each block's one call, not through the context
+   (Self-Forcing's truncation).
+2. **Teacher, on the student's context**: the target commits the student's clean blocks into its
+   own cache in one block-causal pass, then denoises *every* block at once from the same
+   ``eps_b`` (each noisy block attends to the clean blocks before it and to itself: the KV-cache
+   loop's arithmetic, see :func:`parallel_blocks`), with the loop's guidance and step list. So the
+   teacher answers "what would the target draw here, after these drafts".
+3. **Loss**: the squared error between the student's and the teacher's ``x0``, weighted ``1 +
+   OBJECT_WEIGHT`` where the teacher's block differs from its own background (the latent pixels far
+   from the frame's median), so the small shape is not drowned out.
+
+Regression needs a teacher that is a function of ``eps``: the loop's re-noising draws fresh noise at
+each step, and regressing on it would teach the student the mean over those draws (a blur). The
+teacher therefore runs the loop's timesteps with Euler updates (``TEACHER = "euler"``: the flow ODE,
+deterministic); ``"loop"`` (re-noise with fresh noise, as the adapter does) is kept for comparison.
+Distribution matching (DMD) does not need a deterministic teacher, but needs a second, online
+"fake score" network: twice the training cost, which 2 CPU cores cannot spare.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from accelframe.errors import ConfigError
+from accelframe.types import KVWrite
+from accelframe_adapters.wan.dit import KVCache, WanDiT, rope_freqs, unpatchify
+from accelframe_adapters.wan.flow import few_step_schedule
+from accelframe_adapters.world import clips
+from accelframe_adapters.world.models import CAUSAL_BLOCK, LATENT_FRAMES, load_text, weights_path
+from accelframe_adapters.world.training import common as training
+from accelframe_adapters.world.training.train_dit import WeightAverage
+
+DEFAULTS = training.TrainSettings(steps=600, batch=8, lr=3e-4, seed=2, warmup=50, log_every=10)
+TEACHER_STEPS = (1000.0, 750.0, 500.0, 250.0)  # the self-forcing loop's list (warped, shift 5)
+TEACHER_GUIDANCE = 1.5  # the world's default guidance in the loop (presets.WAN_DEFAULTS)
+STUDENT_STEPS = (1000.0,)
+SHIFT = 5.0
+OBJECT_WEIGHT = 4.0
+TEACHERS = ("euler", "loop")
+EMA = 0.99
+
+
+def schedule(steps: tuple[float, ...]) -> list[tuple[float, float]]:
+    """(Wan timestep, sigma) of each call, as the self-forcing adapter converts its step list."""
+    return few_step_schedule(list(steps), SHIFT, True)
+
+
+def parallel_blocks(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, cross: Any, cache: KVCache,
+                    block: int = CAUSAL_BLOCK) -> torch.Tensor:
+    """Every block of ``x: [B, C, F, H, W]`` denoised at once, each as the block loop would call the
+    DiT for it: block ``k`` attends to the cached clean frames of the blocks before it and to its
+    own frames, at RoPE positions ``0 .. F - 1``. ``cache`` holds the clean K/V of the same ``F``
+    frames (a block-causal commit pass). Returns the flow ``[B, C, F, H, W]``; writes nothing."""
+    b, _, f, _, _ = x.shape
+    assert len(cache) == f, f"the cache must hold the {f} clean frames, holds {len(cache)}"
+    tokens, (f, h, w) = dit.embed(x)  # [B, F, S, D]
+    s = h * w
+    rope = rope_freqs(dit.rope_on(x.device), torch.arange(f, device=x.device), h, w)  # [N, 1, Dh / 2]
+    fb = torch.arange(f, device=x.device) // block  # [F]
+    clean = fb.view(1, -1) < fb.view(-1, 1)  # [F, F]: query frame i sees clean frame j of an earlier block
+    own = fb.view(1, -1) == fb.view(-1, 1)  # and the noisy frames of its own block
+    mask = torch.cat([clean, own], dim=1).repeat_interleave(s, 0).repeat_interleave(s, 1)  # [N, 2N]
+    e, e0 = dit.time_embed(t)
+    for i, blk in enumerate(dit.blocks):
+        tokens = blk(tokens, e0, cross.k[i], cross.v[i], rope, mask, cache, i, KVWrite.NONE)
+    return unpatchify(dit, dit.head(tokens, e), (f, h, w))
+
+
+def commit_all(dit: WanDiT, x0: torch.Tensor, cross: Any, block: int = CAUSAL_BLOCK) -> KVCache:
+    """A cache holding the clean frames ``x0: [B, C, F, H, W]`` as the loop's commits would write them
+    (context noise 0, block-causal)."""
+    b, _, f, hh, ww = x0.shape
+    p = dit.cfg.patch_size
+    cache = KVCache(num_layers=dit.cfg.num_layers, tokens_per_frame=(hh // p[1]) * (ww // p[2]))
+    dit(x0, torch.zeros(b, f, device=x0.device), cross, causal_block=block, cache=cache, kv_write=KVWrite.COMMIT)
+    return cache
+
+
+@torch.no_grad()
+def teacher_x0(dit: WanDiT, ctx: torch.Tensor, eps: torch.Tensor, cross_c: Any, cross_u: Any, *,
+               mode: str = "euler", guidance: float = TEACHER_GUIDANCE, g: torch.Generator | None = None) -> torch.Tensor:
+    """The teacher's clean blocks ``[B, C, F, H, W]`` from ``eps`` (same shape), every block on the
+    context ``ctx`` (the student's clean blocks): the loop's step list, guidance against ``cross_u``
+    (the empty prompt, on the same cache), Euler or the loop's re-noising."""
+    cache = commit_all(dit, ctx, cross_c)
+    b, _, f = eps.shape[:3]
+    pairs = schedule(TEACHER_STEPS)
+    sigmas = [sg for _, sg in pairs] + [0.0]
+    x = eps
+    for k, (t, sg) in enumerate(pairs):
+        tt = torch.full((b, f), t)
+        v = parallel_blocks(dit, x, tt, cross_c, cache)
+        if guidance != 1.0:
+            vu = parallel_blocks(dit, x, tt, cross_u, cache)
+            v = vu + guidance * (v - vu)
+        nxt = sigmas[k + 1]
+        if nxt == 0.0:
+            return x - sg * v
+        if mode == "euler":
+            x = x + (nxt - sg) * v
+        else:
+            x0 = x - sg * v
+            x = (1 - nxt) * x0 + nxt * torch.randn(x.shape, generator=g)
+    raise AssertionError("the step list ends at sigma 0")
+
+
+def rollout(dit: WanDiT, eps: torch.Tensor, cross: Any, block: int = CAUSAL_BLOCK) -> torch.Tensor:
+    """The student's blocks ``x0: [B, C, F, H, W]`` from ``eps``, one call per block (with gradient)
+    on its own earlier blocks (committed without gradient): the one-step self-forcing loop."""
+    b, _, f, hh, ww = eps.shape
+    p = dit.cfg.patch_size
+    cache = KVCache(num_layers=dit.cfg.num_layers, tokens_per_frame=(hh // p[1]) * (ww // p[2]))
+    ((t, sg),) = schedule(STUDENT_STEPS)
+    out = []
+    for s in range(0, f, block):
+        x = eps[:, :, s:s + block]
+        v = dit(x, torch.full((b, block), t), cross, frame_offset=s, cache=cache, kv_write=KVWrite.NONE)
+        x0 = x - sg * v
+        out.append(x0)
+        with torch.no_grad():
+            dit(x0.detach(), torch.zeros(b, block), cross, frame_offset=s, cache=cache, kv_write=KVWrite.COMMIT)
+    return torch.cat(out, dim=2)
+
+
+def footprint(x0: torch.Tensor) -> torch.Tensor:
+    """``[B, F, H, W]``: 1.0 on latent pixels far from their frame's background (the per-channel
+    median over the frame), i.e. the shape, as the teacher drew it."""
+    med = x0.flatten(3).median(dim=3).values[..., None, None]  # [B, C, F, 1, 1]
+    dist = (x0 - med).pow(2).sum(1).sqrt()  # [B, F, H, W]
+    return (dist > 0.5 * dist.flatten(2).amax(2)[..., None, None].clamp_min(1e-6)).float()
+
+
+def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | Path | None = None,
+            text: str | Path | None = None, settings: training.TrainSettings | None = None,
+            mode: str = "euler", force: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train the one-step drafter (module docstring) into ``out``; starts from ``init`` (default: the
+    shipped diffusion-forcing drafter) with the shipped target as teacher."""
+    if mode not in TEACHERS:
+        raise ConfigError("world distill", "teacher_mode", mode, f"one of {TEACHERS}")
+    settings = settings or DEFAULTS
+    path = training.check_out(out, force)
+    from accelframe_adapters import checkpoints as ck
+    from accelframe_adapters.world.models import config_from_metadata
+    from accelframe_adapters.wan.dit import WanDiTConfig
+
+    init_path = Path(init) if init is not None else weights_path("drafter")
+    teacher_path = Path(teacher) if teacher is not None else weights_path("target")
+    cfg = config_from_metadata(WanDiTConfig, init_path)
+    student = WanDiT(cfg)
+    init_record = training.load_init(student, attrs.asdict(cfg), init_path, owner="world distill",
+                                     what="the world drafter DiT")
+    tcfg = config_from_metadata(WanDiTConfig, teacher_path)
+    target = WanDiT(tcfg)
+    ck.fit(target, ck.read_tensors(teacher_path), str(teacher_path), what="the world target DiT")
+    target.eval().requires_grad_(False)
+    enc = load_text(text or weights_path("text"), cfg.text_dim, cfg.text_len)
+    torch.manual_seed(settings.seed)
+    g = torch.Generator().manual_seed(settings.seed)
+    prompts = [s.prompt for s in clips.sample_scenes(4096, settings.seed)]  # training split only
+    with torch.no_grad():
+        empty = enc([""])  # [1, L, text_dim]
+        cross_u_one = target.cross_cache(empty)
+    shape = (cfg.in_dim, LATENT_FRAMES, 16, 16)
+
+    student.train()
+
+    def step(i: int) -> dict[str, float]:
+        idx = torch.randint(0, len(prompts), (settings.batch,), generator=g).tolist()
+        with torch.no_grad():
+            states = enc([prompts[j] for j in idx])  # [B, L, text_dim]
+        eps = torch.randn((settings.batch, *shape), generator=g)  # [B, C, F, H, W]
+        x0 = rollout(student, eps, student.cross_cache(states))
+        with torch.no_grad():
+            cross_c = target.cross_cache(states)
+            cross_u = type(cross_c)(k=[k.expand(settings.batch, -1, -1, -1) for k in cross_u_one.k],
+                                    v=[v.expand(settings.batch, -1, -1, -1) for v in cross_u_one.v])
+            want = teacher_x0(target, x0.detach(), eps, cross_c, cross_u, mode=mode, g=g)
+            weight = 1.0 + OBJECT_WEIGHT * footprint(want)  # [B, F, H, W]
+        sq = (x0 - want).pow(2).mean(1)  # [B, F, H, W]
+        loss = (sq * weight).sum() / weight.sum()
+        loss.backward()
+        return {"loss": loss.item(), "mse": sq.mean().item()}
+
+    ema = WeightAverage(student, EMA)
+    log = training.run_loop("drafter (distil)", settings, list(student.parameters()), step, quiet=quiet,
+                            after_step=ema.update)
+    student.eval()
+    record = {"settings": attrs.asdict(settings), "objective": "self-rollout regression to the target",
+              "teacher": {"file": teacher_path.name, "mode": mode, "steps": list(TEACHER_STEPS),
+                          "guidance": TEACHER_GUIDANCE},
+              "student_steps": list(STUDENT_STEPS), "object_weight": OBJECT_WEIGHT, "ema": EMA,
+              "init": init_record, "machine": training.machine(), "wall_s": log["wall_s"],
+              "parameters": sum(p.numel() for p in student.parameters()),
+              "command": f"accelframe world distill --steps {settings.steps} --seed {settings.seed} "
+                         f"--lr {settings.lr:g} --teacher-mode {mode}"}
+    training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
+    return record
+
+
+__all__ = ["DEFAULTS", "EMA", "OBJECT_WEIGHT", "STUDENT_STEPS", "TEACHERS", "TEACHER_GUIDANCE", "TEACHER_STEPS",
+           "commit_all", "distill", "footprint", "parallel_blocks", "rollout", "schedule", "teacher_x0"]

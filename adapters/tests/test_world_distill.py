@@ -1,0 +1,115 @@
+"""The one-step drafter's distillation (``world/training/distill.py``): the teacher's all-blocks-at-once
+pass is the KV-cache loop's arithmetic, the rollout is the adapter's one-step loop, and a short run
+trains and writes a file the adapter loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from accelframe import cli
+from accelframe.errors import ConfigError
+from accelframe.types import KVWrite
+from accelframe_adapters.wan.dit import KVCache, WanDiT, WanDiTConfig
+from accelframe_adapters.world import models
+from accelframe_adapters.world.training import common as training
+from accelframe_adapters.world.training import distill
+
+
+def _tiny(seed: int = 0) -> WanDiT:
+    torch.manual_seed(seed)
+    cfg = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=16, text_dim=8, text_len=4,
+                       in_dim=4, out_dim=4, patch_size=(1, 2, 2))
+    return WanDiT(cfg).eval()
+
+
+def _loop_velocity(dit, ctx, x, t, cross, block):
+    """Block ``block`` of ``x`` as the self-forcing loop calls the DiT: commit the clean blocks before
+    it one by one, then denoise it on that cache."""
+    cache = KVCache(num_layers=dit.cfg.num_layers, tokens_per_frame=4)
+    for j in range(block):
+        dit(ctx[:, :, 3 * j:3 * j + 3], torch.zeros(ctx.shape[0], 3), cross, frame_offset=3 * j, cache=cache,
+            kv_write=KVWrite.COMMIT)
+    s = 3 * block
+    return dit(x[:, :, s:s + 3], t[:, s:s + 3], cross, frame_offset=s, cache=cache, kv_write=KVWrite.NONE)
+
+
+@torch.no_grad()
+def test_parallel_blocks_equal_the_kv_cache_loop():
+    dit = _tiny()
+    g = torch.Generator().manual_seed(1)
+    ctx, x = torch.randn(2, 4, 9, 4, 4, generator=g), torch.randn(2, 4, 9, 4, 4, generator=g)
+    t = torch.rand(2, 9, generator=g) * 1000
+    cross = dit.cross_cache(torch.randn(2, 4, 8, generator=g))
+    v = distill.parallel_blocks(dit, x, t, cross, distill.commit_all(dit, ctx, cross))
+    for b in range(3):
+        torch.testing.assert_close(v[:, :, 3 * b:3 * b + 3], _loop_velocity(dit, ctx, x, t, cross, b),
+                                   atol=1e-5, rtol=1e-5)
+    # the context matters from block 1 on, and not for block 0
+    other = ctx + 1.0
+    v2 = distill.parallel_blocks(dit, x, t, cross, distill.commit_all(dit, other, cross))
+    assert torch.equal(v2[:, :, :3], v[:, :, :3]) and not torch.allclose(v2[:, :, 3:], v[:, :, 3:])
+
+
+def test_rollout_is_the_one_step_loop_on_its_own_drafts_with_gradient():
+    dit = _tiny()
+    g = torch.Generator().manual_seed(2)
+    eps = torch.randn(1, 4, 9, 4, 4, generator=g)
+    cross = dit.cross_cache(torch.randn(1, 4, 8, generator=g))
+    x0 = distill.rollout(dit, eps, cross)
+    ((t, sigma),) = distill.schedule(distill.STUDENT_STEPS)
+    with torch.no_grad():  # block by block on the drafts before it
+        for b in range(3):
+            v = _loop_velocity(dit, x0.detach(), eps, torch.full((1, 9), t), cross, b)
+            torch.testing.assert_close(x0[:, :, 3 * b:3 * b + 3], eps[:, :, 3 * b:3 * b + 3] - sigma * v,
+                                       atol=1e-5, rtol=1e-5)
+    x0.sum().backward()
+    assert dit.blocks[0].self_attn.q.weight.grad is not None
+
+
+@torch.no_grad()
+def test_the_euler_teacher_is_a_function_of_the_noise_and_the_loop_teacher_is_not():
+    dit = _tiny()
+    g = torch.Generator().manual_seed(3)
+    ctx, eps = torch.randn(1, 4, 9, 4, 4, generator=g), torch.randn(1, 4, 9, 4, 4, generator=g)
+    text = torch.randn(1, 4, 8, generator=g)
+    cc, cu = dit.cross_cache(text), dit.cross_cache(torch.zeros_like(text))
+    a = distill.teacher_x0(dit, ctx, eps, cc, cu, mode="euler")
+    assert torch.equal(a, distill.teacher_x0(dit, ctx, eps, cc, cu, mode="euler"))
+    b1 = distill.teacher_x0(dit, ctx, eps, cc, cu, mode="loop", g=torch.Generator().manual_seed(0))
+    b2 = distill.teacher_x0(dit, ctx, eps, cc, cu, mode="loop", g=torch.Generator().manual_seed(1))
+    assert not torch.allclose(b1, b2)
+
+
+def test_footprint_marks_what_differs_from_the_background():
+    x = torch.zeros(1, 2, 3, 6, 6)
+    x[:, :, :, 2:4, 2:4] = 3.0
+    m = distill.footprint(x)
+    assert m.shape == (1, 3, 6, 6) and m[0, 0, 2:4, 2:4].eq(1).all() and m.sum() == 3 * 4
+
+
+def test_a_short_distillation_writes_weights_the_adapter_loads(tmp_path):
+    out = tmp_path / "d.safetensors"
+    s = training.TrainSettings(steps=2, batch=1, lr=1e-4, seed=0, warmup=1, log_every=1)
+    before = models.read_metadata(models.weights_path("drafter"))
+    rec = distill.distill(out, settings=s, quiet=True)
+    assert rec["teacher"]["mode"] == "euler" and rec["student_steps"] == [1000.0]
+    meta = models.read_metadata(out)
+    assert meta["config"] == before["config"] and meta["training"]["objective"].startswith("self-rollout")
+    log = json.loads(out.with_suffix(".log.json").read_text())
+    assert len(log["loss"]) == 2 and all(v > 0 for v in log["loss"])
+    with pytest.raises(ConfigError, match="out"):  # never overwritten without force
+        distill.distill(out, settings=s, quiet=True)
+
+
+def test_distill_refuses_bad_input_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ACCELFRAME_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    with pytest.raises(ConfigError, match="teacher_mode"):
+        distill.distill(tmp_path / "d.safetensors", mode="ddim")
+    assert cli.main(["world", "distill", "--steps", "0", "--out", str(tmp_path / "d.safetensors")]) == 2
+    assert "--steps = 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["world", "distill", "--teacher-mode", "ddim"])
+    assert not (tmp_path / "d.safetensors").exists()
