@@ -5,11 +5,21 @@ Every plan iteration runs as a micro-step of one row on the step executor
 by a drafter the engine asks the block hooks and accepts (commit the draft into the target's KV,
 emit its decoded frames) or regenerates (restore the caches, target from the same initial noise).
 Every decision and call goes into the trace.
+
+With ``decode_worker=True`` decoding (and, with a drafter, scoring) runs on a thread of its own, in
+the order the units finish, beside the denoising, as SDVG's deployment runs the VAE and the reward
+on a second device: a finished unit is handed to the worker and the next unit's denoising starts at
+once; with a drafter, the drafter drafts unit k + 1 while the worker decodes and judges draft k
+(``drafter_context="own"``: the next draft does not depend on the verdict), and the verdict is
+carried out when it is back. The frames, latents, trace and counts are those of the inline run; the
+trace records a unit's verdict and emission when the denoising thread takes them from the worker.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 import attrs
@@ -83,6 +93,7 @@ class Engine(Executor):
         max_reuse: int | None = None,
         on_unit: Callable[[UnitSpan, torch.Tensor | None, str], None] | None = None,
         drafter_context: str = "own",
+        decode_worker: bool = False,
     ) -> None:
         # a Trace object is recorded into (a stream's one trace over its chunks); a bool says
         # whether this engine keeps a trace of its own
@@ -96,6 +107,9 @@ class Engine(Executor):
         self.generation = generation
         self.registry = registry
         self.on_unit = on_unit
+        self.decode_worker = decode_worker
+        self._worker: ThreadPoolExecutor | None = None  # one thread: jobs run in submission order
+        self._pending: list[tuple[UnitSpan, Future, str]] = []  # units decoding on the worker, in order
         self._decoded: list[torch.Tensor] = []
         self._sources: list[str] = []
         # the models' states after ``run``: a stream continues from them
@@ -124,15 +138,23 @@ class Engine(Executor):
         if lifecycle:
             for err in self.hooks.generation_start(info):
                 self._failed(err.hook, err.plugin, repr(err.error), err.error, fallback_used=False)
+        if self.decode_worker and request.decode:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accelframe-decode")
         try:
             if drafter is None:
                 for it in self.target.plan(request):
                     self._iteration(target, it, request)
                     for span in it.finishes:
                         self.emit(target, span, decode=request.decode, source="target")
+            elif self._worker is not None and self.drafter_context == "own":
+                self._run_drafted_overlapped(target, drafter, request)
             else:
                 self._run_drafted(target, drafter, request)
+            self._drain(wait=True)
         finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)  # a failed run leaves no job behind
+                self._worker = None
             self.stats.finish()
             if lifecycle and self.hooks.implemented("accelframe_generation_end"):
                 for err in self.hooks.generation_end(info, self.stats.to_dict()):
@@ -155,7 +177,33 @@ class Engine(Executor):
 
     # ---- block level ----------------------------------------------------------------------------
 
-    def _run_drafted(self, target: ModelSlot, drafter: ModelSlot, request: Request) -> None:
+    # ---- decode worker ----------------------------------------------------------------------------
+
+    def emit(self, m: ModelSlot, span: UnitSpan, *, decode: bool, source: str) -> torch.Tensor | None:
+        """As :meth:`Executor.emit`; with a decode worker the unit is decoded there and emitted (in
+        order) when its pixels are back. Returns the pixels when decoded here, else None."""
+        if not decode or self._worker is None:
+            return super().emit(m, span, decode=decode, source=source)
+        latents = m.x[:, span.start - m.offset:span.end - m.offset].clone()
+        self._pending.append((span, self._worker.submit(self.decode, m, latents), source))
+        self._drain(wait=False)
+        return None
+
+    def _drain(self, *, wait: bool) -> None:
+        """Emit the units whose decode is back, in order; ``wait``: all of them."""
+        while self._pending and (wait or self._pending[0][1].done()):
+            span, fut, source = self._pending.pop(0)
+            self.record_emit(span, self._wait(fut), source)
+
+    def _wait(self, fut: Future) -> Any:
+        t0 = time.perf_counter()
+        out = fut.result()  # a worker's exception is raised here, on the denoising thread
+        self.stats.time_s["decode_wait"] += time.perf_counter() - t0
+        return out
+
+    def _units(self, target: ModelSlot, drafter: ModelSlot, request: Request,
+               ) -> Iterator[tuple[int, UnitSpan, list[Iteration], list[Iteration]]]:
+        """The drafted plan, unit by unit: (unit, its span, target iterations, drafter iterations)."""
         t_groups = group_by_unit(self.target.plan(request))
         d_groups = group_by_unit(drafter.adapter.plan(request))
         for (unit, t_its), (d_unit, d_its) in itertools.zip_longest(
@@ -172,7 +220,66 @@ class Engine(Executor):
                     f"adapter {target.name!r} does not denoise unit {unit} on its own; "
                     "block policies need a plan that finishes one unit at a time"
                 )
-            self._block(target, drafter, request, unit, spans[0], t_its, d_its)
+            yield unit, spans[0], t_its, d_its
+
+    def _run_drafted(self, target: ModelSlot, drafter: ModelSlot, request: Request) -> None:
+        for unit, span, t_its, d_its in self._units(target, drafter, request):
+            self._block(target, drafter, request, unit, span, t_its, d_its)
+
+    def _draft(self, drafter: ModelSlot, request: Request, d_its: list[Iteration]) -> int:
+        """The drafter drafts a unit and commits it into its own KV; returns its denoising calls."""
+        calls = 0
+        for it in d_its:
+            calls += it.role is Role.DENOISE
+            self._iteration(drafter, it, request)
+        return calls
+
+    def _run_drafted_overlapped(self, target: ModelSlot, drafter: ModelSlot, request: Request) -> None:
+        """The drafted plan with a decode worker: draft k + 1 runs while the worker decodes and judges
+        draft k (module docstring); the verdict is carried out as :meth:`_block` does."""
+        units = list(self._units(target, drafter, request))
+
+        def submit(k: int) -> Future:
+            unit, span, _, _ = units[k]
+            a, b = span.start - drafter.offset, span.end - drafter.offset
+            draft = drafter.x[:, a:b].clone()  # [B, F_unit, C, H, W]
+            ctx = BlockContext(generation=self.generation, unit=unit, frames=span.frames, prompts=request.prompts,
+                               drafter=drafter.name, target=target.name, draft_latents=draft, draft_frames=None)
+
+            def decode_and_judge() -> tuple[BlockContext, Any, Any]:
+                # on the worker, after every earlier decode; the denoising thread leaves the target's
+                # state alone until the verdict is back (it drafts the next unit meanwhile)
+                snap = self.target.snapshot(target.state)
+                judged = attrs.evolve(ctx, draft_frames=self.decode(target, draft))
+                return judged, self.ask_verdict(judged), snap
+
+            return self._worker.submit(decode_and_judge)
+
+        if not units:
+            return
+        calls = self._draft(drafter, request, units[0][3])
+        job = submit(0)
+        for k, (unit, span, t_its, _) in enumerate(units):
+            next_calls = self._draft(drafter, request, units[k + 1][3]) if k + 1 < len(units) else 0
+            ctx, asked, snap = self._wait(job)
+            self._drain(wait=False)
+            verdict = self.record_verdict(ctx, asked, drafter_calls=calls, decoded=True)
+            if verdict.verdict is Verdict.ACCEPT:
+                target.x[:, span.start - target.offset:span.end - target.offset] = ctx.draft_latents
+                for it in t_its:
+                    if it.role is Role.COMMIT:
+                        self._iteration(target, it, request)
+                self._drain(wait=True)  # the units before it are out first
+                self.record_emit(span, ctx.draft_frames, "draft")
+            else:
+                self.target.restore(target.state, snap)  # the decode cache as before the draft's decode
+                for it in t_its:
+                    self._iteration(target, it, request)
+                self.emit(target, span, decode=True, source="target")
+            self.block_observe(ctx, verdict)
+            calls = next_calls
+            if k + 1 < len(units):
+                job = submit(k + 1)
 
     def _block(self, target: ModelSlot, drafter: ModelSlot, request: Request, unit: int,
                span: UnitSpan, t_its: list[Iteration], d_its: list[Iteration]) -> None:

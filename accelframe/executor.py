@@ -427,9 +427,23 @@ class Executor:
         """Ask the block hooks for the verdict on a drafted unit (the exact regenerate answers a
         failure), timed, traced and counted: ``drafter_calls`` and a decode (``decoded``) are
         wasted on a regenerate."""
+        return self.record_verdict(ctx, self.ask_verdict(ctx), drafter_calls=drafter_calls, decoded=decoded)
+
+    def ask_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict, str, tuple | None, float]:
+        """The block hooks' answer on ``ctx`` without recording anything: (verdict, by, the failure to
+        record or None, seconds). Safe on a decode worker's thread; :meth:`record_verdict` records it."""
         t0 = perf()
-        verdict, by = self._verdict(ctx)
-        self.stats.time_s["block"] += perf() - t0
+        failures: list[tuple] = []
+        verdict, by = self._verdict(ctx, failures)
+        return verdict, by, (failures[0] if failures else None), perf() - t0
+
+    def record_verdict(self, ctx: BlockContext, asked: tuple[BlockVerdict, str, tuple | None, float], *,
+                       drafter_calls: int, decoded: bool) -> BlockVerdict:
+        """Record a verdict of :meth:`ask_verdict`: its failure (if any), time, trace event, counts."""
+        verdict, by, failure, seconds = asked
+        if failure is not None:
+            self._failed(*failure)
+        self.stats.time_s["block"] += seconds
         self.trace.add("block", model="drafter", unit=ctx.unit, frames=list(ctx.frames),
                        verdict=verdict.verdict.value, score=verdict.score, by=by,
                        reason=verdict.reason, frame_scores=_frame_scores(verdict))
@@ -442,18 +456,20 @@ class Executor:
             blocks["decodes_wasted"] += int(decoded)
         return verdict
 
-    def _verdict(self, ctx: BlockContext) -> tuple[BlockVerdict, str]:
+    def _verdict(self, ctx: BlockContext, failures: list[tuple]) -> tuple[BlockVerdict, str]:
+        """The verdict, or the exact regenerate with the failure appended to ``failures`` (the
+        arguments of :meth:`_failed`, recorded by the caller's thread)."""
         hook = "accelframe_block_verdict"
         try:
             verdict, by = self.hooks.block_verdict(ctx)
         except HookRaised as err:
-            self._failed(hook, err.plugin, repr(err.error), err.error)
+            failures.append((hook, err.plugin, repr(err.error), err.error))
             return fallback.REGENERATE, EXACT
         if not isinstance(verdict, BlockVerdict):
-            self._failed(hook, by, f"returned {verdict!r}, not a BlockVerdict")
+            failures.append((hook, by, f"returned {verdict!r}, not a BlockVerdict"))
             return fallback.REGENERATE, EXACT
         if verdict.score is not None and not finite_number(verdict.score):
-            self._failed(hook, by, f"returned a non-finite score {verdict.score!r}")
+            failures.append((hook, by, f"returned a non-finite score {verdict.score!r}"))
             return fallback.REGENERATE, EXACT
         return verdict, by
 

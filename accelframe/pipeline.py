@@ -90,12 +90,13 @@ class Pipeline:
         trace: bool = True,
         max_reuse: int | None = None,
         drafter_context: str = "own",
+        decode_worker: bool = False,
     ) -> None:
         # every argument is checked before anything is built or loaded (adapters: in _adapter)
         for field, value in (("adapter_kwargs", adapter_kwargs), ("drafter_kwargs", drafter_kwargs)):
             if value is not None and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
                 raise ConfigError("Pipeline", field, value, "None or a dict of keyword arguments (str keys)")
-        for field, value in (("strict", strict), ("trace", trace)):
+        for field, value in (("strict", strict), ("trace", trace), ("decode_worker", decode_worker)):
             if not isinstance(value, bool):
                 raise ConfigError("Pipeline", field, value, "True or False")
         if hooks is not None and not isinstance(hooks, Hooks):
@@ -111,6 +112,8 @@ class Pipeline:
             raise ConfigError("Pipeline", "max_reuse", max_reuse,
                               "None or an int >= 1 (non-recompute calls allowed in a row)")
         self.max_reuse = max_reuse
+        # decode (and score drafts) on a thread of its own beside the denoising (accelframe.engine)
+        self.decode_worker = decode_worker
         # this pipeline's view of the plugin manager, which other pipelines may share: the view
         # asks this pipeline's stack only (Hooks.with_stack), so runs on a shared manager in
         # parallel threads never see each other's policies
@@ -321,7 +324,8 @@ class Pipeline:
         return Engine(self.hooks, target=self.adapter, target_name=self.adapter_name,
                       drafter=self.drafter, drafter_name=self.drafter_name, strict=self.strict,
                       trace=self.trace if trace is None else trace, registry=self.registry,
-                      max_reuse=self.max_reuse, drafter_context=self.drafter_context, **kwargs)
+                      max_reuse=self.max_reuse, drafter_context=self.drafter_context,
+                      **{"decode_worker": self.decode_worker, **kwargs})
 
     def generate(self, prompts: Request | str | Sequence[str] | None = None, *,
                  on_unit: Callable[..., None] | None = None, **kwargs: Any) -> Result:

@@ -14,7 +14,9 @@ import attrs
 from accelframe.types import Mode, ModelRole
 
 _MODE_KEY = {Mode.RECOMPUTE: "computed", Mode.CACHE: "cached", Mode.PREDICT: "predicted"}
-STAGES = ("policy", "probe", "model", "advance", "commit", "decode", "block", "batch")
+# decode_wait: time the denoising thread waited for a decode worker (Pipeline(decode_worker=True));
+# with a worker, decode and block are spent on the worker's thread, beside the denoising
+STAGES = ("policy", "probe", "model", "advance", "commit", "decode", "block", "batch", "decode_wait")
 
 
 _STEP_FIELDS = ("model", "unit", "step", "iter", "frames", "mode", "interval", "by", "generation")
