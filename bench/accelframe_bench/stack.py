@@ -196,7 +196,8 @@ def build(models: Any, cfg: Config) -> Any:
     from accelframe.pipeline import Pipeline
 
     drafted = "block" in cfg.levels
-    pipe = Pipeline(models.target, drafter=models.drafter if drafted else None, hooks=models.hooks, trace=False)
+    pipe = Pipeline(models.target, drafter=models.drafter if drafted else None, hooks=models.hooks, trace=False,
+                    decode_worker=models.decode_worker)
     for name, kw in cfg.policies():
         pipe.use(name, **({**kw, "scorer": models.scorer} if name == "sdvg" else kw))
     return pipe
@@ -265,7 +266,7 @@ def _run_ranks(adapter: Any, cfg: Config, prompt: str, seed: int,
 
     from accelframe_adapters.parallel import trial
 
-    desc = {"size": adapter.model_config.size,
+    desc = {"size": adapter.model_config.size, "decoder": adapter.model_config.decoder,
             "streams": [{"id": "s", "prompt": prompt, "seed": seed, "frames": adapter.pixel_frames(frames),
                          "fps": STREAM_FPS}],
             "clock": {"after_arrival": True},  # every frame has arrived, as for the one-process rows
@@ -321,15 +322,19 @@ def _check(n: int, tau: float | None, frames: int, step: str = "taylorseer", ran
 
 def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = False,
               frames: int = LATENT_FRAMES, step: str = "taylorseer", quiet: bool = False,
-              hooks: Any = None, ranks: int = RANKS, table: CostTable | None = None) -> dict[str, Any]:
+              hooks: Any = None, ranks: int = RANKS, table: CostTable | None = None, decoder: str = "vae",
+              decode_worker: bool = False) -> dict[str, Any]:
     """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
     :func:`accelframe_bench.hooks.default_hooks`); ``ranks`` > 1: the pipeline-parallel rows on
-    that many processes; ``table``: the cost table the rows' work is priced with (None: no projection)."""
+    that many processes; ``table``: the cost table the rows' work is priced with (None: no projection);
+    ``decoder``, ``decode_worker``: as ``bench block``'s (every row the same layout)."""
     from accelframe_adapters.world import clips, quality
-    from accelframe_bench.block import Models, calibrate_taus, draft_scores
+    from accelframe_bench.block import DECODERS, Models, calibrate_taus, draft_scores
 
     _check(n, tau, frames, step, ranks)
-    models = Models.load(hooks)
+    if decoder not in DECODERS:
+        raise ConfigError(OWNER, "decoder", decoder, "one of " + ", ".join(DECODERS))
+    models = Models.load(hooks, decoder=decoder, decode_worker=decode_worker)
     rng = random.Random(seed)
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")  # held out: never calibrated on
     seeds = [rng.randrange(2**31) for _ in scenes]
@@ -387,7 +392,7 @@ def run_bench(*, n: int, seed: int = 0, tau: float | None = None, quick: bool = 
                      "seed": seed, "latent_frames": frames, "batch": 1, "quick": quick,
                      "threads": torch.get_num_threads(), "ranks": ranks if ranks > 1 else None,
                      "rank_timing": "rank 0's pipe.stream wall seconds (launch_s: the whole launch)",
-                     "tau": tau, "calibration": calibration,
+                     "tau": tau, "calibration": calibration, "decoder": decoder, "decode_worker": decode_worker,
                      "step_policy": {"name": STEP_POLICIES[step][0], **STEP_POLICIES[step][1]},
                      "prompts_used": [s.prompt for s in scenes], "seeds": seeds}
     return doc
@@ -507,6 +512,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="price each row's counted work with the cost table of this configuration and report the "
                         f"speedup projected there; 'none': no projection (default: {DEFAULT_PROJECT}, the SDVG "
                         "paper's 14B target with its 1.3B drafter)")
+    p.add_argument("--decoder", choices=("vae", "tiny"), default="vae",
+                   help="what decodes latents: the world VAE's decoder (default) or its tiny decoder")
+    p.add_argument("--decode-worker", action="store_true",
+                   help="every row decodes (and scores drafts) on a worker thread beside the denoising")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stack", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-stack)")
@@ -531,7 +540,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     out = Path(args.out)
     fresh_out(OWNER, out, OUTPUTS, args.force)
     doc = run_bench(n=n, seed=args.seed, tau=args.tau, quick=args.quick, step=args.step, quiet=args.json,
-                    hooks=hooks, ranks=ranks, table=table)
+                    hooks=hooks, ranks=ranks, table=table, decoder=args.decoder, decode_worker=args.decode_worker)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -5,7 +5,8 @@ what ``python -m accelframe_adapters.parallel`` runs, what the benches time and 
 
 The description (every key optional):
 
-- ``size``: the self-forcing model (default ``world``); ``policies``: ``[name, kwargs]`` pairs used
+- ``size``: the self-forcing model (default ``world``); ``decoder``: the adapter's decoder knob
+  (default ``vae``); ``policies``: ``[name, kwargs]`` pairs used
   in order (JSON values only: a scorer or a callable cannot travel);
 - ``streams``: ``{"id", "prompt", "seed", "frames" (pixel frames), "fps", "start_s", "v2v"}`` each
   (``v2v``: random input frames from that seed, video-to-video);
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 DEFAULT_PROMPT = "a red circle moves right on a blue background"
-KEYS = ("size", "policies", "streams", "clock", "ranks", "lanes", "partition", "decode_rank", "rebalance",
+KEYS = ("size", "decoder", "policies", "streams", "clock", "ranks", "lanes", "partition", "decode_rank", "rebalance",
         "timeout_s", "die_after", "hang_after")
 STREAM_KEYS = ("id", "prompt", "seed", "frames", "fps", "start_s", "v2v")
 
@@ -84,7 +85,8 @@ def pipeline(cfg: dict[str, Any], hooks: Any = None) -> Any:
 
     if hooks is None:
         hooks = create_hooks(autoload=True, disabled=())
-    pipe = Pipeline("self-forcing", hooks=hooks, adapter_kwargs={"size": cfg.get("size", "world")}, trace=True)
+    kwargs = {"size": cfg.get("size", "world"), "decoder": cfg.get("decoder", "vae")}
+    pipe = Pipeline("self-forcing", hooks=hooks, adapter_kwargs=kwargs, trace=True)
     for name, kw in cfg.get("policies", []):
         pipe.use(name, **kw)
     return pipe
