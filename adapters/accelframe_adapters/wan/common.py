@@ -46,6 +46,10 @@ class WanModelConfig:
     vae: str | None = None  # Wan VAE weights (.pth or diffusers); None: the world VAE for the world
     #                         sizes, else random weights (tiny VAE for size "tiny")
     text_encoder: str = "word"  # "word" (built-in), a word-encoder .safetensors, or a UMT5 folder
+    # what turns latents into frames: "vae" (the VAE's own decoder), "tiny" (the preset's tiny decoder in
+    # TAEHV's shape, as real-time deployments decode Wan latents), or a tiny-decoder weights file
+    decoder: str = attrs.field(default="vae",
+                               validator=v.instance_of(str, "'vae', 'tiny' or a tiny-decoder weights file"))
     height: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     width: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     device: str = attrs.field(default="cpu", validator=v.device)
@@ -174,6 +178,7 @@ class WanAdapter:
         self.model_dtype = DTYPES[mc.dtype]
         self.dit = self._load_dit().to(self.device, self.model_dtype).eval()
         self.vae = self._load_vae().to(self.device).eval()
+        self.decoder = self._load_decoder().to(self.device).eval()  # decodes; self.vae encodes
         self.text = self._load_text()
         c = self.dit.cfg
         pt, ph, pw = c.patch_size
@@ -194,13 +199,13 @@ class WanAdapter:
     @functools.cached_property
     def vae_key(self) -> str:
         """Names the decoder: its config and a fingerprint of its weights (sizes and sums), so that a
-        drafter whose VAE differs from its target's is refused (the target's VAE decodes drafts)."""
-        h = hashlib.sha1(repr(self.vae.config).encode())
+        drafter whose decoder differs from its target's is refused (the target's decoder decodes drafts)."""
+        h = hashlib.sha1(repr(self.decoder.config).encode())
         with torch.no_grad():
-            for name, t in self.vae.state_dict().items():
+            for name, t in self.decoder.state_dict().items():
                 t = t.double()
                 h.update(f"{name}{tuple(t.shape)}{t.sum().item():.12e}{t.abs().sum().item():.12e}".encode())
-        return f"WanVAE(z_dim={self.vae.config.z_dim}, weights {h.hexdigest()[:12]})"
+        return f"{type(self.decoder).__name__}(z_dim={self.decoder.config.z_dim}, weights {h.hexdigest()[:12]})"
 
     def _random_dit(self) -> WanDiT:
         size = self.model_config.size
@@ -282,6 +287,27 @@ class WanAdapter:
         if vae.config.z_dim != z:
             raise CheckpointError(path, f"is a VAE with {vae.config.z_dim} latent channels; the DiT takes {z}")
         return vae
+
+    def _load_decoder(self) -> Any:
+        """The VAE itself (``decoder="vae"``), or a tiny decoder for its latents."""
+        spec = self.model_config.decoder
+        if spec == "vae":
+            return self.vae
+        from accelframe_adapters.wan.taehv import load_tiny_decoder
+
+        if spec == "tiny":
+            if self.preset is None:
+                raise ConfigError(type(self).__name__, "decoder", spec,
+                                  "'vae' or a tiny-decoder weights file: 'tiny' names the embedded world's "
+                                  f"decoder, and size {self.model_config.size!r} is not the world's")
+            spec = self._preset_file("decoder")
+        dec = load_tiny_decoder(spec)
+        want = (self.vae.config.z_dim, self.vae.config.spatial_ratio, self.vae.config.temporal_ratio)
+        got = (dec.config.z_dim, dec.config.spatial_ratio, dec.config.temporal_ratio)
+        if got != want:
+            raise CheckpointError(spec, f"is a tiny decoder for {got[0]} latent channels at {got[1]}x in space and "
+                                        f"{got[2]}x in time; the VAE's latents need {want[0]}, {want[1]}x, {want[2]}x")
+        return dec
 
     def _load_text(self):
         spec, c = self.model_config.text_encoder, self.dit.cfg
@@ -374,16 +400,16 @@ class WanAdapter:
         return None
 
     def init_state(self, request: Request, cond: CrossCache) -> WanState:
-        return WanState(cross=cond, kv=self.new_kv(), vae_cache=self.vae.new_decode_cache())
+        return WanState(cross=cond, kv=self.new_kv(), vae_cache=self.decoder.new_decode_cache())
 
     def snapshot(self, state: WanState) -> dict[str, Any]:
         return {"kv": state.kv.snapshot() if state.kv is not None else None,
-                "vae": self.vae.snapshot(state.vae_cache), "family": self.family_snapshot(state)}
+                "vae": self.decoder.snapshot(state.vae_cache), "family": self.family_snapshot(state)}
 
     def restore(self, state: WanState, snap: dict[str, Any]) -> None:
         if state.kv is not None:
             state.kv.restore(snap["kv"])
-        self.vae.restore(state.vae_cache, snap["vae"])
+        self.decoder.restore(state.vae_cache, snap["vae"])
         self.family_restore(state, snap["family"])
 
     def family_snapshot(self, state: WanState) -> Any:
@@ -439,7 +465,7 @@ class WanAdapter:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, state: WanState) -> torch.Tensor:
-        video = self.vae.decode_chunk(latents.permute(0, 2, 1, 3, 4).float(), state.vae_cache)  # [B, 3, T, H, W]
+        video = self.decoder.decode_chunk(latents.permute(0, 2, 1, 3, 4).float(), state.vae_cache)  # [B, 3, T, H, W]
         return ((video.permute(0, 2, 1, 3, 4) + 1.0) / 2.0).clamp(0.0, 1.0)  # [B, T, 3, H, W] in [0, 1]
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ FILES = {
     "drafter": "world-drafter.safetensors",
     "reward": "world-reward.safetensors",
     "magi": "world-magi.safetensors",
+    "decoder": "world-decoder.safetensors",
 }
 
 Z_DIM = 8
@@ -42,6 +43,16 @@ def vae_config() -> WanVAEConfig:
     # loses the shapes (measured: presence 0 in 4 of 6 held-out clips); the DiTs patch 4 x 4
     return WanVAEConfig(base_dim=12, z_dim=Z_DIM, dim_mult=(1, 2, 2), temporal_downsample=(True, True),
                         num_res_blocks=1)
+
+
+def tiny_decoder_config():
+    """The world's tiny decoder (TAEHV's shape, :mod:`accelframe_adapters.wan.taehv`) for the VAE's
+    latents: 4x in space (the VAE's), 4x in time; narrow stages (a block decodes in about a sixth of
+    the VAE decoder's FLOPs; docs/world.md)."""
+    from accelframe_adapters.wan.taehv import TinyDecoderConfig
+
+    return TinyDecoderConfig(z_dim=Z_DIM, widths=(32, 24, 12, 8), space_upscale=(False, True, True),
+                             time_upscale=(False, True, True))
 
 
 # Both DiTs carry a learned spatial embedding over their 4 x 4 token grid (WanDiTConfig.spatial_grid, not
@@ -120,6 +131,16 @@ def load_text(path: str | Path, text_dim: int, text_len: int) -> WordEncoder:
     return enc.eval()
 
 
+def load_decoder(path: str | Path | None = None):
+    """The world's tiny decoder (shipped weights, or ``path``), in eval mode."""
+    from accelframe_adapters.wan.taehv import TinyDecoder, TinyDecoderConfig
+
+    path = path or weights_path("decoder")
+    dec = TinyDecoder(config_from_metadata(TinyDecoderConfig, path, default=tiny_decoder_config()))
+    ck.fit(dec, ck.read_tensors(path), str(path), what="the world tiny decoder")
+    return dec.eval()
+
+
 def load_dit(name: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> WanDiT:
     """The shipped ``target`` or ``drafter`` DiT; its config is read from the file's metadata."""
     path = weights_path(name)
@@ -144,5 +165,5 @@ def load_scorer(*, device: str = "cpu", weights: str | None = None, text: str | 
 
 
 __all__ = ["CAUSAL_BLOCK", "FILES", "LATENT_FRAMES", "SPATIAL_GRID", "TEXT_DIM", "TEXT_LEN", "WEIGHTS", "Z_DIM",
-           "config_from_metadata", "drafter_config", "load_dit", "load_scorer", "load_text", "load_vae",
-           "read_metadata", "target_config", "vae_config", "weights_path"]
+           "config_from_metadata", "drafter_config", "load_decoder", "load_dit", "load_scorer", "load_text", "load_vae",
+           "read_metadata", "target_config", "tiny_decoder_config", "vae_config", "weights_path"]

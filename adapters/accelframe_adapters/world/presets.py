@@ -25,8 +25,24 @@ WAN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def distilled_defaults(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Wan knobs of a DiT whose training record says it was distilled to a few steps
+    (``world distill`` stores ``student_steps``): the self-forcing loop runs those steps without
+    guidance (distillation baked the teacher's guidance in); others take :data:`WAN_DEFAULTS`."""
+    steps = record.get("student_steps")
+    if not steps:
+        return WAN_DEFAULTS
+    return {**WAN_DEFAULTS, "self-forcing": {"denoising_step_list": tuple(steps), "guidance_scale": 1.0}}
+
+
 def _wan(name: str, part: str) -> Preset:
+    from accelframe.errors import CheckpointError
     from accelframe_adapters.world import clips, models, quality
+
+    try:
+        record = models.read_metadata(models.weights_path(part)).get("training", {})
+    except CheckpointError:  # a missing or damaged file: the adapter's load reports it, naming it
+        record = {}
 
     # attributes are looked up at call time: a test may point models.WEIGHTS elsewhere
     return Preset(
@@ -34,7 +50,7 @@ def _wan(name: str, part: str) -> Preset:
         dit_config=lambda: (models.target_config if part == "target" else models.drafter_config)(),
         load=lambda **kw: models.load_dit(part, **kw),
         weights_file=lambda what: str(models.weights_path(what)),
-        defaults=WAN_DEFAULTS,
+        defaults=distilled_defaults(record),
         measure_quality=lambda frames, prompts, **kw: quality.measure_prompts(frames, prompts, **kw),
         describe_quality=lambda record: quality.describe(record))
 
@@ -45,7 +61,8 @@ def wan_target() -> Preset:
 
 
 def wan_drafter() -> Preset:
-    """``size="world-drafter"`` of the Wan families: the world's trained drafter DiT."""
+    """``size="world-drafter"`` of the Wan families: the world's drafter DiT (distilled to one step:
+    the self-forcing loop runs it with ``denoising_step_list=(1000,)`` and no guidance)."""
     return _wan("world-drafter", "drafter")
 
 
@@ -68,4 +85,4 @@ PRESETS: tuple[tuple[str, str, Callable[[], Preset]], ...] = (
     ("magi", "world", magi),
 )
 
-__all__ = ["PRESETS", "WAN_DEFAULTS", "magi", "wan_drafter", "wan_target"]
+__all__ = ["PRESETS", "WAN_DEFAULTS", "distilled_defaults", "magi", "wan_drafter", "wan_target"]

@@ -57,6 +57,25 @@ ABOUT["magi"] = (
     "`world/training/train_magi.py`).")
 ABOUT["drafter"] = (ABOUT["target"][0].replace("in a tiny size", "in a smaller size than the target"),
                     ABOUT["target"][1])
+ABOUT["decoder"] = (
+    "A tiny streaming video decoder in TAEHV's shape (`accelframe_adapters.wan.taehv.TinyDecoder`, TAEHV's "
+    "`decoder.N` key names): per-frame 2-D convolutions, MemBlocks that read the previous frame, TGrow for 4x "
+    "in time, 4x in space; it decodes the world VAE's latents (`decoder=\"tiny\"` of the Wan adapters).",
+    "Fresh training-split clips every step: 13-frame windows (4 latent frames) at random points of full-length "
+    "clips, cropped to 32 x 32 around the shape, encoded by the frozen world VAE with latent noise of 0.1 times "
+    "their spread; loss L1 + MSE against the rendered pixels, shape pixels weighed 5x (see "
+    "`world/training/train_decoder.py`).")
+# a drafter distilled by `accelframe world distill` (its record names a teacher)
+DISTILLED = (
+    "The Wan 2.1 DiT (`accelframe_adapters.wan.dit.WanDiT`, original key names) in a smaller size than the target, "
+    "distilled to draw a block in one call (`denoising_step_list=(1000,)`, no guidance: the presets run it so). "
+    "One addition to Wan: a learned spatial embedding of the 4 x 4 token grid (`spatial_grid`).",
+    "Self-Forcing's way: every step rolls the student out over 9 blocks on its own drafts (one call per block, "
+    "the context committed without gradient); the world target, on the same drafts and from the same noise, "
+    "denoises every block with the loop's 4 steps and guidance 1.5 (Euler between steps, so its block is a "
+    "function of the noise); the student's block regresses onto the target's, the shape's footprint weighted "
+    "1 + `object_weight`; training-split prompts only; the file holds the exponential moving average of the "
+    "weights (see `world/training/distill.py`).")
 
 
 def _size(path: Path) -> str:
@@ -70,6 +89,12 @@ def _quality(name: str, record: dict[str, Any], benches: list[dict[str, Any]]) -
         e = record["eval"]
         lines.append(f"- reconstruction PSNR on 16 held-out 105-frame clips: **{e['psnr_db']:.2f} dB**; "
                      f"latents: mean {e['latent_mean']:.3f}, spread {e['latent_std']:.3f}")
+    if name == "decoder" and "eval" in record:
+        e = record["eval"]
+        lines.append(f"- reconstruction PSNR on 16 held-out 105-frame clips through the VAE's encoder: "
+                     f"**{e['psnr_db']:.2f} dB** (the VAE's own decoder: {e['vae_psnr_db']:.2f} dB)")
+        lines.append(f"- decode time per latent frame, whole clips at batch 1: {e['ms_per_latent_frame']:.1f} ms "
+                     f"(the VAE's decoder: {e['vae_ms_per_latent_frame']:.1f} ms)")
     if name == "reward" and "eval" in record:
         e = record["eval"]
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in e["accuracy_by_kind"].items())
@@ -124,7 +149,7 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
     if curve is not None:
         line_plot(curve, log["step"], [log["loss"]], log_y=True)
         written.append(curve)
-    arch, data = ABOUT[name]
+    arch, data = DISTILLED if "teacher" in record else ABOUT[name]
     s = record.get("settings", {})
     lines = [f"# world-{name}", "", arch, "",
              f"- file: `{weights.name}` ({_size(weights)}), parameters: {record.get('parameters', 'see config')}",

@@ -20,7 +20,7 @@ import attrs
 
 from accelframe.errors import ConfigError
 
-MODELS = ("vae", "text", "target", "drafter", "reward", "magi")
+MODELS = ("vae", "text", "target", "drafter", "reward", "magi", "decoder")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="world_command", metavar="COMMAND")
     p = sub.add_parser("train", help="train one model of the world on this machine's CPU",
                        description="Train one world model from its seed. Order: vae, text, then target, "
-                                   "drafter and reward (they read the VAE and the text encoder).")
+                                   "drafter, reward and decoder (they read the VAE and the text encoder); "
+                                   "'decoder' is the tiny decoder of the VAE's latents.")
     p.add_argument("model", choices=MODELS, help="which model")
     p.add_argument("--steps", type=int, default=None,
                    help="optimiser steps (default: the shipped model's; for the VAE use --PHASE-steps)")
@@ -42,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped model's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped model's)")
     p.add_argument("--init", default=None,
-                   help="target, drafter and magi only: continue from these weights (same config) instead of "
+                   help="target, drafter, magi and decoder only: continue from these weights (same config) instead of "
                         "from random")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped model's)")
     p.add_argument("--out", default=None,
@@ -122,12 +123,12 @@ def _train(args: argparse.Namespace) -> int:
     from accelframe_adapters.world.training import common as training
 
     out = Path(args.out) if args.out else models.WEIGHTS / models.FILES[args.model]
-    needs = ("target", "drafter", "reward", "magi")
+    needs = ("target", "drafter", "reward", "magi", "decoder")
     vae = args.vae or str(models.weights_path("vae")) if args.model in needs else None
     text = args.text or str(models.weights_path("text")) if args.model in needs else None
     quiet = args.json
     for flag in ("short_steps", "init"):
-        allowed = ("target", "drafter", "magi") if flag == "init" else ("target", "drafter")
+        allowed = ("target", "drafter", "magi", "decoder") if flag == "init" else ("target", "drafter")
         if getattr(args, flag) is not None and args.model not in allowed:
             raise ConfigError(f"accelframe world train {args.model}", "--" + flag.replace("_", "-"),
                               getattr(args, flag), "only with the " + ", the ".join(allowed[:-1])
@@ -161,6 +162,11 @@ def _train(args: argparse.Namespace) -> int:
 
         rec = train_magi.train(out, vae=vae, text=text, clips_n=args.clips, data=args.data, init=args.init,
                                settings=_settings(train_magi.DEFAULTS, args), force=args.force, quiet=quiet)
+    elif args.model == "decoder":
+        from accelframe_adapters.world.training import train_decoder
+
+        rec = train_decoder.train(out, vae=vae, init=args.init, settings=_settings(train_decoder.DEFAULTS, args),
+                                  force=args.force, quiet=quiet)
     else:
         rec = train_reward.train(out, vae=vae, text=text, settings=_settings(train_reward.DEFAULTS, args),
                                  force=args.force, quiet=quiet)
