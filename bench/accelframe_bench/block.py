@@ -266,7 +266,9 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
             bar.update(1)
     for p in pipes.values():
         p.close()
-    return _document(ms, tallies, operating, calibration, scenes, seeds, n, seed, quick, quality, table)
+    doc = _document(ms, tallies, operating, calibration, scenes, seeds, n, seed, quick, quality, table)
+    doc["config"].update(decoder=decoder, decode_worker=decode_worker)
+    return doc
 
 
 def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, calibration: dict[str, Any],
@@ -311,8 +313,7 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
         "config": {"adapter": ADAPTER, "target": "world", "drafter": "world-drafter", "prompts": n, "seed": seed,
                    "latent_frames": LATENT_FRAMES, "batch": 1, "quick": quick, "threads": torch.get_num_threads(),
                    "scorer": "world-reward", "prompts_used": [s.prompt for s in scenes], "seeds": seeds,
-                   "calibration": calibration, "operating_tau": operating.tau, "decoder": decoder,
-                   "decode_worker": decode_worker},
+                   "calibration": calibration, "operating_tau": operating.tau},
         "points": points,
         "draft_only": draft,
         "target_only": target,

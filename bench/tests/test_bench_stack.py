@@ -142,7 +142,7 @@ def _tiny_models(monkeypatch):
     tiny = Pipeline("self-forcing", hooks=hooks, adapter_kwargs=TINY).adapter
     models = Models(hooks=hooks, target=tiny, drafter=tiny, scorer=hooks.registry().get("scorer", "world-reward")
                     .factory())
-    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None, **kw: models))
     return models
 
 

@@ -83,7 +83,7 @@ def test_the_projected_speedup_is_the_ratio_of_the_hand_priced_work(models):
 def test_a_tiny_stack_run_reports_the_projection_at_the_tables_configuration(models, monkeypatch):
     """Two blocks a video (6 latent frames), SDVG accepting block 1's draft: each row's projected
     speedup is the baseline's hand-priced work over the row's; the document carries the table."""
-    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None, **kw: models))
     doc = stack.run_bench(n=1, tau=-1e9, frames=6, quiet=True, ranks=0, table=TABLE)
     rows = {r["name"]: r for r in doc["rows"]}
     assert doc["projection"] == TABLE.to_dict() and doc["projection"]["source"] == "built by hand in the test"
@@ -121,7 +121,7 @@ class _Q:
 
 
 def test_project_none_leaves_the_projection_null(models, monkeypatch, tmp_path):
-    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None, **kw: models))
     assert costs.cost_table("none", "bench stack") is None and costs.cost_table(None, "bench stack") is None
     seen = {}
     monkeypatch.setattr(stack, "run_bench", lambda **kw: seen.update(kw) or {"rows": []})
@@ -129,7 +129,7 @@ def test_project_none_leaves_the_projection_null(models, monkeypatch, tmp_path):
     assert stack.run(_args(["--project", "none", "--out", str(tmp_path / "o")])) == 0
     assert seen["table"] is None
     monkeypatch.undo()
-    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None, **kw: models))
     doc = stack.run_bench(n=1, tau=-1e9, frames=3, quiet=True, ranks=0)
     assert doc["projection"] is None
     for r in [doc["baseline"], *doc["rows"]]:
@@ -160,7 +160,7 @@ def test_a_tiny_block_bench_prices_draft_only_as_the_drafter_and_random_routing_
     hand-priced ratios; draft-only's calls are the drafter's, random routing scores nothing."""
     from accelframe_bench import block
 
-    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None: models))
+    monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None, **kw: models))
     doc = block.run_bench(n=1, quick=True, taus=[-1e9], quiet=True, table=TABLE)
     assert doc["projection"] == TABLE.to_dict()
     base_s = 36 * 1.0 + 9 * 0.5 + 27 * 0.25  # 9 blocks of 4 target calls, 9 commits, 27 latent frames

@@ -164,13 +164,20 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
         m = record.get("machine", {})
         lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {m.get('threads', '?')} CPU threads "
                      f"(torch {m.get('torch', '?')})")
+    chain = []  # the earlier runs this one continued, latest first
     first = record.get("init")
-    if first:  # a continued run: the earlier run comes first
-        t = first.get("training", {})
-        steps = t.get("settings", {}).get("steps", "?")
-        lines.append(f"- continued from `{first.get('file')}`, itself trained {steps} steps in "
-                     f"{t.get('wall_s', 0) / 60:.1f} min: `{t.get('command', '')}`")
-        lines.append(f"- reproduce: that command, then `{record.get('command', '')}` with `--init` naming its output")
+    while first:
+        chain.append(first)
+        first = first.get("training", {}).get("init")
+    if chain:  # a continued run: the earlier runs come first
+        for earlier in chain:
+            t = earlier.get("training", {})
+            steps = t.get("settings", {}).get("steps", "?")
+            lines.append(f"- continued from `{earlier.get('file')}`, itself trained {steps} steps in "
+                         f"{t.get('wall_s', 0) / 60:.1f} min: `{t.get('command', '')}`")
+        cmds = [e.get("training", {}).get("command", "") for e in reversed(chain)] + [record.get("command", "")]
+        lines.append("- reproduce: " + ", then ".join(f"`{c}`" for c in cmds)
+                     + " (each after the first with `--init` naming the output before it)")
         lines.append("")
     else:
         lines += [f"- reproduce: `{record.get('command', '')}`", ""]

@@ -47,7 +47,7 @@ from accelframe_adapters.world.models import CAUSAL_BLOCK, LATENT_FRAMES, load_t
 from accelframe_adapters.world.training import common as training
 from accelframe_adapters.world.training.train_dit import WeightAverage
 
-DEFAULTS = training.TrainSettings(steps=600, batch=8, lr=3e-4, seed=2, warmup=50, log_every=10)
+DEFAULTS = training.TrainSettings(steps=500, batch=6, lr=3e-4, seed=2, warmup=30, log_every=10)
 TEACHER_STEPS = (1000.0, 750.0, 500.0, 250.0)  # the self-forcing loop's list (warped, shift 5)
 TEACHER_GUIDANCE = 1.5  # the world's default guidance in the loop (presets.WAN_DEFAULTS)
 STUDENT_STEPS = (1000.0,)
@@ -208,8 +208,8 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
               "student_steps": list(STUDENT_STEPS), "object_weight": OBJECT_WEIGHT, "ema": EMA,
               "init": init_record, "machine": training.machine(), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in student.parameters()),
-              "command": f"accelframe world distill --steps {settings.steps} --seed {settings.seed} "
-                         f"--lr {settings.lr:g} --teacher-mode {mode}"}
+              "command": f"accelframe world distill --steps {settings.steps} --batch {settings.batch} "
+                         f"--seed {settings.seed} --lr {settings.lr:g} --teacher-mode {mode} --init {init_path.name}"}
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
 
