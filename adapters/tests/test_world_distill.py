@@ -113,3 +113,19 @@ def test_distill_refuses_bad_input_before_training(tmp_path, capsys, monkeypatch
     with pytest.raises(SystemExit):
         cli.main(["world", "distill", "--teacher-mode", "ddim"])
     assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_a_distilled_file_runs_its_own_steps_without_guidance():
+    from accelframe_adapters.world.presets import WAN_DEFAULTS, distilled_defaults
+
+    assert distilled_defaults({}) is WAN_DEFAULTS
+    d = distilled_defaults({"student_steps": [1000.0]})
+    assert d["self-forcing"] == {"denoising_step_list": (1000.0,), "guidance_scale": 1.0}
+    assert d["skyreels-v2-df"] == WAN_DEFAULTS["skyreels-v2-df"]
+    from accelframe_adapters.wan.self_forcing import SelfForcingAdapter
+
+    shipped = models.read_metadata(models.weights_path("drafter"))["training"]
+    cfg = SelfForcingAdapter(size="world-drafter").config
+    want = tuple(shipped.get("student_steps", cfg.denoising_step_list))
+    assert cfg.denoising_step_list == want
+    assert SelfForcingAdapter(size="world-drafter", guidance_scale=2.0).config.guidance_scale == 2.0  # yours win

@@ -1,8 +1,11 @@
 """``accelframe bench block``: SDVG against the target and the drafter on the tiny world, in one process.
 
 SDVG's protocol (its Tables 1 and 2) on held-out prompts of the embedded world, with the
-``self-forcing`` adapter: the world target (``size="world"``) and the world drafter
-(``size="world-drafter"``), 9 blocks of 3 latent frames, 4 steps each, batch 1. Every method
+``self-forcing`` adapter: the world target (``size="world"``, 4 guided steps per block) and the
+world drafter (``size="world-drafter"``, distilled to one step without guidance), 9 blocks of 3
+latent frames, batch 1; ``--decoder tiny`` decodes with the world's tiny decoder, and
+``--decode-worker`` decodes and scores on a worker thread beside the denoising (every method, the
+baselines too, runs the same layout). Every method
 generates the same prompts with the same seeds, interleaved prompt by prompt so that machine noise
 falls on all of them alike:
 
