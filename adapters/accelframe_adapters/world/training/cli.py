@@ -65,6 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped drafter's)")
     p.add_argument("--batch", type=int, default=None, help="rollouts per step (default: the shipped drafter's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped drafter's)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps of the learning rate (default: 30)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the shipped drafter's)")
     p.add_argument("--init", default=None,
                    help="student's starting weights: a drafter-config DiT (default: the installed world-drafter)")
@@ -182,8 +183,11 @@ def _distill(args: argparse.Namespace) -> int:
     from accelframe_adapters.world.training import distill
 
     out = Path(args.out) if args.out else models.WEIGHTS / models.FILES["drafter"]
+    settings = _settings(distill.DEFAULTS, args)
+    if args.warmup is not None:
+        settings = attrs.evolve(settings, warmup=args.warmup)
     rec = distill.distill(out, teacher=args.teacher, init=args.init, text=args.text, mode=args.teacher_mode,
-                          settings=_settings(distill.DEFAULTS, args), force=args.force, quiet=args.json)
+                          settings=settings, force=args.force, quiet=args.json)
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
@@ -224,7 +228,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 # the least value of every count and seed the world commands take (--lr: a rate in (0, 1))
-AT_LEAST = {"steps": 1, "local_steps": 1, "short_steps": 0, "batch": 1, "seed": 0, "clips": 1, "prompts": 1}
+AT_LEAST = {"steps": 1, "local_steps": 1, "short_steps": 0, "batch": 1, "seed": 0, "clips": 1, "prompts": 1,
+            "warmup": 0}
 
 
 def check_numbers(args: argparse.Namespace) -> None:

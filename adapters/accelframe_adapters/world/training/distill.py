@@ -209,7 +209,8 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
               "init": init_record, "machine": training.machine(), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in student.parameters()),
               "command": f"accelframe world distill --steps {settings.steps} --batch {settings.batch} "
-                         f"--seed {settings.seed} --lr {settings.lr:g} --teacher-mode {mode} --init {init_path.name}"}
+                         f"--seed {settings.seed} --lr {settings.lr:g} --warmup {settings.warmup} "
+                         f"--teacher-mode {mode} --init {init_path.name}"}
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
 
