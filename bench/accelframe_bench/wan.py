@@ -19,10 +19,12 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.pipeline import Pipeline
+from accelframe.progress import write_above
 from accelframe.plugins import hookimpl
 from accelframe.types import Request
 
 FAMILIES = ("self-forcing", "krea-realtime", "skyreels-v2-df")
+PROMPT = "a red circle moves left on a blue background"
 
 
 class CallTimer:
@@ -48,55 +50,99 @@ class CallTimer:
         return out
 
 
-def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int, *,
-                 hooks: Any = None) -> dict[str, Any]:
-    """Wall time per model call and per frame of ``name`` on ``hooks`` (default:
-    :func:`accelframe_bench.hooks.default_hooks`)."""
-    from accelframe_bench.hooks import or_default
-
+def _family_kwargs(name: str, common: dict[str, Any]) -> dict[str, Any]:
     kw = dict(common)
     if name == "skyreels-v2-df":
         kw.update(num_inference_steps=4, ar_step=1, guidance_scale=1.0)  # few steps, one pass per call
+    return kw
+
+
+def _family_cost(name: str, common: dict[str, Any], frames: int, repeats: int, *,
+                 hooks: Any = None) -> dict[str, Any]:
+    """Wall time per model call and per frame of ``name`` on ``hooks`` (default:
+    :func:`accelframe_bench.hooks.default_hooks`): a warm-up, then the best of ``repeats`` runs."""
+    from accelframe_bench.hooks import or_default
+
+    kw = _family_kwargs(name, common)
     hooks = or_default(hooks)
-    timer = CallTimer(kw.get("device", "cpu"))
-    # a model-call wrapper sees every call on its manager: registered for this family only, so
-    # the families measured after it (and the CLI's other pipelines) are not timed by it
-    hooks.register(timer)
-    try:
-        return _timed_family(Pipeline(name, hooks=hooks, adapter_kwargs=kw), timer, frames, repeats)
-    finally:
-        hooks.unregister(timer)
-
-
-def _timed_family(pipe: Pipeline, timer: CallTimer, frames: int, repeats: int) -> dict[str, Any]:
-    prompt = "a red circle moves left on a blue background"
-    pipe.generate(prompt, num_frames=frames)  # warm-up
+    pipe = Pipeline(name, hooks=hooks, adapter_kwargs=kw)
+    pipe.generate(PROMPT, num_frames=frames)  # warm-up
     best: dict[str, Any] | None = None
     for _ in range(repeats):
-        timer.times = {"denoise": [], "commit": []}
+        run = _timed_run(pipe, hooks, kw.get("device", "cpu"), frames)
+        if best is None or run["wall_s"] < best["wall_s"]:
+            best = run
+    assert best is not None
+    return best
+
+
+def _timed_run(pipe: Pipeline, hooks: Any, device: str, frames: int) -> dict[str, Any]:
+    """One generation of ``PROMPT``, timed. A model-call wrapper sees every call on its manager,
+    so the call timer is registered for this run alone (other pipelines are not timed by it)."""
+    timer = CallTimer(device)
+    hooks.register(timer)
+    try:
         t0 = time.perf_counter()
-        res = pipe.generate(prompt, num_frames=frames)
+        res = pipe.generate(PROMPT, num_frames=frames)
         if timer.cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-        if best is None or wall < best["wall_s"]:
-            times = res.stats.to_dict()["time_s"]
-            den, com = timer.times["denoise"], timer.times["commit"]
-            best = {
-                "wall_s": wall,
-                "model_calls": len(den),
-                "commit_calls": len(com),
-                "ms_per_model_call": 1000 * sum(den) / max(len(den), 1),
-                "ms_per_commit": 1000 * sum(com) / max(len(com), 1),
-                "ms_per_latent_frame": 1000 * wall / frames,
-                "ms_per_latent_frame_without_decode": 1000 * (wall - times["decode"]) / frames,
-                "ms_per_pixel_frame": 1000 * wall / res.frames.shape[1],
-                "decode_share": times["decode"] / wall,
-                "latent_frames": frames,
-                "pixel_frames": int(res.frames.shape[1]),
-            }
-    assert best is not None
-    return best
+    finally:
+        hooks.unregister(timer)
+    times = res.stats.to_dict()["time_s"]
+    den, com = timer.times["denoise"], timer.times["commit"]
+    return {
+        "wall_s": wall,
+        "model_calls": len(den),
+        "commit_calls": len(com),
+        "ms_per_model_call": 1000 * sum(den) / max(len(den), 1),
+        "ms_per_commit": 1000 * sum(com) / max(len(com), 1),
+        "ms_per_latent_frame": 1000 * wall / frames,
+        "ms_per_latent_frame_without_decode": 1000 * (wall - times["decode"]) / frames,
+        "ms_per_pixel_frame": 1000 * wall / res.frames.shape[1],
+        "decode_share": times["decode"] / wall,
+        "decode_s": times["decode"],
+        "latent_frames": frames,
+        "pixel_frames": int(res.frames.shape[1]),
+    }
+
+
+def compile_cost(name: str, common: dict[str, Any], frames: int, repeats: int, *,
+                 hooks: Any = None) -> dict[str, Any]:
+    """``compile=True`` against eager for family ``name``, in one process: both pipelines generate
+    the same request once (the compiled one's first run compiles: ``first_run_s``), then
+    ``repeats`` timed runs alternate between them and each keeps its best. Reports both runs, the
+    speedups (whole video, per model call, decoding), the compile time and graphs, and the largest
+    difference between the two videos' frames."""
+    from accelframe_bench.hooks import or_default
+
+    kw = _family_kwargs(name, common)
+    hooks = or_default(hooks)
+    device = kw.get("device", "cpu")
+    pipes = {"eager": Pipeline(name, hooks=hooks, adapter_kwargs=kw),
+             "compiled": Pipeline(name, hooks=hooks, adapter_kwargs={**kw, "compile": True})}
+    first, out = {}, {}
+    for label, pipe in pipes.items():
+        t0 = time.perf_counter()
+        out[label] = pipe.generate(PROMPT, num_frames=frames)
+        first[label] = time.perf_counter() - t0
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(repeats):
+        for label, pipe in pipes.items():  # interleaved: a noisy spell slows both
+            run = _timed_run(pipe, hooks, device, frames)
+            if label not in best or run["wall_s"] < best[label]["wall_s"]:
+                best[label] = run
+    clock = pipes["compiled"].engine().target.compile_clock
+    e, c = best["eager"], best["compiled"]
+    return {
+        "eager": e, "compiled": c,
+        "speedup": e["wall_s"] / c["wall_s"],
+        "model_call_speedup": e["ms_per_model_call"] / c["ms_per_model_call"],
+        "decode_speedup": e["decode_s"] / c["decode_s"] if c["decode_s"] > 0 else None,
+        "first_run_s": first, "compile_s": clock.seconds, "graphs": clock.compiles,
+        "max_abs_diff": float((out["compiled"].frames - out["eager"].frames).abs().max()),
+        "max_abs_diff_latents": float((out["compiled"].latents - out["eager"].latents).abs().max()),
+    }
 
 
 def _kv_bytes(hooks: Any, name: str, kw: dict[str, Any], frames: int) -> tuple[int, int]:
@@ -149,6 +195,12 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     hooks = or_default(hooks)  # built after the checks: a refused option builds nothing
     result["families"] = {name: _family_cost(name, common, frames, args.repeats, hooks=hooks) for name in FAMILIES}
     result["kv_memory"] = kv_memory(common, frames, args.long_factor, args.window, args.sinks, hooks=hooks)
+    if args.compile:
+        result["compile"] = {}
+        for i, name in enumerate(FAMILIES):
+            write_above(f"bench wan: compile=True against eager, {name} ({i + 1}/{len(FAMILIES)}); "
+                     "its first run compiles (about a minute per family on 2 CPU cores)")
+            result["compile"][name] = compile_cost(name, common, frames, args.repeats, hooks=hooks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -160,6 +212,10 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         for label, r in result["kv_memory"].items():
             print(f"{label:45s} KV {r['kv_bytes'][0] / 2**20:8.3f} MiB at {r['frames'][0]} frames, "
                   f"{r['kv_bytes'][1] / 2**20:8.3f} MiB at {r['frames'][1]}  (x{r['growth']:.2f})")
+        for name, r in result.get("compile", {}).items():
+            print(f"{name:16s} compile=True: {r['speedup']:.2f}x per video, {r['model_call_speedup']:.2f}x per "
+                  f"model call; compiled {r['graphs']} graphs in {r['compile_s']:.1f} s; "
+                  f"frames differ by at most {r['max_abs_diff']:.1e}, latents {r['max_abs_diff_latents']:.1e}")
     return 0
 
 
@@ -179,7 +235,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="network dtype (default: float32)")
+    p.add_argument("--compile", action="store_true",
+                   help="also run every family with compile=True beside eager (interleaved) and report the "
+                        "speedups, the compile time and the largest frame difference")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-__all__ = ["configure", "kv_memory", "run"]
+__all__ = ["compile_cost", "configure", "kv_memory", "run"]

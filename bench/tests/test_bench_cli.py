@@ -150,3 +150,22 @@ def test_bench_stream_help_states_the_ranks_default():
     bench_stream.configure(p)
     text = " ".join(p.format_help().split())
     assert "--ranks {1,2}" in text and "(default: 2)" in text.split("--ranks {1,2}")[-1].split("--soak")[0]
+
+
+def test_bench_wan_compile_runs_both_interleaved_and_reports_the_difference(monkeypatch, capsys):
+    """``--compile``: one family's eager and compiled runs (traced with the eager backend here, so
+    the frames must agree bit for bit), the compile time, its graphs and the speedups."""
+    import json
+
+    from accelframe_adapters import compiling
+
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    monkeypatch.setattr(bench_wan, "FAMILIES", ("self-forcing",))
+    monkeypatch.setattr(bench_wan, "_family_cost", lambda *a, **k: {"ms_per_model_call": 1.0})
+    monkeypatch.setattr(bench_wan, "kv_memory", lambda *a, **k: {})
+    assert bench_wan.run(_parse(bench_wan, ["--latent-frames", "3", "--repeats", "1", "--compile", "--json"])) == 0
+    r = json.loads(capsys.readouterr().out)["compile"]["self-forcing"]
+    assert r["max_abs_diff"] == 0.0 and r["max_abs_diff_latents"] == 0.0
+    assert r["graphs"] > 0 and r["compile_s"] > 0 and r["first_run_s"]["compiled"] > 0
+    assert r["eager"]["model_calls"] == r["compiled"]["model_calls"] > 0
+    assert r["speedup"] == pytest.approx(r["eager"]["wall_s"] / r["compiled"]["wall_s"])

@@ -25,6 +25,7 @@ from accelframe.errors import CheckpointError, ConfigError
 from accelframe.types import Iteration, Request
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters import presets
+from accelframe_adapters.compiling import CompileClock, compile_parts
 from accelframe_adapters.wan.text import UMT5Encoder, UnknownWordsWarning, WordEncoder
 from accelframe_adapters.wan.dit import CrossCache, KVCache, WanDiT, WanDiTConfig
 from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig, load_wan_vae
@@ -55,6 +56,9 @@ class WanModelConfig:
     device: str = attrs.field(default="cpu", validator=v.device)
     dtype: str = attrs.field(default="float32", validator=v.one_of(*DTYPES))
     init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
+    # torch.compile the DiT's blocks and head and the decoder (accelframe_adapters.compiling): the
+    # first calls of each shape compile (seconds to minutes), later ones run the compiled graphs
+    compile: bool = attrs.field(default=False, validator=v.boolean)
 
     def __attrs_post_init__(self) -> None:
         for name in ("height", "width"):
@@ -180,6 +184,10 @@ class WanAdapter:
         self.vae = self._load_vae().to(self.device).eval()
         self.decoder = self._load_decoder().to(self.device).eval()  # decodes; self.vae encodes
         self.text = self._load_text()
+        self.compile_clock = CompileClock()  # seconds spent compiling (compile=True)
+        if mc.compile:
+            compile_parts(self.dit, self.compile_clock)
+            compile_parts(self.decoder, self.compile_clock)
         c = self.dit.cfg
         pt, ph, pw = c.patch_size
         r = self.vae.config.spatial_ratio  # 8 for Wan's VAE (4 for the world's)

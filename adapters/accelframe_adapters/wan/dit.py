@@ -378,27 +378,26 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    """Self-attention over the call's tokens and, with a cache, the cached context before them."""
+    """Self-attention over the call's tokens and the cached context before them (``past_k``,
+    ``past_v``: ``[B, Nc, H, Dh]`` or None). Pure tensor work: the caller reads and writes the cache
+    (so that a compiled block holds no cache bookkeeping)."""
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, kv_write: KVWrite) -> torch.Tensor:
+                past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, d = x.shape  # [B, N, D], N = F * S tokens
         q = self.norm_q(self.q(x)).view(b, n, self.heads, -1)  # [B, N, H, Dh]
         k = self.norm_k(self.k(x)).view(b, n, self.heads, -1)
         val = self.v(x).view(b, n, self.heads, -1)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         keys, values = k, val
-        if cache is not None:
-            ck, cv = cache.context(layer)
-            if ck is not None:  # attend to the cached context, then this call's own tokens
-                keys = torch.cat([ck, k], dim=1)  # [B, Nc + N, H, Dh]
-                values = torch.cat([cv, val], dim=1)
-            if kv_write is not KVWrite.NONE:
-                cache.write(layer, k, val, kv_write)
+        if past_k is not None:  # attend to the cached context, then this call's own tokens
+            keys = torch.cat([past_k, k], dim=1)  # [B, Nc + N, H, Dh]
+            values = torch.cat([past_v, val], dim=1)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask
         )  # [B, H, N, Dh]
-        return self.o(out.transpose(1, 2).reshape(b, n, d))
+        return self.o(out.transpose(1, 2).reshape(b, n, d)), k, val  # and this call's K/V [B, N, H, Dh]
 
 
 class CrossAttention(Attention):
@@ -424,6 +423,8 @@ class CrossAttention(Attention):
 class WanBlock(nn.Module):
     """Self-attention, cross-attention, FFN; each modulated per frame by the timestep."""
 
+    COMPILED = ("compute",)  # what compile=True compiles (accelframe_adapters.compiling)
+
     def __init__(self, cfg: WanDiTConfig) -> None:
         super().__init__()
         self.eps = cfg.eps
@@ -441,21 +442,36 @@ class WanBlock(nn.Module):
         return layer_norm(x, self.eps) * (1 + m[..., 1, :]) + m[..., 0, :]
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, ctx_k: torch.Tensor, ctx_v: torch.Tensor,
-                rope: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
+                rope: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | RowsContext | None,
                 layer: int, kv_write: KVWrite) -> torch.Tensor:
+        """The block over ``x [B, F, S, D]``, attending to ``cache``'s context of this layer and
+        writing this call's K/V there as ``kv_write`` says."""
+        past_k, past_v = (None, None) if cache is None else cache.context(layer)
+        x, k, val = self.compute(x, e, ctx_k, ctx_v, rope, mask, past_k, past_v)
+        if cache is not None and kv_write is not KVWrite.NONE:
+            cache.write(layer, k, val, kv_write)
+        return x
+
+    def compute(self, x: torch.Tensor, e: torch.Tensor, ctx_k: torch.Tensor, ctx_v: torch.Tensor,
+                rope: torch.Tensor, mask: torch.Tensor | None, past_k: torch.Tensor | None,
+                past_v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's tensor work (what ``compile=True`` compiles): the new tokens and this call's
+        self-attention K/V."""
         b, f, s, d = x.shape  # [B, F, S, D]
         m = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(2)  # [B, F, 1, 6, D]
         shift, scale, gate, c_shift, c_scale, c_gate = m.unbind(3)  # each [B, F, 1, D]
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).type_as(x)
-        y = self.self_attn(h.view(b, f * s, d), rope, mask, cache, layer, kv_write).view(b, f, s, d)
-        x = (x.float() + y * gate).type_as(x)
+        y, k, val = self.self_attn(h.view(b, f * s, d), rope, mask, past_k, past_v)
+        x = (x.float() + y.view(b, f, s, d) * gate).type_as(x)
         h = self.norm3(x.float()).type_as(x).view(b, f * s, d)
         x = x + self.cross_attn(h, ctx_k, ctx_v).view(b, f, s, d)
         h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).type_as(x)
-        return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+        return (x.float() + self.ffn(h).float() * c_gate).type_as(x), k, val
 
 
 class Head(nn.Module):
+    COMPILED = ("forward",)
+
     def __init__(self, cfg: WanDiTConfig) -> None:
         super().__init__()
         self.eps = cfg.eps

@@ -111,6 +111,8 @@ class TinyDecodeCache:
 class TinyDecoder(nn.Module):
     """TAEHV's decoder (module docstring): normalised latents ``[B, z, F, h, w]`` -> frames."""
 
+    COMPILED = ("run",)  # what compile=True compiles (accelframe_adapters.compiling)
+
     def __init__(self, config: TinyDecoderConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or TinyDecoderConfig()

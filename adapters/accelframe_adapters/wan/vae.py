@@ -410,6 +410,8 @@ class Encoder3d(nn.Module):
 class Decoder3d(nn.Module):
     """Latents -> video, one latent frame per call: the stream's first gives 1 frame, every later one 4."""
 
+    COMPILED = ("forward",)  # what compile=True compiles: the causal convs' cache list is its input
+
     def __init__(self, config: WanVAEConfig) -> None:
         super().__init__()
         mult = config.dim_mult

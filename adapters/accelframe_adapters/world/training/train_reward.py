@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from accelframe_adapters.world import clips
 from accelframe_adapters.world.training import common as training
 from accelframe_adapters.world.reward import FrameReward, RewardConfig, blur
-from accelframe_adapters.world.training.train_dit import load_text, load_vae
+from accelframe_adapters.world.models import load_text, load_vae
 
 DEFAULTS = training.TrainSettings(steps=1000, batch=32, lr=1e-3, seed=2, warmup=100, log_every=25)
 KINDS = ("blur", "colour", "shape", "background", "empty", "vae_noise", "pixel_noise")
