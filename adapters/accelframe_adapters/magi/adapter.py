@@ -51,6 +51,7 @@ from accelframe import validators as v
 from accelframe.errors import ConfigError
 from accelframe.types import Iteration, KVWrite, Request, Role, UnitSpan
 from accelframe_adapters import presets
+from accelframe_adapters.compiling import CompileClock, compile_parts
 from accelframe_adapters.magi import schedule as ms
 from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig, MagiKVCache
 from accelframe_adapters.wan.text import UnknownWordsWarning, WordEncoder
@@ -125,6 +126,9 @@ class MagiModelConfig:
     width: int = attrs.field(default=64, validator=v.number_in(16, MAX_SIDE, integer=True))
     device: str = attrs.field(default="cpu", validator=v.device)
     init_seed: int = attrs.field(default=0, validator=v.number_in(0, 2**31 - 1, integer=True))
+    # torch.compile the DiT's pure parts (the modulation and the MLP of every block) and the VAE decoder
+    # (accelframe_adapters.compiling); the chunk-ranged attention and its cache stay eager
+    compile: bool = attrs.field(default=False, validator=v.boolean)
 
     def __attrs_post_init__(self) -> None:
         if self.size in ("4.5B", "24B") and self.checkpoint is None:
@@ -179,6 +183,11 @@ class MagiAdapter:
         self.device = torch.device(mc.device)
         self.dtype = torch.float32
         self.dit, self.vae, self.text = self._load()
+        self.compile_clock = CompileClock()  # seconds spent compiling (compile=True)
+        if mc.compile:
+            compile_parts(self.dit, self.compile_clock)
+            if self.vae is not None:
+                compile_parts(self.vae, self.compile_clock)
         c = self.dit.cfg
         if c.chunk_width != self.config.chunk_width:
             self.dit.cfg = attrs.evolve(c, chunk_width=self.config.chunk_width)

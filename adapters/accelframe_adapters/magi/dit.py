@@ -419,6 +419,8 @@ class ParallelAttention(nn.Module):
 
 
 class AdaModulate(nn.Module):
+    COMPILED = ("forward",)  # what compile=True compiles (accelframe_adapters.compiling)
+
     def __init__(self, cfg: MagiDiTConfig) -> None:
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(cfg.cond_hidden_size, 2 * cfg.hidden_size))
@@ -428,6 +430,8 @@ class AdaModulate(nn.Module):
 
 
 class MLP(nn.Module):
+    COMPILED = ("forward",)
+
     def __init__(self, cfg: MagiDiTConfig) -> None:
         super().__init__()
         d, f = cfg.hidden_size, cfg.ffn_hidden_size
