@@ -1,0 +1,335 @@
+"""The GPU suite: everything a session with a GPU should measure, in one run of under 8 minutes.
+
+    bash scripts/gpu_suite.sh OUT_DIR          # on a machine with one CUDA GPU
+    python scripts/gpu_suite.py --smoke --out DIR   # the same code on the CPU at tiny sizes (a check)
+
+Sections, each under its own time budget (a section that would overrun is skipped and says so):
+
+1. ``equality``: the four families (self-forcing, krea-realtime, skyreels-v2-df, magi-1) generate the
+   same request on the CPU and on CUDA in float32 (TF32 off): relative error of the latents.
+2. ``timing``: the Wan DiT at 1.3B and 14B, 480 x 832, bfloat16, random weights: one call (a block of 3
+   latent frames attending to 6 cached frames) and one Self-Forcing block (4 calls and the commit
+   pass), eager and with ``compile=True`` (the same compiled parts as the adapters' knob), with the
+   compile time.
+3. ``costs``: the cost table of ``accelframe bench costs`` measured instead of projected, for
+   ``krea-14B@832x480`` and ``self-forcing-1.3B@832x480``: the target's and the drafter's calls and
+   commits at the contexts the tables assume, and the Wan VAE's decode per latent frame (float32).
+   The reward score is not measured (ImageReward's weights cannot be loaded here): the FLOPs
+   estimate's figure is kept and labelled.
+4. ``stack``: ``accelframe bench stack --quick`` on the world (the machine's CPU), then every row's
+   counted work priced with the measured tables: the speedup its decisions give at real scale,
+   priced with measured component times (a sum, nothing overlapped: the pricing rule of
+   ``accelframe_bench.costs``).
+
+Writes ``gpu_suite.json`` (and the stack bench's files) to ``--out``; prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+PROMPT = "a red circle moves left on a blue background"
+BUDGET_S = {"equality": 60, "timing": 240, "costs": 90, "stack": 120}  # 8.5 min at most, about 6 typical
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Best wall seconds of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float().cpu(), b.float().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+# ---- 1: equality -----------------------------------------------------------------------------
+
+
+def equality(device: torch.device, smoke: bool) -> dict[str, Any]:
+    from accelframe.pipeline import Pipeline
+    from accelframe.plugins import create_hooks
+    from accelframe_adapters import plugin
+
+    hooks = lambda: create_hooks(autoload=False, disabled=(), plugins=(plugin,))  # noqa: E731
+    fams = {"self-forcing": ({}, 6), "krea-realtime": ({"num_denoising_steps": 3}, 6),
+            "skyreels-v2-df": ({"num_inference_steps": 4, "ar_step": 1}, 6),
+            "magi-1": ({"num_steps": 8, "window_size": 2}, 12)}
+    out = {}
+    for name, (kw, frames) in fams.items():
+        common = {**kw, "size": "tiny", "height": 32, "width": 32}
+        lat = {}
+        for dev in ("cpu", str(device)):
+            pipe = Pipeline(name, hooks=hooks(), adapter_kwargs={**common, "device": dev})
+            lat[dev] = pipe.generate(PROMPT, num_frames=frames, seed=1, decode=False).latents
+        out[name] = {"device_vs_cpu_rel": _rel(lat[str(device)], lat["cpu"])}
+    return out
+
+
+# ---- 2: timing -------------------------------------------------------------------------------
+
+
+def _random_dit(size: str, device: torch.device, dtype: torch.dtype):
+    from accelframe_adapters.wan.dit import WanDiT, WanDiTConfig
+
+    cfg = {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size]()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: a 14B float32 copy would need 56 GB
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            return WanDiT(cfg).eval()
+    finally:
+        torch.set_default_dtype(old)
+
+
+class DiTBench:
+    """Calls of one random DiT at a frame size: a block of 3 latent frames attending to ``context``
+    cached frames (the cache filled by one committed forward)."""
+
+    def __init__(self, dit: Any, device: torch.device, dtype: torch.dtype, latent_hw: tuple[int, int]) -> None:
+        self.dit, self.device, self.dtype = dit, device, dtype
+        c = dit.cfg
+        self.latent = (c.in_dim, *latent_hw)
+        self.tokens_per_frame = (latent_hw[0] // c.patch_size[1]) * (latent_hw[1] // c.patch_size[2])
+        g = torch.Generator(device="cpu").manual_seed(1)
+        self.text = torch.randn(1, c.text_len, c.text_dim, generator=g).to(device, dtype)
+        with torch.no_grad():
+            self.cross = dit.cross_cache(self.text)
+
+    def _x(self, frames: int) -> torch.Tensor:
+        return torch.randn(1, self.latent[0], frames, *self.latent[1:], device=self.device, dtype=self.dtype)
+
+    def cache(self, context: int):
+        from accelframe.types import KVWrite
+        from accelframe_adapters.wan.dit import KVCache
+
+        kv = KVCache(num_layers=self.dit.cfg.num_layers, tokens_per_frame=self.tokens_per_frame)
+        if context:
+            with torch.no_grad():
+                self.dit(self._x(context), torch.zeros(1, context, device=self.device), self.cross, frame_offset=0,
+                         cache=kv, kv_write=KVWrite.COMMIT)
+        return kv
+
+    def call(self, context: int, frames: int = 3) -> Callable[[], Any]:
+        from accelframe.types import KVWrite
+
+        kv = self.cache(context) if context else None
+        x, t = self._x(frames), torch.full((1, frames), 500.0, device=self.device)
+
+        def run() -> Any:
+            with torch.no_grad():
+                return self.dit(x, t, self.cross, frame_offset=context, cache=kv, kv_write=KVWrite.NONE)
+        return run
+
+    def block(self, context: int, steps: int = 4) -> Callable[[], Any]:
+        """A Self-Forcing block: ``steps`` calls, then the commit pass (written as scratch, so the cache
+        does not grow between repeats)."""
+        from accelframe.types import KVWrite
+
+        kv = self.cache(context)
+        x = self._x(3)
+
+        def run() -> Any:
+            with torch.no_grad():
+                for s in range(steps):
+                    t = torch.full((1, 3), 1000.0 * (steps - s) / steps, device=self.device)
+                    self.dit(x, t, self.cross, frame_offset=context, cache=kv, kv_write=KVWrite.NONE)
+                return self.dit(x, torch.zeros(1, 3, device=self.device), self.cross, frame_offset=context,
+                                cache=kv, kv_write=KVWrite.SCRATCH)
+        return run
+
+
+def timing(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
+    from accelframe_adapters.compiling import CompileClock, compile_parts
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    sizes = ("tiny",) if smoke else ("1.3B", "14B")
+    hw = (4, 4) if smoke else (60, 104)
+    out: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch."), "latent_hw": list(hw), "context_frames": 6}
+    for size in sizes:
+        if time.perf_counter() > deadline:
+            out[size] = {"skipped": "the section's time budget ran out"}
+            continue
+        dit = _random_dit(size, device, dtype)
+        b = DiTBench(dit, device, dtype, hw)
+        row = {"eager": {"call_ms": 1000 * _time(b.call(6), device, 5),
+                         "block_ms": 1000 * _time(b.block(6), device, 3)}}
+        clock = CompileClock()
+        compile_parts(dit, clock)
+        t0 = time.perf_counter()
+        b.call(6)()  # compiles: no context, then context
+        b.call(0)()
+        _sync(device)
+        first = time.perf_counter() - t0
+        row["compiled"] = {"call_ms": 1000 * _time(b.call(6), device, 5),
+                           "block_ms": 1000 * _time(b.block(6), device, 3)}
+        row["compile_s"], row["compile_first_calls_s"], row["graphs"] = clock.seconds, first, clock.compiles
+        row["call_speedup"] = row["eager"]["call_ms"] / row["compiled"]["call_ms"]
+        row["block_speedup"] = row["eager"]["block_ms"] / row["compiled"]["block_ms"]
+        out[size] = row
+        del dit, b
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+# ---- 3: costs --------------------------------------------------------------------------------
+
+
+def _vae_decode_s(device: torch.device, latent_hw: tuple[int, int], smoke: bool) -> float:
+    from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig
+
+    with torch.device(device):
+        torch.manual_seed(0)
+        vae = WanVAE(WanVAEConfig.tiny() if smoke else WanVAEConfig()).eval()
+    z = torch.randn(1, vae.config.z_dim, 2, *latent_hw, device=device)
+
+    def run() -> None:
+        cache = vae.new_decode_cache()
+        vae.decode_chunk(z[:, :, :1], cache)  # the stream's first frame: 1 pixel frame, not timed below
+        _sync(device)
+        t0 = time.perf_counter()
+        vae.decode_chunk(z[:, :, 1:], cache)  # a later latent frame: 4 pixel frames
+        _sync(device)
+        run.last = time.perf_counter() - t0  # type: ignore[attr-defined]
+
+    best = float("inf")
+    for _ in range(3):
+        run()
+        best = min(best, run.last)  # type: ignore[attr-defined]
+    del vae
+    return best
+
+
+def costs(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from accelframe_bench import costs as bc
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    hw = (4, 4) if smoke else (60, 104)
+    big, small = ("tiny", "tiny") if smoke else ("14B", "1.3B")
+    sf_ctx = round(bc._self_forcing_kv_frames()) - 3  # cached frames of an average Self-Forcing call
+    out: dict[str, Any] = {"decode_per_latent_frame_s": _vae_decode_s(device, hw, smoke)}
+    d = DiTBench(_random_dit(small, device, dtype), device, dtype, hw)
+    small_call = _time(d.call(sf_ctx), device, 3)
+    del d
+    if time.perf_counter() > deadline:
+        return {**out, "skipped": "the section's time budget ran out after the 1.3B call"}
+    t = DiTBench(_random_dit(big, device, dtype), device, dtype, hw)
+    krea_call = _time(t.call(3), device, 3)  # Krea: 3 rebuilt context frames and the block
+    krea_commit = _time(t.call(0), device, 3)  # the rebuild: one pass over 3 frames, no context
+    del t
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    tables = {}
+    for name, (tc, dc, tm, dm) in {
+        "krea-14B@832x480": (krea_call, small_call, krea_commit, small_call),
+        "self-forcing-1.3B@832x480": (small_call, small_call, small_call, small_call),
+    }.items():
+        projected = bc.table(name)
+        tables[name] = bc.CostTable(
+            config=name, target_call_s=tc, drafter_call_s=dc, target_commit_s=tm, drafter_commit_s=dm,
+            decode_per_latent_frame_s=out["decode_per_latent_frame_s"],
+            score_per_pixel_frame_s=projected.score_per_pixel_frame_s,
+            source=f"measured on {_device_name(device)} ({dt.date.today()}): random weights, "
+                   f"{'float32 smoke run' if smoke else 'bfloat16 DiTs, float32 VAE'}; score: the FLOPs "
+                   "estimate (ImageReward not loaded)",
+            detail={"projected": projected.to_dict() | {"detail": None},
+                    "contexts": {"drafter": sf_ctx, "krea target": 3}}).to_dict()
+    out["tables"] = tables
+    return out
+
+
+# ---- 4: stack --------------------------------------------------------------------------------
+
+
+def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from accelframe_bench import costs as bc
+
+    dest = out_dir / "stack"
+    cmd = [sys.executable, "-m", "accelframe", "--threads", "4", "bench", "stack", "--quick", "--project", "none",
+           "--json", "--force", "--out", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": proc.stderr[-2000:], "command": " ".join(cmd[1:])}
+    res = json.loads(proc.stdout)
+    base, rows = res["baseline"], [r for r in res["rows"] if r.get("work")]
+    priced: dict[str, Any] = {}
+    for name, tab in tables.items():
+        table = bc.CostTable(**tab)
+        priced[name] = {r["name"]: bc.projected_speedup(bc.Counts(**base["work"]), bc.Counts(**r["work"]), table)
+                        for r in rows}
+    return {"command": " ".join(cmd[1:]),
+            "measured_on_world": {r["name"]: r["speedup"] for r in rows},
+            "priced_with_measured_table": priced}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for gpu_suite.json and the stack bench's files")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks that the suite runs")
+    ap.add_argument("--only", default="equality,timing,costs,stack", help="comma-separated sections")
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu_suite: no CUDA device (use --smoke to run it on the CPU at tiny sizes)")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    wanted = args.only.split(",")
+    result: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__,
+                              "date": str(dt.date.today()), "smoke": args.smoke, "sections_s": {}}
+    for name in ("equality", "timing", "costs", "stack"):
+        if name not in wanted:
+            continue
+        t0 = time.perf_counter()
+        deadline = t0 + BUDGET_S[name]
+        print(f"gpu_suite: {name} (budget {BUDGET_S[name]} s)", file=sys.stderr, flush=True)
+        try:
+            if name == "equality":
+                result[name] = equality(device, args.smoke)
+            elif name == "timing":
+                result[name] = timing(device, args.smoke, deadline)
+            elif name == "costs":
+                result[name] = costs(device, args.smoke, deadline)
+            else:
+                result[name] = stack(out_dir, result.get("costs", {}).get("tables", {}), args.smoke)
+        except Exception as e:  # a failed section is reported; the others still run
+            result[name] = {"error": f"{type(e).__name__}: {e}"}
+        result["sections_s"][name] = time.perf_counter() - t0
+        (out_dir / "gpu_suite.json").write_text(json.dumps(result, indent=2))  # whole after every section
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
