@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -270,7 +271,8 @@ def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
     from accelframe_bench import costs as bc
 
     dest = out_dir / "stack"
-    cmd = [sys.executable, "-m", "accelframe", "--threads", "4", "bench", "stack", "--quick", "--project", "none",
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "accelframe", "--threads", threads, "bench", "stack", "--quick", "--project", "none",
            "--json", "--force", "--out", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
