@@ -220,7 +220,6 @@ def _vae_decode_s(device: torch.device, latent_hw: tuple[int, int], smoke: bool)
     for _ in range(3):
         run()
         best = min(best, run.last)  # type: ignore[attr-defined]
-    del vae
     return best
 
 
@@ -272,8 +271,8 @@ def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
 
     dest = out_dir / "stack"
     threads = os.environ.get("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, "-m", "accelframe", "--threads", threads, "bench", "stack", "--quick", "--project", "none",
-           "--json", "--force", "--out", str(dest)]
+    cmd = [sys.executable, "-m", "accelframe", "--threads", threads, "bench", "stack", "--quick",
+           "--project", "none", "--json", "--force", "--out", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         return {"error": proc.stderr[-2000:], "command": " ".join(cmd[1:])}
