@@ -394,3 +394,36 @@ def test_a_folder_without_weights_is_a_checkpoint_error(tmp_path: Path):
     save_magi_checkpoint(network(), tmp_path, distill=True)
     with pytest.raises(CheckpointError, match="distill=True"):
         load_magi_checkpoint(tmp_path)
+
+
+def test_the_spatial_embedding_starts_as_magi_and_then_places_tokens():
+    """``spatial_grid`` (the world's addition): at zero it is MAGI-1's network; a nonzero table moves
+    each token by its place in the grid (the same in every frame), and shapes name it back."""
+    plain = network()
+    g = (H // plain.cfg.patch_size, W // plain.cfg.patch_size)
+    cfg = attrs.evolve(plain.cfg, spatial_grid=g)
+    grid = MagiDiT(cfg).eval()
+    missing = grid.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["spatial_embedding"]
+    x, t, cap, mask = inputs(plain, chunks=2)
+    with torch.no_grad():
+        assert torch.equal(grid(x, t, cap, mask), plain(x, t, cap, mask))
+        grid.spatial_embedding.normal_(0.0, 0.5)
+        moved = grid(x, t, cap, mask)
+    assert not torch.allclose(moved, plain(x, t, cap, mask), atol=1e-4)
+    assert magi_dit.MagiDiTConfig(**attrs.asdict(cfg)).spatial_grid == g
+    from accelframe_adapters.magi.checkpoints import config_from_shapes
+
+    assert config_from_shapes(shapes_of(grid)).spatial_grid == g
+    assert config_from_shapes(shapes_of(plain)).spatial_grid is None
+
+
+def test_a_spatial_embedding_refuses_another_token_grid_and_bad_grids():
+    p = MagiDiTConfig.tiny().patch_size
+    net = MagiDiT(attrs.evolve(network().cfg, spatial_grid=(H // p + 1, W // p))).eval()
+    x, t, cap, mask = inputs(net, chunks=1)
+    with pytest.raises(ConfigError, match="token grid"):
+        net(x, t, cap, mask)
+    for bad in ((4,), (0, 4), (True, 4)):
+        with pytest.raises(ConfigError, match="spatial_grid"):
+            attrs.evolve(net.cfg, spatial_grid=bad)

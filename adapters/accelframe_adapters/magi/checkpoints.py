@@ -122,6 +122,8 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], path: str = "<shap
         "caption_max_length": shapes["y_embedder.null_caption_embedding"][0],
         "gated_linear_unit": shapes[_P + "mlp.linear_fc1.weight"][0] == 2 * ffn,
     }
+    if "spatial_embedding" in shapes:  # the embedded world's addition (MagiDiTConfig.spatial_grid)
+        fields["spatial_grid"] = tuple(shapes["spatial_embedding"][:2])
     for name, preset in (("MAGI-1 4.5B", MagiDiTConfig.magi_4_5b()), ("MAGI-1 24B", MagiDiTConfig.magi_24b())):
         if all(getattr(preset, k) == val for k, val in fields.items() if k != "num_layers"):
             # a release's shapes with fewer layers: its last layers are missing, not a smaller model

@@ -75,9 +75,17 @@ class MagiDiTConfig:
     layernorm_epsilon: float = attrs.field(default=1e-6, validator=v.number_in(0.0, 1.0, lo_open=True))
     chunk_width: int = attrs.field(default=6, validator=_pos)
     null_caption_tokens: int = attrs.field(default=50, validator=_pos)
+    # Not in MAGI-1: a learned embedding per token of an (h, w) grid, added after the patch embedding
+    # (key ``spatial_embedding``), as the world's Wan DiTs have: MAGI's RoPE is relative, so at full
+    # noise no token can tell where in the frame it sits (docs/world.md). None: MAGI-1.
+    spatial_grid: tuple[int, int] | None = attrs.field(default=None,
+                                                       converter=lambda g: None if g is None else tuple(g))
 
     def __attrs_post_init__(self) -> None:
         own = "MagiDiTConfig"
+        if self.spatial_grid is not None and (len(self.spatial_grid) != 2 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.spatial_grid)):
+            raise ConfigError(own, "spatial_grid", self.spatial_grid, "None or two positive ints (h, w)")
         if self.num_attention_heads % self.num_query_groups:
             raise ConfigError(own, "num_query_groups", self.num_query_groups,
                               f"a divisor of num_attention_heads = {self.num_attention_heads} (GQA)")
@@ -498,6 +506,8 @@ class MagiDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(cfg.cond_hidden_size)
         self.y_embedder = CaptionEmbedder(cfg)
         self.rope = LearnedRope(cfg.kv_channels)
+        if cfg.spatial_grid is not None:  # starts at zero: the network begins as MAGI-1's
+            self.spatial_embedding = nn.Parameter(torch.zeros(*cfg.spatial_grid, cfg.hidden_size))  # [h, w, D]
         self.videodit_blocks = VideoDiTBlocks(cfg)
         self.final_linear = FinalLinear(cfg)
 
@@ -585,6 +595,12 @@ class MagiDiT(nn.Module):
             xs = torch.cat([xs, xs], dim=1)  # [B, 2C, F, H, W]
         wx = self.x_embedder.weight.float()
         tokens = F.conv3d(xs, wx, stride=self.x_embedder.stride)  # [B, D, F, h, w]
+        if cfg.spatial_grid is not None:
+            if (h, w) != cfg.spatial_grid:
+                raise ConfigError("MagiDiT input", "token grid", (h, w),
+                                  f"{cfg.spatial_grid}: the grid this model's spatial embedding was trained for "
+                                  f"({cfg.spatial_grid[0] * p} x {cfg.spatial_grid[1] * p} latents)")
+            tokens = tokens + self.spatial_embedding.float().permute(2, 0, 1)[:, None]  # [D, 1, h, w]
         hs = tokens.flatten(2).transpose(1, 2)  # [B, S, D], S = (F h w), frame-major
         rope = self.rope.angles(rope_first_frame // cfg.t_patch_size, f // cfg.t_patch_size, h, w, x.device)
 

@@ -23,6 +23,7 @@ FILE = "world-magi.safetensors"
 CHUNK = 6  # latent frames per chunk, MAGI-1's
 LATENT_FRAMES = 24  # 4 chunks: what the model was trained on (RoPE positions 0 .. 23; 93 pixel frames)
 LOOP_DEFAULTS: dict[str, Any] = {}  # the world model runs MAGI-1's released loop settings
+SPATIAL_GRID = (4, 4)  # tokens of the VAE's 16 x 16 latents at patch 4: the spatial embedding's grid
 
 
 # Width 192 as the Wan world target: a token carries a 4 x 4 patch of 8 channels (128 values) and a
@@ -30,7 +31,8 @@ LOOP_DEFAULTS: dict[str, Any] = {}  # the world model runs MAGI-1's released loo
 def config() -> MagiDiTConfig:
     return MagiDiTConfig.world(hidden_size=192, num_attention_heads=4, num_query_groups=2, kv_channels=48,
                                ffn_hidden_size=384, num_layers=4, in_channels=Z_DIM, out_channels=Z_DIM,
-                               caption_channels=TEXT_DIM, caption_max_length=TEXT_LEN, chunk_width=CHUNK)
+                               caption_channels=TEXT_DIM, caption_max_length=TEXT_LEN, chunk_width=CHUNK,
+                               spatial_grid=SPATIAL_GRID)
 
 
 def path() -> Path:
