@@ -129,6 +129,10 @@ class MagiModelConfig:
     # torch.compile the DiT's pure parts (the modulation and the MLP of every block) and the VAE decoder
     # (accelframe_adapters.compiling); the chunk-ranged attention and its cache stay eager
     compile: bool = attrs.field(default=False, validator=v.boolean)
+    # what turns latents into frames: "vae" (the VAE's decoder), "tiny" (the embedded world's tiny
+    # decoder of its VAE's latents) or a tiny-decoder weights file (accelframe_adapters.wan.taehv)
+    decoder: str = attrs.field(default="vae",
+                               validator=v.instance_of(str, "'vae', 'tiny' or a tiny-decoder weights file"))
 
     def __attrs_post_init__(self) -> None:
         if self.size in ("4.5B", "24B") and self.checkpoint is None:
@@ -183,11 +187,12 @@ class MagiAdapter:
         self.device = torch.device(mc.device)
         self.dtype = torch.float32
         self.dit, self.vae, self.text = self._load()
+        self.decoder = self._load_decoder()  # decodes (None without a VAE); self.vae encodes
         self.compile_clock = CompileClock()  # seconds spent compiling (compile=True)
         if mc.compile:
             compile_parts(self.dit, self.compile_clock)
-            if self.vae is not None:
-                compile_parts(self.vae, self.compile_clock)
+            if self.decoder is not None:
+                compile_parts(self.decoder, self.compile_clock)
         c = self.dit.cfg
         if c.chunk_width != self.config.chunk_width:
             self.dit.cfg = attrs.evolve(c, chunk_width=self.config.chunk_width)
@@ -247,6 +252,21 @@ class MagiAdapter:
             torch.manual_seed(mc.init_seed + 2)
             text = WordEncoder(c.caption_channels, c.caption_max_length)
         return dit, vae, text.to(self.device)
+
+    def _load_decoder(self) -> Any:
+        """The VAE itself (``decoder="vae"``), or a tiny decoder for its latents; None without a VAE."""
+        from accelframe_adapters.wan.taehv import decoder_for
+
+        spec = self.model_config.decoder
+        if self.vae is None:
+            if spec != "vae":
+                raise ConfigError("MagiModelConfig", "decoder", spec,
+                                  "'vae': this model has no VAE here (MAGI-1's own VAE is not implemented), so "
+                                  "there are no VAE latents for a tiny decoder to decode")
+            return None
+        p = self.preset
+        world = p.weights_file("decoder") if p is not None and p.weights_file is not None else None
+        return decoder_for(spec, self.vae, owner="MagiModelConfig", world_file=world)
 
     # ---- frames and requests --------------------------------------------------------------------
 
@@ -328,18 +348,18 @@ class MagiAdapter:
         null, null_mask = self.dit.null_caption(caption.shape[0])
         c = self.dit.cfg
         tokens = c.chunk_width * (self.latent_shape[1] // c.patch_size) * (self.latent_shape[2] // c.patch_size)
-        vae_cache = self.vae.new_decode_cache() if self.vae is not None else None
+        vae_cache = self.decoder.new_decode_cache() if self.decoder is not None else None
         return MagiState(caption=caption, mask=mask, null=null.to(self.device), null_mask=null_mask.to(self.device),
                          kv=MagiKVCache(c.num_layers, tokens), vae_cache=vae_cache)
 
     def snapshot(self, state: MagiState) -> dict[str, Any]:
         return {"kv": state.kv.snapshot(),
-                "vae": self.vae.snapshot(state.vae_cache) if self.vae is not None else None}
+                "vae": self.decoder.snapshot(state.vae_cache) if self.decoder is not None else None}
 
     def restore(self, state: MagiState, snap: dict[str, Any]) -> None:
         state.kv.restore(snap["kv"])
-        if self.vae is not None:
-            self.vae.restore(state.vae_cache, snap["vae"])
+        if self.decoder is not None:
+            self.decoder.restore(state.vae_cache, snap["vae"])
 
     # ---- the network ----------------------------------------------------------------------------
 
@@ -479,7 +499,8 @@ class MagiAdapter:
         if self.vae is None:
             raise ConfigError("magi-1", "decode", True,
                               "False: MAGI-1's own VAE is not implemented; decode the latents elsewhere")
-        video = self.vae.decode_chunk(latents.permute(0, 2, 1, 3, 4).float(), state.vae_cache)  # [B, 3, T, H, W]
+        z = latents.permute(0, 2, 1, 3, 4).float()  # [B, C, T, h, w]
+        video = self.decoder.decode_chunk(z, state.vae_cache)  # [B, 3, T, H, W]
         return ((video.permute(0, 2, 1, 3, 4) + 1.0) / 2.0).clamp(0.0, 1.0)  # [B, T, 3, H, W] in [0, 1]
 
     def measure_quality(self, frames: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, Any]] | None:

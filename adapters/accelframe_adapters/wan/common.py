@@ -298,24 +298,10 @@ class WanAdapter:
 
     def _load_decoder(self) -> Any:
         """The VAE itself (``decoder="vae"``), or a tiny decoder for its latents."""
-        spec = self.model_config.decoder
-        if spec == "vae":
-            return self.vae
-        from accelframe_adapters.wan.taehv import load_tiny_decoder
+        from accelframe_adapters.wan.taehv import decoder_for
 
-        if spec == "tiny":
-            if self.preset is None:
-                raise ConfigError(type(self).__name__, "decoder", spec,
-                                  "'vae' or a tiny-decoder weights file: 'tiny' names the embedded world's "
-                                  f"decoder, and size {self.model_config.size!r} is not the world's")
-            spec = self._preset_file("decoder")
-        dec = load_tiny_decoder(spec)
-        want = (self.vae.config.z_dim, self.vae.config.spatial_ratio, self.vae.config.temporal_ratio)
-        got = (dec.config.z_dim, dec.config.spatial_ratio, dec.config.temporal_ratio)
-        if got != want:
-            raise CheckpointError(spec, f"is a tiny decoder for {got[0]} latent channels at {got[1]}x in space and "
-                                        f"{got[2]}x in time; the VAE's latents need {want[0]}, {want[1]}x, {want[2]}x")
-        return dec
+        world = self._preset_file("decoder") if self.preset is not None else None
+        return decoder_for(self.model_config.decoder, self.vae, owner=type(self).__name__, world_file=world)
 
     def _load_text(self):
         spec, c = self.model_config.text_encoder, self.dit.cfg

@@ -223,5 +223,29 @@ def load_tiny_decoder(path: str) -> TinyDecoder:
     return dec.eval()
 
 
+def decoder_for(spec: str, vae: Any, *, owner: str, world_file: str | None) -> Any:
+    """What an adapter's ``decoder`` knob names, for ``vae``'s latents: the VAE itself (``"vae"``),
+    the embedded world's tiny decoder (``"tiny"``: ``world_file``, None when the model is not the
+    world's) or a tiny-decoder weights file. A tiny decoder for other latents (channels, 8x / 4x)
+    is a :class:`~accelframe.errors.CheckpointError` naming the file."""
+    from accelframe.errors import CheckpointError, ConfigError
+
+    if spec == "vae":
+        return vae
+    if spec == "tiny":
+        if world_file is None:
+            raise ConfigError(owner, "decoder", spec, "'vae' or a tiny-decoder weights file: 'tiny' names "
+                                                      "the embedded world's decoder, and this model is not the "
+                                                      "world's")
+        spec = world_file
+    dec = load_tiny_decoder(spec)
+    want = (vae.config.z_dim, vae.config.spatial_ratio, vae.config.temporal_ratio)
+    got = (dec.config.z_dim, dec.config.spatial_ratio, dec.config.temporal_ratio)
+    if got != want:
+        raise CheckpointError(spec, f"is a tiny decoder for {got[0]} latent channels at {got[1]}x in space and "
+                                    f"{got[2]}x in time; the VAE's latents need {want[0]}, {want[1]}x, {want[2]}x")
+    return dec
+
+
 __all__ = ["Clamp", "MemBlock", "TGrow", "TinyDecodeCache", "TinyDecoder", "TinyDecoderConfig", "config_from_state_dict",
-           "load_tiny_decoder"]
+           "decoder_for", "load_tiny_decoder"]

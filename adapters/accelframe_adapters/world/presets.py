@@ -68,12 +68,13 @@ def wan_drafter() -> Preset:
 
 def magi() -> Preset:
     """``size="world"`` of ``magi-1``: the world's trained MAGI model."""
-    from accelframe_adapters.world import clips, magi_model, quality
+    from accelframe_adapters.world import clips, magi_model, models, quality
 
     return Preset(
         name="world", family="magi", latent_frames=magi_model.LATENT_FRAMES,
         frame_size=(clips.HEIGHT, clips.WIDTH), dit_config=lambda: magi_model.config(),
         load=lambda **kw: magi_model.load(**kw), defaults={"magi-1": magi_model.LOOP_DEFAULTS},
+        weights_file=lambda what: str(models.weights_path(what)),
         measure_quality=lambda frames, prompts, **kw: quality.measure_prompts(frames, prompts, **kw),
         describe_quality=lambda record: quality.describe(record))
 
