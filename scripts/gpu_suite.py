@@ -224,7 +224,6 @@ def _vae_decode_s(device: torch.device, latent_hw: tuple[int, int], smoke: bool)
 
 
 def costs(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from accelframe_bench import costs as bc
 
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -266,7 +265,6 @@ def costs(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
 
 
 def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from accelframe_bench import costs as bc
 
     dest = out_dir / "stack"

@@ -38,11 +38,8 @@ class CompileClock:
         self.seconds = 0.0
         self._lock = threading.Lock()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"graphs": self.compiles, "compile_s": self.seconds}
 
-
-def _frame_count() -> int:
+def _graph_count() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
@@ -51,10 +48,10 @@ def _timed(fn: Callable[..., Any], clock: CompileClock) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        before = _frame_count()
+        before = _graph_count()
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
-        graphs = _frame_count() - before
+        graphs = _graph_count() - before
         if graphs > 0:
             with clock._lock:
                 clock.compiles += graphs

@@ -496,7 +496,7 @@ class MagiAdapter:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, state: MagiState) -> torch.Tensor:
-        if self.vae is None:
+        if self.decoder is None:
             raise ConfigError("magi-1", "decode", True,
                               "False: MAGI-1's own VAE is not implemented; decode the latents elsewhere")
         z = latents.permute(0, 2, 1, 3, 4).float()  # [B, C, T, h, w]
