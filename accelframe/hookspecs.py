@@ -226,6 +226,17 @@ def accelframe_noise_level(ctx: NoiseContext) -> float | None:
 
 
 @hookspec
+def accelframe_batch_admit(ctx: BatchContext, fps: float) -> str | None:
+    """May a live loop admit one more stream of ``fps`` latent frames per second beside the streams
+    of ``ctx``? Return None to admit, or the reason to refuse (a person reads it: a server sends it
+    to the client it turns away).
+
+    Every implementation is asked; the first refusal refuses. The exact fallback (no plugin, or one
+    that raises) admits. Fires when a stream asks to join a running live loop, before it runs.
+    """
+
+
+@hookspec
 def accelframe_batch_observe(ctx: BatchContext, plan: BatchPlan, latency_s: float) -> None:
     """See the batch that ran and its measured wall time in seconds. Fires after every batch that
     ran (not when the plan was to wait). Returns nothing."""

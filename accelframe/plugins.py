@@ -435,6 +435,19 @@ class Hooks:
     def noise_level(self, ctx: NoiseContext) -> tuple[float | None, str]:
         return self.first_ctx("accelframe_noise_level", self._impls("accelframe_noise_level"), ctx)
 
+    def batch_admit(self, ctx: BatchContext, fps: float) -> tuple[str | None, str]:
+        """The first refusal ``(reason, plugin)`` of ``accelframe_batch_admit``, or ``(None, EXACT)``.
+        Raises :class:`HookRaised`."""
+        for fn, argnames, plugin in self._impls("accelframe_batch_admit"):
+            named = {"ctx": ctx, "fps": fps}
+            try:
+                reason = fn(*[named[a] for a in argnames])
+            except Exception as exc:
+                raise HookRaised("accelframe_batch_admit", plugin, exc) from exc
+            if reason is not None:
+                return str(reason), plugin
+        return None, EXACT
+
     def batch_observe(self, ctx: BatchContext, plan: BatchPlan, latency_s: float) -> list[HookRaised]:
         return self.each("accelframe_batch_observe", self._impls("accelframe_batch_observe"),
                           {"ctx": ctx, "plan": plan, "latency_s": latency_s})

@@ -37,6 +37,7 @@ KIND_BY_HOOK = {
     "accelframe_batch_plan": "batch",
     "accelframe_kv_manage": "batch",
     "accelframe_noise_level": "batch",
+    "accelframe_batch_admit": "batch",
     "accelframe_batch_observe": "batch",
 }
 

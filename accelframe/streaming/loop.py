@@ -29,13 +29,26 @@ other ranks hold the stream's K/V of their blocks and run what rank 0 sends them
 ``lanes=R`` and one rank the same schedule runs in one process (the ring's reference). The adapter
 provides the ring (:class:`accelframe.adapter.StageRing`).
 
+**Live** (``live=True``): streams join and leave while the loop runs (a server's sessions).
+:meth:`StreamLoop.add` queues a :class:`~accelframe.streaming.live.LiveSource` (or a
+``StreamSource``); the loop admits it before its next plan (the same checks as at the start, the
+memory of the streams beside it, and the batch policies' ``accelframe_batch_admit``) or refuses it
+(:class:`AdmissionRefused`, through the future ``add`` returns). A stream that has ended and
+emitted everything leaves at once: its ``generation_end`` hooks run and ``on_end`` gets its summary.
+The loop waits for work when no stream is left and returns once :meth:`StreamLoop.stop` was called
+and every stream has drained.
+
 A :class:`VirtualClock` makes runs deterministic for tests; :class:`RealClock` waits for real.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 import attrs
@@ -44,7 +57,7 @@ import torch
 from accelframe import adapter as caps
 from accelframe import fallback
 from accelframe.executor import Executor
-from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.errors import AccelframeError, ConfigError, IncompatibleError
 from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
 from accelframe.streaming.batch import Chunk, StreamBatch
@@ -70,9 +83,20 @@ from accelframe.types import (
 # a chunk decoded on a peer rank is emitted when its pixels are back, at the latest this many times
 # ``lanes`` micro-steps after it finished (then rank 0 waits for them): slack for a burst of decodes
 EMIT_LAG = 4
+# a live loop with nothing to wait for looks again after this long (seconds of real time)
+IDLE_POLL_S = 0.25
 # a stream's noise depends on its source only (seed, units), never on the streams beside it: every
 # stream draws as the stream of index 0 of the engine's generators
 NOISE_STREAM = 0
+
+
+class AdmissionRefused(AccelframeError):
+    """A live loop refused a stream: it does not fit (a ConfigError, memory) or the batch policies
+    say the streams beside it would miss their deadlines. ``reason`` says which."""
+
+    def __init__(self, stream: str, reason: str, by: str = "") -> None:
+        super().__init__(f"stream {stream!r} refused: {reason}")
+        self.stream, self.reason, self.by = stream, reason, by
 
 
 @attrs.define(eq=False)
@@ -171,11 +195,19 @@ class StreamLoop:
                  on_batch: Callable[[dict[str, Any]], None] | None = None,
                  drain_when_idle: bool = True, ranks: int = 1, lanes: int | None = None,
                  partition: Sequence[int] | None = None, rank_timeout_s: float = 60.0,
-                 decode_rank: int | None = None, rebalance: Any = True) -> None:
+                 decode_rank: int | None = None, rebalance: Any = True, live: bool = False,
+                 on_end: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.pipe = pipe
         self.adapter = pipe.adapter
-        self.sources = tuple(sources)
+        self.live = live
+        self.on_end = on_end
+        self.sources = list(sources)  # the streams in the loop now (live: they come and go)
         self._by_id = {s.id: s for s in self.sources}
+        self._adds: deque[tuple[Any, Future]] = deque()  # live: streams waiting for admission
+        self._wake = threading.Event()  # live: set when a stream is added, fed, ended or the loop stopped
+        self._stopping = False
+        self._running = False
+        self.retired: dict[str, dict[str, Any]] = {}  # live: summaries of the streams that left
         self._state: dict[str, _StreamState] = {}  # by stream id, made when the run starts
         self.clock = clock if clock is not None else RealClock()
         self.default_sigma = default_sigma
@@ -239,10 +271,14 @@ class StreamLoop:
                                     f"(accelframe.adapter.StageRing); {self.pipe.adapter_name!r} has none")
 
     def _validate(self) -> None:
-        unit = self.adapter.unit_frames
         ids = [s.id for s in self.sources]
-        if not ids:
-            raise ConfigError("StreamLoop", "sources", [], "at least one StreamSource")
+        if not isinstance(self.live, bool):
+            raise ConfigError("StreamLoop", "live", self.live, "True or False")
+        if not ids and not self.live:
+            raise ConfigError("StreamLoop", "sources", [], "at least one StreamSource (or live=True)")
+        if self.live and self.ranks > 1:
+            raise IncompatibleError(f"live=True cannot run on {self.ranks} ranks: streams joining a ring "
+                                    "mid-run are not built; run live loops with ranks=1")
         if len(set(ids)) != len(ids):
             raise ConfigError("StreamLoop", "sources", ids, "streams with distinct ids")
         if not finite_sigma(self.default_sigma):
@@ -272,19 +308,26 @@ class StreamLoop:
             raise IncompatibleError(f"adapter {self.pipe.adapter_name!r} has no decode() "
                                     "(accelframe.adapter.Decoder): a stream emits decoded frames")
         for s in self.sources:
-            # the exact fallback runs one unit at a time: that much must be runnable
-            self.adapter.validate(Request(prompts=(s.prompt,), num_frames=unit, seed=s.seed))
-            if s.frames is not None:
-                if caps.ENCODE not in self.adapter.capabilities:
-                    raise IncompatibleError(f"stream {s.id!r} has input frames but adapter "
-                                            f"{self.pipe.adapter_name!r} cannot encode")
-                h, w = caps.pixel_size(self.adapter)
-                if tuple(s.frames.shape[2:]) != (h, w):
-                    raise ConfigError(f"StreamSource {s.id!r}", "frames", tuple(s.frames.shape),
-                                      f"frames of {h}x{w} pixels")
-        # the adapter's declared limits and the memory the streams need, before anything runs
+            self._check_source(s)
+        self._check_memory(self.sources)
+
+    def _check_source(self, s: Any) -> None:
+        """What one stream needs of the adapter: a ConfigError or IncompatibleError if it lacks it."""
+        # the exact fallback runs one unit at a time: that much must be runnable
+        self.adapter.validate(Request(prompts=(s.prompt,), num_frames=self.adapter.unit_frames, seed=s.seed))
+        if s.frames is not None:
+            if caps.ENCODE not in self.adapter.capabilities:
+                raise IncompatibleError(f"stream {s.id!r} has input frames but adapter "
+                                        f"{self.pipe.adapter_name!r} cannot encode")
+            h, w = caps.pixel_size(self.adapter)
+            if tuple(s.frames.shape[2:]) != (h, w):
+                raise ConfigError(f"StreamSource {s.id!r}", "frames", tuple(s.frames.shape),
+                                  f"frames of {h}x{w} pixels")
+
+    def _check_memory(self, sources: Sequence[Any]) -> None:
+        """The adapter's declared limits and the memory the streams need, before anything runs."""
         kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in self.pipe.stack)
-        check_streams(self.sources, self.pipe.adapter_name, self.adapter, self.fmap,
+        check_streams(sources, self.pipe.adapter_name, self.adapter, self.fmap,
                       keep_frames=self.keep_frames, kv_managed=kv_managed)
 
     def target_state(self, stream: str) -> Any:
@@ -411,55 +454,189 @@ class StreamLoop:
             self.ring.close()
             self.ring = None
 
+    def _start(self, s: Any) -> None:
+        """A stream enters the loop: its state, and its ``generation_start`` hooks."""
+        pipe = self.pipe
+        generation = pipe.new_generation()
+        self._state[s.id] = _StreamState(source=s, output=StreamOutput(id=s.id), generation=generation,
+                                         guard=FrameGuard(s.id, self.on_corrupt))
+        self._infos[s.id] = GenerationInfo(
+            generation=generation, adapter=pipe.adapter_name, drafter=pipe.drafter_name, registry=pipe.registry,
+            request=Request(prompts=(s.prompt,), num_frames=max(self.fmap.latents_total(s.total), 1), seed=s.seed))
+        for err in pipe.hooks.generation_start(self._infos[s.id]):
+            self._failed(err.hook, err.plugin, repr(err.error), err.error, fallback_used=False)
+
+    def _end(self, s: Any) -> None:
+        """A stream's ``generation_end`` hooks (also when the run failed part-way: what was counted)."""
+        for err in self.pipe.hooks.generation_end(self._infos.pop(s.id), self.stats.to_dict()):
+            self._failed(err.hook, err.plugin, repr(err.error), err.error, fallback_used=False)
+
+    @staticmethod
+    def _ended(s: Any) -> str:
+        return (f"stalled: the source went silent after {s.delivered} of {s.total} frames"
+                if s.stalled else "complete")
+
     def _run(self) -> StreamRun:
-        pipe, hooks = self.pipe, self.pipe.hooks
         batches: list[dict[str, Any]] = []
-        pipe.reset_policies()
-        self._state, infos = {}, {}
+        self.pipe.reset_policies()
+        self._state, self._infos = {}, {}
         for s in self.sources:
-            generation = pipe.new_generation()
-            self._state[s.id] = _StreamState(source=s, output=StreamOutput(id=s.id), generation=generation,
-                                             guard=FrameGuard(s.id, self.on_corrupt))
-            infos[s.id] = GenerationInfo(
-                generation=generation, adapter=pipe.adapter_name, drafter=pipe.drafter_name,
-                registry=pipe.registry,
-                request=Request(prompts=(s.prompt,), num_frames=max(self.fmap.latents_total(s.total), 1),
-                                seed=s.seed))
-            for err in hooks.generation_start(infos[s.id]):
-                self._failed(err.hook, err.plugin, repr(err.error), err.error,
-                             fallback_used=False)
+            self._start(s)
+            if self.live:
+                s.begin(self.clock.now(), self.clock.now, self.wake)
         outputs = {k: st.output for k, st in self._state.items()}
+        self._running = True
         try:
             self._loop(batches)
         finally:
+            self._running = False
             self.stats.finish()
-            for s in self.sources:  # also when the run failed part-way: what was counted so far
-                for err in hooks.generation_end(infos[s.id], self.stats.to_dict()):
-                    self._failed(err.hook, err.plugin, repr(err.error), err.error,
-                                 fallback_used=False)
+            for s in self.sources:
+                self._end(s)
             for sink in self.sinks:  # flush what was emitted, also after an error
                 sink.close()
-        ended = {s.id: (f"stalled: the source went silent after {s.delivered} of {s.total} frames"
-                        if s.stalled else "complete") for s in self.sources}
+            self._refuse_queued("the loop has ended")
+        if self.live:  # the streams left one by one: their summaries are in ``retired``
+            return StreamRun(outputs={}, batches=batches, trace=self.trace, stats=self.stats, sources=(),
+                             ended={k: r["ended"] for k, r in self.retired.items()})
         return StreamRun(outputs=outputs, batches=batches, trace=self.trace, stats=self.stats,
-                         sources=self.sources, ended=ended,
+                         sources=tuple(self.sources), ended={s.id: self._ended(s) for s in self.sources},
                          corrupt={s.id: list(self._state[s.id].guard.corrupt) for s in self.sources})
+
+    # ---- live streams ---------------------------------------------------------------------------
+
+    def add(self, source: Any) -> Future:
+        """Queue a stream for a live loop (any thread). The future resolves to the stream's id once
+        the loop admitted it, or raises :class:`AdmissionRefused` (or the ConfigError that refused it)."""
+        if not self.live:
+            raise ConfigError("StreamLoop", "live", False, "True to add streams while the loop runs")
+        fut: Future = Future()
+        if self._stopping:
+            fut.set_exception(AdmissionRefused(getattr(source, "id", "?"), "the loop is stopping"))
+            return fut
+        self._adds.append((source, fut))
+        self.wake()
+        return fut
+
+    def stop(self) -> None:
+        """End every live stream now (any thread): what arrived is still run and emitted, then
+        :meth:`run` returns."""
+        self._stopping = True
+        for s in list(self.sources):
+            if hasattr(s, "end"):
+                s.end()
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake a live loop that waits (a stream was added, fed or ended)."""
+        self._wake.set()
+
+    def _refuse_queued(self, reason: str) -> None:
+        while self._adds:
+            source, fut = self._adds.popleft()
+            if not fut.done():
+                fut.set_exception(AdmissionRefused(getattr(source, "id", "?"), reason))
+
+    def _admit_queued(self, now: float, last_latency: float | None) -> None:
+        """Admit or refuse the streams added since the last plan (the loop's thread)."""
+        while self._adds:
+            source, fut = self._adds.popleft()
+            if self._stopping:
+                fut.set_exception(AdmissionRefused(getattr(source, "id", "?"), "the loop is stopping"))
+                continue
+            try:
+                self._admit(source, now, last_latency)
+            except BaseException as exc:  # refused: the caller gets why, the loop runs on
+                fut.set_exception(exc)
+                continue
+            self.sources.append(source)
+            self._by_id[source.id] = source
+            self._start(source)
+            if hasattr(source, "begin"):
+                source.begin(now, self.clock.now, self.wake)
+            self.trace.add("admit", stream=source.id, t_s=now)
+            fut.set_result(source.id)
+
+    def _admit(self, source: Any, now: float, last_latency: float | None) -> None:
+        if source.id in self._by_id:
+            raise AdmissionRefused(source.id, "a stream of that id is in the loop")
+        try:
+            self._check_source(source)
+            self._check_memory([*self.sources, source])
+        except AccelframeError as exc:
+            raise AdmissionRefused(source.id, str(exc)) from exc
+        ctx = BatchContext(now_s=now, streams=self._status(now), unit_frames=self.adapter.unit_frames,
+                           last_latency_s=last_latency)
+        try:
+            reason, by = self.pipe.hooks.batch_admit(ctx, source.fps / self.fmap.ratio)
+        except HookRaised as err:  # a failing admission hook admits, as without one
+            self._failed("accelframe_batch_admit", err.plugin, repr(err.error), err.error)
+            return
+        if reason is not None:
+            raise AdmissionRefused(source.id, str(reason), by)
+
+    def _retire(self, now: float) -> None:
+        """Live: streams that ended and emitted everything leave (``generation_end``, ``on_end``)."""
+        for s in [s for s in self.sources if self._finished(s, now)]:
+            st = self._state.pop(s.id)
+            self.sources.remove(s)
+            del self._by_id[s.id]
+            self._end(s)
+            summary = {**st.output.summary(s.deadline_s), "corrupt_frames": len(st.guard.corrupt),
+                       "ended": self._ended(s)}
+            self.retired[s.id] = summary
+            self.trace.add("retire", stream=s.id, t_s=now)
+            if self.on_end is not None:
+                self.on_end(s.id, summary)
+
+    def _idle(self, until: float | None) -> None:
+        """Wait for the next arrival ``until`` (None: none known); a live loop also wakes when woken."""
+        if not self.live:
+            if until is None:  # nothing more can arrive: the plan is refused as a stall above
+                raise AssertionError("a batch plan waits with no frame left to arrive")
+            self.clock.wait_until(until)
+            return
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        if until is not None and not isinstance(self.clock, RealClock):
+            self.clock.wait_until(until)  # a test's virtual clock: no real time passes
+            return
+        delay = IDLE_POLL_S if until is None else min(max(until - self.clock.now(), 0.0), IDLE_POLL_S)
+        if self._wake.wait(timeout=delay):
+            self._wake.clear()
 
     def _next_event(self, now: float) -> float | None:
         times = []
         for s in self.sources:
-            got = s.received(now)
-            if got < s.delivered:
-                times.append(s.arrival_s(got))
-            if s.end_known_s() > now:
+            nxt = getattr(s, "next_arrival_s", None)
+            if nxt is not None:  # a live source: the next arrival if it can be known
+                t = nxt(now)
+                if t is not None:
+                    times.append(t)
+            else:
+                got = s.received(now)
+                if got < s.delivered:
+                    times.append(s.arrival_s(got))
+            if math.isfinite(s.end_known_s()) and s.end_known_s() > now:
                 times.append(s.end_known_s())
         return min(times) if times else None
 
     def _loop(self, batches: list[dict[str, Any]]) -> None:
         hooks, unit = self.pipe.hooks, self.adapter.unit_frames
         last_latency = None
-        while not all(self._finished(s, self.clock.now()) for s in self.sources):
+        while True:
             now = self.clock.now()
+            if self.live:
+                self._admit_queued(now, last_latency)
+                self._retire(now)
+                if self._stopping and not self.sources and not self._adds:
+                    break
+                if not self.sources:
+                    self._idle(None)
+                    continue
+            elif all(self._finished(s, now) for s in self.sources):
+                break
             status = self._status(now)
             ctx = BatchContext(now_s=now, streams=status, unit_frames=unit,
                                last_latency_s=last_latency)
@@ -472,10 +649,7 @@ class StreamLoop:
             if not plan.entries and not flush and self.stream_batch and self.drain_when_idle:
                 flush = [s.id for s in self.sources if self._state[s.id].rows]  # idle: advance in flight
             if not plan.entries and not flush:
-                nxt = self._next_event(now)
-                if nxt is None:  # nothing more can arrive: the plan is refused as a stall above
-                    raise AssertionError("a batch plan waits with no frame left to arrive")
-                self.clock.wait_until(nxt)
+                self._idle(self._next_event(now))
                 continue
             t0 = time.perf_counter()
             emitted: list[tuple[str, int, int]] = []  # (stream, first pixel, pixel count)

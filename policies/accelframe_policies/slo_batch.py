@@ -107,12 +107,13 @@ class SLOBatch:
         self.unsustainable_plans = 0
         self._warned = False
 
-    def chunk_choice(self, ctx: BatchContext) -> tuple[int, bool]:
-        """(T*, sustainable) for the streams of ``ctx``."""
-        unit = ctx.unit_frames
-        live = [s for s in ctx.streams if s.total is None or s.consumed < s.total]
-        rate = sum(s.fps for s in live)
-        b = max(min(len(live), self.max_streams), 1)
+    @staticmethod
+    def _running(ctx: BatchContext) -> list[StreamStatus]:
+        return [s for s in ctx.streams if s.total is None or s.consumed < s.total]
+
+    def _choose(self, unit: int, rate: float, streams: int) -> tuple[int, bool]:
+        """(T*, sustainable) for ``streams`` streams offering ``rate`` frames per second."""
+        b = max(min(streams, self.max_streams), 1)
         if not self.model.ready:
             return unit, True
         for k in range(1, self.max_chunk_units + 1):
@@ -120,6 +121,26 @@ class SLOBatch:
             if b * t / max(self.model(t, b), 1e-9) >= self.headroom * rate:
                 return t, True
         return self.max_chunk_units * unit, False
+
+    def chunk_choice(self, ctx: BatchContext) -> tuple[int, bool]:
+        """(T*, sustainable) for the streams of ``ctx``."""
+        live = self._running(ctx)
+        return self._choose(ctx.unit_frames, sum(s.fps for s in live), len(live))
+
+    @hookimpl
+    def accelframe_batch_admit(self, ctx: BatchContext, fps: float) -> str | None:
+        """Refuse a stream whose rate, beside the running streams', no allowed chunk sustains under
+        the fitted latency model (admitted while nothing was measured yet)."""
+        live = self._running(ctx)
+        rate, n = sum(s.fps for s in live) + fps, len(live) + 1
+        if self._choose(ctx.unit_frames, rate, n)[1]:
+            return None
+        b = max(min(n, self.max_streams), 1)
+        best = max(b * k * ctx.unit_frames / max(self.model(k * ctx.unit_frames, b), 1e-9)
+                   for k in range(1, self.max_chunk_units + 1))
+        return (f"slo-batch: {n} streams would offer {rate:.1f} frames/s and the measured latency serves at most "
+                f"{best / self.headroom:.1f} (chunks of up to {self.max_chunk_units} units, headroom "
+                f"{self.headroom}): the running streams would miss their deadlines")
 
     @staticmethod
     def _left(s: StreamStatus) -> int | None:

@@ -1,0 +1,208 @@
+"""Live loops: streams that join, are fed and end while the stream loop runs (a server's sessions),
+on the analytic adapter. A live stream's frames equal the same stream run alone; admission refuses
+with a reason and the loop runs on."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from accelframe import hookimpl
+from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.pipeline import Pipeline
+from accelframe.streaming.live import BacklogError, LiveSource
+from accelframe.streaming.loop import AdmissionRefused, StreamLoop
+from accelframe.streaming.source import RealClock, StreamSource, VirtualClock
+from accelframe.testing.fixtures import make_hooks
+from accelframe.types import BatchContext, StreamStatus
+from accelframe_policies.slo_batch import SLOBatch
+from tests.test_step_executor import TINY, RowAnalytic
+
+
+def pipe(**kw) -> Pipeline:
+    base = {"plan": "block", "unit_frames": 2, "steps": 2, "height": 4, "width": 4}
+    return Pipeline("analytic", hooks=make_hooks(), adapter_kwargs={**base, **kw})
+
+
+def frames(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed))  # [n, 3, 4, 4]
+
+
+def alone(p: Pipeline, stream_batch: bool = False, **src) -> torch.Tensor:
+    """The frames of one stream run by itself in a loop with fixed sources."""
+    run = p.stream([StreamSource(**src)], clock=VirtualClock(batch_cost_s=0.01), stream_batch=stream_batch)
+    return run.outputs[src["id"]].frames
+
+
+class Live:
+    """A live loop on a virtual clock, driven from its own callbacks: ``at[k]`` runs after batch k."""
+
+    def __init__(self, p: Pipeline, first: list, at: dict, **kw) -> None:
+        self.got: dict[str, list[torch.Tensor]] = {}
+        self.ended: dict[str, dict] = {}
+        self.at, self.batches = at, 0
+        self.loop = StreamLoop(p, first, live=True, clock=VirtualClock(batch_cost_s=0.01),
+                               on_frames=lambda s, f: self.got.setdefault(s, []).append(f),
+                               on_batch=self._batch, on_end=self._end, **kw)
+
+    def _batch(self, record):
+        self.batches += 1
+        for fn in self.at.pop(self.batches, []):
+            fn(self.loop)
+
+    def _end(self, stream, summary):
+        self.ended[stream] = summary
+
+    def frames(self, stream):
+        return torch.cat(self.got[stream])
+
+
+@pytest.mark.parametrize("stream_batch", [False, True])
+def test_a_stream_that_joins_mid_run_draws_what_it_draws_alone(stream_batch):
+    """Also in the stream batch, where the newcomer's rows share forwards with the running stream's."""
+    p = Pipeline(RowAnalytic(steps=2, **TINY), hooks=make_hooks()) if stream_batch else pipe()
+    a = LiveSource("a", "a red circle", seed=1, max_frames=12, fps=8.0)
+    b = LiveSource("b", "a blue square", seed=2, max_frames=8, fps=8.0)
+    futures = []
+    live = Live(p, [a], {2: [lambda loop: futures.append(loop.add(b))]}, stream_batch=stream_batch)
+    live.loop.on_end = lambda s, summary: (live.ended.__setitem__(s, summary),
+                                           len(live.ended) == 2 and live.loop.stop())
+    run = live.loop.run()
+    assert futures[0].result() == "b"
+    assert set(live.ended) == {"a", "b"} and set(run.ended) == {"a", "b"}
+    assert live.ended["a"]["frames"] == 12 and live.ended["b"]["frames"] == 8
+    q = Pipeline(RowAnalytic(steps=2, **TINY), hooks=make_hooks()) if stream_batch else pipe()
+    ref_a = alone(q, stream_batch, id="a", prompt="a red circle", seed=1, num_frames=12, fps=8.0)
+    ref_b = alone(q, stream_batch, id="b", prompt="a blue square", seed=2, num_frames=8, fps=8.0)
+    torch.testing.assert_close(live.frames("a"), ref_a, rtol=0, atol=0)
+    torch.testing.assert_close(live.frames("b"), ref_b, rtol=0, atol=0)
+    events = [e["event"] for e in run.trace.events if e["event"] in ("admit", "retire")]
+    assert events == ["admit", "retire", "retire"]  # b admitted mid-run; both leave
+
+
+def test_end_emits_what_arrived_then_the_stream_leaves():
+    p = pipe()
+    a = LiveSource("a", "a red circle", seed=3, fps=10.0)
+    live = Live(p, [a], {3: [lambda loop: a.end()]})
+    live.loop.on_end = lambda s, summary: (live.ended.__setitem__(s, summary), live.loop.stop())
+    live.loop.run()
+    n = live.ended["a"]["frames"]
+    assert n == a.delivered and live.ended["a"]["ended"] == "complete"
+    assert n >= 3 and live.frames("a").shape[0] == n  # the padded tail of a last unit never leaves
+    torch.testing.assert_close(live.frames("a"), alone(pipe(), id="a", prompt="a red circle", seed=3,
+                                                       num_frames=n, fps=10.0), rtol=0, atol=0)
+
+
+def test_video_to_video_frames_pushed_as_the_loop_runs():
+    clip = frames(9, seed=4)
+    p = pipe()
+    a = LiveSource("a", "a red circle", seed=1, max_frames=60)
+    v = LiveSource("v", "a blue square", seed=5, size=(4, 4), fps=8.0)
+    at = {1: [lambda loop: loop.add(v)]}
+    for k in range(4):  # admitted before plan 2: pairs of frames pushed after batches 2..5
+        at[2 + k] = [lambda loop, k=k: v.push(clip[2 * k:2 * k + 2])]
+    at[6] = [lambda loop: (v.push(clip[8]), v.end())]
+    live = Live(p, [a], at)
+    live.loop.on_end = lambda s, summary: (live.ended.__setitem__(s, summary),
+                                           a.end() if s == "v" else live.loop.stop())
+    live.loop.run()
+    assert live.ended["v"]["frames"] == 9
+    ref = alone(pipe(), id="v", prompt="a blue square", seed=5, frames=clip, fps=8.0)
+    torch.testing.assert_close(live.frames("v"), ref, rtol=0, atol=0)
+    assert v.frames.pending <= 1  # consumed frames are not held
+
+
+def test_backlog_and_misuse_are_refused():
+    v = LiveSource("v", "x", size=(4, 4), max_pending=3)
+    with pytest.raises(ConfigError, match="admitted"):
+        v.push(frames(1))  # not admitted yet
+    v.begin(0.0, lambda: 0.0, lambda: None)
+    v.push(frames(3))
+    with pytest.raises(BacklogError, match="max_pending"):
+        v.push(frames(1))
+    with pytest.raises(ConfigError, match=r"\[F, 3, 4, 4\]"):
+        v.push(torch.rand(1, 3, 5, 4))
+    t = LiveSource("t", "x")
+    t.begin(0.0, lambda: 0.0, lambda: None)
+    with pytest.raises(ConfigError, match="size"):
+        t.push(frames(1))
+    with pytest.raises(ConfigError, match="prompt"):
+        t.set_prompt("  ")
+    with pytest.raises(ConfigError, match="fps"):
+        LiveSource("t", "x", fps=0)
+    with pytest.raises(ConfigError, match="live"):
+        StreamLoop(pipe(), [StreamSource(id="s", prompt="x", num_frames=2)]).add(t)
+    with pytest.raises(ConfigError, match="sources"):
+        StreamLoop(pipe(), [])
+    with pytest.raises(IncompatibleError, match="ranks"):
+        StreamLoop(pipe(), [], live=True, ranks=2, lanes=2, stream_batch=True)
+
+
+class RefuseSecond:
+    name = "refuse-second"
+
+    @hookimpl
+    def accelframe_batch_admit(self, ctx, fps):
+        return "one stream at a time" if ctx.streams else None
+
+
+def test_admission_refuses_with_the_policys_reason_and_the_loop_runs_on():
+    p = pipe().use(RefuseSecond())
+    a = LiveSource("a", "a red circle", seed=1, max_frames=8)
+    dup = LiveSource("a", "again", seed=1)
+    b = LiveSource("b", "a blue square", seed=2)
+    futures = []
+    live = Live(p, [a], {1: [lambda loop: futures.extend([loop.add(b), loop.add(dup)])]})
+    live.loop.on_end = lambda s, summary: live.loop.stop()
+    live.loop.run()
+    with pytest.raises(AdmissionRefused, match="one stream at a time") as err:
+        futures[0].result()
+    assert err.value.by == "refuse-second" and err.value.stream == "b"
+    with pytest.raises(AdmissionRefused, match="of that id"):
+        futures[1].result()
+    assert torch.cat(live.got["a"]).shape[0] == 8
+    with pytest.raises(AdmissionRefused, match="stopping"):
+        live.loop.add(LiveSource("c", "x")).result()
+
+
+def test_slo_batch_admits_while_the_model_serves_the_load():
+    policy = SLOBatch(max_chunk_units=2, headroom=1.0)
+    status = StreamStatus(stream="a", received=0, consumed=0, emitted=0, total=None, fps=4.0,
+                          oldest_pending_s=None, next_deadline_s=None)
+    ctx = BatchContext(now_s=0.0, streams=(status,), unit_frames=1, last_latency_s=None)
+    assert policy.accelframe_batch_admit(ctx, 4.0) is None  # nothing measured yet
+    for x in (1, 2):  # L = 0.1 + 0.05 x: B streams of T frames serve B T / (0.1 + 0.05 B T) frames/s
+        policy.model.observe(x, 0.1 + 0.05 * x)
+    # two streams, chunks of 2: 4 / 0.3 = 13.3 frames/s >= 4 + 4
+    assert policy.accelframe_batch_admit(ctx, 4.0) is None
+    reason = policy.accelframe_batch_admit(ctx, 12.0)  # 16 frames/s > 13.3
+    assert reason is not None and "16.0 frames/s" in reason and "13.3" in reason
+
+
+def test_a_real_clock_loop_in_a_thread_takes_streams_from_another():
+    p = pipe()
+    loop = StreamLoop(p, [], live=True, clock=RealClock(), keep_frames=False)
+    got: dict[str, int] = {}
+    ended = threading.Event()
+    loop.on_frames = lambda s, f: got.__setitem__(s, got.get(s, 0) + f.shape[0])
+    loop.on_end = lambda s, summary: ended.set()
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(loop.run()))
+    worker.start()
+    try:
+        src = LiveSource("a", "a red circle", fps=50.0)
+        assert loop.add(src).result(timeout=10) == "a"
+        deadline = threading.Event()
+        for _ in range(100):
+            if got.get("a", 0) >= 6:
+                break
+            deadline.wait(0.05)
+        src.end()
+        assert ended.wait(10)
+    finally:
+        loop.stop()
+        worker.join(10)
+    assert not worker.is_alive()
+    assert result[0].ended == {"a": "complete"} and got["a"] == loop.retired["a"]["frames"] >= 6
