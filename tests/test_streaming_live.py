@@ -206,3 +206,22 @@ def test_a_real_clock_loop_in_a_thread_takes_streams_from_another():
         worker.join(10)
     assert not worker.is_alive()
     assert result[0].ended == {"a": "complete"} and got["a"] == loop.retired["a"]["frames"] >= 6
+
+
+def test_text_slots_burst_pause_and_resume():
+    t = [0.0]
+    src = LiveSource("a", "x", fps=10.0, burst=5, max_frames=100)
+    src.begin(1.0, lambda: t[0], lambda: None)
+    assert src.received(0.99) == 0 and src.received(1.0) == 6  # frames 0..5 at once
+    assert src.arrival_s(3) == 1.0 and src.arrival_s(6) == pytest.approx(1.1)
+    t[0] = 1.25
+    assert src.received(t[0]) == 8
+    src.pause()
+    assert src.paused and src.next_arrival_s(2.0) is None and src.received(5.0) == 8
+    t[0] = 3.0
+    src.resume()
+    assert src.received(3.0) == 9 and src.arrival_s(8) == 3.0 and src.arrival_s(7) == pytest.approx(1.2)
+    assert src.next_arrival_s(3.0) == pytest.approx(3.1)
+    t[0] = 3.35
+    src.end()
+    assert src.delivered == 12 and src.received(9.0) == 12 and src.end_known_s() == 3.35

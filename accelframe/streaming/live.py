@@ -5,7 +5,10 @@ A :class:`LiveSource` reads like a :class:`~accelframe.streaming.source.StreamSo
 it starts:
 
 - **text-to-video**: a frame slot arrives every ``1 / fps`` from the moment the loop admits it
-  (``start_s``), until :meth:`LiveSource.end` or ``max_frames``;
+  (``start_s``), until :meth:`LiveSource.end` or ``max_frames``. The first ``burst + 1`` slots
+  arrive at once (a server sets it to its first chunk's frames, so the first chunk starts at once
+  and the client plays the frames at ``fps``, not a chunk late). :meth:`LiveSource.pause` stops the
+  slots; :meth:`LiveSource.resume` restarts them where they stopped;
 - **video-to-video** (``size=(H, W)``): the frames are the ones :meth:`LiveSource.push` hands in,
   each arriving when it was pushed; the loop holds only the frames it has not consumed yet
   (:class:`LiveFrames`), and a client that pushes more than ``max_pending`` frames ahead of the
@@ -93,7 +96,7 @@ class LiveSource:
 
     def __init__(self, id: str, prompt: str, *, fps: float = 16.0, deadline_s: float | None = None,
                  seed: int = 0, size: tuple[int, int] | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING, burst: int = 0) -> None:
         where = f"LiveSource {id!r}"
         if not isinstance(id, str) or not id:
             raise ConfigError("LiveSource", "id", id, "a non-empty string")
@@ -105,18 +108,21 @@ class LiveSource:
             raise ConfigError(where, "deadline_s", deadline_s, "None or a positive number of seconds")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ConfigError(where, "seed", seed, "an int in [0, 2**63)")
-        for name, value in (("max_frames", max_frames), ("max_pending", max_pending)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(where, name, value, "a positive int")
+        for name, value, lo in (("max_frames", max_frames, 1), ("max_pending", max_pending, 1), ("burst", burst, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(where, name, value, f"an int >= {lo}")
         if size is not None and (len(tuple(size)) != 2 or any(
                 isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in size)):
             raise ConfigError(where, "size", size, "None (text-to-video) or (height, width) in pixels")
         self.id, self.fps, self.deadline_s, self.seed = id, float(fps), deadline_s, seed
-        self.max_frames, self.max_pending = max_frames, max_pending
+        self.max_frames, self.max_pending, self.burst = max_frames, max_pending, min(burst, max_frames - 1)
         self._prompt, self.prompt_version = prompt, 0
         self.frames = None if size is None else LiveFrames((int(size[0]), int(size[1])), max_frames)
         self._arrivals: list[float] = []  # video-to-video: when each pushed frame arrived
         self.start_s: float | None = None  # set when the loop admits the stream
+        # text-to-video: slot k >= k0 arrives at t0 + (k - k0) / fps for the last (k0, t0) with t0 <= now
+        self._segments: list[tuple[int, float]] = []
+        self._paused_at: int | None = None  # slots that had arrived when paused
         self.ended_s: float | None = None
         self._ended_at: float | None = None  # asked to end at this time of the loop's clock
         self._lock = threading.Lock()
@@ -163,6 +169,24 @@ class LiveSource:
             self._arrivals += [now] * frames.shape[0]
         self._wake()
 
+    def pause(self) -> None:
+        """Text-to-video: no more slots arrive until :meth:`resume` (frames in flight still leave)."""
+        with self._lock:
+            if self.frames is None and self._paused_at is None and self._now is not None:
+                self._paused_at = self._received(self._now())
+
+    def resume(self) -> None:
+        """Text-to-video: slots arrive again from now, one every ``1 / fps``."""
+        with self._lock:
+            if self._paused_at is not None and self._now is not None:
+                self._segments.append((self._paused_at, self._now()))
+                self._paused_at = None
+        self._wake()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
     def end(self) -> None:
         """End the stream now: frames that arrived are still run and emitted, then it leaves."""
         with self._lock:
@@ -181,6 +205,7 @@ class LiveSource:
         ``wake`` wakes the loop."""
         with self._lock:
             self.start_s, self._now, self._wake = now, clock_now, wake
+            self._segments = [(self.burst, now)]
             if self._ended_at is not None:  # ended before admission
                 self._ended_at = now
 
@@ -196,21 +221,33 @@ class LiveSource:
                 return self.max_frames
             if self.frames is not None:
                 return self.frames.count
-            return self._slots(self._ended_at)
+            return self._received(self._ended_at)
 
     @property
     def stalled(self) -> bool:
         return False
 
     def _slots(self, now: float) -> int:
-        if self.start_s is None or now < self.start_s:
+        """Text-to-video slots arrived by ``now``, pauses aside (the lock held)."""
+        seg = [(k0, t0) for k0, t0 in self._segments if t0 <= now + 1e-9]
+        if not seg:
             return 0
-        return min(self.max_frames, int(math.floor((now - self.start_s) * self.fps + 1e-9)) + 1)
+        k0, t0 = seg[-1]
+        return min(self.max_frames, k0 + int(math.floor((now - t0) * self.fps + 1e-9)) + 1)
+
+    def _received(self, now: float) -> int:
+        """Text-to-video slots arrived by ``now`` (the lock held)."""
+        n = self._slots(now)
+        return n if self._paused_at is None else min(n, self._paused_at)
 
     def arrival_s(self, k: int) -> float:
-        start = self.start_s or 0.0
         if self.frames is None:
-            return start + k / self.fps
+            with self._lock:
+                if not self._segments:
+                    return 0.0
+                k0, t0 = max(((a, t) for a, t in self._segments if a <= k), default=self._segments[0])
+                return t0 + max(k - k0, 0) / self.fps
+        start = self.start_s or 0.0
         with self._lock:
             if k < len(self._arrivals):
                 return self._arrivals[k]
@@ -220,8 +257,8 @@ class LiveSource:
     def received(self, now: float) -> int:
         with self._lock:
             if self.frames is None:
-                n = self._slots(now)
-                return n if self._ended_at is None else min(n, self._slots(self._ended_at))
+                n = self._received(now)
+                return n if self._ended_at is None else min(n, self._received(self._ended_at))
             return bisect.bisect_right(self._arrivals, now + 1e-9)
 
     def end_known_s(self) -> float:
@@ -234,8 +271,8 @@ class LiveSource:
         return math.inf
 
     def next_arrival_s(self, now: float) -> float | None:
-        """When the next frame arrives, if the loop can know it (a text-to-video slot)."""
-        if self.frames is not None or self._ended_at is not None:
+        """When the next frame arrives, if the loop can know it (a text-to-video slot, not paused)."""
+        if self.frames is not None or self._ended_at is not None or self._paused_at is not None:
             return None
         got = self.received(now)
         return self.arrival_s(got) if got < self.max_frames else None
