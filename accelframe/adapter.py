@@ -276,6 +276,17 @@ class StageRing(Protocol):
 
 
 @runtime_checkable
+class PromptSwitch(Protocol):
+    """A running stream's prompt changes (a live session's prompt box): later calls attend to the
+    new prompt, and the self-attention cache of the frames already made is recomputed under it
+    (LongLive's KV recache), so the context does not hold the old prompt's conditioning."""
+
+    def switch_prompt(self, state: Any, cond: Any) -> int:
+        """Condition ``state``'s next calls on ``cond`` (an :meth:`encode_prompt` result) and
+        recompute its cached context under it. Returns the model calls that took."""
+
+
+@runtime_checkable
 class RopeOffset(Protocol):
     """Where the RoPE positions of a state start (what a rolling cache's reset moves)."""
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from accelframe.errors import AccelframeError, ConfigError
+from accelframe.errors import AccelframeError, ConfigError, IncompatibleError
 
 DEFAULT_MAX_FRAMES = 16 * 3600  # an hour at 16 fps
 DEFAULT_MAX_PENDING = 64  # pixel frames pushed ahead of the loop
@@ -127,6 +127,7 @@ class LiveSource:
         self._ended_at: float | None = None  # asked to end at this time of the loop's clock
         self._lock = threading.Lock()
         self._now: Callable[[], float] | None = None
+        self.cannot_switch: str | None = None  # why the loop cannot switch this stream's prompt
         self._wake: Callable[[], None] = lambda: None
 
     # ---- the owner's side (a server's session) ------------------------------------------------
@@ -136,8 +137,11 @@ class LiveSource:
         return self._prompt
 
     def set_prompt(self, prompt: str) -> None:
-        """The prompt of the stream's next chunks (the loop switches at the next chunk it plans)."""
+        """The prompt of the stream's next chunks (the loop switches at the next chunk it plans).
+        An IncompatibleError when the loop's models cannot switch prompts."""
         _check_prompt(f"LiveSource {self.id!r}", prompt)
+        if self.cannot_switch:
+            raise IncompatibleError(f"live stream {self.id!r}: {self.cannot_switch}")
         with self._lock:
             self._prompt, self.prompt_version = prompt, self.prompt_version + 1
         self._wake()
@@ -200,11 +204,13 @@ class LiveSource:
 
     # ---- the loop's side ------------------------------------------------------------------------
 
-    def begin(self, now: float, clock_now: Callable[[], float], wake: Callable[[], None]) -> None:
-        """The loop admitted the stream at ``now``; ``clock_now`` reads the loop's clock and
-        ``wake`` wakes the loop."""
+    def begin(self, now: float, clock_now: Callable[[], float], wake: Callable[[], None],
+              cannot_switch: str | None = None) -> None:
+        """The loop admitted the stream at ``now``; ``clock_now`` reads the loop's clock, ``wake``
+        wakes the loop; ``cannot_switch``: why its models cannot switch prompts (None: they can)."""
         with self._lock:
             self.start_s, self._now, self._wake = now, clock_now, wake
+            self.cannot_switch = cannot_switch
             self._segments = [(self.burst, now)]
             if self._ended_at is not None:  # ended before admission
                 self._ended_at = now

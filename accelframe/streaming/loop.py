@@ -171,6 +171,7 @@ class _StreamState:
     drafter: Any = None  # the drafter's, in a drafted pipeline
     encode: Any = None  # the adapter's streaming encode cache (video-to-video)
     previous: torch.Tensor | None = None  # the last input pixel frame of the previous chunk, [3, H, W]
+    prompt_version: int = 0  # the source's prompt version its states are conditioned on (live)
     rows: list[Chunk] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
     # finished chunks not yet emitted, in order: (micro-step, span, pixels or a remote decode's handle)
     out: list[tuple[int, Any, Any]] = attrs.field(factory=list)
@@ -459,7 +460,8 @@ class StreamLoop:
         pipe = self.pipe
         generation = pipe.new_generation()
         self._state[s.id] = _StreamState(source=s, output=StreamOutput(id=s.id), generation=generation,
-                                         guard=FrameGuard(s.id, self.on_corrupt))
+                                         guard=FrameGuard(s.id, self.on_corrupt),
+                                         prompt_version=getattr(s, "prompt_version", 0))
         self._infos[s.id] = GenerationInfo(
             generation=generation, adapter=pipe.adapter_name, drafter=pipe.drafter_name, registry=pipe.registry,
             request=Request(prompts=(s.prompt,), num_frames=max(self.fmap.latents_total(s.total), 1), seed=s.seed))
@@ -483,7 +485,7 @@ class StreamLoop:
         for s in self.sources:
             self._start(s)
             if self.live:
-                s.begin(self.clock.now(), self.clock.now, self.wake)
+                s.begin(self.clock.now(), self.clock.now, self.wake, self._cannot_switch())
         outputs = {k: st.output for k, st in self._state.items()}
         self._running = True
         try:
@@ -553,7 +555,7 @@ class StreamLoop:
             self._by_id[source.id] = source
             self._start(source)
             if hasattr(source, "begin"):
-                source.begin(now, self.clock.now, self.wake)
+                source.begin(now, self.clock.now, self.wake, self._cannot_switch())
             self.trace.add("admit", stream=source.id, t_s=now)
             fut.set_result(source.id)
 
@@ -574,6 +576,14 @@ class StreamLoop:
             return
         if reason is not None:
             raise AdmissionRefused(source.id, str(reason), by)
+
+    def _cannot_switch(self) -> str | None:
+        """Why this loop's models cannot switch a stream's prompt (None: they can)."""
+        for role, adapter in (("target", self.adapter), ("drafter", self.pipe.drafter)):
+            if adapter is not None and caps.feature(adapter, caps.PromptSwitch) is None:
+                return (f"the {role} {caps.adapter_name(adapter)!r} cannot switch prompts "
+                        "(accelframe.adapter.PromptSwitch)")
+        return None
 
     def _retire(self, now: float) -> None:
         """Live: streams that ended and emitted everything leave (``generation_end``, ``on_end``)."""
@@ -741,9 +751,37 @@ class StreamLoop:
         self.trace.add("noise", stream=src.id, unit=nctx.unit, sigma=float(sigma), by=by)
         return {"start_sigma": float(sigma), "init_latents": latents}
 
+    def _switch_prompt(self, st: _StreamState) -> None:
+        """A live source's prompt changed: its states take the new prompt before its next chunk
+        (:class:`~accelframe.adapter.PromptSwitch`: the cross-attention, and the cached context
+        recomputed under it). Chunks in flight in a stream batch finish their steps on it."""
+        src = st.source
+        version = getattr(src, "prompt_version", 0)
+        if version == st.prompt_version:
+            return
+        st.prompt_version = version
+        if st.target is None:  # nothing made yet: the first chunk encodes the prompt it has now
+            return
+        calls, t0 = {}, time.perf_counter()
+        for role, adapter, state in (("target", self.adapter, st.target), ("drafter", self.pipe.drafter, st.drafter)):
+            if adapter is None or state is None:
+                continue
+            switch = caps.feature(adapter, caps.PromptSwitch)
+            if switch is None:
+                raise IncompatibleError(f"stream {src.id!r} changed its prompt, but the {role} "
+                                        f"{caps.adapter_name(adapter)!r} cannot switch prompts "
+                                        "(accelframe.adapter.PromptSwitch)")
+            calls[role] = int(switch.switch_prompt(state, adapter.encode_prompt([src.prompt])))
+            self.stats.calls.setdefault(role, {}).setdefault("commit", 0)
+            self.stats.calls[role]["commit"] += calls[role]
+        seconds = time.perf_counter() - t0
+        self.stats.time_s["commit"] = self.stats.time_s.get("commit", 0.0) + seconds
+        self.trace.add("prompt", stream=src.id, frame=st.consumed, version=version, calls=calls, seconds=seconds)
+
     def _request(self, st: _StreamState, n: int) -> Request:
         """The next ``n`` latent frames of the stream as a validated request (after its KV hook)."""
         src, a = st.source, st.consumed
+        self._switch_prompt(st)
         self._kv_manage(st, a)
         kwargs = self._inputs(st, a, a + n)
         req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=a,

@@ -221,6 +221,31 @@ class SelfForcingAdapter(BlockLoopAdapter):
         self.dit(self.to_model(x0), t, state.cross, frame_offset=frames[0], cache=state.kv,
                  kv_write=KVWrite.COMMIT)
         state.family["next_frame"] = frames[1]
+        # the clean latents of the cached frames, for a prompt switch's recache (small beside the K/V)
+        kept = {f: lat for f, lat in state.family.get("context", {}).items() if f in state.kv.frames}
+        kept.update({f: x0[:, f - frames[0]] for f in range(*frames) if f in state.kv.frames})  # [B, C, H, W]
+        state.family["context"] = kept
+
+    @torch.no_grad()
+    def switch_prompt(self, state: WanState, cond: Any) -> int:
+        """The new prompt's cross-attention, and the cached frames committed again under it (LongLive's
+        KV recache): one call over the cached frames, sinks first, at consecutive RoPE positions
+        from 0 as after a RoPE reset (the next frame follows them). Returns the calls (0 or 1)."""
+        state.cross = cond
+        kv = state.kv
+        context = state.family.get("context", {})
+        if kv is None or not kv.frames or any(f not in context for f in kv.frames):
+            return 0
+        frames, sinks = kv.frames, kv.sinks
+        x0 = torch.stack([context[f] for f in frames], dim=1)  # [B, n, C, H, W]
+        fresh = self.new_kv()
+        t = torch.full((x0.shape[0], x0.shape[1]), float(self.config.context_noise), device=self.device)
+        self.dit(self.to_model(x0), t, cond, frame_offset=0, cache=fresh, kv_write=KVWrite.COMMIT,
+                 causal_block=self.unit_frames, rope_start=0)
+        kv.restore(fresh.snapshot())  # the same cache object: whoever holds it sees the new K/V
+        kv.frames, kv.sinks = frames, sinks
+        kv.rope_offset = state.family.get("next_frame", frames[-1] + 1) - len(frames)
+        return 1
 
 
 __all__ = ["BlockLoopAdapter", "SelfForcingAdapter", "SelfForcingConfig"]
