@@ -224,12 +224,13 @@ class Hub:
         stats = self.loop.stats
         calls = stats.calls.get("target", {})
         recent = list(self.batches)
+        n = len(recent) or 1
         return {
             "step": {k: calls.get(k, 0) for k in ("computed", "cached", "predicted")},
             "block": {k: stats.blocks.get(k, 0) for k in ("accepted", "regenerated")},
             "batch": {"batches": len(recent),
-                      "mean_streams": sum(b["streams"] for b in recent) / len(recent) if recent else None,
-                      "mean_latency_ms": 1000 * sum(b["latency_s"] for b in recent) / len(recent) if recent else None},
+                      "mean_streams": sum(b["streams"] for b in recent) / n if recent else None,
+                      "mean_latency_ms": 1000 * sum(b["latency_s"] for b in recent) / n if recent else None},
         }
 
     def metrics(self) -> dict[str, Any]:

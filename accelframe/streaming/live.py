@@ -108,7 +108,8 @@ class LiveSource:
             raise ConfigError(where, "deadline_s", deadline_s, "None or a positive number of seconds")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ConfigError(where, "seed", seed, "an int in [0, 2**63)")
-        for name, value, lo in (("max_frames", max_frames, 1), ("max_pending", max_pending, 1), ("burst", burst, 0)):
+        for name, value, lo in (("max_frames", max_frames, 1), ("max_pending", max_pending, 1),
+                                ("burst", burst, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(where, name, value, f"an int >= {lo}")
         if size is not None and (len(tuple(size)) != 2 or any(
