@@ -763,7 +763,8 @@ class StreamLoop:
         if st.target is None:  # nothing made yet: the first chunk encodes the prompt it has now
             return
         calls, t0 = {}, time.perf_counter()
-        for role, adapter, state in (("target", self.adapter, st.target), ("drafter", self.pipe.drafter, st.drafter)):
+        for role, adapter, state in (("target", self.adapter, st.target),
+                                     ("drafter", self.pipe.drafter, st.drafter)):
             if adapter is None or state is None:
                 continue
             switch = caps.feature(adapter, caps.PromptSwitch)

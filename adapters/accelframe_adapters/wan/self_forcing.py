@@ -227,7 +227,7 @@ class SelfForcingAdapter(BlockLoopAdapter):
         state.family["context"] = kept
 
     @torch.no_grad()
-    def switch_prompt(self, state: WanState, cond: Any) -> int:
+    def switch_prompt(self, state: WanState, cond: CrossCache) -> int:
         """The new prompt's cross-attention, and the cached frames committed again under it (LongLive's
         KV recache): one call over the cached frames, sinks first, at consecutive RoPE positions
         from 0 as after a RoPE reset (the next frame follows them). Returns the calls (0 or 1)."""
