@@ -573,6 +573,13 @@ def build_parser(hooks: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("stream", help="run live streams (a world clip, a video file or text) through "
                        "StreamDiffusionV2 and write mp4s", configure=lazy("accelframe.streaming.cli:configure"))
     p.set_defaults(run=lambda a, h: lazy("accelframe.streaming.cli:run")(a, h))
+    p = sub.add_parser("serve", help="serve live sessions over WebSockets with a page to drive them "
+                       "(needs accelframe[serve])", configure=lazy("accelframe.serve.cli:configure"),
+                       description="Serve live sessions: text-to-video from a prompt, or video-to-video from "
+                       "frames a client sends, all sessions through one stream loop under one SLO "
+                       "(slo-batch admits or refuses new sessions). Open the printed address in a browser "
+                       "for the page; the WebSocket protocol is in docs/serve.md.")
+    p.set_defaults(run=lambda a, h: lazy("accelframe.serve.cli:run")(a, h))
 
     # subcommands from plugins: their options are added (their modules imported) when they run
     groups = {None: sub, "bench": bench_sub}

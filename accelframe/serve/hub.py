@@ -6,6 +6,10 @@
 admit it: refused when ``max_sessions`` run already, when the stream does not fit, or when the batch
 policies (``slo-batch``) say the running sessions would miss their deadlines.
 
+With ``record_dir`` every session is also written to an mp4 there as it runs
+(``<UTC date-time>-<session>.mp4``, never over an existing file), finalised when the session ends,
+also when the server shuts down.
+
 Frames leave the loop thread into each session's :class:`Outbox`, a bounded queue: a client that
 reads slower than the frames come loses the oldest frames not yet sent, counted in its metrics,
 and never holds the loop or the sessions beside it. Nothing here knows about sockets: the ASGI app
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
 import torch
 
+from accelframe import adapter as caps
 from accelframe.errors import ConfigError
 from accelframe.streaming.live import LiveSource
 from accelframe.streaming.loop import AdmissionRefused, StreamLoop
@@ -64,8 +70,9 @@ class Outbox:
 class Session:
     """One client's stream: its source, its outbox and its metrics (pixel frames, seconds)."""
 
-    def __init__(self, source: LiveSource, opened_s: float) -> None:
+    def __init__(self, source: LiveSource, opened_s: float, recorder: Any = None) -> None:
         self.source = source
+        self.recorder = recorder  # an Mp4Sink writing the session, or None
         self.id = source.id
         self.outbox = Outbox()
         self.opened_s = opened_s  # on the hub's clock
@@ -80,6 +87,8 @@ class Session:
     def emitted(self, frames: torch.Tensor, now: float) -> None:
         """The loop emitted ``frames [F, 3, H, W]`` of this session (the loop's thread)."""
         deadline = self.source.deadline_s
+        if self.recorder is not None:
+            self.recorder.write(self.id, frames)
         for f in frames:
             lat = now - self.source.arrival_s(self.frames)
             self.latency.append(lat)
@@ -110,13 +119,16 @@ class Hub:
 
     def __init__(self, pipe: Any, *, max_sessions: int = 4, fps: float = 16.0, deadline_s: float = 1.0,
                  stream_batch: bool = False, max_session_s: float = 3600.0, clock: Any = None,
+                 record_dir: str | None = None, record_upscale: int = 4,
                  on_batch: Callable[[dict[str, Any]], None] | None = None) -> None:
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ConfigError("Hub", "max_sessions", max_sessions, "an int >= 1")
         self.pipe, self.max_sessions, self.fps, self.deadline_s = pipe, max_sessions, fps, deadline_s
         self.max_frames = max(int(max_session_s * fps), 1)
+        self.record_dir, self.record_upscale = record_dir, record_upscale
         self.clock = clock if clock is not None else RealClock()
         self.fmap = FrameMap.of(pipe.adapter)
+        self.pixel_size = tuple(caps.pixel_size(pipe.adapter))  # (H, W) of the frames in and out
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -140,6 +152,8 @@ class Hub:
         except BaseException as exc:  # the loop failed: every session ends, the server reports it
             self.error = exc
             for s in list(self.sessions.values()):
+                if s.recorder is not None:
+                    s.recorder.close()  # what was emitted stays playable
                 s.outbox.close()
                 s.ended.set()
 
@@ -174,10 +188,16 @@ class Hub:
                                                    f"server takes (--max-sessions {self.max_sessions})"))
                 return fut
             sid = f"s{next(self._ids)}"
-            size = tuple(self.pipe.adapter.pixel_size) if video else None
-            source = LiveSource(sid, prompt, fps=self.fps, deadline_s=self.deadline_s, seed=seed, size=size,
-                                max_frames=self.max_frames, burst=0 if video else self.first_chunk_frames() - 1)
-            session = Session(source, self.clock.now())
+            size = self.pixel_size if video else None
+            try:
+                burst = 0 if video else self.first_chunk_frames() - 1
+                source = LiveSource(sid, prompt, fps=self.fps, deadline_s=self.deadline_s, seed=seed, size=size,
+                                    max_frames=self.max_frames, burst=burst)
+                recorder = self._recorder(sid)
+            except ConfigError as exc:
+                fut.set_exception(exc)
+                return fut
+            session = Session(source, self.clock.now(), recorder)
             self.sessions[sid] = session  # counted against max_sessions while admission runs
 
         def admitted(f: Future) -> None:
@@ -187,9 +207,25 @@ class Hub:
                 return
             with self._lock:
                 self.sessions.pop(sid, None)
+            if recorder is not None:
+                recorder.close()  # nothing was written: no file is left
             fut.set_exception(exc)
         self.loop.add(source).add_done_callback(admitted)
         return fut
+
+    def _recorder(self, sid: str) -> Any:
+        """The session's mp4 writer in ``record_dir`` (None without one); refuses an existing file."""
+        if self.record_dir is None:
+            return None
+        from pathlib import Path
+
+        from accelframe.outputs import check_output
+        from accelframe.streaming.sinks import Mp4Sink
+
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        path = Path(self.record_dir) / f"{stamp}-{sid}.mp4"
+        check_output(path, owner="accelframe serve", field="--record", force=False, suffixes=(".mp4",))
+        return Mp4Sink(path, self.fps, upscale_factor=self.record_upscale)
 
     def close(self, sid: str) -> None:
         """End a session: frames in flight are still emitted, then it leaves the loop."""
@@ -207,6 +243,9 @@ class Hub:
             s = self.sessions.pop(stream, None)
         if s is not None:
             s.summary = summary
+            if s.recorder is not None:
+                s.recorder.close()  # finalised and renamed into place
+                s.summary["recording"] = str(s.recorder.path_for(stream))
             s.outbox.close()
             s.ended.set()
 

@@ -529,6 +529,11 @@ class StreamLoop:
                 s.end()
         self.wake()
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called: the streams drain, none is admitted."""
+        return self._stopping
+
     def wake(self) -> None:
         """Wake a live loop that waits (a stream was added, fed or ended)."""
         self._wake.set()

@@ -1,0 +1,254 @@
+"""The ASGI app of ``accelframe serve`` (Starlette): the page, a health route and one WebSocket per
+session speaking :mod:`accelframe.serve.protocol` over the :class:`~accelframe.serve.hub.Hub`.
+
+Per connection three tasks run on the event loop: the receiver (control messages, input frames),
+the sender (output frames from the session's outbox, JPEG-encoded as they are sent, so frames
+dropped for a slow client are never encoded) and the metrics ticker. A send that waits on a slow
+client holds only its own session's tasks; the stream loop runs on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from importlib import resources
+from typing import Any
+
+from accelframe.errors import AccelframeError
+from accelframe.serve import protocol as proto
+from accelframe.serve.hub import Hub, Session
+from accelframe.serve.images import decode_image, encode_jpeg
+from accelframe.streaming.live import BacklogError
+
+PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript")}
+START_TIMEOUT_S = 30.0  # a connection without a valid start message this long is closed (4008)
+CLOSE_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes
+
+
+def _reason(text: str) -> str:
+    raw = text.encode()[:CLOSE_REASON_BYTES]
+    return raw.decode(errors="ignore")
+
+
+def create_app(hub: Hub, *, token: str | None = None, metrics_interval_s: float = 1.0,
+               start_timeout_s: float = START_TIMEOUT_S) -> Any:
+    """The app serving ``hub``'s sessions; ``token``: every WebSocket must carry it (``?token=``).
+    The hub's loop is started with the app and shut down with it (every session ended, recordings
+    finalised)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route, WebSocketRoute
+
+    def page(request: Any) -> Response:
+        name, media = PAGE_FILES[request.url.path]
+        body = resources.files("accelframe.serve").joinpath("page", name).read_bytes()
+        return Response(body, media_type=media, headers={"Cache-Control": "no-store"})
+
+    def health(request: Any) -> JSONResponse:
+        return JSONResponse({"running": hub.running, "sessions": len(hub.sessions),
+                             "max_sessions": hub.max_sessions, "error": repr(hub.error) if hub.error else None})
+
+    async def session(ws: Any) -> None:
+        await ws.accept()
+        if token is not None and not secrets.compare_digest(ws.query_params.get("token", ""), token):
+            await ws.close(proto.CLOSE_UNAUTHORIZED, "missing or wrong token (?token=...)")
+            return
+        await Connection(ws, hub, metrics_interval_s, start_timeout_s).run()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        if not hub.running:
+            hub.start()
+        yield
+        await asyncio.to_thread(hub.shutdown)
+
+    routes = [Route(path, page) for path in PAGE_FILES]
+    routes += [Route("/health", health), WebSocketRoute("/ws", session)]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class Connection:
+    """One client's WebSocket: start, then the session's three tasks (see the module docstring)."""
+
+    def __init__(self, ws: Any, hub: Hub, metrics_interval_s: float, start_timeout_s: float) -> None:
+        self.ws, self.hub = ws, hub
+        self.metrics_interval_s, self.start_timeout_s = metrics_interval_s, start_timeout_s
+        self.send_lock = asyncio.Lock()
+        self.session: Session | None = None
+        self.wake = asyncio.Event()
+        self.errors = 0
+
+    async def send_json(self, msg: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.ws.send_json(msg)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        async with self.send_lock:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.ws.close(code, _reason(reason))
+
+    async def error(self, exc: AccelframeError) -> None:
+        self.errors += 1
+        msg = exc.message() if isinstance(exc, proto.ProtocolError) else {"type": "error", "message": str(exc)}
+        await self.send_json(msg)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message, None once the client is gone; an oversized one is refused here."""
+        msg = await self.ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return None
+        return msg
+
+    async def wait_start(self) -> dict[str, Any] | None:
+        """The client's start message (bad ones answered with errors), None if it left or took too long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout_s
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.receive(), timeout=max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                await self.close(proto.CLOSE_NO_START, f"no start message in {self.start_timeout_s:g} s")
+                return None
+            if msg is None:
+                return None
+            if msg.get("text") is None:
+                await self.error(proto.ProtocolError("message", "binary data", "a start message first"))
+                continue
+            try:
+                start = proto.parse(msg["text"])
+            except proto.ProtocolError as exc:
+                await self.error(exc)
+                continue
+            if start["type"] != "start":
+                await self.error(proto.ProtocolError("type", start["type"], "'start' first"))
+                continue
+            return start
+
+    async def run(self) -> None:
+        start = await self.wait_start()
+        if start is None:
+            return
+        try:
+            session = await asyncio.wrap_future(self.hub.open(start["prompt"], seed=start["seed"],
+                                                              video=start["mode"] == "video"))
+        except AccelframeError as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            await self.send_json({"type": "error", "message": f"refused: {reason}", "refused": True})
+            await self.close(proto.CLOSE_REFUSED, f"refused: {reason}")
+            return
+        self.session = session
+        aloop = asyncio.get_running_loop()
+        session.outbox.notify = lambda: aloop.call_soon_threadsafe(self.wake.set)
+        self.wake.set()  # frames may have come before the notifier was in place
+        h, w = self.hub.pixel_size
+        await self.send_json({"type": "started", "session": session.id, "mode": start["mode"],
+                              "prompt": session.source.prompt, "seed": start["seed"], "fps": self.hub.fps,
+                              "size": [h, w], "deadline_s": self.hub.deadline_s,
+                              "first_chunk_frames": self.hub.first_chunk_frames()})
+        sender = asyncio.create_task(self.send_frames())
+        ticker = asyncio.create_task(self.send_metrics())
+        try:
+            while True:
+                recv = asyncio.create_task(self.receive())
+                done, _ = await asyncio.wait({recv, sender}, return_when=asyncio.FIRST_COMPLETED)
+                if sender in done:  # the session ended: 'ended' was sent and the socket closed
+                    recv.cancel()
+                    break
+                msg = recv.result()
+                if msg is None:  # the client left: its session ends, the others do not notice
+                    break
+                await self.handle(msg)
+        finally:
+            self.hub.close(session.id)
+            ticker.cancel()
+            if not sender.done():
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    async def handle(self, msg: dict[str, Any]) -> None:
+        session = self.session
+        assert session is not None
+        data = msg.get("bytes")
+        if data is not None:
+            await self.frame_in(data)
+            return
+        try:
+            m = proto.parse(msg.get("text") or "")
+            kind = m["type"]
+            if kind == "start":
+                raise proto.ProtocolError("type", "start", "one start per connection: the session runs")
+            if kind == "prompt":
+                session.source.set_prompt(m["prompt"])
+                await self.send_json({"type": "prompt", "prompt": m["prompt"], "after_frame": session.frames})
+            elif kind in ("pause", "resume"):
+                if session.source.frames is not None:
+                    raise proto.ProtocolError("type", kind, "'pause' and 'resume' in a text session (a video "
+                                                            "session pauses when the client stops sending)")
+                session.source.pause() if kind == "pause" else session.source.resume()
+                await self.send_json({"type": "paused" if kind == "pause" else "resumed", "frame": session.frames})
+            elif kind == "stop":
+                self.hub.close(session.id)
+            elif kind == "metrics":
+                await self.send_json(self.metrics())
+        except AccelframeError as exc:
+            await self.error(exc)
+
+    async def frame_in(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            if session.source.frames is None:
+                raise proto.ProtocolError("frame", "binary data",
+                                          "frames in a video session only ('mode': 'video')")
+            if len(data) > proto.MAX_FRAME_BYTES:
+                raise proto.ProtocolError("frame", f"{len(data)} bytes", f"at most {proto.MAX_FRAME_BYTES} bytes")
+            frame = decode_image(data, self.hub.pixel_size)
+            session.source.push(frame)
+        except BacklogError as exc:
+            await self.send_json({"type": "error", "field": "frame", "message": str(exc), "dropped": True})
+        except AccelframeError as exc:
+            await self.error(exc)
+
+    def metrics(self) -> dict[str, Any]:
+        assert self.session is not None
+        return {"type": "metrics", **self.session.metrics(), "server": self.hub.decisions(),
+                "sessions": len(self.hub.sessions), "max_sessions": self.hub.max_sessions}
+
+    async def send_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_interval_s)
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.send_json(self.metrics())
+
+    async def send_frames(self) -> None:
+        """Frames of the outbox as they come; once the session ended and its frames are out:
+        'ended' and the close (1000; 1001 when the server shuts down; 1011 if the loop failed)."""
+        session = self.session
+        assert session is not None
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            done = session.outbox.closed  # closed after its last put: one more take gets every frame
+            while True:
+                items = session.outbox.take()
+                if not items:
+                    break
+                for index, frame in items:
+                    data = proto.frame_message(index, encode_jpeg(frame))
+                    async with self.send_lock:
+                        await self.ws.send_bytes(data)
+            if done:
+                break
+        if self.hub.error is not None:
+            await self.send_json({"type": "ended", "error": repr(self.hub.error), **session.metrics()})
+            await self.close(proto.CLOSE_SERVER_ERROR, f"the stream loop failed: {self.hub.error!r}")
+            return
+        stopping = self.hub.loop.stopping
+        await self.send_json({"type": "ended", **session.metrics(), "summary": session.summary or {}})
+        await self.close(proto.CLOSE_GOING_AWAY if stopping else proto.CLOSE_NORMAL,
+                         "the server is shutting down" if stopping else "session ended")
+
+
+__all__ = ["Connection", "create_app"]
