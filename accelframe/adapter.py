@@ -281,9 +281,9 @@ class PromptSwitch(Protocol):
     new prompt, and the self-attention cache of the frames already made is recomputed under it
     (LongLive's KV recache), so the context does not hold the old prompt's conditioning."""
 
-    def switch_prompt(self, state: Any, cond: Any) -> int:
-        """Condition ``state``'s next calls on ``cond`` (an :meth:`encode_prompt` result) and
-        recompute its cached context under it. Returns the model calls that took."""
+    def switch_prompt(self, state: Any, cond: Any, recache: bool = True) -> int:
+        """Condition ``state``'s next calls on ``cond`` (an :meth:`encode_prompt` result) and, with
+        ``recache``, recompute its cached context under it. Returns the model calls that took."""
 
 
 @runtime_checkable

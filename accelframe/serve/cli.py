@@ -46,6 +46,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="longest session, seconds (default: 3600); it ends by itself there")
     p.add_argument("--metrics-interval", type=float, default=1.0,
                    help="seconds between the metrics messages of a session (default: 1)")
+    p.add_argument("--no-recache", action="store_true",
+                   help="a prompt switch changes the cross-attention only; by default the cached context is "
+                        "also recomputed under the new prompt (one model call)")
     p.add_argument("--record", default=None, metavar="DIR",
                    help="write every session to DIR/<UTC date-time>-<session>.mp4 (never over a file)")
 
@@ -104,7 +107,8 @@ def build_hub(args: argparse.Namespace, hooks: Any) -> Any:
     if args.record is not None:
         Path(args.record).mkdir(parents=True, exist_ok=True)
     return Hub(pipe, max_sessions=args.max_sessions, fps=args.fps, deadline_s=args.deadline,
-               stream_batch=args.stream_batch, max_session_s=args.max_session_s, record_dir=args.record)
+               stream_batch=args.stream_batch, max_session_s=args.max_session_s, record_dir=args.record,
+               prompt_recache=not args.no_recache)
 
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:

@@ -119,7 +119,7 @@ class Hub:
 
     def __init__(self, pipe: Any, *, max_sessions: int = 4, fps: float = 16.0, deadline_s: float = 1.0,
                  stream_batch: bool = False, max_session_s: float = 3600.0, clock: Any = None,
-                 record_dir: str | None = None, record_upscale: int = 4,
+                 record_dir: str | None = None, record_upscale: int = 4, prompt_recache: bool = True,
                  on_batch: Callable[[dict[str, Any]], None] | None = None) -> None:
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ConfigError("Hub", "max_sessions", max_sessions, "an int >= 1")
@@ -136,7 +136,8 @@ class Hub:
         self.batches: deque[dict[str, Any]] = deque(maxlen=64)  # the latest batches, for metrics
         self.error: BaseException | None = None
         self.loop = StreamLoop(pipe, [], live=True, clock=self.clock, keep_frames=False, stream_batch=stream_batch,
-                               on_frames=self._frames, on_end=self._ended, on_batch=self._batch)
+                               on_frames=self._frames, on_end=self._ended, on_batch=self._batch,
+                               prompt_recache=prompt_recache)
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------

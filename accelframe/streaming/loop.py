@@ -197,7 +197,8 @@ class StreamLoop:
                  drain_when_idle: bool = True, ranks: int = 1, lanes: int | None = None,
                  partition: Sequence[int] | None = None, rank_timeout_s: float = 60.0,
                  decode_rank: int | None = None, rebalance: Any = True, live: bool = False,
-                 on_end: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_end: Callable[[str, dict[str, Any]], None] | None = None,
+                 prompt_recache: bool = True) -> None:
         self.pipe = pipe
         self.adapter = pipe.adapter
         self.live = live
@@ -209,6 +210,8 @@ class StreamLoop:
         self._stopping = False
         self._running = False
         self.retired: dict[str, dict[str, Any]] = {}  # live: summaries of the streams that left
+        self.prompt_recache = prompt_recache  # a prompt switch recomputes the cached context (PromptSwitch)
+        self.switches: deque[dict[str, Any]] = deque(maxlen=256)  # the latest prompt switches
         self._state: dict[str, _StreamState] = {}  # by stream id, made when the run starts
         self.clock = clock if clock is not None else RealClock()
         self.default_sigma = default_sigma
@@ -777,12 +780,16 @@ class StreamLoop:
                 raise IncompatibleError(f"stream {src.id!r} changed its prompt, but the {role} "
                                         f"{caps.adapter_name(adapter)!r} cannot switch prompts "
                                         "(accelframe.adapter.PromptSwitch)")
-            calls[role] = int(switch.switch_prompt(state, adapter.encode_prompt([src.prompt])))
+            calls[role] = int(switch.switch_prompt(state, adapter.encode_prompt([src.prompt]),
+                                                   recache=self.prompt_recache))
             self.stats.calls.setdefault(role, {}).setdefault("commit", 0)
             self.stats.calls[role]["commit"] += calls[role]
         seconds = time.perf_counter() - t0
         self.stats.time_s["commit"] = self.stats.time_s.get("commit", 0.0) + seconds
-        self.trace.add("prompt", stream=src.id, frame=st.consumed, version=version, calls=calls, seconds=seconds)
+        record = {"stream": src.id, "frame": st.consumed, "version": version, "calls": calls, "seconds": seconds,
+                  "recache": self.prompt_recache}
+        self.switches.append(record)
+        self.trace.add("prompt", **record)
 
     def _request(self, st: _StreamState, n: int) -> Request:
         """The next ``n`` latent frames of the stream as a validated request (after its KV hook)."""

@@ -27,6 +27,9 @@ COMMANDS: tuple[tuple[str | None, str, str, str], ...] = (
     ("bench", "stack", "stack",
      "the step, block and stream levels alone, in pairs and all three on the tiny world: speedup, quality, "
      "composition efficiency"),
+    ("bench", "serve", "serve",
+     "accelframe serve under N concurrent WebSocket clients: fps, first frame, latency, deadline misses, "
+     "dropped frames and admission refusals against N; the prompt switch's cost"),
     ("bench", "costs", "costs",
      "seconds per component (target, drafter, commit, decode, score) at the papers' configurations, projected "
      "from FLOPs"),

@@ -227,14 +227,15 @@ class SelfForcingAdapter(BlockLoopAdapter):
         state.family["context"] = kept
 
     @torch.no_grad()
-    def switch_prompt(self, state: WanState, cond: CrossCache) -> int:
-        """The new prompt's cross-attention, and the cached frames committed again under it (LongLive's
-        KV recache): one call over the cached frames, sinks first, at consecutive RoPE positions
-        from 0 as after a RoPE reset (the next frame follows them). Returns the calls (0 or 1)."""
+    def switch_prompt(self, state: WanState, cond: CrossCache, recache: bool = True) -> int:
+        """The new prompt's cross-attention and, with ``recache``, the cached frames committed again
+        under it (LongLive's KV recache): one call over the cached frames, sinks first, at
+        consecutive RoPE positions from 0 as after a RoPE reset (the next frame follows them).
+        Returns the calls (0 or 1)."""
         state.cross = cond
         kv = state.kv
         context = state.family.get("context", {})
-        if kv is None or not kv.frames or any(f not in context for f in kv.frames):
+        if not recache or kv is None or not kv.frames or any(f not in context for f in kv.frames):
             return 0
         frames, sinks = kv.frames, kv.sinks
         x0 = torch.stack([context[f] for f in frames], dim=1)  # [B, n, C, H, W]
