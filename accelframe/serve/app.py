@@ -251,4 +251,46 @@ class Connection:
                          "the server is shutting down" if stopping else "session ended")
 
 
-__all__ = ["Connection", "create_app"]
+class ServerThread:
+    """``create_app(hub)`` on uvicorn in a thread of this process (no signal handlers), on ``host``
+    and ``port`` (0: a free one, then in ``.port``): for benches, tests and programs that embed a
+    server. A context manager: it returns once the socket is bound, and on exit shuts the server
+    down, which ends every session."""
+
+    def __init__(self, hub: Hub, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 metrics_interval_s: float = 1.0) -> None:
+        import threading
+
+        import uvicorn
+
+        self.hub, self.host = hub, host
+        app = create_app(hub, token=token, metrics_interval_s=metrics_interval_s)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                ws_max_size=4 * proto.MAX_FRAME_BYTES, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.server.run, name="accelframe-serve", daemon=True)
+        self.port = port
+
+    def __enter__(self) -> ServerThread:
+        import time
+
+        self.thread.start()
+        t0 = time.perf_counter()
+        while not self.server.started:
+            if time.perf_counter() - t0 > 60 or not self.thread.is_alive():
+                raise RuntimeError("the server did not start (see its log above)")
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+__all__ = ["Connection", "ServerThread", "create_app"]

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,37 +50,6 @@ def _args_pipeline(args: argparse.Namespace) -> argparse.Namespace:
                       + [x for s in args.stack for x in ("--stack", s)])
     serve_cli.check_args(ns)
     return ns
-
-
-class Server:
-    """``accelframe serve``'s app on uvicorn in a thread, on 127.0.0.1 and a free port."""
-
-    def __init__(self, hub: Any) -> None:
-        import uvicorn
-
-        from accelframe.serve.app import create_app
-        from accelframe.serve.protocol import MAX_FRAME_BYTES
-
-        self.hub = hub
-        config = uvicorn.Config(create_app(hub, metrics_interval_s=1.0), host="127.0.0.1", port=0,
-                                log_level="warning", ws_max_size=4 * MAX_FRAME_BYTES, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # a thread of this process: no signal handlers
-        self.thread = threading.Thread(target=self.server.run, name="bench-serve", daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        t0 = time.perf_counter()
-        while not self.server.started:
-            if time.perf_counter() - t0 > 60 or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
 
 
 async def client(port: int, prompt: str, seed: int, seconds: float, video: Any = None,
@@ -210,6 +178,7 @@ def switch_run(args: argparse.Namespace, hooks: Any, recache: bool) -> dict[str,
 def run_bench(args: argparse.Namespace, hooks: Any) -> dict[str, Any]:
     from accelframe.progress import progress_bar
     from accelframe.serve import cli as serve_cli
+    from accelframe.serve.app import ServerThread
     from accelframe.streaming.cli import default_prompts, stream_source
 
     ns = _args_pipeline(args)
@@ -224,7 +193,7 @@ def run_bench(args: argparse.Namespace, hooks: Any) -> dict[str, Any]:
     rows = []
     plan = [(m, n) for m in modes for n in args.loads]
     with progress_bar(total=len(plan) + 2, desc="bench serve", unit="run", quiet=args.json) as bar:
-        with Server(hub) as server:
+        with ServerThread(hub) as server:
             for mode, n in plan:
                 sessions = asyncio.run(load(server.port, n, prompts, args.seconds,
                                             videos if mode == "video" else None, args.fps))
