@@ -40,8 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rolling", action="store_true", help="no rolling-kv (sessions end at the model's "
                                                              "frame positions)")
     p.add_argument("--fps", type=float, default=16.0, help="frames per second of every session (default: 16)")
-    p.add_argument("--deadline", type=float, default=1.0,
-                   help="per-frame deadline from arrival to output, seconds (default: 1.0)")
+    p.add_argument("--deadline", type=float, default=1.5,
+                   help="per-frame deadline from arrival to output, seconds (default: 1.5: a unit of 3 latent "
+                        "frames buffers 12 pixel frames, 0.75 s at 16 fps, before it can run)")
     p.add_argument("--max-session-s", type=float, default=3600.0,
                    help="longest session, seconds (default: 3600); it ends by itself there")
     p.add_argument("--metrics-interval", type=float, default=1.0,

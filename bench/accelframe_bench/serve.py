@@ -293,7 +293,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="text", choices=("text", "video", "both"),
                    help="text-to-video sessions, video-to-video (rendered world clips sent as JPEGs) or both")
     p.add_argument("--fps", type=float, default=16.0, help="frames per second of every session (default: 16)")
-    p.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline, seconds (default: 1.0)")
+    p.add_argument("--deadline", type=float, default=1.5, help="per-frame deadline, seconds (default: 1.5, "
+                                                              "as accelframe serve)")
     p.add_argument("--stream-batch", action="store_true", help="the server runs the stream batch")
     p.add_argument("--stack", action="append", default=[], metavar="NAME[:K=V,...]",
                    help="a step or block policy after the stream policies, repeatable (as accelframe serve)")
