@@ -54,7 +54,12 @@ def create_app(hub: Hub, *, token: str | None = None, metrics_interval_s: float 
         if token is not None and not secrets.compare_digest(ws.query_params.get("token", ""), token):
             await ws.close(proto.CLOSE_UNAUTHORIZED, "missing or wrong token (?token=...)")
             return
-        await Connection(ws, hub, metrics_interval_s, start_timeout_s).run()
+        conn = Connection(ws, hub, metrics_interval_s, start_timeout_s)
+        connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            connections.discard(conn)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
@@ -63,9 +68,22 @@ def create_app(hub: Hub, *, token: str | None = None, metrics_interval_s: float 
         yield
         await asyncio.to_thread(hub.shutdown)
 
+    connections: set[Connection] = set()
     routes = [Route(path, page) for path in PAGE_FILES]
     routes += [Route("/health", health), WebSocketRoute("/ws", session)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.connections = connections  # open sessions' connections (a graceful shutdown waits for them)
+    return app
+
+
+async def drain(app: Any, hub: Hub, timeout_s: float = 30.0) -> None:
+    """End every session and wait until each client got its last frames, ``ended`` and close 1001
+    (at most ``timeout_s``): what a server does on SIGTERM before it stops."""
+    hub.loop.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while app.state.connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 class Connection:
@@ -293,4 +311,4 @@ class ServerThread:
         self.thread.join(60)
 
 
-__all__ = ["Connection", "ServerThread", "create_app"]
+__all__ = ["Connection", "ServerThread", "create_app", "drain"]

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         hooks.registry().get("policy", name)
     import uvicorn
 
-    from accelframe.serve.app import create_app
+    from accelframe.serve.app import create_app, drain
     from accelframe.serve.protocol import MAX_FRAME_BYTES
 
     hub = build_hub(args, hooks)
@@ -143,7 +143,32 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
 
     import asyncio
 
+    # SIGTERM and Ctrl-C end every session cleanly (frames in flight sent, 'ended', close 1001, recordings
+    # finalised) before uvicorn stops; a second one stops at once
+    import contextlib
+
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    signalled: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signalled.append(signum)
+        if len(signalled) > 1:
+            server.force_exit = server.should_exit = True
+            return
+        print("accelframe serve: ending every session (again to stop at once)", file=sys.stderr, flush=True)
+
+        async def stop() -> None:
+            await drain(app, hub)
+            server.should_exit = True
+        asyncio.ensure_future(stop())
+
     async def main() -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
         task = asyncio.create_task(announce())
         await server.serve()
         task.cancel()
