@@ -4,6 +4,7 @@ what it drew before the switch, then the new prompt."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from accelframe import adapter as caps
@@ -46,8 +47,9 @@ def test_recache_under_the_same_prompt_rebuilds_the_same_kv():
            kv_write=KVWrite.NONE)
 
 
-def _run(switch_after: int | None) -> tuple[torch.Tensor, list]:
-    pipe = Pipeline("self-forcing", hooks=make_hooks(adapters_plugin), adapter_kwargs=SMALL)
+def _run(switch_after: int | None, adapter: str = "self-forcing", to: str = "a blue square",
+         kw: dict | None = None) -> tuple[torch.Tensor, list]:
+    pipe = Pipeline(adapter, hooks=make_hooks(adapters_plugin), adapter_kwargs=kw or SMALL)
     src = LiveSource("a", "a red circle", seed=3, max_frames=1 + 4 * 7, fps=16.0)
     got: list[torch.Tensor] = []
     batches = [0]
@@ -57,7 +59,7 @@ def _run(switch_after: int | None) -> tuple[torch.Tensor, list]:
     def on_batch(record):
         batches[0] += 1
         if batches[0] == switch_after:
-            src.set_prompt("a blue square")
+            src.set_prompt(to)
     loop.on_batch = on_batch
     run = loop.run()
     return got, run.trace.of("prompt")
@@ -71,3 +73,18 @@ def test_a_switch_changes_only_the_chunks_after_it():
     for k in range(2):  # the chunks made before the switch
         torch.testing.assert_close(switched[k], plain[k], rtol=0, atol=0)
     assert all(not torch.equal(a, b) for a, b in zip(switched[2:], plain[2:]))
+
+
+KREA = {"size": "tiny", "height": 32, "width": 32, "num_frame_per_block": 2, "kv_cache_num_frames": 3}
+
+
+@pytest.mark.parametrize("adapter,kw", [("self-forcing", SMALL), ("krea-realtime", KREA)])
+def test_switching_to_the_same_prompt_changes_nothing(adapter, kw):
+    """The recache under the prompt the stream has rebuilds its cache: the frames stay."""
+    plain, _ = _run(None, adapter, kw=kw)
+    same, events = _run(2, adapter, to="a red circle", kw=kw)
+    assert len(events) == 1 and events[0]["calls"] == {"target": 1}
+    for a, b in zip(same, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
+    other, _ = _run(2, adapter, kw=kw)
+    assert not torch.equal(other[-1], plain[-1])

@@ -39,7 +39,7 @@ from accelframe.types import Iteration, KVWrite
 from accelframe_adapters import checkpoints as ck
 from accelframe_adapters.wan.self_forcing import BlockLoopAdapter
 from accelframe_adapters.wan.common import WanState, read_dit_file
-from accelframe_adapters.wan.dit import KVCache
+from accelframe_adapters.wan.dit import CrossCache, KVCache
 
 
 @attrs.frozen(kw_only=True)
@@ -127,6 +127,12 @@ class KreaAdapter(BlockLoopAdapter):
         for j in [j for j in fam["latents"] if 0 < j < e - k]:
             del fam["latents"][j]  # frame 0 (the anchor) and the last k - 1 frames are enough
         fam["next_frame"] = e
+        self._rebuild(state, e)
+
+    def _rebuild(self, state: WanState, e: int) -> None:
+        """Rebuild the KV cache that serves the block after frame ``e`` under ``state.cross``: the
+        anchor frame and the last ``k - 1`` frames, RoPE from 0."""
+        fam, k = state.family, self.config.kv_cache_num_frames
         block = e // self.unit_frames  # the block the rebuilt cache serves
         first = self.config.keep_first_frame or (block - 1) * self.unit_frames < k
         if first:
@@ -141,6 +147,18 @@ class KreaAdapter(BlockLoopAdapter):
         self.dit(self.to_model(ctx), t, state.cross, frame_offset=0, cache=state.kv, kv_write=KVWrite.COMMIT,
                  causal_block=self.unit_frames, rope_start=0)
         state.kv.frames = (anchor_id, *recent)
+
+    @torch.no_grad()
+    def switch_prompt(self, state: WanState, cond: CrossCache, recache: bool = True) -> int:
+        """The new prompt's cross-attention and, with ``recache``, the cache rebuilt under it now (the
+        rebuild every commit runs; without it the next commit's rebuild takes the new prompt).
+        Returns the calls (0 or 1)."""
+        state.cross = cond
+        e = state.family.get("next_frame")
+        if not recache or not e:
+            return 0
+        self._rebuild(state, e)
+        return 1
 
     def snapshot(self, state: WanState) -> dict[str, Any]:
         snap = super().snapshot(state)
