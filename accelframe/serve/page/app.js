@@ -87,10 +87,10 @@ function showMetrics(m) {
     row("deadline misses", `${m.deadline_misses} (${fmt(100 * m.deadline_miss_rate, 1)} %)`) +
     row("frames dropped for this page", m.dropped_frames) +
     row("sessions on the server", `${m.sessions} of ${m.max_sessions}`) +
-    row("step calls computed / cached / predicted", `${s.step.computed} / ${s.step.cached} / ${s.step.predicted}`) +
-    row("blocks accepted / regenerated", `${s.block.accepted} / ${s.block.regenerated}`) +
-    row("streams per batch (latest)", fmt(s.batch.mean_streams, 2)) +
-    row("batch latency (latest)", fmt(s.batch.mean_latency_ms, 0, " ms"));
+    row("all sessions: step calls computed / cached / predicted", `${s.step.computed} / ${s.step.cached} / ${s.step.predicted}`) +
+    row("all sessions: blocks accepted / regenerated", `${s.block.accepted} / ${s.block.regenerated}`) +
+    row("all sessions: streams per batch (latest)", fmt(s.batch.mean_streams, 2)) +
+    row("all sessions: batch latency (latest)", fmt(s.batch.mean_latency_ms, 0, " ms"));
 }
 
 async function present(now) {
