@@ -247,3 +247,27 @@ def test_protocol_parse_and_frames():
     assert proto.read_frame_message(proto.frame_message(7, b"jpeg")) == (7, b"jpeg")
     with pytest.raises(ConfigError, match="max_sessions"):
         Hub(pipe(), max_sessions=0)
+
+
+class FailingPlan:
+    name = "failing-plan"
+
+    @hookimpl
+    def accelframe_batch_plan(self, ctx):
+        raise RuntimeError("planner crashed")
+
+
+def test_a_failing_policy_falls_back_exactly_and_the_session_runs():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's warning
+        with client(FailingPlan()) as c, c.websocket_connect(url()) as ws:
+            ws.send_json({"type": "start", "prompt": "a red circle"})
+            assert ws.receive_json()["type"] == "started"
+            frames = 0
+            while frames < 8:
+                frames += ws.receive().get("bytes") is not None
+            ws.send_json({"type": "stop"})
+            out = drain(ws)
+    assert out["code"] == proto.CLOSE_NORMAL and out["json"][-1]["frames"] >= 8
