@@ -125,6 +125,10 @@ class Hub:
             raise ConfigError("Hub", "max_sessions", max_sessions, "an int >= 1")
         self.pipe, self.max_sessions, self.fps, self.deadline_s = pipe, max_sessions, fps, deadline_s
         self.max_frames = max(int(max_session_s * fps), 1)
+        positions = caps.limits_of(pipe.adapter).max_frames
+        kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in pipe.stack)
+        if positions is not None and not kv_managed:  # no rolling cache: a session ends at the positions
+            self.max_frames = min(self.max_frames, FrameMap.of(pipe.adapter).pixels(positions))
         self.record_dir, self.record_upscale = record_dir, record_upscale
         self.clock = clock if clock is not None else RealClock()
         self.fmap = FrameMap.of(pipe.adapter)
