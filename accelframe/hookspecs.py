@@ -226,10 +226,11 @@ def accelframe_noise_level(ctx: NoiseContext) -> float | None:
 
 
 @hookspec
-def accelframe_batch_admit(ctx: BatchContext, fps: float) -> str | None:
-    """May a live loop admit one more stream of ``fps`` latent frames per second beside the streams
-    of ``ctx``? Return None to admit, or the reason to refuse (a person reads it: a server sends it
-    to the client it turns away).
+def accelframe_batch_admit(ctx: BatchContext, fps: float, deadline_s: float | None) -> str | None:
+    """May a live loop admit one more stream of ``fps`` latent frames per second, with a per-frame
+    latency budget of ``deadline_s`` seconds (None: none), beside the streams of ``ctx``? Return None
+    to admit, or the reason to refuse (a person reads it: a server sends it to the client it turns
+    away).
 
     Every implementation is asked; the first refusal refuses. The exact fallback (no plugin, or one
     that raises) admits. Fires when a stream asks to join a running live loop, before it runs.

@@ -435,11 +435,11 @@ class Hooks:
     def noise_level(self, ctx: NoiseContext) -> tuple[float | None, str]:
         return self.first_ctx("accelframe_noise_level", self._impls("accelframe_noise_level"), ctx)
 
-    def batch_admit(self, ctx: BatchContext, fps: float) -> tuple[str | None, str]:
+    def batch_admit(self, ctx: BatchContext, fps: float, deadline_s: float | None) -> tuple[str | None, str]:
         """The first refusal ``(reason, plugin)`` of ``accelframe_batch_admit``, or ``(None, EXACT)``.
         Raises :class:`HookRaised`."""
         for fn, argnames, plugin in self._impls("accelframe_batch_admit"):
-            named = {"ctx": ctx, "fps": fps}
+            named = {"ctx": ctx, "fps": fps, "deadline_s": deadline_s}
             try:
                 reason = fn(*[named[a] for a in argnames])
             except Exception as exc:

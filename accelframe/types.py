@@ -456,6 +456,7 @@ class StreamStatus:
     fps: float  # latent frames per second
     oldest_pending_s: float | None  # arrival time of the oldest pending frame, None if none
     next_deadline_s: float | None
+    deadline_s: float | None = None  # the stream's per-frame latency budget (arrival to emission), if any
 
     @property
     def pending(self) -> int:

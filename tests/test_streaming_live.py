@@ -144,7 +144,7 @@ class RefuseSecond:
     name = "refuse-second"
 
     @hookimpl
-    def accelframe_batch_admit(self, ctx, fps):
+    def accelframe_batch_admit(self, ctx, fps):  # fewer arguments than the spec: allowed
         return "one stream at a time" if ctx.streams else None
 
 
@@ -167,17 +167,23 @@ def test_admission_refuses_with_the_policys_reason_and_the_loop_runs_on():
         live.loop.add(LiveSource("c", "x")).result()
 
 
-def test_slo_batch_admits_while_the_model_serves_the_load():
+def test_slo_batch_admits_while_the_model_serves_the_load_within_the_deadlines():
     policy = SLOBatch(max_chunk_units=2, headroom=1.0)
-    status = StreamStatus(stream="a", received=0, consumed=0, emitted=0, total=None, fps=4.0,
-                          oldest_pending_s=None, next_deadline_s=None)
-    ctx = BatchContext(now_s=0.0, streams=(status,), unit_frames=1, last_latency_s=None)
-    assert policy.accelframe_batch_admit(ctx, 4.0) is None  # nothing measured yet
+
+    def ctx(deadline=None):
+        status = StreamStatus(stream="a", received=0, consumed=0, emitted=0, total=None, fps=4.0,
+                              oldest_pending_s=None, next_deadline_s=None, deadline_s=deadline)
+        return BatchContext(now_s=0.0, streams=(status,), unit_frames=1, last_latency_s=None)
+    assert policy.accelframe_batch_admit(ctx(), 4.0, None) is None  # nothing measured yet
     for x in (1, 2):  # L = 0.1 + 0.05 x: B streams of T frames serve B T / (0.1 + 0.05 B T) frames/s
         policy.model.observe(x, 0.1 + 0.05 * x)
-    # two streams, chunks of 2: 4 / 0.3 = 13.3 frames/s >= 4 + 4
-    assert policy.accelframe_batch_admit(ctx, 4.0) is None
-    reason = policy.accelframe_batch_admit(ctx, 12.0)  # 16 frames/s > 13.3
+    # two streams: chunks of 1 serve 2 / 0.2 = 10 frames/s >= 4 + 4; a first frame waits 1 / 4 + 0.2 s
+    assert policy.accelframe_batch_admit(ctx(), 4.0, None) is None
+    assert policy.accelframe_batch_admit(ctx(1.0), 4.0, 1.0) is None
+    late = policy.accelframe_batch_admit(ctx(1.0), 4.0, 0.4)
+    assert late is not None and "0.25 s for the rest and 0.20 s" in late and "0.4 s deadline of the new stream" in late
+    assert "of stream 'a'" in policy.accelframe_batch_admit(ctx(0.4), 4.0, None)
+    reason = policy.accelframe_batch_admit(ctx(), 12.0, None)  # 16 frames/s > 13.3 with chunks of 2
     assert reason is not None and "16.0 frames/s" in reason and "13.3" in reason
 
 

@@ -385,7 +385,7 @@ class StreamLoop:
             oldest = s.arrival_s(ready_px) if received > c else None
             out.append(StreamStatus(stream=s.id, received=received, consumed=c,
                                     emitted=st.emitted, total=total, fps=s.fps / self.fmap.ratio,
-                                    oldest_pending_s=oldest, next_deadline_s=nxt))
+                                    oldest_pending_s=oldest, next_deadline_s=nxt, deadline_s=s.deadline_s))
         return tuple(out)
 
     def _finished(self, s: StreamSource, now: float) -> bool:
@@ -578,7 +578,7 @@ class StreamLoop:
         ctx = BatchContext(now_s=now, streams=self._status(now), unit_frames=self.adapter.unit_frames,
                            last_latency_s=last_latency)
         try:
-            reason, by = self.pipe.hooks.batch_admit(ctx, source.fps / self.fmap.ratio)
+            reason, by = self.pipe.hooks.batch_admit(ctx, source.fps / self.fmap.ratio, source.deadline_s)
         except HookRaised as err:  # a failing admission hook admits, as without one
             self._failed("accelframe_batch_admit", err.plugin, repr(err.error), err.error)
             return

@@ -27,6 +27,13 @@ The rule, every time the runtime is ready (frame counts are the runtime's frames
    reason ``unsustainable`` on the plan and in ``log``. It then degrades to throughput mode: the
    longest chunk (``max_chunk_units``) and every ready stream, so the backlog grows as slowly as the
    machine allows. Frames are never dropped, so deadlines are missed and counted by the runtime.
+
+Admission (``accelframe_batch_admit``, live loops): a new stream is refused when, counted with the
+running ones, no chunk length is sustainable (rule 1), or when the sustainable chunk ``T*`` would
+make some stream miss its deadline: a chunk's first frame waits ``T* / f`` for the rest of its
+frames to arrive (``f``: that stream's latent frame rate) and then ``L(T*, B)`` for the batch, and
+``T* / f + L(T*, B)`` must stay within the stream's ``deadline_s``. While nothing was measured yet
+every stream is admitted.
 """
 
 from __future__ import annotations
@@ -128,14 +135,27 @@ class SLOBatch:
         return self._choose(ctx.unit_frames, sum(s.fps for s in live), len(live))
 
     @hookimpl
-    def accelframe_batch_admit(self, ctx: BatchContext, fps: float) -> str | None:
+    def accelframe_batch_admit(self, ctx: BatchContext, fps: float, deadline_s: float | None) -> str | None:
         """Refuse a stream whose rate, beside the running streams', no allowed chunk sustains under
-        the fitted latency model (admitted while nothing was measured yet)."""
+        the fitted latency model, or whose sustainable chunk would take some stream past its deadline
+        (see the module docstring; admitted while nothing was measured yet)."""
         live = self._running(ctx)
         rate, n = sum(s.fps for s in live) + fps, len(live) + 1
-        if self._choose(ctx.unit_frames, rate, n)[1]:
-            return None
+        chunk, sustainable = self._choose(ctx.unit_frames, rate, n)
         b = max(min(n, self.max_streams), 1)
+        if sustainable:
+            if not self.model.ready:
+                return None
+            latency = self.model(chunk, b)
+            budgets = [(s.stream, s.fps, s.deadline_s) for s in live] + [("the new stream", fps, deadline_s)]
+            for name, f, budget in budgets:
+                wait = chunk / f if f > 0 else 0.0
+                if budget is not None and wait + latency > budget:
+                    who = name if name == "the new stream" else f"stream {name!r}"
+                    return (f"slo-batch: with {n} streams the shortest sustainable chunk is {chunk} frames; "
+                            f"its first frame would wait {wait:.2f} s for the rest and {latency:.2f} s for the "
+                            f"batch, past the {budget:g} s deadline of {who}")
+            return None
         best = max(b * k * ctx.unit_frames / max(self.model(k * ctx.unit_frames, b), 1e-9)
                    for k in range(1, self.max_chunk_units + 1))
         return (f"slo-batch: {n} streams would offer {rate:.1f} frames/s and the measured latency serves at most "
