@@ -106,6 +106,9 @@ def test_the_page_and_health():
         assert page.status_code == 200 and "<canvas" in page.text and "app.js" in page.text
         assert "new WebSocket" in c.get("/app.js").text
         assert c.get("/health").json() == {"running": True, "sessions": 0, "max_sessions": 4, "error": None}
+        assert c.get("/metrics").status_code == 401
+        doc = c.get(f"/metrics?token={TOKEN}").json()
+        assert doc["sessions"] == [] and set(doc["decisions"]) == {"step", "block", "batch"}
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])

@@ -1,5 +1,6 @@
-"""The ASGI app of ``accelframe serve`` (Starlette): the page, a health route and one WebSocket per
-session speaking :mod:`accelframe.serve.protocol` over the :class:`~accelframe.serve.hub.Hub`.
+"""The ASGI app of ``accelframe serve`` (Starlette): the page, ``/health``, ``/metrics`` (every
+session's metrics and the decisions; the token as ``?token=``) and one WebSocket per session
+speaking :mod:`accelframe.serve.protocol` over the :class:`~accelframe.serve.hub.Hub`.
 
 Per connection three tasks run on the event loop: the receiver (control messages, input frames),
 the sender (output frames from the session's outbox, JPEG-encoded as they are sent, so frames
@@ -45,6 +46,11 @@ def create_app(hub: Hub, *, token: str | None = None, metrics_interval_s: float 
         body = resources.files("accelframe.serve").joinpath("page", name).read_bytes()
         return Response(body, media_type=media, headers={"Cache-Control": "no-store"})
 
+    def metrics(request: Any) -> JSONResponse:
+        if token is not None and not secrets.compare_digest(request.query_params.get("token", ""), token):
+            return JSONResponse({"error": "missing or wrong token (?token=...)"}, status_code=401)
+        return JSONResponse(hub.metrics())
+
     def health(request: Any) -> JSONResponse:
         return JSONResponse({"running": hub.running, "sessions": len(hub.sessions),
                              "max_sessions": hub.max_sessions, "error": repr(hub.error) if hub.error else None})
@@ -70,7 +76,7 @@ def create_app(hub: Hub, *, token: str | None = None, metrics_interval_s: float 
 
     connections: set[Connection] = set()
     routes = [Route(path, page) for path in PAGE_FILES]
-    routes += [Route("/health", health), WebSocketRoute("/ws", session)]
+    routes += [Route("/health", health), Route("/metrics", metrics), WebSocketRoute("/ws", session)]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.connections = connections  # open sessions' connections (a graceful shutdown waits for them)
     return app
