@@ -279,11 +279,17 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
     from accelframe_bench.reports import write_tables
 
     write_tables(doc, out, markdown)
-    pts = [(r["sessions"], r["fps_per_session"], f"{r['mode']}: {100 * (r['deadline_miss_rate'] or 0):.0f}% missed"
-            + (f", {r['refused']} refused" if r["refused"] else ""))
-           for r in doc["loads"] if r["fps_per_session"] is not None]
-    if pts:
-        charts.scatter(out / "load.png", pts, xlabel="concurrent sessions", ylabel="fps per admitted session")
+    series = []
+    for mode in sorted({r["mode"] for r in doc["loads"]}):
+        rows = [r for r in doc["loads"] if r["mode"] == mode and r["latency_p95_ms"] is not None]
+        if rows:
+            series.append((f"latency p95, {mode} sessions (worst session)",
+                           [(r["sessions"], r["latency_p95_ms"]) for r in rows]))
+    if series:
+        ns = sorted({r["sessions"] for r in doc["loads"]})
+        series.append(("deadline", [(n, 1000 * doc["setup"]["deadline_s"]) for n in ns]))
+        charts.line(out / "load.png", series, xlabel="concurrent sessions asked for (refused ones do not run)",
+                    ylabel="ms from a frame's arrival to its emission")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
