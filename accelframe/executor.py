@@ -57,6 +57,23 @@ _MODE_COUNT = {Mode.RECOMPUTE: "computed", Mode.CACHE: "cached", Mode.PREDICT: "
 _MODE_NAME = {m: m.value for m in Mode}
 
 
+def decisions() -> dict[str, Any]:
+    """Empty decision counts of one stream: step calls per model and block verdicts (every key
+    present, so a reader on another thread never sees the dicts change size)."""
+    return {"calls": {r.value: dict.fromkeys(("computed", "cached", "predicted"), 0) for r in ModelRole},
+            "blocks": {"accepted": 0, "regenerated": 0}}
+
+
+def add_decisions(into: dict[str, Any], stats: Any) -> None:
+    """Add a run's :class:`~accelframe.trace.Stats` decisions to ``into`` (a :func:`decisions` dict)."""
+    for role, counts in into["calls"].items():
+        for k in counts:
+            counts[k] += stats.calls.get(role, {}).get(k, 0)
+    for k in into["blocks"]:
+        into["blocks"][k] += stats.blocks.get(k, 0)
+
+
+
 @attrs.define(eq=False)
 class ModelSlot:
     """One model of one generation (or of one chunk of a stream in flight): its adapter, its state
@@ -108,6 +125,17 @@ class Executor:
         self.warned: set[tuple[str, str]] = set() if warned is None else warned
         self.on_emit = on_emit
         self._wrapped = hooks.wraps_model_calls
+        # per generation, its decisions (``decisions()``'s shape), when the owner asks for them: a
+        # stream batch's rows of several streams count into one ``stats``; this tells them apart
+        self.tally: dict[int, dict[str, Any]] | None = None
+
+    def tally_of(self, generation: int) -> dict[str, Any]:
+        """This executor's decisions for ``generation`` (made on first use; ``tally`` must be on)."""
+        assert self.tally is not None
+        got = self.tally.get(generation)
+        if got is None:
+            got = self.tally[generation] = decisions()
+        return got
 
     # ---- models ---------------------------------------------------------------------------------
 
@@ -193,6 +221,8 @@ class Executor:
                     counts["frames_reused"] += (e - s) - (interval[1] - interval[0])
             else:
                 counts[_MODE_COUNT[mode]] += 1
+            if self.tally is not None:
+                self.tally_of(m.site.generation)["calls"][m.key][_MODE_COUNT[mode]] += 1
             self.trace.step(m.key, it.unit, it.step, it.index, it.frames, _MODE_NAME[mode],
                             (interval or it.frames) if mode is Mode.RECOMPUTE else None, by,
                             m.site.generation)
@@ -448,6 +478,9 @@ class Executor:
                        verdict=verdict.verdict.value, score=verdict.score, by=by,
                        reason=verdict.reason, frame_scores=_frame_scores(verdict))
         blocks = self.stats.blocks
+        if self.tally is not None:
+            kind = "accepted" if verdict.verdict is Verdict.ACCEPT else "regenerated"
+            self.tally_of(ctx.generation)["blocks"][kind] += 1
         if verdict.verdict is Verdict.ACCEPT:
             blocks["accepted"] += 1
         else:

@@ -89,7 +89,8 @@ def test_a_text_session_starts_sends_frames_in_order_and_stops():
             if msg.get("bytes") is not None:
                 frames.append(proto.read_frame_message(msg["bytes"])[0])
         ws.send_json({"type": "metrics"})
-        assert until(ws, "metrics")["frames"] >= 12
+        m = until(ws, "metrics")
+        assert m["frames"] >= 12 and m["decisions"]["calls"]["target"]["computed"] > 0 and m["batch_streams"] == 1
         ws.send_json({"type": "stop"})
         rest = drain(ws)
     indices = frames + [i for i, _ in rest["frames"]]

@@ -232,3 +232,38 @@ def test_text_slots_burst_pause_and_resume():
     t[0] = 3.35
     src.end()
     assert src.delivered == 12 and src.received(9.0) == 12 and src.end_known_s() == 3.35
+
+
+@pytest.mark.parametrize("stream_batch", [False, True])
+def test_each_stream_has_its_own_decisions_and_they_add_up(stream_batch):
+    """Per stream: step calls computed / cached / predicted and block verdicts, in the sequential
+    loop and in the stream batch (where rows of both streams share forwards and one Stats)."""
+    from accelframe.testing.policies import RandomStep, ThresholdBlock
+
+    if stream_batch:
+        p = Pipeline(RowAnalytic(steps=3, **TINY), drafter=RowAnalytic(steps=2, **TINY), hooks=make_hooks())
+    else:
+        base = {"plan": "block", "unit_frames": 2, "height": 4, "width": 4}
+        p = Pipeline("analytic", drafter="analytic", hooks=make_hooks(), adapter_kwargs={**base, "steps": 3},
+                     drafter_kwargs={**base, "steps": 2})
+    p.use(RandomStep(seed=1, p_interval=0.0)).use(ThresholdBlock(tau=0.45))
+    a = LiveSource("a", "a red circle", seed=1, max_frames=12)
+    b = LiveSource("b", "a blue square", seed=2, max_frames=8)
+    live = Live(p, [a, b], {}, stream_batch=stream_batch)
+    seen = {}
+    live.loop.on_end = lambda s, summary: (seen.__setitem__(s, summary["decisions"]),
+                                           len(seen) == 2 and live.loop.stop())
+    run = live.loop.run()
+    total = run.stats.to_dict()
+    for role in ("target", "drafter"):
+        for k in ("computed", "cached", "predicted"):
+            both = seen["a"]["calls"][role][k] + seen["b"]["calls"][role][k]
+            assert both == total["calls"][role][k], (role, k)
+    for k in ("accepted", "regenerated"):
+        assert seen["a"]["blocks"][k] + seen["b"]["blocks"][k] == total["blocks"][k]
+    assert all(seen[s]["calls"]["target"]["computed"] > 0 for s in "ab")
+    assert sum(seen[s]["calls"]["target"][k] for s in "ab" for k in ("cached", "predicted")) > 0
+    verdicts = {k: seen[k]["blocks"]["accepted"] + seen[k]["blocks"]["regenerated"] for k in "ab"}
+    assert verdicts["a"] > 0 and verdicts["b"] > 0
+    if not stream_batch:  # one unit per chunk, one verdict per unit: 12 and 8 frames of 2-frame units
+        assert verdicts == {"a": 6, "b": 4}

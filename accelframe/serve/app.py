@@ -237,7 +237,7 @@ class Connection:
 
     def metrics(self) -> dict[str, Any]:
         assert self.session is not None
-        return {"type": "metrics", **self.session.metrics(), "server": self.hub.decisions(),
+        return {"type": "metrics", **self.hub.session_metrics(self.session), "server": self.hub.decisions(),
                 "sessions": len(self.hub.sessions), "max_sessions": self.hub.max_sessions}
 
     async def send_metrics(self) -> None:
@@ -266,11 +266,13 @@ class Connection:
             if done:
                 break
         if self.hub.error is not None:
-            await self.send_json({"type": "ended", "error": repr(self.hub.error), **session.metrics()})
+            await self.send_json({"type": "ended", "error": repr(self.hub.error),
+                                  **self.hub.session_metrics(session)})
             await self.close(proto.CLOSE_SERVER_ERROR, f"the stream loop failed: {self.hub.error!r}")
             return
         stopping = self.hub.loop.stopping
-        await self.send_json({"type": "ended", **session.metrics(), "summary": session.summary or {}})
+        await self.send_json({"type": "ended", **self.hub.session_metrics(session),
+                              "summary": session.summary or {}})
         await self.close(proto.CLOSE_GOING_AWAY if stopping else proto.CLOSE_NORMAL,
                          "the server is shutting down" if stopping else "session ended")
 

@@ -82,6 +82,7 @@ class Session:
         self.latency = deque(maxlen=LATENCY_WINDOW)  # seconds from arrival to emission
         self.misses = 0
         self.summary: dict[str, Any] | None = None  # the loop's, once the session ended
+        self.batch_streams: deque[int] = deque(maxlen=64)  # streams in each of its latest batches
         self.ended = threading.Event()
 
     def emitted(self, frames: torch.Tensor, now: float) -> None:
@@ -255,6 +256,10 @@ class Hub:
             s.ended.set()
 
     def _batch(self, record: dict[str, Any]) -> None:
+        for stream, _ in record["entries"]:
+            s = self.sessions.get(stream)
+            if s is not None:
+                s.batch_streams.append(len(record["entries"]))
         self.batches.append({"t_s": record["t_s"], "streams": len(record["entries"]),
                              "rows": record.get("rows"), "latency_s": record["latency_s"]})
         if self._on_batch is not None:
@@ -277,8 +282,17 @@ class Hub:
                       "mean_latency_ms": 1000 * sum(b["latency_s"] for b in recent) / n if recent else None},
         }
 
+    def session_metrics(self, s: Session) -> dict[str, Any]:
+        """A session's metrics with its own decisions: step calls computed / cached / predicted,
+        blocks accepted / regenerated, and the streams in the batches its chunks ran in."""
+        made = self.loop.decisions(s.id) or (s.summary or {}).get("decisions")
+        sizes = list(s.batch_streams)
+        return {**s.metrics(), "decisions": made,
+                "batch_streams": sum(sizes) / len(sizes) if sizes else None}
+
     def metrics(self) -> dict[str, Any]:
-        return {"t_s": self.clock.now(), "sessions": [s.metrics() for s in list(self.sessions.values())],
+        return {"t_s": self.clock.now(),
+                "sessions": [self.session_metrics(s) for s in list(self.sessions.values())],
                 "decisions": self.decisions(), "max_sessions": self.max_sessions}
 
 

@@ -56,7 +56,7 @@ import torch
 
 from accelframe import adapter as caps
 from accelframe import fallback
-from accelframe.executor import Executor
+from accelframe.executor import Executor, add_decisions, decisions
 from accelframe.errors import AccelframeError, ConfigError, IncompatibleError
 from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
@@ -172,6 +172,7 @@ class _StreamState:
     encode: Any = None  # the adapter's streaming encode cache (video-to-video)
     previous: torch.Tensor | None = None  # the last input pixel frame of the previous chunk, [3, H, W]
     prompt_version: int = 0  # the source's prompt version its states are conditioned on (live)
+    decisions: dict[str, Any] = attrs.field(factory=decisions)  # its sequential chunks' decisions
     rows: list[Chunk] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
     # finished chunks not yet emitted, in order: (micro-step, span, pixels or a remote decode's handle)
     out: list[tuple[int, Any, Any]] = attrs.field(factory=list)
@@ -241,6 +242,7 @@ class StreamLoop:
                      max_reuse=pipe.max_reuse, stream=NOISE_STREAM, warned=self.warned),
             target=self.adapter, target_name=pipe.adapter_name, drafter=pipe.drafter,
             drafter_name=pipe.drafter_name, lanes=self.lanes)
+        self._batch.ex.tally = {}  # the stream batch's decisions per stream (its generation)
 
     def _validate_ranks(self) -> None:
         """``ranks`` and ``lanes``: a ConfigError or IncompatibleError naming what the ring lacks."""
@@ -333,6 +335,24 @@ class StreamLoop:
         kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in self.pipe.stack)
         check_streams(sources, self.pipe.adapter_name, self.adapter, self.fmap,
                       keep_frames=self.keep_frames, kv_managed=kv_managed)
+
+    def decisions(self, stream: str) -> dict[str, Any] | None:
+        """The decisions made for ``stream`` so far (any thread; None for a stream not in the loop):
+        ``{"calls": {role: {"computed", "cached", "predicted"}}, "blocks": {"accepted",
+        "regenerated"}}``, over its sequential chunks and its rows in the stream batch."""
+        st = self._state.get(stream)
+        if st is None:
+            return None
+        out = decisions()
+        for part in (st.decisions, (self._batch.ex.tally or {}).get(st.generation)):
+            if part is None:
+                continue
+            for role, counts in part["calls"].items():
+                for k, n in counts.items():
+                    out["calls"][role][k] += n
+            for k, n in part["blocks"].items():
+                out["blocks"][k] += n
+        return out
 
     def target_state(self, stream: str) -> Any:
         """The target adapter's state of ``stream`` now (its KV cache), None before its first
@@ -596,12 +616,14 @@ class StreamLoop:
     def _retire(self, now: float) -> None:
         """Live: streams that ended and emitted everything leave (``generation_end``, ``on_end``)."""
         for s in [s for s in self.sources if self._finished(s, now)]:
+            made = self.decisions(s.id)
             st = self._state.pop(s.id)
+            (self._batch.ex.tally or {}).pop(st.generation, None)
             self.sources.remove(s)
             del self._by_id[s.id]
             self._end(s)
             summary = {**st.output.summary(s.deadline_s), "corrupt_frames": len(st.guard.corrupt),
-                       "ended": self._ended(s)}
+                       "ended": self._ended(s), "decisions": made}
             self.retired[s.id] = summary
             self.trace.add("retire", stream=s.id, t_s=now)
             if self.on_end is not None:
@@ -815,6 +837,7 @@ class StreamLoop:
         st.target, st.drafter = engine.target_state, engine.drafter_state
         st.consumed += n
         self.stats.merge(engine.stats)
+        add_decisions(st.decisions, engine.stats)
         return self._emit(st, a, a + n, None if res.frames is None else res.frames[0])
 
     def _emit(self, st: _StreamState, a: int, b: int,

@@ -87,6 +87,11 @@ function showMetrics(m) {
     row("deadline misses", `${m.deadline_misses} (${fmt(100 * m.deadline_miss_rate, 1)} %)`) +
     row("frames dropped for this page", m.dropped_frames) +
     row("sessions on the server", `${m.sessions} of ${m.max_sessions}`) +
+    (m.decisions ? row("this session: step calls computed / cached / predicted",
+                       `${m.decisions.calls.target.computed} / ${m.decisions.calls.target.cached} / ${m.decisions.calls.target.predicted}`) +
+                   row("this session: blocks accepted / regenerated",
+                       `${m.decisions.blocks.accepted} / ${m.decisions.blocks.regenerated}`) : "") +
+    row("this session: streams per batch (latest)", fmt(m.batch_streams, 2)) +
     row("all sessions: step calls computed / cached / predicted", `${s.step.computed} / ${s.step.cached} / ${s.step.predicted}`) +
     row("all sessions: blocks accepted / regenerated", `${s.block.accepted} / ${s.block.regenerated}`) +
     row("all sessions: streams per batch (latest)", fmt(s.batch.mean_streams, 2)) +
