@@ -184,6 +184,10 @@ def test_slo_batch_admits_while_the_model_serves_the_load_within_the_deadlines()
     assert late is not None and "0.25 s for the rest and 0.20 s" in late
     assert "0.4 s deadline of the new stream" in late
     assert "of stream 'a'" in policy.accelframe_batch_admit(ctx(0.4), 4.0, None)
+    assert policy.accelframe_batch_admit(ctx(0.5), 4.0, None) is None  # 0.45 s within 0.5 s
+    careful = SLOBatch(max_chunk_units=2, headroom=1.25)  # the same margin on the wait: 1.25 * 0.45 s
+    careful.model = policy.model
+    assert "headroom 1.25" in careful.accelframe_batch_admit(ctx(0.5), 4.0, None)
     reason = policy.accelframe_batch_admit(ctx(), 12.0, None)  # 16 frames/s > 13.3 with chunks of 2
     assert reason is not None and "16.0 frames/s" in reason and "13.3" in reason
 

@@ -32,8 +32,9 @@ Admission (``accelframe_batch_admit``, live loops): a new stream is refused when
 running ones, no chunk length is sustainable (rule 1), or when the sustainable chunk ``T*`` would
 make some stream miss its deadline: a chunk's first frame waits ``T* / f`` for the rest of its
 frames to arrive (``f``: that stream's latent frame rate) and then ``L(T*, B)`` for the batch, and
-``T* / f + L(T*, B)`` must stay within the stream's ``deadline_s``. While nothing was measured yet
-every stream is admitted.
+``headroom (T* / f + L(T*, B))`` must stay within the stream's ``deadline_s`` (the same margin as
+rule 1: the model is a mean, and a batch that runs slower than it pushes the chunk after it to a
+longer ``T*``). While nothing was measured yet every stream is admitted.
 """
 
 from __future__ import annotations
@@ -150,11 +151,11 @@ class SLOBatch:
             budgets = [(s.stream, s.fps, s.deadline_s) for s in live] + [("the new stream", fps, deadline_s)]
             for name, f, budget in budgets:
                 wait = chunk / f if f > 0 else 0.0
-                if budget is not None and wait + latency > budget:
+                if budget is not None and self.headroom * (wait + latency) > budget:
                     who = name if name == "the new stream" else f"stream {name!r}"
                     return (f"slo-batch: with {n} streams the shortest sustainable chunk is {chunk} frames; "
                             f"its first frame would wait {wait:.2f} s for the rest and {latency:.2f} s for the "
-                            f"batch, past the {budget:g} s deadline of {who}")
+                            f"batch, past the {budget:g} s deadline of {who} with headroom {self.headroom:g}")
             return None
         best = max(b * k * ctx.unit_frames / max(self.model(k * ctx.unit_frames, b), 1e-9)
                    for k in range(1, self.max_chunk_units + 1))
