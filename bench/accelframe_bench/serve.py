@@ -102,7 +102,7 @@ async def client(port: int, prompt: str, seed: int, seconds: float, video: Any =
                 elif doc["type"] == "ended":
                     got["ended"] = doc
                 elif doc["type"] == "error" and doc.get("refused"):
-                    got["refused"] = True
+                    got["refused"], got["refusal"] = True, doc["message"]  # whole (a close reason is cut)
         except websockets.ConnectionClosed as exc:
             if exc.rcvd is not None:
                 got["close"], got["reason"] = exc.rcvd.code, exc.rcvd.reason
@@ -132,7 +132,7 @@ def row(n: int, mode: str, sessions: list[dict[str, Any]]) -> dict[str, Any]:
             "ttff_s": max((s["first_s"] for s in ok if s["first_s"] is not None), default=None),
             "latency_p95_ms": worst("latency_p95_ms"), "deadline_miss_rate": worst("deadline_miss_rate"),
             "dropped_frames": sum(e.get("dropped_frames", 0) for e in ended),
-            "refusals": [s["reason"] for s in sessions if s["refused"]]}
+            "refusals": [s.get("refusal") or s["reason"] for s in sessions if s["refused"]]}
 
 
 def switch_run(args: argparse.Namespace, hooks: Any, recache: bool) -> dict[str, Any]:
