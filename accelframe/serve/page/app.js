@@ -79,23 +79,31 @@ function fmt(x, digits, unit) {
   return x === null || x === undefined ? "-" : `${Number(x).toFixed(digits)}${unit || ""}`;
 }
 
+function head(title) {
+  return `<tr><th colspan="2">${title}</th></tr>`;
+}
+
+function calls(d) {
+  const t = d.calls.target;
+  return `${t.computed} / ${t.cached} / ${t.predicted}`;
+}
+
 function showMetrics(m) {
   const s = m.server;
-  $("metrics").innerHTML = "<tr><th>metric</th><th>value</th></tr>" +
-    row("frames", m.frames) + row("fps", fmt(m.fps, 1)) + row("time to first frame", fmt(m.ttff_s, 2, " s")) +
+  $("metrics").innerHTML = head("this session") +
+    row("frames", m.frames) + row("fps", fmt(m.fps, 1)) + row("first frame after", fmt(m.ttff_s, 2, " s")) +
     row("latency p50 / p95", `${fmt(m.latency_p50_ms, 0)} / ${fmt(m.latency_p95_ms, 0)} ms`) +
     row("deadline misses", `${m.deadline_misses} (${fmt(100 * m.deadline_miss_rate, 1)} %)`) +
     row("frames dropped for this page", m.dropped_frames) +
-    row("sessions on the server", `${m.sessions} of ${m.max_sessions}`) +
-    (m.decisions ? row("this session: step calls computed / cached / predicted",
-                       `${m.decisions.calls.target.computed} / ${m.decisions.calls.target.cached} / ${m.decisions.calls.target.predicted}`) +
-                   row("this session: blocks accepted / regenerated",
+    (m.decisions ? row("step calls: computed / cached / predicted", calls(m.decisions)) +
+                   row("blocks: accepted / regenerated",
                        `${m.decisions.blocks.accepted} / ${m.decisions.blocks.regenerated}`) : "") +
-    row("this session: streams per batch (latest)", fmt(m.batch_streams, 2)) +
-    row("all sessions: step calls computed / cached / predicted", `${s.step.computed} / ${s.step.cached} / ${s.step.predicted}`) +
-    row("all sessions: blocks accepted / regenerated", `${s.block.accepted} / ${s.block.regenerated}`) +
-    row("all sessions: streams per batch (latest)", fmt(s.batch.mean_streams, 2)) +
-    row("all sessions: batch latency (latest)", fmt(s.batch.mean_latency_ms, 0, " ms"));
+    row("streams per batch", fmt(m.batch_streams, 2)) +
+    head(`all sessions (${m.sessions} of ${m.max_sessions})`) +
+    row("step calls: computed / cached / predicted", `${s.step.computed} / ${s.step.cached} / ${s.step.predicted}`) +
+    row("blocks: accepted / regenerated", `${s.block.accepted} / ${s.block.regenerated}`) +
+    row("streams per batch", fmt(s.batch.mean_streams, 2)) +
+    row("batch latency", fmt(s.batch.mean_latency_ms, 0, " ms"));
 }
 
 async function present(now) {
