@@ -118,18 +118,13 @@ class Hub:
     """The server's sessions on one pipeline (see the module docstring). ``fps`` and ``deadline_s``
     are every session's; ``stream_batch`` runs the sessions' chunks as rows of batched forwards."""
 
-    def __init__(self, pipe: Any, *, max_sessions: int = 4, fps: float = 16.0, deadline_s: float = 1.0,
+    def __init__(self, pipe: Any, *, max_sessions: int = 4, fps: float = 16.0, deadline_s: float = 1.5,
                  stream_batch: bool = False, max_session_s: float = 3600.0, clock: Any = None,
                  record_dir: str | None = None, record_upscale: int = 4, prompt_recache: bool = True,
                  on_batch: Callable[[dict[str, Any]], None] | None = None) -> None:
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ConfigError("Hub", "max_sessions", max_sessions, "an int >= 1")
         self.pipe, self.max_sessions, self.fps, self.deadline_s = pipe, max_sessions, fps, deadline_s
-        self.max_frames = max(int(max_session_s * fps), 1)
-        positions = caps.limits_of(pipe.adapter).max_frames
-        kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in pipe.stack)
-        if positions is not None and not kv_managed:  # no rolling cache: a session ends at the positions
-            self.max_frames = min(self.max_frames, FrameMap.of(pipe.adapter).pixels(positions))
         self.record_dir, self.record_upscale = record_dir, record_upscale
         self.clock = clock if clock is not None else RealClock()
         self.fmap = FrameMap.of(pipe.adapter)
@@ -143,6 +138,10 @@ class Hub:
         self.loop = StreamLoop(pipe, [], live=True, clock=self.clock, keep_frames=False, stream_batch=stream_batch,
                                on_frames=self._frames, on_end=self._ended, on_batch=self._batch,
                                prompt_recache=prompt_recache)
+        self.max_frames = max(int(max_session_s * fps), 1)
+        positions = caps.limits_of(pipe.adapter).max_frames
+        if positions is not None and not self.loop.kv_managed:  # no rolling cache: sessions end there
+            self.max_frames = min(self.max_frames, self.fmap.pixels(positions))
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------

@@ -330,11 +330,16 @@ class StreamLoop:
                 raise ConfigError(f"StreamSource {s.id!r}", "frames", tuple(s.frames.shape),
                                   f"frames of {h}x{w} pixels")
 
+    @property
+    def kv_managed(self) -> bool:
+        """A policy of the stack manages the KV cache (rolling-kv): streams may outrun the adapter's
+        frame positions."""
+        return any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in self.pipe.stack)
+
     def _check_memory(self, sources: Sequence[Any]) -> None:
         """The adapter's declared limits and the memory the streams need, before anything runs."""
-        kv_managed = any(callable(getattr(p.policy, "accelframe_kv_manage", None)) for p in self.pipe.stack)
         check_streams(sources, self.pipe.adapter_name, self.adapter, self.fmap,
-                      keep_frames=self.keep_frames, kv_managed=kv_managed)
+                      keep_frames=self.keep_frames, kv_managed=self.kv_managed)
 
     def decisions(self, stream: str) -> dict[str, Any] | None:
         """The decisions made for ``stream`` so far (any thread; None for a stream not in the loop):
