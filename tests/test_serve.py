@@ -275,3 +275,32 @@ def test_a_failing_policy_falls_back_exactly_and_the_session_runs():
             ws.send_json({"type": "stop"})
             out = drain(ws)
     assert out["code"] == proto.CLOSE_NORMAL and out["json"][-1]["frames"] >= 8
+
+
+def test_a_session_sets_its_own_live_knobs():
+    from accelframe_policies import plugin as policies_plugin
+    from tests.test_step_executor import mean_scorer
+
+    base = {"plan": "block", "unit_frames": 2, "height": 8, "width": 8}
+    p = Pipeline("analytic", drafter="analytic", hooks=make_hooks(policies_plugin),
+                 adapter_kwargs={**base, "steps": 2}, drafter_kwargs={**base, "steps": 1})
+    p.use("sdvg", tau=0.0, scorer=mean_scorer)
+    app = create_app(Hub(p, fps=50.0, deadline_s=2.0), token=TOKEN, metrics_interval_s=0.2)
+    with TestClient(app) as c, c.websocket_connect(url()) as ws:
+        ws.send_json({"type": "start", "prompt": "a red circle"})
+        assert ws.receive_json()["type"] == "started"
+        ws.send_json({"type": "knobs", "policy": "sdvg", "knobs": {"tau": 1e9}})
+        ack = until(ws, "knobs")
+        assert ack["knobs"] == {"tau": 1e9} and ack["policy"] == "sdvg"
+        for bad, field in (({"type": "knobs", "policy": "scope", "knobs": {"tau_c": 0.1}}, "policy"),
+                           ({"type": "knobs", "policy": "sdvg", "knobs": {"aggregation": "mean"}}, "knob"),
+                           ({"type": "knobs", "policy": "sdvg", "knobs": {"tau": "high"}}, "tau"),
+                           ({"type": "knobs", "policy": "sdvg", "knobs": {}}, "knobs"),
+                           ({"type": "knobs", "knobs": {"tau": 1}}, "policy")):
+            ws.send_json(bad)
+            err = until(ws, "error")
+            assert err.get("field") == field, (bad, err)
+        ws.send_json({"type": "stop"})
+        out = drain(ws)
+    ended = out["json"][-1]
+    assert out["code"] == proto.CLOSE_NORMAL and ended["decisions"]["blocks"]["accepted"] <= 1

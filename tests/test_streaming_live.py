@@ -271,3 +271,43 @@ def test_each_stream_has_its_own_decisions_and_they_add_up(stream_batch):
     assert verdicts["a"] > 0 and verdicts["b"] > 0
     if not stream_batch:  # one unit per chunk, one verdict per unit: 12 and 8 frames of 2-frame units
         assert verdicts == {"a": 6, "b": 4}
+
+
+def test_a_stream_sets_its_own_live_knobs_and_the_others_keep_theirs():
+    from accelframe_policies import plugin as policies_plugin
+    from tests.test_step_executor import mean_scorer
+
+    base = {"plan": "block", "unit_frames": 2, "height": 4, "width": 4}
+    p = Pipeline("analytic", drafter="analytic", hooks=make_hooks(policies_plugin),
+                 adapter_kwargs={**base, "steps": 3}, drafter_kwargs={**base, "steps": 2})
+    p.use("sdvg", tau=float("-inf"), scorer=mean_scorer)  # every draft passes, but block 0
+    a = LiveSource("a", "a red circle", seed=1, max_frames=12)
+    b = LiveSource("b", "a blue square", seed=2, max_frames=12)
+    live = Live(p, [a, b], {1: [lambda loop: loop.set_knobs("a", "sdvg", tau="inf")]})
+    seen = {}
+    live.loop.on_end = lambda s, summary: (seen.__setitem__(s, summary["decisions"]["blocks"]),
+                                           len(seen) == 2 and live.loop.stop())
+    live.loop.run()
+    assert seen["a"]["accepted"] == 0 and seen["b"]["accepted"] == 5  # a's drafts all regenerated after batch 1
+    policy = p.stack[0].policy
+    assert policy.tau == float("-inf") and policy.knob(99, "tau") == float("-inf")
+    loop = StreamLoop(p, [], live=True)
+    with pytest.raises(ConfigError, match="a stream in the loop"):
+        loop.set_knobs("nobody", "sdvg", tau=0.0)
+    with pytest.raises(ConfigError, match="live knobs: tau"):
+        policy.set_stream_knobs(1, aggregation="mean")
+    with pytest.raises(ConfigError, match="a number"):
+        policy.set_stream_knobs(1, tau="high")
+    assert policy.set_stream_knobs(1, tau=-1) == {"tau": -1.0} and policy.knob(1, "tau") == -1.0
+    policy.clear_stream_knobs(1)
+    assert policy.knob(1, "tau") == float("-inf")
+
+
+def test_scope_checks_its_live_knobs_together():
+    from accelframe_policies.scope import Scope
+
+    s = Scope()
+    assert s.set_stream_knobs(3, tau_c=0.3) == {"tau_c": 0.3} and s.knob(3, "tau_c") == 0.3
+    with pytest.raises(ConfigError, match="tau_p = 0.2"):
+        s.set_stream_knobs(3, tau_p=0.2)  # below the stream's tau_c: refused, nothing set
+    assert s.knob(3, "tau_p") == 0.42 and s.knob(4, "tau_c") == 0.18

@@ -16,7 +16,7 @@ import secrets
 from importlib import resources
 from typing import Any
 
-from accelframe.errors import AccelframeError
+from accelframe.errors import AccelframeError, ConfigError
 from accelframe.serve import protocol as proto
 from accelframe.serve.hub import Hub, Session
 from accelframe.serve.images import decode_image, encode_jpeg
@@ -114,7 +114,15 @@ class Connection:
 
     async def error(self, exc: AccelframeError) -> None:
         self.errors += 1
-        msg = exc.message() if isinstance(exc, proto.ProtocolError) else {"type": "error", "message": str(exc)}
+        if isinstance(exc, proto.ProtocolError):
+            msg = exc.message()
+        elif isinstance(exc, ConfigError):  # a value the session's pipeline refused (a knob, say)
+            value = exc.value if exc.value is None or isinstance(exc.value, (int, float, str, bool)) \
+                else repr(exc.value)
+            msg = {"type": "error", "field": exc.field, "value": value, "allowed": exc.allowed,
+                   "message": str(exc)}
+        else:
+            msg = {"type": "error", "message": str(exc)}
         await self.send_json(msg)
 
     async def receive(self) -> dict[str, Any] | None:
@@ -212,6 +220,10 @@ class Connection:
                                                             "session pauses when the client stops sending)")
                 session.source.pause() if kind == "pause" else session.source.resume()
                 await self.send_json({"type": "paused" if kind == "pause" else "resumed", "frame": session.frames})
+            elif kind == "knobs":
+                applied = self.hub.set_knobs(session.id, m["policy"], m["knobs"])
+                await self.send_json({"type": "knobs", "policy": m["policy"], "knobs": applied,
+                                      "after_frame": session.frames})
             elif kind == "stop":
                 self.hub.close(session.id)
             elif kind == "metrics":

@@ -232,6 +232,10 @@ class Hub:
         check_output(path, owner="accelframe serve", field="--record", force=False, suffixes=(".mp4",))
         return Mp4Sink(path, self.fps, upscale_factor=self.record_upscale)
 
+    def set_knobs(self, sid: str, policy: str, knobs: dict[str, Any]) -> dict[str, Any]:
+        """A session's own values of a policy's live knobs (``StreamLoop.set_knobs``)."""
+        return self.loop.set_knobs(sid, policy, **knobs)
+
     def close(self, sid: str) -> None:
         """End a session: frames in flight are still emitted, then it leaves the loop."""
         s = self.sessions.get(sid)

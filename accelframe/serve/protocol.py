@@ -36,10 +36,12 @@ CLIENT_TYPES = {
     "prompt": "switch the prompt: the next chunk is made under it, the cached context recomputed",
     "pause": "text sessions: stop making frames until resume",
     "resume": "text sessions: make frames again",
+    "knobs": "set the session's own values of a policy's live knobs: policy, knobs ({name: value})",
     "stop": "end the session: frames in flight are sent, then 'ended' and close 1000",
     "metrics": "ask for a metrics message now",
 }
-SERVER_TYPES = ("started", "prompt", "paused", "resumed", "metrics", "error", "ended")
+MESSAGE_FIELDS = {"start": ("prompt", "mode", "seed"), "prompt": ("prompt",), "knobs": ("policy", "knobs")}
+SERVER_TYPES = ("started", "prompt", "knobs", "paused", "resumed", "metrics", "error", "ended")
 
 
 class ProtocolError(AccelframeError):
@@ -77,10 +79,11 @@ def parse(text: str | bytes) -> dict[str, Any]:
     kind = msg.get("type")
     if kind not in CLIENT_TYPES:
         raise ProtocolError("type", kind, "one of " + ", ".join(repr(k) for k in CLIENT_TYPES))
-    unknown = sorted(set(msg) - {"type", "prompt", "mode", "seed"})
+    fields = MESSAGE_FIELDS.get(kind, ())
+    unknown = sorted(set(msg) - {"type", *fields})
     if unknown:
         raise ProtocolError(unknown[0], msg[unknown[0]], f"fields of a {kind!r} message: "
-                            + {"start": "prompt, mode, seed", "prompt": "prompt"}.get(kind, "none besides type"))
+                            + (", ".join(fields) or "none besides type"))
     out: dict[str, Any] = {"type": kind}
     if kind == "start":
         out["prompt"] = _prompt(msg)
@@ -93,9 +96,14 @@ def parse(text: str | bytes) -> dict[str, Any]:
         out.update(mode=mode, seed=seed)
     elif kind == "prompt":
         out["prompt"] = _prompt(msg)
-    elif any(k in msg for k in ("prompt", "mode", "seed")):
-        key = next(k for k in ("prompt", "mode", "seed") if k in msg)
-        raise ProtocolError(key, msg[key], f"no {key!r} in a {kind!r} message")
+    elif kind == "knobs":
+        policy, knobs = msg.get("policy"), msg.get("knobs")
+        if not isinstance(policy, str) or not policy:
+            raise ProtocolError("policy", policy, "the name of a policy of the server's stack")
+        if (not isinstance(knobs, dict) or not knobs
+                or any(not isinstance(v, (int, float, str, bool)) for v in knobs.values())):
+            raise ProtocolError("knobs", knobs, "an object of knob names and values, e.g. {\"tau\": -1.0}")
+        out.update(policy=policy, knobs=knobs)
     return out
 
 

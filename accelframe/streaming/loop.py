@@ -359,6 +359,21 @@ class StreamLoop:
                 out["blocks"][k] += n
         return out
 
+    def set_knobs(self, stream: str, policy: str, **knobs: Any) -> dict[str, Any]:
+        """Set knobs of a policy of the stack for ``stream`` alone (any thread; the stream's next
+        decisions use them): the policy's ``live_knobs`` only (:mod:`accelframe.stream_knobs`). A
+        ConfigError names an unknown stream or policy, a knob that is not live, or a value not
+        allowed. Returns the values set."""
+        st = self._state.get(stream)
+        if st is None:
+            raise ConfigError("StreamLoop", "stream", stream, "a stream in the loop: " + ", ".join(self._state))
+        live = {p.name: p.policy for p in self.pipe.stack if getattr(p.policy, "live_knobs", ())}
+        target = live.get(policy)
+        if target is None:
+            raise ConfigError("StreamLoop", "policy", policy, "a policy of the stack with live knobs: "
+                              + (", ".join(f"{n} ({', '.join(p.live_knobs)})" for n, p in live.items()) or "none"))
+        return target.set_stream_knobs(st.generation, **knobs)
+
     def target_state(self, stream: str) -> Any:
         """The target adapter's state of ``stream`` now (its KV cache), None before its first
         chunk: for a sink or callback that inspects the cache as frames leave."""
@@ -624,6 +639,9 @@ class StreamLoop:
             made = self.decisions(s.id)
             st = self._state.pop(s.id)
             (self._batch.ex.tally or {}).pop(st.generation, None)
+            for p in self.pipe.stack:  # its knobs of its own (accelframe.stream_knobs) go with it
+                if hasattr(p.policy, "clear_stream_knobs"):
+                    p.policy.clear_stream_knobs(st.generation)
             self.sources.remove(s)
             del self._by_id[s.id]
             self._end(s)

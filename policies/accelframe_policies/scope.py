@@ -30,6 +30,7 @@ import torch
 
 from accelframe import hookimpl
 from accelframe import adapter as caps
+from accelframe.stream_knobs import StreamKnobs
 from accelframe.errors import ConfigError
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import close_matches, number_in, one_of
@@ -68,11 +69,13 @@ class _UnitState:
 
 
 @attrs.define(eq=False, kw_only=True)
-class Scope:
+class Scope(StreamKnobs):
     """The SCOPE step policy; see the module docstring. ``Scope.preset("skyreels-v2")`` gives the
-    paper's settings."""
+    paper's settings. A live stream may set its own ``tau_c`` and ``tau_p``
+    (:mod:`accelframe.stream_knobs`)."""
 
     name = "scope"
+    live_knobs = ("tau_c", "tau_p")
     tau_c: float = attrs.field(default=0.18, validator=number_in(0.0, 1e6))
     tau_p: float = attrs.field(default=0.42, validator=number_in(0.0, 1e6))
     predictor: str = attrs.field(default="taylor2", validator=one_of(*PREDICTORS))
@@ -91,6 +94,11 @@ class Scope:
     _hist: History = attrs.field(init=False)
     _units: dict[Hashable, _UnitState] = attrs.field(init=False, factory=dict)
     _ends: ActiveInterval = attrs.field(init=False, factory=ActiveInterval)
+
+    def check_stream_knobs(self, values: dict[str, Any]) -> None:
+        if values["tau_c"] > values["tau_p"]:
+            raise ConfigError("Scope", "tau_c", values["tau_c"],
+                              f"a cache threshold <= the prediction threshold tau_p = {values['tau_p']}")
 
     def __attrs_post_init__(self) -> None:
         if self.tau_c > self.tau_p:
@@ -157,9 +165,9 @@ class Scope:
         hist = self._hist.get(key, ctx.x.shape)
         if not hist or not _covers(hist[0].computed, it.update):
             return recompute("advancing frames without a computed velocity")
-        if r_minus < self.tau_c:
+        if r_minus < self.knob(ctx.generation, "tau_c"):
             return StepDecision.cache(hist[0].velocity, reason=f"r={r_minus:.4f} < tau_c")
-        if r_minus < self.tau_p and len(hist) >= MIN_HISTORY[self.predictor]:
+        if r_minus < self.knob(ctx.generation, "tau_p") and len(hist) >= MIN_HISTORY[self.predictor]:
             sigma = torch.tensor(it.sigma, dtype=torch.float64)
             v, _ = predict(hist, sigma, self.predictor, momentum=self.momentum, max_ratio=self.max_ratio,
                            clip=self.clip)

@@ -41,6 +41,7 @@ import torch
 
 from accelframe import hookimpl
 from accelframe.errors import AccelframeError, ConfigError
+from accelframe.stream_knobs import StreamKnobs
 from accelframe.types import BlockContext, BlockVerdict, Request
 
 AGGREGATIONS = ("min", "mean", "quantile")
@@ -92,8 +93,11 @@ def check_scores(scores: Any, frames: torch.Tensor, who: str) -> torch.Tensor:
 
 
 @attrs.define(eq=False, kw_only=True)  # eq=False: pluggy tells plugins apart by identity
-class SDVG:
-    """The reward router; see the module docstring. Build it with ``pipe.use("sdvg", ...)``."""
+class SDVG(StreamKnobs):
+    """The reward router; see the module docstring. Build it with ``pipe.use("sdvg", ...)``. A live
+    stream may set its own ``tau`` (:mod:`accelframe.stream_knobs`)."""
+
+    live_knobs = ("tau",)
 
     # checked in __attrs_post_init__; the metadata says what is allowed (accelframe plugins sdvg)
     tau: float = attrs.field(default=DEFAULT_TAU, converter=_tau, metadata={"allowed": TAU_ALLOWED})
@@ -169,10 +173,11 @@ class SDVG:
             raise ScorerError("the draft was not decoded (request.decode is False): nothing to score")
         q, scores = self.score(ctx.draft_frames, ctx.prompts)
         per_frame = tuple(scores.flatten().tolist())
-        if q >= self.tau:
-            return BlockVerdict.accept(q, reason=f"{self.aggregation} score {q:.3f} >= tau {self.tau:g}",
+        tau = self.knob(ctx.generation, "tau")
+        if q >= tau:
+            return BlockVerdict.accept(q, reason=f"{self.aggregation} score {q:.3f} >= tau {tau:g}",
                                        frame_scores=per_frame)
-        return BlockVerdict.regenerate(q, reason=f"{self.aggregation} score {q:.3f} < tau {self.tau:g}",
+        return BlockVerdict.regenerate(q, reason=f"{self.aggregation} score {q:.3f} < tau {tau:g}",
                                        frame_scores=per_frame)
 
 
