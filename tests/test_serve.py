@@ -304,3 +304,28 @@ def test_a_session_sets_its_own_live_knobs():
         out = drain(ws)
     ended = out["json"][-1]
     assert out["code"] == proto.CLOSE_NORMAL and ended["decisions"]["blocks"]["accepted"] <= 1
+
+
+def test_no_start_in_time_is_closed_4008():
+    hub = Hub(pipe(), fps=50.0, deadline_s=2.0)
+    with TestClient(create_app(hub, token=None, start_timeout_s=0.3)) as c, c.websocket_connect("/ws") as ws:
+        ws.send_text("not json")
+        assert ws.receive_json()["field"] == "message"
+        out = drain(ws)
+    assert out["code"] == proto.CLOSE_NO_START and "no start message" in out["reason"]
+
+
+def test_a_stream_loop_that_fails_ends_its_sessions_with_1011():
+    import warnings
+
+    p = Pipeline("analytic", hooks=make_hooks(), strict=True,  # strict: a policy's failure raises
+                 adapter_kwargs={"plan": "block", "unit_frames": 2, "steps": 2, "height": 8, "width": 8})
+    p.use(FailingPlan())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with TestClient(create_app(Hub(p, fps=50.0), token=None)) as c, c.websocket_connect("/ws") as ws:
+            ws.send_json({"type": "start", "prompt": "a red circle"})
+            assert ws.receive_json()["type"] == "started"
+            out = drain(ws)
+            assert c.get("/health").json()["error"] is not None
+    assert out["code"] == proto.CLOSE_SERVER_ERROR and "planner crashed" in out["json"][-1]["error"]
