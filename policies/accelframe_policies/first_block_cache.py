@@ -12,7 +12,6 @@ No prediction and no compute interval: the binary cache-or-recompute baseline.
 
 from __future__ import annotations
 
-from typing import Hashable
 
 import attrs
 import torch
@@ -20,7 +19,7 @@ import torch
 from accelframe import hookimpl
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import number_in
-from accelframe_policies.history import History, entry, rel_l1, unit_key
+from accelframe_policies.history import History, RecentUnits, entry, rel_l1, unit_key
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -31,7 +30,7 @@ class FirstBlockCache:
     threshold: float = attrs.field(default=0.05, validator=number_in(0.0, 1e6))
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
     _hist: History = attrs.field(init=False, factory=lambda: History(size=1))
-    _phi: dict[Hashable, torch.Tensor] = attrs.field(init=False, factory=dict)
+    _phi: RecentUnits = attrs.field(init=False, factory=RecentUnits)
 
     def reset(self) -> None:
         self._hist.clear()

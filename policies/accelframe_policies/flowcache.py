@@ -22,7 +22,7 @@ configuration rescales with the Wan polynomial (``coefficients="wan2.1-t2v-1.3b-
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any
 
 import attrs
 import torch
@@ -30,7 +30,7 @@ import torch
 from accelframe import hookimpl
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import number_in
-from accelframe_policies.history import rel_l1, unit_key
+from accelframe_policies.history import RecentUnits, rel_l1, unit_key
 from accelframe_policies.teacache import coefficients_converter, polyval
 
 
@@ -51,7 +51,7 @@ class FlowCache:
     warmup: int = attrs.field(default=5, validator=number_in(0, 10_000, integer=True))
     coefficients: tuple[float, ...] = attrs.field(default="identity", converter=coefficients_converter("FlowCache"))
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
-    _chunks: dict[Hashable, _Chunk] = attrs.field(init=False, factory=dict)
+    _chunks: RecentUnits = attrs.field(init=False, factory=RecentUnits)
     peak_bytes: int = attrs.field(init=False, default=0)
 
     def reset(self) -> None:

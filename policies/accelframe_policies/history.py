@@ -4,14 +4,81 @@ Step policies that reuse or extrapolate velocities keep the last few *computed* 
 unit, each with the per-frame noise levels it was computed at and which frames were computed (a
 compute interval leaves the others at zero). Keying on the unit means a unit never reuses or
 extrapolates another unit's velocities; a new generation starts empty.
+
+Per-unit state is kept in :class:`RecentUnits`: only the ``UNIT_KEYS`` most recently used units. A
+unit's state matters while it is denoised, and a live stream runs for hours: without a bound the
+state of every finished unit would stay (and grow the policy's memory with the stream). A unit
+whose state was dropped starts afresh, which every policy here answers with a recompute.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Iterator
 
 import attrs
 import torch
+
+
+# units whose state a policy keeps: well above the units in flight at once (streams x models x a
+# staircase window), far below a long stream's units
+UNIT_KEYS = 256
+
+
+class RecentUnits:
+    """A mapping of per-unit state that keeps the ``limit`` most recently used keys (reading or
+    writing a key uses it); the least recently used one goes when a new key would exceed it."""
+
+    def __init__(self, limit: int = UNIT_KEYS) -> None:
+        self.limit = limit
+        self._d: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        return default
+
+    def __getitem__(self, key: Hashable) -> Any:
+        self._d.move_to_end(key)
+        return self._d[key]
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.limit:
+            self._d.popitem(last=False)
+
+    def setdefault(self, key: Hashable, default: Any) -> Any:
+        if key not in self._d:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: Hashable, default: Any = None) -> Any:
+        return self._d.pop(key, default)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._d)
+
+    def values(self) -> Any:
+        return self._d.values()
+
+    def items(self) -> Any:
+        return self._d.items()
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+def recent_units(limit: int = UNIT_KEYS) -> Callable[[], RecentUnits]:
+    """An attrs ``factory`` of :class:`RecentUnits`."""
+    return lambda: RecentUnits(limit)
 
 
 @attrs.frozen(eq=False)
@@ -40,7 +107,7 @@ class History:
     """The last ``size`` computed entries per key, newest first; tracks the bytes it holds."""
 
     size: int
-    _by_key: dict[Hashable, list[Entry]] = attrs.field(factory=dict)
+    _by_key: RecentUnits = attrs.field(factory=RecentUnits)
     peak_bytes: int = 0
 
     def get(self, key: Hashable, shape: Any = None) -> list[Entry]:
@@ -76,4 +143,4 @@ def rel_l1(now: torch.Tensor, before: torch.Tensor, eps: float = 1e-8) -> float:
     return float((now - before).abs().sum() / (before.abs().sum() + eps))
 
 
-__all__ = ["Entry", "History", "entry", "rel_l1", "unit_key"]
+__all__ = ["UNIT_KEYS", "Entry", "History", "RecentUnits", "entry", "recent_units", "rel_l1", "unit_key"]

@@ -23,7 +23,7 @@ a decision the engine overrode, or one another policy made, keeps SCOPE's state 
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any
 
 import attrs
 import torch
@@ -34,7 +34,7 @@ from accelframe.stream_knobs import StreamKnobs
 from accelframe.errors import ConfigError
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import close_matches, number_in, one_of
-from accelframe_policies.history import History, entry, rel_l1, unit_key
+from accelframe_policies.history import History, RecentUnits, entry, rel_l1, unit_key
 from accelframe_policies.selective import ActiveInterval, compute_interval
 from accelframe_policies.taylor import NEEDS, PREDICTORS, predict
 
@@ -92,7 +92,7 @@ class Scope(StreamKnobs):
     # the adapter the preset this was built from was made for (errors suggest it); None: no preset
     made_for: str | None = attrs.field(default=None, init=False)
     _hist: History = attrs.field(init=False)
-    _units: dict[Hashable, _UnitState] = attrs.field(init=False, factory=dict)
+    _units: RecentUnits = attrs.field(init=False, factory=RecentUnits)
     _ends: ActiveInterval = attrs.field(init=False, factory=ActiveInterval)
 
     def check_stream_knobs(self, values: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from typing import Hashable
 import attrs
 
 from accelframe.types import Iteration
+from accelframe_policies.history import RecentUnits
 
 
 def interval_end(update: tuple[bool, ...], previous: int | None, window: int) -> int:
@@ -48,7 +49,7 @@ def _window(it: Iteration) -> int:
 class ActiveInterval:
     """Tracks ``ē`` per key (a unit of one model in one generation) across its iterations."""
 
-    _ends: dict[Hashable, int] = attrs.field(factory=dict)
+    _ends: RecentUnits = attrs.field(factory=RecentUnits)
 
     def peek(self, key: Hashable, it: Iteration) -> int:
         """``ē_t`` for the iteration ``it`` without recording it."""

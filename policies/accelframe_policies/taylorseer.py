@@ -14,7 +14,6 @@ per-layer features; here the model's velocity is forecast, which is what a step 
 from __future__ import annotations
 
 import math
-from typing import Hashable
 
 import attrs
 import torch
@@ -22,7 +21,7 @@ import torch
 from accelframe import hookimpl
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import number_in
-from accelframe_policies.history import unit_key
+from accelframe_policies.history import RecentUnits, unit_key
 
 
 @attrs.define(eq=False)
@@ -43,7 +42,7 @@ class TaylorSeer:
     max_order: int = attrs.field(default=1, validator=number_in(0, 8, integer=True))
     first_enhance: int = attrs.field(default=1, validator=number_in(1, 10_000, integer=True))
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
-    _units: dict[Hashable, _UnitState] = attrs.field(init=False, factory=dict)
+    _units: RecentUnits = attrs.field(init=False, factory=RecentUnits)
     peak_bytes: int = attrs.field(init=False, default=0)
 
     def reset(self) -> None:

@@ -18,7 +18,7 @@ Coefficients: the published Wan2.1 sets (``COEFFICIENTS``, highest degree first)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 import torch
@@ -27,7 +27,7 @@ from accelframe import hookimpl
 from accelframe.errors import ConfigError
 from accelframe.types import AppliesTo, Mode, StepContext, StepDecision
 from accelframe.validators import boolean, number_in
-from accelframe_policies.history import History, entry, rel_l1, unit_key
+from accelframe_policies.history import History, RecentUnits, entry, rel_l1, unit_key
 
 # TeaCache4Wan2.1's published rescale polynomials (numpy.poly1d order, highest degree first); the
 # "-ret" sets belong to its use_ret_steps mode, whose thresholds are 0.05 / 0.10 (1.3B)
@@ -89,7 +89,7 @@ class TeaCache:
     last_step: bool = attrs.field(default=True, validator=boolean)  # the last call of a unit is always computed
     applies_to: AppliesTo = attrs.field(default=AppliesTo.BOTH, converter=AppliesTo)
     _hist: History = attrs.field(init=False, factory=lambda: History(size=1))
-    _units: dict[Hashable, _UnitState] = attrs.field(init=False, factory=dict)
+    _units: RecentUnits = attrs.field(init=False, factory=RecentUnits)
 
     def reset(self) -> None:
         self._hist.clear()
