@@ -64,6 +64,15 @@ def decisions() -> dict[str, Any]:
             "blocks": {"accepted": 0, "regenerated": 0}}
 
 
+def merge_decisions(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add one :func:`decisions` dict to another."""
+    for role, counts in part["calls"].items():
+        for k, n in counts.items():
+            into["calls"][role][k] += n
+    for k, n in part["blocks"].items():
+        into["blocks"][k] += n
+
+
 def add_decisions(into: dict[str, Any], stats: Any) -> None:
     """Add a run's :class:`~accelframe.trace.Stats` decisions to ``into`` (a :func:`decisions` dict)."""
     for role, counts in into["calls"].items():

@@ -438,8 +438,8 @@ class Hooks:
     def batch_admit(self, ctx: BatchContext, fps: float, deadline_s: float | None) -> tuple[str | None, str]:
         """The first refusal ``(reason, plugin)`` of ``accelframe_batch_admit``, or ``(None, EXACT)``.
         Raises :class:`HookRaised`."""
+        named = {"ctx": ctx, "fps": fps, "deadline_s": deadline_s}
         for fn, argnames, plugin in self._impls("accelframe_batch_admit"):
-            named = {"ctx": ctx, "fps": fps, "deadline_s": deadline_s}
             try:
                 reason = fn(*[named[a] for a in argnames])
             except Exception as exc:

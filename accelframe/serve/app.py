@@ -101,7 +101,6 @@ class Connection:
         self.send_lock = asyncio.Lock()
         self.session: Session | None = None
         self.wake = asyncio.Event()
-        self.errors = 0
 
     async def send_json(self, msg: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -113,7 +112,6 @@ class Connection:
                 await self.ws.close(code, _reason(reason))
 
     async def error(self, exc: AccelframeError) -> None:
-        self.errors += 1
         if isinstance(exc, proto.ProtocolError):
             msg = exc.message()
         elif isinstance(exc, ConfigError):  # a value the session's pipeline refused (a knob, say)
@@ -126,7 +124,7 @@ class Connection:
         await self.send_json(msg)
 
     async def receive(self) -> dict[str, Any] | None:
-        """The next message, None once the client is gone; an oversized one is refused here."""
+        """The next message, None once the client is gone."""
         msg = await self.ws.receive()
         if msg["type"] == "websocket.disconnect":
             return None
@@ -289,6 +287,16 @@ class Connection:
                          "the server is shutting down" if stopping else "session ended")
 
 
+def uvicorn_server(app: Any, host: str, port: int) -> Any:
+    """The uvicorn server of ``app``: WebSocket messages up to 4 input frames long (a larger one
+    closes the connection; up to that, ours answer an oversized frame with an error), lifespan on
+    (the hub starts and shuts down with it)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                        ws_max_size=4 * proto.MAX_FRAME_BYTES, lifespan="on"))
+
+
 class ServerThread:
     """``create_app(hub)`` on uvicorn in a thread of this process (no signal handlers), on ``host``
     and ``port`` (0: a free one, then in ``.port``): for benches, tests and programs that embed a
@@ -299,13 +307,9 @@ class ServerThread:
                  metrics_interval_s: float = 1.0) -> None:
         import threading
 
-        import uvicorn
-
         self.hub, self.host = hub, host
         app = create_app(hub, token=token, metrics_interval_s=metrics_interval_s)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                ws_max_size=4 * proto.MAX_FRAME_BYTES, lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn_server(app, host, port)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, name="accelframe-serve", daemon=True)
         self.port = port
@@ -331,4 +335,4 @@ class ServerThread:
         self.thread.join(60)
 
 
-__all__ = ["Connection", "ServerThread", "create_app", "drain"]
+__all__ = ["Connection", "ServerThread", "create_app", "drain", "uvicorn_server"]

@@ -8,7 +8,10 @@ them. Every check of the command line runs before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ipaddress
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,20 +123,13 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     hooks = hooks if hooks is not None else create_hooks()
     for name, _ in args.policies:  # before any model is loaded: a typed error naming the policy
         hooks.registry().get("policy", name)
-    import uvicorn
-
-    from accelframe.serve.app import create_app, drain
-    from accelframe.serve.protocol import MAX_FRAME_BYTES
+    from accelframe.serve.app import create_app, drain, uvicorn_server
 
     hub = build_hub(args, hooks)
     app = create_app(hub, token=args.token, metrics_interval_s=args.metrics_interval)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                            ws_max_size=4 * MAX_FRAME_BYTES, lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn_server(app, args.host, args.port)
 
     async def announce() -> None:  # once the socket is bound: where to point a browser
-        import asyncio
-
         while not server.started:
             await asyncio.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
@@ -141,12 +137,8 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         print(f"accelframe serve: open http://{args.host}:{port}{query} (Ctrl-C or SIGTERM ends every session)",
               file=sys.stderr, flush=True)
 
-    import asyncio
-
     # SIGTERM and Ctrl-C end every session cleanly (frames in flight sent, 'ended', close 1001, recordings
     # finalised) before uvicorn stops; a second one stops at once
-    import contextlib
-
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     signalled: list[int] = []
@@ -164,8 +156,6 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         asyncio.ensure_future(stop())
 
     async def main() -> None:
-        import signal
-
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)

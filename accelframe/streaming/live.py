@@ -91,9 +91,6 @@ class LiveFrames:
 class LiveSource:
     """One live stream; see the module docstring. ``size`` ``(H, W)`` makes it video-to-video."""
 
-    stall_timeout_s = None
-    arrivals_s = None  # read by nothing for a live source; kept for StreamSource's shape
-
     def __init__(self, id: str, prompt: str, *, fps: float = 16.0, deadline_s: float | None = None,
                  seed: int = 0, size: tuple[int, int] | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
                  max_pending: int = DEFAULT_MAX_PENDING, burst: int = 0) -> None:
@@ -124,7 +121,6 @@ class LiveSource:
         # text-to-video: slot k >= k0 arrives at t0 + (k - k0) / fps for the last (k0, t0) with t0 <= now
         self._segments: list[tuple[int, float]] = []
         self._paused_at: int | None = None  # slots that had arrived when paused
-        self.ended_s: float | None = None
         self._ended_at: float | None = None  # asked to end at this time of the loop's clock
         self._lock = threading.Lock()
         self._now: Callable[[], float] | None = None
@@ -198,10 +194,6 @@ class LiveSource:
             if self._ended_at is None:
                 self._ended_at = self._now() if self._now is not None else 0.0
         self._wake()
-
-    @property
-    def ending(self) -> bool:
-        return self._ended_at is not None
 
     # ---- the loop's side ------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ import torch
 
 from accelframe import adapter as caps
 from accelframe import fallback
-from accelframe.executor import Executor, add_decisions, decisions
+from accelframe.executor import Executor, add_decisions, decisions, merge_decisions
 from accelframe.errors import AccelframeError, ConfigError, IncompatibleError
 from accelframe.limits import check_fixed, check_streams
 from accelframe.plugins import EXACT, HookRaised
@@ -209,7 +209,6 @@ class StreamLoop:
         self._adds: deque[tuple[Any, Future]] = deque()  # live: streams waiting for admission
         self._wake = threading.Event()  # live: set when a stream is added, fed, ended or the loop stopped
         self._stopping = False
-        self._running = False
         self.retired: dict[str, dict[str, Any]] = {}  # live: summaries of the streams that left
         self.prompt_recache = prompt_recache  # a prompt switch recomputes the cached context (PromptSwitch)
         self.switches: deque[dict[str, Any]] = deque(maxlen=256)  # the latest prompt switches
@@ -243,6 +242,7 @@ class StreamLoop:
             target=self.adapter, target_name=pipe.adapter_name, drafter=pipe.drafter,
             drafter_name=pipe.drafter_name, lanes=self.lanes)
         self._batch.ex.tally = {}  # the stream batch's decisions per stream (its generation)
+        self.cannot_switch = self._switch_refusal()  # why a stream's prompt cannot change (None: it can)
 
     def _validate_ranks(self) -> None:
         """``ranks`` and ``lanes``: a ConfigError or IncompatibleError naming what the ring lacks."""
@@ -350,13 +350,8 @@ class StreamLoop:
             return None
         out = decisions()
         for part in (st.decisions, (self._batch.ex.tally or {}).get(st.generation)):
-            if part is None:
-                continue
-            for role, counts in part["calls"].items():
-                for k, n in counts.items():
-                    out["calls"][role][k] += n
-            for k, n in part["blocks"].items():
-                out["blocks"][k] += n
+            if part is not None:
+                merge_decisions(out, part)
         return out
 
     def set_knobs(self, stream: str, policy: str, **knobs: Any) -> dict[str, Any]:
@@ -528,13 +523,11 @@ class StreamLoop:
         for s in self.sources:
             self._start(s)
             if self.live:
-                s.begin(self.clock.now(), self.clock.now, self.wake, self._cannot_switch())
+                s.begin(self.clock.now(), self.clock.now, self.wake, self.cannot_switch)
         outputs = {k: st.output for k, st in self._state.items()}
-        self._running = True
         try:
             self._loop(batches)
         finally:
-            self._running = False
             self.stats.finish()
             for s in self.sources:
                 self._end(s)
@@ -596,14 +589,14 @@ class StreamLoop:
                 continue
             try:
                 self._admit(source, now, last_latency)
-            except BaseException as exc:  # refused: the caller gets why, the loop runs on
+            except Exception as exc:  # refused: the caller gets why, the loop runs on
                 fut.set_exception(exc)
                 continue
             self.sources.append(source)
             self._by_id[source.id] = source
             self._start(source)
             if hasattr(source, "begin"):
-                source.begin(now, self.clock.now, self.wake, self._cannot_switch())
+                source.begin(now, self.clock.now, self.wake, self.cannot_switch)
             self.trace.add("admit", stream=source.id, t_s=now)
             fut.set_result(source.id)
 
@@ -625,7 +618,7 @@ class StreamLoop:
         if reason is not None:
             raise AdmissionRefused(source.id, str(reason), by)
 
-    def _cannot_switch(self) -> str | None:
+    def _switch_refusal(self) -> str | None:
         """Why this loop's models cannot switch a stream's prompt (None: they can)."""
         for role, adapter in (("target", self.adapter), ("drafter", self.pipe.drafter)):
             if adapter is not None and caps.feature(adapter, caps.PromptSwitch) is None:
@@ -815,22 +808,17 @@ class StreamLoop:
         st.prompt_version = version
         if st.target is None:  # nothing made yet: the first chunk encodes the prompt it has now
             return
+        if self.cannot_switch is not None:  # a LiveSource refuses set_prompt already: another source
+            raise IncompatibleError(f"stream {src.id!r} changed its prompt, but {self.cannot_switch}")
         calls, t0 = {}, time.perf_counter()
         for role, adapter, state in (("target", self.adapter, st.target),
                                      ("drafter", self.pipe.drafter, st.drafter)):
-            if adapter is None or state is None:
-                continue
-            switch = caps.feature(adapter, caps.PromptSwitch)
-            if switch is None:
-                raise IncompatibleError(f"stream {src.id!r} changed its prompt, but the {role} "
-                                        f"{caps.adapter_name(adapter)!r} cannot switch prompts "
-                                        "(accelframe.adapter.PromptSwitch)")
-            calls[role] = int(switch.switch_prompt(state, adapter.encode_prompt([src.prompt]),
-                                                   recache=self.prompt_recache))
-            self.stats.calls.setdefault(role, {}).setdefault("commit", 0)
-            self.stats.calls[role]["commit"] += calls[role]
+            if state is not None:
+                calls[role] = int(adapter.switch_prompt(state, adapter.encode_prompt([src.prompt]),
+                                                        recache=self.prompt_recache))
+                self.stats.calls[role]["commit"] += calls[role]
         seconds = time.perf_counter() - t0
-        self.stats.time_s["commit"] = self.stats.time_s.get("commit", 0.0) + seconds
+        self.stats.time_s["commit"] += seconds
         record = {"stream": src.id, "frame": st.consumed, "version": version, "calls": calls, "seconds": seconds,
                   "recache": self.prompt_recache}
         self.switches.append(record)
