@@ -274,6 +274,9 @@ DEFAULT_PROMPT = "a red circle moves left on a blue background"
 
 
 def _configure_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", default=None, metavar="FILE",
+                   help="a stack file (TOML: adapter, drafter, policies and options; docs/stacking.md): the "
+                        "pipeline to run; --policy adds policies after its stack")
     p.add_argument("--adapter", default=None,
                    help="registered adapter name (default: self-forcing, the embedded world's trained target, "
                         "when the adapters are installed; else analytic)")
@@ -402,7 +405,7 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
 
     prompts = args.prompt or [DEFAULT_PROMPT]
     for flag, given in (("--drafter-set", args.drafter_set), ("--drafter-context", args.drafter_context)):
-        if given and args.drafter is None:  # it would be silently ignored
+        if given and args.drafter is None and args.stack is None:  # it would be silently ignored
             raise ConfigError("accelframe generate", flag, given, f"nothing without a drafter: {flag} needs "
                               "--drafter NAME (a registered adapter that drafts)")
     if args.upscale < 1:
@@ -428,12 +431,16 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         raise ConfigError("accelframe generate", "--trace", args.trace,
                           "a path other than the files --out writes (" + ", ".join(map(str, paths)) + ")")
     trace_path = _fresh_path(args.trace, args.force, "--trace", "accelframe generate")
-    adapter = args.adapter or _default_adapter(hooks)
-    pipe = Pipeline(adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
-                    drafter=args.drafter,
-                    drafter_kwargs=parse_assignments(args.drafter_set, "--drafter-set") or None,
-                    hooks=hooks, strict=args.strict, max_reuse=args.max_reuse,
-                    drafter_context=args.drafter_context or "own")
+    if args.stack is not None:
+        pipe = pipeline_from_stack(args, hooks, "accelframe generate", GENERATE_STACK_CONFLICTS)
+        adapter = pipe.adapter_name
+    else:
+        adapter = args.adapter or _default_adapter(hooks)
+        pipe = Pipeline(adapter, adapter_kwargs=parse_assignments(args.set, "--set"),
+                        drafter=args.drafter,
+                        drafter_kwargs=parse_assignments(args.drafter_set, "--drafter-set") or None,
+                        hooks=hooks, strict=args.strict, max_reuse=args.max_reuse,
+                        drafter_context=args.drafter_context or "own")
     for spec in args.policy:
         name, kw = parse_policy(spec)
         pipe.use(name, **kw)
@@ -463,7 +470,7 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
         quality = meter.measure_quality(result.frames, prompts)
     notes = idle_step_policies(pipe, result)
     summary = {
-        "adapter": adapter, "drafter": args.drafter, "policies": pipe.policies,
+        "adapter": adapter, "drafter": pipe.drafter_name, "policies": pipe.policies, "stack": args.stack,
         "prompts": prompts, "frames": pixel, "pixel_frames": pixel, "latent_frames": latent, "seed": args.seed,
         "wall_s": stats["wall_s"], "model_calls": stats["calls"], "blocks": stats["blocks"],
         "fallbacks": stats["fallbacks"], "time_s": stats["time_s"],
@@ -489,6 +496,45 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     for note in notes:  # on stderr, after the result
         print(f"accelframe: note: {note}", file=sys.stderr)
     return 0
+
+
+# ---- stack files ----------------------------------------------------------------------------
+
+# options that build the pipeline: with --stack FILE the file does, so setting them is an error
+GENERATE_STACK_CONFLICTS = (("set", "--set", "[adapter] settings"), ("drafter", "--drafter", "[drafter] name"),
+                            ("drafter_set", "--drafter-set", "[drafter] settings"),
+                            ("drafter_context", "--drafter-context", "[drafter] context"),
+                            ("max_reuse", "--max-reuse", "[pipeline] max_reuse"))
+
+
+def stack_config(args: argparse.Namespace, owner: str, conflicts: Sequence[tuple[str, str, str]] = ()) -> Any:
+    """The :class:`~accelframe.stackfile.StackConfig` of ``args.stack`` for a command, read before any
+    model is loaded: an option in ``conflicts`` (``(dest, flag, the file's key)``) set beside it is
+    a ConfigError naming the flag (the file sets that), and so is ``--adapter`` naming another
+    adapter than the file's; a bad file is a :class:`~accelframe.stackfile.StackFileError`."""
+    from accelframe import stackfile
+
+    for dest, flag, key in conflicts:
+        value = getattr(args, dest, None)
+        if value not in (None, [], False):
+            raise ConfigError(owner, flag, value, f"nothing with --stack {args.stack}: the stack file sets it "
+                                                  f"(its {key})")
+    cfg = stackfile.load(args.stack)
+    wanted = getattr(args, "adapter", None)
+    if wanted is not None and wanted != cfg.adapter:
+        raise ConfigError(owner, "--adapter", wanted, f"{cfg.adapter!r}, the adapter of the stack file {args.stack} "
+                                                      "(or leave --adapter out): the file was made for another adapter")
+    return cfg
+
+
+def pipeline_from_stack(args: argparse.Namespace, hooks: Any, owner: str,
+                        conflicts: Sequence[tuple[str, str, str]] = (), **overrides: Any) -> Any:
+    """The pipeline of ``args.stack`` on ``hooks`` (:func:`stack_config`); ``--strict`` turns
+    strict on."""
+    cfg = stack_config(args, owner, conflicts)
+    if getattr(args, "strict", False):
+        overrides["strict"] = True
+    return cfg.build(hooks=hooks, **overrides)
 
 
 # ---- parser ---------------------------------------------------------------------------------

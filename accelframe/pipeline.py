@@ -48,6 +48,8 @@ class StackedPolicy:
     policy: Any
     applies_to: AppliesTo
     plugin: str = ""  # its name in the plugin manager, unique when pipelines share a manager
+    registered: str = ""  # the registered name it was made from ("" for an object)
+    settings: dict[str, Any] | None = None  # the keyword arguments it was made with (None: an object)
 
 
 def call_factory(factory: Any, name: str, kwargs: dict[str, Any]) -> Any:
@@ -120,24 +122,30 @@ class Pipeline:
         self.hooks = (hooks if hooks is not None else create_hooks()).with_stack(())
         self._running = threading.Lock()  # held by generate / stream; see _exclusive
         self.registry = self.hooks.registry()
-        self.adapter, self.adapter_name = self._adapter(adapter, adapter_kwargs)
+        self.adapter, self.adapter_name = self._adapter(adapter, adapter_kwargs, "adapter")
+        # what a stack file records (to_config): a registered name and its settings, None for an object
+        self.adapter_spec = (adapter, dict(adapter_kwargs or {})) if isinstance(adapter, str) else None
         self.drafter, self.drafter_name = (None, None)
+        self.drafter_spec = (drafter, dict(drafter_kwargs or {})) if isinstance(drafter, str) else None
         if drafter is not None:
-            self.drafter, self.drafter_name = self._adapter(drafter, drafter_kwargs)
+            self.drafter, self.drafter_name = self._adapter(drafter, drafter_kwargs, "drafter")
             self._check_drafter()
+        self.stream_options: Any = None  # a stack file's [stream] table (accelframe.stackfile.StreamOptions)
         self.strict = strict
         self.trace = trace
         self.stack: list[StackedPolicy] = []
         self._generation = 0
 
-    def _adapter(self, spec: str | Adapter, kwargs: dict[str, Any] | None) -> tuple[Adapter, str]:
+    def _adapter(self, spec: str | Adapter, kwargs: dict[str, Any] | None,
+                 role: str) -> tuple[Adapter, str]:
         if isinstance(spec, str):
             entry = self.registry.get("adapter", spec)
-            built, name = call_factory(entry.factory, f"adapter {spec!r}", dict(kwargs or {})), spec
+            # errors name the role ("drafter 'self-forcing'"): a stack file maps them to its key
+            built, name = call_factory(entry.factory, f"{role} {spec!r}", dict(kwargs or {})), spec
         else:
             if kwargs:
-                raise ConfigError("Pipeline", "adapter_kwargs", kwargs,
-                                  "empty when the adapter is given as an object")
+                raise ConfigError("Pipeline", f"{role}_kwargs", kwargs,
+                                  f"empty when the {role} is given as an object")
             if not isinstance(spec, Adapter):
                 raise ConfigError("Pipeline", "adapter", spec,
                                   "a registered adapter name or an object implementing "
@@ -183,12 +191,14 @@ class Pipeline:
             entry = self.registry.get("policy", policy)
             obj = call_factory(entry.factory, f"policy {policy!r}", kwargs)
             kind, base = entry.policy_kind or pol.kind_of(obj), policy
+            registered, settings = policy, dict(kwargs)
         else:
             if kwargs:
                 raise ConfigError("Pipeline.use", next(iter(kwargs)), next(iter(kwargs.values())),
                                   "no keyword arguments when the policy is given as an object")
             obj, kind = policy, pol.kind_of(policy)
             base = pol.policy_name(policy)
+            registered, settings = "", None
         applies = pol.applies_to(obj, base)
         self._check_policy(base, kind, obj, applies)
         pol.check(obj, base)  # the rest it declares besides its hooks, before any of it is called
@@ -202,7 +212,7 @@ class Pipeline:
             # its name in the manager, which other pipelines may share, is unique there too
             plugin = self.hooks.register_policy(obj, label=name)
             self.stack.append(StackedPolicy(name=name, kind=kind, policy=obj, applies_to=applies,
-                                            plugin=plugin))
+                                            plugin=plugin, registered=registered, settings=settings))
             self.hooks = self.hooks.with_stack(self._plugins())
         return self
 
@@ -250,6 +260,28 @@ class Pipeline:
     @property
     def policies(self) -> list[str]:
         return [p.name for p in self.stack]
+
+    # ---- stack files ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Any, *, hooks: Hooks | None = None, trace: bool = True,
+                    **overrides: Any) -> Pipeline:
+        """The pipeline a stack file describes (:mod:`accelframe.stackfile`): ``config`` is its
+        path or a :class:`~accelframe.stackfile.StackConfig`. A bad file raises
+        :class:`~accelframe.stackfile.StackFileError` naming the file and the key, before any
+        model call. ``overrides``: other constructor arguments, winning over the file's."""
+        from accelframe import stackfile
+
+        cfg = config if isinstance(config, stackfile.StackConfig) else stackfile.load(config)
+        return cfg.build(hooks=hooks, trace=trace, **overrides)
+
+    def to_config(self) -> Any:
+        """This pipeline as a :class:`~accelframe.stackfile.StackConfig` (``.to_toml()`` is the
+        file's text): ``Pipeline.from_config(pipe.to_config())`` builds the same pipeline. An
+        adapter or policy given as an object cannot be written: a ConfigError names it."""
+        from accelframe import stackfile
+
+        return stackfile.of_pipeline(self)
 
     # ---- running --------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """``accelframe serve``: live sessions over WebSockets, a page to drive them (docs/serve.md).
 
 The pipeline is ``accelframe stream``'s (self-forcing on the world's models; ``slo-batch``,
-``rolling-kv`` and, for video sessions, ``motion-noise``), with ``--stack`` entries used after
-them. Every check of the command line runs before any model is loaded.
+``rolling-kv`` and, for video sessions, ``motion-noise``), with ``--policy`` entries used after
+them, or the one a stack file describes (``--stack FILE``). Every check of the command line runs
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -30,20 +31,25 @@ def configure(p: argparse.ArgumentParser) -> None:
                                                  "when --host is not a loopback address")
     p.add_argument("--max-sessions", type=int, default=2, help="most sessions at once (default: 2); "
                    "admission control may refuse earlier when the running ones would miss their deadlines")
-    p.add_argument("--stack", "--policy", dest="stack", action="append", default=[], metavar="NAME[:K=V,...]",
-                   help="a step or block policy used after the stream policies, repeatable, in order "
-                        "(e.g. scope, sdvg:tau=-1.1 with --drafter-size)")
-    p.add_argument("--size", default="world", help="model size of the adapter (default: world)")
-    p.add_argument("--block-frames", type=int, default=3, help="latent frames per unit (default: 3)")
+    p.add_argument("--stack", default=None, metavar="FILE",
+                   help="a stack file (TOML; docs/stacking.md): its adapter, drafter and policies are the pipeline "
+                        "instead of the options that build one (--size, --block-frames, --drafter-size, "
+                        "--max-chunk-units, --no-rolling); its [stream] table gives --stream-batch, --fps and "
+                        "--deadline unless they are given. (NAME[:K=V,...] here is the old spelling of --policy.)")
+    p.add_argument("--policy", action="append", default=[], metavar="NAME[:K=V,...]",
+                   help="a step or block policy used after the stream policies (or the stack file's), repeatable, "
+                        "in order (e.g. scope, sdvg:tau=-1.1 with --drafter-size)")
+    p.add_argument("--size", default=None, help="model size of the adapter (default: world)")
+    p.add_argument("--block-frames", type=int, default=None, help="latent frames per unit (default: 3)")
     p.add_argument("--drafter-size", default=None, metavar="SIZE",
                    help="a self-forcing drafter of this size for block policies (the world's: world-drafter)")
     p.add_argument("--stream-batch", action="store_true",
                    help="run the sessions' denoising steps as rows of batched forwards")
-    p.add_argument("--max-chunk-units", type=int, default=4, help="longest chunk, in units (default: 4)")
+    p.add_argument("--max-chunk-units", type=int, default=None, help="longest chunk, in units (default: 4)")
     p.add_argument("--no-rolling", action="store_true", help="no rolling-kv (sessions end at the model's "
                                                              "frame positions)")
-    p.add_argument("--fps", type=float, default=16.0, help="frames per second of every session (default: 16)")
-    p.add_argument("--deadline", type=float, default=1.5,
+    p.add_argument("--fps", type=float, default=None, help="frames per second of every session (default: 16)")
+    p.add_argument("--deadline", type=float, default=None,
                    help="per-frame deadline from arrival to output, seconds (default: 1.5: a unit of 3 latent "
                         "frames buffers 12 pixel frames, 0.75 s at 16 fps, before it can run)")
     p.add_argument("--max-session-s", type=float, default=3600.0,
@@ -57,10 +63,35 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="write every session to DIR/<UTC date-time>-<session>.mp4 (never over a file)")
 
 
+STACK_CONFLICTS = (("size", "--size", "[adapter] settings"), ("block_frames", "--block-frames", "[adapter] settings"),
+                   ("drafter_size", "--drafter-size", "[drafter]"),
+                   ("max_chunk_units", "--max-chunk-units", "slo-batch settings"),
+                   ("no_rolling", "--no-rolling", "rolling-kv entry"))
+
+
+def _old_stack_spelling(args: argparse.Namespace) -> None:
+    """``--stack NAME[:K=V]`` (before stack files, ``--stack`` was ``--policy``'s other name): a
+    value that is no existing file and does not end in .toml is a policy entry, with a warning."""
+    import warnings
+
+    if args.stack is None or Path(args.stack).is_file() or args.stack.endswith(".toml"):
+        return
+    warnings.warn(f"--stack {args.stack}: a policy entry is now given with --policy; --stack takes a stack file "
+                  "(TOML)", FutureWarning, stacklevel=2)
+    args.policy = [args.stack, *args.policy]
+    args.stack = None
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Typed errors for bad input, before any model is loaded."""
+    from accelframe.streaming.cli import resolve_stack
+
+    _old_stack_spelling(args)
+    resolve_stack(args, OWNER, STACK_CONFLICTS, {"fps": 16.0, "deadline": 1.5})
     for name, lo in (("max_sessions", 1), ("block_frames", 1), ("max_chunk_units", 1)):
         value = getattr(args, name)
+        if value is None and args.stack_config is not None:  # the file builds the pipeline
+            continue
         if not isinstance(value, int) or value < lo:
             raise ConfigError(OWNER, "--" + name.replace("_", "-"), value, f"an int >= {lo}")
     if not 0 <= args.port <= 65535:
@@ -88,7 +119,7 @@ def check_args(args: argparse.Namespace) -> None:
                                                       "'accelframe[serve]'") from None
     from accelframe.cli import parse_policy
 
-    args.policies = [parse_policy(spec) for spec in args.stack]
+    args.policies = [parse_policy(spec) for spec in args.policy]
 
 
 def is_loopback(host: str) -> bool:
@@ -104,10 +135,15 @@ def build_hub(args: argparse.Namespace, hooks: Any) -> Any:
     from accelframe.serve.hub import Hub
     from accelframe.streaming.cli import build_pipeline
 
-    pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_sessions,
-                          block_frames=args.block_frames,
-                          max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=True,
-                          drafter_size=args.drafter_size, policies=args.policies)
+    if args.stack_config is not None:
+        pipe = args.stack_config.build(hooks=hooks, trace=False)
+        for name, kw in args.policies:
+            pipe.use(name, **kw)
+    else:
+        pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_sessions,
+                              block_frames=args.block_frames,
+                              max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=True,
+                              drafter_size=args.drafter_size, policies=args.policies)
     if args.record is not None:
         Path(args.record).mkdir(parents=True, exist_ok=True)
     return Hub(pipe, max_sessions=args.max_sessions, fps=args.fps, deadline_s=args.deadline,

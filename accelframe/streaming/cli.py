@@ -108,6 +108,15 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
     return pipe
 
 
+def longest_chunk_units(pipe: Any, given: int | None) -> int:
+    """The longest chunk the pipeline's batch policy plans, in units: ``given`` (the command's
+    ``--max-chunk-units``), else the stack's ``max_chunk_units`` setting, else its default 4."""
+    if given is not None:
+        return given
+    found = [p.settings["max_chunk_units"] for p in pipe.stack if p.settings and "max_chunk_units" in p.settings]
+    return max(found, default=PIPELINE_OPTIONS["max_chunk_units"])
+
+
 def default_prompts(source: Any, registry: Any, n: int, seed: int) -> list[str]:
     """Prompts of ``n`` streams started without ``--prompt``: the source's own, else (text-to-video,
     a video file) the default source's."""
@@ -181,13 +190,18 @@ def configure(p: argparse.ArgumentParser) -> None:
                                  "one world clip)",
                       latent_help="the same counted in latent frames: N latent frames are 1 + 4 (N - 1) "
                                   "pixel frames (27 -> 105)")
-    p.add_argument("--fps", type=float, default=16.0, help="frames per second the source delivers (default: 16)")
-    p.add_argument("--deadline", type=float, default=1.0, help="per-frame deadline in seconds from arrival "
+    p.add_argument("--fps", type=float, default=None, help="frames per second the source delivers (default: 16)")
+    p.add_argument("--deadline", type=float, default=None, help="per-frame deadline in seconds from arrival "
                                                               "to output (default: 1.0)")
     p.add_argument("--stall-timeout", type=float, default=2.0,
                    help="end a stream whose source is silent this long, in seconds (default: 2)")
-    p.add_argument("--size", default="world", help="model size of the adapter (default: world)")
-    p.add_argument("--block-frames", type=int, default=3,
+    p.add_argument("--stack", default=None, metavar="FILE",
+                   help="a stack file (TOML; docs/stacking.md): its adapter, drafter and policies are the pipeline, "
+                        "instead of the options that build one (--size, --block-frames, --drafter-size, --max-streams, "
+                        "--max-chunk-units, --no-rolling, --no-motion-noise); its [stream] table gives --stream-batch, "
+                        "--fps and --deadline unless they are given; --policy adds policies after its stack")
+    p.add_argument("--size", default=None, help="model size of the adapter (default: world)")
+    p.add_argument("--block-frames", type=int, default=None,
                    help="latent frames per unit (default: 3, the block the world's models were trained on; "
                         "1 is the low-latency mode: a first frame after one pixel frame, smoother motion lost)")
     p.add_argument("--stream-batch", action="store_true",
@@ -204,8 +218,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(e.g. scope, teacache:threshold=0.1, sdvg:tau=-1.1 with --drafter-size)")
     p.add_argument("--drafter-size", default=None, metavar="SIZE",
                    help="a self-forcing drafter of this size for block policies (the world's: world-drafter)")
-    p.add_argument("--max-streams", type=int, default=8, help="most streams in one batch (default: 8)")
-    p.add_argument("--max-chunk-units", type=int, default=4, help="longest chunk, in units (default: 4)")
+    p.add_argument("--max-streams", type=int, default=None, help="most streams in one batch (default: 8)")
+    p.add_argument("--max-chunk-units", type=int, default=None, help="longest chunk, in units (default: 4)")
     p.add_argument("--no-rolling", action="store_true", help="keep every frame in the KV cache (no rolling-kv)")
     p.add_argument("--no-motion-noise", action="store_true", help="noise every chunk to --sigma instead")
     p.add_argument("--sigma", type=float, default=0.7, help="noise level without motion-noise (default: 0.7)")
@@ -222,11 +236,46 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the per-stream metrics as JSON")
 
 
+# options that build the pipeline, and their defaults: a stack file builds it instead
+PIPELINE_OPTIONS = {"size": "world", "block_frames": 3, "max_streams": 8, "max_chunk_units": 4}
+STACK_CONFLICTS = (("size", "--size", "[adapter] settings"), ("block_frames", "--block-frames", "[adapter] settings"),
+                   ("drafter_size", "--drafter-size", "[drafter]"), ("max_streams", "--max-streams", "slo-batch settings"),
+                   ("max_chunk_units", "--max-chunk-units", "slo-batch settings"),
+                   ("no_rolling", "--no-rolling", "rolling-kv entry"), ("no_motion_noise", "--no-motion-noise",
+                                                                         "motion-noise entry"))
+RUN_DEFAULTS = {"fps": 16.0, "deadline": 1.0}  # what a stack file's [stream] table may set instead
+
+
+def resolve_stack(args: argparse.Namespace, owner: str, conflicts: Any = STACK_CONFLICTS,
+                  defaults: dict[str, Any] = RUN_DEFAULTS) -> None:
+    """Fill ``args`` in for ``--stack FILE`` (``args.stack_config``, None without one): the options
+    in ``conflicts`` are refused beside it (ConfigError naming the flag), and ``--fps``, ``--deadline``
+    and ``--stream-batch`` come from its ``[stream]`` table unless given, else from ``defaults``;
+    without a file the pipeline options take their defaults (:data:`PIPELINE_OPTIONS`)."""
+    from accelframe.cli import stack_config
+
+    args.stack_config = stack_config(args, owner, conflicts) if getattr(args, "stack", None) else None
+    opts = args.stack_config.stream if args.stack_config is not None else None
+    if opts is not None:
+        args.stream_batch = args.stream_batch or opts.stream_batch
+    for dest, default in defaults.items():
+        if getattr(args, dest) is None:
+            from_file = getattr(opts, "deadline_s" if dest == "deadline" else dest, None) if opts else None
+            setattr(args, dest, from_file if from_file is not None else default)
+    if args.stack_config is None:
+        for dest, default in PIPELINE_OPTIONS.items():
+            if hasattr(args, dest) and getattr(args, dest) is None:
+                setattr(args, dest, default)
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Typed errors for bad input, before any model is loaded."""
+    resolve_stack(args, "accelframe stream")
     for name, lo in (("streams", 1), ("frames", 1), ("max_streams", 1), ("max_chunk_units", 1), ("upscale", 1),
                      ("block_frames", 1), ("ranks", 1)):
         value = getattr(args, name)
+        if value is None and args.stack_config is not None:  # the file builds the pipeline
+            continue
         if not isinstance(value, int) or value < lo:
             raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, f"an int >= {lo}")
     if args.latent_frames is not None and args.latent_frames < 1:
@@ -275,17 +324,22 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
         check_output(sink.path_for(f"s{i}"), owner="accelframe stream", field="--out", force=args.force,
                      suffixes=(".mp4",))
-    pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams, block_frames=args.block_frames,
-                          max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling,
-                          motion=args.source != NO_SOURCE and not args.no_motion_noise,
-                          drafter_size=args.drafter_size, policies=args.policies)
+    if args.stack_config is not None:
+        pipe = args.stack_config.build(hooks=hooks, trace=False)
+        for name, kw in args.policies:
+            pipe.use(name, **kw)
+    else:
+        pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams,
+                              block_frames=args.block_frames, max_chunk_units=args.max_chunk_units,
+                              rolling=not args.no_rolling, motion=args.source != NO_SOURCE and not args.no_motion_noise,
+                              drafter_size=args.drafter_size, policies=args.policies)
     if args.latent_frames is not None:  # the adapter's VAE says how many pixel frames that many latents make
         _, args.frames = frame_counts(pipe.adapter, frames=None, latent_frames=args.latent_frames,
                                       default_latent=args.latent_frames, owner="accelframe stream")
     sources = make_sources(args, pipe)
     sink.check([s.id for s in sources])
     # the largest chunk the sink upscales at once: the longest chunk of units, in pixel frames
-    chunk = args.max_chunk_units * args.block_frames * FrameMap.of(pipe.adapter).ratio
+    chunk = longest_chunk_units(pipe, args.max_chunk_units) * pipe.adapter.unit_frames * FrameMap.of(pipe.adapter).ratio
     check_upscale("accelframe stream", "--upscale", args.upscale, tuple(pipe.adapter.pixel_size),
                   frames=min(chunk, args.frames))
     clock = RealClock()

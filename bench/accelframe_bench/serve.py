@@ -47,7 +47,8 @@ def _args_pipeline(args: argparse.Namespace) -> argparse.Namespace:
     ns = p.parse_args(["--max-sessions", str(max(args.loads)), "--fps", str(args.fps),
                        "--deadline", str(args.deadline), "--port", "0"]
                       + (["--stream-batch"] if args.stream_batch else [])
-                      + [x for s in args.stack for x in ("--stack", s)])
+                      + [x for s in args.policy for x in ("--policy", s)]
+                      + (["--stack", args.stack] if args.stack else []))
     serve_cli.check_args(ns)
     return ns
 
@@ -207,7 +208,7 @@ def run_bench(args: argparse.Namespace, hooks: Any) -> dict[str, Any]:
             switches.append(switch_run(args, hooks, recache))
             bar.update(1)
     doc = {"setup": {"fps": args.fps, "deadline_s": args.deadline, "seconds": args.seconds,
-                     "stream_batch": args.stream_batch, "stack": list(args.stack), "threads": _threads()},
+                     "stream_batch": args.stream_batch, "policies": list(args.policy), "stack": args.stack, "threads": _threads()},
            "loads": rows, "switch": switches}
     doc["targets"] = targets(doc)
     return doc
@@ -250,9 +251,11 @@ def markdown(doc: dict[str, Any]) -> str:
     from accelframe_bench.reports import cell
 
     s = doc["setup"]
+    pipeline = (f"the stack file {s['stack']}" if s.get("stack") else
+                "world target, self-forcing; slo-batch + rolling-kv + motion-noise")
     lines = ["# accelframe bench serve", "",
-             "world target, self-forcing; slo-batch + rolling-kv + motion-noise"
-             f"{''.join(' + ' + x for x in s['stack'])}{', stream batch' if s['stream_batch'] else ''}; "
+             f"{pipeline}{''.join(' + ' + x for x in s.get('policies', []))}"
+             f"{', stream batch' if s['stream_batch'] else ''}; "
              f"{s['fps']:g} fps, deadline {s['deadline_s']:g} s, {s['seconds']:g} s per load, "
              f"{s['threads']} thread(s)", "",
              "| sessions | mode | admitted | refused | fps per session | ttff s | latency p95 ms "
@@ -302,8 +305,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, default=1.5, help="per-frame deadline, seconds (default: 1.5, "
                                                               "as accelframe serve)")
     p.add_argument("--stream-batch", action="store_true", help="the server runs the stream batch")
-    p.add_argument("--stack", action="append", default=[], metavar="NAME[:K=V,...]",
+    p.add_argument("--policy", action="append", default=[], metavar="NAME[:K=V,...]",
                    help="a step or block policy after the stream policies, repeatable (as accelframe serve)")
+    p.add_argument("--stack", default=None, metavar="FILE",
+                   help="the server's pipeline from a stack file (as accelframe serve --stack FILE)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-serve", metavar="DIR", help="output folder (default: bench-serve)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")

@@ -42,7 +42,7 @@ def test_targets_and_markdown_of_a_document():
     switch = [{"recache": True, "extra_calls": 1, "calls_per_chunk": 5.0, "chunk_latency_after_ms": 200.0,
                "chunk_latency_median_ms": 190.0, "visible_after_chunks": 2, "most_frames_after_chunks": 3,
                "presence": []}]
-    doc = {"setup": {"fps": 16.0, "deadline_s": 1.0, "seconds": 120.0, "stream_batch": False, "stack": [],
+    doc = {"setup": {"fps": 16.0, "deadline_s": 1.0, "seconds": 120.0, "stream_batch": False, "policies": [], "stack": None,
                      "threads": 1}, "loads": loads, "switch": switch}
     t = bench.targets(doc)
     assert t["two_sessions_16fps"]["met"] and t["third_refused_if_it_breaks"]["met"]
@@ -57,7 +57,7 @@ def test_targets_and_markdown_of_a_document():
 @pytest.mark.parametrize("loads", ["0", "a,b", "17"])
 def test_bad_loads_are_refused_before_any_model(loads, tmp_path):
     args = argparse.Namespace(loads=loads, quick=False, seconds=5.0, mode="text", fps=16.0, deadline=1.0,
-                              stream_batch=False, stack=[], seed=0, out=str(tmp_path / "o"), force=False,
+                              stream_batch=False, policy=[], stack=None, seed=0, out=str(tmp_path / "o"), force=False,
                               json=True)
     with pytest.raises(ConfigError, match="--loads"):
         bench.run(args)
