@@ -132,12 +132,21 @@ def draft_scores(models: Models, prompts: list[str], seeds: list[int]) -> torch.
     The drafter only ever conditions on its own drafts, so a run that accepts nothing scores the
     drafts every run would see (up to the decode cache's history)."""
     pipe = models.pipeline(Method(name="calibration", kind="sdvg", policy=("sdvg", {"tau": float("inf")})))
+    try:
+        return routed_scores(pipe, prompts, seeds, LATENT_FRAMES)
+    finally:
+        pipe.close()
+
+
+def routed_scores(pipe: Any, prompts: list[str], seeds: list[int], frames: int) -> torch.Tensor:
+    """Per-frame scores ``[N_blocks, F_pix]`` of the drafts a pipeline's block policy judged (block 0
+    excluded) over ``prompts``, read from its traces: with SDVG at tau = +inf, every draft a run
+    would see."""
     rows = []
     for prompt, seed in zip(prompts, seeds):
-        res = pipe.generate([prompt], num_frames=LATENT_FRAMES, seed=seed)
+        res = pipe.generate([prompt], num_frames=frames, seed=seed)
         rows += [e["frame_scores"] for e in res.trace.events
                  if e["event"] == "block" and e["unit"] != 0 and e["frame_scores"]]
-    pipe.close()
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -463,5 +472,5 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["ACCEPT_TARGETS", "Method", "Models", "calibrate_taus", "configure", "draft_scores", "interpolate",
+__all__ = ["ACCEPT_TARGETS", "Method", "Models", "calibrate_taus", "configure", "draft_scores", "interpolate", "routed_scores",
            "markdown", "methods", "run", "run_bench", "work_of", "write_outputs"]
