@@ -273,9 +273,7 @@ class Engine(Executor):
                 self.record_emit(span, ctx.draft_frames, "draft")
             else:
                 self.target.restore(target.state, snap)  # the decode cache as before the draft's decode
-                for it in t_its:
-                    self._iteration(target, it, request)
-                self.emit(target, span, decode=True, source="target")
+                self._regenerate(target, span, t_its, request)
             self.block_observe(ctx, verdict)
             calls = next_calls
             if k + 1 < len(units):
@@ -307,9 +305,7 @@ class Engine(Executor):
         else:
             if request.decode:
                 self.target.restore(target.state, snap)
-            for it in t_its:
-                self._iteration(target, it, request)
-            self.emit(target, span, decode=request.decode, source="target")
+            self._regenerate(target, span, t_its, request)
             if d_snap is not None:
                 self._recommit_drafter(drafter, target, span, d_its, d_snap, request)
         self.block_observe(ctx, verdict)
@@ -329,8 +325,27 @@ class Engine(Executor):
     # ---- step level -----------------------------------------------------------------------------
 
     def _iteration(self, m: ModelSlot, it: Iteration, request: Request) -> None:
-        """One plan iteration: a micro-step of one row."""
+        """One plan iteration: a micro-step of one row. An adapter whose commit reads the pixels
+        its decode kept (``commit_reads_pixels``: Krea re-encodes a decoded frame as its anchor)
+        commits only when every decode on the worker is back, so that its state is never read
+        and written on two threads."""
+        if (it.role is Role.COMMIT and self._pending
+                and getattr(m.adapter, "commit_reads_pixels", False)):
+            self._drain(wait=True)
         self.micro_step((Row(m, it, request),))
+
+    def _regenerate(self, target: ModelSlot, span: UnitSpan, t_its: list[Iteration], request: Request) -> None:
+        """The target denoises a unit whose draft was rejected, and emits it when the unit finishes,
+        before it commits the unit: the order of the target alone (an adapter's commit may rely on
+        the unit's decode having run)."""
+        emitted = False
+        for it in t_its:
+            self._iteration(target, it, request)
+            if not emitted and any(s.unit == span.unit for s in it.finishes):
+                self.emit(target, span, decode=request.decode, source="target")
+                emitted = True
+        if not emitted:
+            self.emit(target, span, decode=request.decode, source="target")
 
     def _emitted(self, span: UnitSpan, pixels: torch.Tensor | None, source: str) -> None:
         if pixels is not None:

@@ -225,6 +225,30 @@ def test_drafted_generation_with_real_adapters_accepts_and_regenerates(tmp_path)
     assert res.frames.shape[1] == 33
 
 
+@pytest.mark.parametrize("name", ["krea-realtime", "self-forcing"])
+def test_a_rejected_draft_and_a_decode_worker_change_no_frame(name, tmp_path):
+    """Target alone, with a decode worker, and with SDVG rejecting every draft (tau = +inf), inline
+    and with the worker: the same latents and the same pixel frames. Krea's commit reads the pixels
+    its decode kept: the regenerated unit is decoded before it commits (as the target alone does),
+    and a commit waits for the worker's decodes (it used to decode block 0 twice: 24 frames, not 21)."""
+    from safetensors.torch import save_file
+
+    vae = tmp_path / "vae.safetensors"
+    save_file(SelfForcingAdapter(**SMALL).vae.state_dict(), str(vae))
+    kw = {**SMALL, "vae": str(vae)}
+    alone = _pipe(name, adapter_kwargs=kw).generate("p", num_frames=9, seed=3)
+    assert alone.frames.shape[1] == 33
+    for worker in (False, True):
+        runs = [_pipe(name, adapter_kwargs=kw, decode_worker=worker)]
+        drafted = _pipe(name, adapter_kwargs=kw, drafter=name, drafter_kwargs={**kw, "init_seed": 5},
+                        decode_worker=worker)
+        runs.append(drafted.use(ThresholdBlock(tau=float("inf"))))
+        for pipe in runs:
+            res = pipe.generate("p", num_frames=9, seed=3)
+            assert torch.equal(res.latents, alone.latents)
+            assert res.frames.shape == alone.frames.shape and torch.equal(res.frames, alone.frames)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_adapter_networks_keep_relative_rope_after_dtype_casts(dtype):
     """RoPE is relative: shifting every position leaves the output unchanged (a cast must not

@@ -84,6 +84,10 @@ class KreaAdapter(BlockLoopAdapter):
                                   unexpected=sorted(k for k in tensors if not k.startswith("model.")))
         return inner
 
+    # its commit re-encodes a decoded pixel frame as the anchor: the engine lets a decode worker
+    # finish before this adapter commits (accelframe.engine.Engine._iteration)
+    commit_reads_pixels = True
+
     def init_state(self, request, cond) -> WanState:
         state = super().init_state(request, cond)
         state.family.update(latents={}, pixels=collections.deque(maxlen=self._pixel_tail), decoded=0,
