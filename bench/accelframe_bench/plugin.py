@@ -33,6 +33,8 @@ COMMANDS: tuple[tuple[str | None, str, str, str], ...] = (
     ("bench", "costs", "costs",
      "seconds per component (target, drafter, commit, decode, score) at the papers' configurations, projected "
      "from FLOPs"),
+    ("bench", "compat", "compat",
+     "which policy acts, is exact or is refused in which adapter's loop, measured (docs/compatibility.md)"),
     (None, "calibrate", "calibrate", "fit TeaCache's rescale polynomial for an adapter from recorded full runs"),
     (None, "tune", "tune", "the fastest stack (step, block and stream levels) within a quality budget, written as a "
                            "stack file and checked on held-out prompts"),
