@@ -37,8 +37,8 @@ reuses its earlier prompts' measurements.
 **Metrics** over a rung's prompts: ``speedup`` (the baseline's mean wall time per video over the
 candidate's, decoding included), ``fps`` (pixel frames per second), ``ttff`` (seconds to the first
 emitted frame), ``quality`` (the adapter's world quality, mean), ``retention`` (its mean over the
-baseline's), ``psnr`` (from the MSE against the baseline's frames, pooled over the prompts:
-``inf`` when every frame is equal) and ``ssim`` (mean). ``--objective``: ``speed`` (the
+baseline's), ``psnr`` (against the baseline's frames, the mean over the clips that differ, as
+``bench step`` and ``bench stack`` report it: ``inf`` when every clip is equal) and ``ssim`` (mean). ``--objective``: ``speed`` (the
 largest speedup), ``fps`` (the largest), ``ttff`` (the smallest).
 
 **Outputs.** The Pareto front of the last rung (objective against each budgeted metric), the
@@ -406,11 +406,12 @@ def summarise(recs: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[st
     qs, bqs = [r["quality"] for r in recs], [r["quality"] for r in base]
     quality = statistics.fmean(qs) if None not in qs else None
     b_quality = statistics.fmean(bqs) if None not in bqs else None
-    mse = statistics.fmean(r["mse"] for r in recs)
+    # PSNR as the benches report it: the mean over the clips that differ (an equal clip's is infinite)
+    finite = [10 * math.log10(1.0 / r["mse"]) for r in recs if r["mse"] > 0]
     return {"speedup": b_wall / wall, "time_s": wall, "fps": sum(r["pixel_frames"] for r in recs) / sum(
         r["wall_s"] for r in recs), "ttff": statistics.fmean(r["ttff_s"] for r in recs),
         "quality": quality, "retention": quality / b_quality if quality is not None and b_quality else None,
-        "psnr": math.inf if mse == 0 else 10 * math.log10(1.0 / mse), "ssim": statistics.fmean(r["ssim"] for r in recs),
+        "psnr": statistics.fmean(finite) if finite else math.inf, "ssim": statistics.fmean(r["ssim"] for r in recs),
         "prompts": len(recs)}
 
 

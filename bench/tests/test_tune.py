@@ -92,7 +92,7 @@ def test_summaries_are_ratios_against_the_baseline_on_the_same_prompts():
             {"wall_s": 1.0, "pixel_frames": 10, "ttff_s": 0.4, "quality": 0.76, "mse": 3e-3, "ssim": 0.95}]
     m = tune.summarise(cand, base)
     assert m["speedup"] == 2.0 and m["fps"] == 10.0 and m["ttff"] == pytest.approx(0.3)
-    assert m["retention"] == pytest.approx(0.95) and m["psnr"] == pytest.approx(10 * math.log10(1 / 2e-3))
+    assert m["retention"] == pytest.approx(0.95) and m["psnr"] == pytest.approx((30.0 + 10 * math.log10(1 / 3e-3)) / 2)
     assert tune.summarise(base, base)["psnr"] == math.inf
 
 
