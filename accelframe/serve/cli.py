@@ -133,17 +133,9 @@ def is_loopback(host: str) -> bool:
 
 def build_hub(args: argparse.Namespace, hooks: Any) -> Any:
     from accelframe.serve.hub import Hub
-    from accelframe.streaming.cli import build_pipeline
+    from accelframe.streaming.cli import command_pipeline
 
-    if args.stack_config is not None:
-        pipe = args.stack_config.build(hooks=hooks, trace=False)
-        for name, kw in args.policies:
-            pipe.use(name, **kw)
-    else:
-        pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_sessions,
-                              block_frames=args.block_frames,
-                              max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=True,
-                              drafter_size=args.drafter_size, policies=args.policies)
+    pipe = command_pipeline(args, hooks, max_streams=args.max_sessions, motion=True)
     if args.record is not None:
         Path(args.record).mkdir(parents=True, exist_ok=True)
     return Hub(pipe, max_sessions=args.max_sessions, fps=args.fps, deadline_s=args.deadline,

@@ -108,6 +108,19 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
     return pipe
 
 
+def command_pipeline(args: argparse.Namespace, hooks: Any, *, max_streams: int, motion: bool) -> Any:
+    """The pipeline of ``accelframe stream`` or ``serve``: the stack file's (``args.stack_config``,
+    :func:`resolve_stack`) or the default one from the options, with ``--policy`` entries after it."""
+    if args.stack_config is None:
+        return build_pipeline(size=args.size, hooks_=hooks, max_streams=max_streams, block_frames=args.block_frames,
+                              max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=motion,
+                              drafter_size=args.drafter_size, policies=args.policies)
+    pipe = args.stack_config.build(hooks=hooks, trace=False)
+    for name, kw in args.policies:
+        pipe.use(name, **kw)
+    return pipe
+
+
 def longest_chunk_units(pipe: Any, given: int | None) -> int:
     """The longest chunk the pipeline's batch policy plans, in units: ``given`` (the command's
     ``--max-chunk-units``), else the stack's ``max_chunk_units`` setting, else its default 4."""
@@ -324,15 +337,8 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     for i in range(args.streams):  # before any model is loaded: the ids make_sources gives
         check_output(sink.path_for(f"s{i}"), owner="accelframe stream", field="--out", force=args.force,
                      suffixes=(".mp4",))
-    if args.stack_config is not None:
-        pipe = args.stack_config.build(hooks=hooks, trace=False)
-        for name, kw in args.policies:
-            pipe.use(name, **kw)
-    else:
-        pipe = build_pipeline(size=args.size, hooks_=hooks, max_streams=args.max_streams,
-                              block_frames=args.block_frames, max_chunk_units=args.max_chunk_units,
-                              rolling=not args.no_rolling, motion=args.source != NO_SOURCE and not args.no_motion_noise,
-                              drafter_size=args.drafter_size, policies=args.policies)
+    pipe = command_pipeline(args, hooks, max_streams=args.max_streams,
+                            motion=args.source != NO_SOURCE and not args.no_motion_noise)
     if args.latent_frames is not None:  # the adapter's VAE says how many pixel frames that many latents make
         _, args.frames = frame_counts(pipe.adapter, frames=None, latent_frames=args.latent_frames,
                                       default_latent=args.latent_frames, owner="accelframe stream")

@@ -352,10 +352,6 @@ class Log:
                 f.write(json.dumps(rec) + "\n")
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def measure(models: Models, pipes: dict[str, Any], cands: list[Candidate], prompts: list[tuple[str, int]],
             indices: Sequence[int], frames: int, log: Log, bar: Any) -> dict[str, list[dict[str, Any]]]:
     """Every candidate's records, and the baseline's, on ``prompts[i]`` for ``i`` in ``indices`` at
