@@ -608,7 +608,8 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
         front = pareto(rows, args.objective, bounds)
         if not ranked:
             base = next(x for x in rows if x["candidate"] == BASELINE)
-            return {"chosen": None, "front": [_public(x) for x in front], "heldout": None, "rungs": history,
+            return {"chosen": None, "front": [_public(x) for x in front], "last_rung": [_public(x) for x in rows],
+                    "heldout": None, "rungs": history,
                     "refused": refused, "candidates": len(live), "baseline": _public(base),
                     "setup": {**setup, "budget": [str(b) for b in bounds], "objective": args.objective,
                               "log": str(log_path)}}
@@ -633,7 +634,7 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
     stackfile.write(out, config, force=args.force, owner=OWNER, field="--out", comment=comment)
 
     return {"chosen": {**_public(chosen), "config": config.to_dict(), "out": str(out)},
-            "front": [_public(x) for x in front], "heldout": heldout,
+            "front": [_public(x) for x in front], "last_rung": [_public(x) for x in rows], "heldout": heldout,
             "rungs": history, "refused": refused, "candidates": len(live),
             "setup": {**setup, "budget": [str(b) for b in bounds], "objective": args.objective, "log": str(log_path),
                       "heldout_prompts": [p for p, _ in held]}}
@@ -738,13 +739,34 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="tuned.toml", metavar="FILE", help="the stack file to write (default: tuned.toml)")
     p.add_argument("--log", default=None, metavar="FILE", help="the search's log (default: OUT.log.jsonl)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="draw the last rung's stacks (the objective against the first budgeted metric) there")
     p.add_argument("--resume", action="store_true", help="continue the search its log holds (same setup)")
     p.add_argument("--force", action="store_true", help="replace --out and start the log afresh")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """The last rung's stacks: the objective against the first budgeted metric (an exact match's
+    infinite PSNR on the top edge)."""
+    from accelframe_bench import charts
+
+    s = doc["setup"]
+    metric = re.split(r"[<>]", s["budget"][0])[0]
+    x = {"speed": "speedup", "fps": "fps", "ttff": "ttff"}[s["objective"]]
+    pts = [(r[x], math.inf if r.get(metric) == "inf" else r.get(metric), r["name"]) for r in doc["last_rung"]
+           if r.get(metric) is not None]
+    return charts.scatter(path, pts, xlabel=f"{x} (against the target alone)" if x == "speedup" else x, ylabel=metric)
+
+
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
+    from accelframe.outputs import check_output
+
+    png = check_output(args.plot, owner=OWNER, field="--plot", force=args.force, suffixes=(".png",)) \
+        if args.plot else None
     doc = search(args, hooks)
+    if png is not None:
+        plot(doc, png)  # written whole (charts.save)
     if args.json:
         print(json.dumps(doc, indent=1))
     elif doc["chosen"] is None:

@@ -152,9 +152,10 @@ def test_a_small_search_on_the_world_writes_a_stack_that_runs(tmp_path, capsys):
     """Step level only, 6 latent frames, 2 calibration and 1 held-out prompt: the search runs its
     rungs, writes a stack file that loads, and resumes from its log without measuring again."""
     a = args(tmp_path, "--adapter", "self-forcing:decoder=tiny", "--budget", "retention>=0.5", "--levels", "step",
-             "--quick", "--latent-frames", "6", "--heldout", "1", "--json")
+             "--quick", "--latent-frames", "6", "--heldout", "1", "--json", "--plot", str(tmp_path / "t.png"))
     assert tune.run(a) == 0
     doc = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG" and len(doc["last_rung"]) >= 2
     assert doc["candidates"] == 4 and len(doc["rungs"]) == 2
     assert doc["heldout"]["prompts"] == 1 and isinstance(doc["heldout"]["held"], bool)
     cfg = stackfile.load(tmp_path / "t.toml")
