@@ -469,6 +469,9 @@ def _cmd_generate(args: argparse.Namespace, hooks: Any) -> int:
     if meter is not None and result.frames is not None:
         quality = meter.measure_quality(result.frames, prompts)
     notes = idle_step_policies(pipe, result)
+    if getattr(pipe.stream_options, "stream_batch", False):
+        notes.append(f"the stack file {args.stack} asks for the stream batch ([stream] stream_batch = true), which "
+                     "accelframe stream and serve run; generate ran its units one after another")
     summary = {
         "adapter": adapter, "drafter": pipe.drafter_name, "policies": pipe.policies, "stack": args.stack,
         "prompts": prompts, "frames": pixel, "pixel_frames": pixel, "latent_frames": latent, "seed": args.seed,

@@ -196,6 +196,7 @@ def test_generate_runs_a_stack_file(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["adapter"] == "analytic" and doc["policies"] == ["every-n", "teacache"] and doc["stack"] == str(path)
     assert doc["model_calls"]["target"]["cached"] > 0
+    assert any("stream batch" in n for n in doc["notes"])  # the file's [stream] table is for stream and serve
     # --policy adds after the file's stack
     assert main(["--threads", "1", "generate", "--stack", str(path), "--frames", "6", "--policy", "every-n:n=3",
                  "--json"]) == 0
