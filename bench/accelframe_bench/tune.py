@@ -709,7 +709,23 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+EPILOG = """examples:
+  accelframe tune --budget "retention>=0.97,psnr>=30" --quick
+  accelframe tune --adapter skyreels-v2-df --budget "psnr>=30" --out sky.toml --plot sky.png
+  accelframe tune --adapter self-forcing:decoder=tiny --drafter self-forcing:size=world-drafter,decoder=tiny \\
+      --decode-worker --budget "retention>=0.97" --out sf.toml
+  accelframe tune ... --resume          # continue a search from its log (OUT.log.jsonl)
+
+The search runs on calibration (training) prompts of the embedded world; the chosen stack is then
+checked on held-out prompts. docs/tune.md has the space, the search and what it found.
+"""
+
+
 def configure(p: argparse.ArgumentParser) -> None:
+    p.description = ("Find the fastest stack of step, block and stream settings that keeps a quality budget, "
+                     "write it as a stack file, and check the budget on held-out prompts.")
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--adapter", default="self-forcing", metavar="NAME[:K=V,...]",
                    help="the target: a registered adapter and its settings (default: self-forcing, the world's)")
     p.add_argument("--drafter", default=None, metavar="NAME[:K=V,...]",
