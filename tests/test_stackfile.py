@@ -153,6 +153,8 @@ def test_floats_keep_their_bits():
     ('[adapter]\nname = "analytic"\n[stream]\nfps = -1\n', "stream.fps", 4, "a positive number"),
     ('[adapter]\nname = "analytic"\n[drafter]\nname = "analytic"\ncontext = "mine"\n', "drafter.context", 5, "'own'"),
     ('format = 2\n[adapter]\nname = "analytic"\n', "format", 1, "the stack-file format"),
+    ('[adapter]\nname = "analytic"\n[drafter]\nname = "analytic"\nsettings = { stepz = 2 }\n',
+     "drafter.settings.stepz", 5, "did you mean 'steps'"),
     ('[pipeline]\nstrict = true\n', "adapter", None, "a [adapter] table"),
 ])
 def test_bad_files_name_the_file_the_key_and_the_line(tmp_path, text, key, line, allowed):
