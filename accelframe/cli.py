@@ -537,7 +537,9 @@ def pipeline_from_stack(args: argparse.Namespace, hooks: Any, owner: str,
     cfg = stack_config(args, owner, conflicts)
     if getattr(args, "strict", False):
         overrides["strict"] = True
-    return cfg.build(hooks=hooks, **overrides)
+    from accelframe.pipeline import Pipeline
+
+    return Pipeline.from_config(cfg, hooks=hooks, **overrides)
 
 
 # ---- parser ---------------------------------------------------------------------------------

@@ -271,9 +271,28 @@ class Pipeline:
         :class:`~accelframe.stackfile.StackFileError` naming the file and the key, before any
         model call. ``overrides``: other constructor arguments, winning over the file's."""
         from accelframe import stackfile
+        from accelframe.errors import AccelframeError
 
         cfg = config if isinstance(config, stackfile.StackConfig) else stackfile.load(config)
-        return cfg.build(hooks=hooks, trace=trace, **overrides)
+        kwargs = {"drafter_context": cfg.drafter_context, "max_reuse": cfg.max_reuse,
+                  "decode_worker": cfg.decode_worker, "strict": cfg.strict, **overrides}
+        try:
+            pipe = cls(cfg.adapter, adapter_kwargs=dict(cfg.adapter_settings), drafter=cfg.drafter,
+                       drafter_kwargs=dict(cfg.drafter_settings) if cfg.drafter else None, hooks=hooks,
+                       trace=trace, **kwargs)
+        except AccelframeError as exc:
+            raise cfg.error(exc) from exc
+        try:
+            for i, p in enumerate(cfg.policies):
+                try:
+                    pipe.use(p.name, **p.settings)
+                except AccelframeError as exc:
+                    raise cfg.error(exc, i) from exc
+        except BaseException:
+            pipe.close()
+            raise
+        pipe.stream_options = cfg.stream
+        return pipe
 
     def to_config(self) -> Any:
         """This pipeline as a :class:`~accelframe.stackfile.StackConfig` (``.to_toml()`` is the

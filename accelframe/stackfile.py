@@ -20,8 +20,8 @@
     [stream]                       # optional: how `accelframe stream` and `serve` run the stack
     stream_batch = true
 
-:func:`load` reads one into a :class:`StackConfig`, :meth:`StackConfig.build` makes the
-:class:`~accelframe.pipeline.Pipeline` (``Pipeline.from_config``), ``pipe.to_config()`` gives it back
+:func:`load` reads one into a :class:`StackConfig`, ``Pipeline.from_config`` makes the
+:class:`~accelframe.pipeline.Pipeline` of it, ``pipe.to_config()`` gives it back
 and :meth:`StackConfig.to_toml` / :func:`write` write it: reading a written file gives the same
 config. A file that cannot be used raises :class:`StackFileError` naming the file, the key (with its
 line where the file shows it), the value and what is allowed, before any model call: a key or
@@ -118,37 +118,17 @@ class StackConfig:
     source: str | None = attrs.field(default=None, eq=False)  # the file it was read from, for messages
     text: str | None = attrs.field(default=None, eq=False, repr=False)  # its text: lines in messages
 
-    def build(self, *, hooks: Any = None, trace: bool = True, **overrides: Any) -> Any:
-        """The :class:`~accelframe.pipeline.Pipeline` of this config on ``hooks`` (default: the
-        autoloading manager). A name no plugin registered, a setting a factory does not take, a value
-        it refuses or a stack the adapter cannot run is a :class:`StackFileError` naming this
-        config's file and key. ``overrides``: other ``Pipeline`` arguments (``decode_worker``),
-        winning over the file's."""
-        from accelframe.pipeline import Pipeline
-
+    def error(self, exc: AccelframeError, index: int | None = None) -> StackFileError:
+        """The file's error for ``exc``, raised while ``Pipeline.from_config`` builds this config:
+        while making the adapter and drafter (``index`` None) or adding ``policies[index]``."""
         where = _Where(self.source or "<config>", self.text)
-        kwargs = {"drafter_context": self.drafter_context, "max_reuse": self.max_reuse,
-                  "decode_worker": self.decode_worker, "strict": self.strict, **overrides}
-        roles = {"adapter": (self.adapter, self.adapter_settings),
-                 **({"drafter": (self.drafter, self.drafter_settings)} if self.drafter else {})}
-        try:
-            pipe = Pipeline(self.adapter, adapter_kwargs=dict(self.adapter_settings), drafter=self.drafter,
-                            drafter_kwargs=dict(self.drafter_settings) if self.drafter else None, hooks=hooks,
-                            trace=trace, **kwargs)
-        except AccelframeError as exc:
-            raise _translate(where, exc, roles, "adapter") from exc
-        try:
-            for i, p in enumerate(self.policies):
-                try:
-                    pipe.use(p.name, **p.settings)
-                except AccelframeError as exc:
-                    raise _translate(where, exc, {f"policies[{i}]": (p.name, p.settings)}, f"policies[{i}]",
-                                     kind="policy") from exc
-        except BaseException:
-            pipe.close()
-            raise
-        pipe.stream_options = self.stream
-        return pipe
+        if index is None:
+            roles = {"adapter": (self.adapter, self.adapter_settings),
+                     **({"drafter": (self.drafter, self.drafter_settings)} if self.drafter else {})}
+            return _translate(where, exc, roles, "adapter")
+        p = self.policies[index]
+        return _translate(where, exc, {f"policies[{index}]": (p.name, p.settings)}, f"policies[{index}]",
+                          kind="policy")
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML document as a dict (what :func:`tomllib.loads` gives for :meth:`to_toml`)."""
@@ -378,11 +358,11 @@ def write(path: str | Path, config: StackConfig, *, force: bool = False, owner: 
 
 # ---- writing TOML ------------------------------------------------------------------------------
 
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _key(k: str) -> str:
-    return k if _BARE.match(k) else _string(k)
+    return k if _BARE.fullmatch(k) else _string(k)
 
 
 def _string(s: str) -> str:

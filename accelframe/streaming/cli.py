@@ -115,7 +115,9 @@ def command_pipeline(args: argparse.Namespace, hooks: Any, *, max_streams: int, 
         return build_pipeline(size=args.size, hooks_=hooks, max_streams=max_streams, block_frames=args.block_frames,
                               max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=motion,
                               drafter_size=args.drafter_size, policies=args.policies)
-    pipe = args.stack_config.build(hooks=hooks, trace=False)
+    from accelframe.pipeline import Pipeline
+
+    pipe = Pipeline.from_config(args.stack_config, hooks=hooks, trace=False)
     for name, kw in args.policies:
         pipe.use(name, **kw)
     return pipe
