@@ -22,9 +22,10 @@ the adapter lacks, the stream batch where the stream loop refuses the stack); ``
 every candidate, on the same prompts and seeds, interleaved prompt by prompt, and is a candidate
 itself: when nothing faster keeps the budget, it is the answer.
 
-A stack is chosen over the target alone only when it is more than :data:`MIN_GAIN` faster
-(with ``--objective speed``): an exact policy that skips nothing runs at 1.00x give or take the
-machine's noise, and is no answer.
+A candidate whose every clip equals the target alone's, bit for bit, computed what the target
+computes: it saves nothing, whatever speed the machine's noise shows, so it leaves the race at that
+rung (``rungs[].exact`` lists them). A stack is chosen over the target alone only when it is more
+than :data:`MIN_GAIN` faster (with ``--objective speed``).
 
 **The search: successive halving.** Rung 0 runs every candidate on short videos
 (:data:`SHORT_FRAMES` latent frames); each later rung runs the survivors on full-length videos
@@ -595,10 +596,15 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
             rows = [{"name": c.name, "candidate": c, "metrics": summarise(recs[c.key], base)} for c in alive]
             for row in rows:
                 row["within"] = holds(bounds, row["metrics"], slack=not last)
-            ranked = sorted([x for x in rows if x["within"]], key=lambda x: -objective_value(x["metrics"], args.objective))
+                # every clip equal to the target alone's, bit for bit: it computed what the target computes, so
+                # it saves nothing, and any speed it shows is the machine's noise (it is dropped from the race)
+                row["exact"] = row["candidate"] != BASELINE and row["metrics"]["psnr"] == math.inf
+            ranked = sorted([x for x in rows if x["within"] and not x["exact"]],
+                            key=lambda x: -objective_value(x["metrics"], args.objective))
             if not ranked:  # not even the target alone keeps it (an absolute bound such as quality>=0.9)
                 break
             history.append({"rung": r, "prompts": k, "latent_frames": length, "candidates": len(alive),
+                            "exact": [x["name"] for x in rows if x["exact"]],
                             "kept": [x["name"] for x in ranked[:max(math.ceil(len(alive) / ETA), MIN_KEEP)]]})
             if not last:
                 keep = ranked[:max(math.ceil(len(alive) / ETA), MIN_KEEP)]
