@@ -24,8 +24,11 @@ itself: when nothing faster keeps the budget, it is the answer.
 
 A candidate whose every clip equals the target alone's, bit for bit, computed what the target
 computes: it saves nothing, whatever speed the machine's noise shows, so it leaves the race at that
-rung (``rungs[].exact`` lists them). A stack is chosen over the target alone only when it is more
-than :data:`MIN_GAIN` faster (with ``--objective speed``).
+rung (``rungs[].exact`` lists them). Of the last rung's candidates within the budget, those within
+:data:`MIN_GAIN` of the best objective are the same speed as far as the machine can tell; the one
+with the widest margin inside the budget (each bound's margin as a fraction of its value) is chosen.
+A stack is chosen over the target alone only when it is more than :data:`MIN_GAIN` faster (with
+``--objective speed``).
 
 **The search: successive halving.** Rung 0 runs every candidate on short videos
 (:data:`SHORT_FRAMES` latent frames); each later rung runs the survivors on full-length videos
@@ -433,6 +436,33 @@ def pareto(rows: list[dict[str, Any]], objective: str, bounds: list[Bound]) -> l
     return sorted(front, key=lambda r: -objective_value(r["metrics"], objective))
 
 
+def relative_margin(bounds: list[Bound], metrics: dict[str, Any]) -> float:
+    """The smallest margin of ``metrics`` inside the bounds, each as a fraction of its bound's value
+    (an exact match's infinite PSNR: infinite)."""
+    out = math.inf
+    for b in bounds:
+        m = b.margin(metrics.get(b.metric))
+        if m is None:
+            return -math.inf
+        out = min(out, m / max(abs(b.value), 1e-9))
+    return out
+
+
+def choose(ranked: list[dict[str, Any]], bounds: list[Bound], objective: str) -> dict[str, Any]:
+    """The answer among the candidates within budget, ``ranked`` best objective first: of those within
+    :data:`MIN_GAIN` of the best (the same speed, as far as this machine can tell), the one with the
+    widest margin inside the budget, the likeliest to keep it on prompts it was not chosen on."""
+    best = objective_value(ranked[0]["metrics"], objective)
+
+    def close(x: dict[str, Any]) -> bool:
+        v = objective_value(x["metrics"], objective)
+        return v >= best / MIN_GAIN if best > 0 else v >= best * MIN_GAIN
+
+    contenders = [x for x in ranked if close(x)]
+    return max(contenders, key=lambda x: (relative_margin(bounds, x["metrics"]),
+                                          objective_value(x["metrics"], objective)))
+
+
 def rungs(n_prompts: int, frames: int, quick: bool) -> list[tuple[int, int]]:
     """(prompts, latent frames) per rung: short videos on 1 (quick) or 2 prompts first, then full
     length on doubling prompts up to ``n_prompts``."""
@@ -619,7 +649,7 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
                     "refused": refused, "candidates": len(live), "baseline": _public(base),
                     "setup": {**setup, "budget": [str(b) for b in bounds], "objective": args.objective,
                               "log": str(log_path)}}
-        chosen = ranked[0]  # relative bounds always admit the baseline (retention 1, PSNR inf, SSIM 1)
+        chosen = choose(ranked, bounds, args.objective)
         base_row = next((x for x in ranked if x["candidate"] == BASELINE), None)
         if (base_row is not None and chosen is not base_row and args.objective == "speed"
                 and chosen["metrics"]["speedup"] < MIN_GAIN):  # within the noise of the target alone

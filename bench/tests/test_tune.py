@@ -86,6 +86,19 @@ def test_the_front_keeps_what_nothing_beats_on_every_axis():
     assert [r["name"] for r in front] == ["d", "b", "a"]  # c: b is faster and closer
 
 
+def test_of_stacks_equally_fast_the_widest_margin_is_chosen():
+    bounds = tune.parse_budget(["retention>=0.97"])
+
+    def r(name, speedup, retention):
+        return {"name": name, "metrics": {"speedup": speedup, "fps": 1.0, "ttff": 1.0, "retention": retention}}
+
+    ranked = [r("flowcache", 2.17, 0.983), r("scope", 2.16, 0.985), r("taylorseer", 1.5, 0.999)]
+    assert tune.choose(ranked, bounds, "speed")["name"] == "scope"  # within 3 %: the wider margin
+    ranked = [r("fast", 3.0, 0.971), r("scope", 2.16, 0.985)]
+    assert tune.choose(ranked, bounds, "speed")["name"] == "fast"  # clearly faster: the speed
+    assert tune.relative_margin(tune.parse_budget(["psnr>=30"]), {"psnr": math.inf}) == math.inf
+
+
 def test_summaries_are_ratios_against_the_baseline_on_the_same_prompts():
     base = [{"wall_s": 2.0, "pixel_frames": 10, "ttff_s": 0.5, "quality": 0.8, "mse": 0.0, "ssim": 1.0}] * 2
     cand = [{"wall_s": 1.0, "pixel_frames": 10, "ttff_s": 0.2, "quality": 0.76, "mse": 1e-3, "ssim": 0.9},
