@@ -182,7 +182,9 @@ class Candidate:
             n, kw = self.step
             parts.append(f"{n}({', '.join(f'{k}={v}' for k, v in kw.items() if k != 'applies_to')})")
         if self.block is not None:
-            parts.append(f"sdvg({self.block[1].get('aggregation', 'min')}, accept {self.accept:.0%} on calibration)")
+            agg = self.block[1].get("aggregation", "min")
+            parts.append(f"sdvg({agg}, accept {self.accept:.0%} on calibration)" if self.accept is not None
+                         else f"sdvg({agg}, tau {self.block[1].get('tau', -0.7):g})")
         if self.stream is not None:
             parts.append(f"stream batch (chunk {self.stream['chunk_units']})")
         return " + ".join(parts) or "baseline"
@@ -594,8 +596,9 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
     if args.stack is not None:
         from accelframe import stackfile
 
-        extra = stackfile.load(args.stack)
-        cands.append(_from_config(extra))
+        extra = _from_config(stackfile.load(args.stack))
+        if extra.key not in {c.key for c in cands}:  # a stack the space already holds is measured once
+            cands.append(extra)
     refused = {}
     for c in cands:
         why = refusal(models, c)
@@ -693,7 +696,7 @@ def _from_config(cfg: Any) -> Candidate:
             step = (p.name, dict(p.settings))
     chunk = next((p.settings.get("chunk_units", 1) for p in cfg.policies if p.name == "fixed-batch"), 1)
     stream = {"chunk_units": chunk} if cfg.stream is not None and cfg.stream.stream_batch else None
-    return Candidate(step=step, block=block, accept=math.nan if block else None, stream=stream)
+    return Candidate(step=step, block=block, stream=stream)
 
 
 def check_heldout(models: Models, pipes: dict[str, Any], cand: Candidate, held: list[tuple[str, int]], frames: int,

@@ -70,6 +70,17 @@ def test_a_candidate_chunked_by_two_adds_fixed_batch():
     assert c.levels == ["step", "stream"] and "stream batch (chunk 2)" in c.name
 
 
+def test_a_stack_file_becomes_one_candidate():
+    from accelframe.stackfile import loads
+
+    cfg = loads('[adapter]\nname = "self-forcing"\n[[policies]]\nname = "taylorseer"\nsettings = { interval = 2 }\n'
+                '[[policies]]\nname = "sdvg"\nsettings = { tau = -0.5 }\n[[policies]]\nname = "fixed-batch"\n'
+                'settings = { chunk_units = 2 }\n[stream]\nstream_batch = true\n')
+    c = tune._from_config(cfg)
+    assert c.policies() == [("taylorseer", {"interval": 2}), ("sdvg", {"tau": -0.5}), ("fixed-batch", {"chunk_units": 2})]
+    assert c.name == "taylorseer(interval=2) + sdvg(min, tau -0.5) + stream batch (chunk 2)"
+
+
 def test_rungs_start_short_and_end_on_every_prompt():
     assert tune.rungs(8, 27, quick=False) == [(2, 9), (4, 27), (8, 27)]
     assert tune.rungs(2, 27, quick=True) == [(1, 9), (2, 27)]
