@@ -34,9 +34,8 @@ from accelframe.engine import Engine, Result
 from accelframe.errors import ConfigError, IncompatibleError, PipelineBusyError
 from accelframe.plugins import Hooks, create_hooks
 from accelframe.trace import Trace
-from accelframe.types import AppliesTo, Request
+from accelframe.types import DRAFTER_CONTEXTS, DRAFTER_CONTEXTS_ALLOWED, AppliesTo, Request
 
-DRAFTER_CONTEXTS = ("own", "emitted")
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -105,9 +104,7 @@ class Pipeline:
             raise ConfigError("Pipeline", "hooks", hooks,
                               "None or an accelframe.plugins.Hooks (accelframe.plugins.create_hooks())")
         if not isinstance(drafter_context, str) or drafter_context not in DRAFTER_CONTEXTS:
-            raise ConfigError("Pipeline", "drafter_context", drafter_context,
-                              "'own' (the drafter conditions on its own drafts, as in SDVG) or 'emitted' "
-                              "(on the emitted units: a rejected draft is replaced in its KV by the target's)")
+            raise ConfigError("Pipeline", "drafter_context", drafter_context, DRAFTER_CONTEXTS_ALLOWED)
         self.drafter_context = drafter_context
         if max_reuse is not None and (not isinstance(max_reuse, int) or isinstance(max_reuse, bool)
                                       or max_reuse < 1):

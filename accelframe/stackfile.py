@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from accelframe.errors import AccelframeError, ConfigError, UnknownNameError, did_you_mean
+from accelframe.types import DRAFTER_CONTEXTS, DRAFTER_CONTEXTS_ALLOWED
 
 FORMAT = 1  # the ``format`` key: what this module reads and writes
 TABLES = ("format", "adapter", "drafter", "pipeline", "policies", "stream")
@@ -47,7 +48,6 @@ DRAFTER_KEYS = ("name", "context", "settings")
 PIPELINE_KEYS = ("max_reuse", "decode_worker", "strict")
 POLICY_KEYS = ("name", "settings")
 STREAM_KEYS = ("stream_batch", "fps", "deadline_s")
-CONTEXTS = ("own", "emitted")
 SYNTAX = "(syntax)"  # the key of a file TOML cannot parse
 
 
@@ -275,9 +275,8 @@ def from_dict(doc: Mapping[str, Any], *, path: str = "<config>", text: str | Non
     if drafter is not None:
         _check_keys(where, "drafter", drafter, DRAFTER_KEYS)
         context = drafter.get("context", "own")
-        if context not in CONTEXTS:
-            raise where.fail("drafter.context", context, "'own' (the drafter conditions on its own drafts, as in "
-                             "SDVG) or 'emitted' (on the emitted units)")
+        if context not in DRAFTER_CONTEXTS:
+            raise where.fail("drafter.context", context, DRAFTER_CONTEXTS_ALLOWED)
         fields.update(drafter=_name(where, "drafter.name", drafter.get("name")),
                       drafter_settings=_settings_of(where, "drafter", drafter), drafter_context=context)
     pipeline = _table(where, doc, "pipeline", required=False) or {}

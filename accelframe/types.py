@@ -21,6 +21,11 @@ from accelframe.errors import ConfigError
 if TYPE_CHECKING:  # torch loads with the engine, not with the types (the CLI starts without it)
     import torch
 
+# what a drafter conditions on: its own drafts (SDVG) or the emitted units (Pipeline, stack files)
+DRAFTER_CONTEXTS = ("own", "emitted")
+DRAFTER_CONTEXTS_ALLOWED = ("'own' (the drafter conditions on its own drafts, as in SDVG) or 'emitted' (on the "
+                            "emitted units: a rejected draft is replaced in its KV by the target's)")
+
 
 def _is_tensor(x: Any) -> bool:
     import torch

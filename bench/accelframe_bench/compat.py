@@ -127,25 +127,24 @@ def _stream(loop: Loop, policy: str | None, hooks: Any, video: bool) -> Any:
     video-to-video from a rendered world clip: its frames, plans and any policy failure."""
     from accelframe.adapter import pixel_frames
     from accelframe.pipeline import Pipeline
-    from accelframe.streaming.source import StreamSource, VirtualClock
+    from accelframe.streaming.source import StreamSource
+    from accelframe_bench.stack import STREAM_FPS, arrived_clock, source
 
     pipe = Pipeline(loop.adapter, adapter_kwargs=loop.settings, hooks=hooks, trace=False)
     try:
         if policy is not None:
             pipe.use(policy)
-        n = pixel_frames(pipe.adapter, loop.stream_frames)
+        src = source(pipe.adapter, PROMPT, SEED, loop.stream_frames)
         if video:
             registry = hooks.registry()
             if "world" not in registry.names("source"):
                 raise ConfigError(OWNER, "source", "world", "a registered 'world' stream source (the adapters' plugin)")
-            clip = registry.get("source", "world").factory().clip(PROMPT, SEED, n)
-            src = StreamSource(id="s", prompt=PROMPT, frames=clip, fps=16.0, seed=SEED)
-        else:
-            src = StreamSource(id="s", prompt=PROMPT, num_frames=n, fps=16.0, seed=SEED)
-        clock = VirtualClock(start=src.arrival_s(src.total - 1) + 1.0)  # every frame has arrived
+            clip = registry.get("source", "world").factory().clip(PROMPT, SEED, pixel_frames(pipe.adapter,
+                                                                                           loop.stream_frames))
+            src = StreamSource(id="s", prompt=PROMPT, frames=clip, fps=STREAM_FPS, seed=SEED)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PolicyFallbackWarning)
-            run = pipe.stream([src], clock=clock)
+            run = pipe.stream([src], clock=arrived_clock(src))  # every frame has arrived
     finally:
         pipe.close()
     return run, _fallback(caught)

@@ -205,9 +205,10 @@ def build(models: Any, cfg: Config) -> Any:
 
 def source(adapter: Any, prompt: str, seed: int, frames: int) -> Any:
     """One text-to-video stream of ``prompt``: ``frames`` latent frames' worth of pixel frames."""
+    from accelframe.adapter import pixel_frames
     from accelframe.streaming.source import StreamSource
 
-    return StreamSource(id="s", prompt=prompt, num_frames=adapter.pixel_frames(frames), fps=STREAM_FPS, seed=seed)
+    return StreamSource(id="s", prompt=prompt, num_frames=pixel_frames(adapter, frames), fps=STREAM_FPS, seed=seed)
 
 
 def refusal(pipe: Any, src: Any) -> str | None:
@@ -234,27 +235,42 @@ def pp_refusal(pipe: Any, cfg: Config, src: Any) -> str | None:
     return None
 
 
-def _clock(src: Any) -> Any:
+def arrived_clock(src: Any) -> Any:
+    """A virtual clock that starts after ``src``'s last arrival: the whole clip is there, so chunks
+    pile up in the stream batch as they would behind a live source at full load, and nothing waits
+    for real time."""
     from accelframe.streaming.source import VirtualClock
 
-    # starts after the last arrival: the whole clip is there, so chunks pile up in the stream batch
-    # as they would behind a live source at full load, and nothing waits for real time
     return VirtualClock(start=src.arrival_s(src.total - 1) + 1.0)
 
 
-def _run(pipe: Any, cfg: Config, prompt: str, seed: int, frames: int) -> tuple[torch.Tensor, float, Any]:
-    """One video: decoded pixel frames ``[T, 3, H, W]`` in [0, 1], wall seconds, the run's result."""
-    if cfg.stream:
+def run_video(pipe: Any, *, stream: bool, prompt: str, seed: int,
+              frames: int) -> tuple[torch.Tensor, float, float, Any]:
+    """One video of ``pipe``: ``pipe.generate``, or (``stream``) the stream batch of one
+    text-to-video stream whose frames have all arrived. Returns its decoded pixel frames
+    ``[T, 3, H, W]`` in [0, 1], wall seconds, seconds to its first emitted frame, and the run's result."""
+    first: list[float] = []
+
+    def mark(*_: Any) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
+    if stream:
         src = source(pipe.adapter, prompt, seed, frames)
         t0 = time.perf_counter()
-        res = pipe.stream([src], clock=_clock(src), stream_batch=True)
-        wall = time.perf_counter() - t0
+        res = pipe.stream([src], clock=arrived_clock(src), stream_batch=True, on_frames=mark)
         video = res.outputs["s"].frames
     else:
         t0 = time.perf_counter()
-        res = pipe.generate([prompt], num_frames=frames, seed=seed)
-        wall = time.perf_counter() - t0
+        res = pipe.generate([prompt], num_frames=frames, seed=seed, on_unit=mark)
         video = res.frames[0]
+    wall = time.perf_counter() - t0
+    return video, wall, (first[0] - t0) if first else wall, res
+
+
+def _run(pipe: Any, cfg: Config, prompt: str, seed: int, frames: int) -> tuple[torch.Tensor, float, Any]:
+    """One video of a row: decoded pixel frames ``[T, 3, H, W]`` in [0, 1], wall seconds, the run's result."""
+    video, wall, _, res = run_video(pipe, stream=cfg.stream, prompt=prompt, seed=seed, frames=frames)
     return video, wall, res
 
 
@@ -544,6 +560,6 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["LEVELS", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "build",
+__all__ = ["LEVELS", "RANKS", "STEP_POLICIES", "STEP_POLICY", "Config", "arrived_clock", "build",
            "composition_efficiency", "configs", "configure", "counts", "document", "level_sets", "markdown",
-           "pp_refusal", "refusal", "run", "run_bench", "write_outputs"]
+           "pp_refusal", "refusal", "run", "run_bench", "run_video", "source", "write_outputs"]

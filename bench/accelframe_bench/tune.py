@@ -66,7 +66,6 @@ import random
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -100,7 +99,6 @@ STEP_CHOICES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 QUICK_STEP_CHOICES = STEP_CHOICES[:3]
 STREAM_CHOICES: tuple[dict[str, Any], ...] = ({"chunk_units": 1}, {"chunk_units": 2})
-STREAM_FPS = 16.0
 
 
 # ---- budgets -----------------------------------------------------------------------------------
@@ -273,51 +271,32 @@ class Models:
                            stream=StreamOptions(stream_batch=True) if cand.stream is not None else None)
 
 
-def _source(adapter: Any, prompt: str, seed: int, frames: int) -> Any:
-    from accelframe.adapter import pixel_frames
-    from accelframe.streaming.source import StreamSource
-
-    return StreamSource(id="s", prompt=prompt, num_frames=pixel_frames(adapter, frames), fps=STREAM_FPS, seed=seed)
-
-
-def refusal(models: Models, cand: Candidate) -> str | None:
-    """Why ``cand`` cannot run on these adapters (its pipeline's or the stream loop's own validation,
-    which runs no model), else None."""
+def build(models: Models, cand: Candidate) -> tuple[Any, str | None]:
+    """``cand``'s pipeline, or None and why it cannot run on these adapters (its pipeline's or the
+    stream loop's own validation, which runs no model)."""
     from accelframe.streaming import StreamLoop
+    from accelframe_bench.stack import source
 
     try:
         pipe = models.pipeline(cand)
     except AccelframeError as err:  # an unknown name, a refused setting, an incompatible stack
-        return str(err)
-    try:
-        if cand.stream is not None:
-            StreamLoop(pipe, [_source(models.target, "a red circle moves left on a blue background", 0, 3)],
+        return None, str(err)
+    if cand.stream is not None:
+        try:
+            StreamLoop(pipe, [source(models.target, "a red circle moves left on a blue background", 0, 3)],
                        stream_batch=True)
-    except AccelframeError as err:
-        return str(err)
-    finally:
-        pipe.close()
-    return None
+        except AccelframeError as err:
+            pipe.close()
+            return None, str(err)
+    return pipe, None
 
 
 def run_video(pipe: Any, cand: Candidate, prompt: str, seed: int, frames: int) -> tuple[torch.Tensor, float, float]:
     """One video: its decoded frames ``[T, 3, H, W]``, wall seconds and seconds to its first frame."""
-    from accelframe.streaming.source import VirtualClock
+    from accelframe_bench.stack import run_video as one_video
 
-    first: list[float] = []
-    t0 = time.perf_counter()
-    if cand.stream is not None:
-        src = _source(pipe.adapter, prompt, seed, frames)
-        clock = VirtualClock(start=src.arrival_s(src.total - 1) + 1.0)  # every frame has arrived
-        res = pipe.stream([src], clock=clock, stream_batch=True,
-                          on_frames=lambda *a: first.append(time.perf_counter()) if not first else None)
-        video = res.outputs["s"].frames
-    else:
-        res = pipe.generate([prompt], num_frames=frames, seed=seed,
-                            on_unit=lambda *a: first.append(time.perf_counter()) if not first else None)
-        video = res.frames[0]
-    wall = time.perf_counter() - t0
-    return video, wall, (first[0] - t0) if first else wall
+    video, wall, ttff, _ = one_video(pipe, stream=cand.stream is not None, prompt=prompt, seed=seed, frames=frames)
+    return video, wall, ttff
 
 
 @attrs.define
@@ -509,6 +488,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     drafter = _spec(args.drafter, "--drafter")
     if "block" in levels and drafter is None and args.levels != ",".join(LEVELS):
         raise ConfigError(OWNER, "--levels", args.levels, "no 'block' without --drafter (SDVG routes drafted units)")
+    cfg = None
     if args.stack is not None:
         from accelframe import stackfile
 
@@ -516,7 +496,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
         if cfg.adapter != adapter[0]:
             raise ConfigError(OWNER, "--stack", args.stack, f"a stack file for adapter {adapter[0]!r}: this one is "
                                                             f"for {cfg.adapter!r}")
-    return {"bounds": bounds, "levels": levels, "adapter": adapter, "drafter": drafter}
+    return {"bounds": bounds, "levels": levels, "adapter": adapter, "drafter": drafter, "stack": cfg}
 
 
 def load_models(parsed: dict[str, Any], hooks: Any, decode_worker: bool) -> Models:
@@ -593,30 +573,31 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
             for rate, tau in calibrate_taus(scores, rates, agg).items():
                 taus[(agg, rate)] = tau
     cands = space(models.adapter, levels=levels, drafter=drafted, taus=taus, quick=quick, exclude=args.exclude)
-    if args.stack is not None:
-        from accelframe import stackfile
-
-        extra = _from_config(stackfile.load(args.stack))
+    if parsed["stack"] is not None:
+        extra = _from_config(parsed["stack"])
         if extra.key not in {c.key for c in cands}:  # a stack the space already holds is measured once
             cands.append(extra)
-    refused = {}
-    for c in cands:
-        why = refusal(models, c)
-        if why is not None:
-            refused[c.name] = why
-    live = [c for c in cands if c.name not in refused]
-    if len(live) <= 1:
-        raise ConfigError(OWNER, "--levels", args.levels, "a search space with a candidate besides the baseline: "
-                          f"every stack of levels {levels} was refused on adapter {models.adapter!r}"
-                          + (f" ({next(iter(refused.values()))})" if refused else ""))
     setup = {"adapter": args.adapter, "drafter": args.drafter, "levels": levels, "exclude": list(args.exclude),
              "prompts": [list(p) for p in cal], "latent_frames": frames, "quick": quick, "seed": args.seed,
              "decode_worker": args.decode_worker, "threads": torch.get_num_threads(),
              "taus": {f"{a}@{r}": t for (a, r), t in taus.items()}, "stack": args.stack}
-    log = Log.open(log_path, setup, resume=args.resume, force=args.force)
-    pipes = {c.key: models.pipeline(c) for c in live}
+    report = {**setup, "budget": [str(b) for b in bounds], "objective": args.objective, "log": str(log_path)}
+    pipes: dict[str, Any] = {}
+    refused = {}
     history = []
     try:
+        for c in cands:
+            pipe, why = build(models, c)
+            if why is not None:
+                refused[c.name] = why
+            else:
+                pipes[c.key] = pipe
+        live = [c for c in cands if c.key in pipes]
+        if len(live) <= 1:
+            raise ConfigError(OWNER, "--levels", args.levels, "a search space with a candidate besides the baseline: "
+                              f"every stack of levels {levels} was refused on adapter {models.adapter!r}"
+                              + (f" ({next(iter(refused.values()))})" if refused else ""))
+        log = Log.open(log_path, setup, resume=args.resume, force=args.force)
         schedule = rungs(n_prompts, frames, quick)
         alive = live
         for r, (k, length) in enumerate(schedule):
@@ -636,11 +617,10 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
                             key=lambda x: -objective_value(x["metrics"], args.objective))
             if not ranked:  # not even the target alone keeps it (an absolute bound such as quality>=0.9)
                 break
+            keep = ranked[:max(math.ceil(len(alive) / ETA), MIN_KEEP)]
             history.append({"rung": r, "prompts": k, "latent_frames": length, "candidates": len(alive),
-                            "exact": [x["name"] for x in rows if x["exact"]],
-                            "kept": [x["name"] for x in ranked[:max(math.ceil(len(alive) / ETA), MIN_KEEP)]]})
+                            "exact": [x["name"] for x in rows if x["exact"]], "kept": [x["name"] for x in keep]})
             if not last:
-                keep = ranked[:max(math.ceil(len(alive) / ETA), MIN_KEEP)]
                 alive = [x["candidate"] for x in keep]
                 if BASELINE not in alive:
                     alive.insert(0, BASELINE)
@@ -649,9 +629,7 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
             base = next(x for x in rows if x["candidate"] == BASELINE)
             return {"chosen": None, "front": [_public(x) for x in front], "last_rung": [_public(x) for x in rows],
                     "heldout": None, "rungs": history,
-                    "refused": refused, "candidates": len(live), "baseline": _public(base),
-                    "setup": {**setup, "budget": [str(b) for b in bounds], "objective": args.objective,
-                              "log": str(log_path)}}
+                    "refused": refused, "candidates": len(live), "baseline": _public(base), "setup": report}
         chosen = choose(ranked, bounds, args.objective)
         base_row = next((x for x in ranked if x["candidate"] == BASELINE), None)
         if (base_row is not None and chosen is not base_row and args.objective == "speed"
@@ -675,8 +653,7 @@ def search(args: argparse.Namespace, hooks: Any = None) -> dict[str, Any]:
     return {"chosen": {**_public(chosen), "config": config.to_dict(), "out": str(out)},
             "front": [_public(x) for x in front], "last_rung": [_public(x) for x in rows], "heldout": heldout,
             "rungs": history, "refused": refused, "candidates": len(live),
-            "setup": {**setup, "budget": [str(b) for b in bounds], "objective": args.objective, "log": str(log_path),
-                      "heldout_prompts": [p for p, _ in held]}}
+            "setup": {**report, "heldout_prompts": [p for p, _ in held]}}
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
@@ -834,5 +811,5 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return 0 if doc["chosen"] is not None else 1
 
 
-__all__ = ["Bound", "Candidate", "Log", "check_args", "configure", "markdown", "pareto", "parse_budget", "rungs",
+__all__ = ["Bound", "Candidate", "Log", "build", "check_args", "configure", "markdown", "pareto", "parse_budget", "rungs",
            "run", "search", "space", "summarise"]
