@@ -462,6 +462,10 @@ class StreamStatus:
     oldest_pending_s: float | None  # arrival time of the oldest pending frame, None if none
     next_deadline_s: float | None
     deadline_s: float | None = None  # the stream's per-frame latency budget (arrival to emission), if any
+    # the longest chunk (latent frames, a multiple of the unit) that the adapter can run from the
+    # stream's next frame, when it is shorter than the pending frames (its frame positions, a staircase
+    # window); None when every pending frame can run as one chunk. A plan over it is refused.
+    runnable: int | None = None
 
     @property
     def pending(self) -> int:

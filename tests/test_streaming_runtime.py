@@ -11,8 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accelframe.errors import ConfigError, IncompatibleError
+from accelframe.errors import ConfigError, IncompatibleError, PolicyFallbackWarning
 from accelframe.pipeline import Pipeline
+from accelframe.plugins import EXACT, hookimpl
 from accelframe.streaming.sinks import CallbackSink, Mp4Sink
 from accelframe.streaming.source import (
     CorruptFrameError,
@@ -259,3 +260,54 @@ def test_looped_frames_and_sinks(tmp_path):
         Mp4Sink(tmp_path / "{stream}.mp4", 8.0).check(["a"])
     with pytest.raises(ConfigError, match="pattern"):
         Mp4Sink(tmp_path / "one.mp4", 8.0).check(["a", "b"])
+
+
+class _Positions:
+    """An analytic adapter addressing ``max_frames`` latent frame positions, as a Wan model does."""
+
+    @staticmethod
+    def pipe(max_frames: int, **kw) -> Pipeline:
+        import attrs
+
+        from accelframe.testing import AnalyticAdapter
+
+        base = {"plan": "block", "unit_frames": 2, "steps": 2, "height": 4, "width": 4, **kw}
+        ad = AnalyticAdapter(**base)
+        ad.limits = attrs.evolve(ad.limits, max_frames=max_frames)
+        return Pipeline(ad, hooks=make_hooks())
+
+
+@pytest.mark.parametrize("policy", ["slo", "fixed"])
+def test_batch_policies_cut_chunks_at_the_adapters_last_frame_position_before_a_rope_reset(policy):
+    """A backlog (every frame arrived) on an adapter of 10 frame positions, with rolling-kv resetting
+    RoPE once a chunk would start at position 8 or later: a chunk of 3 units (6 frames) starting at
+    position 6 would cross position 10, so the batch policies cut it there (``StreamStatus.runnable``)
+    instead of having their plans refused; plans are checked at the positions after the reset (the KV
+    hook runs before the plan); every frame is emitted once, in order, and no batch falls back to the
+    exact batch of one."""
+    from accelframe_policies.fixed_batch import FixedBatch
+
+    base = SLOBatch if policy == "slo" else FixedBatch
+    seen: list = []
+
+    class Seen(base):  # the policy, recording the streams it was shown
+        @hookimpl
+        def accelframe_batch_plan(self, ctx):
+            seen.extend(ctx.streams)
+            return super().accelframe_batch_plan(ctx)
+
+    p = _Positions.pipe(10)
+    p.use(Seen(max_chunk_units=3) if policy == "slo" else Seen(chunk_units=3))
+    p.use(RollingKV(window=4, sinks=1, tau=-1.0, t_reset=8))
+    src = StreamSource(id="s", prompt="a long stream", num_frames=40, fps=20.0, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PolicyFallbackWarning)
+        warnings.simplefilter("ignore", UnsustainableLoadWarning)
+        run = p.stream([src], clock=VirtualClock(start=10.0, batch_cost_s=0.5))  # slo-batch: longest chunks
+    out = run.outputs["s"]
+    assert len(out.emit_s) == 40 and out.arrival_s == [src.arrival_s(k) for k in range(40)]
+    assert not run.stats.fallbacks and all(b["by"] != EXACT for b in run.batches)
+    sizes = [n for b in run.batches for _, n in b["entries"]]
+    assert sum(sizes) == 40 and max(sizes) == 6 and any(n < 6 for n in sizes[:-1])  # cut, then full
+    cut = [s for s in seen if s.runnable is not None]
+    assert cut and all(0 < s.runnable < s.pending - s.pending % 2 and s.runnable % 2 == 0 for s in cut)

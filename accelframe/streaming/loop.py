@@ -172,6 +172,7 @@ class _StreamState:
     encode: Any = None  # the adapter's streaming encode cache (video-to-video)
     previous: torch.Tensor | None = None  # the last input pixel frame of the previous chunk, [3, H, W]
     prompt_version: int = 0  # the source's prompt version its states are conditioned on (live)
+    kv_at: int | None = None  # the next frame its KV cache was last managed for (accelframe_kv_manage)
     decisions: dict[str, Any] = attrs.field(factory=decisions)  # its sequential chunks' decisions
     rows: list[Chunk] = attrs.field(factory=list)  # chunks in flight, oldest first (stream batch)
     # finished chunks not yet emitted, in order: (micro-step, span, pixels or a remote decode's handle)
@@ -420,8 +421,24 @@ class StreamLoop:
             oldest = s.arrival_s(ready_px) if received > c else None
             out.append(StreamStatus(stream=s.id, received=received, consumed=c,
                                     emitted=st.emitted, total=total, fps=s.fps / self.fmap.ratio,
-                                    oldest_pending_s=oldest, next_deadline_s=nxt, deadline_s=s.deadline_s))
+                                    oldest_pending_s=oldest, next_deadline_s=nxt, deadline_s=s.deadline_s,
+                                    runnable=self._runnable(s.id, received - c)))
         return tuple(out)
+
+    def _runnable(self, stream: str, pending: int) -> int | None:
+        """The longest chunk of ``stream``'s next frames the adapter can run, when that is fewer than its
+        ``pending`` frames (rounded down to the unit); None when all of them can run as one chunk.
+        The adapter's limits (frame positions, a window) bound a chunk from above: a chunk longer
+        than one that cannot run cannot run either, so a bisection finds it."""
+        unit = self.adapter.unit_frames
+        most = pending // unit
+        if most == 0 or self._unrunnable(stream, most * unit) is None:
+            return None
+        lo, hi = 0, most  # lo units can run (0 trivially), hi cannot
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._unrunnable(stream, mid * unit) is None else (lo, mid)
+        return lo * unit
 
     def _finished(self, s: StreamSource, now: float) -> bool:
         total = self._total(s, now)
@@ -693,6 +710,7 @@ class StreamLoop:
                     continue
             elif all(self._finished(s, now) for s in self.sources):
                 break
+            self._prepare(now)
             status = self._status(now)
             ctx = BatchContext(now_s=now, streams=status, unit_frames=unit,
                                last_latency_s=last_latency)
@@ -824,11 +842,28 @@ class StreamLoop:
         self.switches.append(record)
         self.trace.add("prompt", **record)
 
+    def _prepare(self, now: float) -> None:
+        """Before a plan: the prompt switch and KV hook of every idle stream with a unit pending, so
+        the plan is checked (and ``StreamStatus.runnable`` measured) at the frame positions its next
+        chunk will run at, after a RoPE reset. A stream with chunks in flight (stream batch) is
+        managed when its next chunk enters, as its cache changes until then."""
+        unit = self.adapter.unit_frames
+        for s in self.sources:
+            st = self._state[s.id]
+            if st.target is not None and not st.rows and self._received(s, now) - st.consumed >= unit:
+                self._manage(st)
+
+    def _manage(self, st: _StreamState) -> None:
+        """The stream's prompt switch and KV hook before its next chunk, once per chunk."""
+        self._switch_prompt(st)
+        if st.kv_at != st.consumed:
+            self._kv_manage(st, st.consumed)
+            st.kv_at = st.consumed
+
     def _request(self, st: _StreamState, n: int) -> Request:
         """The next ``n`` latent frames of the stream as a validated request (after its KV hook)."""
         src, a = st.source, st.consumed
-        self._switch_prompt(st)
-        self._kv_manage(st, a)
+        self._manage(st)
         kwargs = self._inputs(st, a, a + n)
         req = Request(prompts=(src.prompt,), num_frames=n, seed=src.seed, first_frame=a,
                       rope_offset=self._rope(st), **kwargs)

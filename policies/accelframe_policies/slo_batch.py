@@ -20,7 +20,9 @@ The rule, every time the runtime is ready (frame counts are the runtime's frames
    through the origin and ``T*`` is the unit; a chunk that turns out too slow makes the next plan
    try a longer one.
 3. Serve every stream that has ``T*`` frames pending, up to ``max_streams``, oldest pending first;
-   never more frames than have arrived. A stream whose source ended runs what it has left.
+   never more frames than have arrived, nor more than the adapter can run as one chunk
+   (``StreamStatus.runnable``: its last frame position before a RoPE reset, its window). A stream
+   whose source ended runs what it has left.
 4. If no stream has ``T*`` pending, wait, unless waiting would make the oldest pending frame miss
    its deadline (``now + L > oldest deadline``): then run the frames that are there (whole units).
 5. **When no chunk length sustains the load** the policy says so: a warning (once per run) and a
@@ -164,8 +166,12 @@ class SLOBatch:
                 f"{self.headroom}): the running streams would miss their deadlines")
 
     @staticmethod
-    def _left(s: StreamStatus) -> int | None:
-        return None if s.total is None else s.total - s.consumed
+    def _most(s: StreamStatus, frames: int) -> int:
+        """``frames``, cut to the stream's remaining frames and to what the adapter can run as one chunk."""
+        for bound in (None if s.total is None else s.total - s.consumed, s.runnable):
+            if bound is not None:
+                frames = min(frames, bound)
+        return frames
 
     @hookimpl
     def accelframe_batch_plan(self, ctx: BatchContext) -> BatchPlan:
@@ -183,8 +189,7 @@ class SLOBatch:
                          key=lambda s: (s.oldest_pending_s, s.stream))
         entries = []
         for s in waiting:
-            left = self._left(s)
-            want = chunk if left is None else min(chunk, left)
+            want = self._most(s, chunk)
             if want > 0 and s.pending >= want:
                 entries.append(BatchEntry(stream=s.stream, frames=want))
             if len(entries) == self.max_streams:
@@ -194,7 +199,7 @@ class SLOBatch:
             s = waiting[0]
             est = self.model(unit, 1) if self.model.ready else 0.0
             urgent = s.next_deadline_s is not None and ctx.now_s + est >= s.next_deadline_s
-            whole = s.pending - s.pending % unit
+            whole = self._most(s, s.pending - s.pending % unit)
             if urgent and whole > 0:
                 entries.append(BatchEntry(stream=s.stream, frames=whole))
         reason = (f"slo-batch: T*={chunk} ({'sustainable' if sustainable else 'unsustainable'}), "

@@ -15,6 +15,7 @@ import warnings
 from collections import Counter, defaultdict
 from typing import Any
 
+import attrs
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -89,6 +90,15 @@ class Overreach:
         s = ctx.streams[0]
         return BatchPlan(entries=(BatchEntry(stream=s.stream,
                                              frames=s.pending + ctx.unit_frames),))
+
+
+class PastRunnable(FixedBatch):
+    """fixed-batch as a policy that ignores ``StreamStatus.runnable`` plans (which the loop must refuse)."""
+
+    @hookimpl
+    def accelframe_batch_plan(self, ctx: BatchContext) -> BatchPlan:
+        blind = tuple(attrs.evolve(s, runnable=None) for s in ctx.streams)
+        return super().accelframe_batch_plan(attrs.evolve(ctx, streams=blind))
 
 
 class RaisingBatch:
@@ -695,25 +705,32 @@ def test_inv7_overreaching_plans_are_refused_and_the_run_completes(kw, data):
 def test_inv7_chunks_the_adapter_cannot_run_are_refused(kw, data):
     """Inv 7: a plan whose chunk the adapter cannot run (a staircase window sized for one unit,
     asked for several at once) is refused like an overreaching one ("fallback" naming the policy,
-    "cannot run"), the batch of one answers, and every frame is still emitted once, in order; a
-    window too small even for one unit fails when the loop is built, before any model call."""
+    "cannot run"), the batch of one answers, and every frame is still emitted once, in order; the
+    loop tells the policy so (``StreamStatus.runnable`` is one unit where more are pending), and
+    fixed-batch, which reads it, plans one unit and is never refused; a window too small even for
+    one unit fails when the loop is built, before any model call."""
     kw, _ = split(kw)
     b = kw["unit_frames"]
     kw["ar_step"] = 0
     kw["window_frames"] = b  # one unit at a time
     sources = data.draw(stream_sources(b, kw["height"], kw["width"]))
-    pipe = make_pipe(kw).use(FixedBatch(chunk_units=3, max_streams=3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PolicyFallbackWarning)
-        run = StreamLoop(pipe, sources, clock=VirtualClock(start=10.0)).run()  # all arrived
-    _check_stream_run(run, sources, b)
-    assert all(f == b for batch in run.batches for _, f in batch["entries"])
-    fb = fallbacks(run.trace, "accelframe_batch_plan")
+    runs = {}
+    for policy in (PastRunnable, FixedBatch):
+        pipe = make_pipe(kw).use(policy(chunk_units=3, max_streams=3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PolicyFallbackWarning)
+            run = runs[policy] = StreamLoop(pipe, sources, clock=VirtualClock(start=10.0)).run()  # all arrived
+        _check_stream_run(run, sources, b)
+        assert all(f == b for batch in run.batches for _, f in batch["entries"])
+        for src in sources:
+            assert torch.equal(run.outputs[src.id].frames, _replay(make_pipe(kw), run, src))
+    fb = fallbacks(runs[PastRunnable].trace, "accelframe_batch_plan")
     if any(src.total > b for src in sources):
-        assert fb and all("cannot run" in e["problem"] and e["plugin"] == "FixedBatch"
+        assert fb and all("cannot run" in e["problem"] and e["plugin"] == "PastRunnable"
                           for e in fb)
+    assert not fallbacks(runs[FixedBatch].trace) and all(batch["by"] != EXACT for batch in runs[FixedBatch].batches)
     for src in sources:
-        assert torch.equal(run.outputs[src.id].frames, _replay(make_pipe(kw), run, src))
+        assert torch.equal(runs[FixedBatch].outputs[src.id].frames, runs[PastRunnable].outputs[src.id].frames)
     if b > 1:
         small = make_pipe(dict(kw, window_frames=b - 1))
         with pytest.raises(ConfigError, match="window_frames"):
