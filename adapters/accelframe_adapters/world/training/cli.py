@@ -38,8 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{phase}-steps", type=int, default=None,
                        help=f"VAE only: steps of its {phase!r} phase (default: the shipped model's)")
     p.add_argument("--short-steps", type=int, default=None,
-                   help="target and drafter only: how many of the steps train on the first two blocks alone "
-                        "(default: the shipped model's)")
+                   help="target, drafter and magi only: how many of the steps train on the first two blocks "
+                        "(magi: its first chunk) alone (default: the shipped model's)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped model's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped model's)")
     p.add_argument("--init", default=None,
@@ -129,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
     text = args.text or str(models.weights_path("text")) if args.model in needs else None
     quiet = args.json
     for flag in ("short_steps", "init"):
-        allowed = ("target", "drafter", "magi", "decoder") if flag == "init" else ("target", "drafter")
+        allowed = ("target", "drafter", "magi", "decoder") if flag == "init" else ("target", "drafter", "magi")
         if getattr(args, flag) is not None and args.model not in allowed:
             raise ConfigError(f"accelframe world train {args.model}", "--" + flag.replace("_", "-"),
                               getattr(args, flag), "only with the " + ", the ".join(allowed[:-1])
@@ -162,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
         from accelframe_adapters.world.training import train_magi
 
         rec = train_magi.train(out, vae=vae, text=text, clips_n=args.clips, data=args.data, init=args.init,
-                               settings=_settings(train_magi.DEFAULTS, args), force=args.force, quiet=quiet)
+                               short_steps=args.short_steps, settings=_settings(train_magi.DEFAULTS, args), force=args.force, quiet=quiet)
     elif args.model == "decoder":
         from accelframe_adapters.world.training import train_decoder
 

@@ -19,6 +19,10 @@ drawn from 2 .. 5 (the loop's [5, 4, 3, 2] by stage), or to all earlier chunks. 
 its caption (the model's null caption and ``text=False``), so the loop's guidance has its
 unconditional passes; the first chunk of a clip always has RoPE time 0, what the guidance's
 context-free pass uses.
+
+As for the Wan world models, a **short first phase** (``short_steps``) trains on the first chunk
+alone (6 latent frames, a quarter of a clip's tokens): the start of a clip, where the shape must
+appear in the right colour from pure noise, gets most of the early steps at a fraction of their cost.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from accelframe_adapters.world.models import load_text, load_vae
 from accelframe_adapters.world.training.train_dit import EMA, OBJECT_WEIGHT, WeightAverage, build_dataset, object_masks
 
 DEFAULTS = training.TrainSettings(steps=1600, batch=8, lr=1e-3, seed=3, warmup=100, log_every=25)
+SHORT_STEPS = 0  # the shipped weights had no short phase; ``--short-steps`` adds one
 SHIFT = 3.0
 
 
@@ -70,10 +75,13 @@ def band_ranges(chunks: int, g: torch.Generator) -> list[tuple[int, int]]:
 
 def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 1000,
           settings: training.TrainSettings | None = None, data: str | Path | None = None, force: bool = False,
-          init: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
+          init: str | Path | None = None, short_steps: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train the world MAGI model and write it (with its config and record) to ``out``; ``init``
-    continues from the weights of an earlier run of the same config (its record is kept)."""
+    continues from the weights of an earlier run of the same config (its record is kept). The first
+    ``short_steps`` (default ``SHORT_STEPS``) see only the first chunk."""
     settings = settings or DEFAULTS
+    short_steps = SHORT_STEPS if short_steps is None else short_steps
+    training.at_least("world train magi", "short_steps", short_steps, 0)
     training.at_least("world train magi", "clips", clips_n, 1)
     path = training.check_out(out, force)
     training.check_data(data)
@@ -93,7 +101,6 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     masks = object_masks(ds["prompts"], ds["seeds"], ds["latents"].shape[1], tuple(latents.shape[-2:]))[:, :frames]
     with torch.no_grad():
         states = enc(ds["prompts"])  # [N, L, Cc]
-    chunks = frames // cfg.chunk_width
 
     dit.train()
     g = torch.Generator().manual_seed(settings.seed)
@@ -101,11 +108,13 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
 
     def step(i: int) -> dict[str, float]:
         idx = torch.randint(0, latents.shape[0], (settings.batch,), generator=g)
-        x0 = latents[idx]  # [B, F, z, h, w]
-        weight = 1.0 + OBJECT_WEIGHT * masks[idx]  # [B, F, h, w]
+        f = cfg.chunk_width if i < short_steps else frames
+        chunks = f // cfg.chunk_width
+        x0 = latents[idx, :f]  # [B, f, z, h, w]
+        weight = 1.0 + OBJECT_WEIGHT * masks[idx, :f]  # [B, f, h, w]
         b = x0.shape[0]
         t = chunk_times(b, chunks, g)  # [B, n]
-        tf = t.repeat_interleave(cfg.chunk_width, dim=1).view(b, frames, 1, 1, 1)  # [B, F, 1, 1, 1]
+        tf = t.repeat_interleave(cfg.chunk_width, dim=1).view(b, f, 1, 1, 1)  # [B, f, 1, 1, 1]
         eps = torch.randn(x0.shape, generator=g)
         xt = tf * x0 + (1.0 - tf) * eps
         drop = bool(torch.rand(1, generator=g) < 0.1)
@@ -116,8 +125,8 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
         pred = dit(xt.permute(0, 2, 1, 3, 4), t, cap, mask, kv_ranges=band_ranges(chunks, g),
                    text=not drop)  # [B, z, F, h, w]
         sq = (pred.permute(0, 2, 1, 3, 4) - (x0 - eps)).pow(2).mean(dim=2)  # [B, F, h, w]
-        err = (sq * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))  # [B, F]
-        w = (tf.view(b, frames) < 1.0).float()
+        err = (sq * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))  # [B, f]
+        w = (tf.view(b, f) < 1.0).float()
         loss = (err * w).sum() / w.sum().clamp_min(1.0)
         loss.backward()
         return {"loss": loss.item()}
@@ -126,15 +135,16 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
     log = training.run_loop("magi", settings, list(dit.parameters()), step, quiet=quiet, after_step=ema.update)
     dit.eval()
     record = {"settings": attrs.asdict(settings), "clips": clips_n, "latent_frames": frames, "ema": EMA,
+              "short_steps": short_steps, "short_frames": cfg.chunk_width,
               **({"init": init_record} if init_record is not None else {}),
               "object_weight": OBJECT_WEIGHT, "machine": training.machine(), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in dit.parameters()),
               "command": f"accelframe world train magi --steps {settings.steps} --seed {settings.seed} "
-                         f"--clips {clips_n}" + (f" --lr {settings.lr:g} --init {Path(init).name}" if init else "")}
+                         f"--clips {clips_n} --short-steps {short_steps}" + (f" --lr {settings.lr:g} --init {Path(init).name}" if init else "")}
     # stored in float16 (MAGI-1 ships 16-bit weights): the world's weights stay within their 20 MB
     record["stored_dtype"] = "float16"
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log, dtype=torch.float16)
     return record
 
 
-__all__ = ["DEFAULTS", "band_ranges", "chunk_times", "train"]
+__all__ = ["DEFAULTS", "SHORT_STEPS", "band_ranges", "chunk_times", "train"]
