@@ -175,6 +175,29 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
                         text=models.weights_path("text"), clips_n=2, settings=settings, short_steps=-1, quiet=True)
 
 
+def test_magi_trainer_runs_its_short_phase_on_the_first_chunk(tmp_path, monkeypatch):
+    """``short_steps`` of the MAGI trainer see the first chunk (6 latent frames) alone, the rest
+    the 4 chunks the model runs; the record and its command say so; a negative count is refused."""
+    from accelframe_adapters.magi.dit import MagiDiT
+    from accelframe_adapters.world.training import train_magi
+
+    seen = []
+    forward = MagiDiT.forward
+
+    def spy(self, x, *a, **kw):
+        seen.append(x.shape[2])  # [B, z, F, h, w]
+        return forward(self, x, *a, **kw)
+
+    monkeypatch.setattr(MagiDiT, "forward", spy)
+    kw = dict(vae=models.weights_path("vae"), text=models.weights_path("text"), clips_n=2, quiet=True,
+              settings=training.TrainSettings(steps=3, batch=2, lr=1e-3, warmup=1, log_every=1))
+    rec = train_magi.train(tmp_path / "m.safetensors", short_steps=2, **kw)
+    assert seen == [6, 6, 24]
+    assert rec["short_steps"] == 2 and rec["short_frames"] == 6 and "--short-steps 2" in rec["command"]
+    with pytest.raises(ConfigError, match="short_steps"):
+        train_magi.train(tmp_path / "e.safetensors", short_steps=-1, **kw)
+
+
 def test_object_masks_cover_the_shape_in_each_latent_frame():
     from accelframe_adapters.world import clips
     from accelframe_adapters.world.training import train_dit
