@@ -49,12 +49,13 @@ ABOUT = {
 ABOUT["magi"] = (
     "MAGI-1's DiT (`accelframe_adapters.magi.dit.MagiDiT`, MAGI-1's key names) in a tiny size: parallel self- "
     "and cross-attention with grouped K/V, learned 3-D RoPE, per-chunk tanh gates before sandwich LayerNorms; "
-    "chunks of 6 latent frames with chunk-causal attention over a band of chunks.",
+    "chunks of 6 latent frames with chunk-causal attention over a band of chunks. One addition to MAGI-1, as "
+    "for the Wan world models: a learned spatial embedding of the 4 x 4 token grid (`spatial_grid`).",
     "Training-split clips, their first 24 latent frames (4 chunks) encoded by the world VAE; flow matching in "
     "MAGI's time (x_t = t x0 + (1 - t) eps, v = x0 - eps) with per-chunk times (staged and sorted, independent, "
-    "or shared), bands of 2 to 5 chunks or full history, 10 % null captions; the loss weights the shape's "
-    "latent footprint by 1 + 4; the file holds the exponential moving average of the weights (see "
-    "`world/training/train_magi.py`).")
+    "or shared), bands of 2 to 5 chunks or full history, 10 % null captions; the first `short_steps` steps see "
+    "only the first chunk; the loss weights the shape's latent footprint by 1 + 4; the file holds the "
+    "exponential moving average of the weights (see `world/training/train_magi.py`).")
 ABOUT["drafter"] = (ABOUT["target"][0].replace("in a tiny size", "in a smaller size than the target"),
                     ABOUT["target"][1])
 ABOUT["decoder"] = (
