@@ -471,6 +471,14 @@ class StreamStatus:
     def pending(self) -> int:
         return self.received - self.consumed
 
+    def bounded(self, frames: int) -> int:
+        """``frames``, cut to the stream's remaining frames (once known) and to ``runnable``: the
+        longest chunk of at most that many a batch policy may plan for it (pending frames aside)."""
+        for bound in (None if self.total is None else self.total - self.consumed, self.runnable):
+            if bound is not None:
+                frames = min(frames, bound)
+        return frames
+
 
 @attrs.frozen(kw_only=True)
 class BatchContext:

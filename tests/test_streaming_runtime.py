@@ -262,19 +262,13 @@ def test_looped_frames_and_sinks(tmp_path):
         Mp4Sink(tmp_path / "one.mp4", 8.0).check(["a", "b"])
 
 
-class _Positions:
-    """An analytic adapter addressing ``max_frames`` latent frame positions, as a Wan model does."""
+def positions_pipe(max_frames: int) -> Pipeline:
+    """An analytic pipeline whose adapter addresses ``max_frames`` latent frame positions, as a Wan model."""
+    import attrs
 
-    @staticmethod
-    def pipe(max_frames: int, **kw) -> Pipeline:
-        import attrs
-
-        from accelframe.testing import AnalyticAdapter
-
-        base = {"plan": "block", "unit_frames": 2, "steps": 2, "height": 4, "width": 4, **kw}
-        ad = AnalyticAdapter(**base)
-        ad.limits = attrs.evolve(ad.limits, max_frames=max_frames)
-        return Pipeline(ad, hooks=make_hooks())
+    p = pipe()
+    p.adapter.limits = attrs.evolve(p.adapter.limits, max_frames=max_frames)
+    return p
 
 
 @pytest.mark.parametrize("policy", ["slo", "fixed"])
@@ -296,7 +290,7 @@ def test_batch_policies_cut_chunks_at_the_adapters_last_frame_position_before_a_
             seen.extend(ctx.streams)
             return super().accelframe_batch_plan(ctx)
 
-    p = _Positions.pipe(10)
+    p = positions_pipe(10)
     p.use(Seen(max_chunk_units=3) if policy == "slo" else Seen(chunk_units=3))
     p.use(RollingKV(window=4, sinks=1, tau=-1.0, t_reset=8))
     src = StreamSource(id="s", prompt="a long stream", num_frames=40, fps=20.0, seed=1)

@@ -3,8 +3,9 @@
 Streams are served oldest pending frame first. A stream is ready when it has a whole chunk
 pending, or, when its source has ended, all of its remaining frames. It never batches more frames
 than have arrived, nor more than the adapter can run as one chunk (``StreamStatus.runnable``: a
-chunk is cut at the adapter's last frame position before a RoPE reset, for example). With ``chunk_units=1, max_streams=1`` it plans exactly what the exact fallback
-plans (a batch of one unit).
+chunk is cut at the adapter's last frame position before a RoPE reset, for example). With
+``chunk_units=1, max_streams=1`` it plans exactly what the exact fallback plans (a batch of one
+unit).
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ class FixedBatch:
         entries = []
         waiting = [s for s in ctx.streams if s.oldest_pending_s is not None]
         for s in sorted(waiting, key=lambda s: (s.oldest_pending_s, s.stream)):
-            left = chunk if s.total is None else min(chunk, s.total - s.consumed)
-            if s.runnable is not None:  # the adapter cannot run more of this stream as one chunk
-                left = min(left, s.runnable)
+            left = s.bounded(chunk)
             if left > 0 and s.pending >= left:
                 entries.append(BatchEntry(stream=s.stream, frames=left))
             if len(entries) == self.max_streams:

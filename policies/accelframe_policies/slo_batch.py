@@ -165,14 +165,6 @@ class SLOBatch:
                 f"{best / self.headroom:.1f} (chunks of up to {self.max_chunk_units} units, headroom "
                 f"{self.headroom}): the running streams would miss their deadlines")
 
-    @staticmethod
-    def _most(s: StreamStatus, frames: int) -> int:
-        """``frames``, cut to the stream's remaining frames and to what the adapter can run as one chunk."""
-        for bound in (None if s.total is None else s.total - s.consumed, s.runnable):
-            if bound is not None:
-                frames = min(frames, bound)
-        return frames
-
     @hookimpl
     def accelframe_batch_plan(self, ctx: BatchContext) -> BatchPlan:
         unit = ctx.unit_frames
@@ -189,7 +181,7 @@ class SLOBatch:
                          key=lambda s: (s.oldest_pending_s, s.stream))
         entries = []
         for s in waiting:
-            want = self._most(s, chunk)
+            want = s.bounded(chunk)
             if want > 0 and s.pending >= want:
                 entries.append(BatchEntry(stream=s.stream, frames=want))
             if len(entries) == self.max_streams:
@@ -199,7 +191,7 @@ class SLOBatch:
             s = waiting[0]
             est = self.model(unit, 1) if self.model.ready else 0.0
             urgent = s.next_deadline_s is not None and ctx.now_s + est >= s.next_deadline_s
-            whole = self._most(s, s.pending - s.pending % unit)
+            whole = s.bounded(s.pending - s.pending % unit)
             if urgent and whole > 0:
                 entries.append(BatchEntry(stream=s.stream, frames=whole))
         reason = (f"slo-batch: T*={chunk} ({'sustainable' if sustainable else 'unsustainable'}), "

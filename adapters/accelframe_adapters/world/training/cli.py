@@ -162,7 +162,8 @@ def _train(args: argparse.Namespace) -> int:
         from accelframe_adapters.world.training import train_magi
 
         rec = train_magi.train(out, vae=vae, text=text, clips_n=args.clips, data=args.data, init=args.init,
-                               short_steps=args.short_steps, settings=_settings(train_magi.DEFAULTS, args), force=args.force, quiet=quiet)
+                               short_steps=args.short_steps, settings=_settings(train_magi.DEFAULTS, args),
+                               force=args.force, quiet=quiet)
     elif args.model == "decoder":
         from accelframe_adapters.world.training import train_decoder
 

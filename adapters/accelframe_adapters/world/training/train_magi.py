@@ -141,7 +141,8 @@ def train(out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 
               "object_weight": OBJECT_WEIGHT, "machine": training.machine(), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in dit.parameters()),
               "command": f"accelframe world train magi --steps {settings.steps} --seed {settings.seed} "
-                         f"--clips {clips_n} --short-steps {short_steps}" + (f" --lr {settings.lr:g} --init {Path(init).name}" if init else "")}
+                         f"--clips {clips_n} --short-steps {short_steps}"
+                         + (f" --lr {settings.lr:g} --init {Path(init).name}" if init else "")}
     # stored in float16 (MAGI-1 ships 16-bit weights): the world's weights stay within their 20 MB
     record["stored_dtype"] = "float16"
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log, dtype=torch.float16)
