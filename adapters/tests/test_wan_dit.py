@@ -10,9 +10,12 @@ from accelframe_adapters.wan.dit import (
     KVCache,
     WanDiT,
     WanDiTConfig,
+    apply_rope,
     block_causal_mask,
     diffusers_config,
     from_diffusers_key,
+    reindex_cache,
+    rope_freqs,
     to_diffusers_key,
 )
 
@@ -127,6 +130,55 @@ def test_window_keeps_sinks_and_recent_frames_and_memory_flat():
             sizes.append(cache.nbytes())
     assert cache.frames == (0, 27, 28, 29)
     assert len(set(sizes[2:])) == 1  # flat once full
+
+
+def test_reindex_moves_each_cached_key_to_its_slots_position_and_keeps_the_values():
+    """A key written at RoPE position p and re-indexed to slot j equals the same key roped at j."""
+    model = _model()
+    _, _, ctx = _inputs()
+    cross = model.cross_cache(ctx)
+    cache = KVCache(num_layers=2, tokens_per_frame=16, window=4, sink_size=1)
+    with torch.no_grad():
+        for s in range(0, 8, 2):
+            x = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(s))
+            model(x, torch.zeros(1, 2), cross, frame_offset=s, cache=cache, kv_write=KVWrite.COMMIT)
+    assert cache.frames == (0, 5, 6, 7) and cache.positions == (0, 5, 6, 7)
+    k, v = list(cache.k), list(cache.v)
+    reindex_cache(model, cache)
+    assert cache.positions == (0, 1, 2, 3) and all(a is b for a, b in zip(cache.v, v))
+    tables = model.rope_on(torch.device("cpu"))
+    for old, new in zip(k, cache.k):
+        unroped = apply_rope(old, rope_freqs(tables, torch.tensor([0, 5, 6, 7]), 4, 4).conj())
+        want = apply_rope(unroped, rope_freqs(tables, torch.tensor([0, 1, 2, 3]), 4, 4))
+        assert _rel(new, want) < 1e-5 and _rel(new, old) > 1e-2
+
+
+def test_a_rope_reset_of_a_contiguous_cache_leaves_the_next_call_unchanged():
+    """RoPE attends by distance: with the cached frames moved to 0 .. n - 1 and the next frame at n,
+    the call equals the one without a reset. Left at their positions, the cached frames would sit
+    after the next frame, and the call would change."""
+    model = _model()
+    x, t, ctx = _inputs(f=8)
+    cross = model.cross_cache(ctx)
+    with torch.no_grad():
+        runs = []
+        for reset in (False, True):
+            cache = KVCache(num_layers=2, tokens_per_frame=16, window=3)
+            for s in range(0, 6, 2):
+                model(x[:, :, s:s + 2], torch.zeros(1, 2), cross, frame_offset=s, cache=cache,
+                      kv_write=KVWrite.COMMIT)
+            assert cache.frames == (3, 4, 5)
+            if reset:
+                reindex_cache(model, cache)
+                cache.rope_offset = 6 - len(cache)
+            runs.append(model(x[:, :, 6:], t[:, 6:], cross, frame_offset=6, cache=cache))
+        stale = KVCache(num_layers=2, tokens_per_frame=16, window=3)
+        for s in range(0, 6, 2):
+            model(x[:, :, s:s + 2], torch.zeros(1, 2), cross, frame_offset=s, cache=stale, kv_write=KVWrite.COMMIT)
+        stale.rope_offset = 3  # the next frame at 3, the cached frames left at 3, 4, 5
+        moved = model(x[:, :, 6:], t[:, 6:], cross, frame_offset=6, cache=stale)
+    assert _rel(runs[1], runs[0]) < 1e-5
+    assert _rel(moved, runs[0]) > 1e-3
 
 
 def test_snapshot_restore_reproduces_bits():

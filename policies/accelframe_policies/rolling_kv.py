@@ -14,7 +14,8 @@ and its anchors fresh:
    (sinks included) stay cached; the chunk then attends to those and itself.
 4. **RoPE reset.** Once the next frame's position ``t`` (frame index minus the cache's RoPE
    offset) reaches ``t_reset``, the RoPE offset is reset: ``θ_t = θ_{t - T_reset}``-style
-   positions restart just after the cached frames (the adapter's ``rope_reset``).
+   positions restart, the cached frames at ``0 .. n - 1`` (sinks first) and the next frame just
+   after them (the adapter's ``rope_reset``; the Wan adapters rotate the cached keys there).
 
 Defaults are the reference implementation's: a cache of 6 frames of which 3 are sinks, refresh
 threshold 0.2 and ``t_reset`` 50 frames. The paper only says that tau "should be set large". With

@@ -181,3 +181,20 @@ def test_the_stream_batch_keeps_the_rolling_window_and_its_sinks():
         assert len(r["kept"]) <= 4 and set(r["sinks"]) <= set(r["kept"]) and len(r["sinks"]) == min(2, cached)
     assert max(len(r["kept"]) for r in log) == 4
     assert all(run.outputs[s.id].frames.shape[0] == 37 for s in srcs)
+
+
+def test_a_rope_reset_without_sinks_leaves_the_stream_unchanged():
+    """With no sinks the rolling window holds consecutive frames, so a RoPE reset only shifts every
+    position alike: the cached frames move to 0 .. n - 1 and the next frame follows them, and the
+    stream equals the one that never resets (RoPE attends by distance). Left at their old positions,
+    the cached frames would sit after the next frame (the stall measured in docs/streaming.md)."""
+    frames = {}
+    for t_reset in (None, 9):
+        pipe = _pipe(adapter_kwargs=dict(SMALL)).use(RollingKV(window=6, sinks=0, tau=-1.0, t_reset=t_reset))
+        src = StreamSource(id="s", prompt="a red circle", num_frames=1 + 4 * 17, fps=200.0, seed=0)
+        run = pipe.stream([src], clock=VirtualClock())
+        log = next(p.policy for p in pipe.stack if p.name == "rolling-kv").log
+        assert any(r["rope_reset"] for r in log) == (t_reset is not None)
+        frames[t_reset] = run.outputs["s"].frames
+    assert frames[9].shape[0] == 69
+    assert torch.allclose(frames[9], frames[None], atol=1e-4)

@@ -27,7 +27,7 @@ from accelframe_adapters import checkpoints as ck
 from accelframe_adapters import presets
 from accelframe_adapters.compiling import CompileClock, compile_parts
 from accelframe_adapters.wan.text import UMT5Encoder, UnknownWordsWarning, WordEncoder
-from accelframe_adapters.wan.dit import CrossCache, KVCache, WanDiT, WanDiTConfig
+from accelframe_adapters.wan.dit import CrossCache, KVCache, WanDiT, WanDiTConfig, reindex_cache
 from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig, load_wan_vae
 
 # "world" / "world-drafter" name presets the embedded world registers (accelframe_adapters.presets)
@@ -527,7 +527,8 @@ class WanAdapter:
             order += [i for i, f in enumerate(kv.frames) if f not in sinks]
             kv.keep(order)
             kv.sinks = len([f for f in kv.frames if f in sinks])
-        if rope_reset:  # the next frame takes the position just after the cached frames
+        if rope_reset:  # the cached frames move to positions 0 .. n - 1, the next frame follows them
+            reindex_cache(self.dit, kv)
             nxt = state.family.get("next_frame", 0)
             kv.rope_offset = nxt - len(kv.frames)
 

@@ -234,10 +234,11 @@ class KVCache:
     """Self-attention K/V of context frames, per layer, frame-major.
 
     ``k[l]`` / ``v[l]``: ``[B, Fc * S, H, D]`` with RoPE already applied to K (a frame keeps the
-    position it was written at; a Krea-style rebuild rewrites the whole cache from position 0).
-    ``frames`` names the latent frame each cached slot holds, ``sinks`` how many leading slots are
-    sinks that eviction never touches, ``window`` the most frames kept (sinks included; None =
-    unbounded). Cached tensors are never modified in place, so a snapshot is a shallow copy.
+    position it was written at, ``positions``, until :func:`reindex_cache` moves it; a Krea-style
+    rebuild rewrites the whole cache from position 0). ``frames`` names the latent frame each cached
+    slot holds, ``sinks`` how many leading slots are sinks that eviction never touches, ``window``
+    the most frames kept (sinks included; None = unbounded). Cached tensors are never modified in
+    place, so a snapshot is a shallow copy.
     """
 
     num_layers: int
@@ -252,6 +253,8 @@ class KVCache:
     scratch_v: list[torch.Tensor | None] = attrs.field(init=False)
     scratch_frames: tuple[int, ...] = ()
     rope_offset: int = 0  # subtracted from frame indices to get RoPE positions
+    positions: tuple[int, ...] = ()  # the RoPE frame position each cached slot's K carries
+    scratch_positions: tuple[int, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         self.k = [None] * self.num_layers
@@ -282,16 +285,20 @@ class KVCache:
             self.k[layer] = k if old_k is None else torch.cat([old_k, k], dim=1)  # [B, (Fc + F) S, H, D]
             self.v[layer] = v if old_v is None else torch.cat([old_v, v], dim=1)
 
-    def finish(self, frames: Iterable[int], mode: KVWrite) -> None:
-        """After a forward that wrote ``frames``: record them, then apply the window."""
+    def finish(self, frames: Iterable[int], mode: KVWrite, positions: Iterable[int] | None = None) -> None:
+        """After a forward that wrote ``frames`` at RoPE ``positions`` (default: each frame minus
+        ``rope_offset``): record them, then apply the window."""
         frames = tuple(frames)
+        pos = tuple(f - self.rope_offset for f in frames) if positions is None else tuple(positions)
+        assert len(pos) == len(frames), f"{len(frames)} frames written at {len(pos)} positions"
         if mode is KVWrite.SCRATCH:
-            self.scratch_frames = frames
+            self.scratch_frames, self.scratch_positions = frames, pos
         elif mode is KVWrite.COMMIT:
             self.frames = self.frames + frames
+            self.positions = self.positions + pos
             self.scratch_k = [None] * self.num_layers
             self.scratch_v = [None] * self.num_layers
-            self.scratch_frames = ()
+            self.scratch_frames = self.scratch_positions = ()
             if self.sinks < self.sink_size:
                 self.sinks = min(self.sink_size, len(self.frames))
             if self.window is not None and len(self.frames) > self.window:
@@ -303,7 +310,7 @@ class KVCache:
             return
         for layer in range(self.num_layers):
             self.write(layer, self.scratch_k[layer], self.scratch_v[layer], KVWrite.COMMIT)
-        self.finish(self.scratch_frames, KVWrite.COMMIT)
+        self.finish(self.scratch_frames, KVWrite.COMMIT, self.scratch_positions)
 
     # -- management --
 
@@ -323,6 +330,7 @@ class KVCache:
         kept = [self.frames[i] for i in slots]
         self.sinks = sum(1 for i in slots if i < self.sinks)
         self.frames = tuple(kept)
+        self.positions = tuple(self.positions[i] for i in slots)
 
     def evict_oldest(self, n: int) -> None:
         """Drop the ``n`` oldest non-sink frames."""
@@ -336,11 +344,35 @@ class KVCache:
 
     def snapshot(self) -> tuple:
         return (list(self.k), list(self.v), self.frames, self.sinks, list(self.scratch_k),
-                list(self.scratch_v), self.scratch_frames, self.rope_offset)
+                list(self.scratch_v), self.scratch_frames, self.rope_offset, self.positions,
+                self.scratch_positions)
 
     def restore(self, snap: tuple) -> None:
-        k, v, self.frames, self.sinks, sk, sv, self.scratch_frames, self.rope_offset = snap
+        (k, v, self.frames, self.sinks, sk, sv, self.scratch_frames, self.rope_offset, self.positions,
+         self.scratch_positions) = snap
         self.k, self.v, self.scratch_k, self.scratch_v = list(k), list(v), list(sk), list(sv)
+
+
+def reindex_cache(dit: "WanDiT", cache: KVCache) -> None:
+    """Move every cached frame's keys to the RoPE position of its slot (slot ``i`` at ``i``, sinks
+    first), StreamingLLM's positions within the cache: the rotation by ``i - positions[i]`` on the
+    frame axis composes with the one the key carries, so no model call is needed. Values carry no
+    position. Layers this process does not hold (a pipeline rank's) are skipped."""
+    target = tuple(range(len(cache.frames)))
+    if cache.positions == target:
+        return
+    live = [t for t in cache.k if t is not None]
+    if live:
+        device = live[0].device
+        tf, th, tw = dit.rope_on(device)
+        delta = torch.tensor([j - p for j, p in zip(target, cache.positions)], device=device)  # [Fc]
+        axis = tf[delta.abs()]  # [Fc, d_f / 2] complex128
+        axis = torch.where(delta.view(-1, 1) < 0, axis.conj(), axis)
+        still = torch.ones(len(target), th.shape[1] + tw.shape[1], dtype=axis.dtype, device=device)
+        rot = torch.cat([axis, still], dim=1).to(torch.complex64)  # [Fc, Dh / 2]
+        rot = rot.repeat_interleave(cache.tokens_per_frame, dim=0).unsqueeze(1)  # [Fc * S, 1, Dh / 2]
+        cache.k = [None if t is None else apply_rope(t, rot) for t in cache.k]
+    cache.positions = target
 
 
 @attrs.define(eq=False)
@@ -588,7 +620,7 @@ class WanDiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens, e0, cross.k[i], cross.v[i], rope, mask, cache, i, kv_write)
         if cache is not None and kv_write is not KVWrite.NONE:
-            cache.finish(range(frame_offset, frame_offset + f), kv_write)
+            cache.finish(range(frame_offset, frame_offset + f), kv_write, range(rope_start, rope_start + f))
         return unpatchify(self, self.head(tokens, e), (f, h, w))  # [B, C_out, F, H, W]
 
 
@@ -773,5 +805,5 @@ def diffusers_config(cfg: WanDiTConfig, *, skyreels: bool = True) -> dict:
 
 
 __all__ = ["CrossCache", "KVCache", "RowsContext", "RowsPass", "WanDiT", "WanDiTConfig", "block_causal_mask",
-           "cat_cross", "diffusers_config", "forward_rows", "from_diffusers_key", "rows_pass", "to_diffusers_key",
-           "unpatchify"]
+           "cat_cross", "diffusers_config", "forward_rows", "from_diffusers_key", "reindex_cache", "rows_pass",
+           "to_diffusers_key", "unpatchify"]
