@@ -47,6 +47,9 @@ def test_a_short_drift_run_scores_every_whole_window_as_it_completes():
     assert isinstance(d["prompt"], str) and d["prompt"]
     # the world's rendering of the prompt, scored on the same windows: near 1 while the shape is in view
     assert len(d["reference"]) == 2 and all(r > 0.9 for r in d["reference"])
+    assert d["last_over_reference"] == pytest.approx(d["last"] / d["reference"][-1])
+    near = [abs(q / r - 1) <= bench_stream.DRIFT_GOAL for q, r in zip(d["quality"], d["reference"])]
+    assert d["windows_within_10pct_of_reference"] == pytest.approx(sum(near) / 2)
     assert len(seen) == 4 and seen[1][:2] == (1, 16) and seen[3][:2] == (1, 8)
 
 
@@ -58,6 +61,9 @@ def _doc(quality: list[float]) -> dict:
             "setup": {"deadline_s": 1.5, "frames_per_stream": 105, "threads": 1},
             "runs": [], "drift": {"window_s": 10.0, "quality": quality, "first": quality[0], "last": quality[-1],
                                   "last_over_first": ratio, "within_10pct": abs(ratio - 1) <= 0.1,
+                                  "last_over_reference": quality[-1] / 0.98,
+                                  "windows_within_10pct_of_reference": sum(abs(q / 0.98 - 1) <= 0.1
+                                                                           for q in quality) / len(quality),
                                   "prompt": "a small red square moves quickly left on a blue background",
                                   "seconds": 10.0 * len(quality), "fps": 16.0, "frames": 160 * len(quality),
                                   "windows": windows, "deadline_miss_rate": 0.0}}
@@ -69,7 +75,8 @@ def test_drift_report_table_target_and_chart(tmp_path):
     t = doc["targets"]["drift_within_10_percent"]
     assert t["met"] is False and t["measured_last_over_first"] == pytest.approx(0.5 / 0.7)
     md = bench_stream.markdown(doc)
-    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 | 0.980 |" in md
+    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 | 0.980 | 0.510 |" in md
+    assert "last / rendered 0.510, windows within 10 % of it 0%" in md
     bench_stream.write_outputs(doc, tmp_path)
     png = tmp_path / "drift.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
