@@ -21,6 +21,8 @@ def _plugins(monkeypatch):
     (["--sigma", "1.5"], ["--sigma", "1.5", "(0, 1]"]),
     (["--block-frames", "0"], ["--block-frames", "0", ">= 1"]),
     (["--deadline", "-1"], ["--deadline", "-1", "positive"]),
+    (["--sink-tau", "1.5"], ["--sink-tau", "1.5", "[-1, 1]"]),
+    (["--sink-tau", "0.6", "--no-rolling"], ["--sink-tau", "0.6", "--no-rolling"]),
 ])
 def test_stream_bad_input_is_a_typed_error_naming_the_field(capsys, tmp_path, argv, words):
     code = main(["stream", "--out", str(tmp_path / "s.mp4"), *argv])
@@ -173,3 +175,15 @@ def test_stream_batch_stacks_step_and_block_policies_from_the_command_line(capsy
     blocks = doc["blocks"]
     assert blocks["regenerated"] == 1 and blocks["accepted"] >= 1
     assert doc["calls"]["drafter"]["computed"] > 0 and doc["calls"]["target"]["commit"] >= 2
+
+
+def test_sink_tau_reaches_the_rolling_kv_of_the_stream_pipeline():
+    from accelframe.streaming.cli import build_pipeline
+    from accelframe.testing.fixtures import make_hooks
+    from accelframe_adapters import plugin as adapters_plugin
+    from accelframe_policies import plugin as policies_plugin
+
+    hooks = make_hooks(adapters_plugin, policies_plugin)
+    for tau, want in ((None, 0.2), (0.6, 0.6)):
+        pipe = build_pipeline(size="tiny", hooks_=hooks, motion=False, tau=tau)
+        assert next(p.policy for p in pipe.stack if p.name == "rolling-kv").tau == want

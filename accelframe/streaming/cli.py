@@ -83,12 +83,13 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                    max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
                    block_frames: int = 3, trace: bool = False, drafter_size: str | None = None,
-                   policies: Any = ()) -> Any:
+                   policies: Any = (), tau: float | None = None) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
     ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
     CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager). A
     ``drafter_size`` adds a self-forcing drafter of that size; ``policies`` (``(name, kwargs)``
-    pairs) are used after the stream policies."""
+    pairs) are used after the stream policies. ``tau``: rolling-kv's sink refresh threshold (None:
+    the policy's default, the reference's 0.2)."""
     from accelframe.pipeline import Pipeline
     from accelframe.plugins import create_hooks
 
@@ -100,7 +101,7 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                     adapter_kwargs=None if adapter is not None else kwargs, **drafter)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
-        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset)
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset, **({} if tau is None else {"tau": tau}))
     if motion:
         pipe.use("motion-noise")
     for name, kw in policies:
@@ -114,7 +115,8 @@ def command_pipeline(args: argparse.Namespace, hooks: Any, *, max_streams: int, 
     if args.stack_config is None:
         return build_pipeline(size=args.size, hooks_=hooks, max_streams=max_streams, block_frames=args.block_frames,
                               max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=motion,
-                              drafter_size=args.drafter_size, policies=args.policies)
+                              drafter_size=args.drafter_size, policies=args.policies,
+                              tau=getattr(args, "sink_tau", None))
     from accelframe.pipeline import Pipeline
 
     pipe = Pipeline.from_config(args.stack_config, hooks=hooks, trace=False)
@@ -236,6 +238,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-streams", type=int, default=None, help="most streams in one batch (default: 8)")
     p.add_argument("--max-chunk-units", type=int, default=None, help="longest chunk, in units (default: 4)")
     p.add_argument("--no-rolling", action="store_true", help="keep every frame in the KV cache (no rolling-kv)")
+    p.add_argument("--sink-tau", type=float, default=None, metavar="T",
+                   help="rolling-kv's sink refresh threshold in [-1, 1]: a sink less similar than T to the newest "
+                        "chunk is replaced by one of its frames (default: 0.2, the reference's; the paper says to "
+                        "set it large; -1 never refreshes)")
     p.add_argument("--no-motion-noise", action="store_true", help="noise every chunk to --sigma instead")
     p.add_argument("--sigma", type=float, default=0.7, help="noise level without motion-noise (default: 0.7)")
     p.add_argument("--on-corrupt", default="hold", choices=("hold", "error"),
@@ -256,8 +262,8 @@ PIPELINE_OPTIONS = {"size": "world", "block_frames": 3, "max_streams": 8, "max_c
 STACK_CONFLICTS = (("size", "--size", "[adapter] settings"), ("block_frames", "--block-frames", "[adapter] settings"),
                    ("drafter_size", "--drafter-size", "[drafter]"), ("max_streams", "--max-streams", "slo-batch settings"),
                    ("max_chunk_units", "--max-chunk-units", "slo-batch settings"),
-                   ("no_rolling", "--no-rolling", "rolling-kv entry"), ("no_motion_noise", "--no-motion-noise",
-                                                                         "motion-noise entry"))
+                   ("no_rolling", "--no-rolling", "rolling-kv entry"), ("sink_tau", "--sink-tau", "rolling-kv entry"),
+                   ("no_motion_noise", "--no-motion-noise", "motion-noise entry"))
 RUN_DEFAULTS = {"fps": 16.0, "deadline": 1.0}  # what a stack file's [stream] table may set instead
 
 
@@ -283,6 +289,17 @@ def resolve_stack(args: argparse.Namespace, owner: str, conflicts: Any = STACK_C
                 setattr(args, dest, default)
 
 
+def check_sink_tau(owner: str, args: argparse.Namespace) -> None:
+    """``--sink-tau``: a cosine threshold in [-1, 1], and only where rolling-kv runs."""
+    tau = getattr(args, "sink_tau", None)
+    if tau is None:
+        return
+    if not -1.0 <= tau <= 1.0:
+        raise ConfigError(owner, "--sink-tau", tau, "a cosine threshold in [-1, 1] (-1 never refreshes)")
+    if getattr(args, "no_rolling", False):
+        raise ConfigError(owner, "--sink-tau", tau, "nothing with --no-rolling (no rolling-kv runs)")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Typed errors for bad input, before any model is loaded."""
     resolve_stack(args, "accelframe stream")
@@ -301,6 +318,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError("accelframe stream", "--" + name.replace("_", "-"), value, "a positive number")
     if not 0 < args.sigma <= 1:
         raise ConfigError("accelframe stream", "--sigma", args.sigma, "a noise level in (0, 1]")
+    check_sink_tau("accelframe stream", args)
     if args.prompt is not None and not args.prompt.strip():
         raise ConfigError("accelframe stream", "--prompt", args.prompt,
                           "a non-empty prompt, or no --prompt for the held-out world prompts")
@@ -403,5 +421,5 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return 0
 
 
-__all__ = ["build_pipeline", "check_source", "configure", "default_prompts", "make_sources", "read_video", "run",
+__all__ = ["build_pipeline", "check_sink_tau", "check_source", "configure", "default_prompts", "make_sources", "read_video", "run",
            "source_choices", "source_clip", "stream_source"]

@@ -65,7 +65,7 @@ WORLD_SOURCE = "world"  # the stream source the benched streams play
 class Bench:
     """Loads the world's model once and runs streams on it."""
 
-    def __init__(self, *, deadline: float, seed: int, hooks: Any = None) -> None:
+    def __init__(self, *, deadline: float, seed: int, hooks: Any = None, sink_tau: float | None = None) -> None:
         from accelframe.streaming import cli as stream_cli
         from accelframe_bench.hooks import or_default
 
@@ -74,6 +74,15 @@ class Bench:
         self.adapters: dict[int, Any] = {}
         self.adapter = self.adapter_for(3)
         self.deadline, self.seed = deadline, seed
+        self.sink_tau = sink_tau  # rolling-kv's refresh threshold in every run (None: the policy's default)
+
+    def tau(self) -> float:
+        """The sink refresh threshold the runs' rolling-kv uses."""
+        import attrs
+
+        from accelframe_policies.rolling_kv import RollingKV
+
+        return attrs.fields(RollingKV).tau.default if self.sink_tau is None else self.sink_tau
         from accelframe_adapters.world.clips import PIXEL_FRAMES
 
         self.clip_frames = PIXEL_FRAMES
@@ -102,7 +111,7 @@ class Bench:
             on_batch: Any = None) -> dict[str, Any]:
         from accelframe.streaming.source import RealClock
 
-        pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=self.adapter_for(block))
+        pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=self.adapter_for(block), tau=self.sink_tau)
         measure = frames <= self.clip_frames  # world quality needs one unlooped clip
         sources = self.sources(streams, fps, frames)
         t0 = time.perf_counter()
@@ -178,7 +187,8 @@ class Bench:
         prompt = list(world.prompts(1, self.seed))[0]
         scene = clips.parse_prompt(prompt)
         total, win = int(round(seconds * fps)), max(int(round(window_s * fps)), 2)
-        pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=adapter, motion=False)  # t2v: no motion-noise
+        pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=adapter, motion=False,  # t2v: no motion-noise
+                                       tau=self.sink_tau)
         src = StreamSource(id="drift", prompt=prompt, num_frames=total, fps=fps, deadline_s=self.deadline,
                            seed=self.seed)
         pending: list[torch.Tensor] = []  # emitted chunks of the window being filled, each [F, 3, H, W]
@@ -226,6 +236,7 @@ class Bench:
                 "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
                 "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
                 "policies": ["slo-batch", "rolling-kv"],  # text-to-video: no motion-noise
+                "rolling_kv_tau": self.tau(),
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
 
 
@@ -300,13 +311,13 @@ def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int 
 
 def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
               ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None, drift_seconds: float = 0.0,
-              drift_window_s: float = DRIFT_WINDOW_S) -> dict[str, Any]:
-    """The sweep's document. ``hooks``: the plugin manager the streams run on (default:
+              drift_window_s: float = DRIFT_WINDOW_S, sink_tau: float | None = None) -> dict[str, Any]:
+    """The sweep's document. ``sink_tau``: rolling-kv's refresh threshold in every run (None: 0.2). ``hooks``: the plugin manager the streams run on (default:
     :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs in processes of its own.
     ``drift_window_s``: the drift run's window (tests shorten it)."""
     from accelframe.progress import progress_bar
 
-    bench = Bench(deadline=deadline, seed=seed, hooks=hooks)
+    bench = Bench(deadline=deadline, seed=seed, hooks=hooks, sink_tau=sink_tau)
     for block in (3, 1):  # warm-up (not reported)
         bench.run(streams=1, fps=fps, frames=bench.adapter_for(block).pixel_frames(6), block=block)
     plan = [("load", 1, f, False, 3) for f in loads] + [("low latency", 1, fps, False, 1)] + \
@@ -324,6 +335,7 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
         "deadline_miss_rate": head["deadline_miss_rate"],
         "setup": {"adapter": "self-forcing", "size": "world",
                   "policies": ["slo-batch", "rolling-kv", "motion-noise"],
+                  "rolling_kv_tau": bench.tau(),
                   "deadline_s": deadline, "frames_per_stream": frames, "fps": fps, "seed": seed,
                   "threads": __import__("torch").get_num_threads(), "quick": quick},
         "runs": rows,
@@ -391,7 +403,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if "drift" in doc:
         d = doc["drift"]
         ratio = "-" if d["last_over_first"] is None else f"{d['last_over_first']:.3f}"
-        lines += ["", f"drift: text-to-video ({' + '.join(d.get('policies', []))}), {d['seconds']:g} s at "
+        tau = f", sink refresh tau {d['rolling_kv_tau']:g}" if "rolling_kv_tau" in d else ""
+        lines += ["", f"drift: text-to-video ({' + '.join(d.get('policies', []))}{tau}), {d['seconds']:g} s at "
                       f"{d['fps']:g} fps, world quality per "
                       f"{d['window_s']:g}-second window (prompt {d['prompt']!r}): last / first {ratio} "
                       f"({'within' if d['within_10pct'] else 'not within'} 10 %); against the world's "
@@ -444,6 +457,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-seconds", type=float, default=0.0, metavar="S",
                    help="also stream text to video this long and measure the world quality of every 10-second "
                         "window (drift.png; --quick leaves it off; default: 0, off)")
+    p.add_argument("--sink-tau", type=float, default=None, metavar="T",
+                   help="rolling-kv's sink refresh threshold in every run, in [-1, 1] (default: 0.2, the reference's)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stream", metavar="DIR", help="output folder (default: bench-stream)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
@@ -472,6 +487,9 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         raise ConfigError("bench stream", "--drift-seconds", drift,
                           f"0 (off) or at least {2 * DRIFT_WINDOW_S:g} seconds "
                           f"(two {DRIFT_WINDOW_S:g}-second windows)")
+    from accelframe.streaming.cli import check_sink_tau
+
+    check_sink_tau("bench stream", args)
     out = Path(args.out)
     fresh_out("bench stream", out, OUTPUTS, args.force)
     if args.quick:
@@ -480,7 +498,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         frames = args.frames
     doc = run_bench(loads=loads, fps=args.fps, frames=frames, deadline=args.deadline, seed=args.seed,
                     quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json,
-                    hooks=hooks, drift_seconds=0.0 if args.quick else drift)
+                    hooks=hooks, drift_seconds=0.0 if args.quick else drift, sink_tau=getattr(args, "sink_tau", None))
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -45,6 +45,7 @@ def test_a_short_drift_run_scores_every_whole_window_as_it_completes():
     # one clip per window, never more frames than a window holds
     assert [s[:2] for s in seen][::2] == [(1, 16), (1, 8)]
     assert isinstance(d["prompt"], str) and d["prompt"]
+    assert d["rolling_kv_tau"] == 0.2  # the policy's default: no --sink-tau
     # the world's rendering of the prompt, scored on the same windows: near 1 while the shape is in view
     assert len(d["reference"]) == 2 and all(r > 0.9 for r in d["reference"])
     assert d["last_over_reference"] == pytest.approx(d["last"] / d["reference"][-1])
@@ -117,3 +118,17 @@ def test_quick_leaves_drift_off_and_the_default_is_off(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             bench_stream.run(p.parse_args([*argv, "--out", str(tmp_path / str(len(got)))]))
     assert got == [0.0, 0.0, 30.0]
+
+
+@pytest.mark.parametrize("value", ["-1.5", "2", "nan"])
+def test_bad_sink_tau_is_refused_before_any_model_loads(capsys, tmp_path, monkeypatch, value):
+    def boom(*a, **k):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr("accelframe.pipeline.Pipeline", boom)
+    monkeypatch.setattr(bench_stream, "run_bench", boom)
+    out = tmp_path / "out"
+    assert main(["bench", "stream", "--sink-tau", value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--sink-tau" in err and value in err and "[-1, 1]" in err
+    assert not out.exists()
