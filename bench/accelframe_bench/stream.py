@@ -75,6 +75,9 @@ class Bench:
         self.adapter = self.adapter_for(3)
         self.deadline, self.seed = deadline, seed
         self.sink_tau = sink_tau  # rolling-kv's refresh threshold in every run (None: the policy's default)
+        from accelframe_adapters.world.clips import PIXEL_FRAMES
+
+        self.clip_frames = PIXEL_FRAMES
 
     def tau(self) -> float:
         """The sink refresh threshold the runs' rolling-kv uses."""
@@ -83,9 +86,6 @@ class Bench:
         from accelframe_policies.rolling_kv import RollingKV
 
         return attrs.fields(RollingKV).tau.default if self.sink_tau is None else self.sink_tau
-        from accelframe_adapters.world.clips import PIXEL_FRAMES
-
-        self.clip_frames = PIXEL_FRAMES
 
     def adapter_for(self, block: int) -> Any:
         """The world's self-forcing adapter with ``block`` latent frames per unit (loaded once)."""
