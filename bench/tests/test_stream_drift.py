@@ -132,3 +132,20 @@ def test_bad_sink_tau_is_refused_before_any_model_loads(capsys, tmp_path, monkey
     err = capsys.readouterr().err
     assert "--sink-tau" in err and value in err and "[-1, 1]" in err
     assert not out.exists()
+
+
+def test_a_bench_run_streams_a_world_clip_with_the_sink_tau_it_was_given(monkeypatch):
+    bench = bench_stream.Bench(deadline=1.5, seed=0, sink_tau=0.6)
+    built = []
+    build = bench.cli.build_pipeline
+
+    def spy(**kw):
+        pipe = build(**kw)
+        built.append(next(p.policy for p in pipe.stack if p.name == "rolling-kv").tau)
+        return pipe
+
+    monkeypatch.setattr(bench.cli, "build_pipeline", spy)
+    r = bench.run(streams=1, fps=64.0, frames=9)  # one unit of the world's VAE, measured (one clip)
+    assert r["streams"] == 1 and 0.0 <= r["world_quality"] <= 1.0
+    assert built == [0.6]
+    assert bench.tau() == 0.6 and bench_stream.Bench(deadline=1.5, seed=0).tau() == 0.2
