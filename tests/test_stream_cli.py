@@ -184,6 +184,6 @@ def test_sink_tau_reaches_the_rolling_kv_of_the_stream_pipeline():
     from accelframe_policies import plugin as policies_plugin
 
     hooks = make_hooks(adapters_plugin, policies_plugin)
-    for tau, want in ((None, 0.2), (0.6, 0.6)):
-        pipe = build_pipeline(size="tiny", hooks_=hooks, motion=False, tau=tau)
+    for kw, want in (({}, 0.6), ({"tau": 0.2}, 0.2)):
+        pipe = build_pipeline(size="tiny", hooks_=hooks, motion=False, **kw)
         assert next(p.policy for p in pipe.stack if p.name == "rolling-kv").tau == want

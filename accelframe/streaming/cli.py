@@ -33,6 +33,10 @@ from accelframe.streaming.sinks import check_pattern
 
 ADAPTER = "self-forcing"
 WORLD_T_RESET = 24  # the world's models saw 27 latent frames: positions stay below that
+# rolling-kv's sink refresh threshold for the command's streams: the paper says to set it large (the
+# reference's default is 0.2); at 0.6 a 5-minute world stream drops the stale sinks that otherwise
+# draw its shape back from about 160 s on (docs/streaming.md, Drift)
+SINK_TAU = 0.6
 DEFAULT_SOURCE = "world"  # --source's default, and whose prompts streams take without --prompt
 NO_SOURCE = "none"  # text-to-video
 PIXEL_FRAMES = 105  # --frames' default: one world clip (27 latent frames of the Wan VAE)
@@ -83,13 +87,12 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                    max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
                    block_frames: int = 3, trace: bool = False, drafter_size: str | None = None,
-                   policies: Any = (), tau: float | None = None) -> Any:
+                   policies: Any = (), tau: float = SINK_TAU) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
     ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
     CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager). A
     ``drafter_size`` adds a self-forcing drafter of that size; ``policies`` (``(name, kwargs)``
-    pairs) are used after the stream policies. ``tau``: rolling-kv's sink refresh threshold (None:
-    the policy's default, the reference's 0.2)."""
+    pairs) are used after the stream policies. ``tau``: rolling-kv's sink refresh threshold."""
     from accelframe.pipeline import Pipeline
     from accelframe.plugins import create_hooks
 
@@ -101,7 +104,7 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                     adapter_kwargs=None if adapter is not None else kwargs, **drafter)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
-        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset, **({} if tau is None else {"tau": tau}))
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset, tau=tau)
     if motion:
         pipe.use("motion-noise")
     for name, kw in policies:
@@ -116,7 +119,7 @@ def command_pipeline(args: argparse.Namespace, hooks: Any, *, max_streams: int, 
         return build_pipeline(size=args.size, hooks_=hooks, max_streams=max_streams, block_frames=args.block_frames,
                               max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=motion,
                               drafter_size=args.drafter_size, policies=args.policies,
-                              tau=getattr(args, "sink_tau", None))
+                              tau=SINK_TAU if getattr(args, "sink_tau", None) is None else args.sink_tau)
     from accelframe.pipeline import Pipeline
 
     pipe = Pipeline.from_config(args.stack_config, hooks=hooks, trace=False)
@@ -240,8 +243,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rolling", action="store_true", help="keep every frame in the KV cache (no rolling-kv)")
     p.add_argument("--sink-tau", type=float, default=None, metavar="T",
                    help="rolling-kv's sink refresh threshold in [-1, 1]: a sink less similar than T to the newest "
-                        "chunk is replaced by one of its frames (default: 0.2, the reference's; the paper says to "
-                        "set it large; -1 never refreshes)")
+                        f"chunk is replaced by one of its frames (default: {SINK_TAU:g}; the paper says to set it "
+                        "large, the reference's code has 0.2; -1 never refreshes)")
     p.add_argument("--no-motion-noise", action="store_true", help="noise every chunk to --sigma instead")
     p.add_argument("--sigma", type=float, default=0.7, help="noise level without motion-noise (default: 0.7)")
     p.add_argument("--on-corrupt", default="hold", choices=("hold", "error"),
@@ -421,5 +424,5 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return 0
 
 
-__all__ = ["build_pipeline", "check_sink_tau", "check_source", "configure", "default_prompts", "make_sources", "read_video", "run",
-           "source_choices", "source_clip", "stream_source"]
+__all__ = ["build_pipeline", "check_sink_tau", "check_source", "configure", "default_prompts", "make_sources",
+           "read_video", "run", "source_choices", "source_clip", "stream_source"]

@@ -74,18 +74,15 @@ class Bench:
         self.adapters: dict[int, Any] = {}
         self.adapter = self.adapter_for(3)
         self.deadline, self.seed = deadline, seed
-        self.sink_tau = sink_tau  # rolling-kv's refresh threshold in every run (None: the policy's default)
+        # rolling-kv's refresh threshold in every run (None: the stream command's)
+        self.sink_tau = stream_cli.SINK_TAU if sink_tau is None else sink_tau
         from accelframe_adapters.world.clips import PIXEL_FRAMES
 
         self.clip_frames = PIXEL_FRAMES
 
     def tau(self) -> float:
         """The sink refresh threshold the runs' rolling-kv uses."""
-        import attrs
-
-        from accelframe_policies.rolling_kv import RollingKV
-
-        return attrs.fields(RollingKV).tau.default if self.sink_tau is None else self.sink_tau
+        return self.sink_tau
 
     def adapter_for(self, block: int) -> Any:
         """The world's self-forcing adapter with ``block`` latent frames per unit (loaded once)."""
@@ -312,7 +309,8 @@ def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int 
 def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
               ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None, drift_seconds: float = 0.0,
               drift_window_s: float = DRIFT_WINDOW_S, sink_tau: float | None = None) -> dict[str, Any]:
-    """The sweep's document. ``sink_tau``: rolling-kv's refresh threshold in every run (None: 0.2). ``hooks``: the plugin manager the streams run on (default:
+    """The sweep's document. ``sink_tau``: rolling-kv's refresh threshold in every run (None: the
+    stream command's, ``accelframe.streaming.cli.SINK_TAU``). ``hooks``: the plugin manager the streams run on (default:
     :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs in processes of its own.
     ``drift_window_s``: the drift run's window (tests shorten it)."""
     from accelframe.progress import progress_bar
@@ -458,7 +456,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="also stream text to video this long and measure the world quality of every 10-second "
                         "window (drift.png; --quick leaves it off; default: 0, off)")
     p.add_argument("--sink-tau", type=float, default=None, metavar="T",
-                   help="rolling-kv's sink refresh threshold in every run, in [-1, 1] (default: 0.2, the reference's)")
+                   help="rolling-kv's sink refresh threshold in every run, in [-1, 1] (default: the stream "
+                        "command's, 0.6)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-stream", metavar="DIR", help="output folder (default: bench-stream)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")

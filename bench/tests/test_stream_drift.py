@@ -45,7 +45,7 @@ def test_a_short_drift_run_scores_every_whole_window_as_it_completes():
     # one clip per window, never more frames than a window holds
     assert [s[:2] for s in seen][::2] == [(1, 16), (1, 8)]
     assert isinstance(d["prompt"], str) and d["prompt"]
-    assert d["rolling_kv_tau"] == 0.2  # the policy's default: no --sink-tau
+    assert d["rolling_kv_tau"] == 0.6  # the stream command's default: no --sink-tau
     # the world's rendering of the prompt, scored on the same windows: near 1 while the shape is in view
     assert len(d["reference"]) == 2 and all(r > 0.9 for r in d["reference"])
     assert d["last_over_reference"] == pytest.approx(d["last"] / d["reference"][-1])
@@ -135,7 +135,7 @@ def test_bad_sink_tau_is_refused_before_any_model_loads(capsys, tmp_path, monkey
 
 
 def test_a_bench_run_streams_a_world_clip_with_the_sink_tau_it_was_given(monkeypatch):
-    bench = bench_stream.Bench(deadline=1.5, seed=0, sink_tau=0.6)
+    bench = bench_stream.Bench(deadline=1.5, seed=0, sink_tau=0.3)
     built = []
     build = bench.cli.build_pipeline
 
@@ -147,5 +147,5 @@ def test_a_bench_run_streams_a_world_clip_with_the_sink_tau_it_was_given(monkeyp
     monkeypatch.setattr(bench.cli, "build_pipeline", spy)
     r = bench.run(streams=1, fps=64.0, frames=9)  # one unit of the world's VAE, measured (one clip)
     assert r["streams"] == 1 and 0.0 <= r["world_quality"] <= 1.0
-    assert built == [0.6]
-    assert bench.tau() == 0.6 and bench_stream.Bench(deadline=1.5, seed=0).tau() == 0.2
+    assert built == [0.3]
+    assert bench.tau() == 0.3 and bench_stream.Bench(deadline=1.5, seed=0).tau() == 0.6
