@@ -18,7 +18,8 @@ and its anchors fresh:
    after them (the adapter's ``rope_reset``; the Wan adapters rotate the cached keys there).
 
 Defaults are the reference implementation's: a cache of 6 frames of which 3 are sinks, refresh
-threshold 0.2 and ``t_reset`` 50 frames. The paper only says that tau "should be set large". With
+threshold 0.2 and ``t_reset`` 50 frames. The paper only says that tau "should be set large" (the
+stream command takes 0.6, measured on a 5-minute world stream: docs/streaming.md, Drift). With
 the embedded world's models (trained on 27 latent frames) use ``t_reset <= 24`` so positions stay
 inside what they saw.
 """
