@@ -138,9 +138,17 @@ def unit_key(ctx: Any) -> tuple[int, str, int]:
     return (ctx.generation, ctx.model.value, ctx.unit)
 
 
+def l1(t: torch.Tensor, dim: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``sum |t|`` (over ``dim``, or all), summed in the same order whatever ``t``'s memory layout:
+    a velocity that is a permuted view in one runtime and a packed buffer in another (a pipeline
+    rank's) then gives the same bits, where a sum over strides would round differently."""
+    a = t.contiguous().abs()
+    return a.sum() if dim is None else a.sum(dim=dim)
+
+
 def rel_l1(now: torch.Tensor, before: torch.Tensor, eps: float = 1e-8) -> float:
     """Normalised L1 change ``||now - before||_1 / (||before||_1 + eps)`` (SCOPE Eq. 4)."""
-    return float((now - before).abs().sum() / (before.abs().sum() + eps))
+    return float(l1(now - before) / (l1(before) + eps))
 
 
-__all__ = ["UNIT_KEYS", "Entry", "History", "RecentUnits", "entry", "recent_units", "rel_l1", "unit_key"]
+__all__ = ["UNIT_KEYS", "Entry", "History", "RecentUnits", "entry", "l1", "recent_units", "rel_l1", "unit_key"]

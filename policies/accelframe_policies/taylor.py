@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from accelframe_policies.history import Entry
+from accelframe_policies.history import Entry, l1
 
 PREDICTORS = ("taylor1", "taylor2", "momentum", "auto")
 # entries a predictor needs for its full order (fewer: it degrades, see the module docstring)
@@ -78,8 +78,8 @@ def clip_correction(corr: torch.Tensor, base: torch.Tensor, clip: float) -> torc
     """Scale each frame's correction to at most ``clip · ||base||_1`` of that frame; non-finite: 0."""
     corr = torch.where(torch.isfinite(corr), corr, torch.zeros_like(corr))
     dims = tuple(d for d in range(corr.dim()) if d != 1)
-    size = corr.abs().sum(dim=dims)  # [F]
-    cap = clip * base.abs().sum(dim=dims)
+    size = l1(corr, dims)  # [F]
+    cap = clip * l1(base, dims)
     scale = torch.where(size > cap, cap / size.clamp_min(1e-30), torch.ones_like(size))
     return corr * _per_frame(scale, corr)
 
@@ -95,7 +95,7 @@ def auto_order(hist: Sequence[Entry], **kw: float) -> int:
     for order in range(0, min(2, len(older) - 1) + 1):
         guess, used = extrapolate(older, hist[0].sigma, order=order, **kw)
         ok = _per_frame(hist[0].computed & (used >= 0), truth)
-        err = float(((guess - truth).abs() * ok).sum())
+        err = float(l1((guess - truth) * ok))
         if best_err is None or err < best_err - 1e-12:
             best, best_err = order, err
     return best

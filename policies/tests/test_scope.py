@@ -15,7 +15,7 @@ from accelframe.pipeline import Pipeline
 from accelframe.testing.fixtures import make_hooks
 from accelframe.types import CallSite, Iteration, Mode, ModelRole, StepContext, StepDecision
 from accelframe_policies import plugin as policies_plugin
-from accelframe_policies.history import entry
+from accelframe_policies.history import entry, l1
 from accelframe_policies.scope import PRESETS, SENSITIVITY, Scope
 from accelframe_policies.selective import ActiveInterval, compute_interval, interval_end
 from accelframe_policies.taylor import clip_correction, extrapolate, predict
@@ -99,6 +99,19 @@ def test_clipping_caps_the_correction_per_frame():
     out = clip_correction(corr, base, clip=0.5)
     assert out.flatten().tolist() == pytest.approx([0.5, 0.1])
     assert clip_correction(_v(math.nan), _v(1.0), 1.0).item() == 0.0
+
+
+def test_clipping_gives_the_same_bits_whatever_the_velocities_memory_layout():
+    """A model output is a permuted view in one process and a packed buffer on a pipeline rank: the
+    per-frame L1 sums behind the clipping run in one order for both, so the prediction is the same
+    bit for bit (a plain ``abs().sum()`` over the view rounds differently for most draws)."""
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(2, 8, 3, 16, 16, generator=g)  # [R, C, F, H, W]: rows of one forward
+    view = raw.permute(0, 2, 1, 3, 4)[:1]  # [1, F, C, H, W], a row of it
+    packed = view.contiguous()
+    base = torch.rand(1, 3, 8, 16, 16, generator=g) * 0.01  # small: every frame is clipped
+    assert torch.equal(clip_correction(view, base, 1.0), clip_correction(packed, base, 1.0))
+    assert torch.equal(l1(view, (0, 2, 3, 4)), l1(packed, (0, 2, 3, 4)))
 
 
 def test_momentum_and_auto():
