@@ -213,7 +213,9 @@ class KVWindow(Protocol):
     def kv_apply(
         self, state: Any, evict: tuple[int, ...], sinks: tuple[int, ...] | None, rope_reset: bool
     ) -> None:
-        """Evict frames from the KV cache, set the sink frames, reset the RoPE offset."""
+        """Evict frames from the KV cache, set the sink frames, reset the RoPE offset (the Wan
+        adapters move the cached frames to positions ``0 .. n - 1``, sinks first, and the next
+        frame to ``n``, so the context keeps its distances to the frames that follow)."""
 
 
 # capability name -> the protocol an adapter declaring it must implement (check_features)
