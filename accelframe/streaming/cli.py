@@ -87,12 +87,13 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                    max_streams: int = 8, max_chunk_units: int = 4, rolling: bool = True, motion: bool = True,
                    window: int = 6, sinks: int = 3, t_reset: int | None = WORLD_T_RESET,
                    block_frames: int = 3, trace: bool = False, drafter_size: str | None = None,
-                   policies: Any = (), tau: float = SINK_TAU) -> Any:
+                   policies: Any = (), tau: float | None = None) -> Any:
     """The StreamDiffusionV2 pipeline on ``adapter`` (default: self-forcing with ``size`` and
     ``block_frames`` latent frames per unit), on the plugin manager ``hooks_`` (the command passes the
     CLI's; default: :func:`accelframe.plugins.create_hooks`, the autoloading manager). A
     ``drafter_size`` adds a self-forcing drafter of that size; ``policies`` (``(name, kwargs)``
-    pairs) are used after the stream policies. ``tau``: rolling-kv's sink refresh threshold."""
+    pairs) are used after the stream policies. ``tau``: rolling-kv's sink refresh threshold (None:
+    :data:`SINK_TAU`)."""
     from accelframe.pipeline import Pipeline
     from accelframe.plugins import create_hooks
 
@@ -104,7 +105,8 @@ def build_pipeline(*, size: str = "world", hooks_: Any = None, adapter: Any = No
                     adapter_kwargs=None if adapter is not None else kwargs, **drafter)
     pipe.use("slo-batch", max_streams=max_streams, max_chunk_units=max_chunk_units)
     if rolling:
-        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset, tau=tau)
+        pipe.use("rolling-kv", window=window, sinks=sinks, t_reset=t_reset,
+                 tau=SINK_TAU if tau is None else tau)
     if motion:
         pipe.use("motion-noise")
     for name, kw in policies:
@@ -119,7 +121,7 @@ def command_pipeline(args: argparse.Namespace, hooks: Any, *, max_streams: int, 
         return build_pipeline(size=args.size, hooks_=hooks, max_streams=max_streams, block_frames=args.block_frames,
                               max_chunk_units=args.max_chunk_units, rolling=not args.no_rolling, motion=motion,
                               drafter_size=args.drafter_size, policies=args.policies,
-                              tau=SINK_TAU if getattr(args, "sink_tau", None) is None else args.sink_tau)
+                              tau=getattr(args, "sink_tau", None))
     from accelframe.pipeline import Pipeline
 
     pipe = Pipeline.from_config(args.stack_config, hooks=hooks, trace=False)
@@ -265,7 +267,8 @@ PIPELINE_OPTIONS = {"size": "world", "block_frames": 3, "max_streams": 8, "max_c
 STACK_CONFLICTS = (("size", "--size", "[adapter] settings"), ("block_frames", "--block-frames", "[adapter] settings"),
                    ("drafter_size", "--drafter-size", "[drafter]"), ("max_streams", "--max-streams", "slo-batch settings"),
                    ("max_chunk_units", "--max-chunk-units", "slo-batch settings"),
-                   ("no_rolling", "--no-rolling", "rolling-kv entry"), ("sink_tau", "--sink-tau", "rolling-kv entry"),
+                   ("no_rolling", "--no-rolling", "rolling-kv entry"),
+                   ("sink_tau", "--sink-tau", "rolling-kv entry"),
                    ("no_motion_noise", "--no-motion-noise", "motion-noise entry"))
 RUN_DEFAULTS = {"fps": 16.0, "deadline": 1.0}  # what a stack file's [stream] table may set instead
 

@@ -80,10 +80,6 @@ class Bench:
 
         self.clip_frames = PIXEL_FRAMES
 
-    def tau(self) -> float:
-        """The sink refresh threshold the runs' rolling-kv uses."""
-        return self.sink_tau
-
     def adapter_for(self, block: int) -> Any:
         """The world's self-forcing adapter with ``block`` latent frames per unit (loaded once)."""
         if block not in self.adapters:
@@ -233,7 +229,7 @@ class Bench:
                 "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
                 "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
                 "policies": ["slo-batch", "rolling-kv"],  # text-to-video: no motion-noise
-                "rolling_kv_tau": self.tau(),
+                "rolling_kv_tau": self.sink_tau,
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
 
 
@@ -310,8 +306,9 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
               ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None, drift_seconds: float = 0.0,
               drift_window_s: float = DRIFT_WINDOW_S, sink_tau: float | None = None) -> dict[str, Any]:
     """The sweep's document. ``sink_tau``: rolling-kv's refresh threshold in every run (None: the
-    stream command's, ``accelframe.streaming.cli.SINK_TAU``). ``hooks``: the plugin manager the streams run on (default:
-    :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs in processes of its own.
+    stream command's, ``accelframe.streaming.cli.SINK_TAU``). ``hooks``: the plugin manager the
+    streams run on (default: :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs
+    in processes of its own.
     ``drift_window_s``: the drift run's window (tests shorten it)."""
     from accelframe.progress import progress_bar
 
@@ -333,7 +330,7 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
         "deadline_miss_rate": head["deadline_miss_rate"],
         "setup": {"adapter": "self-forcing", "size": "world",
                   "policies": ["slo-batch", "rolling-kv", "motion-noise"],
-                  "rolling_kv_tau": bench.tau(),
+                  "rolling_kv_tau": bench.sink_tau,
                   "deadline_s": deadline, "frames_per_stream": frames, "fps": fps, "seed": seed,
                   "threads": __import__("torch").get_num_threads(), "quick": quick},
         "runs": rows,
@@ -497,7 +494,8 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         frames = args.frames
     doc = run_bench(loads=loads, fps=args.fps, frames=frames, deadline=args.deadline, seed=args.seed,
                     quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json,
-                    hooks=hooks, drift_seconds=0.0 if args.quick else drift, sink_tau=getattr(args, "sink_tau", None))
+                    hooks=hooks, drift_seconds=0.0 if args.quick else drift,
+                    sink_tau=getattr(args, "sink_tau", None))
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -136,4 +136,4 @@ def test_a_bench_run_streams_a_world_clip_with_the_sink_tau_it_was_given(monkeyp
     r = bench.run(streams=1, fps=64.0, frames=9)  # one unit of the world's VAE, measured (one clip)
     assert r["streams"] == 1 and 0.0 <= r["world_quality"] <= 1.0
     assert built == [0.3]
-    assert bench.tau() == 0.3 and bench_stream.Bench(deadline=1.5, seed=0).tau() == 0.6
+    assert bench.sink_tau == 0.3 and bench_stream.Bench(deadline=1.5, seed=0).sink_tau == 0.6

@@ -361,9 +361,9 @@ def reindex_cache(dit: "WanDiT", cache: KVCache) -> None:
     target = tuple(range(len(cache.frames)))
     if cache.positions == target:
         return
-    live = [t for t in cache.k if t is not None]
-    if live:
-        device = live[0].device
+    held = next((t for t in cache.k if t is not None), None)
+    if held is not None:
+        device = held.device
         tf, th, tw = dit.rope_on(device)
         delta = torch.tensor([j - p for j, p in zip(target, cache.positions)], device=device)  # [Fc]
         axis = tf[delta.abs()]  # [Fc, d_f / 2] complex128
