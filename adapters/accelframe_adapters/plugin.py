@@ -62,6 +62,13 @@ def accelframe_register_scorers(register: Callable[..., None]) -> None:
     register("world-reward", world_reward,
              description="the embedded world's frame reward (ImageReward's shape, trained on the world)")
 
+    def world_quality() -> Any:
+        return importlib.import_module("accelframe_adapters.world.quality").MeasureScorer()
+
+    register("world-quality", world_quality,
+             description="the embedded world's quality measure on the scored frames as one clip (a reference "
+                         "for reward routers: it sees motion, not the frames before)")
+
 
 @hookimpl
 def accelframe_register_sources(register: Callable[..., None]) -> None:

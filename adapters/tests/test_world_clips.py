@@ -128,3 +128,27 @@ def test_summary_averages_parts_and_counts_adherence():
     s = quality.summarise([good, bad])
     assert s["adherence"] == 0.5 and s["clips"] == 2
     assert s["quality"] == pytest.approx((good.quality + bad.quality) / 2)
+
+
+def test_the_measure_as_a_scorer_gives_every_frame_of_a_row_its_clips_quality():
+    """``world-quality`` (registered): row b of ``[B, T]`` is ``measure`` of that row's frames as one
+    clip, repeated over its T frames; a clip of another colour scores lower; prompts outside the world
+    and wrongly shaped frames are ConfigErrors naming the field."""
+    from accelframe.plugins import create_hooks
+    from accelframe_adapters import plugin
+
+    hooks = create_hooks(autoload=False, disabled=(), plugins=(plugin,))
+    scorer = hooks.registry().get("scorer", "world-quality").factory()
+    good = clips.render(SCENE, 0, span=(0, 12))
+    wrong = clips.render(attrs.evolve(SCENE, colour="yellow"), 0, span=(0, 12))
+    got = scorer(torch.stack([good, wrong]), [SCENE.prompt] * 2)
+    assert got.shape == (2, 12) and bool((got == got[:, :1]).all())
+    assert got[0, 0].item() == pytest.approx(quality.measure(good, SCENE).quality)
+    assert got[1, 0].item() == pytest.approx(quality.measure(wrong, SCENE).quality)
+    assert got[0, 0] > got[1, 0] + 0.3
+    with pytest.raises(ConfigError, match="world-quality.prompts = 'a cat'"):
+        scorer(good[None], ["a cat"])
+    with pytest.raises(ConfigError, match="world-quality.frames"):
+        scorer(good, [SCENE.prompt])
+    with pytest.raises(ConfigError, match="world-quality.prompts = 2"):
+        scorer(good[None], [SCENE.prompt] * 2)

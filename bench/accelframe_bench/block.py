@@ -20,6 +20,9 @@ falls on all of them alike:
 The thresholds are calibrated offline, as the paper's are: the drafter's block scores on training
 prompts (never the held-out ones) give the tau at which a chosen share of drafts would pass
 (``ACCEPT_TARGETS``; the operating point is the paper's 73 %). ``--taus`` sets them by hand.
+SDVG scores drafts with the world's frame reward (``world-reward``, ImageReward's shape);
+``--scorer`` names another registered scorer, e.g. ``world-quality``, the world's own measure on
+each draft, as a reference for what any reward of one block's frames could route.
 
 Per method: time per video (wall clock of ``generate`` with decoding: decoding and scoring drafts
 is part of SDVG's cost), ``speedup`` against target-only, ``model_speedup`` (the same for the
@@ -63,6 +66,7 @@ OPERATING = 0.73
 QUICK_ACCEPT_TARGETS = (0.73,)
 MEAN_TARGETS = (0.73, 0.5)  # mean-frame aggregation, calibrated to the same accept rates
 DECODERS = ("vae", "tiny")  # the Wan adapters' decoder knob: the world VAE's decoder, or its tiny decoder
+DEFAULT_SCORER = "world-reward"  # SDVG's own default on the world (ImageReward's shape)
 QUALITY_GOAL = 0.98
 SPEEDUP_GOAL = 1.6  # issue 23: the paper's 1.59x at 98.1 %
 
@@ -94,8 +98,9 @@ class Models:
     decode_worker: bool = False  # every pipeline decodes (and scores) on a worker thread
 
     @classmethod
-    def load(cls, hooks: Any = None, *, decoder: str = "vae", decode_worker: bool = False) -> Models:
-        """The world's target, drafter and reward scorer on ``hooks`` (default:
+    def load(cls, hooks: Any = None, *, decoder: str = "vae", decode_worker: bool = False,
+             scorer: str = DEFAULT_SCORER) -> Models:
+        """The world's target, drafter and the registered ``scorer`` on ``hooks`` (default:
         :func:`accelframe_bench.hooks.default_hooks`); ``decoder``: the adapters' ``decoder`` knob
         (both decode with the target's)."""
         from accelframe.pipeline import Pipeline
@@ -105,8 +110,8 @@ class Models:
         reg = hooks.registry()
         target = Pipeline(ADAPTER, hooks=hooks, adapter_kwargs={"size": "world", "decoder": decoder}).adapter
         drafter = Pipeline(ADAPTER, hooks=hooks, adapter_kwargs={"size": "world-drafter", "decoder": decoder}).adapter
-        scorer = reg.get("scorer", "world-reward").factory()
-        return cls(hooks=hooks, target=target, drafter=drafter, scorer=scorer, decode_worker=decode_worker)
+        return cls(hooks=hooks, target=target, drafter=drafter, scorer=reg.get("scorer", scorer).factory(),
+                   decode_worker=decode_worker)
 
     def pipeline(self, method: Method | None) -> Any:
         """target-only for None; the drafter alone for draft-only; both with the method's policy."""
@@ -124,6 +129,15 @@ class Models:
         if name == "sdvg":
             kw = {**kw, "scorer": self.scorer}
         return pipe.use(name, **kw)
+
+
+def check_scorer(name: str, hooks: Any = None) -> None:
+    """``--scorer`` names a registered scorer, else a ConfigError listing them (before any model loads)."""
+    from accelframe_bench.hooks import or_default
+
+    names = or_default(hooks).registry().names("scorer")
+    if name not in names:
+        raise ConfigError("bench block", "--scorer", name, "a registered scorer: " + ", ".join(names))
 
 
 def draft_scores(models: Models, prompts: list[str], seeds: list[int]) -> torch.Tensor:
@@ -219,18 +233,21 @@ def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any, kind: str
 
 def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] | None = None,
               calibration_prompts: int | None = None, quiet: bool = False, hooks: Any = None,
-              table: CostTable | None = None, decoder: str = "vae", decode_worker: bool = False) -> dict[str, Any]:
+              table: CostTable | None = None, decoder: str = "vae", decode_worker: bool = False,
+              scorer: str = DEFAULT_SCORER) -> dict[str, Any]:
     """The table's document. ``hooks``: the plugin manager every pipeline runs on (default:
     :func:`accelframe_bench.hooks.default_hooks`); ``table``: the cost table each method's work is
     priced with (None: no projection); ``decoder``: the adapters' decoder ("vae" or "tiny");
-    ``decode_worker``: every method decodes and scores on a worker thread (the same layout for all)."""
+    ``decode_worker``: every method decodes and scores on a worker thread (the same layout for all);
+    ``scorer``: the registered scorer SDVG routes with (calibration included)."""
     from accelframe_adapters.world import clips, quality
 
     if n < 1:
         raise ConfigError("bench block", "prompts", n, "an int >= 1")
     if decoder not in DECODERS:
         raise ConfigError("bench block", "decoder", decoder, "one of " + ", ".join(DECODERS))
-    models = Models.load(hooks, decoder=decoder, decode_worker=decode_worker)
+    check_scorer(scorer, hooks)
+    models = Models.load(hooks, decoder=decoder, decode_worker=decode_worker, scorer=scorer)
     rng = random.Random(seed)
     scenes = clips.sample_scenes(n, 7_000 + seed, split="eval")
     seeds = [rng.randrange(2**31) for _ in scenes]
@@ -279,7 +296,7 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
     for p in pipes.values():
         p.close()
     doc = _document(ms, tallies, operating, calibration, scenes, seeds, n, seed, quick, quality, table)
-    doc["config"].update(decoder=decoder, decode_worker=decode_worker)
+    doc["config"].update(decoder=decoder, decode_worker=decode_worker, scorer=scorer)
     return doc
 
 
@@ -324,7 +341,7 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
         "projection": table.to_dict() if table is not None else None,
         "config": {"adapter": ADAPTER, "target": "world", "drafter": "world-drafter", "prompts": n, "seed": seed,
                    "latent_frames": LATENT_FRAMES, "batch": 1, "quick": quick, "threads": torch.get_num_threads(),
-                   "scorer": "world-reward", "prompts_used": [s.prompt for s in scenes], "seeds": seeds,
+                   "prompts_used": [s.prompt for s in scenes], "seeds": seeds,
                    "calibration": calibration, "operating_tau": operating.tau},
         "points": points,
         "draft_only": draft,
@@ -368,7 +385,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"latent frames, batch {c['batch']}, {c['threads']} threads)", "",
              f"Decoder: {'the tiny decoder' if c.get('decoder') == 'tiny' else 'the world VAE'}; decoding and "
              f"scoring {'on a worker thread beside the denoising' if c.get('decode_worker') else 'inline'} "
-             "(every method the same).", "",
+             f"(every method the same). SDVG routes with the scorer `{c.get('scorer', DEFAULT_SCORER)}`.", "",
              f"| method | tau | time / video (s) | speedup |{at} model speedup | accept rate | world quality "
              "| retention | adherence | wasted drafter calls | wasted decodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if proj else "")]
@@ -434,6 +451,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "as real-time deployments decode)")
     p.add_argument("--decode-worker", action="store_true",
                    help="every method decodes (and scores drafts) on a worker thread beside the denoising")
+    p.add_argument("--scorer", default=DEFAULT_SCORER, metavar="NAME",
+                   help=f"the registered scorer SDVG routes with, taus calibrated on its scores (default: "
+                        f"{DEFAULT_SCORER}; world-quality: the world's own measure on each draft, a reference "
+                        "for reward routers)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-block", metavar="DIR",
                    help="folder for results.json, results.md and pareto.png (default: bench-block)")
@@ -464,13 +485,15 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     project = getattr(args, "project", None)
     table = cost_table(DEFAULT_PROJECT if project is None else project, "bench block")
     out = Path(args.out)
+    check_scorer(args.scorer, hooks)
     fresh_out("bench block", out, OUTPUTS, args.force)
     n = 2 if args.quick else args.prompts
     doc = run_bench(n=n, seed=args.seed, quick=args.quick, taus=taus,
                     calibration_prompts=args.calibration_prompts, quiet=args.json, hooks=hooks, table=table,
-                    decoder=args.decoder, decode_worker=args.decode_worker)
+                    decoder=args.decoder, decode_worker=args.decode_worker, scorer=args.scorer)
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["ACCEPT_TARGETS", "Method", "Models", "calibrate_taus", "configure", "draft_scores", "interpolate", "routed_scores",
-           "markdown", "methods", "run", "run_bench", "work_of", "write_outputs"]
+__all__ = ["ACCEPT_TARGETS", "DEFAULT_SCORER", "Method", "Models", "calibrate_taus", "check_scorer", "configure",
+           "draft_scores", "interpolate", "markdown", "methods", "routed_scores", "run", "run_bench", "work_of",
+           "write_outputs"]

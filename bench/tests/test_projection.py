@@ -218,3 +218,23 @@ def test_block_and_step_refuse_an_unknown_configuration_before_any_run(bench, mo
     assert err.value.field == "--project" and err.value.owner == f"bench {bench}"
     assert "none" in str(err.value.allowed) and "krea-14B@832x480" in str(err.value.allowed)
     assert not (tmp_path / "out").exists()
+
+
+def test_block_refuses_an_unknown_scorer_before_any_model_loads(monkeypatch, tmp_path):
+    """``--scorer`` names a registered scorer: anything else is a ConfigError listing them, before a model
+    loads or ``--out`` is made; a registered one reaches the run."""
+    from accelframe_bench import block
+
+    seen = {}
+    monkeypatch.setattr(block, "run_bench", lambda **kw: seen.update(kw) or {})
+    monkeypatch.setattr("accelframe_bench.reports.report", lambda *a, **k: 0)
+    monkeypatch.setattr(Models, "load", classmethod(lambda *a, **k: pytest.fail("the models were loaded")))
+    p = argparse.ArgumentParser()
+    block.configure(p)
+    with pytest.raises(ConfigError) as err:
+        block.run(p.parse_args(["--scorer", "clip-score", "--out", str(tmp_path / "out")]))
+    assert err.value.field == "--scorer" and err.value.owner == "bench block"
+    assert "world-reward" in str(err.value.allowed) and "world-quality" in str(err.value.allowed)
+    assert not (tmp_path / "out").exists()
+    assert block.run(p.parse_args(["--scorer", "world-quality", "--out", str(tmp_path / "o")])) == 0
+    assert seen["scorer"] == "world-quality"

@@ -256,5 +256,28 @@ def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     return out
 
 
-__all__ = ["ClipQuality", "MATCH", "PARTS", "boundary_pairs", "describe", "measure", "measure_prompts",
-           "nearest_colour", "segment", "summarise"]
+class MeasureScorer:
+    """The measure as an accelframe scorer, a reference for reward routers: ``(frames [B, T, 3, H, W]
+    in [0, 1], prompts) -> [B, T]``, each row's frames all scored with :func:`measure` of that row
+    as one clip. Unlike a frame reward (ImageReward) it sees the motion within the frames it is
+    given; like one it sees nothing before them (the clip's seams and its earlier blocks)."""
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ConfigError("world-quality", "frames", tuple(frames.shape), "a tensor [B, T, 3, H, W] in [0, 1]")
+        if len(prompts) != len(frames):
+            raise ConfigError("world-quality", "prompts", len(prompts),
+                              f"one prompt per batch row ({len(frames)})")
+        scenes = [clips.parse_prompt(p) for p in prompts]
+        for p, scene in zip(prompts, scenes):
+            if scene is None:
+                raise ConfigError("world-quality", "prompts", p,
+                                  "a prompt naming a shape, colour, direction and background of the world")
+        t = frames.shape[1]
+        scores = [measure(video, scene).quality for video, scene in zip(frames.clamp(0, 1), scenes)]
+        return torch.tensor(scores, dtype=torch.float32).view(-1, 1).expand(-1, t).clone()
+
+
+__all__ = ["ClipQuality", "MATCH", "MeasureScorer", "PARTS", "boundary_pairs", "describe", "measure",
+           "measure_prompts", "nearest_colour", "segment", "summarise"]
