@@ -137,7 +137,8 @@ def check_scorer(name: str, hooks: Any = None) -> None:
 
     names = or_default(hooks).registry().names("scorer")
     if name not in names:
-        raise ConfigError("bench block", "--scorer", name, "a registered scorer: " + ", ".join(names))
+        raise ConfigError("bench block", "--scorer", name,
+                          "a registered scorer: " + (", ".join(names) or "none is registered"))
 
 
 def draft_scores(models: Models, prompts: list[str], seeds: list[int]) -> torch.Tensor:

@@ -33,7 +33,7 @@ def tiny_world(size: str = "world") -> AnalyticAdapter:
 
 
 class ThirdParty:
-    """A plugin installed by someone else: one adapter and one policy, on no default manager."""
+    """A plugin installed by someone else: an adapter, a policy and a scorer, on no default manager."""
 
     @hookimpl
     def accelframe_register_policies(self, register):
@@ -42,6 +42,10 @@ class ThirdParty:
     @hookimpl
     def accelframe_register_adapters(self, register):
         register("tiny-world", tiny_world)
+
+    @hookimpl
+    def accelframe_register_scorers(self, register):
+        register("third-party-scorer", lambda: (lambda frames, prompts: frames.mean(dim=(2, 3, 4))))
 
 
 class Reached(Exception):
@@ -64,7 +68,8 @@ def _args(module, argv):
 
 BENCHES = {  # bench, its arguments (the cheapest run; OUT: a fresh folder), where it finds Pipeline
     "step": (step, ["--quick", "--out", "OUT"], "accelframe.pipeline.Pipeline"),
-    "block": (block, ["--quick", "--out", "OUT"], "accelframe.pipeline.Pipeline"),
+    "block": (block, ["--quick", "--scorer", "third-party-scorer", "--out", "OUT"],
+              "accelframe.pipeline.Pipeline"),
     "world": (world, ["--quick"], "accelframe.pipeline.Pipeline"),
     "stream": (stream, ["--quick", "--ranks", "1", "--out", "OUT"], "accelframe.pipeline.Pipeline"),
     "wan": (wan, ["--latent-frames", "3"], "accelframe_bench.wan.Pipeline"),
