@@ -57,6 +57,7 @@ import torch
 from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
 from accelframe_bench.costs import DEFAULT_PROJECT, CostTable, Counts
+from accelframe_policies.sdvg import DEFAULT_SCORER  # SDVG's own default: the world's frame reward
 
 ADAPTER = "self-forcing"
 LATENT_FRAMES = 27  # 9 blocks of 3 latent frames: the paper's protocol and the world's training length
@@ -66,7 +67,6 @@ OPERATING = 0.73
 QUICK_ACCEPT_TARGETS = (0.73,)
 MEAN_TARGETS = (0.73, 0.5)  # mean-frame aggregation, calibrated to the same accept rates
 DECODERS = ("vae", "tiny")  # the Wan adapters' decoder knob: the world VAE's decoder, or its tiny decoder
-DEFAULT_SCORER = "world-reward"  # SDVG's own default on the world (ImageReward's shape)
 QUALITY_GOAL = 0.98
 SPEEDUP_GOAL = 1.6  # issue 23: the paper's 1.59x at 98.1 %
 
