@@ -27,8 +27,10 @@ each draft, as a reference for what any reward of one block's frames could route
 Per method: time per video (wall clock of ``generate`` with decoding: decoding and scoring drafts
 is part of SDVG's cost), ``speedup`` against target-only, ``model_speedup`` (the same for the
 transformer time alone, commits included), accept rate with block 0 excluded, the world's quality
-and adherence of the decoded clips, ``quality_retention`` = quality / target-only quality, and the
-wasted drafter calls and decodes.
+and adherence of the decoded clips, ``quality_retention`` = quality / target-only quality, the
+wasted drafter calls and decodes, and ``seams``: the mean absolute pixel change across block
+boundaries by where the two blocks came from (:func:`seam_changes`), where a draft next to the
+target's block shows its seam.
 
 Projected at real scale (issue 23 item 6), as ``bench stack`` does: each method's work, counted from
 its runs' statistics and summed over the prompts (``work``, :func:`accelframe_bench.costs.work`: the
@@ -67,6 +69,7 @@ OPERATING = 0.73
 QUICK_ACCEPT_TARGETS = (0.73,)
 MEAN_TARGETS = (0.73, 0.5)  # mean-frame aggregation, calibrated to the same accept rates
 DECODERS = ("vae", "tiny")  # the Wan adapters' decoder knob: the world VAE's decoder, or its tiny decoder
+SEAMS = ("target → target", "target → draft", "draft → target", "draft → draft", "within")  # seam_changes' keys
 QUALITY_GOAL = 0.98
 SPEEDUP_GOAL = 1.6  # issue 23: the paper's 1.59x at 98.1 %
 
@@ -203,6 +206,22 @@ class _Tally:
     wasted_decodes: int = 0
     clips: list[Any] = attrs.field(factory=list)
     work: Counts = attrs.field(factory=Counts)  # summed over the prompts, for pricing
+    seams: dict[str, list[float]] = attrs.field(factory=dict)  # pixel change per boundary, by its blocks' sources
+
+
+def seam_changes(frames: torch.Tensor, sources: list[str]) -> dict[str, list[float]]:
+    """The mean absolute pixel change across each block boundary of a clip ``frames [T, 3, H, W]``,
+    keyed by where its two blocks came from (``"target → draft"``), and every step within a block
+    under ``"within"``. ``sources``: per block, ``"target"`` or ``"draft"``."""
+    from accelframe_adapters.world import quality
+
+    change = quality.frame_changes(frames.float())
+    cross = quality.boundary_pairs(frames.shape[0])
+    out: dict[str, list[float]] = {}
+    for b, t in enumerate(cross, start=1):
+        out.setdefault(f"{sources[b - 1]} → {sources[b]}", []).append(float(change[t]))
+    out["within"] = [float(change[t]) for t in sorted(set(range(len(change))) - set(cross))]
+    return out
 
 
 def work_of(stats: dict[str, Any], adapter: Any, kind: str) -> Counts:
@@ -230,6 +249,9 @@ def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any, kind: str
         t.routed += len(res.sources) - 1
         t.accepted += res.sources[1:].count("draft")
     t.clips.append(quality.measure(res.frames[0], scene))  # [T, 3, H, W] in [0, 1]
+    sources = ["draft"] * len(res.sources) if kind == "draft_only" else list(res.sources)
+    for key, changes in seam_changes(res.frames[0], sources).items():
+        t.seams.setdefault(key, []).extend(changes)
 
 
 def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] | None = None,
@@ -324,6 +346,7 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
             "time_split_s": {"model": t.model_s / n, "decode": t.decode_s / n, "score": t.block_s / n},
             "wasted_drafter_calls": t.wasted_calls / n, "wasted_decodes": t.wasted_decodes / n,
             "clip_quality": [c.quality for c in t.clips],
+            "seams": {k: {"mean_change": statistics.fmean(v), "count": len(v)} for k, v in t.seams.items() if v},
             "work": attrs.asdict(t.work),  # summed over the prompts
             "projected_speedup": (ps := projected_speedup(base.work, t.work, table)),
             "projected_at": table.config if ps is not None else None,
@@ -412,6 +435,13 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- projected at {proj['config']}: each method's counted work (model calls, commits, decoded "
                      "latent frames, scored pixel frames) priced with that configuration's cost table, "
                      f"target-only's price over the method's; the table's source: {proj['source']}")
+    lines += ["", "Seams: the mean absolute pixel change across the block boundaries of the clips, by where the "
+              "two blocks came from (boundaries counted in brackets), and within blocks.", "",
+              "| method | " + " | ".join(SEAMS) + " |", "|---|" + "---|" * len(SEAMS)]
+    for r in rows:
+        seams = r.get("seams", {})
+        lines.append(f"| {r['name']} | " + " | ".join(
+            f"{seams[k]['mean_change']:.4f} ({seams[k]['count']})" if k in seams else "-" for k in SEAMS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -495,6 +525,6 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     return report(doc, out, write_outputs, markdown, args.json)
 
 
-__all__ = ["ACCEPT_TARGETS", "DEFAULT_SCORER", "Method", "Models", "calibrate_taus", "check_scorer", "configure",
-           "draft_scores", "interpolate", "markdown", "methods", "routed_scores", "run", "run_bench", "work_of",
-           "write_outputs"]
+__all__ = ["ACCEPT_TARGETS", "DEFAULT_SCORER", "Method", "Models", "SEAMS", "calibrate_taus", "check_scorer",
+           "configure", "draft_scores", "interpolate", "markdown", "methods", "routed_scores", "run", "run_bench",
+           "seam_changes", "work_of", "write_outputs"]

@@ -138,6 +138,11 @@ def boundary_pairs(pixel_frames: int, block: int = 3, temporal_ratio: int = 4) -
     return [temporal_ratio * (f - 1) for f in range(block, latent, block)]
 
 
+def frame_changes(video: torch.Tensor) -> torch.Tensor:
+    """Mean absolute pixel change from each frame of a clip ``[T, 3, H, W]`` to the next: ``[T - 1]``."""
+    return (video[1:] - video[:-1]).abs().mean(dim=(1, 2, 3))
+
+
 @torch.no_grad()
 def measure(video: torch.Tensor, scene: clips.Scene, *, block: int = 3) -> ClipQuality:
     """The quality of one clip ``[T, 3, H, W]`` in [0, 1] against the scene its prompt names."""
@@ -194,7 +199,7 @@ def measure(video: torch.Tensor, scene: clips.Scene, *, block: int = 3) -> ClipQ
             rms = float(second[ok].pow(2).sum(1).mean().sqrt()) if ok.any() else float("inf")
             smooth = math.exp(-rms / JITTER)
 
-    change = (video[1:] - video[:-1]).abs().mean(dim=(1, 2, 3))  # [T - 1]
+    change = frame_changes(video)  # [T - 1]
     cross = boundary_pairs(t, block)
     inside = sorted(set(range(t - 1)) - set(cross))
     boundary = 1.0
@@ -279,5 +284,5 @@ class MeasureScorer:
         return torch.tensor(scores, dtype=torch.float32).view(-1, 1).expand(-1, t).clone()
 
 
-__all__ = ["ClipQuality", "MATCH", "MeasureScorer", "PARTS", "boundary_pairs", "describe", "measure",
-           "measure_prompts", "nearest_colour", "segment", "summarise"]
+__all__ = ["ClipQuality", "MATCH", "MeasureScorer", "PARTS", "boundary_pairs", "describe", "frame_changes",
+           "measure", "measure_prompts", "nearest_colour", "segment", "summarise"]
