@@ -134,11 +134,10 @@ class Models:
         return pipe.use(name, **kw)
 
 
-def check_scorer(name: str, hooks: Any = None) -> None:
-    """``--scorer`` names a registered scorer, else a ConfigError listing them (before any model loads)."""
-    from accelframe_bench.hooks import or_default
-
-    names = or_default(hooks).registry().names("scorer")
+def check_scorer(name: str, hooks: Any) -> None:
+    """``--scorer`` names a scorer registered on ``hooks``, else a ConfigError listing them (before any
+    model loads)."""
+    names = hooks.registry().names("scorer")
     if name not in names:
         raise ConfigError("bench block", "--scorer", name,
                           "a registered scorer: " + (", ".join(names) or "none is registered"))
@@ -269,6 +268,9 @@ def run_bench(*, n: int, seed: int = 0, quick: bool = False, taus: list[float] |
         raise ConfigError("bench block", "prompts", n, "an int >= 1")
     if decoder not in DECODERS:
         raise ConfigError("bench block", "decoder", decoder, "one of " + ", ".join(DECODERS))
+    from accelframe_bench.hooks import or_default
+
+    hooks = or_default(hooks)  # one manager for the whole run
     check_scorer(scorer, hooks)
     models = Models.load(hooks, decoder=decoder, decode_worker=decode_worker, scorer=scorer)
     rng = random.Random(seed)
@@ -507,6 +509,7 @@ def _taus(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace, hooks: Any = None) -> int:
+    from accelframe_bench.hooks import or_default
     from accelframe_bench.reports import fresh_out, report
     from accelframe_bench.costs import DEFAULT_PROJECT, cost_table
 
@@ -516,6 +519,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     project = getattr(args, "project", None)
     table = cost_table(DEFAULT_PROJECT if project is None else project, "bench block")
     out = Path(args.out)
+    hooks = or_default(hooks)  # built once: the scorer check and every pipeline of the run share it
     check_scorer(args.scorer, hooks)
     fresh_out("bench block", out, OUTPUTS, args.force)
     n = 2 if args.quick else args.prompts

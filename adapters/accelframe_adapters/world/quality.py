@@ -261,6 +261,15 @@ def summarise(results: Sequence[ClipQuality]) -> dict[str, float]:
     return out
 
 
+def check_scorer_input(owner: str, frames: torch.Tensor, prompts: Sequence[str]) -> None:
+    """A world scorer's input: ``frames [B, T, 3, H, W]`` and one prompt per row, else a
+    ConfigError of ``owner`` naming the field."""
+    if frames.dim() != 5 or frames.shape[2] != 3:
+        raise ConfigError(owner, "frames", tuple(frames.shape), "a tensor [B, T, 3, H, W] in [0, 1]")
+    if len(prompts) != len(frames):
+        raise ConfigError(owner, "prompts", len(prompts), f"one prompt per batch row ({len(frames)})")
+
+
 class MeasureScorer:
     """The measure as an accelframe scorer, a reference for reward routers: ``(frames [B, T, 3, H, W]
     in [0, 1], prompts) -> [B, T]``, each row's frames all scored with :func:`measure` of that row
@@ -269,11 +278,7 @@ class MeasureScorer:
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ConfigError("world-quality", "frames", tuple(frames.shape), "a tensor [B, T, 3, H, W] in [0, 1]")
-        if len(prompts) != len(frames):
-            raise ConfigError("world-quality", "prompts", len(prompts),
-                              f"one prompt per batch row ({len(frames)})")
+        check_scorer_input("world-quality", frames, prompts)
         scenes = [clips.parse_prompt(p) for p in prompts]
         for p, scene in zip(prompts, scenes):
             if scene is None:
@@ -284,5 +289,5 @@ class MeasureScorer:
         return torch.tensor(scores, dtype=torch.float32).view(-1, 1).expand(-1, t).clone()
 
 
-__all__ = ["ClipQuality", "MATCH", "MeasureScorer", "PARTS", "boundary_pairs", "describe", "frame_changes",
-           "measure", "measure_prompts", "nearest_colour", "segment", "summarise"]
+__all__ = ["ClipQuality", "MATCH", "MeasureScorer", "PARTS", "boundary_pairs", "check_scorer_input", "describe",
+           "frame_changes", "measure", "measure_prompts", "nearest_colour", "segment", "summarise"]

@@ -28,6 +28,7 @@ from torch import nn
 
 from accelframe import validators as v
 from accelframe.errors import ConfigError
+from accelframe_adapters.world.quality import check_scorer_input
 
 
 @attrs.frozen(kw_only=True)
@@ -114,15 +115,12 @@ class WorldScorer:
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ConfigError("world-reward", "frames", tuple(frames.shape), "a tensor [B, T, 3, H, W] in [0, 1]")
+        check_scorer_input("world-reward", frames, prompts)
         b, t = frames.shape[:2]
         size = self.model.cfg.image_size
         if frames.shape[-2:] != (size, size):
             raise ConfigError("world-reward", "frames", tuple(frames.shape),
                               f"frames of {size} x {size} pixels (the world's size)")
-        if len(prompts) != b:
-            raise ConfigError("world-reward", "prompts", len(prompts), f"one prompt per batch row ({b})")
         states = self.text(list(prompts)).to(self.device)  # [B, L, text_dim]
         flat = frames.reshape(b * t, 3, size, size).to(self.device).float()
         text = states.repeat_interleave(t, dim=0)  # [B*T, L, text_dim]
