@@ -40,8 +40,13 @@ blocks after block 0), priced with the cost table of ``--project`` (default
 ``none``: no projection): ``projected_speedup`` is target-only's price over the method's,
 ``projected_at`` the configuration, and the document's ``projection`` the table.
 
-Written to ``--out``: ``results.json``, ``results.md`` and ``pareto.png`` (speedup against world
-quality, the paper's Figure 2).
+Every routed row also carries ``vs_line``: its quality minus the straight line from target-only's
+quality (accept rate 0) to draft-only's (accept rate 1) at its accept rate (:func:`straight_line`).
+A router that picks drafts costing less than the average draft is above it (positive).
+
+Written to ``--out``: ``results.json``, ``results.md``, ``pareto.png`` (speedup against world
+quality, the paper's Figure 2) and ``accept.png`` (world quality against the accept rate, with the
+straight line).
 """
 
 from __future__ import annotations
@@ -358,6 +363,9 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
     points = [rows[m.name] for m in ms if m.kind == "sdvg"]
     points.sort(key=lambda r: r["tau"], reverse=True)
     draft, target = rows["draft-only"], rows["target-only"]
+    for r in rows.values():  # how far each router is above the mix of target's and draft's blocks
+        r["vs_line"] = (None if r["accept_rate"] is None else
+                        r["quality"] - straight_line(target["quality"], draft["quality"], r["accept_rate"]))
     rand = next(rows[m.name] for m in ms if m.kind == "random_routing")
     op = rows[operating.name]
     best = [p for p in points if p["quality_retention"] is not None and p["quality_retention"] >= QUALITY_GOAL]
@@ -384,6 +392,13 @@ def _document(ms: list[Method], tallies: dict[str, _Tally], operating: Method, c
             > rand["quality"],
         },
     }
+
+
+def straight_line(target_quality: float, draft_quality: float, accept_rate: float) -> float:
+    """The quality of keeping a fraction ``accept_rate`` of the drafts if every kept draft cost the
+    average draft's loss: target-only's quality at 0, draft-only's at 1, linear between. A router
+    above it picks drafts that cost less than the average (docs/sdvg.md)."""
+    return target_quality + (draft_quality - target_quality) * accept_rate
 
 
 def interpolate(points: list[tuple[float | None, float]], x: float | None) -> float | None:
@@ -413,8 +428,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"scoring {'on a worker thread beside the denoising' if c.get('decode_worker') else 'inline'} "
              f"(every method the same). SDVG routes with the scorer `{c.get('scorer', DEFAULT_SCORER)}`.", "",
              f"| method | tau | time / video (s) | speedup |{at} model speedup | accept rate | world quality "
-             "| retention | adherence | wasted drafter calls | wasted decodes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if proj else "")]
+             "| vs line | retention | adherence | wasted drafter calls | wasted decodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if proj else "")]
     rows = [doc["target_only"], doc["draft_only"], *doc["points"], doc["random_routing"], *doc["mean_aggregation"],
             *doc.get("emitted_context", [])]
     for r in rows:
@@ -422,7 +437,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['name']} | {cell(r['tau'], '.3f')} | {r['time_s']:.2f} | {r['speedup']:.2f}x "
             + (f"| {cell(r.get('projected_speedup'), '.2f')}x " if proj else "")
             + f"| {cell(r['model_speedup'], '.2f')}x | {cell(r['accept_rate'], '.1%')} | {r['quality']:.3f} "
-            f"| {cell(r['quality_retention'], '.1%')} | {r['adherence']:.2f} | {r['wasted_drafter_calls']:.1f} "
+            f"| {cell(r.get('vs_line'), '+.3f')} | {cell(r['quality_retention'], '.1%')} | {r['adherence']:.2f} "
+            f"| {r['wasted_drafter_calls']:.1f} "
             f"| {r['wasted_decodes']:.1f} |")
     t, rr = doc["targets"], doc["random_routing"]
     lines += ["", "- best speedup at >= 98 % of target-only quality: "
@@ -452,18 +468,22 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     from accelframe_bench.reports import write_tables
 
     written = write_tables(doc, out, markdown)
-    pts = [(doc["target_only"]["speedup"], doc["target_only"]["quality"], "target"),
-           (doc["draft_only"]["speedup"], doc["draft_only"]["quality"], "draft")]
-    pts += [(r["speedup"], r["quality"], f"tau {r['tau']:.2f}") for r in doc["points"]]
-    r = doc["random_routing"]
-    pts.append((r["speedup"], r["quality"], "random"))
-    pts += [(m["speedup"], m["quality"], f"mean {m['tau']:.2f}") for m in doc["mean_aggregation"]]
-    pts += [(m["speedup"], m["quality"], f"emitted {m['tau']:.2f}") for m in doc.get("emitted_context", [])]
+    target, draft = doc["target_only"], doc["draft_only"]
+    routed = [(r, f"tau {r['tau']:.2f}") for r in doc["points"]] + [(doc["random_routing"], "random")]
+    routed += [(m, f"mean {m['tau']:.2f}") for m in doc["mean_aggregation"]]
+    routed += [(m, f"emitted {m['tau']:.2f}") for m in doc.get("emitted_context", [])]
+    pts = [(target["speedup"], target["quality"], "target"), (draft["speedup"], draft["quality"], "draft")]
+    pts += [(r["speedup"], r["quality"], label) for r, label in routed]
     written.append(charts.scatter(out / "pareto.png", pts, xlabel="speedup", ylabel="world quality"))
+    line = ((0.0, target["quality"]), (1.0, draft["quality"]), "the straight line: target-only to draft-only")
+    pts = [(0.0, target["quality"], "target"), (1.0, draft["quality"], "draft")]
+    pts += [(r["accept_rate"], r["quality"], label) for r, label in routed if r["accept_rate"] is not None]
+    written.append(charts.scatter(out / "accept.png", pts, xlabel="accept rate", ylabel="world quality",
+                                  segment=line))
     return written
 
 
-OUTPUTS = ("results.json", "results.md", "pareto.png")
+OUTPUTS = ("results.json", "results.md", "pareto.png", "accept.png")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -490,7 +510,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "for reward routers)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default="bench-block", metavar="DIR",
-                   help="folder for results.json, results.md and pareto.png (default: bench-block)")
+                   help="folder for results.json, results.md, pareto.png and accept.png (default: bench-block)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -42,11 +42,17 @@ def save(fig: Any, path: str | Path) -> Path:
 
 
 def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xlabel: str, ylabel: str,
+            segment: tuple[tuple[float, float], tuple[float, float], str] | None = None,
             width: int = 720, height: int = 440) -> Path:
     """Labelled points ``(x, y, label)``; non-finite y values (an exact match's PSNR) are drawn as
-    triangles on the top edge."""
+    triangles on the top edge. ``segment = ((x0, y0), (x1, y1), name)``: a dashed reference line,
+    named in the legend."""
     fig = figure(width, height)
     ax = fig.add_subplot()
+    if segment is not None:
+        (x0, y0), (x1, y1), name = segment
+        ax.plot([x0, x1], [y0, y1], "--", color="0.55", linewidth=1, label=name)
+        ax.legend(loc="best", fontsize=8, frameon=False)
     finite = [y for _, y, _ in points if math.isfinite(y)]
     span = (max(finite) - min(finite) or 1.0) if finite else 1.0
     top = max(finite) + 0.08 * span if finite else 1.0  # where the non-finite values go

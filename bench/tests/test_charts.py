@@ -33,6 +33,14 @@ def test_scatter_with_a_point_at_infinity(tmp_path):
     assert path == tmp_path / "pareto.png" and image.shape[:2] == (300, 500) and _drawn(image)
 
 
+def test_scatter_with_a_reference_segment_draws_it(tmp_path):
+    pts = [(0.0, 0.73, "target"), (1.0, 0.64, "draft"), (0.3, 0.70, "tau 0.5")]
+    plain = _read(charts.scatter(tmp_path / "a.png", pts, xlabel="accept rate", ylabel="q", width=500, height=300))
+    lined = _read(charts.scatter(tmp_path / "b.png", pts, xlabel="accept rate", ylabel="q", width=500, height=300,
+                                 segment=((0.0, 0.73), (1.0, 0.64), "straight line")))
+    assert lined.shape == plain.shape and (lined != plain).any()
+
+
 @pytest.mark.parametrize("notes", [None, ["2.0x", "2.1x"]])
 def test_grouped_bars(tmp_path, notes):
     path = charts.grouped_bars(tmp_path / "bars.png", ["9 F", "18 F"], [[1.0, 2.0], [0.5, math.nan]],
