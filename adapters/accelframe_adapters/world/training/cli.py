@@ -71,8 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="student's starting weights: a drafter-config DiT (default: the installed world-drafter)")
     p.add_argument("--teacher", default=None, help="the teacher DiT (default: the installed world-target)")
     p.add_argument("--teacher-mode", choices=("euler", "loop"), default="euler",
-                   help="the teacher's updates between its steps: euler (deterministic, default) or loop (re-noise "
-                        "with fresh noise, as the self-forcing loop)")
+                   help="the regression teacher's updates between its steps: euler (deterministic, default) or loop "
+                        "(re-noise with fresh noise, as the self-forcing loop)")
+    p.add_argument("--objective", choices=("regression", "dmd"), default="regression",
+                   help="regression onto the target's block from the same noise (default; the shipped drafter's), "
+                        "or dmd: distribution matching against the target with a critic trained online "
+                        "(Self-Forcing's objective; its own defaults: 300 steps of batch 4 at lr 3e-05)")
     p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
     p.add_argument("--out", default=None,
                    help=f"weights file to write (default: {WEIGHTS.name}/{FILES['drafter']} of the package)")
@@ -184,11 +188,13 @@ def _distill(args: argparse.Namespace) -> int:
     from accelframe_adapters.world.training import distill
 
     out = Path(args.out) if args.out else models.WEIGHTS / models.FILES["drafter"]
-    settings = _settings(distill.DEFAULTS, args)
+    from accelframe_adapters.world.training import dmd
+
+    settings = _settings(dmd.DEFAULTS if args.objective == "dmd" else distill.DEFAULTS, args)
     if args.warmup is not None:
         settings = attrs.evolve(settings, warmup=args.warmup)
     rec = distill.distill(out, teacher=args.teacher, init=args.init, text=args.text, mode=args.teacher_mode,
-                          settings=settings, force=args.force, quiet=args.json)
+                          objective=args.objective, settings=settings, force=args.force, quiet=args.json)
     if args.json:
         print(json.dumps(rec, indent=2))
     else:

@@ -54,6 +54,7 @@ STUDENT_STEPS = (1000.0,)
 SHIFT = 5.0
 OBJECT_WEIGHT = 4.0
 TEACHERS = ("euler", "loop")
+OBJECTIVES = ("regression", "dmd")  # regression here; DMD in ``dmd.py``
 EMA = 0.99
 
 
@@ -149,12 +150,18 @@ def footprint(x0: torch.Tensor) -> torch.Tensor:
 
 def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | Path | None = None,
             text: str | Path | None = None, settings: training.TrainSettings | None = None,
-            mode: str = "euler", force: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train the one-step drafter (module docstring) into ``out``; starts from ``init`` (default: the
-    shipped diffusion-forcing drafter) with the shipped target as teacher."""
+            mode: str = "euler", objective: str = "regression", force: bool = False,
+            quiet: bool = False) -> dict[str, Any]:
+    """Train the one-step drafter into ``out``, by regression (module docstring) or by distribution
+    matching (``objective="dmd"``, :mod:`~accelframe_adapters.world.training.dmd`); starts from ``init``
+    (default: the installed drafter) with the installed target as teacher."""
     if mode not in TEACHERS:
         raise ConfigError("world distill", "teacher_mode", mode, f"one of {TEACHERS}")
-    settings = settings or DEFAULTS
+    if objective not in OBJECTIVES:
+        raise ConfigError("world distill", "objective", objective, f"one of {OBJECTIVES}")
+    from accelframe_adapters.world.training import dmd
+
+    settings = settings or (dmd.DEFAULTS if objective == "dmd" else DEFAULTS)
     path = training.check_out(out, force)
     from accelframe_adapters import checkpoints as ck
     from accelframe_adapters.world.models import config_from_metadata
@@ -168,7 +175,8 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
                                      what="the world drafter DiT")
     tcfg = config_from_metadata(WanDiTConfig, teacher_path)
     target = WanDiT(tcfg)
-    ck.fit(target, ck.read_tensors(teacher_path), str(teacher_path), what="the world target DiT")
+    teacher_tensors = ck.read_tensors(teacher_path)
+    ck.fit(target, teacher_tensors, str(teacher_path), what="the world target DiT")
     target.eval().requires_grad_(False)
     enc = load_text(text or weights_path("text"), cfg.text_dim, cfg.text_len)
     torch.manual_seed(settings.seed)
@@ -181,11 +189,15 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
 
     student.train()
 
-    def step(i: int) -> dict[str, float]:
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh batch: the block noise ``[B, C, F, H, W]`` and the prompts' text states."""
         idx = torch.randint(0, len(prompts), (settings.batch,), generator=g).tolist()
         with torch.no_grad():
             states = enc([prompts[j] for j in idx])  # [B, L, text_dim]
-        eps = torch.randn((settings.batch, *shape), generator=g)  # [B, C, F, H, W]
+        return torch.randn((settings.batch, *shape), generator=g), states
+
+    def regression_step(i: int) -> dict[str, float]:
+        eps, states = draw()
         x0 = rollout(student, eps, student.cross_cache(states))
         with torch.no_grad():
             cross_c = target.cross_cache(states)
@@ -198,22 +210,40 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
         loss.backward()
         return {"loss": loss.item(), "mse": sq.mean().item()}
 
+    step = regression_step
+    if objective == "dmd":
+        critic = dmd.make_critic(tcfg, teacher_tensors)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=settings.lr * dmd.CRITIC_LR,
+                                       betas=dmd.CRITIC_BETAS, weight_decay=0.0)
+
+        def dmd_step(i: int) -> dict[str, float]:
+            return dmd.generator_step(student, target, critic, critic_opt, draw=draw, g=g, cross_u_one=cross_u_one,
+                                      critic_lr=training.lr_at(i, settings) * dmd.CRITIC_LR)
+        step = dmd_step
+
     ema = WeightAverage(student, EMA)
-    log = training.run_loop("drafter (distil)", settings, list(student.parameters()), step, quiet=quiet,
-                            after_step=ema.update)
+    log = training.run_loop(f"drafter (distil, {objective})", settings, list(student.parameters()), step,
+                            quiet=quiet, after_step=ema.update)
     student.eval()
-    record = {"settings": attrs.asdict(settings), "objective": "self-rollout regression to the target",
-              "teacher": {"file": teacher_path.name, "mode": mode, "steps": list(TEACHER_STEPS),
-                          "guidance": TEACHER_GUIDANCE},
+    objectives = {"regression": "self-rollout regression to the target",
+                  "dmd": f"self-rollout distribution matching (DMD) against the target, guidance {dmd.GUIDANCE}, "
+                         f"critic from the target, {dmd.CRITIC_RATIO} critic updates per step at "
+                         f"{dmd.CRITIC_LR:g}x the lr"}
+    record = {"settings": attrs.asdict(settings), "objective": objectives[objective],
+              "teacher": ({"file": teacher_path.name, "mode": mode, "steps": list(TEACHER_STEPS),
+                           "guidance": TEACHER_GUIDANCE} if objective == "regression" else
+                          {"file": teacher_path.name, "guidance": dmd.GUIDANCE, "critic_ratio": dmd.CRITIC_RATIO,
+                           "critic_lr": dmd.CRITIC_LR, "timesteps": [dmd.T_MIN, dmd.T_MAX]}),
               "student_steps": list(STUDENT_STEPS), "object_weight": OBJECT_WEIGHT, "ema": EMA,
               "init": init_record, "machine": training.machine(), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in student.parameters()),
               "command": f"accelframe world distill --steps {settings.steps} --batch {settings.batch} "
                          f"--seed {settings.seed} --lr {settings.lr:g} --warmup {settings.warmup} "
-                         f"--teacher-mode {mode} --init {init_path.name}"}
+                         f"--teacher-mode {mode} --objective {objective} --init {init_path.name}"}
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
 
 
-__all__ = ["DEFAULTS", "EMA", "OBJECT_WEIGHT", "STUDENT_STEPS", "TEACHERS", "TEACHER_GUIDANCE", "TEACHER_STEPS",
+__all__ = ["DEFAULTS", "EMA", "OBJECTIVES", "OBJECT_WEIGHT", "STUDENT_STEPS", "TEACHERS", "TEACHER_GUIDANCE",
+           "TEACHER_STEPS",
            "commit_all", "distill", "footprint", "parallel_blocks", "rollout", "schedule", "teacher_x0"]
