@@ -15,7 +15,7 @@ from accelframe.types import KVWrite
 from accelframe_adapters.wan.dit import KVCache, WanDiT, WanDiTConfig
 from accelframe_adapters.world import models
 from accelframe_adapters.world.training import common as training
-from accelframe_adapters.world.training import distill
+from accelframe_adapters.world.training import distill, rollouts
 
 
 def _tiny(seed: int = 0) -> WanDiT:
@@ -43,13 +43,13 @@ def test_parallel_blocks_equal_the_kv_cache_loop():
     ctx, x = torch.randn(2, 4, 9, 4, 4, generator=g), torch.randn(2, 4, 9, 4, 4, generator=g)
     t = torch.rand(2, 9, generator=g) * 1000
     cross = dit.cross_cache(torch.randn(2, 4, 8, generator=g))
-    v = distill.parallel_blocks(dit, x, t, cross, distill.commit_all(dit, ctx, cross))
+    v = rollouts.parallel_blocks(dit, x, t, cross, rollouts.commit_all(dit, ctx, cross))
     for b in range(3):
         torch.testing.assert_close(v[:, :, 3 * b:3 * b + 3], _loop_velocity(dit, ctx, x, t, cross, b),
                                    atol=1e-5, rtol=1e-5)
     # the context matters from block 1 on, and not for block 0
     other = ctx + 1.0
-    v2 = distill.parallel_blocks(dit, x, t, cross, distill.commit_all(dit, other, cross))
+    v2 = rollouts.parallel_blocks(dit, x, t, cross, rollouts.commit_all(dit, other, cross))
     assert torch.equal(v2[:, :, :3], v[:, :, :3]) and not torch.allclose(v2[:, :, 3:], v[:, :, 3:])
 
 
@@ -58,8 +58,8 @@ def test_rollout_is_the_one_step_loop_on_its_own_drafts_with_gradient():
     g = torch.Generator().manual_seed(2)
     eps = torch.randn(1, 4, 9, 4, 4, generator=g)
     cross = dit.cross_cache(torch.randn(1, 4, 8, generator=g))
-    x0 = distill.rollout(dit, eps, cross)
-    ((t, sigma),) = distill.schedule(distill.STUDENT_STEPS)
+    x0 = rollouts.rollout(dit, eps, cross)
+    ((t, sigma),) = rollouts.schedule(rollouts.STUDENT_STEPS)
     with torch.no_grad():  # block by block on the drafts before it
         for b in range(3):
             v = _loop_velocity(dit, x0.detach(), eps, torch.full((1, 9), t), cross, b)

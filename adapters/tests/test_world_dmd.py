@@ -13,7 +13,7 @@ from accelframe.errors import ConfigError
 from accelframe_adapters.wan.dit import WanDiT, WanDiTConfig
 from accelframe_adapters.world import models
 from accelframe_adapters.world.training import common as training
-from accelframe_adapters.world.training import distill, dmd
+from accelframe_adapters.world.training import distill, dmd, rollouts
 
 
 def _tiny(seed: int = 0) -> WanDiT:
@@ -59,9 +59,9 @@ def test_predicted_x0_is_the_flow_step_with_guidance():
     sigma = dmd.noise_levels(1, 9, g)
     text = torch.randn(1, 4, 8, generator=g)
     cc, cu = dit.cross_cache(text), dit.cross_cache(torch.zeros_like(text))
-    cache = distill.commit_all(dit, ctx, cc)
-    v = distill.parallel_blocks(dit, xt, sigma * 1000, cc, cache)
-    vu = distill.parallel_blocks(dit, xt, sigma * 1000, cu, cache)
+    cache = rollouts.commit_all(dit, ctx, cc)
+    v = rollouts.parallel_blocks(dit, xt, sigma * 1000, cc, cache)
+    vu = rollouts.parallel_blocks(dit, xt, sigma * 1000, cu, cache)
     s = sigma[:, None, :, None, None]
     torch.testing.assert_close(dmd.predicted_x0(dit, xt, sigma, cc, cache), xt - s * v)
     guided = dmd.predicted_x0(dit, xt, sigma, cc, cache, cu, 1.5)
@@ -79,8 +79,8 @@ def test_the_critic_learns_the_flow_of_the_students_blocks():
     sigma = dmd.noise_levels(2, 9, g2)
     eps = torch.randn(x0.shape, generator=g2)
     with torch.no_grad():
-        v = distill.parallel_blocks(critic, dmd.noised(x0, sigma, eps), sigma * 1000, cross,
-                                    distill.commit_all(critic, x0, cross))
+        v = rollouts.parallel_blocks(critic, dmd.noised(x0, sigma, eps), sigma * 1000, cross,
+                                    rollouts.commit_all(critic, x0, cross))
         torch.testing.assert_close(loss, (v - (eps - x0)).pow(2).mean())
     loss.backward()
     assert x0.grad is None  # the student's blocks are data to the critic

@@ -367,7 +367,7 @@ def test_bench_block_report_from_a_document(tmp_path):
     md = markdown(doc)
     assert "| SDVG tau=0.5 | 0.500 | 1.67 | 1.20x |" in md and "not met" in md
     paths = write_outputs(doc, tmp_path)
-    assert {p.name for p in paths} == {"results.json", "results.md", "pareto.png"}
+    assert {p.name for p in paths} == {"results.json", "results.md", "pareto.png", "accept.png"}
 
 
 @pytest.mark.slow

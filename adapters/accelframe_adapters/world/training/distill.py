@@ -16,8 +16,9 @@ One training step, for a batch of training-split prompts:
 2. **Teacher, on the student's context**: the target commits the student's clean blocks into its
    own cache in one block-causal pass, then denoises *every* block at once from the same
    ``eps_b`` (each noisy block attends to the clean blocks before it and to itself: the KV-cache
-   loop's arithmetic, see :func:`parallel_blocks`), with the loop's guidance and step list. So the
-   teacher answers "what would the target draw here, after these drafts".
+   loop's arithmetic, see :func:`~accelframe_adapters.world.training.rollouts.parallel_blocks`),
+   with the loop's guidance and step list. So the teacher answers "what would the target draw
+   here, after these drafts".
 3. **Loss**: the squared error between the student's and the teacher's ``x0``, weighted ``1 +
    OBJECT_WEIGHT`` where the teacher's block differs from its own background (the latent pixels far
    from the frame's median), so the small shape is not drowned out.
@@ -41,59 +42,22 @@ import attrs
 import torch
 
 from accelframe.errors import ConfigError
-from accelframe.types import KVWrite
-from accelframe_adapters.wan.dit import KVCache, WanDiT, rope_freqs, unpatchify
-from accelframe_adapters.wan.flow import few_step_schedule
+from accelframe_adapters.wan.dit import WanDiT
 from accelframe_adapters.world import clips
-from accelframe_adapters.world.models import CAUSAL_BLOCK, LATENT_FRAMES, load_text, weights_path
+from accelframe_adapters.world.models import LATENT_FRAMES, load_text, weights_path
 from accelframe_adapters.world.training import common as training
+from accelframe_adapters.world.training import dmd
+from accelframe_adapters.world.training.rollouts import (
+    STUDENT_STEPS, TEACHER_GUIDANCE, commit_all, parallel_blocks, rollout, schedule,
+)
 from accelframe_adapters.world.training.train_dit import WeightAverage
 
 DEFAULTS = training.TrainSettings(steps=500, batch=6, lr=3e-4, seed=2, warmup=30, log_every=10)
 TEACHER_STEPS = (1000.0, 750.0, 500.0, 250.0)  # the self-forcing loop's list (warped, shift 5)
-TEACHER_GUIDANCE = 1.5  # the world's default guidance in the loop (presets.WAN_DEFAULTS)
-STUDENT_STEPS = (1000.0,)
-SHIFT = 5.0
 OBJECT_WEIGHT = 4.0
 TEACHERS = ("euler", "loop")
 OBJECTIVES = ("regression", "dmd")  # regression here; DMD in ``dmd.py``
 EMA = 0.99
-
-
-def schedule(steps: tuple[float, ...]) -> list[tuple[float, float]]:
-    """(Wan timestep, sigma) of each call, as the self-forcing adapter converts its step list."""
-    return few_step_schedule(list(steps), SHIFT, True)
-
-
-def parallel_blocks(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, cross: Any, cache: KVCache,
-                    block: int = CAUSAL_BLOCK) -> torch.Tensor:
-    """Every block of ``x: [B, C, F, H, W]`` denoised at once, each as the block loop would call the
-    DiT for it: block ``k`` attends to the cached clean frames of the blocks before it and to its
-    own frames, at RoPE positions ``0 .. F - 1``. ``cache`` holds the clean K/V of the same ``F``
-    frames (a block-causal commit pass). Returns the flow ``[B, C, F, H, W]``; writes nothing."""
-    b, _, f, _, _ = x.shape
-    assert len(cache) == f, f"the cache must hold the {f} clean frames, holds {len(cache)}"
-    tokens, (f, h, w) = dit.embed(x)  # [B, F, S, D]
-    s = h * w
-    rope = rope_freqs(dit.rope_on(x.device), torch.arange(f, device=x.device), h, w)  # [N, 1, Dh / 2]
-    fb = torch.arange(f, device=x.device) // block  # [F]
-    clean = fb.view(1, -1) < fb.view(-1, 1)  # [F, F]: query frame i sees clean frame j of an earlier block
-    own = fb.view(1, -1) == fb.view(-1, 1)  # and the noisy frames of its own block
-    mask = torch.cat([clean, own], dim=1).repeat_interleave(s, 0).repeat_interleave(s, 1)  # [N, 2N]
-    e, e0 = dit.time_embed(t)
-    for i, blk in enumerate(dit.blocks):
-        tokens = blk(tokens, e0, cross.k[i], cross.v[i], rope, mask, cache, i, KVWrite.NONE)
-    return unpatchify(dit, dit.head(tokens, e), (f, h, w))
-
-
-def commit_all(dit: WanDiT, x0: torch.Tensor, cross: Any, block: int = CAUSAL_BLOCK) -> KVCache:
-    """A cache holding the clean frames ``x0: [B, C, F, H, W]`` as the loop's commits would write them
-    (context noise 0, block-causal)."""
-    b, _, f, hh, ww = x0.shape
-    p = dit.cfg.patch_size
-    cache = KVCache(num_layers=dit.cfg.num_layers, tokens_per_frame=(hh // p[1]) * (ww // p[2]))
-    dit(x0, torch.zeros(b, f, device=x0.device), cross, causal_block=block, cache=cache, kv_write=KVWrite.COMMIT)
-    return cache
 
 
 @torch.no_grad()
@@ -124,24 +88,6 @@ def teacher_x0(dit: WanDiT, ctx: torch.Tensor, eps: torch.Tensor, cross_c: Any, 
     raise AssertionError("the step list ends at sigma 0")
 
 
-def rollout(dit: WanDiT, eps: torch.Tensor, cross: Any, block: int = CAUSAL_BLOCK) -> torch.Tensor:
-    """The student's blocks ``x0: [B, C, F, H, W]`` from ``eps``, one call per block (with gradient)
-    on its own earlier blocks (committed without gradient): the one-step self-forcing loop."""
-    b, _, f, hh, ww = eps.shape
-    p = dit.cfg.patch_size
-    cache = KVCache(num_layers=dit.cfg.num_layers, tokens_per_frame=(hh // p[1]) * (ww // p[2]))
-    ((t, sg),) = schedule(STUDENT_STEPS)
-    out = []
-    for s in range(0, f, block):
-        x = eps[:, :, s:s + block]
-        v = dit(x, torch.full((b, block), t), cross, frame_offset=s, cache=cache, kv_write=KVWrite.NONE)
-        x0 = x - sg * v
-        out.append(x0)
-        with torch.no_grad():
-            dit(x0.detach(), torch.zeros(b, block), cross, frame_offset=s, cache=cache, kv_write=KVWrite.COMMIT)
-    return torch.cat(out, dim=2)
-
-
 def footprint(x0: torch.Tensor) -> torch.Tensor:
     """``[B, F, H, W]``: 1.0 on latent pixels far from their frame's background (the per-channel
     median over the frame), i.e. the shape, as the teacher drew it."""
@@ -161,8 +107,6 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
         raise ConfigError("world distill", "teacher_mode", mode, f"one of {TEACHERS}")
     if objective not in OBJECTIVES:
         raise ConfigError("world distill", "objective", objective, f"one of {OBJECTIVES}")
-    from accelframe_adapters.world.training import dmd
-
     settings = settings or (dmd.DEFAULTS if objective == "dmd" else DEFAULTS)
     path = training.check_out(out, force)
     from accelframe_adapters import checkpoints as ck
@@ -246,6 +190,5 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
     return record
 
 
-__all__ = ["DEFAULTS", "EMA", "OBJECTIVES", "OBJECT_WEIGHT", "STUDENT_STEPS", "TEACHERS", "TEACHER_GUIDANCE",
-           "TEACHER_STEPS",
-           "commit_all", "distill", "footprint", "parallel_blocks", "rollout", "schedule", "teacher_x0"]
+__all__ = ["DEFAULTS", "EMA", "OBJECTIVES", "OBJECT_WEIGHT", "TEACHERS", "TEACHER_STEPS", "distill", "footprint",
+           "teacher_x0"]

@@ -8,9 +8,10 @@ teacher's, so it has no mean to fall to. Self-Forcing trains its generator this 
 ODE-regression initialisation; here the regression drafter is that initialisation.
 
 Both scores are conditional on the student's own earlier blocks: every noisy block attends to the
-student's clean blocks before it (:func:`~accelframe_adapters.world.training.distill.parallel_blocks`,
-the KV-cache loop's arithmetic), so DMD matches what the student draws *after its own drafts* to
-what the target would draw there.
+student's clean blocks before it
+(:func:`~accelframe_adapters.world.training.rollouts.parallel_blocks`, the KV-cache loop's
+arithmetic), so DMD matches what the student draws *after its own drafts* to what the target would
+draw there.
 
 One generator step, for a batch of training-split prompts (``--objective dmd``):
 
@@ -40,7 +41,7 @@ from accelframe_adapters.wan.dit import WanDiT
 from accelframe_adapters.wan.flow import shift_sigma
 from accelframe_adapters.world.models import CAUSAL_BLOCK
 from accelframe_adapters.world.training import common as training
-from accelframe_adapters.world.training.distill import (
+from accelframe_adapters.world.training.rollouts import (
     SHIFT, TEACHER_GUIDANCE, commit_all, parallel_blocks, rollout,
 )
 
