@@ -257,6 +257,8 @@ def test_a_short_dmd_distillation_writes_a_one_step_drafter(tmp_path, monkeypatc
 def test_an_unknown_objective_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="objective"):
         distill.distill(tmp_path / "d.safetensors", objective="gan")
+    with pytest.raises(ConfigError, match="teacher_mode"):  # regression's option does nothing under DMD
+        distill.distill(tmp_path / "d.safetensors", objective="dmd", mode="loop")
     with pytest.raises(SystemExit):
         cli.main(["world", "distill", "--objective", "gan", "--out", str(tmp_path / "d.safetensors")])
     assert not (tmp_path / "d.safetensors").exists()

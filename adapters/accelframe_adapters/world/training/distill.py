@@ -107,6 +107,10 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
         raise ConfigError("world distill", "teacher_mode", mode, f"one of {TEACHERS}")
     if objective not in OBJECTIVES:
         raise ConfigError("world distill", "objective", objective, f"one of {OBJECTIVES}")
+    if objective == "dmd" and mode != "euler":
+        raise ConfigError("world distill", "teacher_mode", mode,
+                          "'euler' (the default) with objective 'dmd': the teacher mode sets regression's "
+                          "teacher, and DMD scores with the target in one pass, with no steps between")
     settings = settings or (dmd.DEFAULTS if objective == "dmd" else DEFAULTS)
     path = training.check_out(out, force)
     from accelframe_adapters import checkpoints as ck
