@@ -1,4 +1,5 @@
-"""Progress on stderr: tqdm bars for long work (off with ``quiet``, ``--json``, or off a terminal),
+"""Progress on stderr: tqdm bars for long work (off with ``quiet`` or ``--json``; off a terminal,
+such as a log file, a plain line at most every ``LOG_INTERVAL_S`` seconds instead of a redrawn bar),
 one redrawn status line for live counters (``accelframe stream``), and :func:`write_above` for a
 message (a warning, an error) that must never land inside either: the status line is cleared, the
 message printed on a line of its own, and the status line drawn again below it.
@@ -13,14 +14,36 @@ from typing import Any
 ERASE = "\x1b[K"  # erase to the end of the line
 _lock = threading.RLock()
 _status: list[str] = []  # the open status line's text (at most one), empty when none is open
+LOG_INTERVAL_S = 30.0  # off a terminal: the least time between two progress lines
+
+
+class _Lines:
+    """A stream for tqdm off a terminal: each redraw becomes one line, its clearing writes nothing."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def progress_bar(*, total: int, desc: str, unit: str, quiet: bool = False) -> Any:
-    """A context-managed bar; ``disable=None`` lets tqdm turn itself off when stderr is no TTY."""
+    """A context-managed bar on stderr: redrawn on a terminal, else a line when it starts, at most
+    every ``LOG_INTERVAL_S`` seconds while it runs, and when it ends (a long run's log shows how far
+    it is); nothing with ``quiet``."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=True if quiet else None,
-                dynamic_ncols=True, leave=False)
+    if quiet:
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, file=_Lines(sys.stderr), ncols=80,
+                mininterval=LOG_INTERVAL_S, leave=True)
 
 
 def status(text: str) -> None:

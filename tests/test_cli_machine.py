@@ -243,3 +243,21 @@ def test_each_distinct_warning_is_printed_once_per_command_run(monkeypatch, caps
             err = capsys.readouterr().err
             assert err.splitlines() == ["accelframe: warning: the word encoder does not know 'banana'",
                                         "accelframe: warning: another warning"]
+
+
+def test_a_progress_bar_off_a_terminal_writes_plain_lines(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line at every update
+    with progress.progress_bar(total=3, desc="train", unit="step") as bar:
+        for _ in range(3):
+            bar.update(1)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("train:   0%") and lines[-1].startswith("train: 100%")
+    assert {line.split("|")[2].split("/")[0].strip() for line in lines} == {"0", "1", "2", "3"}
+
+
+def test_a_quiet_progress_bar_writes_nothing(capsys):
+    with progress.progress_bar(total=3, desc="train", unit="step", quiet=True) as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""
