@@ -42,7 +42,7 @@ def progress_bar(*, total: int, desc: str, unit: str, quiet: bool = False) -> An
         return tqdm(total=total, disable=True)
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
-    return tqdm(total=total, desc=desc, unit=unit, file=_Lines(sys.stderr), ncols=80,
+    return tqdm(total=total, desc=desc, unit=unit, file=_Lines(sys.stderr), ncols=120,
                 mininterval=LOG_INTERVAL_S, miniters=1, leave=True)
 
 
