@@ -20,6 +20,10 @@ Sections, each under its own time budget (a section that would overrun is skippe
    counted work priced with the measured tables: the speedup its decisions give at real scale,
    priced with measured component times (a sum, nothing overlapped: the pricing rule of
    ``accelframe_bench.costs``).
+5. ``train``: the world target's trainer (``accelframe world train target --device``) on the CPU and
+   on CUDA from the same seed and clips, full 27-frame clips at the shipped batch: the losses of the
+   two runs step by step (the same batches and noise: every draw is made on the CPU) and the steps
+   per second of each, with what the shipped recipe's steps would take on the device.
 
 Writes ``gpu_suite.json`` (and the stack bench's files) to ``--out``; prints a summary.
 """
@@ -39,7 +43,8 @@ from typing import Any, Callable
 import torch
 
 PROMPT = "a red circle moves left on a blue background"
-BUDGET_S = {"equality": 60, "timing": 240, "costs": 90, "stack": 120}  # 8.5 min at most, about 6 typical
+BUDGET_S = {"equality": 60, "timing": 210, "costs": 90, "stack": 120, "train": 30}  # 8.5 min at most, about 6 typical
+SECTIONS = tuple(BUDGET_S)
 
 
 def _sync(device: torch.device) -> None:
@@ -286,6 +291,38 @@ def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
             "priced_with_measured_table": priced}
 
 
+# ---- 5: training on the device ---------------------------------------------------------------
+
+
+def train(out_dir: Path, device: torch.device, smoke: bool) -> dict[str, Any]:
+    from accelframe_adapters.world import models
+    from accelframe_adapters.world.training import common, train_dit
+
+    clips_n, steps = (2, 3) if smoke else (16, 20)
+    shipped = train_dit.DEFAULTS["target"]
+    settings = common.TrainSettings(steps=steps, batch=2 if smoke else shipped.batch, lr=shipped.lr, seed=0,
+                                    warmup=shipped.warmup, log_every=1)
+    data = out_dir / "train-clips.pt"
+    runs = {}
+    for where in ("cpu", str(device)):
+        dest = out_dir / f"train-{where.replace(':', '-')}.safetensors"
+        t0 = time.perf_counter()
+        rec = train_dit.train("target", dest, vae=models.weights_path("vae"), text=models.weights_path("text"),
+                              clips_n=clips_n, settings=settings, short_steps=0, data=data, force=True,
+                              quiet=True, device=where)
+        log = json.loads(dest.with_suffix(".log.json").read_text())
+        runs[where] = {"wall_s": time.perf_counter() - t0, "train_wall_s": rec["wall_s"],
+                       "steps_per_s": steps / max(rec["wall_s"], 1e-9), "loss": log["loss"]}
+    cpu, dev = runs["cpu"], runs[str(device)]
+    diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(cpu["loss"], dev["loss"]))
+    full = shipped.steps  # the shipped recipe's steps, all on full clips (an upper bound: its first half is short)
+    return {"clips": clips_n, "steps": steps, "batch": settings.batch, "runs": runs,
+            "loss_max_relative_difference": diff,
+            "device_speedup_over_cpu": dev["steps_per_s"] / cpu["steps_per_s"],
+            f"shipped_{full}_steps_on_device_s": full / dev["steps_per_s"],
+            "cpu_threads": torch.get_num_threads()}
+
+
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -294,7 +331,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for gpu_suite.json and the stack bench's files")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks that the suite runs")
-    ap.add_argument("--only", default="equality,timing,costs,stack", help="comma-separated sections")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +344,7 @@ def main() -> int:
     wanted = args.only.split(",")
     result: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__,
                               "date": str(dt.date.today()), "smoke": args.smoke, "sections_s": {}}
-    for name in ("equality", "timing", "costs", "stack"):
+    for name in SECTIONS:
         if name not in wanted:
             continue
         t0 = time.perf_counter()
@@ -320,8 +357,10 @@ def main() -> int:
                 result[name] = timing(device, args.smoke, deadline)
             elif name == "costs":
                 result[name] = costs(device, args.smoke, deadline)
-            else:
+            elif name == "stack":
                 result[name] = stack(out_dir, result.get("costs", {}).get("tables", {}), args.smoke)
+            else:
+                result[name] = train(out_dir, device, args.smoke)
         except Exception as e:  # a failed section is reported; the others still run
             result[name] = {"error": f"{type(e).__name__}: {e}"}
         result["sections_s"][name] = time.perf_counter() - t0

@@ -142,6 +142,9 @@ def test_every_world_command_accepts_threads_after_it(tmp_path, plugins, capsys)
     (["train", "text", "--seed", "-1"], "--seed"),
     (["train", "target", "--lr", "0"], "--lr"),
     (["train", "target", "--lr", "nan"], "--lr"),
+    (["train", "target", "--device", "banana"], "--device"),
+    (["train", "drafter", "--device", "cuda:99"], "--device"),  # no such device on any machine here
+    (["train", "reward", "--device", "cpu"], "--device"),  # only the target and the drafter take it
     (["sample", "--prompt", PROMPT, "--seed", "-1"], "--seed"),
     (["probe", "--prompts", "0"], "--prompts"),
     (["probe", "--seed", "-1"], "--seed"),

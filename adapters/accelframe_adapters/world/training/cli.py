@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from accelframe_adapters.world.models import FILES, WEIGHTS
 
     sub = parser.add_subparsers(dest="world_command", metavar="COMMAND")
-    p = sub.add_parser("train", help="train one model of the world on this machine's CPU",
+    p = sub.add_parser("train", help="train one model of the world (on the CPU; the target and drafter DiTs also on a GPU)",
                        description="Train one world model from its seed. Order: vae, text, then target, "
                                    "drafter, reward and decoder (they read the VAE and the text encoder); "
                                    "'decoder' is the tiny decoder of the VAE's latents.")
@@ -52,6 +52,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help=f"VAE weights the DiTs and the reward use (default: {FILES['vae']})")
     p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
     p.add_argument("--clips", type=int, default=1000, help="training clips encoded for a DiT (default: 1000)")
+    p.add_argument("--device", default=None,
+                   help="target and drafter only: where the DiT trains, e.g. 'cuda' (default: cpu; the clips "
+                        "are encoded on the CPU, and every random draw is made there, so the batches are "
+                        "the CPU run's)")
     p.add_argument("--data", default=None, help="cache file of the encoded clips (read if made by the same VAE)")
     p.add_argument("--force", action="store_true",
                    help="replace existing outputs: the weights file, its .log.json and a --data file that is not "
@@ -132,8 +136,9 @@ def _train(args: argparse.Namespace) -> int:
     vae = args.vae or str(models.weights_path("vae")) if args.model in needs else None
     text = args.text or str(models.weights_path("text")) if args.model in needs else None
     quiet = args.json
-    for flag in ("short_steps", "init"):
-        allowed = ("target", "drafter", "magi", "decoder") if flag == "init" else ("target", "drafter", "magi")
+    for flag in ("short_steps", "init", "device"):
+        allowed = {"init": ("target", "drafter", "magi", "decoder"), "short_steps": ("target", "drafter", "magi"),
+                   "device": ("target", "drafter")}[flag]
         if getattr(args, flag) is not None and args.model not in allowed:
             raise ConfigError(f"accelframe world train {args.model}", "--" + flag.replace("_", "-"),
                               getattr(args, flag), "only with the " + ", the ".join(allowed[:-1])
@@ -161,7 +166,8 @@ def _train(args: argparse.Namespace) -> int:
     elif args.model in ("target", "drafter"):
         rec = train_dit.train(args.model, out, vae=vae, text=text, clips_n=args.clips, data=args.data,
                               settings=_settings(train_dit.DEFAULTS[args.model], args),
-                              short_steps=args.short_steps, init=args.init, force=args.force, quiet=quiet)
+                              short_steps=args.short_steps, init=args.init, force=args.force, quiet=quiet,
+                              device=args.device or "cpu")
     elif args.model == "magi":
         from accelframe_adapters.world.training import train_magi
 
@@ -240,8 +246,9 @@ AT_LEAST = {"steps": 1, "local_steps": 1, "short_steps": 0, "batch": 1, "seed": 
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    """Every numeric option of a world command in its range, before any work: a :class:`ConfigError`
-    naming the option (the trainers and the probe check the same values again for callers from Python)."""
+    """Every numeric option of a world command in its range, and ``--device`` one this machine has,
+    before any work: a :class:`ConfigError` naming the option (the trainers and the probe check the
+    same values again for callers from Python)."""
     from accelframe_adapters.world.training.common import at_least
 
     owner = f"accelframe world {args.world_command}"
@@ -252,6 +259,11 @@ def check_numbers(args: argparse.Namespace) -> None:
     lr = getattr(args, "lr", None)
     if lr is not None and not 0 < lr < 1:  # NaN too
         raise ConfigError(owner, "--lr", lr, "a learning rate in (0, 1)")
+    device = getattr(args, "device", None)
+    if device is not None:
+        from accelframe.validators import check_device
+
+        check_device(owner, "--device", device)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -193,9 +193,14 @@ def run_loop(name: str, settings: TrainSettings, params: list[torch.nn.Parameter
     return log
 
 
-def machine() -> dict[str, Any]:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "processor": platform.machine()}
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """What a training record says of the machine; ``device``: where the model trained, when not
+    the CPU (a CUDA device is named)."""
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+           "processor": platform.machine()}
+    if device is not None and device.type != "cpu":
+        out["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return out
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any], training: dict[str, Any],
@@ -208,7 +213,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], *, config: dict[str, Any]
 
     meta = {"config": json.dumps(config, sort_keys=True), "training": json.dumps(training, sort_keys=True)}
     with atomic_paths([path, log_path(path)]) as (tmp, tmp_log):  # both renamed into place when complete
-        save_file({k: t.detach().contiguous().to(dtype) for k, t in tensors.items()}, str(tmp), metadata=meta)
+        save_file({k: t.detach().to("cpu", dtype).contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
         tmp_log.write_text(json.dumps(log, indent=1))
 
 

@@ -45,6 +45,7 @@ import attrs
 import torch
 
 from accelframe.errors import ConfigError
+from accelframe.validators import check_device
 from accelframe_adapters.wan.text import WordEncoder
 from accelframe_adapters.wan.dit import WanDiT
 from accelframe_adapters.wan.vae import WanVAE, pixel_frames
@@ -170,13 +171,19 @@ def noise_levels(b: int, frames: int, g: torch.Generator) -> torch.Tensor:
 def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, clips_n: int = 1000,
           settings: training.TrainSettings | None = None, short_steps: int | None = None,
           data: str | Path | None = None, init: str | Path | None = None, force: bool = False,
-          quiet: bool = False) -> dict[str, Any]:
+          quiet: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Train the ``which`` ("target" or "drafter") DiT; the first ``short_steps`` (default
     ``SHORT_STEPS[which]``, at most all) see only ``SHORT_FRAMES`` frames. ``data`` caches the encoded
     clips (read when it exists and was made by the same VAE, else written). ``init``: start from the
-    weights of an earlier run of the same config (its record is kept in this one's)."""
+    weights of an earlier run of the same config (its record is kept in this one's).
+
+    ``device``: where the DiT trains (the clips are encoded on the CPU, then moved there). Every
+    random draw (the batch, the noise, the levels, the dropped prompts) is made on the CPU by the
+    run's own generator and then moved, so a run on another device sees the same batches as on the
+    CPU; its weights differ only by the device's arithmetic."""
     if which not in CONFIGS:
         raise ConfigError("world train", "model", which, "'target' or 'drafter'")
+    dev = check_device("world train", "device", device)
     settings = settings or DEFAULTS[which]
     short_steps = SHORT_STEPS[which] if short_steps is None else short_steps
     training.at_least("world train", "short_steps", short_steps, 0)
@@ -196,23 +203,25 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
                                 build=lambda: build_dataset(vae_model, clips_n, seed=1234, quiet=quiet))
     latents = ds["latents"]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], latents.shape[1], tuple(latents.shape[-2:]))  # [N, F, h, w]
-    states = enc(ds["prompts"])  # [N, L, text_dim]
-    empty = enc([""])  # [1, L, text_dim]
+    with torch.no_grad():
+        states = enc(ds["prompts"])  # [N, L, text_dim]
+        empty = enc([""])  # [1, L, text_dim]
+    latents, masks, states, empty = (t.to(dev) for t in (latents, masks, states, empty))
 
-    dit.train()
+    dit.to(dev).train()
     g = torch.Generator().manual_seed(settings.seed)
 
     def step(i: int) -> dict[str, float]:
-        idx = torch.randint(0, latents.shape[0], (settings.batch,), generator=g)
+        idx = torch.randint(0, latents.shape[0], (settings.batch,), generator=g).to(dev)
         frames = SHORT_FRAMES if i < short_steps else latents.shape[1]
         x0 = latents[idx, :frames]  # [B, F, z, h, w]
         weight = 1.0 + OBJECT_WEIGHT * masks[idx, :frames]  # [B, F, h, w]
         ctx = states[idx].clone()
-        drop = torch.rand(settings.batch, generator=g) < 0.1
+        drop = (torch.rand(settings.batch, generator=g) < 0.1).to(dev)
         ctx[drop] = empty
         b, f = x0.shape[:2]
-        sig = noise_levels(b, f, g)  # [B, F]
-        eps = torch.randn(x0.shape, generator=g)
+        sig = noise_levels(b, f, g).to(dev)  # [B, F]
+        eps = torch.randn(x0.shape, generator=g).to(dev)
         s = sig.view(b, f, 1, 1, 1)
         xt = (1 - s) * x0 + s * eps
         pred = dit(xt.permute(0, 2, 1, 3, 4), 1000.0 * sig, ctx, causal_block=CAUSAL_BLOCK)  # [B, z, F, h, w]
@@ -229,10 +238,11 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     record = {"settings": attrs.asdict(settings), "clips": clips_n, "causal_block": CAUSAL_BLOCK, "ema": EMA,
               "short_steps": short_steps, "short_frames": SHORT_FRAMES, "object_weight": OBJECT_WEIGHT,
               **({"init": init_record} if init_record is not None else {}),
-              "machine": training.machine(), "wall_s": log["wall_s"],
+              "machine": training.machine(dev), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in dit.parameters()),
               "command": f"accelframe world train {which} --steps {settings.steps} --short-steps {short_steps} "
-                         f"--seed {settings.seed}" + (f" --lr {settings.lr:g} --init {Path(init).name}" if init else "")}
+                         f"--seed {settings.seed}" + (f" --lr {settings.lr:g} --init {Path(init).name}" if init else "")
+                         + ("" if dev.type == "cpu" else f" --device {dev}")}
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
 
