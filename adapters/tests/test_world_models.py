@@ -165,7 +165,8 @@ def test_dit_trainer_writes_loadable_weights(tmp_path):
     (tmp_path / models.FILES["drafter"]).write_bytes((tmp_path / "more.safetensors").read_bytes())
     cards.write_card("drafter", tmp_path, [])
     card = (tmp_path / models.FILES["drafter"].replace(".safetensors", ".md")).read_text()
-    assert "continued from `d.safetensors`, itself trained 2 steps" in card and rec["command"] in card
+    assert "continued from `d.safetensors`, itself trained 2 steps (warm-up 1)" in card and rec["command"] in card
+    assert f"`{rec['command']}` ran with a warm-up of 1 steps, not the command line's 100" in card
     with pytest.raises(ConfigError, match="init"):  # the target's weights do not fit the drafter
         train_dit.train("drafter", tmp_path / "x.safetensors", vae=models.weights_path("vae"),
                         text=models.weights_path("text"), clips_n=2, settings=settings,

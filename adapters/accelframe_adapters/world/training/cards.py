@@ -138,6 +138,22 @@ def _card_outputs(name: str, folder: Path) -> tuple[dict[str, Any], Path | None,
     return log, curve, weights.with_name(weights.name.replace(".safetensors", ".md"))
 
 
+def _off_cli_warmups(name: str, runs: list[dict[str, Any]]) -> list[str]:
+    """A line for each run whose warm-up its command does not give (``world train`` has no warm-up
+    option: a one-off script set it), so a card never calls such a command a reproduction without
+    saying so."""
+    from accelframe_adapters.world.training import train_dit
+
+    default = getattr(train_dit.DEFAULTS.get(name), "warmup", None)
+    lines = []
+    for run in runs:
+        warm, command = run.get("settings", {}).get("warmup"), run.get("command", "")
+        if default is not None and warm is not None and warm != default and "--warmup" not in command:
+            lines.append(f"- `{run.get('command', '')}` ran with a warm-up of {warm} steps, not the command "
+                         f"line's {default} (a one-off script set it)")
+    return lines
+
+
 def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[Path]:
     """Write ``name``'s card and loss curve (each whole or not at all; the caller checks overwrites)."""
     from accelframe.outputs import write_text
@@ -174,14 +190,15 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
         for earlier in chain:
             t = earlier.get("training", {})
             steps = t.get("settings", {}).get("steps", "?")
-            lines.append(f"- continued from `{earlier.get('file')}`, itself trained {steps} steps in "
-                         f"{t.get('wall_s', 0) / 60:.1f} min: `{t.get('command', '')}`")
+            warm = t.get("settings", {}).get("warmup", "?")
+            lines.append(f"- continued from `{earlier.get('file')}`, itself trained {steps} steps (warm-up {warm}) "
+                         f"in {t.get('wall_s', 0) / 60:.1f} min: `{t.get('command', '')}`")
         cmds = [e.get("training", {}).get("command", "") for e in reversed(chain)] + [record.get("command", "")]
         lines.append("- reproduce: " + ", then ".join(f"`{c}`" for c in cmds)
                      + " (each after the first with `--init` naming the output before it)")
-        lines.append("")
     else:
-        lines += [f"- reproduce: `{record.get('command', '')}`", ""]
+        lines.append(f"- reproduce: `{record.get('command', '')}`")
+    lines += [*_off_cli_warmups(name, [record] + [e.get("training", {}) for e in chain]), ""]
     if curve is not None:
         lines += ["## Loss", "", f"![training loss, log scale, against the step]({curve.name})", "",
                   f"Training loss (log scale) against the step; first logged {log['loss'][0]:.4f}, "
