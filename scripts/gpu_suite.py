@@ -7,23 +7,26 @@ Sections, each under its own time budget (a section that would overrun is skippe
 
 1. ``equality``: the four families (self-forcing, krea-realtime, skyreels-v2-df, magi-1) generate the
    same request on the CPU and on CUDA in float32 (TF32 off): relative error of the latents.
-2. ``timing``: the Wan DiT at 1.3B and 14B, 480 x 832, bfloat16, random weights: one call (a block of 3
-   latent frames attending to 6 cached frames) and one Self-Forcing block (4 calls and the commit
-   pass), eager and with ``compile=True`` (the same compiled parts as the adapters' knob), with the
-   compile time.
-3. ``costs``: the cost table of ``accelframe bench costs`` measured instead of projected, for
+2. ``costs``: the cost table of ``accelframe bench costs`` measured instead of projected, for
    ``krea-14B@832x480`` and ``self-forcing-1.3B@832x480``: the target's and the drafter's calls and
    commits at the contexts the tables assume, and the Wan VAE's decode per latent frame (float32).
    The reward score is not measured (ImageReward's weights cannot be loaded here): the FLOPs
    estimate's figure is kept and labelled.
-4. ``stack``: ``accelframe bench stack --quick`` on the world (the machine's CPU), then every row's
-   counted work priced with the measured tables: the speedup its decisions give at real scale,
-   priced with measured component times (a sum, nothing overlapped: the pricing rule of
-   ``accelframe_bench.costs``).
-5. ``train``: the world target's trainer (``accelframe world train target --device``) on the CPU and
+3. ``stack``: the decision traces of ``accelframe bench stack`` on the world, every row's counted work
+   priced with the measured tables: the speedup its decisions give at real scale, priced with
+   measured component times (a sum, nothing overlapped: the pricing rule of
+   ``accelframe_bench.costs``). ``--stack-results FILE`` prices a ``results.json`` that a full run
+   wrote elsewhere (the device's time then goes to the GPU's work); without it the suite runs
+   ``bench stack --quick`` on the machine's CPU first.
+4. ``train``: the world target's trainer (``accelframe world train target --device``) on the CPU and
    on CUDA from the same seed and clips, full 27-frame clips at the shipped batch: the losses of the
    two runs step by step (the same batches and noise: every draw is made on the CPU) and the steps
    per second of each, with what the shipped recipe's steps would take on the device.
+5. ``timing`` (last: its compiles take the longest, and a run cut short keeps the sections above):
+   the Wan DiT at 1.3B and 14B, 480 x 832, bfloat16, random weights: one call (a block of 3 latent
+   frames attending to 6 cached frames) and one Self-Forcing block (4 calls and the commit pass),
+   eager and with ``compile=True`` (the same compiled parts as the adapters' knob), with the compile
+   time. Each size's row is saved as soon as it is measured.
 
 Writes ``gpu_suite.json`` (and the stack bench's files) to ``--out``; prints a summary.
 """
@@ -43,7 +46,7 @@ from typing import Any, Callable
 import torch
 
 PROMPT = "a red circle moves left on a blue background"
-BUDGET_S = {"equality": 60, "timing": 210, "costs": 90, "stack": 120, "train": 30}  # 8.5 min at most, about 6 typical
+BUDGET_S = {"equality": 60, "costs": 90, "stack": 120, "train": 60, "timing": 210}  # 9 min at most, about 6 typical
 SECTIONS = tuple(BUDGET_S)
 
 
@@ -167,7 +170,9 @@ class DiTBench:
         return run
 
 
-def timing(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
+def timing(device: torch.device, smoke: bool, deadline: float,
+           save: Callable[[dict[str, Any]], None] = lambda out: None) -> dict[str, Any]:
+    """Eager and compiled times of each size; ``save`` is called with the rows so far after each one."""
     from accelframe_adapters.compiling import CompileClock, compile_parts
 
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -195,6 +200,7 @@ def timing(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]
         row["call_speedup"] = row["eager"]["call_ms"] / row["compiled"]["call_ms"]
         row["block_speedup"] = row["eager"]["block_ms"] / row["compiled"]["block_ms"]
         out[size] = row
+        save(out)
         del dit, b
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -269,24 +275,27 @@ def costs(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
 # ---- 4: stack --------------------------------------------------------------------------------
 
 
-def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
+def stack(out_dir: Path, tables: dict[str, Any], results: Path | None) -> dict[str, Any]:
     from accelframe_bench import costs as bc
 
-    dest = out_dir / "stack"
-    threads = os.environ.get("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, "-m", "accelframe", "--threads", threads, "bench", "stack", "--quick",
-           "--project", "none", "--json", "--force", "--out", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        return {"error": proc.stderr[-2000:], "command": " ".join(cmd[1:])}
-    res = json.loads(proc.stdout)
+    if results is not None:
+        res, source = json.loads(results.read_text()), f"{results.name} (a bench stack run made beforehand)"
+    else:
+        dest = out_dir / "stack"
+        threads = os.environ.get("OMP_NUM_THREADS", "1")
+        cmd = [sys.executable, "-m", "accelframe", "--threads", threads, "bench", "stack", "--quick",
+               "--project", "none", "--json", "--force", "--out", str(dest)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            return {"error": proc.stderr[-2000:], "command": " ".join(cmd[1:])}
+        res, source = json.loads(proc.stdout), " ".join(cmd[1:])
     base, rows = res["baseline"], [r for r in res["rows"] if r.get("work")]
     priced: dict[str, Any] = {}
     for name, tab in tables.items():
         table = bc.CostTable(**tab)
         priced[name] = {r["name"]: bc.projected_speedup(bc.Counts(**base["work"]), bc.Counts(**r["work"]), table)
                         for r in rows}
-    return {"command": " ".join(cmd[1:]),
+    return {"source": source, "config": {k: res["config"].get(k) for k in ("prompts", "quick", "decoder", "decode_worker")},
             "measured_on_world": {r["name"]: r["speedup"] for r in rows},
             "priced_with_measured_table": priced}
 
@@ -294,7 +303,15 @@ def stack(out_dir: Path, tables: dict[str, Any], smoke: bool) -> dict[str, Any]:
 # ---- 5: training on the device ---------------------------------------------------------------
 
 
-def train(out_dir: Path, device: torch.device, smoke: bool) -> dict[str, Any]:
+def train(device: torch.device, smoke: bool) -> dict[str, Any]:
+    """Writes its clips and weights to a temporary folder (nothing of it is a result)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _train(Path(tmp), device, smoke)
+
+
+def _train(out_dir: Path, device: torch.device, smoke: bool) -> dict[str, Any]:
     from accelframe_adapters.world import models
     from accelframe_adapters.world.training import common, train_dit
 
@@ -332,6 +349,8 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="folder for gpu_suite.json and the stack bench's files")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks that the suite runs")
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    ap.add_argument("--stack-results", type=Path, default=None, metavar="FILE",
+                    help="price this bench stack results.json instead of running bench stack --quick here")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -342,8 +361,16 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     wanted = args.only.split(",")
+    if args.stack_results is not None and not args.stack_results.is_file():
+        raise SystemExit(f"gpu_suite: --stack-results {args.stack_results}: no such file")
     result: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__,
                               "date": str(dt.date.today()), "smoke": args.smoke, "sections_s": {}}
+    dest = out_dir / "gpu_suite.json"
+
+    def save(name: str, value: Any) -> None:  # the file whole after every section (and timing's rows)
+        result[name] = value
+        dest.write_text(json.dumps(result, indent=2))
+
     for name in SECTIONS:
         if name not in wanted:
             continue
@@ -353,18 +380,18 @@ def main() -> int:
         try:
             if name == "equality":
                 result[name] = equality(device, args.smoke)
-            elif name == "timing":
-                result[name] = timing(device, args.smoke, deadline)
             elif name == "costs":
                 result[name] = costs(device, args.smoke, deadline)
             elif name == "stack":
-                result[name] = stack(out_dir, result.get("costs", {}).get("tables", {}), args.smoke)
+                result[name] = stack(out_dir, result.get("costs", {}).get("tables", {}), args.stack_results)
+            elif name == "train":
+                result[name] = train(device, args.smoke)
             else:
-                result[name] = train(out_dir, device, args.smoke)
+                result[name] = timing(device, args.smoke, deadline, lambda rows: save("timing", rows))
         except Exception as e:  # a failed section is reported; the others still run
             result[name] = {"error": f"{type(e).__name__}: {e}"}
         result["sections_s"][name] = time.perf_counter() - t0
-        (out_dir / "gpu_suite.json").write_text(json.dumps(result, indent=2))  # whole after every section
+        save(name, result[name])
     print(json.dumps(result, indent=2))
     return 0
 
