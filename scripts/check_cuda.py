@@ -61,7 +61,7 @@ def main() -> int:
         res = {}
         for dev, dtype in (("cpu", "float32"), ("cuda", "float32"), ("cuda", "bfloat16")):
             pipe = Pipeline(name, hooks=hooks(), adapter_kwargs={**kw, "device": dev, "dtype": dtype,
-                                                                 "height": 32, "width": 32})
+                                                                 "size": "tiny", "height": 32, "width": 32})
             res[f"{dev}-{dtype}"] = pipe.generate("a red circle moves left", num_frames=6, seed=1).latents
         out["generation"][name] = {"cuda_fp32_vs_cpu_rel": rel(res["cuda-float32"], res["cpu-float32"]),
                                    "cuda_bf16_vs_cpu_rel": rel(res["cuda-bfloat16"], res["cpu-float32"])}

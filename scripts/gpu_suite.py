@@ -7,11 +7,13 @@ Sections, each under its own time budget (a section that would overrun is skippe
 
 1. ``equality``: the four families (self-forcing, krea-realtime, skyreels-v2-df, magi-1) generate the
    same request on the CPU and on CUDA in float32 (TF32 off): relative error of the latents.
-2. ``costs``: the cost table of ``accelframe bench costs`` measured instead of projected, for
-   ``krea-14B@832x480`` and ``self-forcing-1.3B@832x480``: the target's and the drafter's calls and
-   commits at the contexts the tables assume, and the Wan VAE's decode per latent frame (float32).
-   The reward score is not measured (ImageReward's weights cannot be loaded here): the FLOPs
-   estimate's figure is kept and labelled.
+2. ``costs``: every cost table of ``accelframe bench costs`` measured instead of projected
+   (``self-forcing-1.3B@832x480``, ``krea-14B@832x480``, ``skyreels-v2-14B@540P``, ``magi-1-4.5B``): the
+   target's and the drafter's calls and commits with random weights at the contexts the FLOPs tables
+   assume, composed as their assumptions say (guidance passes, MAGI's three passes), and the Wan VAE's
+   decode per latent frame at each size in float32 (TF32 off and on) and bfloat16; the tables take
+   the bfloat16 decode. The reward score is not measured (ImageReward's weights cannot be loaded
+   here): the FLOPs estimate's figure is kept and labelled.
 3. ``stack``: the decision traces of ``accelframe bench stack`` on the world, every row's counted work
    priced with the measured tables: the speedup its decisions give at real scale, priced with
    measured component times (a sum, nothing overlapped: the pricing rule of
@@ -46,8 +48,10 @@ from typing import Any, Callable
 import torch
 
 PROMPT = "a red circle moves left on a blue background"
-BUDGET_S = {"equality": 60, "costs": 90, "stack": 120, "train": 60, "timing": 210}  # 9 min at most, about 6 typical
+# each section's budget (an upper bound, 10 min together); on an H200 the whole suite took 3 min
+BUDGET_S = {"equality": 60, "costs": 150, "stack": 120, "train": 60, "timing": 210}
 SECTIONS = tuple(BUDGET_S)
+BLOCK_CONFIGS = ("krea-14B@832x480", "self-forcing-1.3B@832x480")  # where the world's block traces are priced
 
 
 def _sync(device: torch.device) -> None:
@@ -210,62 +214,151 @@ def timing(device: torch.device, smoke: bool, deadline: float,
 # ---- 3: costs --------------------------------------------------------------------------------
 
 
-def _vae_decode_s(device: torch.device, latent_hw: tuple[int, int], smoke: bool) -> float:
+def _vae(device: torch.device, dtype: torch.dtype, smoke: bool):
     from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig
 
-    with torch.device(device):
-        torch.manual_seed(0)
-        vae = WanVAE(WanVAEConfig.tiny() if smoke else WanVAEConfig()).eval()
-    z = torch.randn(1, vae.config.z_dim, 2, *latent_hw, device=device)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            return WanVAE(WanVAEConfig.tiny() if smoke else WanVAEConfig()).eval()
+    finally:
+        torch.set_default_dtype(old)
 
-    def run() -> None:
-        cache = vae.new_decode_cache()
-        vae.decode_chunk(z[:, :, :1], cache)  # the stream's first frame: 1 pixel frame, not timed below
-        _sync(device)
-        t0 = time.perf_counter()
-        vae.decode_chunk(z[:, :, 1:], cache)  # a later latent frame: 4 pixel frames
-        _sync(device)
-        run.last = time.perf_counter() - t0  # type: ignore[attr-defined]
 
+def _vae_decode_s(vae: Any, device: torch.device, latent_hw: tuple[int, int]) -> float:
+    """Best of 3: the decode of one latent frame after a stream's first (4 pixel frames)."""
+    dtype = next(vae.parameters()).dtype
+    z = torch.randn(1, vae.config.z_dim, 2, *latent_hw, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(3):
-        run()
-        best = min(best, run.last)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            cache = vae.new_decode_cache()
+            vae.decode_chunk(z[:, :, :1], cache)  # the stream's first frame: 1 pixel frame, not timed
+            _sync(device)
+            t0 = time.perf_counter()
+            vae.decode_chunk(z[:, :, 1:], cache)
+            _sync(device)
+        best = min(best, time.perf_counter() - t0)
     return best
 
 
+def _decodes(device: torch.device, smoke: bool, sizes: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """The Wan VAE's decode per latent frame at each latent size: float32 (TF32 off, as the equality
+    checks run), float32 with TF32 allowed, and bfloat16 (as the releases run it)."""
+    out: dict[str, dict[str, float]] = {name: {} for name in sizes}
+    for label, dtype, tf32 in (("float32", torch.float32, False), ("float32_tf32", torch.float32, True),
+                               ("bfloat16", torch.bfloat16, False)):
+        vae = _vae(device, dtype, smoke)
+        was = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            for name, hw in sizes.items():
+                out[name][label] = _vae_decode_s(vae, device, hw)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = was
+        del vae
+    return out
+
+
+def _magi_passes(device: torch.device, dtype: torch.dtype, smoke: bool) -> dict[str, float]:
+    """MAGI-1 passes at 720 x 720 (90 x 90 latents), random weights: ``window`` is the staged window's
+    4 live chunks attending to 2, 3, 4 and 5 chunks (14 in all, as noise2clean_kvrange), ``alone`` the same
+    4 chunks each attending to itself, ``one`` a single chunk attending to itself (the commit)."""
+    from accelframe_adapters.magi.dit import MagiDiT, MagiDiTConfig
+
+    cfg = MagiDiTConfig.tiny() if smoke else MagiDiTConfig.magi_4_5b()
+    hw = (8, 8) if smoke else (90, 90)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = MagiDiT(cfg).eval()
+    finally:
+        torch.set_default_dtype(old)
+    cw, length = cfg.chunk_width, cfg.caption_max_length
+    caption = torch.randn(1, length, cfg.caption_channels, device=device, dtype=dtype)
+    mask = torch.zeros(1, length, dtype=torch.bool, device=device)
+    mask[:, :min(50, length)] = True  # 50 caption tokens, as the FLOPs estimate assumes
+
+    def x(chunks: int) -> torch.Tensor:
+        return torch.randn(1, cfg.latent_channels, chunks * cw, *hw, device=device, dtype=dtype)
+
+    cache = model.new_cache(*hw)
+    with torch.no_grad():  # chunk 3 cached: the window's oldest chunk reads it
+        model(x(1), torch.full((1, 1), 0.9, device=device), caption, mask, first_chunk=3, kv_ranges=[(3, 4)],
+              cache=cache, write=True)
+    x4, t4, x1, t1 = x(4), torch.full((1, 4), 0.5, device=device), x(1), torch.full((1, 1), 0.9, device=device)
+
+    def run(xx: torch.Tensor, tt: torch.Tensor, first: int, ranges: list[tuple[int, int]]) -> Callable[[], Any]:
+        def go() -> Any:
+            with torch.no_grad():
+                return model(xx, tt, caption, mask, first_chunk=first, kv_ranges=ranges, cache=cache)
+        return go
+
+    out = {"window": _time(run(x4, t4, 4, [(3, 5), (3, 6), (3, 7), (3, 8)]), device, 2),
+           "alone": _time(run(x4, t4, 4, [(4, 5), (5, 6), (6, 7), (7, 8)]), device, 2),
+           "one": _time(run(x1, t1, 8, [(8, 9)]), device, 2)}
+    del model, cache
+    return out
+
+
 def costs(device: torch.device, smoke: bool, deadline: float) -> dict[str, Any]:
+    """Every configuration of ``accelframe bench costs``, measured: its calls and commits with random
+    weights at the contexts the FLOPs tables assume, the decode in bfloat16 (the other precisions are
+    kept beside it), the score left at the FLOPs estimate."""
     from accelframe_bench import costs as bc
 
     dtype = torch.float32 if smoke else torch.bfloat16
-    hw = (4, 4) if smoke else (60, 104)
+    hw = {"832x480": (4, 4), "960x544": (4, 4), "720x720": (4, 4)} if smoke else {
+        "832x480": (60, 104), "960x544": (68, 120), "720x720": (90, 90)}
     big, small = ("tiny", "tiny") if smoke else ("14B", "1.3B")
+    window = 3 if smoke else 25  # SkyReels-V2's window: base_num_frames 97 -> 25 latent frames
     sf_ctx = round(bc._self_forcing_kv_frames()) - 3  # cached frames of an average Self-Forcing call
-    out: dict[str, Any] = {"decode_per_latent_frame_s": _vae_decode_s(device, hw, smoke)}
-    d = DiTBench(_random_dit(small, device, dtype), device, dtype, hw)
-    small_call = _time(d.call(sf_ctx), device, 3)
+    decode = _decodes(device, smoke, hw)
+    out: dict[str, Any] = {"decode_per_latent_frame_s": decode, "calls_s": {}}
+    calls = out["calls_s"]
+    d = DiTBench(_random_dit(small, device, dtype), device, dtype, hw["832x480"])
+    calls["1.3B 832x480 block of 3, 11 cached frames"] = _time(d.call(sf_ctx), device, 3)
+    d = DiTBench(d.dit, device, dtype, hw["960x544"])
+    calls["1.3B 960x544 window of 25, one pass"] = _time(d.call(0, frames=window), device, 2)
     del d
     if time.perf_counter() > deadline:
-        return {**out, "skipped": "the section's time budget ran out after the 1.3B call"}
-    t = DiTBench(_random_dit(big, device, dtype), device, dtype, hw)
-    krea_call = _time(t.call(3), device, 3)  # Krea: 3 rebuilt context frames and the block
-    krea_commit = _time(t.call(0), device, 3)  # the rebuild: one pass over 3 frames, no context
+        return {**out, "skipped": "the section's time budget ran out after the 1.3B calls"}
+    t = DiTBench(_random_dit(big, device, dtype), device, dtype, hw["832x480"])
+    calls["14B 832x480 block of 3, 3 cached frames"] = _time(t.call(3), device, 3)
+    calls["14B 832x480 block of 3, no context"] = _time(t.call(0), device, 3)  # Krea's rebuild
+    t = DiTBench(t.dit, device, dtype, hw["960x544"])
+    calls["14B 960x544 window of 25, one pass"] = _time(t.call(0, frames=window), device, 2)
     del t
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    magi = _magi_passes(device, dtype, smoke) if time.perf_counter() < deadline else None
+    if magi is not None:
+        calls.update({f"MAGI-1 4.5B 720x720 {k}": v for k, v in magi.items()})
+    sf = calls["1.3B 832x480 block of 3, 11 cached frames"]
+    parts = {  # (target call, drafter call, target commit, drafter commit, decode size)
+        "self-forcing-1.3B@832x480": (sf, sf, sf, sf, "832x480"),
+        "krea-14B@832x480": (calls["14B 832x480 block of 3, 3 cached frames"], sf,
+                             calls["14B 832x480 block of 3, no context"], sf, "832x480"),
+        "skyreels-v2-14B@540P": (2 * calls["14B 960x544 window of 25, one pass"],
+                                 2 * calls["1.3B 960x544 window of 25, one pass"], 0.0, 0.0, "960x544"),
+    }
+    if magi is not None:
+        parts["magi-1-4.5B"] = (2 * magi["window"] + magi["alone"], magi["window"] + magi["one"], magi["one"],
+                                magi["one"], "720x720")
     tables = {}
-    for name, (tc, dc, tm, dm) in {
-        "krea-14B@832x480": (krea_call, small_call, krea_commit, small_call),
-        "self-forcing-1.3B@832x480": (small_call, small_call, small_call, small_call),
-    }.items():
+    for name, (tc, dc, tm, dm, size) in parts.items():
         projected = bc.table(name)
         tables[name] = bc.CostTable(
             config=name, target_call_s=tc, drafter_call_s=dc, target_commit_s=tm, drafter_commit_s=dm,
-            decode_per_latent_frame_s=out["decode_per_latent_frame_s"],
+            decode_per_latent_frame_s=decode[size]["bfloat16"],
             score_per_pixel_frame_s=projected.score_per_pixel_frame_s,
             source=f"measured on {_device_name(device)} ({dt.date.today()}): random weights, "
-                   f"{'float32 smoke run' if smoke else 'bfloat16 DiTs, float32 VAE'}; score: the FLOPs "
-                   "estimate (ImageReward not loaded)",
+                   f"{'float32 smoke run' if smoke else 'bfloat16 DiTs and Wan VAE'}, the calls composed as "
+                   "the FLOPs table's assumptions say; score: the FLOPs estimate (ImageReward not loaded)",
             detail={"projected": projected.to_dict() | {"detail": None},
                     "contexts": {"drafter": sf_ctx, "krea target": 3}}).to_dict()
     out["tables"] = tables
@@ -292,6 +385,8 @@ def stack(out_dir: Path, tables: dict[str, Any], results: Path | None) -> dict[s
     base, rows = res["baseline"], [r for r in res["rows"] if r.get("work")]
     priced: dict[str, Any] = {}
     for name, tab in tables.items():
+        if name not in BLOCK_CONFIGS:  # SkyReels' and MAGI's calls are not a 3-frame block's unit
+            continue
         table = bc.CostTable(**tab)
         priced[name] = {r["name"]: bc.projected_speedup(bc.Counts(**base["work"]), bc.Counts(**r["work"]), table)
                         for r in rows}
@@ -315,7 +410,7 @@ def _train(out_dir: Path, device: torch.device, smoke: bool) -> dict[str, Any]:
     from accelframe_adapters.world import models
     from accelframe_adapters.world.training import common, train_dit
 
-    clips_n, steps = (2, 3) if smoke else (16, 20)
+    clips_n, steps = (2, 3) if smoke else (16, 60)
     shipped = train_dit.DEFAULTS["target"]
     settings = common.TrainSettings(steps=steps, batch=2 if smoke else shipped.batch, lr=shipped.lr, seed=0,
                                     warmup=shipped.warmup, log_every=1)
