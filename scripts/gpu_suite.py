@@ -390,7 +390,8 @@ def stack(out_dir: Path, tables: dict[str, Any], results: Path | None) -> dict[s
         table = bc.CostTable(**tab)
         priced[name] = {r["name"]: bc.projected_speedup(bc.Counts(**base["work"]), bc.Counts(**r["work"]), table)
                         for r in rows}
-    return {"source": source, "config": {k: res["config"].get(k) for k in ("prompts", "quick", "decoder", "decode_worker")},
+    config = {k: res["config"].get(k) for k in ("prompts", "quick", "decoder", "decode_worker")}
+    return {"source": source, "config": config,
             "measured_on_world": {r["name"]: r["speedup"] for r in rows},
             "priced_with_measured_table": priced}
 
