@@ -63,7 +63,7 @@ import torch
 
 from accelframe.errors import ConfigError
 from accelframe.progress import progress_bar
-from accelframe_bench.costs import DEFAULT_PROJECT, CostTable, Counts
+from accelframe_bench.costs import DEFAULT_PROJECT, PROJECT_HELP, CostTable, Counts
 from accelframe_policies.sdvg import DEFAULT_SCORER  # SDVG's own default: the world's frame reward
 
 ADAPTER = "self-forcing"
@@ -497,7 +497,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="training prompts the taus are calibrated on (default: 8; --quick: 1)")
     p.add_argument("--project", default=None, metavar="NAME",
                    help="price each method's counted work with the cost table of this configuration and report "
-                        f"the speedup projected there; 'none': no projection (default: {DEFAULT_PROJECT}, the "
+                        f"the speedup projected there ({PROJECT_HELP}); 'none': no projection (default: {DEFAULT_PROJECT}, the "
                         "SDVG paper's 14B target with its 1.3B drafter)")
     p.add_argument("--decoder", choices=DECODERS, default="vae",
                    help="what decodes latents: the world VAE's decoder (default) or its tiny decoder (TAEHV's shape, "

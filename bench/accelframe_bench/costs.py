@@ -8,6 +8,12 @@ score of one pixel frame. :class:`Counts` is what a run did, counted from its st
 measured on the world, the ratio of the baseline's price to a row's price: the speedup the same
 decisions give at that configuration, "projected at <configuration>".
 
+Two tables exist per configuration: :func:`table`, the FLOPs of random-weight models at real size
+scaled by one H100 figure, and :func:`measured`, the components timed on a GPU by
+``scripts/gpu_suite.py`` (:mod:`accelframe_bench.measured_costs`). A bench's ``--project NAME`` prices
+with the measured table where there is one (``NAME:flops`` asks for the estimate); the document's
+``projection`` keeps the table with its source.
+
 Pricing is a sum: every call at its component's cost, nothing overlapped, no batching gain (at real
 scale one 3-frame call of a 1.3B or 14B model already fills a GPU). A stream batch's batched forward
 over R rows is priced as R calls.
@@ -380,16 +386,45 @@ DEFAULT_PROJECT = "krea-14B@832x480"  # the SDVG paper's pair: the 14B Krea targ
 NO_PROJECTION = "none"
 
 
+FLOPS_SUFFIX, MEASURED_SUFFIX = ":flops", ":measured"
+
+
+def measured(name: str) -> CostTable | None:
+    """The cost table at ``name`` measured on a GPU (:mod:`accelframe_bench.measured_costs`), or None
+    where none was measured. Its score per pixel frame is the FLOPs table's."""
+    from accelframe_bench import measured_costs as mc
+
+    if name not in mc.SECONDS:
+        return None
+    return CostTable(config=name, **mc.SECONDS[name], score_per_pixel_frame_s=table(name).score_per_pixel_frame_s,
+                     source=mc.SOURCE, detail={"passes_s": dict(mc.PASSES), "decode_s": mc.DECODE})
+
+
+def project_names() -> list[str]:
+    """What a bench's ``--project`` takes: each configuration, with ``:flops`` or ``:measured`` to pick
+    its table, and ``none``."""
+    return [*CONFIGS, *(c + FLOPS_SUFFIX for c in CONFIGS), *(c + MEASURED_SUFFIX for c in CONFIGS if measured(c)),
+            NO_PROJECTION]
+
+
+PROJECT_HELP = ("the measured table where one was measured on a GPU, else the FLOPs estimate; NAME:flops "
+                "or NAME:measured picks one")
+
+
 def cost_table(name: str | None, owner: str) -> CostTable | None:
-    """The cost table of ``name`` for a bench's ``--project``; None for ``"none"`` or None. An
-    unknown name is a :class:`ConfigError` of ``owner``'s ``--project``, before any model."""
+    """The cost table of ``name`` for a bench's ``--project``: a configuration's measured table where
+    there is one, else its FLOPs estimate (``NAME:flops`` and ``NAME:measured`` pick); None for
+    ``"none"`` or None. An unknown name is a :class:`ConfigError` of ``owner``'s ``--project``, before
+    any model."""
     from accelframe.errors import ConfigError
 
     if name is None or name.strip().lower() == NO_PROJECTION:
         return None
-    if name not in CONFIGS:
-        raise ConfigError(owner, "--project", name, "one of " + ", ".join([*CONFIGS, NO_PROJECTION]))
-    return table(name)
+    if name not in project_names():
+        raise ConfigError(owner, "--project", name, "one of " + ", ".join(project_names()))
+    if name.endswith(FLOPS_SUFFIX):
+        return table(name.removesuffix(FLOPS_SUFFIX))
+    return measured(name.removesuffix(MEASURED_SUFFIX)) or table(name)
 
 
 def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter: bool = False,
@@ -441,6 +476,10 @@ _COLUMNS = (("target call", "target_call_s"), ("drafter call", "drafter_call_s")
 def configure(p: Any) -> None:
     p.add_argument("--config", choices=list(CONFIGS), default=None,
                    help="one configuration (default: all of them)")
+    p.add_argument("--source", choices=("flops", "measured"), default="flops",
+                   help="flops: the FLOPs estimates scaled by the H100 figure (default); measured: the tables "
+                        "measured on a GPU by scripts/gpu_suite.py (the benches' --project prices with these "
+                        "where they exist)")
     p.add_argument("--json", action="store_true", help="print the tables as JSON")
 
 
@@ -460,15 +499,17 @@ def format_tables(tables: Sequence[CostTable]) -> str:
 
 
 def run(args: Any, hooks: Any = None) -> int:
-    """``hooks`` is not used: the tables come from FLOPs, nothing runs a model."""
+    """``hooks`` is not used: the tables come from FLOPs or from the measured file, nothing runs a model."""
     import json
 
     names = [args.config] if args.config else list(CONFIGS)
-    tables = [table(n) for n in names]
+    pick = measured if getattr(args, "source", "flops") == "measured" else table
+    tables = [t for t in (pick(n) for n in names) if t is not None]
     print(json.dumps({t.config: t.to_dict() for t in tables}, indent=2) if args.json else format_tables(tables))
     return 0
 
 
-__all__ = ["CONFIGS", "DEFAULT_PROJECT", "NO_PROJECTION", "CostTable", "Counts", "ScaleFlops", "bert_cross_flops",
-           "cost_table", "counts_of", "cross_checks", "image_reward_flops", "magi_pass_flops", "price",
-           "projected_speedup", "table", "throughput", "vae_decode_flops", "vit_l16_flops", "work"]
+__all__ = ["CONFIGS", "DEFAULT_PROJECT", "FLOPS_SUFFIX", "MEASURED_SUFFIX", "NO_PROJECTION", "PROJECT_HELP",
+           "CostTable", "Counts", "ScaleFlops", "bert_cross_flops", "cost_table", "counts_of", "cross_checks",
+           "image_reward_flops", "magi_pass_flops", "measured", "price", "project_names", "projected_speedup",
+           "table", "throughput", "vae_decode_flops", "vit_l16_flops", "work"]

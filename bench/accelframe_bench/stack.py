@@ -82,6 +82,7 @@ from accelframe.metrics import psnr, ssim
 from accelframe.progress import progress_bar
 from accelframe_bench.costs import (
     DEFAULT_PROJECT,
+    PROJECT_HELP,
     CostTable,
     Counts,
     cost_table,
@@ -526,7 +527,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "take it past 90 s)")
     p.add_argument("--project", default=DEFAULT_PROJECT, metavar="NAME",
                    help="price each row's counted work with the cost table of this configuration and report the "
-                        f"speedup projected there; 'none': no projection (default: {DEFAULT_PROJECT}, the SDVG "
+                        f"speedup projected there ({PROJECT_HELP}); 'none': no projection (default: {DEFAULT_PROJECT}, the SDVG "
                         "paper's 14B target with its 1.3B drafter)")
     p.add_argument("--decoder", choices=("vae", "tiny"), default="vae",
                    help="what decodes latents: the world VAE's decoder (default) or its tiny decoder")

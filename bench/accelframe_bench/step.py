@@ -47,7 +47,7 @@ import torch
 from accelframe.errors import ConfigError
 from accelframe.metrics import psnr, ssim
 from accelframe.progress import progress_bar
-from accelframe_bench.costs import CostTable, Counts
+from accelframe_bench.costs import PROJECT_HELP, CostTable, Counts
 
 ADAPTERS = ("skyreels-v2-df", "self-forcing", "magi-1")
 # the configuration a family's rows are projected at by default: the papers' model of that loop
@@ -428,7 +428,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="comma-separated method names to run (SCOPE's own rows always run)")
     p.add_argument("--project", default=None, metavar="NAME",
                    help="price each method's counted calls with the cost table of this configuration and report "
-                        "the speedup projected there; 'none': no projection (default: the adapter's: "
+                        f"the speedup projected there ({PROJECT_HELP}); 'none': no projection (default: the adapter's: "
                         + ", ".join(f"{a} at {c}" for a, c in PROJECTS.items()) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and noise (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",

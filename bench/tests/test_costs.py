@@ -157,3 +157,52 @@ def test_bench_costs_refuses_an_unknown_config():
     costs.configure(p)
     with pytest.raises(SystemExit):
         p.parse_args(["--config", "nope"])
+
+
+def test_measured_tables_compose_their_passes_as_the_flops_tables_assume():
+    """Each measured table's calls are the measured passes composed as the FLOPs table's assumptions say
+    (SkyReels' two guidance passes, MAGI's three), and its score is the FLOPs estimate's."""
+    from accelframe_bench import measured_costs as mc
+
+    p = mc.PASSES
+    for name in costs.CONFIGS:
+        t = costs.measured(name)
+        assert t is not None and t.config == name and t.source == mc.SOURCE
+        assert t.score_per_pixel_frame_s == costs.table(name).score_per_pixel_frame_s
+        assert t.target_call_s >= t.drafter_call_s > 0
+    sky, magi, krea = (costs.measured(n) for n in ("skyreels-v2-14B@540P", "magi-1-4.5B", "krea-14B@832x480"))
+    assert sky.target_call_s == pytest.approx(2 * p["14B 960x544 window of 25, one pass"], rel=1e-3)
+    assert sky.drafter_call_s == pytest.approx(2 * p["1.3B 960x544 window of 25, one pass"], rel=1e-3)
+    assert magi.target_call_s == pytest.approx(
+        2 * p["MAGI-1 4.5B 720x720 window"] + p["MAGI-1 4.5B 720x720 alone"], rel=1e-3)
+    assert magi.drafter_call_s == pytest.approx(p["MAGI-1 4.5B 720x720 window"] + p["MAGI-1 4.5B 720x720 one"],
+                                                rel=1e-3)
+    assert krea.drafter_call_s == p["1.3B 832x480 block of 3, 11 cached frames"]
+    assert krea.decode_per_latent_frame_s == mc.DECODE["832x480"]["bfloat16"]
+    assert costs.measured("wan-99B") is None
+
+
+def test_project_prices_with_the_measured_table_unless_flops_is_asked_for():
+    name = "krea-14B@832x480"
+    assert costs.cost_table(name, "bench block") == costs.measured(name)
+    assert costs.cost_table(name + ":measured", "bench block") == costs.measured(name)
+    assert costs.cost_table(name + ":flops", "bench block") == costs.table(name)
+    assert costs.cost_table(name + ":flops", "bench block").source == costs.SOURCE
+    for bad in ("krea-14B@832x480:guess", "wan-99B:flops"):
+        with pytest.raises(ConfigError) as info:
+            costs.cost_table(bad, "bench block")
+        assert info.value.field == "--project" and name + ":flops" in str(info.value.allowed)
+
+
+def test_bench_costs_source_measured(capsys, monkeypatch):
+    from accelframe_bench import measured_costs as mc
+
+    hooks = create_hooks(autoload=False, plugins=(bench_plugin,))
+    monkeypatch.setattr("accelframe.plugins.create_hooks", lambda **kw: create_hooks(**kw) if kw else hooks)
+    assert cli.main(["bench", "costs", "--source", "measured", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc) == list(costs.CONFIGS)
+    assert doc["krea-14B@832x480"]["target_call_s"] == mc.SECONDS["krea-14B@832x480"]["target_call_s"]
+    assert cli.main(["bench", "costs", "--source", "measured", "--config", "magi-1-4.5B"]) == 0
+    text = capsys.readouterr().out
+    assert "| magi-1-4.5B | 6945.0 |" in text and mc.SOURCE in text
