@@ -262,3 +262,22 @@ def test_an_unknown_objective_is_refused_before_training(tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["world", "distill", "--objective", "gan", "--out", str(tmp_path / "d.safetensors")])
     assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_distill_on_the_cpu_device_is_the_default_run_bit_for_bit(tmp_path):
+    """``device="cpu"`` is the default; every draw is made on the CPU generator, so a GPU run sees the same
+    batches. A device this machine lacks, or DMD off the CPU, is refused before anything is written."""
+    from accelframe_adapters import checkpoints as ck
+
+    s = training.TrainSettings(steps=2, batch=1, lr=1e-4, seed=0, warmup=1, log_every=1)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    distill.distill(a, settings=s, quiet=True)
+    rec = distill.distill(b, settings=s, quiet=True, device="cpu")
+    ta, tb = ck.read_tensors(a), ck.read_tensors(b)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert "--device" not in rec["command"] and "device" not in rec["machine"]
+    for kw in ({"device": "banana"}, {"device": "cuda:99"}, {"device": "cuda", "objective": "dmd"}):
+        with pytest.raises(ConfigError) as err:
+            distill.distill(tmp_path / "c.safetensors", settings=s, quiet=True, **kw)
+        assert err.value.field == "device"
+    assert not (tmp_path / "c.safetensors").exists()

@@ -82,6 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "or dmd: distribution matching against the target with a critic trained online "
                         "(Self-Forcing's objective; its own defaults: 300 steps of batch 4 at lr 3e-05)")
     p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
+    p.add_argument("--device", default=None,
+                   help="regression only: where the student and the teacher run, e.g. 'cuda' (default: cpu; "
+                        "every random draw is made on the CPU, so the batches are the CPU run's)")
     p.add_argument("--out", default=None,
                    help=f"weights file to write (default: {WEIGHTS.name}/{FILES['drafter']} of the package)")
     p.add_argument("--force", action="store_true", help="replace the weights file and its .log.json if they exist")
@@ -200,7 +203,8 @@ def _distill(args: argparse.Namespace) -> int:
     if args.warmup is not None:
         settings = attrs.evolve(settings, warmup=args.warmup)
     rec = distill.distill(out, teacher=args.teacher, init=args.init, text=args.text, mode=args.teacher_mode,
-                          objective=args.objective, settings=settings, force=args.force, quiet=args.json)
+                          objective=args.objective, settings=settings, force=args.force, quiet=args.json,
+                          device=args.device or "cpu")
     if args.json:
         print(json.dumps(rec, indent=2))
     else:

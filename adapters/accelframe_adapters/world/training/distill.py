@@ -42,6 +42,7 @@ import attrs
 import torch
 
 from accelframe.errors import ConfigError
+from accelframe.validators import check_device
 from accelframe_adapters.wan.dit import WanDiT
 from accelframe_adapters.world import clips
 from accelframe_adapters.world.models import LATENT_FRAMES, load_text, weights_path
@@ -72,7 +73,7 @@ def teacher_x0(dit: WanDiT, ctx: torch.Tensor, eps: torch.Tensor, cross_c: Any, 
     sigmas = [sg for _, sg in pairs] + [0.0]
     x = eps
     for k, (t, sg) in enumerate(pairs):
-        tt = torch.full((b, f), t)
+        tt = torch.full((b, f), t, device=eps.device)
         v = parallel_blocks(dit, x, tt, cross_c, cache)
         if guidance != 1.0:
             vu = parallel_blocks(dit, x, tt, cross_u, cache)
@@ -84,7 +85,7 @@ def teacher_x0(dit: WanDiT, ctx: torch.Tensor, eps: torch.Tensor, cross_c: Any, 
             x = x + (nxt - sg) * v
         else:
             x0 = x - sg * v
-            x = (1 - nxt) * x0 + nxt * torch.randn(x.shape, generator=g)
+            x = (1 - nxt) * x0 + nxt * torch.randn(x.shape, generator=g).to(x.device)  # drawn on the CPU
     raise AssertionError("the step list ends at sigma 0")
 
 
@@ -99,10 +100,15 @@ def footprint(x0: torch.Tensor) -> torch.Tensor:
 def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | Path | None = None,
             text: str | Path | None = None, settings: training.TrainSettings | None = None,
             mode: str = "euler", objective: str = "regression", force: bool = False,
-            quiet: bool = False) -> dict[str, Any]:
+            quiet: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Train the one-step drafter into ``out``, by regression (module docstring) or by distribution
     matching (``objective="dmd"``, :mod:`~accelframe_adapters.world.training.dmd`); starts from ``init``
-    (default: the installed drafter) with the installed target as teacher."""
+    (default: the installed drafter) with the installed target as teacher.
+
+    ``device`` (regression only): where the student and the teacher run. The text states are encoded
+    on the CPU, and every random draw (prompts, noise, the loop teacher's re-noising) is made on the
+    CPU by the run's own generator and then moved, so a run on another device sees the CPU run's
+    batches; its weights differ only by the device's arithmetic."""
     if mode not in TEACHERS:
         raise ConfigError("world distill", "teacher_mode", mode, f"one of {TEACHERS}")
     if objective not in OBJECTIVES:
@@ -111,6 +117,10 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
         raise ConfigError("world distill", "teacher_mode", mode,
                           "'euler' (the default) with objective 'dmd': the teacher mode sets regression's "
                           "teacher, and DMD scores with the target in one pass, with no steps between")
+    dev = check_device("world distill", "device", device)
+    if objective == "dmd" and dev.type != "cpu":
+        raise ConfigError("world distill", "device", device,
+                          "'cpu' with objective 'dmd' (its critic trains on the CPU only); regression runs anywhere")
     settings = settings or (dmd.DEFAULTS if objective == "dmd" else DEFAULTS)
     path = training.check_out(out, force)
     from accelframe_adapters import checkpoints as ck
@@ -128,12 +138,14 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
     teacher_tensors = ck.read_tensors(teacher_path)
     ck.fit(target, teacher_tensors, str(teacher_path), what="the world target DiT")
     target.eval().requires_grad_(False)
+    student.to(dev)
+    target.to(dev)
     enc = load_text(text or weights_path("text"), cfg.text_dim, cfg.text_len)
     torch.manual_seed(settings.seed)
     g = torch.Generator().manual_seed(settings.seed)
     prompts = [s.prompt for s in clips.sample_scenes(4096, settings.seed)]  # training split only
     with torch.no_grad():
-        empty = enc([""])  # [1, L, text_dim]
+        empty = enc([""]).to(dev)  # [1, L, text_dim]
         cross_u_one = target.cross_cache(empty)
     shape = (cfg.in_dim, LATENT_FRAMES, 16, 16)
 
@@ -143,8 +155,8 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
         """A fresh batch: the block noise ``[B, C, F, H, W]`` and the prompts' text states."""
         idx = torch.randint(0, len(prompts), (settings.batch,), generator=g).tolist()
         with torch.no_grad():
-            states = enc([prompts[j] for j in idx])  # [B, L, text_dim]
-        return torch.randn((settings.batch, *shape), generator=g), states
+            states = enc([prompts[j] for j in idx]).to(dev)  # [B, L, text_dim]
+        return torch.randn((settings.batch, *shape), generator=g).to(dev), states
 
     def regression_step(i: int) -> dict[str, float]:
         eps, states = draw()
@@ -185,11 +197,12 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
                           {"file": teacher_path.name, "guidance": dmd.GUIDANCE, "critic_ratio": dmd.CRITIC_RATIO,
                            "critic_lr": dmd.CRITIC_LR, "timesteps": [dmd.T_MIN, dmd.T_MAX]}),
               "student_steps": list(STUDENT_STEPS), "object_weight": OBJECT_WEIGHT, "ema": EMA,
-              "init": init_record, "machine": training.machine(), "wall_s": log["wall_s"],
+              "init": init_record, "machine": training.machine(dev), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in student.parameters()),
               "command": f"accelframe world distill --steps {settings.steps} --batch {settings.batch} "
                          f"--seed {settings.seed} --lr {settings.lr:g} --warmup {settings.warmup} "
-                         f"--teacher-mode {mode} --objective {objective} --init {init_path.name}"}
+                         f"--teacher-mode {mode} --objective {objective} --init {init_path.name}"
+                         + ("" if dev.type == "cpu" else f" --device {dev}")}
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
 

@@ -69,11 +69,13 @@ def rollout(dit: WanDiT, eps: torch.Tensor, cross: Any, block: int = CAUSAL_BLOC
     out = []
     for s in range(0, f, block):
         x = eps[:, :, s:s + block]
-        v = dit(x, torch.full((b, block), t), cross, frame_offset=s, cache=cache, kv_write=KVWrite.NONE)
+        v = dit(x, torch.full((b, block), t, device=eps.device), cross, frame_offset=s, cache=cache,
+                kv_write=KVWrite.NONE)
         x0 = x - sg * v
         out.append(x0)
         with torch.no_grad():
-            dit(x0.detach(), torch.zeros(b, block), cross, frame_offset=s, cache=cache, kv_write=KVWrite.COMMIT)
+            dit(x0.detach(), torch.zeros(b, block, device=eps.device), cross, frame_offset=s, cache=cache,
+                kv_write=KVWrite.COMMIT)
     return torch.cat(out, dim=2)
 
 
