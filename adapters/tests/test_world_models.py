@@ -307,3 +307,21 @@ def test_world_doc_examples_run(capsys, monkeypatch):
         exec(compile(block, "docs/world.md", "exec"), {})
     out = capsys.readouterr().out.split()
     assert out[:2] == ["0.99", "True"] and "torch.Size([1," in out
+
+
+def test_a_card_names_the_gpu_a_model_trained_on(tmp_path):
+    from accelframe_adapters.world.training import cards
+
+    rec = {"settings": {"steps": 3, "batch": 2, "lr": 1e-3, "warmup": 1, "seed": 0}, "wall_s": 120.0,
+           "machine": {"threads": 4, "torch": "2.x", "device": "NVIDIA H200"}, "command": "accelframe world train"}
+    training.save(tmp_path / models.FILES["drafter"], {"w": torch.zeros(2)}, config={}, training=rec,
+                  log={"step": [1, 2, 3], "loss": [1.0, 0.5, 0.25]})
+    cards.write_card("drafter", tmp_path, [])
+    card = (tmp_path / models.FILES["drafter"].replace(".safetensors", ".md")).read_text()
+    assert "trained in 2.0 min on one NVIDIA H200 (4 CPU threads, torch 2.x)" in card
+    rec["machine"].pop("device")
+    training.save(tmp_path / models.FILES["drafter"], {"w": torch.zeros(2)}, config={}, training=rec,
+                  log={"step": [1, 2, 3], "loss": [1.0, 0.5, 0.25]})
+    cards.write_card("drafter", tmp_path, [])
+    card = (tmp_path / models.FILES["drafter"].replace(".safetensors", ".md")).read_text()
+    assert "trained in 2.0 min on 4 CPU threads (torch 2.x)" in card

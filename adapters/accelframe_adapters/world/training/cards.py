@@ -179,8 +179,10 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
                      f"shape footprint weighted 1 + {record['object_weight']:g}")
     if "wall_s" in record:
         m = record.get("machine", {})
-        lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {m.get('threads', '?')} CPU threads "
-                     f"(torch {m.get('torch', '?')})")
+        torch_v = f"torch {m.get('torch', '?')}"
+        where = (f"one {m['device']} ({m.get('threads', '?')} CPU threads, {torch_v})" if m.get("device")
+                 else f"{m.get('threads', '?')} CPU threads ({torch_v})")
+        lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {where}")
     chain = []  # the earlier runs this one continued, latest first
     first = record.get("init")
     while first:
