@@ -281,3 +281,23 @@ def test_distill_on_the_cpu_device_is_the_default_run_bit_for_bit(tmp_path):
             distill.distill(tmp_path / "c.safetensors", settings=s, quiet=True, **kw)
         assert err.value.field == "device"
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_target_context_adds_a_teacher_forced_pass_and_is_refused_out_of_range(tmp_path):
+    """``target_context > 0``: a second pass whose contexts mix the teacher's blocks in (logged as
+    ``loss_forced``, named in the record and the command); a value outside [0, 1], or with DMD, is
+    refused before anything is written."""
+    s = training.TrainSettings(steps=2, batch=2, lr=1e-4, seed=0, warmup=1, log_every=1)
+    out = tmp_path / "m.safetensors"
+    rec = distill.distill(out, settings=s, quiet=True, target_context=0.5)
+    assert rec["target_context"] == 0.5 and "--target-context 0.5" in rec["command"]
+    log = json.loads(out.with_suffix(".log.json").read_text())
+    assert len(log["loss_forced"]) == 2 and all(v > 0 for v in log["loss_forced"])
+    plain = distill.distill(tmp_path / "p.safetensors", settings=s, quiet=True)
+    assert "target_context" not in plain and "--target-context" not in plain["command"]
+    for kw in ({"target_context": 1.5}, {"target_context": float("nan")},
+               {"target_context": 0.5, "objective": "dmd"}):
+        with pytest.raises(ConfigError) as err:
+            distill.distill(tmp_path / "c.safetensors", settings=s, quiet=True, **kw)
+        assert err.value.field == "target_context"
+    assert not (tmp_path / "c.safetensors").exists()

@@ -82,6 +82,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "or dmd: distribution matching against the target with a critic trained online "
                         "(Self-Forcing's objective; its own defaults: 300 steps of batch 4 at lr 3e-05)")
     p.add_argument("--text", default=None, help=f"word-encoder weights (default: {FILES['text']})")
+    p.add_argument("--target-context", type=float, default=0.0, metavar="P",
+                   help="regression only: add a teacher-forced pass where each block's context is the target's "
+                        "block with probability P instead of the student's own draft, as in an SDVG video "
+                        "(default: 0, own rollouts only)")
     p.add_argument("--device", default=None,
                    help="regression only: where the student and the teacher run, e.g. 'cuda' (default: cpu; "
                         "every random draw is made on the CPU, so the batches are the CPU run's)")
@@ -204,7 +208,7 @@ def _distill(args: argparse.Namespace) -> int:
         settings = attrs.evolve(settings, warmup=args.warmup)
     rec = distill.distill(out, teacher=args.teacher, init=args.init, text=args.text, mode=args.teacher_mode,
                           objective=args.objective, settings=settings, force=args.force, quiet=args.json,
-                          device=args.device or "cpu")
+                          device=args.device or "cpu", target_context=args.target_context)
     if args.json:
         print(json.dumps(rec, indent=2))
     else:

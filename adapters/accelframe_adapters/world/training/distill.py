@@ -27,6 +27,14 @@ Regression needs a teacher that is a function of ``eps``: the loop's re-noising 
 each step, and regressing on it would teach the student the mean over those draws (a blur). The
 teacher therefore runs the loop's timesteps with Euler updates (``TEACHER = "euler"``: the flow ODE,
 deterministic); ``"loop"`` (re-noise with fresh noise, as the adapter does) is kept for comparison.
+**Target blocks as context** (``target_context = p > 0``, for SDVG): a router mixes the two models'
+blocks in one video, so the drafter also has to continue a block the target drew. Each step then
+adds a second, teacher-forced pass: every block's context is, with probability ``p`` per block, the
+teacher's block from step 2 instead of the student's own; the student answers every block at once on
+that context (its one call per block, as :func:`parallel_blocks` computes the loop), the teacher
+answers on the same context, and the two losses are averaged. (The teacher's blocks in the context
+were drawn on the student's own context, not on the mixed one: an approximation of SDVG's videos.)
+
 Distribution matching (DMD, Self-Forcing's objective) needs no deterministic teacher but a second,
 online "fake score" network: ``objective="dmd"`` trains it (:mod:`~accelframe_adapters.world.training.dmd`).
 Measured against regression at the same wall time, it drew the shape less often and in the wrong
@@ -45,7 +53,7 @@ from accelframe.errors import ConfigError
 from accelframe.validators import check_device
 from accelframe_adapters.wan.dit import WanDiT
 from accelframe_adapters.world import clips
-from accelframe_adapters.world.models import LATENT_FRAMES, load_text, weights_path
+from accelframe_adapters.world.models import CAUSAL_BLOCK, LATENT_FRAMES, load_text, weights_path
 from accelframe_adapters.world.training import common as training
 from accelframe_adapters.world.training import dmd
 from accelframe_adapters.world.training.rollouts import (
@@ -100,7 +108,7 @@ def footprint(x0: torch.Tensor) -> torch.Tensor:
 def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | Path | None = None,
             text: str | Path | None = None, settings: training.TrainSettings | None = None,
             mode: str = "euler", objective: str = "regression", force: bool = False,
-            quiet: bool = False, device: str = "cpu") -> dict[str, Any]:
+            quiet: bool = False, device: str = "cpu", target_context: float = 0.0) -> dict[str, Any]:
     """Train the one-step drafter into ``out``, by regression (module docstring) or by distribution
     matching (``objective="dmd"``, :mod:`~accelframe_adapters.world.training.dmd`); starts from ``init``
     (default: the installed drafter) with the installed target as teacher.
@@ -108,7 +116,8 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
     ``device`` (regression only): where the student and the teacher run. The text states are encoded
     on the CPU, and every random draw (prompts, noise, the loop teacher's re-noising) is made on the
     CPU by the run's own generator and then moved, so a run on another device sees the CPU run's
-    batches; its weights differ only by the device's arithmetic."""
+    batches; its weights differ only by the device's arithmetic. ``target_context`` (regression only):
+    the probability of a teacher's block as a block's context in the second pass (module docstring)."""
     if mode not in TEACHERS:
         raise ConfigError("world distill", "teacher_mode", mode, f"one of {TEACHERS}")
     if objective not in OBJECTIVES:
@@ -118,6 +127,11 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
                           "'euler' (the default) with objective 'dmd': the teacher mode sets regression's "
                           "teacher, and DMD scores with the target in one pass, with no steps between")
     dev = check_device("world distill", "device", device)
+    if not 0.0 <= target_context <= 1.0:  # NaN too
+        raise ConfigError("world distill", "target_context", target_context, "a probability in [0, 1]")
+    if objective == "dmd" and target_context > 0:
+        raise ConfigError("world distill", "target_context", target_context,
+                          "0 with objective 'dmd' (the teacher-forced pass is regression's)")
     if objective == "dmd" and dev.type != "cpu":
         raise ConfigError("world distill", "device", device,
                           "'cpu' with objective 'dmd' (its critic trains on the CPU only); regression runs anywhere")
@@ -160,7 +174,8 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
 
     def regression_step(i: int) -> dict[str, float]:
         eps, states = draw()
-        x0 = rollout(student, eps, student.cross_cache(states))
+        cross_s = student.cross_cache(states)
+        x0 = rollout(student, eps, cross_s)
         with torch.no_grad():
             cross_c = target.cross_cache(states)
             cross_u = type(cross_c)(k=[k.expand(settings.batch, -1, -1, -1) for k in cross_u_one.k],
@@ -169,8 +184,25 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
             weight = 1.0 + OBJECT_WEIGHT * footprint(want)  # [B, F, H, W]
         sq = (x0 - want).pow(2).mean(1)  # [B, F, H, W]
         loss = (sq * weight).sum() / weight.sum()
+        out = {"loss": loss.item(), "mse": sq.mean().item()}
+        if target_context > 0:  # the teacher-forced pass on mixed contexts (drawn only then: p = 0 keeps the bits)
+            b, _, f = eps.shape[:3]
+            pick = torch.rand(b, f // CAUSAL_BLOCK, generator=g) < target_context  # [B, blocks]
+            pick = pick.repeat_interleave(CAUSAL_BLOCK, 1).to(dev).view(b, 1, f, 1, 1)
+            ctx = torch.where(pick, want, x0.detach())
+            with torch.no_grad():
+                want_m = teacher_x0(target, ctx, eps, cross_c, cross_u, mode=mode, g=g)
+                weight_m = 1.0 + OBJECT_WEIGHT * footprint(want_m)
+                cache = commit_all(student, ctx, cross_s)
+            ((t, sg),) = schedule(STUDENT_STEPS)
+            x0_m = eps - sg * parallel_blocks(student, eps, torch.full((b, f), t, device=eps.device), cross_s, cache)
+            sq_m = (x0_m - want_m).pow(2).mean(1)
+            loss_m = (sq_m * weight_m).sum() / weight_m.sum()
+            out["loss_forced"] = loss_m.item()
+            loss = 0.5 * (loss + loss_m)
+            out["loss"] = loss.item()
         loss.backward()
-        return {"loss": loss.item(), "mse": sq.mean().item()}
+        return out
 
     step = regression_step
     if objective == "dmd":
@@ -197,11 +229,13 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
                           {"file": teacher_path.name, "guidance": dmd.GUIDANCE, "critic_ratio": dmd.CRITIC_RATIO,
                            "critic_lr": dmd.CRITIC_LR, "timesteps": [dmd.T_MIN, dmd.T_MAX]}),
               "student_steps": list(STUDENT_STEPS), "object_weight": OBJECT_WEIGHT, "ema": EMA,
+              **({"target_context": target_context} if target_context > 0 else {}),
               "init": init_record, "machine": training.machine(dev), "wall_s": log["wall_s"],
               "parameters": sum(p.numel() for p in student.parameters()),
               "command": f"accelframe world distill --steps {settings.steps} --batch {settings.batch} "
                          f"--seed {settings.seed} --lr {settings.lr:g} --warmup {settings.warmup} "
                          f"--teacher-mode {mode} --objective {objective} --init {init_path.name}"
+                         + (f" --target-context {target_context:g}" if target_context > 0 else "")
                          + ("" if dev.type == "cpu" else f" --device {dev}")}
     training.save(path, ema.state_dict(), config=attrs.asdict(cfg), training=record, log=log)
     return record
