@@ -103,18 +103,24 @@ def equality(device: torch.device, smoke: bool) -> dict[str, Any]:
 # ---- 2: timing -------------------------------------------------------------------------------
 
 
+def _built(make: Callable[[], Any], device: torch.device, dtype: torch.dtype) -> Any:
+    """``make()`` built on ``device`` in ``dtype`` from seed 0, in eval mode (built in the target dtype:
+    a 14B float32 copy would need 56 GB)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            return make().eval()
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _random_dit(size: str, device: torch.device, dtype: torch.dtype):
     from accelframe_adapters.wan.dit import WanDiT, WanDiTConfig
 
     cfg = {"tiny": WanDiTConfig.tiny, "1.3B": WanDiTConfig.wan_1_3b, "14B": WanDiTConfig.wan_14b}[size]()
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in the target dtype: a 14B float32 copy would need 56 GB
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            return WanDiT(cfg).eval()
-    finally:
-        torch.set_default_dtype(old)
+    return _built(lambda: WanDiT(cfg), device, dtype)
 
 
 class DiTBench:
@@ -217,14 +223,7 @@ def timing(device: torch.device, smoke: bool, deadline: float,
 def _vae(device: torch.device, dtype: torch.dtype, smoke: bool):
     from accelframe_adapters.wan.vae import WanVAE, WanVAEConfig
 
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            return WanVAE(WanVAEConfig.tiny() if smoke else WanVAEConfig()).eval()
-    finally:
-        torch.set_default_dtype(old)
+    return _built(lambda: WanVAE(WanVAEConfig.tiny() if smoke else WanVAEConfig()), device, dtype)
 
 
 def _vae_decode_s(vae: Any, device: torch.device, latent_hw: tuple[int, int]) -> float:
@@ -270,14 +269,7 @@ def _magi_passes(device: torch.device, dtype: torch.dtype, smoke: bool) -> dict[
 
     cfg = MagiDiTConfig.tiny() if smoke else MagiDiTConfig.magi_4_5b()
     hw = (8, 8) if smoke else (90, 90)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            model = MagiDiT(cfg).eval()
-    finally:
-        torch.set_default_dtype(old)
+    model = _built(lambda: MagiDiT(cfg), device, dtype)
     cw, length = cfg.chunk_width, cfg.caption_max_length
     caption = torch.randn(1, length, cfg.caption_channels, device=device, dtype=dtype)
     mask = torch.zeros(1, length, dtype=torch.bool, device=device)
