@@ -23,11 +23,14 @@ most one clip the world's quality measure of the output (``world_quality``). The
   with sinks and RoPE reset, no ``motion-noise``), the world quality of every 10-second window
   measured as it completes (the frames are then dropped): the last window within 10 % of the first;
   beside it each window of the world's rendering of the prompt (a faithful stream, whose shape
-  leaves the frame) and the stream's ratio to it.
+  leaves the frame) and the stream's ratio to it. ``--drift-prompts N`` streams the prompts of the
+  next N - 1 seeds too, one after another on a virtual clock (nothing waits for real time; the
+  windows are the real clock's while the machine keeps up, checked on the first prompt to three
+  decimals), so a setting such as ``--sink-tau`` is judged on more than one prompt.
 
 The headline keys of ``--json`` (``ttff_s``, ``fps``, ``jitter_ms``, ``deadline_miss_rate``) are
 the one-stream run at ``--fps``. Written to ``--out``: results.json, results.md, load.png (and
-drift.png with ``--drift-seconds``).
+drift.png with ``--drift-seconds``, drift-prompts.png with ``--drift-prompts`` above 1).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 
 from accelframe.errors import ConfigError
 
-OUTPUTS = ("results.json", "results.md", "load.png", "drift.png")
+OUTPUTS = ("results.json", "results.md", "load.png", "drift.png", "drift-prompts.png")
 TTFF_GOAL = 0.5
 MISS_GOAL = 0.01
 RANK_GOAL = 1.8  # issue 22: 2 ranks of one core, decoding included
@@ -160,8 +163,9 @@ class Bench:
                 "rss_growth_mb": late - early, "rss_samples": samples[:: max(len(samples) // 60, 1)]}
 
     def drift(self, *, seconds: float, fps: float, quiet: bool,
-              window_s: float = DRIFT_WINDOW_S) -> dict[str, Any]:
-        """One text-to-video stream of ``seconds`` at ``fps`` (the world's first prompt of ``seed``), its
+              window_s: float = DRIFT_WINDOW_S, seed: int | None = None, clock: Any = None) -> dict[str, Any]:
+        """One text-to-video stream of ``seconds`` at ``fps`` (the world's first prompt of ``seed``,
+        default the bench's; on ``clock``, default the real one), its
         world quality per ``window_s`` window, scored as each window completes; no frames are kept.
 
         A window starting inside a 3-latent unit is scored from its first unit boundary on (at most 8
@@ -175,15 +179,16 @@ class Bench:
         from accelframe.streaming.source import RealClock, StreamSource
         from accelframe_adapters.world import clips
 
+        seed = self.seed if seed is None else seed
         adapter = self.adapter_for(3)
         world = self.cli.stream_source(WORLD_SOURCE, self.hooks.registry())
-        prompt = list(world.prompts(1, self.seed))[0]
+        prompt = list(world.prompts(1, seed))[0]
         scene = clips.parse_prompt(prompt)
         total, win = int(round(seconds * fps)), max(int(round(window_s * fps)), 2)
         pipe = self.cli.build_pipeline(hooks_=self.hooks, adapter=adapter, motion=False,  # t2v: no motion-noise
                                        tau=self.sink_tau)
         src = StreamSource(id="drift", prompt=prompt, num_frames=total, fps=fps, deadline_s=self.deadline,
-                           seed=self.seed)
+                           seed=seed)
         pending: list[torch.Tensor] = []  # emitted chunks of the window being filled, each [F, 3, H, W]
         held = [0]  # pixel frames in pending
         windows: list[dict[str, Any]] = []
@@ -192,7 +197,7 @@ class Bench:
             k = len(windows)
             skip = -(k * win) % UNIT_PIXELS  # frames before the window's first unit boundary
             rec = adapter.measure_quality(frames[skip:][None], [prompt])[0]  # frames[None]: [1, T, 3, H, W]
-            rendered = clips.render(scene, self.seed, frames=total, span=(k * win + skip, (k + 1) * win),
+            rendered = clips.render(scene, seed, frames=total, span=(k * win + skip, (k + 1) * win),
                                     height=frames.shape[2], width=frames.shape[3])  # [T, 3, H, W]
             ref = adapter.measure_quality(rendered[None], [prompt])[0]["quality"]
             windows.append({"t_s": k * window_s, "quality": rec["quality"], "reference": ref,
@@ -212,8 +217,9 @@ class Bench:
                 held[0] = rest.shape[0]
 
         t0 = time.perf_counter()
-        with progress_bar(total=total, desc="drift", unit="frame", quiet=quiet) as bar:
-            res = pipe.stream([src], clock=RealClock(), keep_frames=False, on_frames=on_frames)
+        with progress_bar(total=total, desc=f"drift (seed {seed})", unit="frame", quiet=quiet) as bar:
+            res = pipe.stream([src], clock=RealClock() if clock is None else clock, keep_frames=False,
+                              on_frames=on_frames)
         pipe.close()
         m = res.to_json()["streams"]["drift"]
         q = [w["quality"] for w in windows]
@@ -227,10 +233,30 @@ class Bench:
                 "last_over_reference": last / ref[-1] if q and ref[-1] else None,
                 "windows_within_10pct_of_reference": sum(near) / len(near) if near else None,
                 "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
-                "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
+                "seed": seed, "clock": "real" if clock is None else "virtual", "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
                 "policies": ["slo-batch", "rolling-kv"],  # text-to-video: no motion-noise
                 "rolling_kv_tau": self.sink_tau,
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
+
+    def drift_prompts(self, first: dict[str, Any], n: int, *, seconds: float, fps: float, quiet: bool,
+                      window_s: float = DRIFT_WINDOW_S) -> dict[str, Any]:
+        """``first`` (the real-clock drift run of the bench's seed) and the prompts of the next ``n - 1``
+        seeds, each streamed alike on a :class:`~accelframe.streaming.source.VirtualClock`: per prompt
+        its windows against the rendering, and over the prompts how many the stream follows."""
+        from accelframe.streaming.source import VirtualClock
+
+        runs = [first] + [self.drift(seconds=seconds, fps=fps, quiet=quiet, window_s=window_s,
+                                     seed=self.seed + k, clock=VirtualClock()) for k in range(1, n)]
+        keys = ("seed", "prompt", "clock", "quality", "reference", "last_over_first", "last_over_reference",
+                "windows_within_10pct_of_reference")
+        per = [{k: r.get(k) for k in keys} for r in runs]
+        near = [r["windows_within_10pct_of_reference"] for r in per
+                if r["windows_within_10pct_of_reference"] is not None]
+        last = [r["last_over_reference"] for r in per if r["last_over_reference"] is not None]
+        return {"prompts": per,
+                "mean_windows_within_10pct_of_reference": sum(near) / len(near) if near else None,
+                "last_within_10pct_of_reference": sum(abs(x - 1.0) <= DRIFT_GOAL for x in last),
+                "count": len(per)}
 
 
 # the ranks comparison: the world's streams are short (27 latent frames, the positions its models
@@ -304,12 +330,14 @@ def ranks_ratio(quick: bool, *, ranks: int = 2, hooks: Any = None, repeats: int 
 
 def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, seed: int, quick: bool,
               ranks: bool, soak_seconds: float, quiet: bool, hooks: Any = None, drift_seconds: float = 0.0,
-              drift_window_s: float = DRIFT_WINDOW_S, sink_tau: float | None = None) -> dict[str, Any]:
+              drift_window_s: float = DRIFT_WINDOW_S, sink_tau: float | None = None,
+              drift_prompts: int = 1) -> dict[str, Any]:
     """The sweep's document. ``sink_tau``: rolling-kv's refresh threshold in every run (None: the
     stream command's, ``accelframe.streaming.cli.SINK_TAU``). ``hooks``: the plugin manager the
     streams run on (default: :func:`accelframe_bench.hooks.default_hooks`); the ranks comparison runs
     in processes of its own.
-    ``drift_window_s``: the drift run's window (tests shorten it)."""
+    ``drift_window_s``: the drift run's window (tests shorten it); ``drift_prompts``: how many
+    prompts the drift streams (the first on the real clock, :meth:`Bench.drift_prompts`)."""
     from accelframe.progress import progress_bar
 
     bench = Bench(deadline=deadline, seed=seed, hooks=hooks, sink_tau=sink_tau)
@@ -341,6 +369,9 @@ def run_bench(*, loads: list[float], fps: float, frames: int, deadline: float, s
         doc["soak"] = bench.soak(seconds=soak_seconds, fps=fps, quiet=quiet)
     if drift_seconds > 0:
         doc["drift"] = bench.drift(seconds=drift_seconds, fps=fps, quiet=quiet, window_s=drift_window_s)
+        if drift_prompts > 1:
+            doc["drift"]["across_prompts"] = bench.drift_prompts(doc["drift"], drift_prompts, seconds=drift_seconds,
+                                                                 fps=fps, quiet=quiet, window_s=drift_window_s)
     doc["targets"] = targets(doc)
     return doc
 
@@ -409,6 +440,20 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [f"| {w['t_s']:g} | {cell(w['quality'], '.3f')} | {cell(w.get('reference'), '.3f')} "
                   f"| {cell(w['quality'] / w['reference'] if w.get('reference') else None, '.3f')} |"
                   for w in d["windows"]]
+        many = d.get("across_prompts")
+        if many:
+            lines += ["", f"drift on {many['count']} prompts (seeds {many['prompts'][0]['seed']} to "
+                          f"{many['prompts'][-1]['seed']}; the first on the real clock, the others on a virtual "
+                          f"one): last window within 10 % of the rendering's in {many['last_within_10pct_of_reference']} "
+                          f"of {many['count']}, windows within 10 % of the rendering "
+                          f"{cell(many['mean_windows_within_10pct_of_reference'], '.0%')} on average", "",
+                      "| seed | prompt | clock | first window | last window | last / rendered "
+                      "| windows within 10 % of rendered |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {r['seed']} | {r['prompt']} | {r['clock']} | {cell(r['quality'][0] if r['quality'] else None, '.3f')} "
+                      f"| {cell(r['quality'][-1] if r['quality'] else None, '.3f')} "
+                      f"| {cell(r['last_over_reference'], '.3f')} "
+                      f"| {cell(r['windows_within_10pct_of_reference'], '.0%')} |" for r in many["prompts"]]
+
     def verdict(key: str, v: dict[str, Any]) -> str:
         text = f"{key} {'met' if v['met'] else 'not met'}"
         if "met_low_latency" in v:
@@ -437,6 +482,14 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
                                                 if w.get(key) is not None]) for name, key in named],
                     xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
                     ylabel="world quality", band=(drift["first"], DRIFT_GOAL) if drift["first"] else None)
+    many = (drift or {}).get("across_prompts")
+    if many:
+        charts.line(out / "drift-prompts.png",
+                    [(f"seed {r['seed']}: {r['prompt']}", [(k * drift["window_s"], q / ref) for k, (q, ref)
+                                                           in enumerate(zip(r["quality"], r["reference"])) if ref])
+                     for r in many["prompts"]],
+                    xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
+                    ylabel="world quality / the rendering's", band=(1.0, DRIFT_GOAL))
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -452,6 +505,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-seconds", type=float, default=0.0, metavar="S",
                    help="also stream text to video this long and measure the world quality of every 10-second "
                         "window (drift.png; --quick leaves it off; default: 0, off)")
+    p.add_argument("--drift-prompts", type=int, default=1, metavar="N",
+                   help="with --drift-seconds, stream the prompts of N seeds from --seed on (the first on the "
+                        "real clock, the others on a virtual one: about a quarter of real time each here), "
+                        "each against its rendering (drift-prompts.png; default: 1)")
     p.add_argument("--sink-tau", type=float, default=None, metavar="T",
                    help="rolling-kv's sink refresh threshold in every run, in [-1, 1] (default: the stream "
                         "command's, 0.6)")
@@ -483,6 +540,12 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
         raise ConfigError("bench stream", "--drift-seconds", drift,
                           f"0 (off) or at least {2 * DRIFT_WINDOW_S:g} seconds "
                           f"(two {DRIFT_WINDOW_S:g}-second windows)")
+    n_prompts = getattr(args, "drift_prompts", 1)
+    if not (isinstance(n_prompts, int) and n_prompts >= 1):
+        raise ConfigError("bench stream", "--drift-prompts", n_prompts, "an int >= 1")
+    if n_prompts > 1 and not drift:
+        raise ConfigError("bench stream", "--drift-prompts", n_prompts,
+                          "1 unless --drift-seconds is given (the prompts are the drift run's)")
     from accelframe.streaming.cli import check_sink_tau
 
     check_sink_tau("bench stream", args)
@@ -495,7 +558,7 @@ def run(args: argparse.Namespace, hooks: Any = None) -> int:
     doc = run_bench(loads=loads, fps=args.fps, frames=frames, deadline=args.deadline, seed=args.seed,
                     quick=args.quick, ranks=args.ranks == 2, soak_seconds=args.soak_seconds, quiet=args.json,
                     hooks=hooks, drift_seconds=0.0 if args.quick else drift,
-                    sink_tau=getattr(args, "sink_tau", None))
+                    sink_tau=getattr(args, "sink_tau", None), drift_prompts=n_prompts)
     return report(doc, out, write_outputs, markdown, args.json)
 
 

@@ -137,3 +137,45 @@ def test_a_bench_run_streams_a_world_clip_with_the_sink_tau_it_was_given(monkeyp
     assert r["streams"] == 1 and 0.0 <= r["world_quality"] <= 1.0
     assert built == [0.3]
     assert bench.sink_tau == 0.3 and bench_stream.Bench(deadline=1.5, seed=0).sink_tau == 0.6
+
+
+def test_drift_on_more_prompts_streams_the_next_seeds_on_a_virtual_clock(tmp_path):
+    bench = bench_stream.Bench(deadline=1.5, seed=3)
+    first = bench.drift(seconds=40 / 64, fps=64.0, quiet=True, window_s=0.25)
+    assert first["seed"] == 3 and first["clock"] == "real"
+    many = bench.drift_prompts(first, 3, seconds=40 / 64, fps=64.0, quiet=True, window_s=0.25)
+    assert many["count"] == 3 and [r["seed"] for r in many["prompts"]] == [3, 4, 5]
+    assert [r["clock"] for r in many["prompts"]] == ["real", "virtual", "virtual"]
+    assert many["prompts"][0]["quality"] == first["quality"]
+    # each prompt is its seed's first world prompt, scored against its own rendering
+    world = bench.cli.stream_source(bench_stream.WORLD_SOURCE, bench.hooks.registry())
+    assert [r["prompt"] for r in many["prompts"]] == [list(world.prompts(1, s))[0] for s in (3, 4, 5)]
+    near = [r["windows_within_10pct_of_reference"] for r in many["prompts"]]
+    assert many["mean_windows_within_10pct_of_reference"] == pytest.approx(sum(near) / 3)
+    assert many["last_within_10pct_of_reference"] == sum(
+        abs(r["last_over_reference"] - 1) <= bench_stream.DRIFT_GOAL for r in many["prompts"])
+    # the virtual clock makes a prompt's stream a function of its seed alone
+    again = bench.drift(seconds=40 / 64, fps=64.0, quiet=True, window_s=0.25, seed=4,
+                        clock=__import__("accelframe.streaming.source", fromlist=["VirtualClock"]).VirtualClock())
+    assert again["quality"] == many["prompts"][1]["quality"]
+    doc = _doc([0.70, 0.66, 0.50])
+    doc["drift"]["across_prompts"] = many
+    doc["targets"] = bench_stream.targets(doc)
+    md = bench_stream.markdown(doc)
+    assert "drift on 3 prompts (seeds 3 to 5" in md and f"| 4 | {many['prompts'][1]['prompt']} | virtual |" in md
+    bench_stream.write_outputs(doc, tmp_path)
+    assert (tmp_path / "drift-prompts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, value", [(["--drift-prompts", "0", "--drift-seconds", "30"], "0"),
+                                         (["--drift-prompts", "3"], "3")])
+def test_bad_drift_prompts_are_refused_before_any_model_loads(capsys, tmp_path, monkeypatch, argv, value):
+    def boom(*a, **k):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr(bench_stream, "run_bench", boom)
+    out = tmp_path / "out"
+    assert main(["bench", "stream", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--drift-prompts" in err and value in err
+    assert not out.exists()
