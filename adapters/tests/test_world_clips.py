@@ -152,3 +152,24 @@ def test_the_measure_as_a_scorer_gives_every_frame_of_a_row_its_clips_quality():
         scorer(good, [SCENE.prompt])
     with pytest.raises(ConfigError, match="world-quality.prompts = 2"):
         scorer(good[None], [SCENE.prompt] * 2)
+
+
+def test_picture_is_full_for_a_rendering_in_view_or_not_and_drops_for_blur_and_seams():
+    video = clips.render(SCENE, 0)
+    assert quality.measure(video, SCENE).picture == pytest.approx(1.0, abs=1e-3)
+    empty = torch.tensor(clips.COLOURS["blue"]).view(1, 3, 1, 1).expand(21, 3, 64, 64)
+    q = quality.measure(empty, SCENE)
+    assert q.quality == pytest.approx(2 / 6) and q.picture == pytest.approx(1.0)  # the shape has left
+    # hand-computed: a third of the pixels of no world colour, the rest the background; no seams
+    smudged = empty.clone()
+    smudged[:, :, :, :21] = torch.tensor([0.3, 0.9, 0.6]).view(1, 3, 1, 1)  # 0.31 from cyan
+    q = quality.measure(smudged, SCENE)
+    assert q.purity == pytest.approx(43 / 64)
+    assert q.picture == pytest.approx((43 / 64 / 0.97 + 1.0 + 43 / 64 / 0.88) / 3)
+    # a seam: every block's first frame jumps while frames inside the blocks are still
+    seams = empty.clone()
+    seams[quality.boundary_pairs(21)[0] + 1:] += 0.05  # still inside the blocks, a step at the seam
+    q = quality.measure(seams, SCENE)
+    assert q.boundary < 0.1 and q.purity == 1.0 and q.picture < 0.7
+    blurred = quality.measure(torch.nn.functional.avg_pool2d(video, 5, 1, 2), SCENE)
+    assert blurred.picture < 1.0 - 0.02

@@ -52,12 +52,18 @@ def test_a_short_drift_run_scores_every_whole_window_as_it_completes():
     near = [abs(q / r - 1) <= bench_stream.DRIFT_GOAL for q, r in zip(d["quality"], d["reference"])]
     assert d["windows_within_10pct_of_reference"] == pytest.approx(sum(near) / 2)
     assert len(seen) == 4 and seen[1][:2] == (1, 16) and seen[3][:2] == (1, 8)
+    # the position-free parts of every window, and their goal
+    assert d["picture"] == [w["picture"] for w in d["windows"]] and all(0 < x <= 1 for x in d["picture"])
+    assert d["picture_last_over_first"] == pytest.approx(d["picture"][-1] / d["picture"][0])
+    assert d["picture_within_10pct"] == (abs(d["picture_last_over_first"] - 1) <= bench_stream.DRIFT_GOAL)
+    assert all(w["reference_picture"] == pytest.approx(1.0, abs=0.01) for w in d["windows"])
 
 
 def _doc(quality: list[float]) -> dict:
-    windows = [{"t_s": 10.0 * i, "quality": q, "reference": 0.98, "scored_frames": 160}
+    windows = [{"t_s": 10.0 * i, "quality": q, "reference": 0.98, "scored_frames": 160, "picture": 0.9 - 0.1 * i}
                for i, q in enumerate(quality)]
     ratio = quality[-1] / quality[0]
+    pic = [w["picture"] for w in windows]
     return {"ttff_s": 0.3, "fps": 16.0, "jitter_ms": 5.0, "deadline_miss_rate": 0.0,
             "setup": {"deadline_s": 1.5, "frames_per_stream": 105, "threads": 1},
             "runs": [], "drift": {"window_s": 10.0, "quality": quality, "first": quality[0], "last": quality[-1],
@@ -67,7 +73,9 @@ def _doc(quality: list[float]) -> dict:
                                                                            for q in quality) / len(quality),
                                   "prompt": "a small red square moves quickly left on a blue background",
                                   "seconds": 10.0 * len(quality), "fps": 16.0, "frames": 160 * len(quality),
-                                  "windows": windows, "deadline_miss_rate": 0.0}}
+                                  "windows": windows, "deadline_miss_rate": 0.0,
+                                  "picture": pic, "picture_last_over_first": pic[-1] / pic[0],
+                                  "picture_within_10pct": abs(pic[-1] / pic[0] - 1) <= 0.1}}
 
 
 def test_drift_report_table_target_and_chart(tmp_path):
@@ -76,8 +84,11 @@ def test_drift_report_table_target_and_chart(tmp_path):
     t = doc["targets"]["drift_within_10_percent"]
     assert t["met"] is False and t["measured_last_over_first"] == pytest.approx(0.5 / 0.7)
     md = bench_stream.markdown(doc)
-    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 | 0.980 | 0.510 |" in md
+    assert "last / first 0.714 (not within 10 %)" in md and "| 20 | 0.500 | 0.980 | 0.510 | 0.700 |" in md
     assert "last / rendered 0.510, windows within 10 % of it 0%" in md
+    assert "picture (blur, smudges, seams) last / first 0.778" in md and "| 20 | 0.500 | 0.980 | 0.510 | 0.700 |" in md
+    p = doc["targets"]["drift_picture_within_10_percent"]
+    assert p["met"] is False and p["measured_last_over_first"] == pytest.approx(0.7 / 0.9)
     bench_stream.write_outputs(doc, tmp_path)
     png = tmp_path / "drift.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -152,6 +163,7 @@ def test_drift_on_more_prompts_streams_the_next_seeds_on_a_virtual_clock(tmp_pat
     assert [r["prompt"] for r in many["prompts"]] == [list(world.prompts(1, s))[0] for s in (3, 4, 5)]
     near = [r["windows_within_10pct_of_reference"] for r in many["prompts"]]
     assert many["mean_windows_within_10pct_of_reference"] == pytest.approx(sum(near) / 3)
+    assert many["picture_within_10pct"] == sum(r["picture_within_10pct"] for r in many["prompts"])
     assert many["last_within_10pct_of_reference"] == sum(
         abs(r["last_over_reference"] - 1) <= bench_stream.DRIFT_GOAL for r in many["prompts"])
     # the virtual clock makes a prompt's stream a function of its seed alone

@@ -29,6 +29,10 @@ prompt names. Every part is in [0, 1]; ``docs/world.md`` states the same definit
 7. **background** = ``min(1, f / 0.88)`` with ``f`` the fraction of pixels of the named background colour.
 
 **quality** = mean of the six parts (presence, shape, motion, smoothness, sharpness, background).
+**picture** = mean of ``min(1, purity / 0.97)``, the **boundary** score (step 5) and **background**:
+the parts that do not depend on where the shape is or whether it is in view (blur and smudges
+lower the purity and the background, flicker at block seams the boundary), so a long stream whose
+shape has left the frame is still judged on them (the drift of ``accelframe bench stream``).
 **adherence**: colour right (presence >= 0.5), shape right (the majority class of the showing frames is
 the named shape) and direction right (the measured direction is the named one); a clip *adheres* when
 all three are right.
@@ -68,6 +72,8 @@ class ClipQuality:
     sharpness: float
     background: float
     boundary: float
+    purity: float
+    picture: float
     colour_ok: bool
     shape_ok: bool
     direction_ok: bool
@@ -219,7 +225,9 @@ def measure(video: torch.Tensor, scene: clips.Scene, *, block: int = 3) -> ClipQ
 
     parts = {"presence": presence, "shape": shape_score, "motion": motion, "smoothness": smoothness,
              "sharpness": sharpness, "background": background}
+    picture = (min(1.0, purity / 0.97) + boundary + background) / 3
     return ClipQuality(quality=sum(parts.values()) / len(parts), **parts, boundary=boundary,
+                       purity=purity, picture=picture,
                        colour_ok=presence >= 0.5, shape_ok=measured_shape == scene.shape,
                        direction_ok=measured_direction == scene.direction, measured_shape=measured_shape,
                        measured_direction=measured_direction, velocity=velocity)
