@@ -32,7 +32,8 @@ most one clip the world's quality measure of the output (``world_quality``). The
 
 The headline keys of ``--json`` (``ttff_s``, ``fps``, ``jitter_ms``, ``deadline_miss_rate``) are
 the one-stream run at ``--fps``. Written to ``--out``: results.json, results.md, load.png (and
-drift.png with ``--drift-seconds``, drift-prompts.png with ``--drift-prompts`` above 1).
+drift.png with ``--drift-seconds``, drift-prompts.png and drift-picture.png with ``--drift-prompts``
+above 1).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import Any
 
 from accelframe.errors import ConfigError
 
-OUTPUTS = ("results.json", "results.md", "load.png", "drift.png", "drift-prompts.png")
+OUTPUTS = ("results.json", "results.md", "load.png", "drift.png", "drift-prompts.png", "drift-picture.png")
 TTFF_GOAL = 0.5
 MISS_GOAL = 0.01
 RANK_GOAL = 1.8  # issue 22: 2 ranks of one core, decoding included
@@ -501,13 +502,17 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
                     xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
                     ylabel="world quality", band=(drift["first"], DRIFT_GOAL) if drift["first"] else None)
     many = (drift or {}).get("across_prompts")
-    if many:
+    if many:  # one line per prompt, named by its seed (results.md names the prompts)
+        xlabel = f"stream time s (start of each {drift['window_s']:g}-second window)"
         charts.line(out / "drift-prompts.png",
-                    [(f"seed {r['seed']}: {r['prompt']}", [(k * drift["window_s"], q / ref) for k, (q, ref)
-                                                           in enumerate(zip(r["quality"], r["reference"])) if ref])
+                    [(f"seed {r['seed']}", [(k * drift["window_s"], q / ref) for k, (q, ref)
+                                            in enumerate(zip(r["quality"], r["reference"])) if ref])
                      for r in many["prompts"]],
-                    xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
-                    ylabel="world quality / the rendering's", band=(1.0, DRIFT_GOAL))
+                    xlabel=xlabel, ylabel="world quality / the rendering's", band=(1.0, DRIFT_GOAL))
+        charts.line(out / "drift-picture.png",
+                    [(f"seed {r['seed']}", [(k * drift["window_s"], x) for k, x in enumerate(r["picture"])])
+                     for r in many["prompts"]],
+                    xlabel=xlabel, ylabel="picture (blur, smudges, seams)")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -526,7 +531,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-prompts", type=int, default=1, metavar="N",
                    help="with --drift-seconds, stream the prompts of N seeds from --seed on (the first on the "
                         "real clock, the others on a virtual one: about a quarter of real time each here), "
-                        "each against its rendering (drift-prompts.png; default: 1)")
+                        "each against its rendering (drift-prompts.png, drift-picture.png; default: 1)")
     p.add_argument("--sink-tau", type=float, default=None, metavar="T",
                    help="rolling-kv's sink refresh threshold in every run, in [-1, 1] (default: the stream "
                         "command's, 0.6)")

@@ -176,7 +176,8 @@ def test_drift_on_more_prompts_streams_the_next_seeds_on_a_virtual_clock(tmp_pat
     md = bench_stream.markdown(doc)
     assert "drift on 3 prompts (seeds 3 to 5" in md and f"| 4 | {many['prompts'][1]['prompt']} | virtual |" in md
     bench_stream.write_outputs(doc, tmp_path)
-    assert (tmp_path / "drift-prompts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("drift-prompts.png", "drift-picture.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("argv, value", [(["--drift-prompts", "0", "--drift-seconds", "30"], "0"),
