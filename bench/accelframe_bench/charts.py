@@ -44,8 +44,9 @@ def save(fig: Any, path: str | Path) -> Path:
 def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xlabel: str, ylabel: str,
             segment: tuple[tuple[float, float], tuple[float, float], str] | None = None,
             width: int = 720, height: int = 440) -> Path:
-    """Labelled points ``(x, y, label)``; non-finite y values (an exact match's PSNR) are drawn as
-    triangles on the top edge. ``segment = ((x0, y0), (x1, y1), name)``: a dashed reference line,
+    """Labelled points ``(x, y, label)``; a point with an empty label is drawn small and grey,
+    unnamed (the crowd behind the named ones). Non-finite y values (an exact match's PSNR) are drawn
+    as triangles on the top edge. ``segment = ((x0, y0), (x1, y1), name)``: a dashed reference line,
     named in the legend."""
     fig = figure(width, height)
     ax = fig.add_subplot()
@@ -56,9 +57,14 @@ def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xla
     finite = [y for _, y, _ in points if math.isfinite(y)]
     span = (max(finite) - min(finite) or 1.0) if finite else 1.0
     top = max(finite) + 0.08 * span if finite else 1.0  # where the non-finite values go
-    for i, (x, y, label) in enumerate(points):
-        colour = COLOURS[i % len(COLOURS)]
+    named = 0
+    for x, y, label in points:
         on_top = not math.isfinite(y)
+        if not label:
+            ax.plot([x], [top if on_top else y], "^" if on_top else "o", color="0.7", markersize=4)
+            continue
+        colour = COLOURS[named % len(COLOURS)]
+        named += 1
         ax.plot([x], [top if on_top else y], "^" if on_top else "o", color=colour, markersize=7)
         ax.annotate(f"{label} ({y})" if on_top else label, (x, top if on_top else y), xytext=(5, 3),
                     textcoords="offset points", fontsize=8, color=colour)

@@ -780,14 +780,17 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """The last rung's stacks: the objective against the first budgeted metric (an exact match's
-    infinite PSNR on the top edge)."""
+    infinite PSNR on the top edge). The front, the chosen stack and the target alone are named; the
+    rest are grey dots (a last rung of 36 names is unreadable)."""
     from accelframe_bench import charts
 
     s = doc["setup"]
     metric = re.split(r"[<>]", s["budget"][0])[0]
     x = {"speed": "speedup", "fps": "fps", "ttff": "ttff"}[s["objective"]]
-    pts = [(r[x], math.inf if r.get(metric) == "inf" else r.get(metric), r["name"]) for r in doc["last_rung"]
-           if r.get(metric) is not None]
+    named = {r["name"] for r in doc.get("front", [])} | {"baseline"} | \
+        ({doc["chosen"]["name"]} if doc.get("chosen") else set())
+    pts = [(r[x], math.inf if r.get(metric) == "inf" else r.get(metric), r["name"] if r["name"] in named else "")
+           for r in doc["last_rung"] if r.get(metric) is not None]
     return charts.scatter(path, pts, xlabel=f"{x} (against the target alone)" if x == "speedup" else x, ylabel=metric)
 
 

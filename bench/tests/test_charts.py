@@ -33,6 +33,18 @@ def test_scatter_with_a_point_at_infinity(tmp_path):
     assert path == tmp_path / "pareto.png" and image.shape[:2] == (300, 500) and _drawn(image)
 
 
+def test_scatter_draws_unlabelled_points_as_grey_dots(tmp_path):
+    named = [(1.0, 0.9, "chosen")]
+    one = _read(charts.scatter(tmp_path / "a.png", named, xlabel="speedup", ylabel="retention", width=500, height=300))
+    crowd = _read(charts.scatter(tmp_path / "b.png", named + [(1.2, 0.95, ""), (0.8, math.inf, "")],
+                                 xlabel="speedup", ylabel="retention", width=500, height=300))
+    assert crowd.shape == one.shape and (crowd != one).any()
+    def grey(image):  # pixels of the unlabelled points' colour
+        return int((abs(image[..., :3] - 0.7) < 0.02).all(-1).sum())
+
+    assert grey(crowd) > grey(one) + 20
+
+
 def test_scatter_with_a_reference_segment_draws_it(tmp_path):
     pts = [(0.0, 0.73, "target"), (1.0, 0.64, "draft"), (0.3, 0.70, "tau 0.5")]
     plain = _read(charts.scatter(tmp_path / "a.png", pts, xlabel="accept rate", ylabel="q", width=500, height=300))
