@@ -56,6 +56,11 @@ DRIFT_GOAL = 0.10  # the last window's quality within this fraction of the first
 UNIT_PIXELS = 12  # pixel frames of one 3-latent unit after the first (1 + 4 (f - 1) .. 4 f per latent frame)
 
 
+def _near(ratio: float | None) -> bool:
+    """Whether a ratio of two window qualities is within :data:`DRIFT_GOAL` of 1 (None: no)."""
+    return ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL
+
+
 def _rss_mb() -> float:
     """Resident memory of this process now, in MiB (Linux /proc; the peak elsewhere)."""
     try:
@@ -231,18 +236,19 @@ class Bench:
         ratio = last / first if q and first else None
         ref = [w["reference"] for w in windows]
         # against the rendering: where a faithful stream scores less (the shape has left), so may it
-        near = [abs(a / b - 1.0) <= DRIFT_GOAL for a, b in zip(q, ref) if b]
+        near = [_near(a / b) for a, b in zip(q, ref) if b]
         # the position-free parts (blur, smudges, seams): the drift the stream's content does not explain
         pic = [w["picture"] for w in windows]
         pic_ratio = pic[-1] / pic[0] if pic and pic[0] else None
         return {"window_s": window_s, "quality": q, "first": first, "last": last, "last_over_first": ratio,
                 "picture": pic, "picture_last_over_first": pic_ratio,
-                "picture_within_10pct": pic_ratio is not None and abs(pic_ratio - 1.0) <= DRIFT_GOAL,
+                "picture_within_10pct": _near(pic_ratio),
                 "reference": ref, "reference_last_over_first": ref[-1] / ref[0] if ref and ref[0] else None,
                 "last_over_reference": last / ref[-1] if q and ref[-1] else None,
                 "windows_within_10pct_of_reference": sum(near) / len(near) if near else None,
-                "within_10pct": ratio is not None and abs(ratio - 1.0) <= DRIFT_GOAL, "prompt": prompt,
-                "seed": seed, "clock": "real" if clock is None else "virtual", "seconds": seconds, "fps": fps, "frames": m["frames"], "windows": windows,
+                "within_10pct": _near(ratio), "prompt": prompt, "seed": seed,
+                "clock": "real" if clock is None else "virtual", "seconds": seconds, "fps": fps,
+                "frames": m["frames"], "windows": windows,
                 "policies": ["slo-batch", "rolling-kv"],  # text-to-video: no motion-noise
                 "rolling_kv_tau": self.sink_tau,
                 "deadline_miss_rate": m["deadline_miss_rate"], "wall_s": time.perf_counter() - t0}
@@ -261,11 +267,10 @@ class Bench:
         per = [{k: r.get(k) for k in keys} for r in runs]
         near = [r["windows_within_10pct_of_reference"] for r in per
                 if r["windows_within_10pct_of_reference"] is not None]
-        last = [r["last_over_reference"] for r in per if r["last_over_reference"] is not None]
         return {"prompts": per,
                 "mean_windows_within_10pct_of_reference": sum(near) / len(near) if near else None,
-                "last_within_10pct_of_reference": sum(abs(x - 1.0) <= DRIFT_GOAL for x in last),
-                "picture_within_10pct": sum(bool(r["picture_within_10pct"]) for r in per),
+                "last_within_10pct_of_reference": sum(_near(r["last_over_reference"]) for r in per),
+                "picture_within_10pct": sum(r["picture_within_10pct"] for r in per),
                 "count": len(per)}
 
 
@@ -494,16 +499,15 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
                         for r in loads],
                        xlabel="offered fps (one stream)", ylabel="output fps")
     drift = doc.get("drift")
+    xlabel = f"stream time s (start of each {drift['window_s']:g}-second window)" if drift else ""
     if drift and drift["windows"]:
         named = [("stream", "quality"), ("the world's rendering of the prompt", "reference"),
                  ("stream: picture (blur, smudges, seams)", "picture")]
         charts.line(out / "drift.png", [(name, [(w["t_s"], w[key]) for w in drift["windows"]
                                                 if w.get(key) is not None]) for name, key in named],
-                    xlabel=f"stream time s (start of each {drift['window_s']:g}-second window)",
-                    ylabel="world quality", band=(drift["first"], DRIFT_GOAL) if drift["first"] else None)
+                    xlabel=xlabel, ylabel="world quality", band=(drift["first"], DRIFT_GOAL) if drift["first"] else None)
     many = (drift or {}).get("across_prompts")
     if many:  # one line per prompt, named by its seed (results.md names the prompts)
-        xlabel = f"stream time s (start of each {drift['window_s']:g}-second window)"
         charts.line(out / "drift-prompts.png",
                     [(f"seed {r['seed']}", [(k * drift["window_s"], q / ref) for k, (q, ref)
                                             in enumerate(zip(r["quality"], r["reference"])) if ref])

@@ -215,7 +215,8 @@ def measure(video: torch.Tensor, scene: clips.Scene, *, block: int = 3) -> ClipQ
     smoothness = smooth * boundary
 
     purity = float((seg >= 0).float().mean())
-    sharpness = min(1.0, purity / 0.97)
+    pure = min(1.0, purity / 0.97)  # a rendered clip's purity scores 1
+    sharpness = pure
     if idx.numel():  # edge width: pixels part-way between background and colour per unit of outline
         a = soft[idx]  # [N, H, W]
         outline = (a[:, 1:] - a[:, :-1]).abs().sum() + (a[:, :, 1:] - a[:, :, :-1]).abs().sum()
@@ -225,7 +226,7 @@ def measure(video: torch.Tensor, scene: clips.Scene, *, block: int = 3) -> ClipQ
 
     parts = {"presence": presence, "shape": shape_score, "motion": motion, "smoothness": smoothness,
              "sharpness": sharpness, "background": background}
-    picture = (min(1.0, purity / 0.97) + boundary + background) / 3
+    picture = (pure + boundary + background) / 3
     return ClipQuality(quality=sum(parts.values()) / len(parts), **parts, boundary=boundary,
                        purity=purity, picture=picture,
                        colour_ok=presence >= 0.5, shape_ok=measured_shape == scene.shape,

@@ -184,7 +184,7 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
             weight = 1.0 + OBJECT_WEIGHT * footprint(want)  # [B, F, H, W]
         sq = (x0 - want).pow(2).mean(1)  # [B, F, H, W]
         loss = (sq * weight).sum() / weight.sum()
-        out = {"loss": loss.item(), "mse": sq.mean().item()}
+        logged = {"loss": loss.item(), "mse": sq.mean().item()}
         if target_context > 0:  # the teacher-forced pass on mixed contexts (drawn only then: p = 0 keeps the bits)
             b, _, f = eps.shape[:3]
             pick = torch.rand(b, f // CAUSAL_BLOCK, generator=g) < target_context  # [B, blocks]
@@ -198,11 +198,11 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
             x0_m = eps - sg * parallel_blocks(student, eps, torch.full((b, f), t, device=eps.device), cross_s, cache)
             sq_m = (x0_m - want_m).pow(2).mean(1)
             loss_m = (sq_m * weight_m).sum() / weight_m.sum()
-            out["loss_forced"] = loss_m.item()
+            logged["loss_forced"] = loss_m.item()
             loss = 0.5 * (loss + loss_m)
-            out["loss"] = loss.item()
+            logged["loss"] = loss.item()
         loss.backward()
-        return out
+        return logged
 
     step = regression_step
     if objective == "dmd":
