@@ -23,7 +23,8 @@ Sections, each under its own time budget (a section that would overrun is skippe
 4. ``train``: the world target's trainer (``accelframe world train target --device``) on the CPU and
    on CUDA from the same seed and clips, full 27-frame clips at the shipped batch: the losses of the
    two runs step by step (the same batches and noise: every draw is made on the CPU) and the steps
-   per second of each, with what the shipped recipe's steps would take on the device.
+   per second of each, with what the shipped recipe's steps would take on the device; and the
+   clips' latents encoded on the device against the CPU's (a run on the device encodes there).
 5. ``timing`` (last: its compiles take the longest, and a run cut short keeps the sections above):
    the Wan DiT at 1.3B and 14B, 480 x 832, bfloat16, random weights: one call (a block of 3 latent
    frames attending to 6 cached frames) and one Self-Forcing block (4 calls and the commit pass),
@@ -421,8 +422,11 @@ def _train(out_dir: Path, device: torch.device, smoke: bool) -> dict[str, Any]:
     cpu, dev = runs["cpu"], runs[str(device)]
     diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(cpu["loss"], dev["loss"]))
     full = shipped.steps  # the shipped recipe's steps, all on full clips (an upper bound: its first half is short)
+    enc = {where: train_dit.build_dataset(models.load_vae(models.weights_path("vae")).to(where), clips_n, seed=1234,
+                                          quiet=True, device=where)["latents"] for where in ("cpu", str(device))}
+    enc_diff = ((enc[str(device)] - enc["cpu"]).abs().max() / enc["cpu"].abs().max()).item()
     return {"clips": clips_n, "steps": steps, "batch": settings.batch, "runs": runs,
-            "loss_max_relative_difference": diff,
+            "loss_max_relative_difference": diff, "encode_max_relative_difference": enc_diff,
             "device_speedup_over_cpu": dev["steps_per_s"] / cpu["steps_per_s"],
             f"shipped_{full}_steps_on_device_s": full / dev["steps_per_s"],
             "cpu_threads": torch.get_num_threads()}

@@ -42,3 +42,4 @@ def test_the_gpu_suite_smoke_run_writes_every_section(tmp_path):
     assert abs(priced["krea-14B@832x480"]["step"] - want) < 1e-9
     t = doc["train"]
     assert t["loss_max_relative_difference"] == 0.0 and len(t["runs"]["cpu"]["loss"]) == t["steps"]
+    assert t["encode_max_relative_difference"] == 0.0  # the smoke run's "device" is the CPU

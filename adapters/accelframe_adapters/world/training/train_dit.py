@@ -109,8 +109,10 @@ def encode_chunks(vae: WanVAE, video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_dataset(vae: WanVAE, n: int, seed: int, *, quiet: bool = False, batch: int = 8) -> dict[str, Any]:
-    """``n`` training clips: latents ``[n, 27, z, 8, 8]`` (frame-major) and their prompts."""
+def build_dataset(vae: WanVAE, n: int, seed: int, *, quiet: bool = False, batch: int = 8,
+                  device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``n`` training clips: latents ``[n, 27, z, 16, 16]`` (frame-major, on the CPU) and their prompts.
+    The clips are rendered on the CPU and encoded by ``vae`` on ``device`` (where ``vae`` is)."""
     from accelframe.progress import progress_bar
 
     scenes = clips.sample_scenes(n, seed)
@@ -120,8 +122,8 @@ def build_dataset(vae: WanVAE, n: int, seed: int, *, quiet: bool = False, batch:
     with progress_bar(total=n, desc="encode clips", unit="clip", quiet=quiet) as bar:
         for i in range(0, n, batch):
             video = torch.stack([clips.render(s, sd) for s, sd in zip(scenes[i:i + batch], seeds[i:i + batch])])
-            lat = encode_chunks(vae, video.permute(0, 2, 1, 3, 4) * 2.0 - 1.0)  # [b, z, F, h, w]
-            out.append(lat.permute(0, 2, 1, 3, 4).contiguous())  # [b, F, z, h, w]
+            lat = encode_chunks(vae, video.permute(0, 2, 1, 3, 4).to(device) * 2.0 - 1.0)  # [b, z, F, h, w]
+            out.append(lat.permute(0, 2, 1, 3, 4).contiguous().cpu())  # [b, F, z, h, w]
             bar.update(len(video))
     return {"latents": torch.cat(out), "prompts": [s.prompt for s in scenes], "seeds": seeds}
 
@@ -177,7 +179,8 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     clips (read when it exists and was made by the same VAE, else written). ``init``: start from the
     weights of an earlier run of the same config (its record is kept in this one's).
 
-    ``device``: where the DiT trains (the clips are encoded on the CPU, then moved there). Every
+    ``device``: where the DiT trains and the clips are encoded (rendered on the CPU; a ``data`` cache
+    made on one device serves the others: the latents differ only by the device's arithmetic). Every
     random draw (the batch, the noise, the levels, the dropped prompts) is made on the CPU by the
     run's own generator and then moved, so a run on another device sees the same batches as on the
     CPU; its weights differ only by the device's arithmetic."""
@@ -200,7 +203,8 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.text_dim, cfg.text_len)
     ds = training.encoded_clips(data, force, clips_n, vae,
-                                build=lambda: build_dataset(vae_model, clips_n, seed=1234, quiet=quiet))
+                                build=lambda: build_dataset(vae_model.to(dev), clips_n, seed=1234, quiet=quiet,
+                                                            device=dev))
     latents = ds["latents"]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], latents.shape[1], tuple(latents.shape[-2:]))  # [N, F, h, w]
     with torch.no_grad():
