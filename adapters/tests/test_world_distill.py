@@ -99,6 +99,22 @@ def test_a_short_distillation_writes_weights_the_adapter_loads(tmp_path):
     before = models.read_metadata(models.weights_path("drafter"))
     rec = distill.distill(out, settings=s, quiet=True)
     assert rec["teacher"]["mode"] == "euler" and rec["student_steps"] == [1000.0]
+    # the record names this version of its teacher; the card prints it, and the target's card the same digest
+    import hashlib
+
+    want = hashlib.sha256(models.weights_path("target").read_bytes()).hexdigest()[:16]
+    assert rec["teacher"]["file"] == "world-target.safetensors" and rec["teacher"]["sha256"] == want
+    from accelframe_adapters.world.training import cards
+
+    (tmp_path / models.FILES["drafter"]).write_bytes(out.read_bytes())
+    more = distill.distill(tmp_path / "more.safetensors", settings=s, init=out, quiet=True)
+    (tmp_path / models.FILES["drafter"]).write_bytes((tmp_path / "more.safetensors").read_bytes())
+    cards.write_card("drafter", tmp_path, [])
+    card = (tmp_path / models.FILES["drafter"].replace(".safetensors", ".md")).read_text()
+    assert f"- distilled against `world-target.safetensors` (sha256 `{want}`)" in card
+    assert f"min, distilled against `world-target.safetensors` (sha256 `{want}`): `{rec['command']}`" in card
+    digest = hashlib.sha256((tmp_path / models.FILES["drafter"]).read_bytes()).hexdigest()[:16]
+    assert f"sha256 `{digest}`)" in card and more["init"]["file"] == "d.safetensors"
     meta = models.read_metadata(out)
     assert meta["config"] == before["config"] and meta["training"]["objective"].startswith("self-rollout")
     log = json.loads(out.with_suffix(".log.json").read_text())

@@ -17,7 +17,7 @@ from typing import Any
 from accelframe.errors import ConfigError
 from accelframe_adapters.world.models import FILES, WEIGHTS, read_metadata
 from accelframe_adapters.world.training.plot import line_plot
-from accelframe_adapters.world.training.common import log_path
+from accelframe_adapters.world.training.common import file_digest, log_path
 
 ABOUT = {
     "vae": ("The Wan 2.1 causal video VAE (`accelframe_adapters.wan.vae.WanVAE`, original key names) in a "
@@ -81,6 +81,14 @@ DISTILLED = (
 
 def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.2f} MB"
+
+
+def _teacher(record: dict[str, Any]) -> str:
+    """A distillation's teacher: its file and, where the record has it, the file's digest (a card's
+    ``sha256`` line names the same digest of the file it describes)."""
+    t = record["teacher"]
+    digest = f"sha256 `{t['sha256']}`" if t.get("sha256") else "its digest not recorded"
+    return f"`{t.get('file', '?')}` ({digest})"
 
 
 def _quality(name: str, record: dict[str, Any], benches: list[dict[str, Any]]) -> list[str]:
@@ -169,7 +177,8 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
     arch, data = DISTILLED if "teacher" in record else ABOUT[name]
     s = record.get("settings", {})
     lines = [f"# world-{name}", "", arch, "",
-             f"- file: `{weights.name}` ({_size(weights)}), parameters: {record.get('parameters', 'see config')}",
+             f"- file: `{weights.name}` ({_size(weights)}, sha256 `{file_digest(weights)}`), "
+             f"parameters: {record.get('parameters', 'see config')}",
              f"- config: `{json.dumps(config, sort_keys=True)}`", "", "## Data and training", "", data, ""]
     if s:
         lines.append(f"- {s['steps']} steps, batch {s['batch']}, AdamW lr {s['lr']} (warm-up {s['warmup']}, "
@@ -183,6 +192,8 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
         where = (f"one {m['device']} ({m.get('threads', '?')} CPU threads, {torch_v})" if m.get("device")
                  else f"{m.get('threads', '?')} CPU threads ({torch_v})")
         lines.append(f"- trained in {record['wall_s'] / 60:.1f} min on {where}")
+    if "teacher" in record:
+        lines.append(f"- distilled against {_teacher(record)}")
     chain = []  # the earlier runs this one continued, latest first
     first = record.get("init")
     while first:
@@ -193,8 +204,9 @@ def write_card(name: str, folder: Path, benches: list[dict[str, Any]]) -> list[P
             t = earlier.get("training", {})
             steps = t.get("settings", {}).get("steps", "?")
             warm = t.get("settings", {}).get("warmup", "?")
+            against = f", distilled against {_teacher(t)}" if "teacher" in t else ""
             lines.append(f"- continued from `{earlier.get('file')}`, itself trained {steps} steps (warm-up {warm}) "
-                         f"in {t.get('wall_s', 0) / 60:.1f} min: `{t.get('command', '')}`")
+                         f"in {t.get('wall_s', 0) / 60:.1f} min{against}: `{t.get('command', '')}`")
         cmds = [e.get("training", {}).get("command", "") for e in reversed(chain)] + [record.get("command", "")]
         lines.append("- reproduce: " + ", then ".join(f"`{c}`" for c in cmds)
                      + " (each after the first with `--init` naming the output before it)")

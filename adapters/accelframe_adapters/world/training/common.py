@@ -193,6 +193,18 @@ def run_loop(name: str, settings: TrainSettings, params: list[torch.nn.Parameter
     return log
 
 
+def file_digest(path: str | Path) -> str:
+    """The first 16 hex digits of a file's SHA-256: names one version of a weights file (the cards
+    print it for every file, and a distillation's record for its teacher)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def machine(device: torch.device | None = None) -> dict[str, Any]:
     """What a training record says of the machine; ``device``: where the model trained, when not
     the CPU (a CUDA device is named)."""
@@ -242,5 +254,5 @@ def batches(seed: int) -> Iterator[int]:
         yield int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
 
-__all__ = ["TrainSettings", "at_least", "batches", "check_data", "check_out", "encoded_clips",
+__all__ = ["TrainSettings", "at_least", "batches", "check_data", "check_out", "encoded_clips", "file_digest",
            "load_init", "log_path", "lr_at", "machine", "read_data", "refuse_data", "run_loop", "save", "save_data"]

@@ -223,10 +223,11 @@ def distill(out: str | Path, *, teacher: str | Path | None = None, init: str | P
                   "dmd": f"self-rollout distribution matching (DMD) against the target, guidance {dmd.GUIDANCE}, "
                          f"critic from the target, {dmd.CRITIC_RATIO} critic updates per step at "
                          f"{dmd.CRITIC_LR:g}x the lr"}
+    teacher_id = {"file": teacher_path.name, "sha256": training.file_digest(teacher_path)}
     record = {"settings": attrs.asdict(settings), "objective": objectives[objective],
-              "teacher": ({"file": teacher_path.name, "mode": mode, "steps": list(TEACHER_STEPS),
+              "teacher": ({**teacher_id, "mode": mode, "steps": list(TEACHER_STEPS),
                            "guidance": TEACHER_GUIDANCE} if objective == "regression" else
-                          {"file": teacher_path.name, "guidance": dmd.GUIDANCE, "critic_ratio": dmd.CRITIC_RATIO,
+                          {**teacher_id, "guidance": dmd.GUIDANCE, "critic_ratio": dmd.CRITIC_RATIO,
                            "critic_lr": dmd.CRITIC_LR, "timesteps": [dmd.T_MIN, dmd.T_MAX]}),
               "student_steps": list(STUDENT_STEPS), "object_weight": OBJECT_WEIGHT, "ema": EMA,
               **({"target_context": target_context} if target_context > 0 else {}),
