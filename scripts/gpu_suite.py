@@ -422,9 +422,11 @@ def _train(out_dir: Path, device: torch.device, smoke: bool) -> dict[str, Any]:
     cpu, dev = runs["cpu"], runs[str(device)]
     diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(cpu["loss"], dev["loss"]))
     full = shipped.steps  # the shipped recipe's steps, all on full clips (an upper bound: its first half is short)
-    enc = {where: train_dit.build_dataset(models.load_vae(models.weights_path("vae")).to(where), clips_n, seed=1234,
-                                          quiet=True, device=where)["latents"] for where in ("cpu", str(device))}
-    enc_diff = ((enc[str(device)] - enc["cpu"]).abs().max() / enc["cpu"].abs().max()).item()
+    # the CPU run encoded the clips into ``data`` (the device run read them): encode them again on the device
+    on_cpu = common.read_data(data, False)["latents"]
+    on_dev = train_dit.build_dataset(models.load_vae(models.weights_path("vae")).to(device), clips_n, seed=1234,
+                                     quiet=True)["latents"]
+    enc_diff = ((on_dev - on_cpu).abs().max() / on_cpu.abs().max()).item()
     return {"clips": clips_n, "steps": steps, "batch": settings.batch, "runs": runs,
             "loss_max_relative_difference": diff, "encode_max_relative_difference": enc_diff,
             "device_speedup_over_cpu": dev["steps_per_s"] / cpu["steps_per_s"],

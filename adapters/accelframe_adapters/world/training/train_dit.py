@@ -109,11 +109,12 @@ def encode_chunks(vae: WanVAE, video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_dataset(vae: WanVAE, n: int, seed: int, *, quiet: bool = False, batch: int = 8,
-                  device: torch.device | str = "cpu") -> dict[str, Any]:
+def build_dataset(vae: WanVAE, n: int, seed: int, *, quiet: bool = False, batch: int = 8) -> dict[str, Any]:
     """``n`` training clips: latents ``[n, 27, z, 16, 16]`` (frame-major, on the CPU) and their prompts.
-    The clips are rendered on the CPU and encoded by ``vae`` on ``device`` (where ``vae`` is)."""
+    The clips are rendered on the CPU and encoded on the device ``vae`` is on."""
     from accelframe.progress import progress_bar
+
+    device = next(vae.parameters()).device
 
     scenes = clips.sample_scenes(n, seed)
     rng = random.Random(seed)
@@ -203,8 +204,7 @@ def train(which: str, out: str | Path, *, vae: str | Path, text: str | Path, cli
     vae_model = load_vae(vae)
     enc = load_text(text, cfg.text_dim, cfg.text_len)
     ds = training.encoded_clips(data, force, clips_n, vae,
-                                build=lambda: build_dataset(vae_model.to(dev), clips_n, seed=1234, quiet=quiet,
-                                                            device=dev))
+                                build=lambda: build_dataset(vae_model.to(dev), clips_n, seed=1234, quiet=quiet))
     latents = ds["latents"]  # [N, F, z, h, w]
     masks = object_masks(ds["prompts"], ds["seeds"], latents.shape[1], tuple(latents.shape[-2:]))  # [N, F, h, w]
     with torch.no_grad():
