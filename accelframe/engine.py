@@ -11,8 +11,11 @@ the order the units finish, beside the denoising, as SDVG's deployment runs the 
 on a second device: a finished unit is handed to the worker and the next unit's denoising starts at
 once; with a drafter, the drafter drafts unit k + 1 while the worker decodes and judges draft k
 (``drafter_context="own"``: the next draft does not depend on the verdict), and the verdict is
-carried out when it is back. The frames, latents, trace and counts are those of the inline run; the
-trace records a unit's verdict and emission when the denoising thread takes them from the worker.
+carried out when it is back. With ``drafter_context="emitted"`` the next draft needs the verdict, so
+the drafts do not overlap; a draft's decode still runs on the worker, after the decodes of the
+units before it (the decoder's state is causal). The frames, latents, trace and counts are those
+of the inline run; the trace records a unit's verdict and emission when the denoising thread takes
+them from the worker.
 """
 
 from __future__ import annotations
@@ -249,8 +252,8 @@ class Engine(Executor):
             def decode_and_judge() -> tuple[BlockContext, Any, Any]:
                 # on the worker, after every earlier decode; the denoising thread leaves the target's
                 # state alone until the verdict is back (it drafts the next unit meanwhile)
-                snap = self.target.snapshot(target.state)
-                judged = attrs.evolve(ctx, draft_frames=self.decode(target, draft))
+                snap, frames = self._snap_and_decode(target, draft)
+                judged = attrs.evolve(ctx, draft_frames=frames)
                 return judged, self.ask_verdict(judged), snap
 
             return self._worker.submit(decode_and_judge)
@@ -290,8 +293,10 @@ class Engine(Executor):
             self._iteration(drafter, it, request)
         a, b = span.start - drafter.offset, span.end - drafter.offset
         draft = drafter.x[:, a:b]  # [B, F_unit, C, H, W]
-        snap = self.target.snapshot(target.state) if request.decode else None
-        draft_frames = self.decode(target, draft) if request.decode else None
+        snap, draft_frames = None, None
+        if request.decode:  # on the worker when there is one: after the decodes of the units before
+            snap, draft_frames = (self._snap_and_decode(target, draft) if self._worker is None else
+                                  self._wait(self._worker.submit(self._snap_and_decode, target, draft)))
         ctx = BlockContext(generation=self.generation, unit=unit, frames=span.frames,
                            prompts=request.prompts, drafter=drafter.name, target=target.name,
                            draft_latents=draft, draft_frames=draft_frames)
@@ -301,6 +306,7 @@ class Engine(Executor):
             for it in t_its:  # commit the draft into the target's KV; no denoising
                 if it.role is Role.COMMIT:
                     self._iteration(target, it, request)
+            self._drain(wait=True)  # with a worker, the units before it are out first
             self.record_emit(span, draft_frames, "draft")
         else:
             if request.decode:
@@ -309,6 +315,13 @@ class Engine(Executor):
             if d_snap is not None:
                 self._recommit_drafter(drafter, target, span, d_its, d_snap, request)
         self.block_observe(ctx, verdict)
+
+    def _snap_and_decode(self, target: ModelSlot, draft: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The target's state before a draft's decode (restored if the draft is rejected) and the
+        draft's pixels. The decoder's state is causal, so with a worker this runs there, after every
+        earlier unit's decode."""
+        snap = self.target.snapshot(target.state)
+        return snap, self.decode(target, draft)
 
     def _recommit_drafter(self, drafter: ModelSlot, target: ModelSlot, span: UnitSpan,
                           d_its: list[Iteration], d_snap: Any, request: Request) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import warnings
 from collections import Counter
 from typing import Any
@@ -24,9 +25,10 @@ from accelframe_policies import plugin as policies_plugin
 PROMPT = "a red circle moves left on a blue background"
 
 
-def _pipe(kw: dict[str, Any], dkw: dict[str, Any] | None, worker: bool, stack: list) -> Pipeline:
+def _pipe(kw: dict[str, Any], dkw: dict[str, Any] | None, worker: bool, stack: list,
+          context: str = "own") -> Pipeline:
     p = Pipeline("analytic", adapter_kwargs=kw, hooks=make_hooks(policies_plugin), decode_worker=worker,
-                 drafter="analytic" if dkw is not None else None, drafter_kwargs=dkw)
+                 drafter="analytic" if dkw is not None else None, drafter_kwargs=dkw, drafter_context=context)
     for name, args in stack:
         p.use(name, **args)
     return p
@@ -75,6 +77,29 @@ def test_a_drafted_run_with_a_worker_equals_the_inline_run(unit, units, steps, d
     out = []
     for worker in (False, True):
         p = _pipe(kw, dkw, worker, [*stack, ("sdvg", {"tau": tau, "scorer": _brightness_or_fail(fail)})])
+        out.append(_run(p, unit * units, seed))
+    assert_same(*out)
+
+
+@settings(max_examples=10, deadline=None)
+@given(unit=st.integers(1, 3), units=st.integers(2, 5), steps=st.integers(1, 4),
+       tau=st.sampled_from([0.0, 0.45, 0.5, math.inf]), seed=st.integers(0, 3))
+def test_an_emitted_context_run_with_a_worker_equals_the_inline_run(unit, units, steps, tau, seed):
+    """The emitted context drafts after each verdict, so it runs without the overlap, but a regenerated
+    unit's decode still goes to the worker: the next draft's decode reads the decoder's state after
+    it, as inline. A slow decode keeps that unit on the worker while the next draft is judged."""
+    kw = {"plan": "block", "unit_frames": unit, "steps": steps, "channels": 2, "height": 4, "width": 4}
+    out = []
+    for worker in (False, True):
+        p = _pipe(kw, {**kw, "steps": 1, "coupling": 0.3}, worker,
+                  [("sdvg", {"tau": tau, "scorer": mean_brightness})], context="emitted")
+        decode = p.adapter.decode
+
+        def slow(latents, state, decode=decode):
+            time.sleep(0.002)
+            return decode(latents, state)
+
+        p.adapter.decode = slow
         out.append(_run(p, unit * units, seed))
     assert_same(*out)
 
