@@ -115,6 +115,7 @@ class Engine(Executor):
         self._pending: list[tuple[UnitSpan, Future, str]] = []  # units decoding on the worker, in order
         self._decoded: list[torch.Tensor] = []
         self._sources: list[str] = []
+        self._held: list[Row] = []  # the target's commits no call has needed yet, in order
         # the models' states after ``run``: a stream continues from them
         self.target_state: Any = None
         self.drafter_state: Any = None
@@ -128,8 +129,14 @@ class Engine(Executor):
         target_state: Any = None,
         drafter_state: Any = None,
         lifecycle: bool = True,
+        keep_state: bool = True,
     ) -> Result:
-        """Generate ``request``; states may be passed in to continue a stream's caches."""
+        """Generate ``request``; states may be passed in to continue a stream's caches.
+
+        The target commits a unit into its KV only when a later call of the target needs it (see
+        :meth:`_iteration`). ``keep_state``: run the commits still held at the end, so that
+        ``target_state`` holds every unit (a stream's next chunk continues from it); ``False``
+        skips them, as ``Pipeline.generate`` does: no call reads that state again."""
         info = GenerationInfo(generation=self.generation, request=request,
                               adapter=self.target_name, drafter=self.drafter_name,
                               registry=self.registry)
@@ -153,6 +160,11 @@ class Engine(Executor):
                 self._run_drafted_overlapped(target, drafter, request)
             else:
                 self._run_drafted(target, drafter, request)
+            if keep_state:
+                self._release()
+            else:
+                self.stats.calls[ModelRole.TARGET.value]["commit_skipped"] += len(self._held)
+                self._held.clear()
             self._drain(wait=True)
         finally:
             if self._worker is not None:
@@ -338,14 +350,33 @@ class Engine(Executor):
     # ---- step level -----------------------------------------------------------------------------
 
     def _iteration(self, m: ModelSlot, it: Iteration, request: Request) -> None:
-        """One plan iteration: a micro-step of one row. An adapter whose commit reads the pixels
-        its decode kept (``commit_reads_pixels``: Krea re-encodes a decoded frame as its anchor)
-        commits only when every decode on the worker is back, so that its state is never read
-        and written on two threads."""
-        if (it.role is Role.COMMIT and self._pending
-                and getattr(m.adapter, "commit_reads_pixels", False)):
+        """One plan iteration: a micro-step of one row.
+
+        The target's commit is held until the target's next other call (a denoising step, or a
+        commit that starts a unit), which runs the held commits first, in order: a unit's KV is
+        written only when a later call will read it, so the commits after the last call the
+        target makes (every accepted draft's, when no later draft is rejected) need not run at
+        all (``run(keep_state=False)``). Nothing else reads the target's KV, and the commits run
+        on the same state in the same order, so the frames are those of committing at once.
+
+        An adapter whose commit reads the pixels its decode kept (``commit_reads_pixels``: Krea
+        re-encodes a decoded frame as its anchor) commits at once, and only when every decode on
+        the worker is back, so that its state is never read and written on two threads."""
+        reads_pixels = getattr(m.adapter, "commit_reads_pixels", False)
+        if m.role is ModelRole.TARGET:
+            if it.role is Role.COMMIT and not it.starts and not reads_pixels:
+                self._held.append(Row(m, it, request))
+                return
+            self._release()
+        if it.role is Role.COMMIT and self._pending and reads_pixels:
             self._drain(wait=True)
         self.micro_step((Row(m, it, request),))
+
+    def _release(self) -> None:
+        """Run the target's held commits, oldest first."""
+        held, self._held = self._held, []
+        for row in held:
+            self.micro_step((row,))
 
     def _regenerate(self, target: ModelSlot, span: UnitSpan, t_its: list[Iteration], request: Request) -> None:
         """The target denoises a unit whose draft was rejected, and emits it when the unit finishes,

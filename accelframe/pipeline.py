@@ -384,7 +384,7 @@ class Pipeline:
         req = self.request(prompts, **kwargs)
         with self._exclusive("generate"):
             self.reset_policies()
-            return self.engine(generation=self.new_generation(), on_unit=on_unit).run(req)
+            return self.engine(generation=self.new_generation(), on_unit=on_unit).run(req, keep_state=False)
 
     def stream(self, sources: Sequence[Any], **kwargs: Any) -> Any:
         """Run input streams through the batch / stream hooks; see :mod:`accelframe.streaming`."""

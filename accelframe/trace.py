@@ -64,8 +64,8 @@ class Trace:
 
 
 def _model_counts() -> dict[str, int]:
-    return {"computed": 0, "cached": 0, "predicted": 0, "commit": 0, "frames_computed": 0,
-            "frames_reused": 0}
+    return {"computed": 0, "cached": 0, "predicted": 0, "commit": 0, "commit_skipped": 0,
+            "frames_computed": 0, "frames_reused": 0}
 
 
 @attrs.define

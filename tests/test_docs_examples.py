@@ -82,11 +82,11 @@ def test_using_the_policy(installed, capsys):
     pipe = Pipeline("analytic", adapter_kwargs={"steps": 8})
     pipe.use("every-n", n=2)
     result = pipe.generate("a red circle moves left", num_frames=6, seed=0)
-    print(result.stats.calls["target"])  # 8 computed, 8 cached, 2 commit passes
+    print(result.stats.calls["target"])  # 8 computed, 8 cached, 1 commit pass, 1 skipped
     print(result.trace.of("step")[1])    # step 1 of unit 0: 'mode': 'cache', 'by': 'every-n'
 
     calls = result.stats.calls["target"]
-    assert (calls["computed"], calls["cached"], calls["commit"]) == (8, 8, 2)
+    assert (calls["computed"], calls["cached"], calls["commit"], calls["commit_skipped"]) == (8, 8, 1, 1)
     step = result.trace.of("step")[1]
     assert (step["unit"], step["step"], step["mode"], step["by"]) == (0, 1, "cache", "every-n")
 

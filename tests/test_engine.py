@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import accelframe_example
+from hypothesis import given, settings, strategies as st
+
 from accelframe.errors import PolicyError, PolicyFallbackWarning
 from accelframe.pipeline import Pipeline
 from accelframe.plugins import EXACT, hookimpl
@@ -80,6 +82,13 @@ def drafted(hooks, policy, *, target=None, drafter=None):
                     hooks=hooks)
     pipe.use(policy)
     return pipe
+
+
+class CommitAtOnce(AnalyticAdapter):
+    """The analytic model with a commit that reads its decode's pixels: the engine commits its
+    units at once instead of holding them until a later call needs them (the reference)."""
+
+    commit_reads_pixels = True
 
 
 def fresh_decode(adapter: AnalyticAdapter, latents: torch.Tensor) -> torch.Tensor:
@@ -193,6 +202,44 @@ def test_undecoded_requests_route_on_latents_and_waste_no_decode(hooks):
                                    "decodes_wasted": 0, "drafter_recommits": 0}
 
 
+UNITS = 5
+
+
+@settings(max_examples=12, deadline=None)
+@given(accept=st.sets(st.integers(0, UNITS - 1)), worker=st.booleans(),
+       context=st.sampled_from(["own", "emitted"]))
+def test_held_commits_give_the_frames_of_committing_at_once(accept, worker, context):
+    """The target commits a unit only when a later call of it needs the unit's KV: every routing
+    gives the latents, frames and sources of committing at once, runs the commits up to the
+    target's last denoising call and skips the rest (``generate``); ``keep_state`` runs them."""
+    hooks = make_hooks()
+    runs = {}
+    for name, target in (("held", AnalyticAdapter(steps=4)), ("at once", CommitAtOnce(steps=4))):
+        pipe = Pipeline(target, drafter=AnalyticAdapter(steps=2), hooks=hooks,
+                        drafter_context=context, decode_worker=worker)
+        pipe.use(ScriptedBlock(accept=frozenset(accept)))
+        runs[name] = pipe.generate(PROMPTS, num_frames=3 * UNITS, seed=SEED)
+        engine = pipe.engine()
+        kept = engine.run(pipe.request(PROMPTS, num_frames=3 * UNITS, seed=SEED))
+        runs[name + " kept"] = (kept, engine.target_state.kv)
+        pipe.close()
+    held, ref = runs["held"], runs["at once"]
+    assert torch.equal(held.latents, ref.latents) and torch.equal(held.frames, ref.frames)
+    assert held.sources == ref.sources
+    rejected = [u for u in range(UNITS) if u not in accept]
+    # the units before the target's last denoised unit are committed; its own and later are not
+    last = max(rejected, default=0)
+    calls, ref_calls = held.stats.calls["target"], ref.stats.calls["target"]
+    assert (calls["commit"], calls["commit_skipped"]) == (last, UNITS - last)
+    assert (ref_calls["commit"], ref_calls["commit_skipped"]) == (UNITS, 0)
+    assert calls["computed"] == ref_calls["computed"] == 4 * len(rejected)
+    assert len([e for e in held.trace.of("commit") if e["model"] == "target"]) == last
+    (kept, kv), (ref_kept, ref_kv) = runs["held kept"], runs["at once kept"]
+    assert torch.equal(kept.latents, ref.latents) and kept.stats.calls["target"]["commit"] == UNITS
+    assert list(kv) == list(ref_kv) == list(range(3 * UNITS))
+    assert all(torch.equal(kv[j], ref_kv[j]) for j in range(3 * UNITS))
+
+
 # ---- the model-call wrapper hook ----------------------------------------------------------------
 
 
@@ -208,7 +255,8 @@ def test_call_recorder_sees_every_denoise_and_commit_call(hooks):
         denoise = [c for c in recorder.calls if c[0] == "denoise" and c[1] == model]
         commit = [c for c in recorder.calls if c[0] == "commit" and c[1] == model]
         assert len(denoise) == stats[model]["computed"] > 0
-        assert len(commit) == stats[model]["commit"] == 3
+        assert len(commit) == stats[model]["commit"]
+        assert stats[model]["commit"] + stats[model]["commit_skipped"] == 3
         # the denoise calls are the recompute steps of the trace, in order
         steps = [(e["unit"], e["step"], tuple(e["interval"])) for e in result.trace.of("step")
                  if e["model"] == model and e["mode"] == "recompute"]
@@ -225,9 +273,10 @@ def test_a_wrapper_sees_commit_passes_without_a_drafter(af_pipeline, af_register
     af_register(recorder)
     result = af_pipeline(steps=3).generate("x", num_frames=6)
     kinds = [(kind, unit, step) for kind, _, unit, step, _, _ in recorder.calls]
+    # the last unit's commit is skipped: no later call reads it
     assert kinds == [("denoise", 0, 0), ("denoise", 0, 1), ("denoise", 0, 2), ("commit", 0, 3),
-                     ("denoise", 1, 0), ("denoise", 1, 1), ("denoise", 1, 2), ("commit", 1, 3)]
-    assert result.stats.model_calls() == 8
+                     ("denoise", 1, 0), ("denoise", 1, 1), ("denoise", 1, 2)]
+    assert result.stats.model_calls() == 7 and result.stats.calls["target"]["commit_skipped"] == 1
 
 
 # ---- failure semantics --------------------------------------------------------------------------

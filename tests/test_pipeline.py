@@ -428,14 +428,16 @@ def test_every_n_computes_exactly_every_nth_call(hooks, steps, n):
     units = 3
     baseline = Pipeline("analytic", hooks=hooks, adapter_kwargs={"steps": steps})
     base = baseline.generate("x", num_frames=3 * units).stats.calls["target"]
-    assert base == {"computed": units * steps, "cached": 0, "predicted": 0, "commit": units,
-                    "frames_computed": 3 * units * steps, "frames_reused": 0}
+    # the last unit's commit is skipped: no later call reads it
+    assert base == {"computed": units * steps, "cached": 0, "predicted": 0, "commit": units - 1,
+                    "commit_skipped": 1, "frames_computed": 3 * units * steps, "frames_reused": 0}
     pipe = Pipeline("analytic", hooks=hooks, adapter_kwargs={"steps": steps}).use("every-n", n=n)
     result = pipe.generate("x", num_frames=3 * units)
     computed = units * math.ceil(steps / n)
     assert result.stats.calls["target"] == {
         "computed": computed, "cached": units * steps - computed, "predicted": 0,
-        "commit": units, "frames_computed": 3 * computed, "frames_reused": 0}
+        "commit": units - 1, "commit_skipped": 1, "frames_computed": 3 * computed,
+        "frames_reused": 0}
     for e in result.trace.of("step"):
         assert e["mode"] == ("recompute" if e["step"] % n == 0 else "cache")
         assert e["by"] == "every-n"
@@ -445,7 +447,7 @@ def test_every_n_with_n_2_halves_computed_calls(hooks):
     base = Pipeline("analytic", hooks=hooks).generate("x", num_frames=9)
     half = Pipeline("analytic", hooks=hooks).use("every-n", n=2).generate("x", num_frames=9)
     assert half.stats.calls["target"]["computed"] * 2 == base.stats.calls["target"]["computed"]
-    assert half.stats.model_calls() == 6 + 3 and base.stats.model_calls() == 12 + 3
+    assert half.stats.model_calls() == 6 + 2 and base.stats.model_calls() == 12 + 2
     assert not torch.equal(half.latents, base.latents)  # reuse is approximate
     assert torch.isfinite(half.latents).all()
 

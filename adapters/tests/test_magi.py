@@ -136,7 +136,8 @@ def test_the_loop_runs_end_to_end_and_keeps_the_packed_cache_bounded():
     assert res.latents.shape == (1, 18, *pipe.adapter.latent_shape) and torch.isfinite(res.latents).all()
     assert res.frames.shape[1] == pipe.adapter.pixel_frames(18)
     calls = res.stats.calls["target"]
-    assert calls["computed"] == ms.total_iterations(3, 8, 2) and calls["commit"] == 3
+    assert calls["computed"] == ms.total_iterations(3, 8, 2)
+    assert (calls["commit"], calls["commit_skipped"]) == (2, 1)  # the last chunk's is not needed
     ad = pipe.adapter
     state = ad.init_state(Request(prompts=("x",), num_frames=18), ad.encode_prompt(["x"]))
     for it in ad.plan(Request(prompts=("x",), num_frames=18)):

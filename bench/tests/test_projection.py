@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+import attrs
+
 import pytest
 
 from accelframe.errors import ConfigError
@@ -47,26 +49,28 @@ def _work(models, name: str, frames: int = 9, tau: float = -1e9, **kw) -> tuple[
 
 def test_the_work_of_sdvg_counts_block_0s_wasted_decode_but_no_score_for_it(models):
     """3 blocks of 3 latent frames, SDVG accepting every draft it may: the drafter drafts all 3 blocks
-    (4 calls each), the target regenerates block 0 (4 calls); both commit every block; the engine
-    decodes the 3 emitted blocks and block 0's rejected draft; the scorer judges blocks 1 and 2 only
-    (12 pixel frames each: 33 pixel frames are 9 + 12 + 12)."""
-    want = Counts(target_calls=4, drafter_calls=12, target_commits=3, drafter_commits=3,
+    (4 calls each) and commits them, the target regenerates block 0 (4 calls); the engine decodes
+    the 3 emitted blocks and block 0's rejected draft; the scorer judges blocks 1 and 2 only (12
+    pixel frames each: 33 pixel frames are 9 + 12 + 12). ``generate`` runs none of the target's
+    commits (no target call comes after block 0), the stream batch commits every block at once."""
+    want = Counts(target_calls=4, drafter_calls=12, target_commits=0, drafter_commits=3,
                   decoded_latent_frames=12, scored_pixel_frames=24)
-    for name in ("block", "block + stream"):  # the stream loop's stats count alike
+    for name, commits in (("block", 0), ("block + stream", 3)):  # the stream loop's stats alike
         got, st = _work(models, name)
-        assert got == want, name
+        assert got == attrs.evolve(want, target_commits=commits), name
         assert st["frames"] == 9 and st["blocks"]["decodes_wasted"] == 1, name
-    # rejecting every draft: 3 wasted decodes, blocks 1 and 2 scored and regenerated
+    # rejecting every draft: 3 wasted decodes, blocks 1 and 2 scored and regenerated, the last
+    # block's commit skipped
     got, _ = _work(models, "block", tau=1e9)
-    assert got == Counts(target_calls=12, drafter_calls=12, target_commits=3, drafter_commits=3,
+    assert got == Counts(target_calls=12, drafter_calls=12, target_commits=2, drafter_commits=3,
                          decoded_latent_frames=18, scored_pixel_frames=24)
     base, _ = _work(models, "baseline")
-    assert base == Counts(target_calls=12, target_commits=3, decoded_latent_frames=9)
+    assert base == Counts(target_calls=12, target_commits=2, decoded_latent_frames=9)
     # a policy without a scorer, the drafter alone, and a run timed without decoding
     assert _work(models, "block", scored=False)[0].scored_pixel_frames == 0
-    assert _work(models, "baseline", as_drafter=True)[0] == Counts(drafter_calls=12, drafter_commits=3,
+    assert _work(models, "baseline", as_drafter=True)[0] == Counts(drafter_calls=12, drafter_commits=2,
                                                                    decoded_latent_frames=9)
-    assert _work(models, "block", decoded=False)[0] == Counts(target_calls=4, drafter_calls=12, target_commits=3,
+    assert _work(models, "block", decoded=False)[0] == Counts(target_calls=4, drafter_calls=12, target_commits=0,
                                                               drafter_commits=3)
 
 
@@ -87,14 +91,17 @@ def test_a_tiny_stack_run_reports_the_projection_at_the_tables_configuration(mod
     doc = stack.run_bench(n=1, tau=-1e9, frames=6, quiet=True, ranks=0, table=TABLE)
     rows = {r["name"]: r for r in doc["rows"]}
     assert doc["projection"] == TABLE.to_dict() and doc["projection"]["source"] == "built by hand in the test"
-    base_s = 8 * 1.0 + 2 * 0.5 + 6 * 0.25  # 2 blocks of 4 target calls, 2 commits, 6 latent frames decoded
-    # block 0 by the target after its draft, block 1's draft taken (12 pixel frames scored)
-    block_s = 4 * 1.0 + 8 * 0.125 + 2 * 0.5 + 2 * 0.0625 + 9 * 0.25 + 12 * 0.015625
-    assert doc["baseline"]["projected_speedup"] == 1.0
-    for name in ("block", "block + stream"):
+    # 2 blocks of 4 target calls, 1 commit (the last block's is skipped), 6 latent frames decoded
+    base_s = 8 * 1.0 + 1 * 0.5 + 6 * 0.25
+    # block 0 by the target after its draft, block 1's draft taken (12 pixel frames scored); the
+    # target's commits: none in one process (no target call after block 0), both in the stream batch
+    for name, commits in (("block", 0), ("block + stream", 2)):
+        block_s = 4 * 1.0 + 8 * 0.125 + commits * 0.5 + 2 * 0.0625 + 9 * 0.25 + 12 * 0.015625
         assert rows[name]["projected_speedup"] == pytest.approx(base_s / block_s), name
         assert rows[name]["projected_at"] == "hand@test"
-    assert rows["stream"]["projected_speedup"] == pytest.approx(1.0)  # the same calls, one row each
+    assert doc["baseline"]["projected_speedup"] == 1.0
+    # the same calls, one row each; the stream loop keeps its state, so it runs the last commit too
+    assert rows["stream"]["projected_speedup"] == pytest.approx(base_s / (base_s + 0.5))
     for name, r in rows.items():  # every row: its own summed work over the baseline's, priced
         assert r["projected_speedup"] == pytest.approx(
             price(Counts(**doc["baseline"]["work"]), TABLE) / price(Counts(**r["work"]), TABLE)), name
@@ -163,10 +170,12 @@ def test_a_tiny_block_bench_prices_draft_only_as_the_drafter_and_random_routing_
     monkeypatch.setattr(Models, "load", classmethod(lambda cls, hooks=None, **kw: models))
     doc = block.run_bench(n=1, quick=True, taus=[-1e9], quiet=True, table=TABLE)
     assert doc["projection"] == TABLE.to_dict()
-    base_s = 36 * 1.0 + 9 * 0.5 + 27 * 0.25  # 9 blocks of 4 target calls, 9 commits, 27 latent frames
-    draft_s = 36 * 0.125 + 9 * 0.0625 + 27 * 0.25
-    # block 0: the target after its wasted draft (decoded, not scored); blocks 1-8: drafts, scored
-    sdvg_s = 4 * 1.0 + 36 * 0.125 + 9 * 0.5 + 9 * 0.0625 + 30 * 0.25 + 8 * 12 * 0.015625
+    # 9 blocks of 4 target calls, 8 commits (the last block's is skipped), 27 latent frames
+    base_s = 36 * 1.0 + 8 * 0.5 + 27 * 0.25
+    draft_s = 36 * 0.125 + 8 * 0.0625 + 27 * 0.25
+    # block 0: the target after its wasted draft (decoded, not scored), its commit skipped (no
+    # later target call); blocks 1-8: drafts, committed by the drafter, scored
+    sdvg_s = 4 * 1.0 + 36 * 0.125 + 9 * 0.0625 + 30 * 0.25 + 8 * 12 * 0.015625
     assert doc["target_only"]["projected_speedup"] == 1.0
     assert doc["draft_only"]["projected_speedup"] == pytest.approx(base_s / draft_s)
     [sdvg] = doc["points"]
