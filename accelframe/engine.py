@@ -4,7 +4,8 @@ Every plan iteration runs as a micro-step of one row on the step executor
 (:mod:`accelframe.executor`: the step hooks, the model call, observe, advance). For units produced
 by a drafter the engine asks the block hooks and accepts (commit the draft into the target's KV,
 emit its decoded frames) or regenerates (restore the caches, target from the same initial noise).
-Every decision and call goes into the trace.
+Every decision and call goes into the trace. The target's commits are held until the target's next
+call needs them (:meth:`Engine._iteration`), so a generation skips the commits no call reads.
 
 With ``decode_worker=True`` decoding (and, with a drafter, scoring) runs on a thread of its own, in
 the order the units finish, beside the denoising, as SDVG's deployment runs the VAE and the reward
