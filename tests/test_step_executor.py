@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import attrs
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -25,12 +26,13 @@ from hypothesis import strategies as st
 
 from accelframe.errors import IncompatibleError
 from accelframe.pipeline import Pipeline
+from accelframe.plugins import hookimpl
 from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
 from accelframe.streaming.source import FrameMap
 from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.invariants import CommitRecorder, check_stream_run
-from accelframe.types import Iteration, KVWrite
+from accelframe.types import BlockVerdict, Iteration, KVWrite
 from accelframe_policies import plugin as policies_plugin
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -102,17 +104,21 @@ def _sources(n: int, fps: float, seed: int, frames: int = 12) -> list[StreamSour
 
 
 def check_kv_holds_the_emitted_frames(loop: StreamLoop, run: Any) -> None:
-    """The analytic target's KV holds exactly the emitted chunks: its latents decode to the emitted
-    pixels."""
+    """The analytic target's KV holds exactly the emitted chunks, from frame 0 up to its last
+    commit (the commits a stream still held when it ended are skipped): its latents decode to the
+    emitted pixels."""
     fmap = FrameMap.of(loop.adapter)
     for s in run.sources:
         total = fmap.latents_total(s.num_frames)
         kv = loop.target_state(s.id).kv
-        assert sorted(kv) == list(range(total))
-        latents = torch.stack([kv[j] for j in range(total)], dim=1)  # [1, F, C, H, W]
+        n = len(kv)
+        assert sorted(kv) == list(range(n)) and 0 < n <= total
+        assert n == total or run.stats.calls["target"]["commit_skipped"] > 0
+        latents = torch.stack([kv[j] for j in range(n)], dim=1)  # [1, F, C, H, W]
         fresh = loop.adapter.init_state(None, loop.adapter.encode_prompt([s.prompt]))
-        pixels = loop.adapter.decode(latents, fresh)[0, :s.num_frames]
-        assert torch.allclose(pixels, run.outputs[s.id].frames, atol=1e-5)
+        p = min(fmap.pixels(n), s.num_frames)
+        pixels = loop.adapter.decode(latents, fresh)[0, :p]
+        assert torch.allclose(pixels, run.outputs[s.id].frames[:p], atol=1e-5)
 
 
 def mean_scorer(frames: torch.Tensor, prompts: Any) -> torch.Tensor:
@@ -150,6 +156,53 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_commits_what_it_em
                                                   for e in blocks)
         if tau == INF:
             assert {e["source"] for e in run.trace.of("emit")} == {"target"}
+
+
+class RowAnalyticAtOnce(RowAnalytic):
+    """A commit that reads its decode's pixels: the stream batch commits its accepted drafts at once
+    (the reference for the held commits)."""
+
+    commit_reads_pixels = True
+
+
+@attrs.define(eq=False)
+class AcceptUnits:
+    """A block policy: accept the drafts of the units in ``accept``, regenerate the others."""
+
+    accept: frozenset = frozenset()
+
+    @hookimpl
+    def accelframe_block_verdict(self, ctx: Any) -> BlockVerdict:
+        if ctx.unit in self.accept:
+            return BlockVerdict.accept(1.0, reason="scripted")
+        return BlockVerdict.regenerate(0.0, reason="scripted")
+
+
+@SETTINGS
+@given(seed=st.integers(0, 50), fps=st.sampled_from([8.0, 400.0]), streams=st.integers(1, 2),
+       accept=st.sets(st.integers(0, 3)), steps=st.integers(1, 4))
+def test_held_commits_in_the_stream_batch_give_the_frames_of_committing_at_once(
+        seed, fps, streams, accept, steps):
+    """The stream batch holds an accepted draft's commit until the target's KV is read (its next
+    rows, its own next commit, the loop): every stream's frames are those of committing at once,
+    and the commits a stream holds when it ends are skipped, counted."""
+    runs = {}
+    for name, cls in (("held", RowAnalytic), ("at once", RowAnalyticAtOnce)):
+        pipe = Pipeline(cls(steps=steps, **TINY), drafter=RowAnalytic(steps=2, **TINY),
+                        hooks=make_hooks(policies_plugin))
+        pipe.use("fixed-batch", max_streams=streams).use(AcceptUnits(accept=frozenset(accept)))
+        srcs = _sources(streams, fps, seed)
+        runs[name] = StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True).run()
+    held, ref = runs["held"], runs["at once"]
+    for s in srcs:
+        assert torch.equal(held.outputs[s.id].frames, ref.outputs[s.id].frames)
+    calls, ref_calls = held.stats.calls["target"], ref.stats.calls["target"]
+    assert ref_calls["commit_skipped"] == 0 and ref_calls["commit"] == len(ref.trace.of("emit"))
+    assert calls["commit"] + calls["commit_skipped"] == ref_calls["commit"]
+    assert calls["computed"] == ref_calls["computed"]
+    # 4 units a stream: the commits before the last regenerated unit run, the rest are skipped
+    last = max((u for u in range(4) if u not in accept), default=-1)
+    assert calls["commit_skipped"] == streams * (3 - last)
 
 
 # ---- 5. bad input, refused before any model call ------------------------------------------------

@@ -23,7 +23,12 @@ drafted chunk is the oldest of its stream, the target's caches are snapshot, the
 with the target's decoder and scored (``accelframe_block_verdict``): on accept it is committed into
 the target's KV and emitted; on reject the caches are restored and the target regenerates the chunk
 from the same start noise, as rows of its own in the next micro-steps (with every chunk before it
-committed, so the regenerated chunk is what sequential generation gives).
+committed, so the regenerated chunk is what sequential generation gives). As in the engine, an
+accepted draft's commit into the target's KV is held until something reads that KV: the target's
+next rows of the stream, its next own commit, or the stream loop (its KV hook, a prompt switch,
+``StreamLoop.target_state``), which calls :meth:`StreamBatch.release`; the commits a stream still
+holds when it ends are skipped (``commit_skipped``). An adapter whose commit reads its decode's
+pixels (``commit_reads_pixels``) commits at once.
 
 Chunks of a stream leave in order: a chunk whose schedule is shorter than the one ahead of it (a
 motion-aware noise level can shorten it) waits, clean, until that one is out.
@@ -113,6 +118,9 @@ class StreamBatch:
         self.drafter, self.drafter_name = drafter, drafter_name
         self.lanes = lanes
         self.tick = 0  # micro-steps run; micro-step m is lane m mod lanes
+        # per stream (its target state's id): accepted drafts' commits into the target's KV that
+        # nothing has read yet, oldest first (slot, latents, frames, unit, step)
+        self.held: dict[int, list[tuple[ModelSlot, torch.Tensor, tuple[int, int], int, int]]] = {}
         self.pending: deque[tuple[list[Chunk], list[Any] | None, Any]] = deque()  # launched, not ended
 
     def chunk(self, role: ModelRole, request: Request, state: Any, generation: int) -> Chunk:
@@ -142,6 +150,10 @@ class StreamBatch:
         lane = self.tick % self.lanes
         self.tick += 1
         live = [c for c in chunks if not c.done and not c.busy and c.lane == lane]
+        if self.held:  # the target's rows attend to their stream's committed context
+            for c in live:
+                if not c.drafted:
+                    self.release(c.slot.state)
         if live:
             for c in live:
                 c.busy = True
@@ -182,6 +194,7 @@ class StreamBatch:
                     break
                 out.append(accepted)
             else:
+                self.release(target)  # the drafts accepted before it first
                 self.ex.commit(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
                 pixels = self.ex.emit(c.slot, c.span, decode=True, source="target")
                 out.append((c.span, pixels, "target"))
@@ -204,7 +217,11 @@ class StreamBatch:
                            draft_latents=draft, draft_frames=pixels)
         verdict = self.ex.judge(ctx, drafter_calls=len(c.steps), decoded=True)
         if verdict.verdict is Verdict.ACCEPT:
-            self.ex.commit(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
+            if getattr(self.target, "commit_reads_pixels", False):
+                self.ex.commit(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
+            else:  # held until something reads the target's KV (module docstring)
+                self.held.setdefault(id(target), []).append(
+                    (regen.slot, draft, c.span.frames, c.span.unit, len(c.steps)))
             self.ex.record_emit(c.span, pixels, "draft")
             self.ex.block_observe(ctx, verdict)
             return c.span, pixels, "draft"
@@ -212,6 +229,17 @@ class StreamBatch:
         regen.verdict = (ctx, verdict)  # observed once the regenerated chunk was emitted
         chunks[0] = regen
         return None
+
+    def release(self, target: Any) -> None:
+        """Run the commits held for the stream whose target state is ``target``, oldest first:
+        before anything reads that state's KV."""
+        for slot, latents, frames, unit, step in self.held.pop(id(target), ()):
+            self.ex.commit(slot, latents, frames, unit=unit, step=step)
+
+    def drop(self, target: Any) -> None:
+        """A stream ended: the commits it still holds are never needed (counted as skipped)."""
+        n = len(self.held.pop(id(target), ()))
+        self.ex.stats.calls[ModelRole.TARGET.value]["commit_skipped"] += n
 
 
 __all__ = ["Chunk", "StreamBatch", "chunk_steps"]
