@@ -236,6 +236,42 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
             assert emitted.count("target") == streams
 
 
+@attrs.define(eq=False)
+class AcceptUnits:
+    """A block policy: accept the drafts of the units in ``accept``, regenerate the others."""
+
+    accept: frozenset = frozenset()
+
+    @hookimpl
+    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
+        if ctx.unit in self.accept:
+            return BlockVerdict.accept(1.0, reason="scripted")
+        return BlockVerdict.regenerate(0.0, reason="scripted")
+
+
+@pytest.mark.parametrize("accept", [{1, 2, 4}, {1, 3, 4}, {2}], ids=str)
+def test_held_commits_with_a_rolling_kv_give_the_frames_of_committing_at_once(accept):
+    """The stream batch holds an accepted draft's commit into the target's KV; the rolling KV hook
+    reads the cache before every chunk, so the held commits run before it: the window, its sinks
+    and every frame are those of committing at once (an adapter that says its commit reads its
+    decode's pixels commits at once)."""
+    runs, logs = {}, {}
+    for at_once in (False, True):
+        pipe = _pipe(drafter=dict(SMALL_DRAFTER)).use("fixed-batch", max_streams=1)
+        pipe.use(AcceptUnits(accept=frozenset(accept)))
+        pipe.use(RollingKV(window=4, sinks=2, tau=0.5, t_reset=9))
+        if at_once:
+            pipe.adapter.commit_reads_pixels = True
+        runs[at_once] = _stream(pipe, _sources(1, frames=57, fps=16.0))  # 15 latent frames: 5 chunks
+        logs[at_once] = next(p.policy for p in pipe.stack if p.name == "rolling-kv").log
+    held, ref = runs[False], runs[True]
+    assert torch.equal(held.outputs["s0"].frames, ref.outputs["s0"].frames)
+    assert logs[False] == logs[True] and len(logs[False]) == 4
+    calls, ref_calls = held.stats.calls["target"], ref.stats.calls["target"]
+    assert calls["commit"] + calls["commit_skipped"] == ref_calls["commit"] == 5
+    assert calls["commit_skipped"] == (1 if 4 in accept else 0)  # only the last chunk's is left
+
+
 # ---- refusals -----------------------------------------------------------------------------------
 
 
