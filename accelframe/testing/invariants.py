@@ -48,7 +48,6 @@ def check_stream_run(loop: Any, run: Any, commits: CommitRecorder) -> None:
       the target's KV, and a stream that ends skips the commits it still holds);
     - per stream the target's commits are consecutive chunks from frame 0, in order, up to the
       stream's last latent frame or, when the commits after it were skipped, to an earlier one."""
-
     fmap = FrameMap.of(loop.adapter)
     by_id = {s.id: s for s in run.sources}
     consumed = {s.id: 0 for s in run.sources}
