@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import attrs
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -26,13 +25,13 @@ from hypothesis import strategies as st
 
 from accelframe.errors import IncompatibleError
 from accelframe.pipeline import Pipeline
-from accelframe.plugins import hookimpl
 from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
 from accelframe.streaming.source import FrameMap
 from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.invariants import CommitRecorder, check_stream_run
-from accelframe.types import BlockVerdict, Iteration, KVWrite
+from accelframe.testing.policies import AcceptUnits
+from accelframe.types import Iteration, KVWrite
 from accelframe_policies import plugin as policies_plugin
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -163,19 +162,6 @@ class RowAnalyticAtOnce(RowAnalytic):
     (the reference for the held commits)."""
 
     commit_reads_pixels = True
-
-
-@attrs.define(eq=False)
-class AcceptUnits:
-    """A block policy: accept the drafts of the units in ``accept``, regenerate the others."""
-
-    accept: frozenset = frozenset()
-
-    @hookimpl
-    def accelframe_block_verdict(self, ctx: Any) -> BlockVerdict:
-        if ctx.unit in self.accept:
-            return BlockVerdict.accept(1.0, reason="scripted")
-        return BlockVerdict.regenerate(0.0, reason="scripted")
 
 
 @SETTINGS

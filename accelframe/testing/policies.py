@@ -1,4 +1,5 @@
-"""Small policies for tests: random but seeded deciders, failing plugins, a threshold router.
+"""Small policies for tests: random but seeded deciders, failing plugins, a threshold router and a
+scripted one.
 
 They exercise the engine's contract from the outside, exactly as third-party policies would, and
 are what accelframe's own property-based tests drive the engine with.
@@ -159,6 +160,20 @@ class ThresholdBlock:
         return BlockVerdict.regenerate(score)
 
 
+@attrs.define(eq=False)
+class AcceptUnits:
+    """Accept the drafts of the units in ``accept``, regenerate the others (a scripted router: any
+    routing, for property tests of the block level)."""
+
+    accept: frozenset = frozenset()
+
+    @hookimpl
+    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
+        if ctx.unit in self.accept:
+            return BlockVerdict.accept(1.0, reason="scripted")
+        return BlockVerdict.regenerate(0.0, reason="scripted")
+
+
 @attrs.define(eq=False, kw_only=True)
 class FailingBlock:
     """A block policy that raises, or returns a non-finite score or nonsense."""
@@ -235,7 +250,8 @@ class CallRecorder:
 
 
 __all__ = [
-    "AlwaysRecompute", "NoOpinion", "CallRecorder", "EvictOldest", "FailingBlock", "FailingStep",
+    "AcceptUnits", "AlwaysRecompute", "NoOpinion", "CallRecorder", "EvictOldest", "FailingBlock",
+    "FailingStep",
     "RandomBatch", "RandomStep",
     "ThresholdBlock", "mean_brightness", "Mode",
 ]

@@ -30,6 +30,7 @@ from accelframe.streaming import StreamLoop, StreamSource, VirtualClock
 from accelframe.streaming.source import FrameMap
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.invariants import CommitRecorder, check_stream_run
+from accelframe.testing.policies import AcceptUnits
 from accelframe.types import BlockContext, BlockVerdict
 from accelframe_adapters import plugin as adapters_plugin
 from accelframe_policies import plugin as policies_plugin
@@ -234,19 +235,6 @@ def test_the_stream_batch_emits_every_frame_once_in_order_and_keeps_its_kv(
             assert set(emitted) == {"target"}
         if tau == -INF:
             assert emitted.count("target") == streams
-
-
-@attrs.define(eq=False)
-class AcceptUnits:
-    """A block policy: accept the drafts of the units in ``accept``, regenerate the others."""
-
-    accept: frozenset = frozenset()
-
-    @hookimpl
-    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
-        if ctx.unit in self.accept:
-            return BlockVerdict.accept(1.0, reason="scripted")
-        return BlockVerdict.regenerate(0.0, reason="scripted")
 
 
 @pytest.mark.parametrize("accept", [{1, 2, 4}, {1, 3, 4}, {2}], ids=str)
