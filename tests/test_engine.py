@@ -10,10 +10,9 @@ from typing import Any
 import attrs
 import pytest
 import torch
-
-import accelframe_example
 from hypothesis import given, settings, strategies as st
 
+import accelframe_example
 from accelframe.errors import PolicyError, PolicyFallbackWarning
 from accelframe.pipeline import Pipeline
 from accelframe.plugins import EXACT, hookimpl
