@@ -116,7 +116,6 @@ class Engine(Executor):
         self._pending: list[tuple[UnitSpan, Future, str]] = []  # units decoding on the worker, in order
         self._decoded: list[torch.Tensor] = []
         self._sources: list[str] = []
-        self._held: list[Row] = []  # the target's commits no call has needed yet, in order
         # the models' states after ``run``: a stream continues from them
         self.target_state: Any = None
         self.drafter_state: Any = None
@@ -162,10 +161,9 @@ class Engine(Executor):
             else:
                 self._run_drafted(target, drafter, request)
             if keep_state:
-                self._release()
+                self.release(target.state)
             else:
-                self.stats.calls[ModelRole.TARGET.value]["commit_skipped"] += len(self._held)
-                self._held.clear()
+                self.drop(target.state)
             self._drain(wait=True)
         finally:
             if self._worker is not None:
@@ -353,31 +351,25 @@ class Engine(Executor):
     def _iteration(self, m: ModelSlot, it: Iteration, request: Request) -> None:
         """One plan iteration: a micro-step of one row.
 
-        The target's commit is held until the target's next other call (a denoising step, or a
-        commit that starts a unit), which runs the held commits first, in order: a unit's KV is
-        written only when a later call will read it, so the commits after the last call the
-        target makes (every accepted draft's, when no later draft is rejected) need not run at
-        all (``run(keep_state=False)``). Nothing else reads the target's KV, and the commits run
-        on the same state in the same order, so the frames are those of committing at once.
+        The target's commit is held (:meth:`Executor.hold`) until the target's next other call
+        (a denoising step, or a commit that starts a unit), which runs the held commits first: the
+        commits after the last call the target makes (every accepted draft's, when no later draft
+        is rejected) need not run at all (``run(keep_state=False)``). Nothing else reads the
+        target's KV, so the frames are those of committing at once.
 
-        An adapter whose commit reads the pixels its decode kept (``commit_reads_pixels``: Krea
-        re-encodes a decoded frame as its anchor) commits at once, and only when every decode on
-        the worker is back, so that its state is never read and written on two threads."""
-        reads_pixels = getattr(m.adapter, "commit_reads_pixels", False)
-        if m.role is ModelRole.TARGET:
-            if it.role is Role.COMMIT and not it.starts and not reads_pixels:
-                self._held.append(Row(m, it, request))
-                return
-            self._release()
-        if it.role is Role.COMMIT and self._pending and reads_pixels:
+        An adapter whose commit reads the pixels its decode kept (``commit_reads_pixels``)
+        commits at once, and only when every decode on the worker is back, so that its state is
+        never read and written on two threads."""
+        if (it.role is Role.COMMIT and self._pending
+                and getattr(m.adapter, "commit_reads_pixels", False)):
             self._drain(wait=True)
+        if m.role is ModelRole.TARGET:
+            if it.role is Role.COMMIT and not it.starts:
+                s, e = it.frames
+                self.hold(m, m.x[:, s - m.offset:e - m.offset], it.frames, unit=it.unit, step=it.step)
+                return
+            self.release(m.state)
         self.micro_step((Row(m, it, request),))
-
-    def _release(self) -> None:
-        """Run the target's held commits, oldest first."""
-        held, self._held = self._held, []
-        for row in held:
-            self.micro_step((row,))
 
     def _regenerate(self, target: ModelSlot, span: UnitSpan, t_its: list[Iteration], request: Request) -> None:
         """The target denoises a unit whose draft was rejected, and emits it when the unit finishes,

@@ -134,6 +134,8 @@ class Executor:
         self.warned: set[tuple[str, str]] = set() if warned is None else warned
         self.on_emit = on_emit
         self._wrapped = hooks.wraps_model_calls
+        # per state (its id): commits no call has read yet, oldest first (:meth:`hold`)
+        self.held: dict[int, list[tuple[ModelSlot, torch.Tensor, tuple[int, int], int, int]]] = {}
         # per generation, its decisions (``decisions()``'s shape), when the owner asks for them: a
         # stream batch's rows of several streams count into one ``stats``; this tells them apart
         self.tally: dict[int, dict[str, Any]] | None = None
@@ -433,6 +435,29 @@ class Executor:
         self.stats.time_s["commit"] += perf() - t0
         self.stats.calls[m.role.value]["commit"] += 1
         self.trace.add("commit", model=m.role.value, unit=unit, frames=list(frames))
+
+    def hold(self, m: ModelSlot, xs: torch.Tensor, frames: tuple[int, int], *, unit: int,
+             step: int) -> None:
+        """Commit ``xs`` into ``m``'s state when something reads that state (:meth:`release`), not
+        now: a unit's KV is written only for a later call that reads it, and the commits run in
+        the same order on the same state, so what that call sees is what committing at once gives.
+        An adapter whose commit reads the pixels its decode kept (``commit_reads_pixels``: Krea
+        re-encodes a decoded frame as its anchor) commits at once, after what it already holds."""
+        if getattr(m.adapter, "commit_reads_pixels", False):
+            self.release(m.state)
+            self.commit(m, xs, frames, unit=unit, step=step)
+        else:
+            self.held.setdefault(id(m.state), []).append((m, xs, frames, unit, step))
+
+    def release(self, state: Any) -> None:
+        """Run the commits held for ``state``, oldest first: before anything reads it."""
+        for m, xs, frames, unit, step in self.held.pop(id(state), ()):
+            self.commit(m, xs, frames, unit=unit, step=step)
+
+    def drop(self, state: Any) -> None:
+        """Nothing will read ``state`` again: its held commits never run (``commit_skipped``)."""
+        for m, *_ in self.held.pop(id(state), ()):
+            self.stats.calls[m.role.value]["commit_skipped"] += 1
 
     def decode(self, m: ModelSlot, latents: torch.Tensor) -> torch.Tensor:
         """Decode ``latents [B, F, C, H, W]`` with ``m``'s adapter and decode cache, timed.

@@ -26,9 +26,9 @@ from the same start noise, as rows of its own in the next micro-steps (with ever
 committed, so the regenerated chunk is what sequential generation gives). As in the engine, an
 accepted draft's commit into the target's KV is held until something reads that KV: the target's
 next rows of the stream, its next own commit, or the stream loop (its KV hook, a prompt switch,
-``StreamLoop.target_state``), which calls :meth:`StreamBatch.release`; the commits a stream still
-holds when it ends are skipped (``commit_skipped``). An adapter whose commit reads its decode's
-pixels (``commit_reads_pixels``) commits at once.
+``StreamLoop.target_state``), which calls the executor's ``release``
+(:meth:`accelframe.executor.Executor.hold`); the commits a stream still holds when it ends are
+skipped (``commit_skipped``).
 
 Chunks of a stream leave in order: a chunk whose schedule is shorter than the one ahead of it (a
 motion-aware noise level can shorten it) waits, clean, until that one is out.
@@ -118,9 +118,6 @@ class StreamBatch:
         self.drafter, self.drafter_name = drafter, drafter_name
         self.lanes = lanes
         self.tick = 0  # micro-steps run; micro-step m is lane m mod lanes
-        # per stream (its target state's id): accepted drafts' commits into the target's KV that
-        # nothing has read yet, oldest first (slot, latents, frames, unit, step)
-        self.held: dict[int, list[tuple[ModelSlot, torch.Tensor, tuple[int, int], int, int]]] = {}
         self.pending: deque[tuple[list[Chunk], list[Any] | None, Any]] = deque()  # launched, not ended
 
     def chunk(self, role: ModelRole, request: Request, state: Any, generation: int) -> Chunk:
@@ -150,10 +147,10 @@ class StreamBatch:
         lane = self.tick % self.lanes
         self.tick += 1
         live = [c for c in chunks if not c.done and not c.busy and c.lane == lane]
-        if self.held:  # the target's rows attend to their stream's committed context
+        if self.ex.held:  # the target's rows attend to their stream's committed context
             for c in live:
                 if not c.drafted:
-                    self.release(c.slot.state)
+                    self.ex.release(c.slot.state)
         if live:
             for c in live:
                 c.busy = True
@@ -194,7 +191,7 @@ class StreamBatch:
                     break
                 out.append(accepted)
             else:
-                self.release(target)  # the drafts accepted before it first
+                self.ex.release(target)  # the drafts accepted before it first
                 self.ex.commit(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
                 pixels = self.ex.emit(c.slot, c.span, decode=True, source="target")
                 out.append((c.span, pixels, "target"))
@@ -217,11 +214,8 @@ class StreamBatch:
                            draft_latents=draft, draft_frames=pixels)
         verdict = self.ex.judge(ctx, drafter_calls=len(c.steps), decoded=True)
         if verdict.verdict is Verdict.ACCEPT:
-            if getattr(self.target, "commit_reads_pixels", False):
-                self.ex.commit(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
-            else:  # held until something reads the target's KV (module docstring)
-                self.held.setdefault(id(target), []).append(
-                    (regen.slot, draft, c.span.frames, c.span.unit, len(c.steps)))
+            # held until something reads the target's KV (module docstring)
+            self.ex.hold(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
             self.ex.record_emit(c.span, pixels, "draft")
             self.ex.block_observe(ctx, verdict)
             return c.span, pixels, "draft"
@@ -229,17 +223,6 @@ class StreamBatch:
         regen.verdict = (ctx, verdict)  # observed once the regenerated chunk was emitted
         chunks[0] = regen
         return None
-
-    def release(self, target: Any) -> None:
-        """Run the commits held for the stream whose target state is ``target``, oldest first:
-        before anything reads that state's KV."""
-        for slot, latents, frames, unit, step in self.held.pop(id(target), ()):
-            self.ex.commit(slot, latents, frames, unit=unit, step=step)
-
-    def drop(self, target: Any) -> None:
-        """A stream ended: the commits it still holds are never needed (counted as skipped)."""
-        n = len(self.held.pop(id(target), ()))
-        self.ex.stats.calls[ModelRole.TARGET.value]["commit_skipped"] += n
 
 
 __all__ = ["Chunk", "StreamBatch", "chunk_steps"]

@@ -376,7 +376,7 @@ class StreamLoop:
         st = self._state.get(stream)
         if st is None:
             return None
-        self._batch.release(st.target)  # the stream batch's held commits: the KV as committed
+        self._batch.ex.release(st.target)  # the stream batch's held commits: the KV as committed
         return st.target
 
     # ---- failures -------------------------------------------------------------------------------
@@ -549,7 +549,7 @@ class StreamLoop:
             self._loop(batches)
         finally:
             for st in self._state.values():  # the commits no stream read (stream batch)
-                self._batch.drop(st.target)
+                self._batch.ex.drop(st.target)
             self.stats.finish()
             for s in self.sources:
                 self._end(s)
@@ -653,7 +653,7 @@ class StreamLoop:
         for s in [s for s in self.sources if self._finished(s, now)]:
             made = self.decisions(s.id)
             st = self._state.pop(s.id)
-            self._batch.drop(st.target)
+            self._batch.ex.drop(st.target)
             (self._batch.ex.tally or {}).pop(st.generation, None)
             for p in self.pipe.stack:  # its knobs of its own (accelframe.stream_knobs) go with it
                 if hasattr(p.policy, "clear_stream_knobs"):
@@ -767,7 +767,7 @@ class StreamLoop:
             return  # an adapter without KV management: nothing to report or apply
         src, hooks, unit = st.source, self.pipe.hooks, a // self.adapter.unit_frames
         if hooks.implemented("accelframe_kv_manage"):  # a KV hook sees the cache as committed
-            self._batch.release(st.target)
+            self._batch.ex.release(st.target)
         cached, sinks, window = self.adapter.kv_frames(st.target)
         emb = caps.feature(self.adapter, caps.KVEmbeddings)
         kctx = KVContext(stream=src.id, unit=unit, cached_frames=cached, sinks=sinks, window=window,
@@ -836,7 +836,7 @@ class StreamLoop:
             return
         if self.cannot_switch is not None:  # a LiveSource refuses set_prompt already: another source
             raise IncompatibleError(f"stream {src.id!r} changed its prompt, but {self.cannot_switch}")
-        self._batch.release(st.target)  # the cache is recomputed under the new prompt
+        self._batch.ex.release(st.target)  # the cache is recomputed under the new prompt
         calls, t0 = {}, time.perf_counter()
         for role, adapter, state in (("target", self.adapter, st.target),
                                      ("drafter", self.pipe.drafter, st.drafter)):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 import attrs
-
 import pytest
 
 from accelframe.errors import ConfigError
