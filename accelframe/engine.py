@@ -253,19 +253,22 @@ class Engine(Executor):
         draft k (module docstring); the verdict is carried out as :meth:`_block` does."""
         units = list(self._units(target, drafter, request))
 
-        def submit(k: int) -> Future:
+        def submit(k: int) -> Future | tuple[BlockContext, Any, Any, bool]:
             unit, span, _, _ = units[k]
             a, b = span.start - drafter.offset, span.end - drafter.offset
             draft = drafter.x[:, a:b].clone()  # [B, F_unit, C, H, W]
             ctx = BlockContext(generation=self.generation, unit=unit, frames=span.frames, prompts=request.prompts,
                                drafter=drafter.name, target=target.name, draft_latents=draft, draft_frames=None)
+            early = self.ask_early_verdict(ctx)
+            if early is not None:  # decided without pixels: nothing to decode or judge on the worker
+                return ctx, early, None, False  # (ctx, the answer, snapshot, decoded to be judged)
 
-            def decode_and_judge() -> tuple[BlockContext, Any, Any]:
+            def decode_and_judge() -> tuple[BlockContext, Any, Any, bool]:
                 # on the worker, after every earlier decode; the denoising thread leaves the target's
                 # state alone until the verdict is back (it drafts the next unit meanwhile)
                 snap, frames = self._snap_and_decode(target, draft)
                 judged = attrs.evolve(ctx, draft_frames=frames)
-                return judged, self.ask_verdict(judged), snap
+                return judged, self.ask_verdict(judged), snap, True
 
             return self._worker.submit(decode_and_judge)
 
@@ -275,18 +278,14 @@ class Engine(Executor):
         job = submit(0)
         for k, (unit, span, t_its, _) in enumerate(units):
             next_calls = self._draft(drafter, request, units[k + 1][3]) if k + 1 < len(units) else 0
-            ctx, asked, snap = self._wait(job)
+            ctx, asked, snap, decoded = self._wait(job) if isinstance(job, Future) else job
             self._drain(wait=False)
-            verdict = self.record_verdict(ctx, asked, drafter_calls=calls, decoded=True)
+            verdict = self.record_verdict(ctx, asked, drafter_calls=calls, decoded=decoded, early=not decoded)
             if verdict.verdict is Verdict.ACCEPT:
-                target.x[:, span.start - target.offset:span.end - target.offset] = ctx.draft_latents
-                for it in t_its:
-                    if it.role is Role.COMMIT:
-                        self._iteration(target, it, request)
-                self._drain(wait=True)  # the units before it are out first
-                self.record_emit(span, ctx.draft_frames, "draft")
+                self._accept(target, span, t_its, request, ctx, decoded=decoded)
             else:
-                self.target.restore(target.state, snap)  # the decode cache as before the draft's decode
+                if decoded:  # the decode cache as before the draft's decode
+                    self.target.restore(target.state, snap)
                 self._regenerate(target, span, t_its, request)
             self.block_observe(ctx, verdict)
             calls = next_calls
@@ -304,28 +303,43 @@ class Engine(Executor):
             self._iteration(drafter, it, request)
         a, b = span.start - drafter.offset, span.end - drafter.offset
         draft = drafter.x[:, a:b]  # [B, F_unit, C, H, W]
-        snap, draft_frames = None, None
-        if request.decode:  # on the worker when there is one: after the decodes of the units before
-            snap, draft_frames = (self._snap_and_decode(target, draft) if self._worker is None else
-                                  self._wait(self._worker.submit(self._snap_and_decode, target, draft)))
         ctx = BlockContext(generation=self.generation, unit=unit, frames=span.frames,
                            prompts=request.prompts, drafter=drafter.name, target=target.name,
-                           draft_latents=draft, draft_frames=draft_frames)
-        verdict = self.judge(ctx, drafter_calls=drafter_calls, decoded=request.decode)
-        if verdict.verdict is Verdict.ACCEPT:
-            target.x[:, span.start - target.offset:span.end - target.offset] = draft
-            for it in t_its:  # commit the draft into the target's KV; no denoising
-                if it.role is Role.COMMIT:
-                    self._iteration(target, it, request)
-            self._drain(wait=True)  # with a worker, the units before it are out first
-            self.record_emit(span, draft_frames, "draft")
+                           draft_latents=draft, draft_frames=None)
+        early = self.ask_early_verdict(ctx)
+        snap, decoded = None, early is None and request.decode
+        if early is not None:  # no pixels needed: the draft is decoded only if it is emitted
+            verdict = self.record_verdict(ctx, early, drafter_calls=drafter_calls, decoded=False, early=True)
         else:
-            if request.decode:
+            if decoded:  # on the worker when there is one: after the decodes of the units before
+                snap, draft_frames = (self._snap_and_decode(target, draft) if self._worker is None else
+                                      self._wait(self._worker.submit(self._snap_and_decode, target, draft)))
+                ctx = attrs.evolve(ctx, draft_frames=draft_frames)
+            verdict = self.judge(ctx, drafter_calls=drafter_calls, decoded=request.decode)
+        if verdict.verdict is Verdict.ACCEPT:
+            self._accept(target, span, t_its, request, ctx, decoded=decoded)
+        else:
+            if decoded:
                 self.target.restore(target.state, snap)
             self._regenerate(target, span, t_its, request)
             if d_snap is not None:
                 self._recommit_drafter(drafter, target, span, d_its, d_snap, request)
         self.block_observe(ctx, verdict)
+
+    def _accept(self, target: ModelSlot, span: UnitSpan, t_its: list[Iteration], request: Request,
+                ctx: BlockContext, *, decoded: bool) -> None:
+        """Carry out an accept: the draft becomes the target's unit, its commit into the target's KV
+        is held (no denoising), and its frames are emitted after the units before it: the pixels
+        judged (``decoded``), or a decode of the draft now (an early verdict judged none)."""
+        target.x[:, span.start - target.offset:span.end - target.offset] = ctx.draft_latents
+        for it in t_its:
+            if it.role is Role.COMMIT:
+                self._iteration(target, it, request)
+        if decoded:
+            self._drain(wait=True)  # with a worker, the units before it are out first
+            self.record_emit(span, ctx.draft_frames, "draft")
+        else:
+            self.emit(target, span, decode=request.decode, source="draft")
 
     def _snap_and_decode(self, target: ModelSlot, draft: torch.Tensor) -> tuple[Any, torch.Tensor]:
         """The target's state before a draft's decode (restored if the draft is rejected) and the

@@ -501,9 +501,23 @@ class Executor:
         verdict, by = self._verdict(ctx, failures)
         return verdict, by, (failures[0] if failures else None), perf() - t0
 
+    def ask_early_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict, str, tuple | None, float] | None:
+        """The answer of ``accelframe_block_early_verdict`` on a draft not yet decoded, as
+        :meth:`ask_verdict` gives it (a failure: the exact regenerate), or None when no policy
+        answers and the draft must be decoded and judged."""
+        if not self.hooks.implemented("accelframe_block_early_verdict"):
+            return None
+        t0 = perf()
+        failures: list[tuple] = []
+        verdict, by = self._verdict(ctx, failures, early=True)
+        if verdict is None:
+            return None
+        return verdict, by, (failures[0] if failures else None), perf() - t0
+
     def record_verdict(self, ctx: BlockContext, asked: tuple[BlockVerdict, str, tuple | None, float], *,
-                       drafter_calls: int, decoded: bool) -> BlockVerdict:
-        """Record a verdict of :meth:`ask_verdict`: its failure (if any), time, trace event, counts."""
+                       drafter_calls: int, decoded: bool, early: bool = False) -> BlockVerdict:
+        """Record a verdict of :meth:`ask_verdict` (``early``: of :meth:`ask_early_verdict`, counted
+        in ``early_verdicts``): its failure (if any), time, trace event, counts."""
         verdict, by, failure, seconds = asked
         if failure is not None:
             self._failed(*failure)
@@ -512,6 +526,7 @@ class Executor:
                        verdict=verdict.verdict.value, score=verdict.score, by=by,
                        reason=verdict.reason, frame_scores=_frame_scores(verdict))
         blocks = self.stats.blocks
+        blocks["early_verdicts"] += int(early)
         if self.tally is not None:
             kind = "accepted" if verdict.verdict is Verdict.ACCEPT else "regenerated"
             self.tally_of(ctx.generation)["blocks"][kind] += 1
@@ -523,15 +538,19 @@ class Executor:
             blocks["decodes_wasted"] += int(decoded)
         return verdict
 
-    def _verdict(self, ctx: BlockContext, failures: list[tuple]) -> tuple[BlockVerdict, str]:
+    def _verdict(self, ctx: BlockContext, failures: list[tuple], *,
+                 early: bool = False) -> tuple[BlockVerdict | None, str]:
         """The verdict, or the exact regenerate with the failure appended to ``failures`` (the
-        arguments of :meth:`_failed`, recorded by the caller's thread)."""
-        hook = "accelframe_block_verdict"
+        arguments of :meth:`_failed`, recorded by the caller's thread). ``early``: the answer of
+        ``accelframe_block_early_verdict``, None when no policy gives one."""
+        hook = "accelframe_block_early_verdict" if early else "accelframe_block_verdict"
         try:
-            verdict, by = self.hooks.block_verdict(ctx)
+            verdict, by = (self.hooks.block_early_verdict if early else self.hooks.block_verdict)(ctx)
         except HookRaised as err:
             failures.append((hook, err.plugin, repr(err.error), err.error))
             return fallback.REGENERATE, EXACT
+        if early and verdict is None:
+            return None, by
         if not isinstance(verdict, BlockVerdict):
             failures.append((hook, by, f"returned {verdict!r}, not a BlockVerdict"))
             return fallback.REGENERATE, EXACT

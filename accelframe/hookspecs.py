@@ -175,6 +175,19 @@ def accelframe_step_observe(
 
 
 @hookspec(firstresult=True)
+def accelframe_block_early_verdict(ctx: BlockContext) -> BlockVerdict | None:
+    """A verdict that needs no pixels, asked before the drafted unit is decoded.
+
+    ``firstresult``: return None to pass, and the draft is decoded and
+    ``accelframe_block_verdict`` asked as usual. A verdict returned here is final: the draft is not
+    decoded for judging and no score is taken (an accepted draft is still decoded once, to be
+    emitted). ``ctx.draft_frames`` is None. Fires after the drafter finished a unit, only in
+    pipelines with a drafter. A failure here (raising, or not a ``BlockVerdict``) is recorded and
+    the exact fallback regenerates the unit.
+    """
+
+
+@hookspec(firstresult=True)
 def accelframe_block_verdict(ctx: BlockContext) -> BlockVerdict | None:
     """Accept the drafted unit into the target's KV cache, or have the target regenerate it.
 

@@ -417,6 +417,11 @@ class Hooks:
 
     # ---- block level ----------------------------------------------------------------------------
 
+    def block_early_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict | None, str]:
+        """The first answer of ``accelframe_block_early_verdict`` (the fallback does not answer it)."""
+        return self.first_ctx("accelframe_block_early_verdict",
+                              self._impls("accelframe_block_early_verdict"), ctx)
+
     def block_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict | None, str]:
         return self.first_ctx("accelframe_block_verdict", self._impls("accelframe_block_verdict"), ctx)
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 KIND_BY_HOOK = {
     "accelframe_step_decide": "step",
     "accelframe_step_observe": "step",
+    "accelframe_block_early_verdict": "block",
     "accelframe_block_verdict": "block",
     "accelframe_block_observe": "block",
     "accelframe_batch_plan": "batch",

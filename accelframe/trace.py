@@ -77,7 +77,7 @@ class Stats:
     )
     blocks: dict[str, int] = attrs.field(
         factory=lambda: {"accepted": 0, "regenerated": 0, "drafter_calls_wasted": 0,
-                         "decodes_wasted": 0, "drafter_recommits": 0}
+                         "decodes_wasted": 0, "drafter_recommits": 0, "early_verdicts": 0}
     )
     fallbacks: dict[str, int] = attrs.field(factory=dict)
     time_s: dict[str, float] = attrs.field(factory=lambda: dict.fromkeys(STAGES, 0.0))

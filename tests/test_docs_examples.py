@@ -154,18 +154,22 @@ def test_block_policy(installed, capsys):
 
     @attrs.define(eq=False, kw_only=True)
     class WorstFrame:
-        """Accept a draft whose worst decoded frame scores at least tau; regenerate block 0."""
+        """Accept a draft whose worst decoded frame scores at least tau; regenerate block 0 undecoded."""
 
         tau: float = attrs.field(default=0.0, validator=number_in())
         requires = frozenset({SNAPSHOT, DECODE})  # not a field: checked by pipe.use
+
+        @hookimpl
+        def accelframe_block_early_verdict(self, ctx: BlockContext) -> BlockVerdict | None:
+            if ctx.unit == 0:  # before its decode: the draft of block 0 is never decoded
+                return BlockVerdict.regenerate(reason="block 0 is always regenerated")
+            return None
 
         @hookimpl
         def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict | None:
             if ctx.draft_frames is None:  # the request asked for no decoding: no opinion
                 return None
             score = float(ctx.draft_frames.mean(dim=(2, 3, 4)).min())  # [B, F_pix] -> worst frame
-            if ctx.unit == 0:
-                return BlockVerdict.regenerate(score, reason="block 0 is always regenerated")
             if score >= self.tau:
                 return BlockVerdict.accept(score)
             return BlockVerdict.regenerate(score)
@@ -182,15 +186,16 @@ def test_block_policy(installed, capsys):
     assert [(e["unit"], e["verdict"], e["by"]) for e in result.trace.of("block")] == [
         (0, "regenerate", "WorstFrame"), (1, "accept", "WorstFrame"), (2, "accept", "WorstFrame")]
     assert (result.stats.blocks["accepted"], result.stats.blocks["regenerated"]) == (2, 1)
+    assert result.stats.blocks["decodes_wasted"] == 0  # block 0's draft was never decoded
     assert "tau" in [a.name for a in attrs.fields(WorstFrame)]
     assert "requires" not in [a.name for a in attrs.fields(WorstFrame)]
     # the step policy applies to the target only: the drafter computed every call
     assert result.stats.calls["drafter"]["cached"] == 0
     assert result.stats.calls["target"]["cached"] > 0
-    # no decoding: the policy has no opinion and the exact path regenerates every unit
+    # no decoding: the policy has no opinion after block 0 and the exact path regenerates the units
     plain = pipe.generate("a red circle moves left", num_frames=9, seed=0, decode=False)
     assert plain.sources == ("target", "target", "target")
-    assert {e["by"] for e in plain.trace.of("block")} == {"accelframe.exact"}
+    assert [e["by"] for e in plain.trace.of("block")] == ["WorstFrame"] + ["accelframe.exact"] * 2
 
 
 def test_batch_policy(installed, capsys):

@@ -21,6 +21,7 @@ from accelframe.testing import AnalyticAdapter
 from accelframe.testing.fixtures import make_hooks
 from accelframe.testing.policies import (
     FAILURES,
+    AcceptUnits,
     CallRecorder,
     FailingBlock,
     FailingStep,
@@ -131,7 +132,7 @@ def test_accept_emits_the_draft_and_commits_it_into_the_targets_kv(hooks):
 
     blocks = result.stats.blocks
     assert blocks == {"accepted": 2, "regenerated": 1, "drafter_calls_wasted": 2,
-                      "decodes_wasted": 1, "drafter_recommits": 0}
+                      "decodes_wasted": 1, "drafter_recommits": 0, "early_verdicts": 0}
     calls = result.stats.calls
     assert calls["target"]["computed"] == 4 and calls["target"]["commit"] == 3
     assert calls["drafter"]["computed"] == 6 and calls["drafter"]["commit"] == 3
@@ -155,7 +156,7 @@ def test_regenerating_every_block_equals_a_target_only_run(hooks):
     for j in range(FRAMES):
         assert torch.equal(engine.target_state.kv[j], engine_ref.target_state.kv[j])
     assert result.stats.blocks == {"accepted": 0, "regenerated": 3, "drafter_calls_wasted": 6,
-                                   "decodes_wasted": 3, "drafter_recommits": 0}
+                                   "decodes_wasted": 3, "drafter_recommits": 0, "early_verdicts": 0}
     assert result.stats.calls["target"]["computed"] == 12
 
 
@@ -198,7 +199,7 @@ def test_undecoded_requests_route_on_latents_and_waste_no_decode(hooks):
     assert result.frames is None
     assert all(frames is None for _, frames in policy.seen.values())
     assert result.stats.blocks == {"accepted": 1, "regenerated": 2, "drafter_calls_wasted": 4,
-                                   "decodes_wasted": 0, "drafter_recommits": 0}
+                                   "decodes_wasted": 0, "drafter_recommits": 0, "early_verdicts": 0}
 
 
 UNITS = 5
@@ -237,6 +238,71 @@ def test_held_commits_give_the_frames_of_committing_at_once(accept, worker, cont
     assert torch.equal(kept.latents, ref.latents) and kept.stats.calls["target"]["commit"] == UNITS
     assert list(kv) == list(ref_kv) == list(range(3 * UNITS))
     assert all(torch.equal(kv[j], ref_kv[j]) for j in range(3 * UNITS))
+
+
+class CountingDecodes(AnalyticAdapter):
+    """The analytic model, counting the units it decodes (the engine's decodes run on one thread)."""
+
+    decodes = 0
+
+    def decode(self, latents, state):
+        self.decodes += 1
+        return super().decode(latents, state)
+
+
+@settings(max_examples=12, deadline=None)
+@given(accept=st.sets(st.integers(0, UNITS - 1)), worker=st.booleans(),
+       context=st.sampled_from(["own", "emitted"]))
+def test_an_early_verdict_gives_the_frames_of_the_same_verdict_after_the_decode(accept, worker, context):
+    """``accelframe_block_early_verdict``: the same routing given before the draft's decode gives the
+    same latents, frames, sources and verdicts, and skips the decode of every rejected draft."""
+    runs = {}
+    for early in (False, True):
+        target = CountingDecodes(steps=4)
+        pipe = Pipeline(target, drafter=AnalyticAdapter(steps=2), hooks=make_hooks(),
+                        drafter_context=context, decode_worker=worker)
+        pipe.use(AcceptUnits(accept=frozenset(accept), early=early))
+        runs[early] = (pipe.generate(PROMPTS, num_frames=3 * UNITS, seed=SEED), target.decodes)
+        pipe.close()
+    (late, late_decodes), (res, decodes) = runs[False], runs[True]
+    assert torch.equal(res.latents, late.latents) and torch.equal(res.frames, late.frames)
+    assert res.sources == late.sources
+    assert ([(e["unit"], e["verdict"]) for e in res.trace.of("block")]
+            == [(e["unit"], e["verdict"]) for e in late.trace.of("block")])
+    rejected = UNITS - len(accept)
+    # after the decode: every draft decoded once, and each regenerated unit once more
+    assert late_decodes == UNITS + rejected and decodes == UNITS
+    assert late.stats.blocks["decodes_wasted"] == rejected and res.stats.blocks["decodes_wasted"] == 0
+    assert (late.stats.blocks["early_verdicts"], res.stats.blocks["early_verdicts"]) == (0, UNITS)
+
+
+@pytest.mark.parametrize("how", ["raise", "nonsense"])
+def test_a_failing_early_verdict_regenerates_the_unit(how):
+    """An early verdict that raises or is no ``BlockVerdict`` is recorded, and the exact fallback
+    regenerates the unit without a decode."""
+
+    @attrs.define(eq=False)
+    class FailingEarly:
+        @hookimpl
+        def accelframe_block_early_verdict(self, ctx):
+            if how == "raise":
+                raise RuntimeError("FailingEarly raised on purpose")
+            return 42
+
+        @hookimpl
+        def accelframe_block_verdict(self, ctx):
+            return BlockVerdict.accept(1.0)
+
+    target = CountingDecodes(steps=4)
+    pipe = Pipeline(target, drafter=AnalyticAdapter(steps=2), hooks=make_hooks())
+    pipe.use(FailingEarly())
+    with pytest.warns(PolicyFallbackWarning, match="accelframe_block_early_verdict"):
+        res = pipe.generate(PROMPTS, num_frames=3 * UNITS, seed=SEED)
+    assert res.sources == ("target",) * UNITS and target.decodes == UNITS
+    assert all(e["by"] == EXACT for e in res.trace.of("block"))
+    exact = Pipeline(AnalyticAdapter(steps=4), hooks=make_hooks()).generate(PROMPTS, num_frames=3 * UNITS,
+                                                                           seed=SEED)
+    assert torch.equal(res.latents, exact.latents)
 
 
 # ---- the model-call wrapper hook ----------------------------------------------------------------

@@ -191,6 +191,39 @@ def test_held_commits_in_the_stream_batch_give_the_frames_of_committing_at_once(
     assert calls["commit_skipped"] == streams * (3 - last)
 
 
+class RowAnalyticCounting(RowAnalytic):
+    """Counts the units it decodes (the stream batch decodes on the denoising thread)."""
+
+    decodes = 0
+
+    def decode(self, latents, state):
+        self.decodes += 1
+        return super().decode(latents, state)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 50), streams=st.integers(1, 2), accept=st.sets(st.integers(0, 3)))
+def test_an_early_verdict_in_the_stream_batch_gives_the_frames_of_the_same_verdict_after_the_decode(
+        seed, streams, accept):
+    """The stream batch asks ``accelframe_block_early_verdict`` before a draft's decode: the same
+    routing given there gives every stream's frames, and no rejected draft is decoded."""
+    runs = {}
+    for early in (False, True):
+        target = RowAnalyticCounting(steps=3, **TINY)
+        pipe = Pipeline(target, drafter=RowAnalytic(steps=2, **TINY), hooks=make_hooks(policies_plugin))
+        pipe.use("fixed-batch", max_streams=streams).use(AcceptUnits(accept=frozenset(accept), early=early))
+        srcs = _sources(streams, 400.0, seed)
+        run = StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True).run()
+        runs[early] = (run, target.decodes)
+    (late, late_decodes), (res, decodes) = runs[False], runs[True]
+    for s in srcs:
+        assert torch.equal(res.outputs[s.id].frames, late.outputs[s.id].frames)
+    rejected = streams * (4 - len(accept))
+    assert late_decodes == 4 * streams + rejected and decodes == 4 * streams
+    assert res.stats.blocks["decodes_wasted"] == 0 and late.stats.blocks["decodes_wasted"] == rejected
+    assert (late.stats.blocks["early_verdicts"], res.stats.blocks["early_verdicts"]) == (0, 4 * streams)
+
+
 # ---- 5. bad input, refused before any model call ------------------------------------------------
 
 

@@ -20,7 +20,8 @@ everywhere else in accelframe.)
 When the draft is done it is committed into the *drafter's* KV at once (the drafter's context is its
 own drafts), so the drafter never waits for a verdict and drafts the next chunks meanwhile. When a
 drafted chunk is the oldest of its stream, the target's caches are snapshot, the draft is decoded
-with the target's decoder and scored (``accelframe_block_verdict``): on accept it is committed into
+with the target's decoder and scored (``accelframe_block_verdict``; a verdict of
+``accelframe_block_early_verdict`` skips the snapshot, and the decode unless it accepts): on accept it is committed into
 the target's KV and emitted; on reject the caches are restored and the target regenerates the chunk
 from the same start noise, as rows of its own in the next micro-steps (with every chunk before it
 committed, so the regenerated chunk is what sequential generation gives). As in the engine, an
@@ -206,20 +207,28 @@ class StreamBatch:
         regenerate (restore the target's caches; the chunk becomes the target's, from its start).
         The block policies observe the verdict once the unit was emitted (the regeneration's, later)."""
         regen = self.chunk(ModelRole.TARGET, c.request, target, generation)
-        snap = self.target.snapshot(target)
         draft = c.slot.x  # [B, F, C, H, W]
-        pixels = self.ex.decode(regen.slot, draft)
         ctx = BlockContext(generation=generation, unit=c.span.unit, frames=c.span.frames,
                            prompts=prompts, drafter=c.slot.name, target=self.target_name,
-                           draft_latents=draft, draft_frames=pixels)
-        verdict = self.ex.judge(ctx, drafter_calls=len(c.steps), decoded=True)
+                           draft_latents=draft, draft_frames=None)
+        early = self.ex.ask_early_verdict(ctx)
+        snap = None  # the target's caches before the draft's decode, when it was decoded to be judged
+        if early is not None:  # decided without pixels: the draft is decoded only to be emitted
+            verdict = self.ex.record_verdict(ctx, early, drafter_calls=len(c.steps), decoded=False, early=True)
+            pixels = self.ex.decode(regen.slot, draft) if verdict.verdict is Verdict.ACCEPT else None
+        else:
+            snap = self.target.snapshot(target)
+            pixels = self.ex.decode(regen.slot, draft)
+            ctx = attrs.evolve(ctx, draft_frames=pixels)
+            verdict = self.ex.judge(ctx, drafter_calls=len(c.steps), decoded=True)
         if verdict.verdict is Verdict.ACCEPT:
             # held until something reads the target's KV (module docstring)
             self.ex.hold(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
             self.ex.record_emit(c.span, pixels, "draft")
             self.ex.block_observe(ctx, verdict)
             return c.span, pixels, "draft"
-        self.target.restore(target, snap)
+        if early is None:
+            self.target.restore(target, snap)
         regen.verdict = (ctx, verdict)  # observed once the regenerated chunk was emitted
         chunks[0] = regen
         return None

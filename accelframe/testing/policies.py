@@ -163,15 +163,24 @@ class ThresholdBlock:
 @attrs.define(eq=False)
 class AcceptUnits:
     """Accept the drafts of the units in ``accept``, regenerate the others (a scripted router: any
-    routing, for property tests of the block level)."""
+    routing, for property tests of the block level). ``early``: give every verdict before the draft
+    is decoded (``accelframe_block_early_verdict``); else after (``accelframe_block_verdict``)."""
 
     accept: frozenset = frozenset()
+    early: bool = False
 
-    @hookimpl
-    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
+    def _scripted(self, ctx: BlockContext) -> BlockVerdict:
         if ctx.unit in self.accept:
             return BlockVerdict.accept(1.0, reason="scripted")
         return BlockVerdict.regenerate(0.0, reason="scripted")
+
+    @hookimpl
+    def accelframe_block_early_verdict(self, ctx: BlockContext) -> BlockVerdict | None:
+        return self._scripted(ctx) if self.early else None
+
+    @hookimpl
+    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
+        return self._scripted(ctx)
 
 
 @attrs.define(eq=False, kw_only=True)

@@ -233,7 +233,7 @@ def work_of(stats: dict[str, Any], adapter: Any, kind: str) -> Counts:
     drafter, random routing has no scorer."""
     from accelframe_bench.costs import work
 
-    return work(stats, adapter, scored=kind != "random_routing", as_drafter=kind == "draft_only")
+    return work(stats, adapter, as_drafter=kind == "draft_only")
 
 
 def _run_one(pipe: Any, prompt: str, seed: int, t: _Tally, scene: Any, kind: str) -> None:

@@ -72,10 +72,12 @@ def price(counts: Counts, table: CostTable) -> float:
 def counts_of(stats: dict[str, Any], *, unit_latent_frames: int, unit_pixel_frames: int) -> Counts:
     """The work of a run from its ``stats.to_dict()``: computed calls and commit passes per model,
     the latent frames decoded (every emitted frame once, plus a unit for every wasted decode of a
-    rejected draft), and the pixel frames scored (every judged block's frames)."""
+    rejected draft), and the pixel frames scored (the frames of every block judged on its pixels:
+    a verdict given before the decode, ``early_verdicts``, scores none)."""
     calls, blocks = stats.get("calls", {}), stats.get("blocks", {})
     target, drafter = calls.get("target", {}), calls.get("drafter", {})
-    judged = int(blocks.get("accepted", 0)) + int(blocks.get("regenerated", 0))
+    judged = (int(blocks.get("accepted", 0)) + int(blocks.get("regenerated", 0))
+              - int(blocks.get("early_verdicts", 0)))
     return Counts(
         target_calls=int(target.get("computed", 0)), drafter_calls=int(drafter.get("computed", 0)),
         target_commits=int(target.get("commit", 0)), drafter_commits=int(drafter.get("commit", 0)),
@@ -430,15 +432,13 @@ def cost_table(name: str | None, owner: str) -> CostTable | None:
     return measured(name.removesuffix(MEASURED_SUFFIX)) or table(name)
 
 
-def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter: bool = False,
+def work(stats: dict[str, Any], adapter: Any, *, as_drafter: bool = False,
          decoded: bool = True) -> Counts:
     """One run's work from its ``stats.to_dict()``, for pricing: :func:`~accelframe_bench.costs.counts_of`
     with a unit of ``adapter`` (``unit_frames`` latent frames; the pixel frames of a unit after the
-    first, through the VAE's frame map), corrected where the runs differ from its rules:
+    first, through the VAE's frame map: a judged block is never block 0, which SDVG and random
+    routing decide before its decode), corrected where the runs differ from its rules:
 
-    - a block policy scores the blocks after block 0 only (SDVG's verdict regenerates block 0
-      before its scorer runs; the engine still decodes block 0's draft, a wasted decode), and a
-      policy with no scorer (``random-routing``: ``scored=False``) scores none;
     - ``as_drafter``: the run's only model is the drafter, run as a pipeline's target (draft-only),
       so its calls and commits are priced as the drafter's;
     - ``decoded=False``: a run timed without decoding (the step bench) has no decode to price."""
@@ -447,9 +447,6 @@ def work(stats: dict[str, Any], adapter: Any, *, scored: bool = True, as_drafter
     unit = int(adapter.unit_frames)
     unit_px = pixel_frames(adapter, 2 * unit) - pixel_frames(adapter, unit)  # a unit after the first
     c = counts_of(stats, unit_latent_frames=unit, unit_pixel_frames=unit_px)
-    blocks = stats.get("blocks", {})
-    judged = int(blocks.get("accepted", 0)) + int(blocks.get("regenerated", 0))  # block 0 included
-    c = attrs.evolve(c, scored_pixel_frames=max(judged - 1, 0) * unit_px if scored else 0)
     if as_drafter:
         c = attrs.evolve(c, target_calls=0, target_commits=0, drafter_calls=c.drafter_calls + c.target_calls,
                          drafter_commits=c.drafter_commits + c.target_commits)

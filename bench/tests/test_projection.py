@@ -1,5 +1,5 @@
 """The benches' projection at real scale (issue 23 item 6): a run's counted work, as the runs really do it
-(SDVG decodes block 0's draft but never scores it; random routing scores nothing; draft-only's model
+(SDVG neither decodes nor scores block 0's draft; random routing scores nothing; draft-only's model
 is the drafter), priced with a hand-built cost table; the stack bench's ``projected_speedup`` equal to
 the ratio computed by hand; ``--project none`` leaves the projection null; an unknown name refused
 before any model loads."""
@@ -46,28 +46,28 @@ def _work(models, name: str, frames: int = 9, tau: float = -1e9, **kw) -> tuple[
     return costs.work(st, pipe.adapter, **kw), st
 
 
-def test_the_work_of_sdvg_counts_block_0s_wasted_decode_but_no_score_for_it(models):
+def test_the_work_of_sdvg_counts_no_decode_and_no_score_for_block_0s_draft(models):
     """3 blocks of 3 latent frames, SDVG accepting every draft it may: the drafter drafts all 3 blocks
     (4 calls each) and commits them, the target regenerates block 0 (4 calls); the engine decodes
-    the 3 emitted blocks and block 0's rejected draft; the scorer judges blocks 1 and 2 only (12
-    pixel frames each: 33 pixel frames are 9 + 12 + 12). ``generate`` runs none of the target's
+    the 3 emitted blocks only (block 0's draft is rejected before its decode); the scorer judges
+    blocks 1 and 2 only (12 pixel frames each: 33 pixel frames are 9 + 12 + 12). ``generate`` runs none of the target's
     commits (no target call comes after block 0); the stream batch commits its own chunk 0 at once
     and skips the accepted drafts' held commits when the stream ends."""
     want = Counts(target_calls=4, drafter_calls=12, target_commits=0, drafter_commits=3,
-                  decoded_latent_frames=12, scored_pixel_frames=24)
+                  decoded_latent_frames=9, scored_pixel_frames=24)
     for name, commits in (("block", 0), ("block + stream", 1)):  # the stream loop's stats alike
         got, st = _work(models, name)
         assert got == attrs.evolve(want, target_commits=commits), name
-        assert st["frames"] == 9 and st["blocks"]["decodes_wasted"] == 1, name
-    # rejecting every draft: 3 wasted decodes, blocks 1 and 2 scored and regenerated, the last
+        assert st["frames"] == 9 and st["blocks"]["decodes_wasted"] == 0, name
+        assert st["blocks"]["early_verdicts"] == 1, name
+    # rejecting every draft: 2 wasted decodes, blocks 1 and 2 scored and regenerated, the last
     # block's commit skipped
     got, _ = _work(models, "block", tau=1e9)
     assert got == Counts(target_calls=12, drafter_calls=12, target_commits=2, drafter_commits=3,
-                         decoded_latent_frames=18, scored_pixel_frames=24)
+                         decoded_latent_frames=15, scored_pixel_frames=24)
     base, _ = _work(models, "baseline")
     assert base == Counts(target_calls=12, target_commits=2, decoded_latent_frames=9)
-    # a policy without a scorer, the drafter alone, and a run timed without decoding
-    assert _work(models, "block", scored=False)[0].scored_pixel_frames == 0
+    # the drafter alone, and a run timed without decoding
     assert _work(models, "baseline", as_drafter=True)[0] == Counts(drafter_calls=12, drafter_commits=2,
                                                                    decoded_latent_frames=9)
     assert _work(models, "block", decoded=False)[0] == Counts(target_calls=4, drafter_calls=12, target_commits=0,
@@ -97,7 +97,7 @@ def test_a_tiny_stack_run_reports_the_projection_at_the_tables_configuration(mod
     # target's commits: none in one process (no target call after block 0), block 0's in the stream
     # batch (its own chunks commit at once; the accepted draft's held commit is skipped)
     for name, commits in (("block", 0), ("block + stream", 1)):
-        block_s = 4 * 1.0 + 8 * 0.125 + commits * 0.5 + 2 * 0.0625 + 9 * 0.25 + 12 * 0.015625
+        block_s = 4 * 1.0 + 8 * 0.125 + commits * 0.5 + 2 * 0.0625 + 6 * 0.25 + 12 * 0.015625
         assert rows[name]["projected_speedup"] == pytest.approx(base_s / block_s), name
         assert rows[name]["projected_at"] == "hand@test"
     assert doc["baseline"]["projected_speedup"] == 1.0
@@ -174,9 +174,9 @@ def test_a_tiny_block_bench_prices_draft_only_as_the_drafter_and_random_routing_
     # 9 blocks of 4 target calls, 8 commits (the last block's is skipped), 27 latent frames
     base_s = 36 * 1.0 + 8 * 0.5 + 27 * 0.25
     draft_s = 36 * 0.125 + 8 * 0.0625 + 27 * 0.25
-    # block 0: the target after its wasted draft (decoded, not scored), its commit skipped (no
+    # block 0: the target after its draft (neither decoded nor scored), its commit skipped (no
     # later target call); blocks 1-8: drafts, committed by the drafter, scored
-    sdvg_s = 4 * 1.0 + 36 * 0.125 + 9 * 0.0625 + 30 * 0.25 + 8 * 12 * 0.015625
+    sdvg_s = 4 * 1.0 + 36 * 0.125 + 9 * 0.0625 + 27 * 0.25 + 8 * 12 * 0.015625
     assert doc["target_only"]["projected_speedup"] == 1.0
     assert doc["draft_only"]["projected_speedup"] == pytest.approx(base_s / draft_s)
     [sdvg] = doc["points"]

@@ -2,7 +2,8 @@
 
 Each drafted block after block 0 is accepted with probability ``accept_rate``, decided by a coin
 seeded from (``seed``, the prompts, the unit), so a run is reproducible and the coin does not depend
-on what other runs came before. Block 0 is always regenerated, as in SDVG. Nothing is scored: set
+on what other runs came before. Block 0 is always regenerated, as in SDVG. Nothing is scored, and
+the verdict comes before the draft is decoded (``accelframe_block_early_verdict``): set
 ``accept_rate`` to the rate a reward-routed run measured to compare the two at a matched rate.
 """
 
@@ -31,7 +32,9 @@ class RandomRouting:
         return random.Random(f"{self.seed}|{'|'.join(prompts)}|{unit}").random()
 
     @hookimpl
-    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
+    def accelframe_block_early_verdict(self, ctx: BlockContext) -> BlockVerdict:
+        """The coin needs no pixels: every verdict is given before the draft is decoded, so a
+        rejected draft is never decoded and an accepted one once, to be emitted."""
         if ctx.unit == 0:
             return BlockVerdict.regenerate(reason="block 0 is always regenerated")
         u = self.coin(tuple(ctx.prompts), ctx.unit)

@@ -166,9 +166,18 @@ class SDVG(StreamKnobs):
         return float(aggregate(scores, self.aggregation, self.quantile).min()), scores
 
     @hookimpl
-    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
-        if ctx.unit == 0:  # it anchors the scene: never take the drafter's
+    def accelframe_block_early_verdict(self, ctx: BlockContext) -> BlockVerdict | None:
+        """Block 0 anchors the scene: it is regenerated whatever its draft, so its draft is neither
+        decoded nor scored (the paper's figure 1: blocks 1 to 8 are decoded and scored)."""
+        if ctx.unit == 0:
             return BlockVerdict.regenerate(reason="block 0 is always regenerated")
+        return None
+
+    @hookimpl
+    def accelframe_block_verdict(self, ctx: BlockContext) -> BlockVerdict:
+        early = self.accelframe_block_early_verdict(ctx)
+        if early is not None:
+            return early
         if ctx.draft_frames is None:
             raise ScorerError("the draft was not decoded (request.decode is False): nothing to score")
         q, scores = self.score(ctx.draft_frames, ctx.prompts)
