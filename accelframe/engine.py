@@ -12,7 +12,9 @@ the order the units finish, beside the denoising, as SDVG's deployment runs the 
 on a second device: a finished unit is handed to the worker and the next unit's denoising starts at
 once; with a drafter, the drafter drafts unit k + 1 while the worker decodes and judges draft k
 (``drafter_context="own"``: the next draft does not depend on the verdict), and the verdict is
-carried out when it is back. With ``drafter_context="emitted"`` the next draft needs the verdict, so
+carried out when it is back. A draft decided by an early verdict (``accelframe_block_early_verdict``)
+goes to no worker: its verdict is carried out before the next draft, which then runs beside the
+decode of what it emitted. With ``drafter_context="emitted"`` the next draft needs the verdict, so
 the drafts do not overlap; a draft's decode still runs on the worker, after the decodes of the
 units before it (the decoder's state is causal). The frames, latents, trace and counts are those
 of the inline run; the trace records a unit's verdict and emission when the denoising thread takes
@@ -272,13 +274,20 @@ class Engine(Executor):
 
             return self._worker.submit(decode_and_judge)
 
+        def draft(k: int) -> int:
+            return self._draft(drafter, request, units[k][3]) if k < len(units) else 0
+
         if not units:
             return
-        calls = self._draft(drafter, request, units[0][3])
+        calls = draft(0)
         job = submit(0)
         for k, (unit, span, t_its, _) in enumerate(units):
-            next_calls = self._draft(drafter, request, units[k + 1][3]) if k + 1 < len(units) else 0
-            ctx, asked, snap, decoded = self._wait(job) if isinstance(job, Future) else job
+            # draft k + 1 while the worker decodes and judges draft k; a draft decided early has
+            # nothing on the worker, so its verdict is carried out first (a regeneration's decode
+            # then runs on the worker beside the next draft)
+            overlap = isinstance(job, Future)
+            next_calls = draft(k + 1) if overlap else 0
+            ctx, asked, snap, decoded = self._wait(job) if overlap else job
             self._drain(wait=False)
             verdict = self.record_verdict(ctx, asked, drafter_calls=calls, decoded=decoded, early=not decoded)
             if verdict.verdict is Verdict.ACCEPT:
@@ -288,7 +297,7 @@ class Engine(Executor):
                     self.target.restore(target.state, snap)
                 self._regenerate(target, span, t_its, request)
             self.block_observe(ctx, verdict)
-            calls = next_calls
+            calls = next_calls if overlap else draft(k + 1)
             if k + 1 < len(units):
                 job = submit(k + 1)
 
