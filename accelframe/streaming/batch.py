@@ -24,10 +24,10 @@ with the target's decoder and scored (``accelframe_block_verdict``; a verdict of
 ``accelframe_block_early_verdict`` skips the snapshot, and the decode unless it accepts): on accept it is committed into
 the target's KV and emitted; on reject the caches are restored and the target regenerates the chunk
 from the same start noise, as rows of its own in the next micro-steps (with every chunk before it
-committed, so the regenerated chunk is what sequential generation gives). As in the engine, an
-accepted draft's commit into the target's KV is held until something reads that KV: the target's
-next rows of the stream, its next own commit, or the stream loop (its KV hook, a prompt switch,
-``StreamLoop.target_state``), which calls the executor's ``release``
+committed, so the regenerated chunk is what sequential generation gives). As in the engine, the
+target's commits (an accepted draft's, and a chunk of its own, with or without a drafter) are held
+until something reads the target's KV: the target's next rows of the stream, or the stream loop
+(its KV hook, a prompt switch, ``StreamLoop.target_state``), which calls the executor's ``release``
 (:meth:`accelframe.executor.Executor.hold`); the commits a stream still holds when it ends are
 skipped (``commit_skipped``).
 
@@ -192,8 +192,8 @@ class StreamBatch:
                     break
                 out.append(accepted)
             else:
-                self.ex.release(target)  # the drafts accepted before it first
-                self.ex.commit(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
+                # held too, after the drafts accepted before it, until the target's KV is read
+                self.ex.hold(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
                 pixels = self.ex.emit(c.slot, c.span, decode=True, source="target")
                 out.append((c.span, pixels, "target"))
                 if c.verdict is not None:  # a regeneration: the verdict was carried out

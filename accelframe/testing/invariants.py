@@ -44,7 +44,7 @@ def check_stream_run(loop: Any, run: Any, commits: CommitRecorder) -> None:
     - no batch admitted frames of a stream that had not arrived at the batch's time;
     - every input frame was processed once and emitted once, in order, stamped with its arrival;
     - the target committed only emitted chunks, and every emitted chunk it did not commit is counted
-      in ``commit_skipped`` (the stream batch holds an accepted draft's commit until something reads
+      in ``commit_skipped`` (the stream batch holds the target's commits until something reads
       the target's KV, and a stream that ends skips the commits it still holds);
     - per stream the target's commits are consecutive chunks from frame 0, in order, up to the
       stream's last latent frame or, when the commits after it were skipped, to an earlier one."""
@@ -73,7 +73,10 @@ def check_stream_run(loop: Any, run: Any, commits: CommitRecorder) -> None:
         total = fmap.latents_total(s.num_frames)
         assert consumed[s.id] == total, f"stream {s.id!r}: {consumed[s.id]} of {total} latent frames processed"
         spans = commits.frames.get((loop._state[s.id].generation, "target"), [])
-        assert spans and spans[0][0] == 0 and spans[-1][1] <= total and all(
+        if not spans:  # nothing read the target's KV of this stream: every commit was skipped
+            assert skipped, f"stream {s.id!r}: the target committed none of its chunks and skipped none"
+            continue
+        assert spans[0][0] == 0 and spans[-1][1] <= total and all(
             b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:])), \
             f"stream {s.id!r}: the target's commits {spans} are not its chunks from 0 on, in order"
         assert spans[-1][1] == total or skipped, \
