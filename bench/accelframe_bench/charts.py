@@ -57,7 +57,7 @@ def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xla
     finite = [y for _, y, _ in points if math.isfinite(y)]
     span = (max(finite) - min(finite) or 1.0) if finite else 1.0
     top = max(finite) + 0.08 * span if finite else 1.0  # where the non-finite values go
-    named = 0
+    named, labels = 0, []
     for x, y, label in points:
         on_top = not math.isfinite(y)
         if not label:
@@ -66,15 +66,48 @@ def scatter(path: str | Path, points: Sequence[tuple[float, float, str]], *, xla
         colour = COLOURS[named % len(COLOURS)]
         named += 1
         ax.plot([x], [top if on_top else y], "^" if on_top else "o", color=colour, markersize=7)
-        ax.annotate(f"{label} ({y})" if on_top else label, (x, top if on_top else y), xytext=(5, 3),
-                    textcoords="offset points", fontsize=8, color=colour)
+        labels.append((f"{label} ({y})" if on_top else label, x, top if on_top else y, colour))
     if len(finite) < len(points):
         ax.set_ylim(top=top + 0.04 * span)
     ax.margins(x=0.1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, color="0.9")
+    place_labels(ax, labels)
     return save(fig, path)
+
+
+# where a point's label may go, in offset points from the point, tried in this order
+LABEL_SPOTS = ((5, 3, "left"), (5, -11, "left"), (-5, 3, "right"), (-5, -11, "right"), (5, 13, "left"),
+               (5, -21, "left"), (-5, 13, "right"), (-5, -21, "right"))
+
+
+def place_labels(ax: Any, labels: Sequence[tuple[str, float, float, str]]) -> list[Any]:
+    """Annotate each point ``(text, x, y, colour)`` at the first of :data:`LABEL_SPOTS` where its text
+    overlaps no label placed before it (the first spot when every one does): close points keep
+    readable names. Call it after the axes' limits are final. Returns the annotations."""
+    fig = ax.get_figure()
+    fig.get_layout_engine().execute(fig)  # the final axes box: the labels are measured against it
+    renderer = fig.canvas.get_renderer()
+    boxes: list[Any] = []
+    out = []
+    for text, x, y, colour in labels:
+        def put(spot: tuple[int, int, str]) -> tuple[Any, Any]:
+            dx, dy, ha = spot
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                              color=colour, ha=ha)
+            return ann, ann.get_window_extent(renderer)
+
+        for spot in LABEL_SPOTS:
+            ann, box = put(spot)
+            if not any(box.overlaps(other) for other in boxes):
+                break
+            ann.remove()
+        else:  # no spot is free: the first one
+            ann, box = put(LABEL_SPOTS[0])
+        boxes.append(box)
+        out.append(ann)
+    return out
 
 
 def line(path: str | Path, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, xlabel: str,
@@ -148,4 +181,5 @@ def timeline(path: str | Path, panels: Sequence[tuple[str, Sequence[str]]], *, w
     return save(fig, path)
 
 
-__all__ = ["COLOURS", "MODE_COLOURS", "figure", "grouped_bars", "line", "save", "scatter", "timeline"]
+__all__ = ["COLOURS", "LABEL_SPOTS", "MODE_COLOURS", "figure", "grouped_bars", "line", "place_labels", "save",
+           "scatter", "timeline"]

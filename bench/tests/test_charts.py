@@ -45,6 +45,23 @@ def test_scatter_draws_unlabelled_points_as_grey_dots(tmp_path):
     assert grey(crowd) > grey(one) + 20
 
 
+def test_labels_of_close_points_do_not_overlap():
+    """Points closer than a label's height get their names at different spots, none overlapping."""
+    fig = charts.figure(720, 440)
+    ax = fig.add_subplot()
+    pts = [(1.20, 0.768, "block + stream"), (1.30, 0.768, "block"), (1.41, 0.761, "step + block + stream"),
+           (1.54, 0.761, "step + block"), (1.66, 0.782, "step"), (1.0, 0.781, "baseline"), (1.0, 0.56, "far")]
+    for x, y, _ in pts:
+        ax.plot([x], [y], "o")
+    anns = charts.place_labels(ax, [(name, x, y, "k") for x, y, name in pts])
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in anns]
+    assert [a.get_text() for a in anns] == [name for _, _, name in pts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # a lone point keeps the first spot: above right of it
+    assert anns[-1].xyann == charts.LABEL_SPOTS[0][:2]
+
+
 def test_scatter_with_a_reference_segment_draws_it(tmp_path):
     pts = [(0.0, 0.73, "target"), (1.0, 0.64, "draft"), (0.3, 0.70, "tau 0.5")]
     plain = _read(charts.scatter(tmp_path / "a.png", pts, xlabel="accept rate", ylabel="q", width=500, height=300))
