@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -225,6 +227,63 @@ def test_an_early_verdict_in_the_stream_batch_gives_the_frames_of_the_same_verdi
     assert late_decodes == 4 * streams + rejected and decodes == 4 * streams
     assert res.stats.blocks["decodes_wasted"] == 0 and late.stats.blocks["decodes_wasted"] == rejected
     assert (late.stats.blocks["early_verdicts"], res.stats.blocks["early_verdicts"]) == (0, 4 * streams)
+
+
+class RowAnalyticThreads(RowAnalytic):
+    """Records the threads that decode, and decodes slowly enough for the next micro-steps to run
+    beside a decode on the worker."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.threads = []
+
+    def decode(self, latents, state):
+        self.threads.append(threading.current_thread().name)
+        time.sleep(0.001)
+        return super().decode(latents, state)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 50), streams=st.integers(1, 2), drafter=st.booleans(),
+       accept=st.sets(st.integers(0, 3)), steps=st.integers(1, 3))
+def test_a_stream_batch_with_a_decode_worker_equals_the_one_without(seed, streams, drafter, accept, steps):
+    """``Pipeline(decode_worker=True)`` with ``stream_batch=True``: the target's chunks are decoded on
+    the worker thread (a draft is still decoded and judged on the loop's thread, after them); every
+    stream's frames, the emitted chunks, the verdicts and the counts equal the run without it."""
+    runs = {}
+    for worker in (False, True):
+        target = RowAnalyticThreads(steps=steps, **TINY)
+        pipe = Pipeline(target, drafter=RowAnalytic(steps=2, **TINY) if drafter else None,
+                        hooks=make_hooks(policies_plugin), decode_worker=worker)
+        pipe.use("fixed-batch", max_streams=streams)
+        if drafter:
+            pipe.use(AcceptUnits(accept=frozenset(accept)))
+        srcs = _sources(streams, 400.0, seed)
+        runs[worker] = (StreamLoop(pipe, srcs, clock=VirtualClock(batch_cost_s=0.01), stream_batch=True).run(),
+                        target.threads)
+    (plain, plain_threads), (run, threads) = runs[False], runs[True]
+    for s in srcs:
+        assert torch.equal(run.outputs[s.id].frames, plain.outputs[s.id].frames)
+    for event in ("emit", "block", "commit"):
+        assert ([(e.get("unit"), e.get("frames"), e.get("verdict")) for e in run.trace.of(event)]
+                == [(e.get("unit"), e.get("frames"), e.get("verdict")) for e in plain.trace.of(event)])
+    assert run.stats.calls == plain.stats.calls and run.stats.blocks == plain.stats.blocks
+    assert not any(name.startswith("accelframe-decode") for name in plain_threads)
+    on_worker = sum(name.startswith("accelframe-decode") for name in threads)
+    # the target's chunks on the worker: every chunk without a drafter, the regenerated ones with it
+    regenerated = streams * (4 - len(accept)) if drafter else 4 * streams
+    assert on_worker == regenerated and len(threads) == len(plain_threads)
+
+
+def test_a_failing_decode_on_the_stream_batchs_worker_is_raised_by_the_run():
+    class Broken(RowAnalytic):
+        def decode(self, latents, state):
+            raise RuntimeError("decoder down")
+
+    pipe = Pipeline(Broken(steps=2, **TINY), hooks=make_hooks(policies_plugin), decode_worker=True)
+    pipe.use("fixed-batch", max_streams=1)
+    with pytest.raises(RuntimeError, match="decoder down"):
+        StreamLoop(pipe, _sources(1, 400.0, 0), clock=VirtualClock(), stream_batch=True).run()
 
 
 # ---- 5. bad input, refused before any model call ------------------------------------------------

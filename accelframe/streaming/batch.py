@@ -46,6 +46,7 @@ stream batch above.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 import attrs
@@ -108,9 +109,30 @@ def chunk_steps(adapter: Any, request: Request) -> list[Iteration]:
             for k, it in enumerate(first)]
 
 
+class PendingPixels:
+    """The pixels ``[B, P, 3, H, W]`` of a chunk still decoding on a thread: :meth:`ready` says
+    whether they are there, :meth:`result` waits for them (and raises the decode's error). The
+    stream loop emits a stream's chunks in order, each once its pixels are there."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def ready(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> torch.Tensor:
+        return self.future.result()
+
+
 class StreamBatch:
     """The stream batch of one stream loop: enters chunks, runs micro-steps and lets finished
-    chunks out, in order, on the loop's executor."""
+    chunks out, in order, on the loop's executor.
+
+    With a decode worker (:meth:`start_worker`, ``Pipeline(decode_worker=True)``) a target chunk is
+    decoded on a thread of its own, in the order the chunks finish, while the next micro-steps run:
+    :meth:`finish` hands back its pixels as :class:`PendingPixels`. A draft is still decoded and
+    judged here, after the decodes of the stream's chunks before it (:meth:`wait_decodes`: the
+    decoder's state is causal)."""
 
     def __init__(self, executor: Executor, *, target: Any, target_name: str,
                  drafter: Any = None, drafter_name: str | None = None, lanes: int = 1) -> None:
@@ -120,6 +142,37 @@ class StreamBatch:
         self.lanes = lanes
         self.tick = 0  # micro-steps run; micro-step m is lane m mod lanes
         self.pending: deque[tuple[list[Chunk], list[Any] | None, Any]] = deque()  # launched, not ended
+        self.worker: ThreadPoolExecutor | None = None  # one thread: decodes run in submission order
+        self.decoding: dict[int, Future] = {}  # id of a target state -> its last decode on the worker
+
+    # ---- the decode worker ------------------------------------------------------------------------
+
+    def start_worker(self) -> None:
+        """Decode the target's chunks on a thread of their own from now on."""
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accelframe-decode")
+
+    def stop_worker(self) -> None:
+        """Wait for the decodes still running (their errors were or will be raised by the pixels'
+        ``result``) and end the thread."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True)
+            self.worker = None
+        self.decoding.clear()
+
+    def wait_decodes(self, state: Any) -> None:
+        """Return once every decode of ``state`` handed to the worker has run: before anything else
+        reads or writes its decoder's state (a draft's decode, a restore, a prompt switch)."""
+        fut = self.decoding.pop(id(state), None)
+        if fut is not None:
+            fut.result()
+
+    def _emit_later(self, c: Chunk) -> PendingPixels:
+        """Count and trace the chunk as emitted and decode it on the worker (after the decodes
+        handed over before it)."""
+        fut = self.worker.submit(self.ex.decode, c.slot, c.slot.x)
+        self.decoding[id(c.slot.state)] = fut
+        self.ex.record_emit(c.span, None, "target")
+        return PendingPixels(fut)
 
     def chunk(self, role: ModelRole, request: Request, state: Any, generation: int) -> Chunk:
         """A chunk of ``request`` for the target or the drafter, with the stream's ``state``."""
@@ -175,7 +228,8 @@ class StreamBatch:
         """Let the finished chunks of one stream out, oldest first: drafts are committed into the
         drafter's KV as soon as they are done (in order); the oldest chunk, once done, is judged
         (a draft) or committed and decoded (the target's). Returns the emitted chunks as
-        ``(span, pixels [B, P, 3, H, W], source)``."""
+        ``(span, pixels [B, P, 3, H, W], source)``; with a decode worker a target chunk's pixels are
+        :class:`PendingPixels`."""
         for c in chunks:  # the drafter's context is its own drafts: commit them in order, now
             if not c.drafted or c.committed:
                 continue
@@ -194,7 +248,8 @@ class StreamBatch:
             else:
                 # held too, after the drafts accepted before it, until the target's KV is read
                 self.ex.hold(c.slot, c.slot.x, c.span.frames, unit=c.span.unit, step=len(c.steps))
-                pixels = self.ex.emit(c.slot, c.span, decode=True, source="target")
+                pixels = (self._emit_later(c) if self.worker is not None else
+                          self.ex.emit(c.slot, c.span, decode=True, source="target"))
                 out.append((c.span, pixels, "target"))
                 if c.verdict is not None:  # a regeneration: the verdict was carried out
                     self.ex.block_observe(*c.verdict)
@@ -207,6 +262,7 @@ class StreamBatch:
         regenerate (restore the target's caches; the chunk becomes the target's, from its start).
         The block policies observe the verdict once the unit was emitted (the regeneration's, later)."""
         regen = self.chunk(ModelRole.TARGET, c.request, target, generation)
+        self.wait_decodes(target)  # the decoder's state holds every chunk before it
         draft = c.slot.x  # [B, F, C, H, W]
         ctx = BlockContext(generation=generation, unit=c.span.unit, frames=c.span.frames,
                            prompts=prompts, drafter=c.slot.name, target=self.target_name,
@@ -234,4 +290,4 @@ class StreamBatch:
         return None
 
 
-__all__ = ["Chunk", "StreamBatch", "chunk_steps"]
+__all__ = ["Chunk", "PendingPixels", "StreamBatch", "chunk_steps"]

@@ -377,6 +377,7 @@ class StreamLoop:
         if st is None:
             return None
         self._batch.ex.release(st.target)  # the stream batch's held commits: the KV as committed
+        self._batch.wait_decodes(st.target)  # and its decoder's state as emitted
         return st.target
 
     # ---- failures -------------------------------------------------------------------------------
@@ -545,9 +546,12 @@ class StreamLoop:
             if self.live:
                 s.begin(self.clock.now(), self.clock.now, self.wake, self.cannot_switch)
         outputs = {k: st.output for k, st in self._state.items()}
+        if self.stream_batch and self._decode_worker():
+            self._batch.start_worker()
         try:
             self._loop(batches)
         finally:
+            self._batch.stop_worker()
             for st in self._state.values():  # the commits no stream read (stream batch)
                 self._batch.ex.drop(st.target)
             self.stats.finish()
@@ -648,11 +652,19 @@ class StreamLoop:
                         "(accelframe.adapter.PromptSwitch)")
         return None
 
+    def _decode_worker(self) -> bool:
+        """Whether the stream batch decodes the target's chunks on a worker thread: asked for
+        (``Pipeline(decode_worker=True)``), in one process with one lane (a ring decodes on its
+        ranks), and with a commit that does not read its decode's pixels."""
+        return (bool(getattr(self.pipe, "decode_worker", False)) and self.ranks == 1 and self.lanes == 1
+                and not getattr(self.adapter, "commit_reads_pixels", False))
+
     def _retire(self, now: float) -> None:
         """Live: streams that ended and emitted everything leave (``generation_end``, ``on_end``)."""
         for s in [s for s in self.sources if self._finished(s, now)]:
             made = self.decisions(s.id)
             st = self._state.pop(s.id)
+            self._batch.wait_decodes(st.target)
             self._batch.ex.drop(st.target)
             (self._batch.ex.tally or {}).pop(st.generation, None)
             for p in self.pipe.stack:  # its knobs of its own (accelframe.stream_knobs) go with it
@@ -837,6 +849,7 @@ class StreamLoop:
         if self.cannot_switch is not None:  # a LiveSource refuses set_prompt already: another source
             raise IncompatibleError(f"stream {src.id!r} changed its prompt, but {self.cannot_switch}")
         self._batch.ex.release(st.target)  # the cache is recomputed under the new prompt
+        self._batch.wait_decodes(st.target)
         calls, t0 = {}, time.perf_counter()
         for role, adapter, state in (("target", self.adapter, st.target),
                                      ("drafter", self.pipe.drafter, st.drafter)):

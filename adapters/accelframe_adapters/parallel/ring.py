@@ -54,6 +54,7 @@ from typing import Any, Sequence
 import torch
 
 from accelframe.errors import ConfigError
+from accelframe.streaming.batch import PendingPixels
 from accelframe.types import KVWrite, Request
 from accelframe_adapters.parallel import partition as part
 from accelframe_adapters.parallel.comm import DistLink, RankFailedError
@@ -217,18 +218,9 @@ class Decoder:
         self.futures.clear()
 
 
-class LocalPixels:
-    """A chunk decoding on rank 0's decode thread: :meth:`ready` and :meth:`result` as
-    :class:`RemotePixels`."""
-
-    def __init__(self, future: Any) -> None:
-        self.future = future
-
-    def ready(self) -> bool:
-        return self.future.done()
-
-    def result(self) -> torch.Tensor:
-        return self.future.result()
+# a chunk decoding on rank 0's decode thread: ready() and result() as RemotePixels, the stream
+# batch's own pending pixels
+LocalPixels = PendingPixels
 
 
 class RemotePixels:
