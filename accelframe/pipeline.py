@@ -111,7 +111,8 @@ class Pipeline:
             raise ConfigError("Pipeline", "max_reuse", max_reuse,
                               "None or an int >= 1 (non-recompute calls allowed in a row)")
         self.max_reuse = max_reuse
-        # decode (and score drafts) on a thread of its own beside the denoising (accelframe.engine)
+        # decode (and score drafts) on a thread of its own beside the denoising (accelframe.engine);
+        # the stream batch decodes the target's chunks there (accelframe.streaming.batch)
         self.decode_worker = decode_worker
         # this pipeline's view of the plugin manager, which other pipelines may share: the view
         # asks this pipeline's stack only (Hooks.with_stack), so runs on a shared manager in
