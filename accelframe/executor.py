@@ -23,6 +23,7 @@ recorded, and named in a warning; ``strict=True`` re-raises as
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -133,6 +134,7 @@ class Executor:
         self.stream = stream
         self.warned: set[tuple[str, str]] = set() if warned is None else warned
         self.on_emit = on_emit
+        self._decode_time = threading.Lock()  # decodes may run on a worker thread and on this one
         self._wrapped = hooks.wraps_model_calls
         # per state (its id): commits no call has read yet, oldest first (:meth:`hold`)
         self.held: dict[int, list[tuple[ModelSlot, torch.Tensor, tuple[int, int], int, int]]] = {}
@@ -464,7 +466,8 @@ class Executor:
         Returns pixels ``[B, P, 3, H, W]``."""
         t0 = perf()
         pixels = m.adapter.decode(latents, m.state)
-        self.stats.time_s["decode"] += perf() - t0
+        with self._decode_time:
+            self.stats.time_s["decode"] += perf() - t0
         return pixels
 
     def emit(self, m: ModelSlot, span: UnitSpan, *, decode: bool, source: str) -> torch.Tensor | None:
