@@ -261,7 +261,7 @@ class Engine(Executor):
             draft = drafter.x[:, a:b].clone()  # [B, F_unit, C, H, W]
             ctx = BlockContext(generation=self.generation, unit=unit, frames=span.frames, prompts=request.prompts,
                                drafter=drafter.name, target=target.name, draft_latents=draft, draft_frames=None)
-            early = self.ask_early_verdict(ctx)
+            early = self.ask_verdict(ctx, early=True)
             if early is not None:  # decided without pixels: nothing to decode or judge on the worker
                 return ctx, early, None, False  # (ctx, the answer, snapshot, decoded to be judged)
 
@@ -315,16 +315,13 @@ class Engine(Executor):
         ctx = BlockContext(generation=self.generation, unit=unit, frames=span.frames,
                            prompts=request.prompts, drafter=drafter.name, target=target.name,
                            draft_latents=draft, draft_frames=None)
-        early = self.ask_early_verdict(ctx)
-        snap, decoded = None, early is None and request.decode
-        if early is not None:  # no pixels needed: the draft is decoded only if it is emitted
-            verdict = self.record_verdict(ctx, early, drafter_calls=drafter_calls, decoded=False, early=True)
-        else:
-            if decoded:  # on the worker when there is one: after the decodes of the units before
-                snap, draft_frames = (self._snap_and_decode(target, draft) if self._worker is None else
-                                      self._wait(self._worker.submit(self._snap_and_decode, target, draft)))
-                ctx = attrs.evolve(ctx, draft_frames=draft_frames)
-            verdict = self.judge(ctx, drafter_calls=drafter_calls, decoded=request.decode)
+
+        def decode() -> tuple[Any, torch.Tensor]:  # on the worker when there is one: after the units before
+            return (self._snap_and_decode(target, draft) if self._worker is None else
+                    self._wait(self._worker.submit(self._snap_and_decode, target, draft)))
+
+        ctx, verdict, snap, decoded = self.judge_draft(ctx, drafter_calls=drafter_calls,
+                                                       decode=decode if request.decode else None)
         if verdict.verdict is Verdict.ACCEPT:
             self._accept(target, span, t_its, request, ctx, decoded=decoded)
         else:

@@ -496,31 +496,43 @@ class Executor:
         wasted on a regenerate."""
         return self.record_verdict(ctx, self.ask_verdict(ctx), drafter_calls=drafter_calls, decoded=decoded)
 
-    def ask_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict, str, tuple | None, float]:
-        """The block hooks' answer on ``ctx`` without recording anything: (verdict, by, the failure to
-        record or None, seconds). Safe on a decode worker's thread; :meth:`record_verdict` records it."""
-        t0 = perf()
-        failures: list[tuple] = []
-        verdict, by = self._verdict(ctx, failures)
-        return verdict, by, (failures[0] if failures else None), perf() - t0
+    def judge_draft(self, ctx: BlockContext, *, drafter_calls: int,
+                    decode: Callable[[], tuple[Any, torch.Tensor]] | None,
+                    ) -> tuple[BlockContext, BlockVerdict, Any, bool]:
+        """The verdict on a draft, recorded: an early verdict (``accelframe_block_early_verdict``)
+        when a policy gives one, else ``decode()`` (the target's state before the draft's decode and
+        the draft's pixels; None: no decoding) and the verdict on the pixels. Returns the context
+        judged, the verdict, that state (None when nothing was decoded) and whether the draft was
+        decoded to be judged."""
+        early = self.ask_verdict(ctx, early=True)
+        if early is not None:
+            return ctx, self.record_verdict(ctx, early, drafter_calls=drafter_calls, decoded=False, early=True), \
+                None, False
+        snap = None
+        if decode is not None:
+            snap, pixels = decode()
+            ctx = attrs.evolve(ctx, draft_frames=pixels)
+        return ctx, self.judge(ctx, drafter_calls=drafter_calls, decoded=decode is not None), snap, decode is not None
 
-    def ask_early_verdict(self, ctx: BlockContext) -> tuple[BlockVerdict, str, tuple | None, float] | None:
-        """The answer of ``accelframe_block_early_verdict`` on a draft not yet decoded, as
-        :meth:`ask_verdict` gives it (a failure: the exact regenerate), or None when no policy
-        answers and the draft must be decoded and judged."""
-        if not self.hooks.implemented("accelframe_block_early_verdict"):
+    def ask_verdict(self, ctx: BlockContext, *,
+                    early: bool = False) -> tuple[BlockVerdict, str, tuple | None, float] | None:
+        """The block hooks' answer on ``ctx`` without recording anything: (verdict, by, the failure to
+        record or None, seconds). Safe on a decode worker's thread; :meth:`record_verdict` records it.
+        ``early``: the answer of ``accelframe_block_early_verdict`` on a draft not yet decoded, None
+        when no policy gives one (the draft must be decoded and judged)."""
+        if early and not self.hooks.implemented("accelframe_block_early_verdict"):
             return None
         t0 = perf()
         failures: list[tuple] = []
-        verdict, by = self._verdict(ctx, failures, early=True)
+        verdict, by = self._verdict(ctx, failures, early=early)
         if verdict is None:
             return None
         return verdict, by, (failures[0] if failures else None), perf() - t0
 
     def record_verdict(self, ctx: BlockContext, asked: tuple[BlockVerdict, str, tuple | None, float], *,
                        drafter_calls: int, decoded: bool, early: bool = False) -> BlockVerdict:
-        """Record a verdict of :meth:`ask_verdict` (``early``: of :meth:`ask_early_verdict`, counted
-        in ``early_verdicts``): its failure (if any), time, trace event, counts."""
+        """Record a verdict of :meth:`ask_verdict` (``early``: an early one, counted in
+        ``early_verdicts``): its failure (if any), time, trace event, counts."""
         verdict, by, failure, seconds = asked
         if failure is not None:
             self._failed(*failure)

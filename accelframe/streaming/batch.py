@@ -267,23 +267,18 @@ class StreamBatch:
         ctx = BlockContext(generation=generation, unit=c.span.unit, frames=c.span.frames,
                            prompts=prompts, drafter=c.slot.name, target=self.target_name,
                            draft_latents=draft, draft_frames=None)
-        early = self.ex.ask_early_verdict(ctx)
-        snap = None  # the target's caches before the draft's decode, when it was decoded to be judged
-        if early is not None:  # decided without pixels: the draft is decoded only to be emitted
-            verdict = self.ex.record_verdict(ctx, early, drafter_calls=len(c.steps), decoded=False, early=True)
-            pixels = self.ex.decode(regen.slot, draft) if verdict.verdict is Verdict.ACCEPT else None
-        else:
-            snap = self.target.snapshot(target)
-            pixels = self.ex.decode(regen.slot, draft)
-            ctx = attrs.evolve(ctx, draft_frames=pixels)
-            verdict = self.ex.judge(ctx, drafter_calls=len(c.steps), decoded=True)
+        ctx, verdict, snap, decoded = self.ex.judge_draft(
+            ctx, drafter_calls=len(c.steps),
+            decode=lambda: (self.target.snapshot(target), self.ex.decode(regen.slot, draft)))
         if verdict.verdict is Verdict.ACCEPT:
+            # an early verdict judged no pixels: the draft is decoded now, to be emitted
+            pixels = ctx.draft_frames if decoded else self.ex.decode(regen.slot, draft)
             # held until something reads the target's KV (module docstring)
             self.ex.hold(regen.slot, draft, c.span.frames, unit=c.span.unit, step=len(c.steps))
             self.ex.record_emit(c.span, pixels, "draft")
             self.ex.block_observe(ctx, verdict)
             return c.span, pixels, "draft"
-        if early is None:
+        if decoded:
             self.target.restore(target, snap)
         regen.verdict = (ctx, verdict)  # observed once the regenerated chunk was emitted
         chunks[0] = regen
